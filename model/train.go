@@ -1,0 +1,257 @@
+package model
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// TrainConfig is a local training recipe.
+type TrainConfig struct {
+	Epochs    int     // passes over the data; at least one pass unless Steps caps it
+	Steps     int     // cap on minibatch steps (0: no cap)
+	BatchSize int     // examples per step
+	LR        float64 // SGD learning rate
+	Momentum  float64 // heavy-ball momentum (0: plain SGD)
+	ProxMu    float64 // FedProx proximal weight (0: off)
+	Seed      uint64  // shuffling order
+	// Progress, if set, is called after every step with steps done and planned.
+	Progress func(done, total int, loss float64)
+}
+
+// TrainMetrics describes one call of Train.
+type TrainMetrics struct {
+	Samples int     // examples the data holds (FedAvg weight)
+	Seen    int     // examples processed, counting repeats
+	Steps   int     // SGD steps taken
+	Loss    float64 // mean minibatch loss over the steps
+	Seconds float64
+}
+
+// Trainer runs local SGD on an MLP. It keeps its Gorgonia graph between
+// calls (rebuilt only when the batch size or FedProx weight change). A
+// Trainer is used by one goroutine at a time.
+type Trainer struct {
+	m     MLP
+	gr    *graph
+	mu    float64
+	vel   [][]float32
+	clock func() time.Time
+}
+
+// NewTrainer returns a Trainer for m.
+func NewTrainer(m MLP) (*Trainer, error) {
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	return &Trainer{m: m, clock: time.Now}, nil
+}
+
+// Close releases the Gorgonia machine.
+func (t *Trainer) Close() {
+	if t.gr != nil {
+		t.gr.close()
+	}
+}
+
+func (t *Trainer) graphFor(batch int, mu float64) (*graph, error) {
+	if t.gr != nil && t.gr.batch == batch && t.mu == mu {
+		return t.gr, nil
+	}
+	t.Close()
+	gr, err := newGraph(t.m, batch, true, mu)
+	if err != nil {
+		return nil, err
+	}
+	t.gr, t.mu = gr, mu
+	t.vel = make([][]float32, len(gr.paramData))
+	for k, p := range gr.paramData {
+		t.vel[k] = make([]float32, len(p))
+	}
+	return gr, nil
+}
+
+// Train starts from base, runs minibatch SGD on data and returns the local
+// parameters (a new Set; base is not modified). The last partial batch of an
+// epoch is dropped; the order is reshuffled each epoch from cfg.Seed.
+func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Examples, cfg TrainConfig) (tensor.Set, TrainMetrics, error) {
+	start := t.clock()
+	var met TrainMetrics
+	if err := tensor.SameLayout(base, t.m.Layout()); err != nil {
+		return tensor.Set{}, met, fmt.Errorf("train: base model does not fit %v: %w", t.m.Sizes, err)
+	}
+	if data.Dim != t.m.Sizes[0] {
+		return tensor.Set{}, met, fmt.Errorf("train: data has %d features, model takes %d", data.Dim, t.m.Sizes[0])
+	}
+	if cfg.BatchSize <= 0 || !(cfg.LR > 0) {
+		return tensor.Set{}, met, fmt.Errorf("train: batch size %d and learning rate %v must be positive", cfg.BatchSize, cfg.LR)
+	}
+	n := data.Len()
+	if n < cfg.BatchSize {
+		return tensor.Set{}, met, fmt.Errorf("train: %d local examples, fewer than one batch of %d", n, cfg.BatchSize)
+	}
+	gr, err := t.graphFor(cfg.BatchSize, cfg.ProxMu)
+	if err != nil {
+		return tensor.Set{}, met, err
+	}
+	gr.load(base)
+	for k := range gr.anchorData {
+		copy(gr.anchorData[k], base.Tensors[k].Data)
+	}
+	for _, v := range t.vel {
+		clear(v)
+	}
+	epochs := max(cfg.Epochs, 1)
+	perEpoch := n / cfg.BatchSize
+	total := epochs * perEpoch
+	if cfg.Steps > 0 {
+		total = min(total, cfg.Steps)
+	}
+	r := rand.New(rand.NewPCG(cfg.Seed, 0x7a11))
+	params := gr.params()
+	lr, mom := float32(cfg.LR), float32(cfg.Momentum)
+	var lossSum float64
+	var order []int
+	for step := 0; step < total; step++ {
+		if step%perEpoch == 0 {
+			order = r.Perm(n)
+		}
+		if err := ctx.Err(); err != nil {
+			return tensor.Set{}, met, fmt.Errorf("train: stopped after %d of %d steps: %w", step, total, err)
+		}
+		i := step % perEpoch
+		gr.setBatch(data.X, data.Y, data.Dim, order[i*cfg.BatchSize:(i+1)*cfg.BatchSize])
+		if err := gr.run(); err != nil {
+			return tensor.Set{}, met, fmt.Errorf("train: step %d: %w", step, err)
+		}
+		loss := gr.lossValue()
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			return tensor.Set{}, met, fmt.Errorf("train: loss diverged (%v) at step %d; lower the learning rate", loss, step)
+		}
+		lossSum += loss
+		for k, p := range params {
+			gv, err := p.Grad()
+			if err != nil {
+				return tensor.Set{}, met, fmt.Errorf("train: gradient of %s: %w", p.Name(), err)
+			}
+			g := gv.Data().([]float32)
+			w, v := gr.paramData[k], t.vel[k]
+			if mom != 0 {
+				// v = mom*v + g; w -= lr*v
+				tensor.Scale(mom, v)
+				tensor.Axpy(1, g, v)
+				tensor.Axpy(-lr, v, w)
+			} else {
+				tensor.Axpy(-lr, g, w)
+			}
+			// Gorgonia accumulates into bound gradients: zero them for the
+			// next step (as its own solvers do).
+			clear(g)
+		}
+		met.Steps++
+		met.Seen += cfg.BatchSize
+		if cfg.Progress != nil {
+			cfg.Progress(met.Steps, total, loss)
+		}
+	}
+	out := base.Clone()
+	out.Metadata = nil
+	for k := range out.Tensors {
+		copy(out.Tensors[k].Data, gr.paramData[k])
+	}
+	met.Samples = n
+	met.Loss = lossSum / float64(max(met.Steps, 1))
+	met.Seconds = t.clock().Sub(start).Seconds()
+	return out, met, nil
+}
+
+// Eval is a model's quality on a data set.
+type Eval struct {
+	Accuracy float64 // fraction of examples classified correctly
+	Loss     float64 // mean cross-entropy
+	N        int
+}
+
+// Evaluator runs the forward pass of an MLP over data sets in batches.
+// It is used by one goroutine at a time.
+type Evaluator struct {
+	m      MLP
+	batch  int
+	graphs map[int]*graph
+}
+
+// NewEvaluator returns an Evaluator for m using batches of up to batch examples.
+func NewEvaluator(m MLP, batch int) (*Evaluator, error) {
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	if batch <= 0 {
+		batch = 500
+	}
+	return &Evaluator{m: m, batch: batch, graphs: map[int]*graph{}}, nil
+}
+
+// Close releases the Gorgonia machines.
+func (e *Evaluator) Close() {
+	for _, g := range e.graphs {
+		g.close()
+	}
+}
+
+// Evaluate returns the accuracy and mean loss of params on every example of data.
+func (e *Evaluator) Evaluate(params tensor.Set, data *dataset.Examples) (Eval, error) {
+	if err := tensor.SameLayout(params, e.m.Layout()); err != nil {
+		return Eval{}, fmt.Errorf("evaluate: model does not fit %v: %w", e.m.Sizes, err)
+	}
+	if data.Dim != e.m.Sizes[0] {
+		return Eval{}, fmt.Errorf("evaluate: data has %d features, model takes %d", data.Dim, e.m.Sizes[0])
+	}
+	n := data.Len()
+	var correct int
+	var lossSum float64
+	idx := make([]int, 0, e.batch)
+	for lo := 0; lo < n; lo += e.batch {
+		hi := min(lo+e.batch, n)
+		gr, ok := e.graphs[hi-lo]
+		if !ok {
+			var err error
+			if gr, err = newGraph(e.m, hi-lo, false, 0); err != nil {
+				return Eval{}, err
+			}
+			e.graphs[hi-lo] = gr
+		}
+		gr.load(params)
+		idx = idx[:0]
+		for i := lo; i < hi; i++ {
+			idx = append(idx, i)
+		}
+		gr.setBatch(data.X, data.Y, data.Dim, idx)
+		if err := gr.run(); err != nil {
+			return Eval{}, fmt.Errorf("evaluate: %w", err)
+		}
+		lossSum += gr.lossValue() * float64(hi-lo)
+		logits := gr.logits.Value().Data().([]float32)
+		classes := len(logits) / (hi - lo)
+		for r := 0; r < hi-lo; r++ {
+			row := logits[r*classes : (r+1)*classes]
+			best := 0
+			for c := range row {
+				if row[c] > row[best] {
+					best = c
+				}
+			}
+			if best == int(data.Y[lo+r]) {
+				correct++
+			}
+		}
+	}
+	if n == 0 {
+		return Eval{}, fmt.Errorf("evaluate: empty data set")
+	}
+	return Eval{Accuracy: float64(correct) / float64(n), Loss: lossSum / float64(n), N: n}, nil
+}
