@@ -1,0 +1,361 @@
+// Package coordinator runs a fedtune coordinator: a Raft node (raft-wal log
+// and stable store, file snapshots) whose FSM holds jobs, rounds, model
+// versions and the worker roster; a content-addressed blob store; a gossip
+// member; the leader-only scheduler; and the gRPC services Worker, Blob and
+// Admin.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftwal "github.com/hashicorp/raft-wal"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fedtune/fedtune/internal/gossip"
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// Clock tells the time; tests inject their own.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Config configures a coordinator. Zero values get the defaults noted.
+type Config struct {
+	NodeID     string   // unique name; default: the host name
+	DataDir    string   // raft/, blobs/ live here (required)
+	GRPCAddr   string   // gRPC listen address; default 127.0.0.1:7070
+	RaftAddr   string   // Raft listen address; default 127.0.0.1:7071
+	GossipAddr string   // gossip listen address; default 127.0.0.1:7946
+	Join       []string // gossip addresses of nodes already in the cluster
+	// Bootstrap makes this node a one-voter cluster when it has no Raft
+	// state yet.
+	Bootstrap bool
+	// Fast uses short Raft and gossip timings suited to one machine.
+	Fast bool
+	// MaxBlobBytes bounds a blob (model or update); default 1 GiB.
+	MaxBlobBytes int64
+	// TickInterval is how often the scheduler looks at open rounds; default 100ms.
+	TickInterval time.Duration
+	// WorkerGrace is how long a worker may be gone from gossip before the
+	// leader removes it from the roster; default 5m.
+	WorkerGrace time.Duration
+	Logger      *slog.Logger
+	Clock       Clock
+}
+
+func (c *Config) defaults() error {
+	if c.DataDir == "" {
+		return errors.New("coordinator: a data directory is required")
+	}
+	if c.NodeID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("coordinator: node id: %w", err)
+		}
+		c.NodeID = h
+	}
+	if c.GRPCAddr == "" {
+		c.GRPCAddr = "127.0.0.1:7070"
+	}
+	if c.RaftAddr == "" {
+		c.RaftAddr = "127.0.0.1:7071"
+	}
+	if c.GossipAddr == "" {
+		c.GossipAddr = "127.0.0.1:7946"
+	}
+	if c.MaxBlobBytes <= 0 {
+		c.MaxBlobBytes = 1 << 30
+	}
+	if c.TickInterval <= 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	if c.WorkerGrace <= 0 {
+		c.WorkerGrace = 5 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Clock == nil {
+		c.Clock = systemClock{}
+	}
+	return nil
+}
+
+// Coordinator is a running coordinator node.
+type Coordinator struct {
+	cfg    Config
+	log    *slog.Logger
+	clock  Clock
+	fsm    *FSM
+	raft   *raft.Raft
+	wal    *raftwal.WAL
+	trans  *raft.NetworkTransport
+	blobs  *BlobStore
+	gossip *gossip.Node
+	grpc   *grpc.Server
+	lis    net.Listener
+	eval   *evaluators
+
+	mu         sync.Mutex
+	stopLeader context.CancelFunc
+	done       chan struct{}
+	wg         sync.WaitGroup
+}
+
+// New starts a coordinator: opens its stores, starts Raft, gossip and gRPC.
+func New(cfg Config) (*Coordinator, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: cfg.Clock, fsm: NewFSM(), done: make(chan struct{}), eval: newEvaluators()}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
+	var err error
+	if c.blobs, err = OpenBlobStore(filepath.Join(cfg.DataDir, "blobs")); err != nil {
+		return nil, err
+	}
+	if err := c.startRaft(); err != nil {
+		return nil, err
+	}
+	if c.lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("coordinator: gRPC listen: %w", err)
+	}
+	c.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(int(min(cfg.MaxBlobBytes+(1<<20), 1<<31-1))), grpc.MaxSendMsgSize(64<<20))
+	pb.RegisterWorkerServer(c.grpc, &workerService{c: c})
+	pb.RegisterBlobServer(c.grpc, &blobService{c: c})
+	pb.RegisterAdminServer(c.grpc, &adminService{c: c})
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := c.grpc.Serve(c.lis); err != nil {
+			c.log.Error("gRPC server stopped", "err", err)
+		}
+	}()
+	c.gossip, err = gossip.Start(gossip.Config{
+		Name:     cfg.NodeID,
+		BindAddr: cfg.GossipAddr,
+		Meta:     gossip.Meta{Role: gossip.RoleCoordinator, GRPC: c.lis.Addr().String(), Raft: string(c.trans.LocalAddr())},
+		Fast:     cfg.Fast,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := c.gossip.Join(cfg.Join); err != nil {
+		c.log.Warn("gossip join failed; will be found by others", "err", err)
+	}
+	c.wg.Add(1)
+	go c.watchLeadership()
+	ok = true
+	c.log.Info("coordinator started", "grpc", c.GRPCAddr(), "raft", c.trans.LocalAddr(), "gossip", c.gossip.Addr(), "data_dir", cfg.DataDir)
+	return c, nil
+}
+
+func (c *Coordinator) startRaft() error {
+	dir := filepath.Join(c.cfg.DataDir, "raft")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log}})
+	walDir := filepath.Join(dir, "wal")
+	if err := os.MkdirAll(walDir, 0o755); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")))
+	if err != nil {
+		return fmt.Errorf("coordinator: open raft log: %w", err)
+	}
+	c.wal = wal
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hl)
+	if err != nil {
+		return fmt.Errorf("coordinator: snapshot store: %w", err)
+	}
+	// The advertised address is the listener's own (so port 0 works); a
+	// wildcard bind address is refused by the transport as unadvertisable.
+	c.trans, err = raft.NewTCPTransportWithLogger(c.cfg.RaftAddr, nil, 3, 10*time.Second, hl)
+	if err != nil {
+		return fmt.Errorf("coordinator: raft transport: %w", err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.cfg.NodeID)
+	rc.Logger = hl
+	rc.SnapshotThreshold = 1024
+	rc.SnapshotInterval = 30 * time.Second
+	if c.cfg.Fast {
+		rc.HeartbeatTimeout = 500 * time.Millisecond
+		rc.ElectionTimeout = 500 * time.Millisecond
+		rc.LeaderLeaseTimeout = 250 * time.Millisecond
+		rc.CommitTimeout = 10 * time.Millisecond
+	}
+	has, err := raft.HasExistingState(wal, wal, snaps)
+	if err != nil {
+		return fmt.Errorf("coordinator: read raft state: %w", err)
+	}
+	if !has && c.cfg.Bootstrap {
+		conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: c.trans.LocalAddr()}}}
+		if err := raft.BootstrapCluster(rc, wal, wal, snaps, c.trans, conf); err != nil {
+			return fmt.Errorf("coordinator: bootstrap: %w", err)
+		}
+	}
+	c.raft, err = raft.NewRaft(rc, c.fsm, wal, wal, snaps, c.trans)
+	if err != nil {
+		return fmt.Errorf("coordinator: start raft: %w", err)
+	}
+	return nil
+}
+
+// slogWriter sends hclog's lines to slog at warn level.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Warn(string(trimNL(p)))
+	return len(p), nil
+}
+
+func trimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}
+
+// GRPCAddr returns the address the gRPC services listen on.
+func (c *Coordinator) GRPCAddr() string { return c.lis.Addr().String() }
+
+// GossipAddr returns this node's gossip address.
+func (c *Coordinator) GossipAddr() string { return c.gossip.Addr() }
+
+// FSM returns the node's replicated state (read-only use).
+func (c *Coordinator) FSM() *FSM { return c.fsm }
+
+// IsLeader reports whether this node is the Raft leader now.
+func (c *Coordinator) IsLeader() bool { return c.raft.State() == raft.Leader }
+
+// WaitLeader waits until this node leads or ctx ends.
+func (c *Coordinator) WaitLeader(ctx context.Context) error {
+	for !c.IsLeader() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for leadership: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// leaderGRPC returns the gRPC address of the current leader, from gossip
+// meta, or "" when unknown.
+func (c *Coordinator) leaderGRPC() string {
+	addr, _ := c.raft.LeaderWithID()
+	if addr == "" {
+		return ""
+	}
+	if addr == c.trans.LocalAddr() {
+		return c.GRPCAddr()
+	}
+	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
+		if m.Meta.Raft == string(addr) {
+			return m.Meta.GRPC
+		}
+	}
+	return ""
+}
+
+// apply commits one command through Raft and returns the FSM's verdict.
+func (c *Coordinator) apply(t pb.CommandType, msg proto.Message) error {
+	b, err := EncodeCommand(t, msg, c.clock.Now())
+	if err != nil {
+		return err
+	}
+	f := c.raft.Apply(b, 10*time.Second)
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("raft apply %s: %w", t, err)
+	}
+	if err, ok := f.Response().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// watchLeadership runs the leader loop while this node leads.
+func (c *Coordinator) watchLeadership() {
+	defer c.wg.Done()
+	ch := c.raft.LeaderCh()
+	for {
+		select {
+		case <-c.done:
+			c.stepDown()
+			return
+		case leader := <-ch:
+			if leader {
+				c.stepDown()
+				ctx, cancel := context.WithCancel(context.Background())
+				c.mu.Lock()
+				c.stopLeader = cancel
+				c.mu.Unlock()
+				c.wg.Add(1)
+				go func() {
+					defer c.wg.Done()
+					c.leaderLoop(ctx)
+				}()
+			} else {
+				c.stepDown()
+			}
+		}
+	}
+}
+
+func (c *Coordinator) stepDown() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopLeader != nil {
+		c.stopLeader()
+		c.stopLeader = nil
+	}
+}
+
+// Close stops the node: gRPC, the leader loop, gossip, Raft, then the log.
+func (c *Coordinator) Close() error {
+	select {
+	case <-c.done:
+		return nil
+	default:
+		close(c.done)
+	}
+	if c.grpc != nil {
+		c.grpc.Stop()
+	}
+	if c.gossip != nil {
+		_ = c.gossip.Leave(time.Second)
+	}
+	if c.raft != nil {
+		_ = c.raft.Shutdown().Error()
+	}
+	c.wg.Wait()
+	if c.trans != nil {
+		_ = c.trans.Close()
+	}
+	if c.wal != nil {
+		_ = c.wal.Close()
+	}
+	c.eval.close()
+	return nil
+}

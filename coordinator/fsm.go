@@ -1,0 +1,394 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// Errors an FSM command may be refused with. They are returned as the
+// apply response (the log entry is kept, the state is unchanged), and the
+// gRPC layer maps them to status codes.
+var (
+	ErrUnknownJob   = errors.New("unknown job")
+	ErrJobExists    = errors.New("job already exists")
+	ErrJobNotActive = errors.New("job is not running")
+	ErrStaleRound   = errors.New("round is not open")
+	ErrNotSelected  = errors.New("worker is not selected for this round")
+	ErrDuplicate    = errors.New("update already accepted")
+	ErrRoundOpen    = errors.New("a round is already open")
+)
+
+// CommandVersion is the Command envelope version this build writes and reads.
+const CommandVersion = 1
+
+// EncodeCommand wraps msg in a versioned Command envelope.
+func EncodeCommand(t pb.CommandType, msg proto.Message, now time.Time) ([]byte, error) {
+	payload, err := proto.Marshal(msg)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", t, err)
+	}
+	return proto.Marshal(&pb.Command{Version: CommandVersion, Type: t, Payload: payload, ProposedUnixNano: now.UnixNano()})
+}
+
+// FSM is the replicated state machine: jobs with their rounds and model
+// versions, and the worker roster. Raft calls Apply, Snapshot and Restore
+// from its FSM goroutine; readers call the accessor methods from any
+// goroutine and get copies.
+type FSM struct {
+	mu      sync.RWMutex
+	jobs    map[string]*pb.Job
+	workers map[string]*pb.WorkerInfo
+	changed chan struct{} // closed and replaced after every applied command
+}
+
+// NewFSM returns an empty FSM.
+func NewFSM() *FSM {
+	return &FSM{jobs: map[string]*pb.Job{}, workers: map[string]*pb.WorkerInfo{}, changed: make(chan struct{})}
+}
+
+type applyFn func(f *FSM, payload []byte, at int64) error
+
+// appliers is the dispatch table: one small function per command type.
+var appliers = map[pb.CommandType]applyFn{
+	pb.CommandType_COMMAND_TYPE_REGISTER_JOB:  applyRegisterJob,
+	pb.CommandType_COMMAND_TYPE_START_ROUND:   applyStartRound,
+	pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE: applyAcceptUpdate,
+	pb.CommandType_COMMAND_TYPE_COMMIT_ROUND:  applyCommitRound,
+	pb.CommandType_COMMAND_TYPE_ABORT_ROUND:   applyAbortRound,
+	pb.CommandType_COMMAND_TYPE_FINISH_JOB:    applyFinishJob,
+	pb.CommandType_COMMAND_TYPE_UPSERT_WORKER: applyUpsertWorker,
+	pb.CommandType_COMMAND_TYPE_REMOVE_WORKER: applyRemoveWorker,
+}
+
+// Apply applies one committed log entry. It returns nil or an error
+// explaining why the command changed nothing. An entry this build cannot
+// understand and that is not marked ignore_unknown stops the node: applying
+// past it would let this replica diverge.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	var cmd pb.Command
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		panic(fmt.Sprintf("fedtune fsm: log entry %d is not a Command (%v); refusing to diverge", l.Index, err))
+	}
+	fn, ok := appliers[cmd.Type]
+	if !ok || cmd.Version > CommandVersion {
+		if cmd.IgnoreUnknown {
+			return nil
+		}
+		panic(fmt.Sprintf("fedtune fsm: log entry %d has command %v version %d this build does not know; upgrade this node", l.Index, cmd.Type, cmd.Version))
+	}
+	f.mu.Lock()
+	err := fn(f, cmd.Payload, cmd.ProposedUnixNano)
+	ch := f.changed
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	close(ch)
+	return err
+}
+
+// Changed returns a channel closed at the next applied command.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+func decode(payload []byte, m proto.Message) error {
+	if err := proto.Unmarshal(payload, m); err != nil {
+		return fmt.Errorf("decode %T: %w", m, err)
+	}
+	return nil
+}
+
+func applyRegisterJob(f *FSM, payload []byte, at int64) error {
+	var c pb.RegisterJob
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	name := c.GetSpec().GetName()
+	if _, ok := f.jobs[name]; ok {
+		return fmt.Errorf("register %q: %w", name, ErrJobExists)
+	}
+	f.jobs[name] = &pb.Job{
+		Spec:              c.Spec,
+		Status:            pb.JobStatus_JOB_STATUS_RUNNING,
+		CurrentModel:      c.Spec.BaseModel,
+		SubmittedUnixNano: at,
+		BaseMetrics:       c.BaseMetrics,
+	}
+	return nil
+}
+
+func (f *FSM) runningJob(name string) (*pb.Job, error) {
+	j, ok := f.jobs[name]
+	if !ok {
+		return nil, fmt.Errorf("job %q: %w", name, ErrUnknownJob)
+	}
+	if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+		return nil, fmt.Errorf("job %q is %s: %w", name, j.Status, ErrJobNotActive)
+	}
+	return j, nil
+}
+
+func applyStartRound(f *FSM, payload []byte, _ int64) error {
+	var c pb.StartRound
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	j, err := f.runningJob(c.Job)
+	if err != nil {
+		return err
+	}
+	if j.OpenRound != nil {
+		return fmt.Errorf("start round %d of %q: round %d: %w", c.Round.GetNumber(), c.Job, j.OpenRound.Number, ErrRoundOpen)
+	}
+	if want := uint32(len(j.History)) + 1; c.Round.GetNumber() != want {
+		return fmt.Errorf("start round %d of %q, next is %d: %w", c.Round.GetNumber(), c.Job, want, ErrStaleRound)
+	}
+	j.OpenRound = c.Round
+	return nil
+}
+
+// openRound returns job's open round if it is number round.
+func (f *FSM) openRound(job string, round uint32) (*pb.Job, *pb.Round, error) {
+	j, err := f.runningJob(job)
+	if err != nil {
+		return nil, nil, err
+	}
+	r := j.OpenRound
+	if r == nil || r.Number != round {
+		open := "none"
+		if r != nil {
+			open = fmt.Sprint(r.Number)
+		}
+		return nil, nil, fmt.Errorf("job %q round %d (open: %s): %w", job, round, open, ErrStaleRound)
+	}
+	return j, r, nil
+}
+
+func applyAcceptUpdate(f *FSM, payload []byte, _ int64) error {
+	var c pb.AcceptUpdate
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	_, r, err := f.openRound(c.Job, c.Round)
+	if err != nil {
+		return err
+	}
+	u := c.Update
+	if _, ok := slices.BinarySearch(r.Selected, u.GetWorker()); !ok {
+		return fmt.Errorf("worker %q, job %q round %d: %w", u.GetWorker(), c.Job, c.Round, ErrNotSelected)
+	}
+	i, found := slices.BinarySearchFunc(r.Updates, u.GetWorker(), func(a *pb.AcceptedUpdate, w string) int {
+		switch {
+		case a.Worker < w:
+			return -1
+		case a.Worker > w:
+			return 1
+		}
+		return 0
+	})
+	if found {
+		return fmt.Errorf("worker %q, job %q round %d: %w", u.GetWorker(), c.Job, c.Round, ErrDuplicate)
+	}
+	r.Updates = slices.Insert(r.Updates, i, u)
+	return nil
+}
+
+func applyCommitRound(f *FSM, payload []byte, at int64) error {
+	var c pb.CommitRound
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	j, r, err := f.openRound(c.Job, c.Round)
+	if err != nil {
+		return err
+	}
+	rec := &pb.RoundRecord{
+		Number:            r.Number,
+		Model:             c.Model,
+		Updates:           uint32(len(r.Updates)),
+		Metrics:           c.Metrics,
+		StartedUnixNano:   r.StartedUnixNano,
+		CommittedUnixNano: at,
+	}
+	for _, u := range r.Updates {
+		rec.Samples += u.Samples
+		rec.Workers = append(rec.Workers, u.Worker)
+	}
+	j.History = append(j.History, rec)
+	j.CurrentModel = c.Model
+	j.OpenRound = nil
+	if uint32(len(j.History)) >= j.Spec.GetRounds() {
+		j.Status = pb.JobStatus_JOB_STATUS_DONE
+	}
+	return nil
+}
+
+func applyAbortRound(f *FSM, payload []byte, _ int64) error {
+	var c pb.AbortRound
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	j, _, err := f.openRound(c.Job, c.Round)
+	if err != nil {
+		return err
+	}
+	j.OpenRound = nil
+	return nil
+}
+
+func applyFinishJob(f *FSM, payload []byte, _ int64) error {
+	var c pb.FinishJob
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	j, err := f.runningJob(c.Job)
+	if err != nil {
+		return err
+	}
+	j.Status, j.Error, j.OpenRound = c.Status, c.Error, nil
+	return nil
+}
+
+func applyUpsertWorker(f *FSM, payload []byte, _ int64) error {
+	var c pb.UpsertWorker
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	if c.Worker.GetId() == "" {
+		return fmt.Errorf("upsert worker: empty id")
+	}
+	f.workers[c.Worker.Id] = c.Worker
+	return nil
+}
+
+func applyRemoveWorker(f *FSM, payload []byte, _ int64) error {
+	var c pb.RemoveWorker
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	delete(f.workers, c.Id)
+	return nil
+}
+
+// Job returns a copy of the named job.
+func (f *FSM) Job(name string) (*pb.Job, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	j, ok := f.jobs[name]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(j).(*pb.Job), true
+}
+
+// Jobs returns copies of all jobs, sorted by name.
+func (f *FSM) Jobs() []*pb.Job {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*pb.Job, 0, len(f.jobs))
+	for _, j := range f.jobs {
+		out = append(out, proto.Clone(j).(*pb.Job))
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Spec.Name < out[b].Spec.Name })
+	return out
+}
+
+// Workers returns copies of the roster, sorted by id.
+func (f *FSM) Workers() []*pb.WorkerInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*pb.WorkerInfo, 0, len(f.workers))
+	for _, w := range f.workers {
+		out = append(out, proto.Clone(w).(*pb.WorkerInfo))
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Id < out[b].Id })
+	return out
+}
+
+// snapshotHeader starts every FSM snapshot; its last byte is the format version.
+var snapshotHeader = []byte("fedtune-fsm\x00\x01")
+
+// Snapshot captures the state for Raft. It copies under the lock; Persist
+// then runs concurrently with further Applies.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := &pb.Snapshot{}
+	for _, j := range f.jobs {
+		s.Jobs = append(s.Jobs, proto.Clone(j).(*pb.Job))
+	}
+	for _, w := range f.workers {
+		s.Workers = append(s.Workers, proto.Clone(w).(*pb.WorkerInfo))
+	}
+	sort.Slice(s.Jobs, func(a, b int) bool { return s.Jobs[a].Spec.Name < s.Jobs[b].Spec.Name })
+	sort.Slice(s.Workers, func(a, b int) bool { return s.Workers[a].Id < s.Workers[b].Id })
+	return fsmSnapshot{s}, nil
+}
+
+// Restore replaces the state with a snapshot written by Persist.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	if len(b) < len(snapshotHeader) || string(b[:len(snapshotHeader)-1]) != string(snapshotHeader[:len(snapshotHeader)-1]) {
+		return fmt.Errorf("restore snapshot: not a fedtune FSM snapshot")
+	}
+	if v := b[len(snapshotHeader)-1]; v != snapshotHeader[len(snapshotHeader)-1] {
+		return fmt.Errorf("restore snapshot: format version %d, this build reads %d", v, snapshotHeader[len(snapshotHeader)-1])
+	}
+	var s pb.Snapshot
+	if err := proto.Unmarshal(b[len(snapshotHeader):], &s); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	jobs := make(map[string]*pb.Job, len(s.Jobs))
+	for _, j := range s.Jobs {
+		jobs[j.GetSpec().GetName()] = j
+	}
+	workers := make(map[string]*pb.WorkerInfo, len(s.Workers))
+	for _, w := range s.Workers {
+		workers[w.Id] = w
+	}
+	f.mu.Lock()
+	f.jobs, f.workers = jobs, workers
+	ch := f.changed
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	close(ch)
+	return nil
+}
+
+type fsmSnapshot struct{ s *pb.Snapshot }
+
+// Persist writes the header then the protobuf-encoded state.
+func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s.s)
+	if err == nil {
+		if _, err = sink.Write(snapshotHeader); err == nil {
+			_, err = sink.Write(b)
+		}
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release does nothing; the snapshot owns its copy.
+func (fsmSnapshot) Release() {}

@@ -1,0 +1,283 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/gossip"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/tensor/codec"
+)
+
+// leaderLoop is the leader's own work (the shape of Consul's leader.go):
+// after a barrier, so the FSM holds every entry earlier leaders committed,
+// it reconciles gossip into the roster and drives each running job's rounds.
+// It stops the moment ctx is cancelled (leadership lost).
+func (c *Coordinator) leaderLoop(ctx context.Context) {
+	log := c.log.With("role", "leader")
+	if err := c.raft.Barrier(30 * time.Second).Error(); err != nil {
+		log.Error("barrier failed; not scheduling", "err", err)
+		return
+	}
+	log.Info("leading: scheduler started")
+	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{}}
+	t := time.NewTicker(c.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		s.tick(ctx)
+		select {
+		case <-ctx.Done():
+			log.Info("leadership lost: scheduler stopped")
+			return
+		case <-t.C:
+		case <-c.fsm.Changed():
+		}
+	}
+}
+
+// scheduler holds the leader's in-memory bookkeeping; none of it is needed
+// for correctness after a failover (a new leader starts afresh).
+type scheduler struct {
+	c          *Coordinator
+	log        *slog.Logger
+	attempts   map[string]uint32    // job -> aborted attempts of its current round
+	goneSince  map[string]time.Time // worker -> when gossip stopped seeing it
+	waitLogged map[string]bool
+}
+
+func (s *scheduler) tick(ctx context.Context) {
+	alive := s.reconcile()
+	for _, j := range s.c.fsm.Jobs() {
+		if ctx.Err() != nil {
+			return
+		}
+		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+			continue
+		}
+		if err := s.step(ctx, j, alive); err != nil && ctx.Err() == nil {
+			s.log.Error("scheduling failed", "job", j.Spec.Name, "err", err)
+		}
+	}
+}
+
+// reconcile writes gossip's view of workers into the roster (Consul's
+// reconcileMember) and returns the ids of live, rostered workers.
+func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
+	now := s.c.clock.Now()
+	roster := map[string]*pb.WorkerInfo{}
+	for _, w := range s.c.fsm.Workers() {
+		roster[w.Id] = w
+	}
+	alive := map[string]*pb.WorkerInfo{}
+	for _, m := range s.c.gossip.WithRole(gossip.RoleWorker) {
+		delete(s.goneSince, m.Name)
+		cur, ok := roster[m.Name]
+		if !ok || cur.GrpcAddr != m.Meta.GRPC || !maps.Equal(cur.Labels, m.Meta.Labels) {
+			w := &pb.WorkerInfo{Id: m.Name, GrpcAddr: m.Meta.GRPC, Labels: m.Meta.Labels, LastSeenUnixNano: now.UnixNano()}
+			if err := s.c.apply(pb.CommandType_COMMAND_TYPE_UPSERT_WORKER, &pb.UpsertWorker{Worker: w}); err != nil {
+				s.log.Warn("roster update failed", "worker", m.Name, "err", err)
+				continue
+			}
+			s.log.Info("worker joined", "worker", m.Name, "labels", m.Meta.Labels)
+			cur = w
+		}
+		alive[m.Name] = cur
+	}
+	for id := range roster {
+		if _, ok := alive[id]; ok {
+			continue
+		}
+		since, ok := s.goneSince[id]
+		if !ok {
+			s.goneSince[id] = now
+			continue
+		}
+		if now.Sub(since) > s.c.cfg.WorkerGrace {
+			if err := s.c.apply(pb.CommandType_COMMAND_TYPE_REMOVE_WORKER, &pb.RemoveWorker{Id: id}); err == nil {
+				s.log.Info("worker removed after grace period", "worker", id)
+				delete(s.goneSince, id)
+			}
+		}
+	}
+	return alive
+}
+
+func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.WorkerInfo) error {
+	name := j.Spec.Name
+	now := s.c.clock.Now()
+	r := j.OpenRound
+	if r == nil {
+		var live []*pb.WorkerInfo
+		for _, w := range alive {
+			live = append(live, w)
+		}
+		plan, err := PlanRound(j, live, now, s.attempts[name])
+		if errors.Is(err, ErrNotEnoughWorkers) {
+			if !s.waitLogged[name] {
+				s.log.Info("waiting for workers", "job", name, "err", err)
+				s.waitLogged[name] = true
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		s.waitLogged[name] = false
+		if err := s.c.apply(pb.CommandType_COMMAND_TYPE_START_ROUND, &pb.StartRound{Job: name, Round: plan}); err != nil {
+			return fmt.Errorf("start round %d: %w", plan.Number, err)
+		}
+		s.log.Info("round started", "job", name, "round", plan.Number, "selected", len(plan.Selected), "deadline", time.Unix(0, plan.DeadlineUnixNano).Format(time.TimeOnly))
+		return nil
+	}
+	isAlive := make(map[string]bool, len(alive))
+	for id := range alive {
+		isAlive[id] = true
+	}
+	switch DecideRound(j.Spec, r, isAlive, now) {
+	case Commit:
+		if err := s.commit(ctx, j, r); err != nil {
+			return fmt.Errorf("commit round %d: %w", r.Number, err)
+		}
+		delete(s.attempts, name)
+	case Abort:
+		reason := fmt.Sprintf("%d of %d updates by the deadline", len(r.Updates), max(j.Spec.MinUpdates, 1))
+		if err := s.c.apply(pb.CommandType_COMMAND_TYPE_ABORT_ROUND, &pb.AbortRound{Job: name, Round: r.Number, Reason: reason}); err != nil {
+			return fmt.Errorf("abort round %d: %w", r.Number, err)
+		}
+		s.attempts[name]++
+		s.log.Warn("round rescheduled", "job", name, "round", r.Number, "reason", reason)
+	}
+	return nil
+}
+
+// commit aggregates the round's accepted updates onto its base model,
+// stores the new model, evaluates it, and commits the round.
+func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
+	start := time.Now()
+	newModel, metrics, err := s.c.aggregateRound(j.Spec, r)
+	if err != nil {
+		return err
+	}
+	b, err := tensor.Marshal(newModel, tensor.F32)
+	if err != nil {
+		return err
+	}
+	hash, err := s.c.blobs.Put(b)
+	if err != nil {
+		return err
+	}
+	if j.Spec.Evaluate {
+		ev, err := s.c.eval.evaluate(j.Spec, newModel)
+		if err != nil {
+			return err
+		}
+		metrics["test_accuracy"], metrics["test_loss"] = ev.Accuracy, ev.Loss
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics}); err != nil {
+		return err
+	}
+	s.log.Info("round committed", "job", j.Spec.Name, "round", r.Number, "updates", len(r.Updates), "model", hash[:12],
+		"test_accuracy", metrics["test_accuracy"], "seconds", time.Since(start).Seconds())
+	return nil
+}
+
+// aggregateRound recomputes a round's new model from its base and accepted
+// updates. It is deterministic, so any node can verify a committed round.
+func (c *Coordinator) aggregateRound(spec *pb.JobSpec, r *pb.Round) (tensor.Set, map[string]float64, error) {
+	baseBytes, err := c.blobs.Get(r.BaseModel)
+	if err != nil {
+		return tensor.Set{}, nil, fmt.Errorf("base model: %w", err)
+	}
+	base, err := tensor.Unmarshal(baseBytes)
+	if err != nil {
+		return tensor.Set{}, nil, fmt.Errorf("base model: %w", err)
+	}
+	agg, err := aggregation.New(spec.Aggregator)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	var ups []aggregation.Update
+	var lossSum, weight float64
+	for _, u := range r.Updates {
+		cd, err := codec.New(u.Codec)
+		if err != nil {
+			return tensor.Set{}, nil, err
+		}
+		payload, err := c.blobs.Get(u.Blob)
+		if err != nil {
+			return tensor.Set{}, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
+		}
+		delta, err := cd.Decode(payload)
+		if err != nil {
+			return tensor.Set{}, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
+		}
+		ups = append(ups, aggregation.Update{Worker: u.Worker, Delta: delta, Samples: u.Samples})
+		if l, ok := u.Metrics["loss"]; ok {
+			lossSum += l * float64(u.Samples)
+			weight += float64(u.Samples)
+		}
+	}
+	delta, _, err := agg.Aggregate(ups)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	if err := base.AddScaled(1, delta); err != nil {
+		return tensor.Set{}, nil, err
+	}
+	base.Metadata = nil
+	metrics := map[string]float64{}
+	if weight > 0 {
+		metrics["train_loss"] = lossSum / weight
+	}
+	return base, metrics, nil
+}
+
+// evaluators evaluates models on their data set's test split, caching one
+// Evaluator per architecture. Safe for concurrent use.
+type evaluators struct {
+	mu sync.Mutex
+	by map[string]*model.Evaluator
+}
+
+func newEvaluators() *evaluators { return &evaluators{by: map[string]*model.Evaluator{}} }
+
+func (e *evaluators) evaluate(spec *pb.JobSpec, params tensor.Set) (model.Eval, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ev, ok := e.by[spec.Model]
+	if !ok {
+		arch, err := model.Lookup(spec.Model)
+		if err != nil {
+			return model.Eval{}, err
+		}
+		if ev, err = model.NewEvaluator(arch, 1000); err != nil {
+			return model.Eval{}, err
+		}
+		e.by[spec.Model] = ev
+	}
+	test, err := dataset.Load(spec.Dataset, dataset.Test)
+	if err != nil {
+		return model.Eval{}, err
+	}
+	return ev.Evaluate(params, test)
+}
+
+func (e *evaluators) close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range e.by {
+		ev.Close()
+	}
+}

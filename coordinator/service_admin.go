@@ -1,0 +1,264 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/gossip"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/tensor/codec"
+)
+
+// ChunkSize is the size of the pieces blobs are streamed in.
+const ChunkSize = 1 << 20
+
+type blobService struct {
+	pb.UnimplementedBlobServer
+	c *Coordinator
+}
+
+// Get streams a blob in chunks; the first carries its hash and size.
+func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) error {
+	b, err := s.c.blobs.Get(req.Hash)
+	if err != nil {
+		return toStatus(err)
+	}
+	return sendChunks(stream, req.Hash, b)
+}
+
+func sendChunks(stream interface{ Send(*pb.BlobChunk) error }, hash string, b []byte) error {
+	first := true
+	for len(b) > 0 || first {
+		n := min(len(b), ChunkSize)
+		ch := &pb.BlobChunk{Data: b[:n]}
+		if first {
+			ch.Hash, ch.Size = hash, uint64(len(b))
+			first = false
+		}
+		if err := stream.Send(ch); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// Put receives a blob; the first chunk must carry the hash and size, and
+// the bytes must match both.
+func (s *blobService) Put(stream pb.Blob_PutServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "put blob: no first chunk: %v", err)
+	}
+	if !validHash(first.Hash) {
+		return status.Errorf(codes.InvalidArgument, "put blob: first chunk must carry a SHA-256 hex hash, got %q", first.Hash)
+	}
+	if int64(first.Size) > s.c.cfg.MaxBlobBytes {
+		return status.Errorf(codes.ResourceExhausted, "put blob: %d bytes exceeds the limit of %d", first.Size, s.c.cfg.MaxBlobBytes)
+	}
+	buf := make([]byte, 0, min(first.Size, 64<<20))
+	buf = append(buf, first.Data...)
+	for {
+		ch, err := stream.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return status.Errorf(codes.Aborted, "put blob: %v", err)
+		}
+		if uint64(len(buf)+len(ch.Data)) > first.Size {
+			return status.Errorf(codes.InvalidArgument, "put blob: more bytes than the declared %d", first.Size)
+		}
+		buf = append(buf, ch.Data...)
+	}
+	if uint64(len(buf)) != first.Size {
+		return status.Errorf(codes.InvalidArgument, "put blob: received %d bytes, declared %d", len(buf), first.Size)
+	}
+	if err := s.c.blobs.PutVerified(first.Hash, buf); err != nil {
+		return toStatus(err)
+	}
+	return stream.SendAndClose(&pb.PutBlobResponse{Hash: first.Hash, Size: first.Size})
+}
+
+type adminService struct {
+	pb.UnimplementedAdminServer
+	c *Coordinator
+}
+
+var jobName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// NormalizeSpec fills a job spec's defaults and checks every field, naming
+// the bad one in its error.
+func NormalizeSpec(spec *pb.JobSpec) error {
+	if spec == nil {
+		return errors.New("job spec is missing")
+	}
+	if !jobName.MatchString(spec.Name) {
+		return fmt.Errorf("job name %q: use 1-63 letters, digits, '.', '_' or '-'", spec.Name)
+	}
+	if _, err := model.Lookup(spec.Model); err != nil {
+		return fmt.Errorf("model: %w", err)
+	}
+	if spec.Dataset == "" {
+		return errors.New("dataset: missing")
+	}
+	if _, err := dataset.Load(spec.Dataset, dataset.Test); err != nil {
+		return fmt.Errorf("dataset: %w", err)
+	}
+	if spec.Rounds == 0 {
+		return errors.New("rounds: must be at least 1")
+	}
+	if spec.ClientsPerRound == 0 {
+		spec.ClientsPerRound = 1
+	}
+	if spec.MinUpdates == 0 {
+		spec.MinUpdates = spec.ClientsPerRound
+	}
+	if spec.MinUpdates > spec.ClientsPerRound {
+		return fmt.Errorf("min_updates %d exceeds clients_per_round %d", spec.MinUpdates, spec.ClientsPerRound)
+	}
+	if spec.RoundTimeoutSeconds <= 0 {
+		spec.RoundTimeoutSeconds = 300
+	}
+	if spec.OverSelect < 0 || spec.OverSelect > 10 {
+		return fmt.Errorf("over_select %v: want 0..10", spec.OverSelect)
+	}
+	if spec.Aggregator == "" {
+		spec.Aggregator = "fedavg"
+	}
+	if _, err := aggregation.New(spec.Aggregator); err != nil {
+		return err
+	}
+	if spec.Codec == "" {
+		spec.Codec = "fp32"
+	}
+	if _, err := codec.New(spec.Codec); err != nil {
+		return err
+	}
+	if spec.Train == nil {
+		spec.Train = &pb.TrainConfig{}
+	}
+	t := spec.Train
+	if t.BatchSize == 0 {
+		t.BatchSize = 64
+	}
+	if t.LocalEpochs == 0 && t.LocalSteps == 0 {
+		t.LocalEpochs = 1
+	}
+	if t.LearningRate == 0 {
+		t.LearningRate = 0.05
+	}
+	if t.LearningRate < 0 || t.Momentum < 0 || t.Momentum >= 1 || t.ProxMu < 0 {
+		return fmt.Errorf("train: learning_rate %v, momentum %v, prox_mu %v out of range", t.LearningRate, t.Momentum, t.ProxMu)
+	}
+	return nil
+}
+
+// SubmitJob validates a job, checks its base model (uploaded beforehand
+// with Blob.Put) fits the named architecture, evaluates it, and registers
+// the job.
+func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.SubmitJobResponse, error) {
+	c := s.c
+	if !c.IsLeader() {
+		return nil, status.Errorf(codes.FailedPrecondition, "not the leader; leader is at %q", c.leaderGRPC())
+	}
+	spec := req.Spec
+	if err := NormalizeSpec(spec); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "submit job: %v", err)
+	}
+	if _, ok := c.fsm.Job(spec.Name); ok {
+		return nil, status.Errorf(codes.AlreadyExists, "submit job: job %q already exists", spec.Name)
+	}
+	b, err := c.blobs.Get(spec.BaseModel)
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("submit job: base model: %w (upload it with Blob.Put first)", err))
+	}
+	base, err := tensor.Unmarshal(b)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model: %v", err)
+	}
+	arch, _ := model.Lookup(spec.Model)
+	if err := tensor.SameLayout(base, arch.Layout()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model does not fit %s: %v", spec.Model, err)
+	}
+	if err := base.CheckFinite(); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model: %v", err)
+	}
+	metrics := map[string]float64{}
+	if spec.Evaluate {
+		ev, err := c.eval.evaluate(spec, base)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		metrics["test_accuracy"], metrics["test_loss"] = ev.Accuracy, ev.Loss
+	}
+	if err := c.apply(pb.CommandType_COMMAND_TYPE_REGISTER_JOB, &pb.RegisterJob{Spec: spec, BaseMetrics: metrics}); err != nil {
+		return nil, toStatus(err)
+	}
+	j, _ := c.fsm.Job(spec.Name)
+	c.log.Info("job submitted", "job", spec.Name, "model", spec.Model, "rounds", spec.Rounds, "base_accuracy", metrics["test_accuracy"])
+	return &pb.SubmitJobResponse{Job: j}, nil
+}
+
+// JobStatus returns a job from this node's replica.
+func (s *adminService) JobStatus(ctx context.Context, req *pb.JobStatusRequest) (*pb.JobStatusResponse, error) {
+	j, ok := s.c.fsm.Job(req.Name)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "job %q: %v", req.Name, ErrUnknownJob)
+	}
+	return &pb.JobStatusResponse{Job: j, LeaderAddr: s.c.leaderGRPC()}, nil
+}
+
+// ListJobs returns every job.
+func (s *adminService) ListJobs(ctx context.Context, _ *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
+	return &pb.ListJobsResponse{Jobs: s.c.fsm.Jobs()}, nil
+}
+
+// ListWorkers returns the roster and which workers gossip sees alive.
+func (s *adminService) ListWorkers(ctx context.Context, _ *pb.ListWorkersRequest) (*pb.ListWorkersResponse, error) {
+	resp := &pb.ListWorkersResponse{Workers: s.c.fsm.Workers()}
+	for _, m := range s.c.gossip.WithRole(gossip.RoleWorker) {
+		resp.Alive = append(resp.Alive, m.Name)
+	}
+	return resp, nil
+}
+
+// ExportModel streams a job's newest model, or that of a given round, as
+// safetensors with the job and round in its metadata.
+func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream pb.Admin_ExportModelServer) error {
+	j, ok := s.c.fsm.Job(req.Job)
+	if !ok {
+		return status.Errorf(codes.NotFound, "job %q: %v", req.Job, ErrUnknownJob)
+	}
+	hash, round := j.CurrentModel, uint32(len(j.History))
+	if req.Round > 0 {
+		if int(req.Round) > len(j.History) {
+			return status.Errorf(codes.NotFound, "job %q has %d committed rounds, no round %d", req.Job, len(j.History), req.Round)
+		}
+		hash, round = j.History[req.Round-1].Model, req.Round
+	}
+	b, err := s.c.blobs.Get(hash)
+	if err != nil {
+		return toStatus(err)
+	}
+	set, err := tensor.Unmarshal(b)
+	if err != nil {
+		return toStatus(err)
+	}
+	set.Metadata = map[string]string{"format": "pt", "fedtune.job": req.Job, "fedtune.round": fmt.Sprint(round), "fedtune.model": j.Spec.Model, "fedtune.sha256": hash}
+	out, err := tensor.Marshal(set, tensor.F32)
+	if err != nil {
+		return toStatus(err)
+	}
+	return sendChunks(stream, HashOf(out), out)
+}

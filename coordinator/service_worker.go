@@ -1,0 +1,212 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/tensor/codec"
+)
+
+// MaxPollWait bounds how long PollTask holds a call.
+const MaxPollWait = 30 * time.Second
+
+// toStatus maps FSM and validation errors to gRPC status codes.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ErrUnknownJob), errors.Is(err, ErrBlobNotFound):
+		code = codes.NotFound
+	case errors.Is(err, ErrStaleRound), errors.Is(err, ErrJobNotActive), errors.Is(err, ErrRoundOpen):
+		code = codes.FailedPrecondition
+	case errors.Is(err, ErrNotSelected):
+		code = codes.PermissionDenied
+	case errors.Is(err, ErrJobExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, ErrBlobCorrupt), errors.Is(err, tensor.ErrShape), errors.Is(err, tensor.ErrNotFinite), errors.Is(err, tensor.ErrSafetensors):
+		code = codes.InvalidArgument
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		code = codes.Canceled
+	}
+	return status.Error(code, err.Error())
+}
+
+type workerService struct {
+	pb.UnimplementedWorkerServer
+	c *Coordinator
+}
+
+// PollTask returns the open round this worker is selected for and has not
+// yet reported in, waiting up to req.WaitSeconds for one. A follower answers
+// at once with the leader's address.
+func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (*pb.PollTaskResponse, error) {
+	if req.WorkerId == "" {
+		return nil, status.Error(codes.InvalidArgument, "poll task: worker_id is empty")
+	}
+	wait := min(time.Duration(req.WaitSeconds*float64(time.Second)), MaxPollWait)
+	deadline := time.NewTimer(max(wait, 0))
+	defer deadline.Stop()
+	for {
+		if !s.c.IsLeader() {
+			return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC()}, nil
+		}
+		changed := s.c.fsm.Changed()
+		if t := s.c.taskFor(req.WorkerId, req.Done); t != nil {
+			// Answer only as the leader of now, never from a deposed
+			// leader's memory.
+			if err := s.c.raft.VerifyLeader().Error(); err != nil {
+				return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC()}, nil
+			}
+			return &pb.PollTaskResponse{Task: t}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, toStatus(ctx.Err())
+		case <-deadline.C:
+			return &pb.PollTaskResponse{}, nil
+		case <-changed:
+		case <-s.c.done:
+			return nil, status.Error(codes.Unavailable, "coordinator shutting down")
+		}
+	}
+}
+
+// taskFor finds an open round selecting worker that has no update from it.
+func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
+	for _, j := range c.fsm.Jobs() {
+		r := j.OpenRound
+		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING || r == nil {
+			continue
+		}
+		if _, ok := slices.BinarySearch(r.Selected, worker); !ok {
+			continue
+		}
+		if slices.ContainsFunc(r.Updates, func(u *pb.AcceptedUpdate) bool { return u.Worker == worker }) {
+			continue
+		}
+		if slices.Contains(done, fmt.Sprintf("%s/%d", j.Spec.Name, r.Number)) {
+			continue
+		}
+		size, _ := c.blobs.Size(r.BaseModel)
+		return &pb.Task{
+			Job:              j.Spec.Name,
+			Round:            r.Number,
+			Base:             &pb.ModelRef{Hash: r.BaseModel, Size: uint64(size)},
+			Model:            j.Spec.Model,
+			Dataset:          j.Spec.Dataset,
+			Train:            j.Spec.Train,
+			Codec:            j.Spec.Codec,
+			DeadlineUnixNano: r.DeadlineUnixNano,
+			Seed:             j.Spec.Seed ^ uint64(r.Number)<<20 ^ uint64(r.Attempt),
+		}
+	}
+	return nil
+}
+
+// SubmitUpdate validates a worker's update, stores it and commits
+// AcceptUpdate. Updates are idempotent by (job, round, worker): a repeat is
+// answered accepted and duplicate, and counted once.
+func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRequest) (*pb.SubmitUpdateResponse, error) {
+	c := s.c
+	if !c.IsLeader() {
+		return &pb.SubmitUpdateResponse{LeaderAddr: c.leaderGRPC()}, nil
+	}
+	if err := c.validateUpdate(req); err != nil {
+		if errors.Is(err, ErrDuplicate) {
+			return &pb.SubmitUpdateResponse{Accepted: true, Duplicate: true}, nil
+		}
+		c.log.Warn("update refused", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "err", err)
+		return nil, toStatus(fmt.Errorf("update %s/%d from %s: %w", req.Job, req.Round, req.WorkerId, err))
+	}
+	hash, err := c.blobs.Put(req.Payload)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	err = c.apply(pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE, &pb.AcceptUpdate{Job: req.Job, Round: req.Round, Update: &pb.AcceptedUpdate{
+		Worker: req.WorkerId, Blob: hash, Samples: req.Samples, Metrics: req.Metrics, Codec: req.Codec,
+	}})
+	if errors.Is(err, ErrDuplicate) {
+		return &pb.SubmitUpdateResponse{Accepted: true, Duplicate: true}, nil
+	}
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("update %s/%d from %s: %w", req.Job, req.Round, req.WorkerId, err))
+	}
+	c.log.Info("update accepted", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "bytes", len(req.Payload), "samples", req.Samples)
+	return &pb.SubmitUpdateResponse{Accepted: true}, nil
+}
+
+// validateUpdate checks an update against the replicated state and the
+// job's model: round open, worker selected, same base, codec, shapes and
+// finite values. It returns ErrDuplicate for an update already accepted.
+func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
+	if req.WorkerId == "" {
+		return status.Error(codes.InvalidArgument, "worker_id is empty")
+	}
+	j, ok := c.fsm.Job(req.Job)
+	if !ok {
+		return fmt.Errorf("job %q: %w", req.Job, ErrUnknownJob)
+	}
+	if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+		return fmt.Errorf("job is %s: %w", j.Status, ErrJobNotActive)
+	}
+	for _, h := range j.History {
+		if h.Number == req.Round {
+			if slices.Contains(h.Workers, req.WorkerId) {
+				return ErrDuplicate
+			}
+			return fmt.Errorf("round %d was committed already: %w", req.Round, ErrStaleRound)
+		}
+	}
+	r := j.OpenRound
+	if r == nil || r.Number != req.Round {
+		return fmt.Errorf("round %d is not open: %w", req.Round, ErrStaleRound)
+	}
+	if _, ok := slices.BinarySearch(r.Selected, req.WorkerId); !ok {
+		return ErrNotSelected
+	}
+	if slices.ContainsFunc(r.Updates, func(u *pb.AcceptedUpdate) bool { return u.Worker == req.WorkerId }) {
+		return ErrDuplicate
+	}
+	if req.BaseModel != r.BaseModel {
+		return fmt.Errorf("trained from model %.12s, round %d starts from %.12s: %w", req.BaseModel, r.Number, r.BaseModel, ErrStaleRound)
+	}
+	if req.Codec != j.Spec.Codec {
+		return status.Errorf(codes.InvalidArgument, "codec %q, job uses %q", req.Codec, j.Spec.Codec)
+	}
+	if req.Samples == 0 {
+		return status.Error(codes.InvalidArgument, "samples is 0: an update must say how many examples it trained on")
+	}
+	if int64(len(req.Payload)) > c.cfg.MaxBlobBytes {
+		return status.Errorf(codes.ResourceExhausted, "payload of %d bytes exceeds the limit of %d", len(req.Payload), c.cfg.MaxBlobBytes)
+	}
+	cd, err := codec.New(req.Codec)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	delta, err := cd.Decode(req.Payload)
+	if err != nil {
+		return err
+	}
+	arch, err := model.Lookup(j.Spec.Model)
+	if err != nil {
+		return err
+	}
+	if err := tensor.SameLayout(delta, arch.Layout()); err != nil {
+		return fmt.Errorf("update does not fit model %s: %w", j.Spec.Model, err)
+	}
+	return delta.CheckFinite()
+}

@@ -1,0 +1,162 @@
+// Package gossip is fedtune's membership layer over hashicorp/memberlist:
+// every node (coordinator or worker) joins one gossip pool and advertises
+// its role, gRPC and Raft addresses and labels in node meta.
+package gossip
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Roles a node advertises.
+const (
+	RoleCoordinator = "coordinator"
+	RoleWorker      = "worker"
+)
+
+// Meta is what a node tells the pool about itself. Encoded as compact JSON,
+// it must fit memberlist's 512-byte meta limit.
+type Meta struct {
+	Role   string            `json:"r"`
+	GRPC   string            `json:"g,omitempty"`
+	Raft   string            `json:"f,omitempty"`
+	Labels map[string]string `json:"l,omitempty"`
+}
+
+// Member is a live node of the pool.
+type Member struct {
+	Name string
+	Addr string // gossip address
+	Meta Meta
+}
+
+// Config configures a gossip node.
+type Config struct {
+	Name      string // unique node name (the worker or coordinator id)
+	BindAddr  string // host:port to listen on for gossip (port 0: any free port)
+	Meta      Meta
+	LogOutput io.Writer // memberlist's own log; nil discards it
+	// Fast selects memberlist's local-network timings (faster failure
+	// detection), for tests and single-machine runs.
+	Fast bool
+}
+
+// Node is a running gossip member.
+type Node struct {
+	ml   *memberlist.Memberlist
+	meta []byte
+}
+
+type delegate struct{ meta []byte }
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		return nil
+	}
+	return d.meta
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// Start creates the gossip node and starts listening; call Join to meet the pool.
+func Start(cfg Config) (*Node, error) {
+	meta, err := json.Marshal(cfg.Meta)
+	if err != nil {
+		return nil, fmt.Errorf("gossip meta: %w", err)
+	}
+	if len(meta) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("gossip meta is %d bytes, limit %d: use fewer or shorter labels", len(meta), memberlist.MetaMaxSize)
+	}
+	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip bind address %q: %w", cfg.BindAddr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip bind port %q: %w", portStr, err)
+	}
+	mc := memberlist.DefaultLANConfig()
+	if cfg.Fast {
+		mc = memberlist.DefaultLocalConfig()
+		mc.ProbeInterval = 500 * time.Millisecond
+		mc.ProbeTimeout = 250 * time.Millisecond
+		mc.SuspicionMult = 2
+		mc.GossipInterval = 100 * time.Millisecond
+	}
+	mc.Name = cfg.Name
+	mc.BindAddr, mc.BindPort = host, port
+	mc.AdvertisePort = port
+	mc.Delegate = &delegate{meta: meta}
+	out := cfg.LogOutput
+	if out == nil {
+		out = io.Discard
+	}
+	mc.Logger = log.New(out, "gossip: ", log.LstdFlags)
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	return &Node{ml: ml, meta: meta}, nil
+}
+
+// Addr returns the address other nodes reach this one's gossip at.
+func (n *Node) Addr() string {
+	ln := n.ml.LocalNode()
+	return net.JoinHostPort(ln.Addr.String(), strconv.Itoa(int(ln.Port)))
+}
+
+// Join contacts the given gossip addresses; it succeeds if any answered.
+func (n *Node) Join(addrs []string) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	if _, err := n.ml.Join(addrs); err != nil {
+		return fmt.Errorf("gossip join %v: %w", addrs, err)
+	}
+	return nil
+}
+
+// Members returns the live members (alive or suspect), this node included,
+// sorted by name. Members whose meta is unreadable are left out.
+func (n *Node) Members() []Member {
+	var out []Member
+	for _, m := range n.ml.Members() {
+		var meta Meta
+		if err := json.Unmarshal(m.Meta, &meta); err != nil {
+			continue
+		}
+		out = append(out, Member{Name: m.Name, Addr: m.Address(), Meta: meta})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// WithRole returns the live members of one role.
+func (n *Node) WithRole(role string) []Member {
+	var out []Member
+	for _, m := range n.Members() {
+		if m.Meta.Role == role {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Leave tells the pool this node is going, then stops it.
+func (n *Node) Leave(timeout time.Duration) error {
+	err := n.ml.Leave(timeout)
+	if serr := n.ml.Shutdown(); err == nil {
+		err = serr
+	}
+	return err
+}

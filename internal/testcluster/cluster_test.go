@@ -1,0 +1,55 @@
+package testcluster
+
+import (
+	"testing"
+	"time"
+
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// TestFederatedJobInProcess runs 1 coordinator and 3 gossip-discovered
+// workers in-process and checks that a short job commits every round and
+// improves test accuracy.
+func TestFederatedJobInProcess(t *testing.T) {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := StartCoordinator(t, coordinator.Config{})
+	parts, _ := dataset.Partition{Kind: "dirichlet", Alpha: 1, Seed: 1}.Split(train.Y, 10, 20)
+	for i, id := range []string{"w1", "w2", "w3"} {
+		StartWorker(t, id, []string{c.GossipAddr()}, train.Subset(parts[i]), map[string]string{"region": "eu"})
+	}
+	WaitFor(t, 10*time.Second, "3 workers in the roster", func() bool { return len(c.FSM().Workers()) == 3 })
+	arch, _ := model.Lookup("mnist-mlp-small")
+	pool := client.NewPool()
+	defer pool.Close()
+	job := SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{
+		Name: "t1", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 3, ClientsPerRound: 3, MinUpdates: 2,
+		RoundTimeoutSeconds: 60, Evaluate: true, Selector: map[string]string{"region": "eu"},
+		Train: &pb.TrainConfig{LocalEpochs: 1, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5},
+	}, arch.Init(7))
+	baseAcc := job.BaseMetrics["test_accuracy"]
+	WaitFor(t, 120*time.Second, "job done", func() bool {
+		j, _ := c.FSM().Job("t1")
+		return j.Status == pb.JobStatus_JOB_STATUS_DONE
+	})
+	j, _ := c.FSM().Job("t1")
+	if len(j.History) != 3 {
+		t.Fatalf("%d rounds committed, want 3", len(j.History))
+	}
+	for i, r := range j.History {
+		if r.Number != uint32(i+1) || r.Updates < 2 {
+			t.Errorf("round %d: number %d with %d updates", i+1, r.Number, r.Updates)
+		}
+	}
+	final := j.History[2].Metrics["test_accuracy"]
+	t.Logf("test accuracy %.3f -> %.3f", baseAcc, final)
+	if final < baseAcc+0.3 || final < 0.8 {
+		t.Errorf("accuracy %.3f -> %.3f: federated training did not improve the model enough", baseAcc, final)
+	}
+}

@@ -1,0 +1,315 @@
+// Package worker runs a fedtune worker: it joins the cluster by gossip,
+// finds the coordinators from gossip, long-polls the leader for tasks,
+// fetches the round's base model by hash, trains on its own data through a
+// Trainer, and submits the encoded delta, resubmitting to whichever
+// coordinator leads until the update is accepted.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/gossip"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/tensor/codec"
+)
+
+// Result is what a Trainer returns for one task.
+type Result struct {
+	Delta   tensor.Set         // local - base
+	Samples uint64             // examples trained on (the FedAvg weight)
+	Metrics map[string]float64 // e.g. "loss", "seconds"
+}
+
+// Trainer fine-tunes a base model on the worker's own data for one task.
+type Trainer interface {
+	Train(ctx context.Context, base tensor.Set, task *pb.Task) (Result, error)
+}
+
+// Config configures a worker. Zero values get the defaults noted.
+type Config struct {
+	ID         string            // unique worker name (required)
+	Join       []string          // gossip addresses of any cluster nodes (required)
+	GossipAddr string            // gossip listen address; default 127.0.0.1:0
+	Labels     map[string]string // advertised in gossip, matched by job selectors
+	// JoinTimeout is how long Run keeps trying to reach a node at start
+	// before it gives up with an error; default 30s.
+	JoinTimeout time.Duration
+	// PollWait is how long one PollTask may be held; default 10s.
+	PollWait time.Duration
+	Fast     bool // short gossip timings, for one machine
+	Logger   *slog.Logger
+}
+
+// Worker is a worker node.
+type Worker struct {
+	cfg     Config
+	trainer Trainer
+	log     *slog.Logger
+	gossip  *gossip.Node
+	pool    *client.Pool
+
+	target  string                  // coordinator gRPC address to talk to next
+	known   []string                // coordinator gRPC addresses seen in gossip
+	pending *pb.SubmitUpdateRequest // update not yet accepted
+	done    []string                // "job/round" accepted from this worker (recent)
+	models  map[string]tensor.Set
+}
+
+// ErrNoCluster is returned by Run when no node could be reached.
+var ErrNoCluster = errors.New("cannot reach any node of the cluster")
+
+// New returns a worker; Run starts it.
+func New(cfg Config, trainer Trainer) (*Worker, error) {
+	if cfg.ID == "" {
+		return nil, errors.New("worker: an id is required")
+	}
+	if len(cfg.Join) == 0 {
+		return nil, errors.New("worker: give at least one node's gossip address to join")
+	}
+	if cfg.GossipAddr == "" {
+		cfg.GossipAddr = "127.0.0.1:0"
+	}
+	if cfg.JoinTimeout <= 0 {
+		cfg.JoinTimeout = 30 * time.Second
+	}
+	if cfg.PollWait <= 0 {
+		cfg.PollWait = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Worker{cfg: cfg, trainer: trainer, log: cfg.Logger.With("node", cfg.ID), pool: client.NewPool(), models: map[string]tensor.Set{}}, nil
+}
+
+// Run joins the cluster and works until ctx ends. It returns ErrNoCluster
+// (wrapped) if no node answered within JoinTimeout.
+func (w *Worker) Run(ctx context.Context) error {
+	g, err := gossip.Start(gossip.Config{Name: w.cfg.ID, BindAddr: w.cfg.GossipAddr, Fast: w.cfg.Fast,
+		Meta: gossip.Meta{Role: gossip.RoleWorker, Labels: w.cfg.Labels}})
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
+	}
+	w.gossip = g
+	defer func() {
+		_ = g.Leave(time.Second)
+		w.pool.Close()
+	}()
+	if err := w.joinCluster(ctx); err != nil {
+		return err
+	}
+	w.log.Info("worker joined the cluster", "coordinators", w.known, "labels", w.cfg.Labels)
+	backoff := newBackoff()
+	for ctx.Err() == nil {
+		if err := w.once(ctx); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			w.log.Warn("retrying", "err", err, "after", backoff.peek())
+			w.rotate()
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff.next()):
+			}
+			continue
+		}
+		backoff.reset()
+	}
+	return nil
+}
+
+// joinCluster joins gossip and waits until a coordinator is seen.
+func (w *Worker) joinCluster(ctx context.Context) error {
+	deadline := time.Now().Add(w.cfg.JoinTimeout)
+	var last error
+	for {
+		if err := w.gossip.Join(w.cfg.Join); err != nil {
+			last = err
+		} else if w.refreshCoordinators() {
+			return nil
+		} else {
+			last = errors.New("joined gossip but no coordinator is alive in it")
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("worker %s: %w at %v after %v: %v", w.cfg.ID, ErrNoCluster, w.cfg.Join, w.cfg.JoinTimeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// refreshCoordinators reads coordinator addresses from gossip. It keeps the
+// last known list when gossip shows none (a coordinator restarting).
+func (w *Worker) refreshCoordinators() bool {
+	var addrs []string
+	for _, m := range w.gossip.WithRole(gossip.RoleCoordinator) {
+		if m.Meta.GRPC != "" {
+			addrs = append(addrs, m.Meta.GRPC)
+		}
+	}
+	if len(addrs) == 0 {
+		return false
+	}
+	sort.Strings(addrs)
+	w.known = addrs
+	if w.target == "" {
+		w.target = addrs[0]
+	}
+	return true
+}
+
+// rotate moves to the next known coordinator after a failure, and rejoins
+// gossip if no coordinator is visible (all were restarted).
+func (w *Worker) rotate() {
+	if !w.refreshCoordinators() {
+		if err := w.gossip.Join(w.cfg.Join); err == nil {
+			w.refreshCoordinators()
+		}
+	}
+	if len(w.known) == 0 {
+		return
+	}
+	i := sort.SearchStrings(w.known, w.target)
+	w.target = w.known[(i+1)%len(w.known)]
+}
+
+// once does one step: resubmit a pending update, or poll for and run a task.
+func (w *Worker) once(ctx context.Context) error {
+	if w.pending != nil {
+		return w.submit(ctx)
+	}
+	conn, err := w.pool.Conn(w.target)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, w.cfg.PollWait+10*time.Second)
+	defer cancel()
+	resp, err := pb.NewWorkerClient(conn).PollTask(pctx, &pb.PollTaskRequest{WorkerId: w.cfg.ID, WaitSeconds: w.cfg.PollWait.Seconds(), Done: w.done})
+	if err != nil {
+		return fmt.Errorf("poll %s: %w", w.target, err)
+	}
+	if resp.Task == nil {
+		if resp.LeaderAddr != "" && resp.LeaderAddr != w.target {
+			w.log.Info("following leader", "leader", resp.LeaderAddr)
+			w.target = resp.LeaderAddr
+		} else if resp.LeaderAddr == "" && !w.refreshCoordinators() {
+			w.rotate()
+		}
+		return nil
+	}
+	return w.run(ctx, resp.Task)
+}
+
+func (w *Worker) run(ctx context.Context, t *pb.Task) error {
+	log := w.log.With("job", t.Job, "round", t.Round)
+	base, err := w.model(ctx, t.Base.GetHash())
+	if err != nil {
+		return err
+	}
+	cd, err := codec.New(t.Codec)
+	if err != nil {
+		return fmt.Errorf("task %s/%d: %w", t.Job, t.Round, err)
+	}
+	log.Info("training", "base", t.Base.GetHash()[:12])
+	tctx := ctx
+	if t.DeadlineUnixNano > 0 {
+		var cancel context.CancelFunc
+		tctx, cancel = context.WithDeadline(ctx, time.Unix(0, t.DeadlineUnixNano))
+		defer cancel()
+	}
+	res, err := w.trainer.Train(tctx, base, t)
+	if err != nil {
+		return fmt.Errorf("task %s/%d: %w", t.Job, t.Round, err)
+	}
+	payload, err := cd.Encode(res.Delta)
+	if err != nil {
+		return fmt.Errorf("task %s/%d: encode: %w", t.Job, t.Round, err)
+	}
+	log.Info("trained", "samples", res.Samples, "loss", res.Metrics["loss"], "seconds", res.Metrics["seconds"], "bytes", len(payload))
+	w.pending = &pb.SubmitUpdateRequest{WorkerId: w.cfg.ID, Job: t.Job, Round: t.Round, BaseModel: t.Base.GetHash(),
+		Codec: cd.Name(), Payload: payload, Samples: res.Samples, Metrics: res.Metrics}
+	return w.submit(ctx)
+}
+
+// submit sends the pending update to the target coordinator, following a
+// leader hint. The update is kept until a leader accepts it, or refuses it
+// for good (its round is over).
+func (w *Worker) submit(ctx context.Context) error {
+	p := w.pending
+	conn, err := w.pool.Conn(w.target)
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	resp, err := pb.NewWorkerClient(conn).SubmitUpdate(sctx, p)
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.FailedPrecondition, codes.NotFound, codes.PermissionDenied, codes.InvalidArgument, codes.ResourceExhausted:
+		w.log.Warn("update refused; dropping it", "job", p.Job, "round", p.Round, "err", err)
+		w.pending = nil
+		return nil
+	default:
+		return fmt.Errorf("submit to %s: %w", w.target, err)
+	}
+	if !resp.Accepted {
+		if resp.LeaderAddr == "" {
+			return fmt.Errorf("submit to %s: no leader known yet", w.target)
+		}
+		w.target = resp.LeaderAddr
+		return nil // resubmitted on the next step
+	}
+	w.log.Info("update accepted", "job", p.Job, "round", p.Round, "duplicate", resp.Duplicate)
+	w.done = append(w.done, fmt.Sprintf("%s/%d", p.Job, p.Round))
+	if len(w.done) > 64 {
+		w.done = w.done[len(w.done)-64:]
+	}
+	w.pending = nil
+	return nil
+}
+
+// model returns the base model with this hash, from cache or the cluster.
+func (w *Worker) model(ctx context.Context, hash string) (tensor.Set, error) {
+	if s, ok := w.models[hash]; ok {
+		return s, nil
+	}
+	conn, err := w.pool.Conn(w.target)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	b, err := client.GetBlob(ctx, conn, hash, client.MaxMessage)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	s, err := tensor.Unmarshal(b)
+	if err != nil {
+		return tensor.Set{}, fmt.Errorf("base model %.12s: %w", hash, err)
+	}
+	clear(w.models) // keep only the newest base
+	w.models[hash] = s
+	return s, nil
+}
+
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff             { return &backoff{d: 100 * time.Millisecond} }
+func (b *backoff) peek() time.Duration { return b.d }
+func (b *backoff) reset()              { b.d = 100 * time.Millisecond }
+func (b *backoff) next() time.Duration {
+	d := b.d
+	b.d = min(2*b.d, 3*time.Second)
+	return d
+}
