@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"

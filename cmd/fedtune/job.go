@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
+
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/progress"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+func coordinatorFlag() cli.Flag {
+	return &cli.StringFlag{Name: "coordinator", Aliases: []string{"c"}, Value: "127.0.0.1:7070", Usage: "gRPC address of a coordinator", EnvVars: []string{"FEDTUNE_COORDINATOR"}}
+}
+
+// dial returns a connection to --coordinator; the caller closes the pool.
+func dial(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
+	pool := client.NewPool()
+	conn, err := pool.Conn(c.String("coordinator"))
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return pool, conn, nil
+}
+
+func jobCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "job",
+		Usage: "submit, list and follow federated jobs",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "submit",
+				Usage:     "submit a job that fine-tunes a base checkpoint",
+				ArgsUsage: " ",
+				Flags: []cli.Flag{
+					coordinatorFlag(),
+					&cli.StringFlag{Name: "name", Required: true, Usage: "job name (unique)", EnvVars: []string{"FEDTUNE_JOB"}},
+					&cli.StringFlag{Name: "model", Value: "mnist-mlp", Usage: "architecture: " + strings.Join(model.Names(), ", "), EnvVars: []string{"FEDTUNE_MODEL"}},
+					&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "data set the workers train on", EnvVars: []string{"FEDTUNE_DATASET"}},
+					&cli.StringFlag{Name: "base", Usage: "base checkpoint (safetensors); default: a fresh initialisation from --seed", EnvVars: []string{"FEDTUNE_BASE"}},
+					&cli.UintFlag{Name: "rounds", Value: 10, Usage: "federated rounds", EnvVars: []string{"FEDTUNE_ROUNDS"}},
+					&cli.UintFlag{Name: "clients", Value: 3, Usage: "workers per round", EnvVars: []string{"FEDTUNE_CLIENTS"}},
+					&cli.UintFlag{Name: "min-updates", Usage: "updates needed to commit a round at its deadline (default: --clients)", EnvVars: []string{"FEDTUNE_MIN_UPDATES"}},
+					&cli.Float64Flag{Name: "over-select", Usage: "fraction of extra workers selected to absorb stragglers", EnvVars: []string{"FEDTUNE_OVER_SELECT"}},
+					&cli.DurationFlag{Name: "round-timeout", Value: 5 * time.Minute, Usage: "round deadline", EnvVars: []string{"FEDTUNE_ROUND_TIMEOUT"}},
+					&cli.StringSliceFlag{Name: "selector", Usage: "only workers with this label, key=value (repeatable)", EnvVars: []string{"FEDTUNE_SELECTOR"}},
+					&cli.UintFlag{Name: "epochs", Value: 1, Usage: "local epochs per round", EnvVars: []string{"FEDTUNE_EPOCHS"}},
+					&cli.UintFlag{Name: "steps", Usage: "cap on local steps per round (0: none)", EnvVars: []string{"FEDTUNE_STEPS"}},
+					&cli.UintFlag{Name: "batch-size", Value: 64, Usage: "local batch size", EnvVars: []string{"FEDTUNE_BATCH_SIZE"}},
+					&cli.Float64Flag{Name: "lr", Value: 0.05, Usage: "local learning rate", EnvVars: []string{"FEDTUNE_LR"}},
+					&cli.Float64Flag{Name: "momentum", Value: 0.9, Usage: "local SGD momentum", EnvVars: []string{"FEDTUNE_MOMENTUM"}},
+					&cli.Float64Flag{Name: "prox-mu", Usage: "FedProx proximal weight (0: plain FedAvg)", EnvVars: []string{"FEDTUNE_PROX_MU"}},
+					&cli.StringFlag{Name: "aggregator", Value: "fedavg", Usage: "aggregation rule", EnvVars: []string{"FEDTUNE_AGGREGATOR"}},
+					&cli.StringFlag{Name: "codec", Value: "fp32", Usage: "update codec: fp32 or fp16", EnvVars: []string{"FEDTUNE_CODEC"}},
+					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for worker sampling and initialisation", EnvVars: []string{"FEDTUNE_SEED"}},
+					&cli.BoolFlag{Name: "evaluate", Value: true, Usage: "evaluate each round's model on the data set's test split", EnvVars: []string{"FEDTUNE_EVALUATE"}},
+					&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}},
+				},
+				Action: submitJob,
+			},
+			{
+				Name:      "status",
+				Usage:     "show a job's rounds",
+				ArgsUsage: "NAME",
+				Flags:     []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends"}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("job status: give one job name")
+					}
+					pool, conn, err := dial(c)
+					if err != nil {
+						return err
+					}
+					defer pool.Close()
+					return watchJob(c, conn, c.Args().First(), c.Bool("watch"))
+				},
+			},
+			{
+				Name:  "list",
+				Usage: "list jobs",
+				Flags: []cli.Flag{coordinatorFlag()},
+				Action: func(c *cli.Context) error {
+					pool, conn, err := dial(c)
+					if err != nil {
+						return err
+					}
+					defer pool.Close()
+					resp, err := pb.NewAdminClient(conn).ListJobs(c.Context, &pb.ListJobsRequest{})
+					if err != nil {
+						return err
+					}
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "NAME\tSTATUS\tMODEL\tROUNDS\tTEST ACC")
+					for _, j := range resp.Jobs {
+						acc := "-"
+						if n := len(j.History); n > 0 {
+							if v, ok := j.History[n-1].Metrics["test_accuracy"]; ok {
+								acc = fmt.Sprintf("%.2f%%", 100*v)
+							}
+						}
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", j.Spec.Name, progress.Status(j), j.Spec.Model, len(j.History), j.Spec.Rounds, acc)
+					}
+					return tw.Flush()
+				},
+			},
+		},
+	}
+}
+
+func submitJob(c *cli.Context) error {
+	selector, err := parseLabels("selector", c.StringSlice("selector"))
+	if err != nil {
+		return err
+	}
+	spec := &pb.JobSpec{
+		Name: c.String("name"), Model: c.String("model"), Dataset: c.String("dataset"), Rounds: uint32(c.Uint("rounds")),
+		ClientsPerRound: uint32(c.Uint("clients")), MinUpdates: uint32(c.Uint("min-updates")), OverSelect: c.Float64("over-select"),
+		RoundTimeoutSeconds: c.Duration("round-timeout").Seconds(), Selector: selector, Aggregator: c.String("aggregator"),
+		Codec: c.String("codec"), Seed: c.Uint64("seed"), Evaluate: c.Bool("evaluate"),
+		Train: &pb.TrainConfig{LocalEpochs: uint32(c.Uint("epochs")), LocalSteps: uint32(c.Uint("steps")), BatchSize: uint32(c.Uint("batch-size")),
+			LearningRate: c.Float64("lr"), Momentum: c.Float64("momentum"), ProxMu: c.Float64("prox-mu")},
+	}
+	if err := coordinator.NormalizeSpec(spec); err != nil {
+		return fmt.Errorf("job submit: %w", err)
+	}
+	var base tensor.Set
+	if p := c.String("base"); p != "" {
+		if base, err = tensor.ReadFile(p); err != nil {
+			return fmt.Errorf("job submit: --base: %w", err)
+		}
+	} else {
+		arch, _ := model.Lookup(spec.Model)
+		base = arch.Init(spec.Seed)
+	}
+	b, err := tensor.Marshal(base, tensor.F32)
+	if err != nil {
+		return err
+	}
+	pool, conn, err := dial(c)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	ctx, cancel := context.WithTimeout(c.Context, 5*time.Minute)
+	defer cancel()
+	if spec.BaseModel, err = client.PutBlob(ctx, conn, b); err != nil {
+		return fmt.Errorf("job submit: upload base model: %w", err)
+	}
+	resp, err := pb.NewAdminClient(conn).SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec})
+	if err != nil {
+		return fmt.Errorf("job submit: %w", err)
+	}
+	fmt.Fprintf(c.App.Writer, "job %s submitted: %d rounds of %d workers, base model %.12s", spec.Name, spec.Rounds, spec.ClientsPerRound, spec.BaseModel)
+	if acc, ok := resp.Job.BaseMetrics["test_accuracy"]; ok {
+		fmt.Fprintf(c.App.Writer, " (test accuracy %.2f%%)", 100*acc)
+	}
+	fmt.Fprintln(c.App.Writer)
+	if c.Bool("watch") {
+		return watchJob(c, conn, spec.Name, true)
+	}
+	return nil
+}
+
+// watchJob prints a job's committed rounds, and with follow, keeps
+// printing them, with the open round's progress, until the job ends.
+func watchJob(c *cli.Context, conn grpc.ClientConnInterface, name string, follow bool) error {
+	admin := pb.NewAdminClient(conn)
+	out := c.App.Writer
+	tty := isTerminal(out)
+	printed := 0
+	header := false
+	for {
+		resp, err := admin.JobStatus(c.Context, &pb.JobStatusRequest{Name: name})
+		if err != nil {
+			return err
+		}
+		j := resp.Job
+		if !header {
+			fmt.Fprintf(out, "job %s: %s, model %s, %d rounds of %d workers", j.Spec.Name, progress.Status(j), j.Spec.Model, j.Spec.Rounds, j.Spec.ClientsPerRound)
+			if acc, ok := j.BaseMetrics["test_accuracy"]; ok {
+				fmt.Fprintf(out, ", base test accuracy %.2f%%", 100*acc)
+			}
+			fmt.Fprintln(out)
+			fmt.Fprintln(out, progress.RoundHeader)
+			header = true
+		}
+		if tty && follow {
+			fmt.Fprint(out, "\r\033[K")
+		}
+		for ; printed < len(j.History); printed++ {
+			fmt.Fprintln(out, progress.RoundLine(j, j.History[printed]))
+		}
+		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING || !follow {
+			if j.OpenRound != nil && !follow {
+				fmt.Fprintln(out, progress.OpenRoundLine(j, time.Now()))
+			}
+			if j.Error != "" {
+				fmt.Fprintln(out, "error:", j.Error)
+			}
+			if follow {
+				fmt.Fprintf(out, "job %s %s\n", name, progress.Status(j))
+			}
+			return nil
+		}
+		if tty {
+			fmt.Fprint(out, progress.OpenRoundLine(j, time.Now()))
+		}
+		select {
+		case <-c.Context.Done():
+			return nil
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func workersCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "workers",
+		Usage: "list the worker roster",
+		Flags: []cli.Flag{coordinatorFlag()},
+		Action: func(c *cli.Context) error {
+			pool, conn, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			resp, err := pb.NewAdminClient(conn).ListWorkers(c.Context, &pb.ListWorkersRequest{})
+			if err != nil {
+				return err
+			}
+			alive := map[string]bool{}
+			for _, a := range resp.Alive {
+				alive[a] = true
+			}
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tLABELS")
+			for _, w := range resp.Workers {
+				state := "gone"
+				if alive[w.Id] {
+					state = "alive"
+				}
+				var ls []string
+				for k, v := range w.Labels {
+					ls = append(ls, k+"="+v)
+				}
+				sort.Strings(ls)
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", w.Id, state, strings.Join(ls, ","))
+			}
+			return tw.Flush()
+		},
+	}
+}

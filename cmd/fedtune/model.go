@@ -1,0 +1,154 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/demo"
+	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+func modelCommand() *cli.Command {
+	modelFlag := &cli.StringFlag{Name: "model", Value: "mnist-mlp", Usage: "architecture: " + strings.Join(model.Names(), ", "), EnvVars: []string{"FEDTUNE_MODEL"}}
+	outFlag := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "safetensors file to write"}
+	return &cli.Command{
+		Name:  "model",
+		Usage: "make, export and inspect checkpoints (safetensors)",
+		Subcommands: []*cli.Command{
+			{
+				Name:  "export",
+				Usage: "download a job's model as safetensors",
+				Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name"},
+					&cli.UintFlag{Name: "round", Usage: "committed round (0: newest)"}, outFlag},
+				Action: func(c *cli.Context) error {
+					pool, conn, err := dial(c)
+					if err != nil {
+						return err
+					}
+					defer pool.Close()
+					b, err := client.ExportModel(c.Context, conn, c.String("job"), uint32(c.Uint("round")))
+					if err != nil {
+						return err
+					}
+					if err := os.WriteFile(c.String("output"), b, 0o644); err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "wrote %s (%d bytes, sha256 %.12s)\n", c.String("output"), len(b), client.HashOf(b))
+					return nil
+				},
+			},
+			{
+				Name:  "init",
+				Usage: "write a freshly initialised checkpoint",
+				Flags: []cli.Flag{modelFlag, outFlag, &cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation seed"}},
+				Action: func(c *cli.Context) error {
+					arch, err := model.Lookup(c.String("model"))
+					if err != nil {
+						return err
+					}
+					return tensor.WriteFile(c.String("output"), arch.Init(c.Uint64("seed")), tensor.F32)
+				},
+			},
+			{
+				Name:  "pretrain",
+				Usage: "train a base checkpoint centrally on MNIST (optionally on some digits only)",
+				Flags: []cli.Flag{modelFlag, outFlag,
+					&cli.StringFlag{Name: "digits", Value: "0,1,2,3,4", Usage: "comma-separated digits to train on"},
+					&cli.IntFlag{Name: "epochs", Value: 1, Usage: "epochs"},
+					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation and shuffling seed"}},
+				Action: func(c *cli.Context) error {
+					arch, err := model.Lookup(c.String("model"))
+					if err != nil {
+						return err
+					}
+					var digits []uint8
+					for _, d := range strings.Split(c.String("digits"), ",") {
+						v, err := strconv.Atoi(strings.TrimSpace(d))
+						if err != nil || v < 0 || v > 9 {
+							return fmt.Errorf("--digits: %q is not a digit 0-9", d)
+						}
+						digits = append(digits, uint8(v))
+					}
+					train, err := dataset.MNIST(dataset.Train)
+					if err != nil {
+						return err
+					}
+					test, err := dataset.MNIST(dataset.Test)
+					if err != nil {
+						return err
+					}
+					params, err := demo.Pretrain(c.Context, arch, train.Subset(train.WithLabels(digits...)), c.Int("epochs"), c.Uint64("seed"), c.App.Writer)
+					if err != nil {
+						return err
+					}
+					ev, err := model.NewEvaluator(arch, 1000)
+					if err != nil {
+						return err
+					}
+					defer ev.Close()
+					res, err := ev.Evaluate(params, test)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "test accuracy on all 10 digits: %.2f%%\n", 100*res.Accuracy)
+					return tensor.WriteFile(c.String("output"), params, tensor.F32)
+				},
+			},
+			{
+				Name:      "inspect",
+				Usage:     "list a safetensors file's tensors",
+				ArgsUsage: "FILE",
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("model inspect: give one file")
+					}
+					s, err := tensor.ReadFile(c.Args().First())
+					if err != nil {
+						return err
+					}
+					for _, t := range s.Tensors {
+						fmt.Fprintf(c.App.Writer, "%-24s %v\n", t.Name, t.Shape)
+					}
+					for k, v := range s.Metadata {
+						fmt.Fprintf(c.App.Writer, "metadata %s = %s\n", k, v)
+					}
+					fmt.Fprintf(c.App.Writer, "%d tensors, %d parameters, L2 norm %.4f\n", len(s.Tensors), s.Len(), s.Norm())
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func demoCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "demo",
+		Usage: "fine-tune a digits-0-4 MNIST model federatedly with 4 workers on this machine",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "out", Value: "demo-out", Usage: "directory for the base and final models and the nodes' log", EnvVars: []string{"FEDTUNE_DEMO_OUT"}},
+			&cli.IntFlag{Name: "workers", Value: 4, Usage: "number of workers", EnvVars: []string{"FEDTUNE_DEMO_WORKERS"}},
+			&cli.IntFlag{Name: "rounds", Value: 10, Usage: "federated rounds", EnvVars: []string{"FEDTUNE_DEMO_ROUNDS"}},
+			&cli.Float64Flag{Name: "alpha", Value: 1, Usage: "Dirichlet concentration of the workers' data (smaller: more non-IID)", EnvVars: []string{"FEDTUNE_DEMO_ALPHA"}},
+			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed", EnvVars: []string{"FEDTUNE_DEMO_SEED"}},
+			&cli.Float64Flag{Name: "min-accuracy", Usage: "exit non-zero if the final test accuracy is below this fraction", EnvVars: []string{"FEDTUNE_DEMO_MIN_ACCURACY"}},
+		},
+		Action: func(c *cli.Context) error {
+			res, err := demo.Run(c.Context, demo.Config{OutDir: c.String("out"), Workers: c.Int("workers"), Rounds: c.Int("rounds"),
+				Alpha: c.Float64("alpha"), Seed: c.Uint64("seed"), Out: c.App.Writer})
+			if err != nil {
+				return err
+			}
+			if m := c.Float64("min-accuracy"); res.FinalAccuracy < m {
+				return fmt.Errorf("%w: %.4f < %.4f", demo.ErrBelowTarget, res.FinalAccuracy, m)
+			}
+			return nil
+		},
+	}
+}

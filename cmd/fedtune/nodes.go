@@ -1,0 +1,139 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/worker"
+)
+
+func coordinatorCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "coordinator",
+		Usage: "run a coordinator node (Raft-replicated state, scheduler, gRPC services)",
+		Description: `Starts a coordinator. The first coordinator of a cluster bootstraps a
+one-node Raft cluster in --data-dir; restarted with the same --data-dir it
+recovers every committed round and resumes open jobs.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "id", Value: hostname(), Usage: "unique node name", EnvVars: []string{"FEDTUNE_ID"}},
+			&cli.StringFlag{Name: "data-dir", Value: "fedtune-data", Usage: "directory for the Raft log, snapshots and blobs", EnvVars: []string{"FEDTUNE_DATA_DIR"}},
+			&cli.StringFlag{Name: "grpc-addr", Value: "127.0.0.1:7070", Usage: "gRPC listen address (workers and the CLI connect here)", EnvVars: []string{"FEDTUNE_GRPC_ADDR"}},
+			&cli.StringFlag{Name: "raft-addr", Value: "127.0.0.1:7071", Usage: "Raft listen address", EnvVars: []string{"FEDTUNE_RAFT_ADDR"}},
+			&cli.StringFlag{Name: "gossip-addr", Value: "127.0.0.1:7946", Usage: "gossip listen address", EnvVars: []string{"FEDTUNE_GOSSIP_ADDR"}},
+			&cli.StringSliceFlag{Name: "join", Usage: "gossip address of a node already in the cluster (repeatable)", EnvVars: []string{"FEDTUNE_JOIN"}},
+			&cli.BoolFlag{Name: "bootstrap", Value: true, Usage: "bootstrap a one-node Raft cluster if --data-dir holds no state", EnvVars: []string{"FEDTUNE_BOOTSTRAP"}},
+			&cli.BoolFlag{Name: "fast", Usage: "short Raft and gossip timings, for clusters on one machine or LAN", EnvVars: []string{"FEDTUNE_FAST"}},
+			&cli.Int64Flag{Name: "max-blob-bytes", Value: 1 << 30, Usage: "largest model or update accepted, in bytes", EnvVars: []string{"FEDTUNE_MAX_BLOB_BYTES"}},
+			&cli.DurationFlag{Name: "worker-grace", Value: 5 * time.Minute, Usage: "how long a worker may be gone from gossip before it leaves the roster", EnvVars: []string{"FEDTUNE_WORKER_GRACE"}},
+		},
+		Action: func(c *cli.Context) error {
+			log, err := logger(c, os.Stderr)
+			if err != nil {
+				return err
+			}
+			co, err := coordinator.New(coordinator.Config{
+				NodeID: c.String("id"), DataDir: c.String("data-dir"), GRPCAddr: c.String("grpc-addr"), RaftAddr: c.String("raft-addr"),
+				GossipAddr: c.String("gossip-addr"), Join: c.StringSlice("join"), Bootstrap: c.Bool("bootstrap"), Fast: c.Bool("fast"),
+				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), Logger: log,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "coordinator %s: grpc=%s gossip=%s data-dir=%s\n", c.String("id"), co.GRPCAddr(), co.GossipAddr(), c.String("data-dir"))
+			<-c.Context.Done()
+			log.Info("shutting down")
+			return co.Close()
+		},
+	}
+}
+
+func workerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "worker",
+		Usage: "run a worker: join by gossip, train on local data, submit updates",
+		Description: `Starts a worker that joins the cluster through any node's gossip address,
+trains the rounds it is selected for on its own data, and submits updates.
+
+Local data: --dataset names the data set; --partition, --num-partitions and
+--partition-index pick this worker's share of it, so several workers on one
+machine can stand in for sites holding different data.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "id", Value: hostname() + "-worker", Usage: "unique worker name", EnvVars: []string{"FEDTUNE_ID"}},
+			&cli.StringSliceFlag{Name: "join", Value: cli.NewStringSlice("127.0.0.1:7946"), Usage: "gossip address of any cluster node (repeatable)", EnvVars: []string{"FEDTUNE_JOIN"}},
+			&cli.StringFlag{Name: "gossip-addr", Value: "127.0.0.1:0", Usage: "gossip listen address (port 0: any free port)", EnvVars: []string{"FEDTUNE_GOSSIP_ADDR"}},
+			&cli.StringSliceFlag{Name: "label", Usage: "label advertised to the cluster, key=value (repeatable), e.g. region=eu", EnvVars: []string{"FEDTUNE_LABELS"}},
+			&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "local data set", EnvVars: []string{"FEDTUNE_DATASET"}},
+			&cli.StringFlag{Name: "mnist-dir", Usage: "read MNIST idx .gz files from this directory instead of the embedded copy", EnvVars: []string{"FEDTUNE_MNIST_DIR"}},
+			&cli.StringFlag{Name: "partition", Value: "dirichlet", Usage: "how the data set is split among partitions: iid, shards or dirichlet", EnvVars: []string{"FEDTUNE_PARTITION"}},
+			&cli.IntFlag{Name: "num-partitions", Value: 1, Usage: "number of partitions the data set is split into", EnvVars: []string{"FEDTUNE_NUM_PARTITIONS"}},
+			&cli.IntFlag{Name: "partition-index", Value: 0, Usage: "which partition (0-based) this worker holds", EnvVars: []string{"FEDTUNE_PARTITION_INDEX"}},
+			&cli.Float64Flag{Name: "alpha", Value: 1.0, Usage: "Dirichlet concentration for --partition dirichlet (smaller: more skewed)", EnvVars: []string{"FEDTUNE_ALPHA"}},
+			&cli.IntFlag{Name: "shards", Value: 2, Usage: "label shards per partition for --partition shards", EnvVars: []string{"FEDTUNE_SHARDS"}},
+			&cli.Uint64Flag{Name: "partition-seed", Value: 1, Usage: "seed of the split (all workers must use the same)", EnvVars: []string{"FEDTUNE_PARTITION_SEED"}},
+			&cli.IntFlag{Name: "max-examples", Usage: "use at most this many local examples (0: all)", EnvVars: []string{"FEDTUNE_MAX_EXAMPLES"}},
+			&cli.DurationFlag{Name: "join-timeout", Value: 30 * time.Second, Usage: "give up if no node answers within this time", EnvVars: []string{"FEDTUNE_JOIN_TIMEOUT"}},
+			&cli.DurationFlag{Name: "poll-wait", Value: 10 * time.Second, Usage: "how long one task poll may wait on the coordinator", EnvVars: []string{"FEDTUNE_POLL_WAIT"}},
+			&cli.BoolFlag{Name: "fast", Usage: "short gossip timings, for clusters on one machine or LAN", EnvVars: []string{"FEDTUNE_FAST"}},
+		},
+		Action: func(c *cli.Context) error {
+			log, err := logger(c, os.Stderr)
+			if err != nil {
+				return err
+			}
+			labels, err := parseLabels("label", c.StringSlice("label"))
+			if err != nil {
+				return err
+			}
+			local, err := localData(c)
+			if err != nil {
+				return err
+			}
+			log.Info("local data", "dataset", c.String("dataset"), "examples", local.Len(), "partition", fmt.Sprintf("%d/%d", c.Int("partition-index"), c.Int("num-partitions")))
+			tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
+			defer tr.Close()
+			w, err := worker.New(worker.Config{ID: c.String("id"), Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
+				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Fast: c.Bool("fast"), Logger: log}, tr)
+			if err != nil {
+				return err
+			}
+			return w.Run(c.Context)
+		},
+	}
+}
+
+func localData(c *cli.Context) (*dataset.Examples, error) {
+	name := c.String("dataset")
+	var all *dataset.Examples
+	var err error
+	if dir := c.String("mnist-dir"); dir != "" && name == "mnist" {
+		all, err = dataset.MNISTDir(dir, dataset.Train)
+	} else {
+		all, err = dataset.Load(name, dataset.Train)
+	}
+	if err != nil {
+		return nil, err
+	}
+	n, i := c.Int("num-partitions"), c.Int("partition-index")
+	if n < 1 || i < 0 || i >= n {
+		return nil, fmt.Errorf("--partition-index %d must be in [0, --num-partitions %d)", i, n)
+	}
+	p := dataset.Partition{Kind: strings.ToLower(c.String("partition")), Alpha: c.Float64("alpha"), Shards: c.Int("shards"), Seed: c.Uint64("partition-seed")}
+	parts, err := p.Split(all.Y, all.Classes, n)
+	if err != nil {
+		return nil, err
+	}
+	idx := parts[i]
+	if m := c.Int("max-examples"); m > 0 && len(idx) > m {
+		idx = idx[:m]
+	}
+	if len(idx) == 0 {
+		return nil, fmt.Errorf("partition %d of %d is empty", i, n)
+	}
+	return all.Subset(idx), nil
+}

@@ -1,0 +1,66 @@
+// Package progress renders a job's progress for terminals: a bar and one
+// line per committed round.
+package progress
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// Bar renders done/total as a fixed-width bar, e.g. "[#####-----]".
+func Bar(done, total, width int) string {
+	if total <= 0 {
+		total = 1
+	}
+	n := min(max(done*width/total, 0), width)
+	return "[" + strings.Repeat("#", n) + strings.Repeat("-", width-n) + "]"
+}
+
+// RoundHeader is the header above RoundLine rows.
+const RoundHeader = "round  progress              updates  samples  test_acc  test_loss  train_loss  seconds"
+
+// RoundLine renders one committed round of a job.
+func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
+	secs := time.Duration(r.CommittedUnixNano - r.StartedUnixNano).Seconds()
+	return fmt.Sprintf("%5d  %s %3d%%  %7d  %7d  %8s  %9s  %10s  %7.1f",
+		r.Number, Bar(int(r.Number), int(j.Spec.Rounds), 12), 100*int(r.Number)/int(max(j.Spec.Rounds, 1)),
+		r.Updates, r.Samples, pct(r.Metrics, "test_accuracy"), num(r.Metrics, "test_loss"), num(r.Metrics, "train_loss"), secs)
+}
+
+// OpenRoundLine describes a round in progress: updates in and time left.
+func OpenRoundLine(j *pb.Job, now time.Time) string {
+	r := j.OpenRound
+	if r == nil {
+		return fmt.Sprintf("job %s: %s, %d/%d rounds committed", j.Spec.Name, status(j), len(j.History), j.Spec.Rounds)
+	}
+	total := time.Duration(r.DeadlineUnixNano - r.StartedUnixNano)
+	elapsed := now.Sub(time.Unix(0, r.StartedUnixNano))
+	return fmt.Sprintf("round %d: %d/%d updates, %s %.0fs to deadline", r.Number, len(r.Updates), len(r.Selected),
+		Bar(int(elapsed), int(total), 20), max(0, (total-elapsed).Seconds()))
+}
+
+func status(j *pb.Job) string {
+	return strings.ToLower(strings.TrimPrefix(j.Status.String(), "JOB_STATUS_"))
+}
+
+// Status returns a job's status word: running, done or failed.
+func Status(j *pb.Job) string { return status(j) }
+
+func pct(m map[string]float64, k string) string {
+	v, ok := m[k]
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f%%", 100*v)
+}
+
+func num(m map[string]float64, k string) string {
+	v, ok := m[k]
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%.4f", v)
+}
