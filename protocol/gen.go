@@ -3,4 +3,4 @@
 // Regenerate with `make proto`.
 package protocol
 
-//go:generate protoc -I . --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative fedtune.proto service.proto
+//go:generate make -C .. proto

