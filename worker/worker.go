@@ -48,7 +48,10 @@ type Config struct {
 	// PollWait is how long one PollTask may be held; default 10s.
 	PollWait time.Duration
 	Fast     bool // short gossip timings, for one machine
-	Logger   *slog.Logger
+	// SubmitDelay waits this long before sending each new update: it
+	// simulates a slow uplink, for tests and experiments.
+	SubmitDelay time.Duration
+	Logger      *slog.Logger
 }
 
 // Worker is a worker node.
@@ -171,14 +174,15 @@ func (w *Worker) refreshCoordinators() bool {
 	return true
 }
 
-// rotate moves to the next known coordinator after a failure, and rejoins
-// gossip if no coordinator is visible (all were restarted).
+// rotate moves to the next known coordinator after a failure. It also
+// rejoins gossip through the seed addresses: a coordinator that restarted
+// has an empty member list, and this makes it see the worker at once
+// rather than at the next periodic state exchange.
 func (w *Worker) rotate() {
-	if !w.refreshCoordinators() {
-		if err := w.gossip.Join(w.cfg.Join); err == nil {
-			w.refreshCoordinators()
-		}
+	if err := w.gossip.Join(w.cfg.Join); err != nil {
+		w.log.Debug("gossip rejoin failed", "err", err)
 	}
+	w.refreshCoordinators()
 	if len(w.known) == 0 {
 		return
 	}
@@ -239,6 +243,13 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		return fmt.Errorf("task %s/%d: encode: %w", t.Job, t.Round, err)
 	}
 	log.Info("trained", "samples", res.Samples, "loss", res.Metrics["loss"], "seconds", res.Metrics["seconds"], "bytes", len(payload))
+	if w.cfg.SubmitDelay > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(w.cfg.SubmitDelay):
+		}
+	}
 	w.pending = &pb.SubmitUpdateRequest{WorkerId: w.cfg.ID, Job: t.Job, Round: t.Round, BaseModel: t.Base.GetHash(),
 		Codec: cd.Name(), Payload: payload, Samples: res.Samples, Metrics: res.Metrics}
 	return w.submit(ctx)

@@ -80,6 +80,7 @@ machine can stand in for sites holding different data.`,
 			&cli.DurationFlag{Name: "join-timeout", Value: 30 * time.Second, Usage: "give up if no node answers within this time", EnvVars: []string{"FEDTUNE_JOIN_TIMEOUT"}},
 			&cli.DurationFlag{Name: "poll-wait", Value: 10 * time.Second, Usage: "how long one task poll may wait on the coordinator", EnvVars: []string{"FEDTUNE_POLL_WAIT"}},
 			&cli.BoolFlag{Name: "fast", Usage: "short gossip timings, for clusters on one machine or LAN", EnvVars: []string{"FEDTUNE_FAST"}},
+			&cli.DurationFlag{Name: "submit-delay", Usage: "wait this long before sending each update (simulates a slow uplink)", EnvVars: []string{"FEDTUNE_SUBMIT_DELAY"}},
 		},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c, os.Stderr)
@@ -98,7 +99,7 @@ machine can stand in for sites holding different data.`,
 			tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
 			defer tr.Close()
 			w, err := worker.New(worker.Config{ID: c.String("id"), Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
-				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Fast: c.Bool("fast"), Logger: log}, tr)
+				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Fast: c.Bool("fast"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
 			if err != nil {
 				return err
 			}

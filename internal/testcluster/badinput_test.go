@@ -125,7 +125,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"wrong shapes", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(wrongShape) }), codes.InvalidArgument, "shape"},
 		{"NaN", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(nan) }), codes.InvalidArgument, "not finite"},
 		{"Inf", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(inf) }), codes.InvalidArgument, "not finite"},
-		{"corrupt payload", req(func(r *pb.SubmitUpdateRequest) { r.Payload = []byte("\x10\x00\x00\x00\x00\x00\x00\x00{bad json}      ") }), codes.InvalidArgument, "invalid safetensors"},
+		{"corrupt payload", req(func(r *pb.SubmitUpdateRequest) {
+			r.Payload = []byte("\x10\x00\x00\x00\x00\x00\x00\x00{bad json}      ")
+		}), codes.InvalidArgument, "invalid safetensors"},
 		{"stale round", req(func(r *pb.SubmitUpdateRequest) { r.Round = task.Round + 5 }), codes.FailedPrecondition, "not open"},
 		{"unknown job", req(func(r *pb.SubmitUpdateRequest) { r.Job = "nope" }), codes.NotFound, "unknown job"},
 		{"unselected worker", req(func(r *pb.SubmitUpdateRequest) { r.WorkerId = "w9" }), codes.PermissionDenied, "not selected"},
