@@ -171,6 +171,10 @@ func Unmarshal(b []byte) (Set, error) {
 func decodeValues(d DType, b []byte) []float32 {
 	w := d.size()
 	out := make([]float32, len(b)/w)
+	if d == F32 {
+		getF32(out, b)
+		return out
+	}
 	for i := range out {
 		p := b[i*w:]
 		switch d {
@@ -227,14 +231,14 @@ func Marshal(s Set, dtype DType) ([]byte, error) {
 	copy(out[8:], hj)
 	p := out[8+len(hj):]
 	for _, t := range s.Tensors {
+		if dtype == F32 {
+			putF32(p, t.Data)
+			p = p[4*len(t.Data):]
+			continue
+		}
 		for _, v := range t.Data {
-			if dtype == F32 {
-				binary.LittleEndian.PutUint32(p, math.Float32bits(v))
-				p = p[4:]
-			} else {
-				binary.LittleEndian.PutUint16(p, float16.Fromfloat32(v).Bits())
-				p = p[2:]
-			}
+			binary.LittleEndian.PutUint16(p, float16.Fromfloat32(v).Bits())
+			p = p[2:]
 		}
 	}
 	return out, nil

@@ -1,0 +1,167 @@
+// Command benchreport is `make bench`: it measures fedtune's hot paths with
+// testing.Benchmark and prints each beside a baseline measured in the same
+// run (a plain copy() of the same bytes), so the ratios mean something on a
+// noisy machine.
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"testing"
+	"text/tabwriter"
+
+	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+func main() {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	defer tw.Flush()
+
+	fmt.Println("fedtune benchmarks (ratios are against baselines measured in this run)")
+	fmt.Println()
+	training(tw)
+	tw.Flush()
+	fmt.Println()
+	aggregationBench(tw)
+	tw.Flush()
+	fmt.Println()
+	kernels(tw)
+	tw.Flush()
+	fmt.Println()
+	safetensorsBench(tw)
+}
+
+func randVec(r *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	return v
+}
+
+// training measures Gorgonia forward+backward+SGD throughput of the demo
+// model (784-256-10) on MNIST.
+func training(tw *tabwriter.Writer) {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	arch, _ := model.Lookup("mnist-mlp")
+	data := train.Subset(train.WithLabels(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)[:8192])
+	fmt.Fprintln(tw, "Gorgonia training, mnist-mlp 784-256-10\tbatch\tsamples/s\tms/step\t")
+	for _, batch := range []int{64, 256} {
+		tr, _ := model.NewTrainer(arch)
+		base := arch.Init(1)
+		const steps = 8
+		res := testing.Benchmark(func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := tr.Train(context.Background(), base, data, model.TrainConfig{Steps: steps, BatchSize: batch, LR: 0.05, Momentum: 0.9}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		tr.Close()
+		perStep := float64(res.NsPerOp()) / steps
+		fmt.Fprintf(tw, "local SGD step\t%d\t%.0f\t%.2f\t\n", batch, float64(batch)/perStep*1e9, perStep/1e6)
+	}
+}
+
+// aggregationBench times one FedAvg of 16 demo-model updates against
+// copying the same 16 updates' bytes.
+func aggregationBench(tw *tabwriter.Writer) {
+	r := rand.New(rand.NewPCG(9, 9))
+	arch, _ := model.Lookup("mnist-mlp")
+	ups := make([]aggregation.Update, 16)
+	for i := range ups {
+		d := arch.Layout()
+		for _, t := range d.Tensors {
+			copy(t.Data, randVec(r, len(t.Data)))
+		}
+		ups[i] = aggregation.Update{Worker: fmt.Sprintf("w%02d", i), Delta: d, Samples: uint64(100 + i)}
+	}
+	bytes := 16 * ups[0].Delta.Len() * 4
+	cp := testing.Benchmark(func(b *testing.B) {
+		dst := tensor.ZerosLike(ups[0].Delta)
+		for b.Loop() {
+			for _, u := range ups {
+				for k, t := range u.Delta.Tensors {
+					copy(dst.Tensors[k].Data, t.Data)
+				}
+			}
+		}
+	})
+	agg := testing.Benchmark(func(b *testing.B) {
+		for b.Loop() {
+			if _, _, err := (aggregation.FedAvg{}).Aggregate(ups); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	fmt.Fprintln(tw, "aggregation, 16 updates x 203,530 params\tMB\tms/op\tx copy()\t")
+	fmt.Fprintf(tw, "copy() of the same bytes (baseline)\t%.1f\t%.3f\t1.00\t\n", float64(bytes)/1e6, float64(cp.NsPerOp())/1e6)
+	fmt.Fprintf(tw, "FedAvg with scores\t%.1f\t%.3f\t%.2f\t\n", float64(bytes)/1e6, float64(agg.NsPerOp())/1e6, float64(agg.NsPerOp())/float64(cp.NsPerOp()))
+}
+
+// kernels reports each flat kernel's throughput as a fraction of copy()'s
+// on the same 4 MiB vectors (larger than L2).
+func kernels(tw *tabwriter.Writer) {
+	const n = 1 << 20
+	r := rand.New(rand.NewPCG(1, 1))
+	x, y := randVec(r, n), randVec(r, n)
+	bench := func(f func()) float64 {
+		res := testing.Benchmark(func(b *testing.B) {
+			for b.Loop() {
+				f()
+			}
+		})
+		return float64(4*n) / float64(res.NsPerOp()) // bytes of x per ns = GB/s
+	}
+	base := bench(func() { copy(y, x) })
+	fmt.Fprintln(tw, "kernel, 1M float32 (4 MiB)\tGB/s\tx copy() speed\t")
+	fmt.Fprintf(tw, "copy() (baseline)\t%.1f\t1.00\t\n", base)
+	for _, k := range []struct {
+		name string
+		f    func()
+	}{
+		{"Axpy  y += a*x", func() { tensor.Axpy(1e-3, x, y) }},
+		{"Scale x *= a", func() { tensor.Scale(1, x) }},
+		{"Dot   x.y", func() { tensor.Dot(x, y) }},
+		{"Norm  |x|", func() { tensor.Norm(x) }},
+	} {
+		gbs := bench(k.f)
+		fmt.Fprintf(tw, "%s\t%.1f\t%.2f\t\n", k.name, gbs, gbs/base)
+	}
+}
+
+// safetensorsBench measures encoding and decoding a demo model.
+func safetensorsBench(tw *tabwriter.Writer) {
+	arch, _ := model.Lookup("mnist-mlp")
+	s := arch.Init(1)
+	enc, _ := tensor.Marshal(s, tensor.F32)
+	dst := make([]byte, len(enc))
+	cp := testing.Benchmark(func(b *testing.B) {
+		for b.Loop() {
+			copy(dst, enc)
+		}
+	})
+	m := testing.Benchmark(func(b *testing.B) {
+		for b.Loop() {
+			tensor.Marshal(s, tensor.F32)
+		}
+	})
+	u := testing.Benchmark(func(b *testing.B) {
+		for b.Loop() {
+			tensor.Unmarshal(enc)
+		}
+	})
+	fmt.Fprintln(tw, "safetensors, mnist-mlp checkpoint\tKB\tus/op\tx copy()\t")
+	fmt.Fprintf(tw, "copy() (baseline)\t%d\t%.1f\t1.00\t\n", len(enc)/1024, float64(cp.NsPerOp())/1e3)
+	fmt.Fprintf(tw, "Marshal F32\t%d\t%.1f\t%.1f\t\n", len(enc)/1024, float64(m.NsPerOp())/1e3, float64(m.NsPerOp())/float64(cp.NsPerOp()))
+	fmt.Fprintf(tw, "Unmarshal (validating)\t%d\t%.1f\t%.1f\t\n", len(enc)/1024, float64(u.NsPerOp())/1e3, float64(u.NsPerOp())/float64(cp.NsPerOp()))
+}
