@@ -73,10 +73,13 @@ func jobCommand() *cli.Command {
 			{
 				Name:      "status",
 				Usage:     "show a job's rounds",
-				ArgsUsage: "NAME",
+				ArgsUsage: "[--watch] NAME",
 				Flags:     []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends"}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
+						if c.NArg() > 1 && strings.HasPrefix(c.Args().Get(1), "-") {
+							return fmt.Errorf("job status: flags go before the job name: fedtune job status %s %s", c.Args().Get(1), c.Args().First())
+						}
 						return fmt.Errorf("job status: give one job name")
 					}
 					pool, conn, err := dial(c)
