@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
@@ -98,18 +99,19 @@ func (c *Config) defaults() error {
 
 // Coordinator is a running coordinator node.
 type Coordinator struct {
-	cfg    Config
-	log    *slog.Logger
-	clock  Clock
-	fsm    *FSM
-	raft   *raft.Raft
-	wal    *raftwal.WAL
-	trans  *raft.NetworkTransport
-	blobs  *BlobStore
-	gossip *gossip.Node
-	grpc   *grpc.Server
-	lis    net.Listener
-	eval   *evaluators
+	cfg     Config
+	log     *slog.Logger
+	clock   Clock
+	fsm     *FSM
+	raft    *raft.Raft
+	wal     *raftwal.WAL
+	walMeta *metadb.BoltMetaDB
+	trans   *raft.NetworkTransport
+	blobs   *BlobStore
+	gossip  *gossip.Node
+	grpc    *grpc.Server
+	lis     net.Listener
+	eval    *evaluators
 
 	mu         sync.Mutex
 	stopLeader context.CancelFunc
@@ -179,7 +181,10 @@ func (c *Coordinator) startRaft() error {
 	if err := os.MkdirAll(walDir, 0o755); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
-	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")))
+	// The WAL does not close the meta store it opens itself, which would
+	// keep its file lock after Close: own it and close it in Close.
+	c.walMeta = &metadb.BoltMetaDB{}
+	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")), raftwal.WithMetaStore(c.walMeta))
 	if err != nil {
 		return fmt.Errorf("coordinator: open raft log: %w", err)
 	}
@@ -245,6 +250,14 @@ func (c *Coordinator) GossipAddr() string { return c.gossip.Addr() }
 
 // FSM returns the node's replicated state (read-only use).
 func (c *Coordinator) FSM() *FSM { return c.fsm }
+
+// Snapshot makes Raft snapshot the FSM now and compact the log behind it.
+func (c *Coordinator) Snapshot() error {
+	if err := c.raft.Snapshot().Error(); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	return nil
+}
 
 // IsLeader reports whether this node is the Raft leader now.
 func (c *Coordinator) IsLeader() bool { return c.raft.State() == raft.Leader }
@@ -355,6 +368,9 @@ func (c *Coordinator) Close() error {
 	}
 	if c.wal != nil {
 		_ = c.wal.Close()
+	}
+	if c.walMeta != nil {
+		_ = c.walMeta.Close()
 	}
 	c.eval.close()
 	return nil
