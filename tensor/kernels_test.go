@@ -90,3 +90,29 @@ func TestSetOps(t *testing.T) {
 		t.Error("hash does not identify content")
 	}
 }
+
+// TestKernelsMatchPureGo checks the kernels in use (SIMD when built with
+// GOEXPERIMENT=simd) give bit-for-bit the pure-Go results.
+func TestKernelsMatchPureGo(t *testing.T) {
+	t.Logf("SIMD kernels: %v", SIMD())
+	r := rand.New(rand.NewPCG(11, 12))
+	for c := 0; c < 5000; c++ {
+		n := r.IntN(200)
+		x, y := randVec(r, n), randVec(r, n)
+		alpha := float32(r.NormFloat64())
+		y1, y2 := append([]float32(nil), y...), append([]float32(nil), y...)
+		Axpy(alpha, x, y1)
+		axpyGo(alpha, x, y2)
+		s1, s2 := append([]float32(nil), x...), append([]float32(nil), x...)
+		Scale(alpha, s1)
+		scaleGo(alpha, s2)
+		for i := range y1 {
+			if y1[i] != y2[i] || s1[i] != s2[i] {
+				t.Fatalf("n=%d index %d: Axpy %v vs %v, Scale %v vs %v", n, i, y1[i], y2[i], s1[i], s2[i])
+			}
+		}
+		if d1, d2 := Dot(x, y), dotGo(x, y); d1 != d2 {
+			t.Fatalf("n=%d: Dot %v, pure Go %v", n, d1, d2)
+		}
+	}
+}

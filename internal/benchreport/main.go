@@ -6,9 +6,11 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 	"text/tabwriter"
 
@@ -19,21 +21,28 @@ import (
 )
 
 func main() {
+	sections := flag.String("sections", "training,aggregation,kernels,safetensors", "comma-separated sections to run")
+	flag.Parse()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	defer tw.Flush()
-
-	fmt.Println("fedtune benchmarks (ratios are against baselines measured in this run)")
-	fmt.Println()
-	training(tw)
-	tw.Flush()
-	fmt.Println()
-	aggregationBench(tw)
-	tw.Flush()
-	fmt.Println()
-	kernels(tw)
-	tw.Flush()
-	fmt.Println()
-	safetensorsBench(tw)
+	kernelsKind := "pure Go"
+	if tensor.SIMD() {
+		kernelsKind = "SIMD (GOEXPERIMENT=simd, AVX2)"
+	}
+	fmt.Printf("fedtune benchmarks, kernels: %s (ratios are against baselines measured in this run)\n", kernelsKind)
+	run := map[string]func(*tabwriter.Writer){
+		"training": training, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench,
+	}
+	for _, s := range strings.Split(*sections, ",") {
+		f, ok := run[s]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown section %q\n", s)
+			os.Exit(2)
+		}
+		fmt.Println()
+		f(tw)
+		tw.Flush()
+	}
 }
 
 func randVec(r *rand.Rand, n int) []float32 {
