@@ -9,8 +9,10 @@ GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
 .PHONY: build demo test bench proto vet fuzz mnist-verify clean
 
+VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
 build:
-	$(GO) build -o $(BIN) ./cmd/fedtune
+	$(GO) build -ldflags "-X main.buildVersion=$(VERSION)" -o $(BIN) ./cmd/fedtune
 
 ## demo: the end-to-end demo (1 coordinator, 4 workers, MNIST) on this machine
 demo: build

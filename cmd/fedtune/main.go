@@ -52,12 +52,18 @@ func main() {
 	}
 }
 
+// buildVersion is set by `make build` (-ldflags -X main.buildVersion=...).
+var buildVersion string
+
 func version() string {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
 	}
 	v := bi.Main.Version
+	if buildVersion != "" {
+		v = buildVersion
+	}
 	for _, s := range bi.Settings {
 		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
 			v += " " + s.Value[:12]
