@@ -1,12 +1,13 @@
 package coordinator
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/fedtune/fedtune/internal/blobstream"
 )
 
 // ErrBlobNotFound is returned for a hash the store does not hold.
@@ -33,10 +34,7 @@ func OpenBlobStore(dir string) (*BlobStore, error) {
 }
 
 // HashOf returns the hex SHA-256 of b.
-func HashOf(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
+func HashOf(b []byte) string { return blobstream.HashOf(b) }
 
 func validHash(h string) bool {
 	if len(h) != 64 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 
 	"google.golang.org/grpc/codes"
@@ -12,15 +11,13 @@ import (
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/blobstream"
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
-
-// ChunkSize is the size of the pieces blobs are streamed in.
-const ChunkSize = 1 << 20
 
 type blobService struct {
 	pb.UnimplementedBlobServer
@@ -33,61 +30,23 @@ func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) erro
 	if err != nil {
 		return toStatus(err)
 	}
-	return sendChunks(stream, req.Hash, b)
-}
-
-func sendChunks(stream interface{ Send(*pb.BlobChunk) error }, hash string, b []byte) error {
-	first := true
-	for len(b) > 0 || first {
-		n := min(len(b), ChunkSize)
-		ch := &pb.BlobChunk{Data: b[:n]}
-		if first {
-			ch.Hash, ch.Size = hash, uint64(len(b))
-			first = false
-		}
-		if err := stream.Send(ch); err != nil {
-			return err
-		}
-		b = b[n:]
-	}
-	return nil
+	return blobstream.Send(stream, req.Hash, b)
 }
 
 // Put receives a blob; the first chunk must carry the hash and size, and
 // the bytes must match both.
 func (s *blobService) Put(stream pb.Blob_PutServer) error {
-	first, err := stream.Recv()
-	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "put blob: no first chunk: %v", err)
+	b, hash, err := blobstream.Recv(stream, "", s.c.cfg.MaxBlobBytes)
+	switch {
+	case errors.Is(err, blobstream.ErrTooLarge):
+		return status.Errorf(codes.ResourceExhausted, "put blob: %v", err)
+	case err != nil:
+		return status.Errorf(codes.InvalidArgument, "put blob: %v", err)
 	}
-	if !validHash(first.Hash) {
-		return status.Errorf(codes.InvalidArgument, "put blob: first chunk must carry a SHA-256 hex hash, got %q", first.Hash)
-	}
-	if int64(first.Size) > s.c.cfg.MaxBlobBytes {
-		return status.Errorf(codes.ResourceExhausted, "put blob: %d bytes exceeds the limit of %d", first.Size, s.c.cfg.MaxBlobBytes)
-	}
-	buf := make([]byte, 0, min(first.Size, 64<<20))
-	buf = append(buf, first.Data...)
-	for {
-		ch, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return status.Errorf(codes.Aborted, "put blob: %v", err)
-		}
-		if uint64(len(buf)+len(ch.Data)) > first.Size {
-			return status.Errorf(codes.InvalidArgument, "put blob: more bytes than the declared %d", first.Size)
-		}
-		buf = append(buf, ch.Data...)
-	}
-	if uint64(len(buf)) != first.Size {
-		return status.Errorf(codes.InvalidArgument, "put blob: received %d bytes, declared %d", len(buf), first.Size)
-	}
-	if err := s.c.blobs.PutVerified(first.Hash, buf); err != nil {
+	if err := s.c.blobs.PutVerified(hash, b); err != nil {
 		return toStatus(err)
 	}
-	return stream.SendAndClose(&pb.PutBlobResponse{Hash: first.Hash, Size: first.Size})
+	return stream.SendAndClose(&pb.PutBlobResponse{Hash: hash, Size: uint64(len(b))})
 }
 
 type adminService struct {
@@ -260,5 +219,5 @@ func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream pb.Admin_E
 	if err != nil {
 		return toStatus(err)
 	}
-	return sendChunks(stream, HashOf(out), out)
+	return blobstream.Send(stream, HashOf(out), out)
 }

@@ -5,21 +5,15 @@ package client
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"io"
 	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/fedtune/fedtune/internal/blobstream"
 	pb "github.com/fedtune/fedtune/protocol"
 )
-
-// ChunkSize is the size of the pieces blobs are sent in.
-const ChunkSize = 1 << 20
 
 // MaxMessage bounds a gRPC message this client sends or receives.
 const MaxMessage = 1 << 30
@@ -61,13 +55,7 @@ func (p *Pool) Close() {
 }
 
 // HashOf returns the hex SHA-256 of b.
-func HashOf(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
-
-// ErrHashMismatch means received bytes do not match the hash asked for.
-var ErrHashMismatch = errors.New("blob bytes do not match their hash")
+func HashOf(b []byte) string { return blobstream.HashOf(b) }
 
 // GetBlob fetches a blob by hash and checks it. limit bounds its size.
 func GetBlob(ctx context.Context, conn grpc.ClientConnInterface, hash string, limit int64) ([]byte, error) {
@@ -75,44 +63,11 @@ func GetBlob(ctx context.Context, conn grpc.ClientConnInterface, hash string, li
 	if err != nil {
 		return nil, fmt.Errorf("get blob %.12s: %w", hash, err)
 	}
-	return recvChunks(stream, hash, limit)
-}
-
-// RecvChunks reads a chunk stream (Blob.Get, Admin.ExportModel) whose
-// first chunk names the hash and size; want, if not empty, must match it.
-func recvChunks(stream interface{ Recv() (*pb.BlobChunk, error) }, want string, limit int64) ([]byte, error) {
-	first, err := stream.Recv()
+	b, _, err := blobstream.Recv(stream, hash, limit)
 	if err != nil {
-		return nil, fmt.Errorf("get blob %.12s: %w", want, err)
+		return nil, fmt.Errorf("get blob %.12s: %w", hash, err)
 	}
-	if int64(first.Size) > limit {
-		return nil, fmt.Errorf("get blob %.12s: %d bytes exceeds the limit of %d", want, first.Size, limit)
-	}
-	buf := make([]byte, 0, first.Size)
-	buf = append(buf, first.Data...)
-	for {
-		ch, err := stream.Recv()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("get blob %.12s: %w", want, err)
-		}
-		if uint64(len(buf)+len(ch.Data)) > first.Size {
-			return nil, fmt.Errorf("get blob %.12s: more bytes than the declared %d", want, first.Size)
-		}
-		buf = append(buf, ch.Data...)
-	}
-	if uint64(len(buf)) != first.Size {
-		return nil, fmt.Errorf("get blob %.12s: %d bytes, declared %d", want, len(buf), first.Size)
-	}
-	if want == "" {
-		want = first.Hash
-	}
-	if got := HashOf(buf); got != want {
-		return nil, fmt.Errorf("get blob %.12s: got bytes hashing to %.12s: %w", want, got, ErrHashMismatch)
-	}
-	return buf, nil
+	return b, nil
 }
 
 // ExportModel fetches a job's model (round 0: newest) as safetensors bytes.
@@ -121,29 +76,22 @@ func ExportModel(ctx context.Context, conn grpc.ClientConnInterface, job string,
 	if err != nil {
 		return nil, fmt.Errorf("export model of %s: %w", job, err)
 	}
-	return recvChunks(stream, "", MaxMessage)
+	b, _, err := blobstream.Recv(stream, "", MaxMessage)
+	if err != nil {
+		return nil, fmt.Errorf("export model of %s: %w", job, err)
+	}
+	return b, nil
 }
 
 // PutBlob uploads b and returns its hash.
 func PutBlob(ctx context.Context, conn grpc.ClientConnInterface, b []byte) (string, error) {
-	hash := HashOf(b)
+	hash := blobstream.HashOf(b)
 	stream, err := pb.NewBlobClient(conn).Put(ctx)
 	if err != nil {
 		return "", fmt.Errorf("put blob: %w", err)
 	}
-	first := true
-	for len(b) > 0 || first {
-		n := min(len(b), ChunkSize)
-		ch := &pb.BlobChunk{Data: b[:n]}
-		if first {
-			ch.Hash, ch.Size = hash, uint64(len(b))
-			first = false
-		}
-		if err := stream.Send(ch); err != nil {
-			break // the real error comes from CloseAndRecv
-		}
-		b = b[n:]
-	}
+	// A send error ends the stream; the real error comes from CloseAndRecv.
+	_ = blobstream.Send(stream, hash, b)
 	if _, err := stream.CloseAndRecv(); err != nil {
 		return "", fmt.Errorf("put blob %.12s: %w", hash, err)
 	}
