@@ -74,7 +74,7 @@ func jobCommand() *cli.Command {
 				Name:      "status",
 				Usage:     "show a job's rounds",
 				ArgsUsage: "[--watch] NAME",
-				Flags:     []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends"}},
+				Flags:     []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
 						if c.NArg() > 1 && strings.HasPrefix(c.Args().Get(1), "-") {

@@ -18,7 +18,18 @@ import (
 )
 
 func main() {
-	app := &cli.App{
+	app := newApp()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.RunContext(ctx, os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "fedtune:", err)
+		os.Exit(1)
+	}
+}
+
+// newApp returns the command tree.
+func newApp() *cli.App {
+	return &cli.App{
 		Name:                 "fedtune",
 		Usage:                "federated fine-tuning of shared models on data that never leaves its owners",
 		Version:              version(),
@@ -43,12 +54,6 @@ func main() {
 				},
 			},
 		},
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := app.RunContext(ctx, os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "fedtune:", err)
-		os.Exit(1)
 	}
 }
 

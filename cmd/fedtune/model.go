@@ -17,7 +17,7 @@ import (
 
 func modelCommand() *cli.Command {
 	modelFlag := &cli.StringFlag{Name: "model", Value: "mnist-mlp", Usage: "architecture: " + strings.Join(model.Names(), ", "), EnvVars: []string{"FEDTUNE_MODEL"}}
-	outFlag := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "safetensors file to write"}
+	outFlag := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "safetensors file to write", EnvVars: []string{"FEDTUNE_MODEL_OUTPUT"}}
 	return &cli.Command{
 		Name:  "model",
 		Usage: "make, export and inspect checkpoints (safetensors)",
@@ -25,8 +25,8 @@ func modelCommand() *cli.Command {
 			{
 				Name:  "export",
 				Usage: "download a job's model as safetensors",
-				Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name"},
-					&cli.UintFlag{Name: "round", Usage: "committed round (0: newest)"}, outFlag},
+				Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}},
+					&cli.UintFlag{Name: "round", Usage: "committed round (0: newest)", EnvVars: []string{"FEDTUNE_ROUND"}}, outFlag},
 				Action: func(c *cli.Context) error {
 					pool, conn, err := dial(c)
 					if err != nil {
@@ -47,7 +47,7 @@ func modelCommand() *cli.Command {
 			{
 				Name:  "init",
 				Usage: "write a freshly initialised checkpoint",
-				Flags: []cli.Flag{modelFlag, outFlag, &cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation seed"}},
+				Flags: []cli.Flag{modelFlag, outFlag, &cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation seed", EnvVars: []string{"FEDTUNE_SEED"}}},
 				Action: func(c *cli.Context) error {
 					arch, err := model.Lookup(c.String("model"))
 					if err != nil {
@@ -60,9 +60,9 @@ func modelCommand() *cli.Command {
 				Name:  "pretrain",
 				Usage: "train a base checkpoint centrally on MNIST (optionally on some digits only)",
 				Flags: []cli.Flag{modelFlag, outFlag,
-					&cli.StringFlag{Name: "digits", Value: "0,1,2,3,4", Usage: "comma-separated digits to train on"},
-					&cli.IntFlag{Name: "epochs", Value: 1, Usage: "epochs"},
-					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation and shuffling seed"}},
+					&cli.StringFlag{Name: "digits", Value: "0,1,2,3,4", Usage: "comma-separated digits to train on", EnvVars: []string{"FEDTUNE_DIGITS"}},
+					&cli.IntFlag{Name: "epochs", Value: 1, Usage: "epochs", EnvVars: []string{"FEDTUNE_EPOCHS"}},
+					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation and shuffling seed", EnvVars: []string{"FEDTUNE_SEED"}}},
 				Action: func(c *cli.Context) error {
 					arch, err := model.Lookup(c.String("model"))
 					if err != nil {
