@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/fedtune/fedtune/internal/blobstream"
 )
@@ -126,4 +127,51 @@ func (s *BlobStore) Size(hash string) (int64, error) {
 		return 0, fmt.Errorf("blob %.12s: %w", hash, ErrBlobNotFound)
 	}
 	return fi.Size(), nil
+}
+
+// BlobInfo describes a stored blob.
+type BlobInfo struct {
+	Hash    string
+	Size    int64
+	ModTime time.Time
+}
+
+// List returns every blob in the store.
+func (s *BlobStore) List() ([]BlobInfo, error) {
+	var out []BlobInfo
+	dirs, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list blobs: %w", err)
+	}
+	for _, d := range dirs {
+		if !d.IsDir() || len(d.Name()) != 2 {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(s.dir, d.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("list blobs: %w", err)
+		}
+		for _, f := range files {
+			if !validHash(f.Name()) {
+				continue
+			}
+			fi, err := f.Info()
+			if err != nil {
+				continue
+			}
+			out = append(out, BlobInfo{Hash: f.Name(), Size: fi.Size(), ModTime: fi.ModTime()})
+		}
+	}
+	return out, nil
+}
+
+// Delete removes a blob; deleting a blob not held is not an error.
+func (s *BlobStore) Delete(hash string) error {
+	if !validHash(hash) {
+		return fmt.Errorf("delete blob %q: not a SHA-256 hex hash", hash)
+	}
+	if err := os.Remove(s.path(hash)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete blob %.12s: %w", hash, err)
+	}
+	return nil
 }

@@ -12,18 +12,20 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
 )
@@ -44,10 +46,33 @@ type Config struct {
 	GossipAddr string   // gossip listen address; default 127.0.0.1:7946
 	Join       []string // gossip addresses of nodes already in the cluster
 	// Bootstrap makes this node a one-voter cluster when it has no Raft
-	// state yet.
+	// state yet (the same as BootstrapExpect 1).
 	Bootstrap bool
-	// Fast uses short Raft and gossip timings suited to one machine.
-	Fast bool
+	// BootstrapExpect > 1 forms a cluster of that many voters as soon as
+	// gossip shows exactly that many coordinators, none with Raft state (as
+	// Consul servers do). Coordinators that come later are added by the
+	// leader as non-voters and promoted once caught up.
+	BootstrapExpect int
+	// Profile selects Raft and gossip timings: "local" (one machine or a
+	// fast LAN: new leader in well under a second), "lan" (default) or
+	// "wan" (regional sites). The *Timeout fields override it.
+	Profile            string
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	// ServerGrace is how long a coordinator may be gone from gossip before
+	// the leader removes it from the Raft configuration; default 10m.
+	ServerGrace time.Duration
+	// SnapshotThreshold is how many log entries trigger a snapshot; default 1024.
+	SnapshotThreshold uint64
+	// KeepUpdateRounds is how many recent committed rounds keep their
+	// update blobs (for verification); older ones are garbage-collected. Default 5.
+	KeepUpdateRounds int
+	// HTTPAddr, if set, serves Prometheus metrics on /metrics.
+	HTTPAddr string
+	// RaftStreamLayer, if set, carries Raft traffic instead of TCP on
+	// RaftAddr (tests use it to inject partitions).
+	RaftStreamLayer raft.StreamLayer
 	// MaxBlobBytes bounds a blob (model or update); default 1 GiB.
 	MaxBlobBytes int64
 	// TickInterval is how often the scheduler looks at open rounds; default 100ms.
@@ -88,6 +113,21 @@ func (c *Config) defaults() error {
 	if c.WorkerGrace <= 0 {
 		c.WorkerGrace = 5 * time.Minute
 	}
+	if c.ServerGrace <= 0 {
+		c.ServerGrace = 10 * time.Minute
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 1024
+	}
+	if c.KeepUpdateRounds <= 0 {
+		c.KeepUpdateRounds = 5
+	}
+	if c.Bootstrap && c.BootstrapExpect == 0 {
+		c.BootstrapExpect = 1
+	}
+	if _, ok := raftProfiles[c.Profile]; !ok {
+		return fmt.Errorf("coordinator: profile %q: want local, lan or wan", c.Profile)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -99,24 +139,29 @@ func (c *Config) defaults() error {
 
 // Coordinator is a running coordinator node.
 type Coordinator struct {
-	cfg     Config
-	log     *slog.Logger
-	clock   Clock
-	fsm     *FSM
-	raft    *raft.Raft
-	wal     *raftwal.WAL
-	walMeta *metadb.BoltMetaDB
-	trans   *raft.NetworkTransport
-	blobs   *BlobStore
-	gossip  *gossip.Node
-	grpc    *grpc.Server
-	lis     net.Listener
-	eval    *evaluators
+	cfg      Config
+	log      *slog.Logger
+	clock    Clock
+	fsm      *FSM
+	raft     *raft.Raft
+	wal      *raftwal.WAL
+	walMeta  *metadb.BoltMetaDB
+	hasState bool // Raft state existed at start
+	trans    *raft.NetworkTransport
+	blobs    *BlobStore
+	gossip   *gossip.Node
+	grpc     *grpc.Server
+	lis      net.Listener
+	eval     *evaluators
+	pool     *client.Pool // connections to other coordinators
+	metrics  *metrics
+	http     *http.Server
 
-	mu         sync.Mutex
-	stopLeader context.CancelFunc
-	done       chan struct{}
-	wg         sync.WaitGroup
+	mu           sync.Mutex
+	stopLeader   context.CancelFunc
+	leaderLostAt time.Time // when this node last saw no leader (for failover time)
+	done         chan struct{}
+	wg           sync.WaitGroup
 }
 
 // New starts a coordinator: opens its stores, starts Raft, gossip and gRPC.
@@ -124,7 +169,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: cfg.Clock, fsm: NewFSM(), done: make(chan struct{}), eval: newEvaluators()}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: cfg.Clock, fsm: NewFSM(), done: make(chan struct{}), eval: newEvaluators(), pool: client.NewPool(), metrics: newMetrics()}
 	ok := false
 	defer func() {
 		if !ok {
@@ -156,7 +201,7 @@ func New(cfg Config) (*Coordinator, error) {
 		Name:     cfg.NodeID,
 		BindAddr: cfg.GossipAddr,
 		Meta:     gossip.Meta{Role: gossip.RoleCoordinator, GRPC: c.lis.Addr().String(), Raft: string(c.trans.LocalAddr())},
-		Fast:     cfg.Fast,
+		Profile:  cfg.Profile,
 	})
 	if err != nil {
 		return nil, err
@@ -164,67 +209,30 @@ func New(cfg Config) (*Coordinator, error) {
 	if err := c.gossip.Join(cfg.Join); err != nil {
 		c.log.Warn("gossip join failed; will be found by others", "err", err)
 	}
-	c.wg.Add(1)
+	if cfg.HTTPAddr != "" {
+		hl, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator: metrics listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+		c.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := c.http.Serve(hl); err != nil && err != http.ErrServerClosed {
+				c.log.Error("metrics server stopped", "err", err)
+			}
+		}()
+	}
+	c.wg.Add(4)
+	go c.observeLeadership()
 	go c.watchLeadership()
+	go c.bootstrapLoop()
+	go c.blobLoop()
 	ok = true
 	c.log.Info("coordinator started", "grpc", c.GRPCAddr(), "raft", c.trans.LocalAddr(), "gossip", c.gossip.Addr(), "data_dir", cfg.DataDir)
 	return c, nil
-}
-
-func (c *Coordinator) startRaft() error {
-	dir := filepath.Join(c.cfg.DataDir, "raft")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log}})
-	walDir := filepath.Join(dir, "wal")
-	if err := os.MkdirAll(walDir, 0o755); err != nil {
-		return fmt.Errorf("coordinator: %w", err)
-	}
-	// The WAL does not close the meta store it opens itself, which would
-	// keep its file lock after Close: own it and close it in Close.
-	c.walMeta = &metadb.BoltMetaDB{}
-	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")), raftwal.WithMetaStore(c.walMeta))
-	if err != nil {
-		return fmt.Errorf("coordinator: open raft log: %w", err)
-	}
-	c.wal = wal
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hl)
-	if err != nil {
-		return fmt.Errorf("coordinator: snapshot store: %w", err)
-	}
-	// The advertised address is the listener's own (so port 0 works); a
-	// wildcard bind address is refused by the transport as unadvertisable.
-	c.trans, err = raft.NewTCPTransportWithLogger(c.cfg.RaftAddr, nil, 3, 10*time.Second, hl)
-	if err != nil {
-		return fmt.Errorf("coordinator: raft transport: %w", err)
-	}
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(c.cfg.NodeID)
-	rc.Logger = hl
-	rc.SnapshotThreshold = 1024
-	rc.SnapshotInterval = 30 * time.Second
-	if c.cfg.Fast {
-		rc.HeartbeatTimeout = 500 * time.Millisecond
-		rc.ElectionTimeout = 500 * time.Millisecond
-		rc.LeaderLeaseTimeout = 250 * time.Millisecond
-		rc.CommitTimeout = 10 * time.Millisecond
-	}
-	has, err := raft.HasExistingState(wal, wal, snaps)
-	if err != nil {
-		return fmt.Errorf("coordinator: read raft state: %w", err)
-	}
-	if !has && c.cfg.Bootstrap {
-		conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: c.trans.LocalAddr()}}}
-		if err := raft.BootstrapCluster(rc, wal, wal, snaps, c.trans, conf); err != nil {
-			return fmt.Errorf("coordinator: bootstrap: %w", err)
-		}
-	}
-	c.raft, err = raft.NewRaft(rc, c.fsm, wal, wal, snaps, c.trans)
-	if err != nil {
-		return fmt.Errorf("coordinator: start raft: %w", err)
-	}
-	return nil
 }
 
 // slogWriter sends hclog's lines to slog at warn level.
@@ -318,6 +326,7 @@ func (c *Coordinator) watchLeadership() {
 			c.stepDown()
 			return
 		case leader := <-ch:
+			c.metrics.isLeader.Set(map[bool]float64{true: 1}[leader])
 			if leader {
 				c.stepDown()
 				ctx, cancel := context.WithCancel(context.Background())
@@ -356,6 +365,9 @@ func (c *Coordinator) Close() error {
 	if c.grpc != nil {
 		c.grpc.Stop()
 	}
+	if c.http != nil {
+		_ = c.http.Close()
+	}
 	if c.gossip != nil {
 		_ = c.gossip.Leave(time.Second)
 	}
@@ -373,5 +385,6 @@ func (c *Coordinator) Close() error {
 		_ = c.walMeta.Close()
 	}
 	c.eval.close()
+	c.pool.Close()
 	return nil
 }

@@ -228,6 +228,7 @@ func applyCommitRound(f *FSM, payload []byte, at int64) error {
 		rec.Samples += u.Samples
 		rec.Workers = append(rec.Workers, u.Worker)
 	}
+	rec.Accepted = r.Updates
 	j.History = append(j.History, rec)
 	j.CurrentModel = c.Model
 	j.OpenRound = nil

@@ -28,8 +28,18 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 		log.Error("barrier failed; not scheduling", "err", err)
 		return
 	}
-	log.Info("leading: scheduler started")
-	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{}}
+	c.mu.Lock()
+	lost := c.leaderLostAt
+	c.leaderLostAt = time.Time{}
+	c.mu.Unlock()
+	if !lost.IsZero() {
+		c.metrics.failover.Observe(time.Since(lost).Seconds())
+		log.Info("leading: scheduler started", "failover", time.Since(lost).Round(time.Millisecond))
+	} else {
+		log.Info("leading: scheduler started")
+	}
+	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{},
+		servers: &serverReconciler{c: c, goneSince: map[string]time.Time{}, caughtUp: map[string]int{}}}
 	t := time.NewTicker(c.cfg.TickInterval)
 	defer t.Stop()
 	for {
@@ -52,9 +62,11 @@ type scheduler struct {
 	attempts   map[string]uint32    // job -> aborted attempts of its current round
 	goneSince  map[string]time.Time // worker -> when gossip stopped seeing it
 	waitLogged map[string]bool
+	servers    *serverReconciler
 }
 
 func (s *scheduler) tick(ctx context.Context) {
+	s.servers.reconcile(ctx)
 	alive := s.reconcile()
 	for _, j := range s.c.fsm.Jobs() {
 		if ctx.Err() != nil {
@@ -154,6 +166,7 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 			return fmt.Errorf("abort round %d: %w", r.Number, err)
 		}
 		s.attempts[name]++
+		s.c.metrics.roundsAborted.Inc()
 		s.log.Warn("round rescheduled", "job", name, "round", r.Number, "reason", reason)
 	}
 	return nil
@@ -163,7 +176,7 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 // stores the new model, evaluates it, and commits the round.
 func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	start := time.Now()
-	newModel, metrics, err := s.c.aggregateRound(j.Spec, r)
+	newModel, metrics, err := s.c.aggregateRound(ctx, j.Spec, r)
 	if err != nil {
 		return err
 	}
@@ -171,7 +184,7 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	if err != nil {
 		return err
 	}
-	hash, err := s.c.blobs.Put(b)
+	hash, err := s.c.replicate(ctx, b)
 	if err != nil {
 		return err
 	}
@@ -188,6 +201,7 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics}); err != nil {
 		return err
 	}
+	s.c.metrics.roundsCommitted.Inc()
 	s.log.Info("round committed", "job", j.Spec.Name, "round", r.Number, "updates", len(r.Updates), "model", hash[:12],
 		"test_accuracy", metrics["test_accuracy"], "seconds", time.Since(start).Seconds())
 	return nil
@@ -195,8 +209,8 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 
 // aggregateRound recomputes a round's new model from its base and accepted
 // updates. It is deterministic, so any node can verify a committed round.
-func (c *Coordinator) aggregateRound(spec *pb.JobSpec, r *pb.Round) (tensor.Set, map[string]float64, error) {
-	baseBytes, err := c.blobs.Get(r.BaseModel)
+func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round) (tensor.Set, map[string]float64, error) {
+	baseBytes, err := c.blob(ctx, r.BaseModel)
 	if err != nil {
 		return tensor.Set{}, nil, fmt.Errorf("base model: %w", err)
 	}
@@ -215,7 +229,7 @@ func (c *Coordinator) aggregateRound(spec *pb.JobSpec, r *pb.Round) (tensor.Set,
 		if err != nil {
 			return tensor.Set{}, nil, err
 		}
-		payload, err := c.blobs.Get(u.Blob)
+		payload, err := c.blob(ctx, u.Blob)
 		if err != nil {
 			return tensor.Set{}, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
 		}

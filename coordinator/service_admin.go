@@ -26,7 +26,7 @@ type blobService struct {
 
 // Get streams a blob in chunks; the first carries its hash and size.
 func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) error {
-	b, err := s.c.blobs.Get(req.Hash)
+	b, err := s.c.blob(stream.Context(), req.Hash)
 	if err != nil {
 		return toStatus(err)
 	}
@@ -138,7 +138,7 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 	if _, ok := c.fsm.Job(spec.Name); ok {
 		return nil, status.Errorf(codes.AlreadyExists, "submit job: job %q already exists", spec.Name)
 	}
-	b, err := c.blobs.Get(spec.BaseModel)
+	b, err := c.blob(ctx, spec.BaseModel)
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("submit job: base model: %w (upload it with Blob.Put first)", err))
 	}
@@ -160,6 +160,9 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 			return nil, toStatus(err)
 		}
 		metrics["test_accuracy"], metrics["test_loss"] = ev.Accuracy, ev.Loss
+	}
+	if _, err := c.replicate(ctx, b); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "submit job: base model: %v", err)
 	}
 	if err := c.apply(pb.CommandType_COMMAND_TYPE_REGISTER_JOB, &pb.RegisterJob{Spec: spec, BaseMetrics: metrics}); err != nil {
 		return nil, toStatus(err)
@@ -206,7 +209,7 @@ func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream pb.Admin_E
 		}
 		hash, round = j.History[req.Round-1].Model, req.Round
 	}
-	b, err := s.c.blobs.Get(hash)
+	b, err := s.c.blob(stream.Context(), hash)
 	if err != nil {
 		return toStatus(err)
 	}

@@ -129,12 +129,14 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 		if errors.Is(err, ErrDuplicate) {
 			return &pb.SubmitUpdateResponse{Accepted: true, Duplicate: true}, nil
 		}
+		st := toStatus(fmt.Errorf("update %s/%d from %s: %w", req.Job, req.Round, req.WorkerId, err))
+		c.metrics.updatesRejected.WithLabelValues(status.Code(st).String()).Inc()
 		c.log.Warn("update refused", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "err", err)
-		return nil, toStatus(fmt.Errorf("update %s/%d from %s: %w", req.Job, req.Round, req.WorkerId, err))
+		return nil, st
 	}
-	hash, err := c.blobs.Put(req.Payload)
+	hash, err := c.replicate(ctx, req.Payload)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, status.Errorf(codes.Unavailable, "update %s/%d from %s: %v", req.Job, req.Round, req.WorkerId, err)
 	}
 	err = c.apply(pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE, &pb.AcceptUpdate{Job: req.Job, Round: req.Round, Update: &pb.AcceptedUpdate{
 		Worker: req.WorkerId, Blob: hash, Samples: req.Samples, Metrics: req.Metrics, Codec: req.Codec,
@@ -145,6 +147,7 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("update %s/%d from %s: %w", req.Job, req.Round, req.WorkerId, err))
 	}
+	c.metrics.updatesAccepted.Inc()
 	c.log.Info("update accepted", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "bytes", len(req.Payload), "samples", req.Samples)
 	return &pb.SubmitUpdateResponse{Accepted: true}, nil
 }

@@ -650,6 +650,7 @@ type RoundRecord struct {
 	StartedUnixNano   int64                  `protobuf:"varint,6,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
 	CommittedUnixNano int64                  `protobuf:"varint,7,opt,name=committed_unix_nano,json=committedUnixNano,proto3" json:"committed_unix_nano,omitempty"`
 	Workers           []string               `protobuf:"bytes,8,rep,name=workers,proto3" json:"workers,omitempty"`
+	Accepted          []*AcceptedUpdate      `protobuf:"bytes,9,rep,name=accepted,proto3" json:"accepted,omitempty"` // the updates aggregated, for verification
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -736,6 +737,13 @@ func (x *RoundRecord) GetCommittedUnixNano() int64 {
 func (x *RoundRecord) GetWorkers() []string {
 	if x != nil {
 		return x.Workers
+	}
+	return nil
+}
+
+func (x *RoundRecord) GetAccepted() []*AcceptedUpdate {
+	if x != nil {
+		return x.Accepted
 	}
 	return nil
 }
@@ -1466,7 +1474,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\x04 \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\x124\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\aupdates\x12\x18\n" +
-	"\aattempt\x18\a \x01(\rR\aattempt\"\xe1\x02\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\"\x99\x03\n" +
 	"\vRoundRecord\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -1475,7 +1483,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\ametrics\x18\x05 \x03(\v2$.fedtune.v1.RoundRecord.MetricsEntryR\ametrics\x12*\n" +
 	"\x11started_unix_nano\x18\x06 \x01(\x03R\x0fstartedUnixNano\x12.\n" +
 	"\x13committed_unix_nano\x18\a \x01(\x03R\x11committedUnixNano\x12\x18\n" +
-	"\aworkers\x18\b \x03(\tR\aworkers\x1a:\n" +
+	"\aworkers\x18\b \x03(\tR\aworkers\x126\n" +
+	"\baccepted\x18\t \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\baccepted\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb2\x03\n" +
@@ -1604,26 +1613,27 @@ var file_fedtune_proto_depIdxs = []int32{
 	20, // 3: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
 	5,  // 4: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
 	21, // 5: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	4,  // 6: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 7: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	7,  // 8: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	6,  // 9: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	22, // 10: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	23, // 11: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	4,  // 12: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	24, // 13: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	6,  // 14: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	5,  // 15: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	25, // 16: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	1,  // 17: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	9,  // 18: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	8,  // 19: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	9,  // 20: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	5,  // 6: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	4,  // 7: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 8: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	7,  // 9: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	6,  // 10: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	22, // 11: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	23, // 12: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	4,  // 13: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	24, // 14: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	6,  // 15: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	5,  // 16: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	25, // 17: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	1,  // 18: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	9,  // 19: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	8,  // 20: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	9,  // 21: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }

@@ -1020,6 +1020,328 @@ func (x *ExportModelRequest) GetRound() uint32 {
 	return 0
 }
 
+type ClusterStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatusRequest) Reset() {
+	*x = ClusterStatusRequest{}
+	mi := &file_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatusRequest) ProtoMessage() {}
+
+func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
+func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{18}
+}
+
+// RaftServer is one server of the Raft configuration.
+type RaftServer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`                   // Raft address
+	Suffrage      string                 `protobuf:"bytes,3,opt,name=suffrage,proto3" json:"suffrage,omitempty"`                 // Voter, Nonvoter, Staging
+	GrpcAddr      string                 `protobuf:"bytes,4,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"` // from gossip, if known
+	Alive         bool                   `protobuf:"varint,5,opt,name=alive,proto3" json:"alive,omitempty"`                      // seen alive by this node's gossip
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RaftServer) Reset() {
+	*x = RaftServer{}
+	mi := &file_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RaftServer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RaftServer) ProtoMessage() {}
+
+func (x *RaftServer) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
+func (*RaftServer) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RaftServer) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RaftServer) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RaftServer) GetSuffrage() string {
+	if x != nil {
+		return x.Suffrage
+	}
+	return ""
+}
+
+func (x *RaftServer) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *RaftServer) GetAlive() bool {
+	if x != nil {
+		return x.Alive
+	}
+	return false
+}
+
+// Member is one gossip member.
+type Member struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Addr          string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	Role          string                 `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	GrpcAddr      string                 `protobuf:"bytes,4,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	RaftAddr      string                 `protobuf:"bytes,5,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Member) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Member) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *Member) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *Member) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *Member) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *Member) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type ClusterStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"` // Leader, Follower, Candidate, Shutdown
+	LeaderId      string                 `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderGrpc    string                 `protobuf:"bytes,4,opt,name=leader_grpc,json=leaderGrpc,proto3" json:"leader_grpc,omitempty"`
+	Term          uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	LastIndex     uint64                 `protobuf:"varint,6,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	AppliedIndex  uint64                 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex   uint64                 `protobuf:"varint,8,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	Servers       []*RaftServer          `protobuf:"bytes,9,rep,name=servers,proto3" json:"servers,omitempty"`
+	Members       []*Member              `protobuf:"bytes,10,rep,name=members,proto3" json:"members,omitempty"`
+	LastContactMs uint64                 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"` // since the leader was last heard from (followers)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterStatusResponse) Reset() {
+	*x = ClusterStatusResponse{}
+	mi := &file_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterStatusResponse) ProtoMessage() {}
+
+func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
+func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ClusterStatusResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ClusterStatusResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ClusterStatusResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *ClusterStatusResponse) GetLeaderGrpc() string {
+	if x != nil {
+		return x.LeaderGrpc
+	}
+	return ""
+}
+
+func (x *ClusterStatusResponse) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetServers() []*RaftServer {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+func (x *ClusterStatusResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *ClusterStatusResponse) GetLastContactMs() uint64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
 var File_service_proto protoreflect.FileDescriptor
 
 const file_service_proto_rawDesc = "" +
@@ -1093,19 +1415,53 @@ const file_service_proto_rawDesc = "" +
 	"\x05alive\x18\x02 \x03(\tR\x05alive\"<\n" +
 	"\x12ExportModelRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
-	"\x05round\x18\x02 \x01(\rR\x05round2\xa2\x01\n" +
+	"\x05round\x18\x02 \x01(\rR\x05round\"\x16\n" +
+	"\x14ClusterStatusRequest\"\x85\x01\n" +
+	"\n" +
+	"RaftServer\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
+	"\bsuffrage\x18\x03 \x01(\tR\bsuffrage\x12\x1b\n" +
+	"\tgrpc_addr\x18\x04 \x01(\tR\bgrpcAddr\x12\x14\n" +
+	"\x05alive\x18\x05 \x01(\bR\x05alive\"\xf1\x01\n" +
+	"\x06Member\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x1b\n" +
+	"\tgrpc_addr\x18\x04 \x01(\tR\bgrpcAddr\x12\x1b\n" +
+	"\traft_addr\x18\x05 \x01(\tR\braftAddr\x126\n" +
+	"\x06labels\x18\x06 \x03(\v2\x1e.fedtune.v1.Member.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x03\n" +
+	"\x15ClusterStatusResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
+	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12\x1f\n" +
+	"\vleader_grpc\x18\x04 \x01(\tR\n" +
+	"leaderGrpc\x12\x12\n" +
+	"\x04term\x18\x05 \x01(\x04R\x04term\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\x06 \x01(\x04R\tlastIndex\x12#\n" +
+	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12!\n" +
+	"\fcommit_index\x18\b \x01(\x04R\vcommitIndex\x120\n" +
+	"\aservers\x18\t \x03(\v2\x16.fedtune.v1.RaftServerR\aservers\x12,\n" +
+	"\amembers\x18\n" +
+	" \x03(\v2\x12.fedtune.v1.MemberR\amembers\x12&\n" +
+	"\x0flast_contact_ms\x18\v \x01(\x04R\rlastContactMs2\xa2\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
 	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
-	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xfa\x02\n" +
+	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xd0\x03\n" +
 	"\x05Admin\x12H\n" +
 	"\tSubmitJob\x12\x1c.fedtune.v1.SubmitJobRequest\x1a\x1d.fedtune.v1.SubmitJobResponse\x12H\n" +
 	"\tJobStatus\x12\x1c.fedtune.v1.JobStatusRequest\x1a\x1d.fedtune.v1.JobStatusResponse\x12E\n" +
 	"\bListJobs\x12\x1b.fedtune.v1.ListJobsRequest\x1a\x1c.fedtune.v1.ListJobsResponse\x12N\n" +
 	"\vListWorkers\x12\x1e.fedtune.v1.ListWorkersRequest\x1a\x1f.fedtune.v1.ListWorkersResponse\x12F\n" +
-	"\vExportModel\x12\x1e.fedtune.v1.ExportModelRequest\x1a\x15.fedtune.v1.BlobChunk0\x01B.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
+	"\vExportModel\x12\x1e.fedtune.v1.ExportModelRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12T\n" +
+	"\rClusterStatus\x12 .fedtune.v1.ClusterStatusRequest\x1a!.fedtune.v1.ClusterStatusResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
 
 var (
 	file_service_proto_rawDescOnce sync.Once
@@ -1119,65 +1475,75 @@ func file_service_proto_rawDescGZIP() []byte {
 	return file_service_proto_rawDescData
 }
 
-var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_service_proto_goTypes = []any{
-	(*ModelRef)(nil),             // 0: fedtune.v1.ModelRef
-	(*Task)(nil),                 // 1: fedtune.v1.Task
-	(*PollTaskRequest)(nil),      // 2: fedtune.v1.PollTaskRequest
-	(*PollTaskResponse)(nil),     // 3: fedtune.v1.PollTaskResponse
-	(*SubmitUpdateRequest)(nil),  // 4: fedtune.v1.SubmitUpdateRequest
-	(*SubmitUpdateResponse)(nil), // 5: fedtune.v1.SubmitUpdateResponse
-	(*GetBlobRequest)(nil),       // 6: fedtune.v1.GetBlobRequest
-	(*BlobChunk)(nil),            // 7: fedtune.v1.BlobChunk
-	(*PutBlobResponse)(nil),      // 8: fedtune.v1.PutBlobResponse
-	(*SubmitJobRequest)(nil),     // 9: fedtune.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),    // 10: fedtune.v1.SubmitJobResponse
-	(*JobStatusRequest)(nil),     // 11: fedtune.v1.JobStatusRequest
-	(*JobStatusResponse)(nil),    // 12: fedtune.v1.JobStatusResponse
-	(*ListJobsRequest)(nil),      // 13: fedtune.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),     // 14: fedtune.v1.ListJobsResponse
-	(*ListWorkersRequest)(nil),   // 15: fedtune.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),  // 16: fedtune.v1.ListWorkersResponse
-	(*ExportModelRequest)(nil),   // 17: fedtune.v1.ExportModelRequest
-	nil,                          // 18: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	(*TrainConfig)(nil),          // 19: fedtune.v1.TrainConfig
-	(*JobSpec)(nil),              // 20: fedtune.v1.JobSpec
-	(*Job)(nil),                  // 21: fedtune.v1.Job
-	(*WorkerInfo)(nil),           // 22: fedtune.v1.WorkerInfo
+	(*ModelRef)(nil),              // 0: fedtune.v1.ModelRef
+	(*Task)(nil),                  // 1: fedtune.v1.Task
+	(*PollTaskRequest)(nil),       // 2: fedtune.v1.PollTaskRequest
+	(*PollTaskResponse)(nil),      // 3: fedtune.v1.PollTaskResponse
+	(*SubmitUpdateRequest)(nil),   // 4: fedtune.v1.SubmitUpdateRequest
+	(*SubmitUpdateResponse)(nil),  // 5: fedtune.v1.SubmitUpdateResponse
+	(*GetBlobRequest)(nil),        // 6: fedtune.v1.GetBlobRequest
+	(*BlobChunk)(nil),             // 7: fedtune.v1.BlobChunk
+	(*PutBlobResponse)(nil),       // 8: fedtune.v1.PutBlobResponse
+	(*SubmitJobRequest)(nil),      // 9: fedtune.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),     // 10: fedtune.v1.SubmitJobResponse
+	(*JobStatusRequest)(nil),      // 11: fedtune.v1.JobStatusRequest
+	(*JobStatusResponse)(nil),     // 12: fedtune.v1.JobStatusResponse
+	(*ListJobsRequest)(nil),       // 13: fedtune.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 14: fedtune.v1.ListJobsResponse
+	(*ListWorkersRequest)(nil),    // 15: fedtune.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),   // 16: fedtune.v1.ListWorkersResponse
+	(*ExportModelRequest)(nil),    // 17: fedtune.v1.ExportModelRequest
+	(*ClusterStatusRequest)(nil),  // 18: fedtune.v1.ClusterStatusRequest
+	(*RaftServer)(nil),            // 19: fedtune.v1.RaftServer
+	(*Member)(nil),                // 20: fedtune.v1.Member
+	(*ClusterStatusResponse)(nil), // 21: fedtune.v1.ClusterStatusResponse
+	nil,                           // 22: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                           // 23: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),           // 24: fedtune.v1.TrainConfig
+	(*JobSpec)(nil),               // 25: fedtune.v1.JobSpec
+	(*Job)(nil),                   // 26: fedtune.v1.Job
+	(*WorkerInfo)(nil),            // 27: fedtune.v1.WorkerInfo
 }
 var file_service_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	19, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	24, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	1,  // 2: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	18, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	20, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	21, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	21, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	21, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	22, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	2,  // 9: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
-	4,  // 10: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
-	6,  // 11: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
-	7,  // 12: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
-	9,  // 13: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
-	11, // 14: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
-	13, // 15: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
-	15, // 16: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
-	17, // 17: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
-	3,  // 18: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	5,  // 19: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	7,  // 20: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	8,  // 21: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	10, // 22: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	12, // 23: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	14, // 24: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	16, // 25: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	7,  // 26: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	22, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	25, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	26, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	26, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	26, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	27, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	23, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	19, // 10: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
+	20, // 11: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
+	2,  // 12: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
+	4,  // 13: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
+	6,  // 14: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
+	7,  // 15: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
+	9,  // 16: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
+	11, // 17: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
+	13, // 18: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
+	15, // 19: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
+	17, // 20: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
+	18, // 21: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
+	3,  // 22: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	5,  // 23: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	7,  // 24: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	8,  // 25: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	10, // 26: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	12, // 27: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	14, // 28: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	16, // 29: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	7,  // 30: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	21, // 31: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	22, // [22:32] is the sub-list for method output_type
+	12, // [12:22] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_service_proto_init() }
@@ -1192,7 +1558,7 @@ func file_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_service_proto_rawDesc), len(file_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

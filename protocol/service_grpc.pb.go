@@ -309,11 +309,12 @@ var Blob_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_SubmitJob_FullMethodName   = "/fedtune.v1.Admin/SubmitJob"
-	Admin_JobStatus_FullMethodName   = "/fedtune.v1.Admin/JobStatus"
-	Admin_ListJobs_FullMethodName    = "/fedtune.v1.Admin/ListJobs"
-	Admin_ListWorkers_FullMethodName = "/fedtune.v1.Admin/ListWorkers"
-	Admin_ExportModel_FullMethodName = "/fedtune.v1.Admin/ExportModel"
+	Admin_SubmitJob_FullMethodName     = "/fedtune.v1.Admin/SubmitJob"
+	Admin_JobStatus_FullMethodName     = "/fedtune.v1.Admin/JobStatus"
+	Admin_ListJobs_FullMethodName      = "/fedtune.v1.Admin/ListJobs"
+	Admin_ListWorkers_FullMethodName   = "/fedtune.v1.Admin/ListWorkers"
+	Admin_ExportModel_FullMethodName   = "/fedtune.v1.Admin/ExportModel"
+	Admin_ClusterStatus_FullMethodName = "/fedtune.v1.Admin/ClusterStatus"
 )
 
 // AdminClient is the client API for Admin service.
@@ -328,6 +329,8 @@ type AdminClient interface {
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 	// ExportModel streams a job's model (newest, or the given round) as safetensors.
 	ExportModel(ctx context.Context, in *ExportModelRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BlobChunk], error)
+	// ClusterStatus describes this node: Raft state and configuration, gossip members.
+	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 }
 
 type adminClient struct {
@@ -397,6 +400,16 @@ func (c *adminClient) ExportModel(ctx context.Context, in *ExportModelRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_ExportModelClient = grpc.ServerStreamingClient[BlobChunk]
 
+func (c *adminClient) ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterStatusResponse)
+	err := c.cc.Invoke(ctx, Admin_ClusterStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -409,6 +422,8 @@ type AdminServer interface {
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	// ExportModel streams a job's model (newest, or the given round) as safetensors.
 	ExportModel(*ExportModelRequest, grpc.ServerStreamingServer[BlobChunk]) error
+	// ClusterStatus describes this node: Raft state and configuration, gossip members.
+	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -433,6 +448,9 @@ func (UnimplementedAdminServer) ListWorkers(context.Context, *ListWorkersRequest
 }
 func (UnimplementedAdminServer) ExportModel(*ExportModelRequest, grpc.ServerStreamingServer[BlobChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method ExportModel not implemented")
+}
+func (UnimplementedAdminServer) ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ClusterStatus not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -538,6 +556,24 @@ func _Admin_ExportModel_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_ExportModelServer = grpc.ServerStreamingServer[BlobChunk]
 
+func _Admin_ClusterStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ClusterStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ClusterStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ClusterStatus(ctx, req.(*ClusterStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -560,6 +596,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _Admin_ListWorkers_Handler,
+		},
+		{
+			MethodName: "ClusterStatus",
+			Handler:    _Admin_ClusterStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -47,7 +47,8 @@ type Config struct {
 	JoinTimeout time.Duration
 	// PollWait is how long one PollTask may be held; default 10s.
 	PollWait time.Duration
-	Fast     bool // short gossip timings, for one machine
+	// Profile is the gossip timing profile: local, lan (default) or wan.
+	Profile string
 	// SubmitDelay waits this long before sending each new update: it
 	// simulates a slow uplink, for tests and experiments.
 	SubmitDelay time.Duration
@@ -98,7 +99,7 @@ func New(cfg Config, trainer Trainer) (*Worker, error) {
 // Run joins the cluster and works until ctx ends. It returns ErrNoCluster
 // (wrapped) if no node answered within JoinTimeout.
 func (w *Worker) Run(ctx context.Context) error {
-	g, err := gossip.Start(gossip.Config{Name: w.cfg.ID, BindAddr: w.cfg.GossipAddr, Fast: w.cfg.Fast,
+	g, err := gossip.Start(gossip.Config{Name: w.cfg.ID, BindAddr: w.cfg.GossipAddr, Profile: w.cfg.Profile,
 		Meta: gossip.Meta{Role: gossip.RoleWorker, Labels: w.cfg.Labels}})
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,15 +113,15 @@ func run(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-type node struct{ grpc, raft, gossip, dir string }
+type node struct{ grpc, raft, gossip, http, dir string }
 
 func newNode(t *testing.T) node {
-	return node{grpc: freePort(t), raft: freePort(t), gossip: freePort(t), dir: t.TempDir()}
+	return node{grpc: freePort(t), raft: freePort(t), gossip: freePort(t), http: freePort(t), dir: t.TempDir()}
 }
 
 func (n node) start(t *testing.T) *proc {
 	return start(t, "coordinator", "coordinator", "--id", "coord-1", "--data-dir", n.dir, "--grpc-addr", n.grpc,
-		"--raft-addr", n.raft, "--gossip-addr", n.gossip, "--fast")
+		"--raft-addr", n.raft, "--gossip-addr", n.gossip, "--http-addr", n.http, "--fast")
 }
 
 // startWorkers starts count workers; extra[i], if given, adds flags to worker i.
@@ -222,6 +224,17 @@ func TestProcesses(t *testing.T) {
 	}
 	if list := run(t, "workers", "--coordinator", n.grpc); strings.Count(list, "alive") != 3 {
 		t.Errorf("workers list:\n%s", list)
+	}
+	resp, err := http.Get("http://" + n.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"fedtune_rounds_committed_total 3", "fedtune_raft_is_leader 1", "fedtune_updates_accepted_total"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
 

@@ -27,8 +27,15 @@ recovers every committed round and resumes open jobs.`,
 			&cli.StringFlag{Name: "raft-addr", Value: "127.0.0.1:7071", Usage: "Raft listen address", EnvVars: []string{"FEDTUNE_RAFT_ADDR"}},
 			&cli.StringFlag{Name: "gossip-addr", Value: "127.0.0.1:7946", Usage: "gossip listen address", EnvVars: []string{"FEDTUNE_GOSSIP_ADDR"}},
 			&cli.StringSliceFlag{Name: "join", Usage: "gossip address of a node already in the cluster (repeatable)", EnvVars: []string{"FEDTUNE_JOIN"}},
-			&cli.BoolFlag{Name: "bootstrap", Value: true, Usage: "bootstrap a one-node Raft cluster if --data-dir holds no state", EnvVars: []string{"FEDTUNE_BOOTSTRAP"}},
-			&cli.BoolFlag{Name: "fast", Usage: "short Raft and gossip timings, for clusters on one machine or LAN", EnvVars: []string{"FEDTUNE_FAST"}},
+			&cli.IntFlag{Name: "bootstrap-expect", Value: 1, Usage: "form the Raft cluster once this many coordinators are seen in gossip (1: a one-node cluster; 3 or 5 for fault tolerance)", EnvVars: []string{"FEDTUNE_BOOTSTRAP_EXPECT"}},
+			&cli.StringFlag{Name: "profile", Value: "lan", Usage: "Raft and gossip timings: local (one machine), lan or wan (regional sites)", EnvVars: []string{"FEDTUNE_PROFILE"}},
+			&cli.BoolFlag{Name: "fast", Usage: "shorthand for --profile local", EnvVars: []string{"FEDTUNE_FAST"}},
+			&cli.DurationFlag{Name: "raft-heartbeat-timeout", Usage: "override the profile's Raft heartbeat timeout", EnvVars: []string{"FEDTUNE_RAFT_HEARTBEAT_TIMEOUT"}},
+			&cli.DurationFlag{Name: "raft-election-timeout", Usage: "override the profile's Raft election timeout", EnvVars: []string{"FEDTUNE_RAFT_ELECTION_TIMEOUT"}},
+			&cli.DurationFlag{Name: "raft-lease-timeout", Usage: "override the profile's leader lease (must be shorter than the heartbeat timeout)", EnvVars: []string{"FEDTUNE_RAFT_LEASE_TIMEOUT"}},
+			&cli.DurationFlag{Name: "server-grace", Value: 10 * time.Minute, Usage: "how long a coordinator may be gone from gossip before it leaves the Raft configuration", EnvVars: []string{"FEDTUNE_SERVER_GRACE"}},
+			&cli.Uint64Flag{Name: "snapshot-threshold", Value: 1024, Usage: "log entries between Raft snapshots", EnvVars: []string{"FEDTUNE_SNAPSHOT_THRESHOLD"}},
+			&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:7072", Usage: "HTTP address for /metrics (empty: off)", EnvVars: []string{"FEDTUNE_HTTP_ADDR"}},
 			&cli.Int64Flag{Name: "max-blob-bytes", Value: 1 << 30, Usage: "largest model or update accepted, in bytes", EnvVars: []string{"FEDTUNE_MAX_BLOB_BYTES"}},
 			&cli.DurationFlag{Name: "worker-grace", Value: 5 * time.Minute, Usage: "how long a worker may be gone from gossip before it leaves the roster", EnvVars: []string{"FEDTUNE_WORKER_GRACE"}},
 		},
@@ -39,7 +46,9 @@ recovers every committed round and resumes open jobs.`,
 			}
 			co, err := coordinator.New(coordinator.Config{
 				NodeID: c.String("id"), DataDir: c.String("data-dir"), GRPCAddr: c.String("grpc-addr"), RaftAddr: c.String("raft-addr"),
-				GossipAddr: c.String("gossip-addr"), Join: c.StringSlice("join"), Bootstrap: c.Bool("bootstrap"), Fast: c.Bool("fast"),
+				GossipAddr: c.String("gossip-addr"), Join: c.StringSlice("join"), BootstrapExpect: c.Int("bootstrap-expect"), Profile: profile(c),
+				HeartbeatTimeout: c.Duration("raft-heartbeat-timeout"), ElectionTimeout: c.Duration("raft-election-timeout"), LeaderLeaseTimeout: c.Duration("raft-lease-timeout"),
+				ServerGrace: c.Duration("server-grace"), SnapshotThreshold: c.Uint64("snapshot-threshold"), HTTPAddr: c.String("http-addr"),
 				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), Logger: log,
 			})
 			if err != nil {
@@ -79,7 +88,8 @@ machine can stand in for sites holding different data.`,
 			&cli.IntFlag{Name: "max-examples", Usage: "use at most this many local examples (0: all)", EnvVars: []string{"FEDTUNE_MAX_EXAMPLES"}},
 			&cli.DurationFlag{Name: "join-timeout", Value: 30 * time.Second, Usage: "give up if no node answers within this time", EnvVars: []string{"FEDTUNE_JOIN_TIMEOUT"}},
 			&cli.DurationFlag{Name: "poll-wait", Value: 10 * time.Second, Usage: "how long one task poll may wait on the coordinator", EnvVars: []string{"FEDTUNE_POLL_WAIT"}},
-			&cli.BoolFlag{Name: "fast", Usage: "short gossip timings, for clusters on one machine or LAN", EnvVars: []string{"FEDTUNE_FAST"}},
+			&cli.StringFlag{Name: "profile", Value: "lan", Usage: "gossip timings: local (one machine), lan or wan", EnvVars: []string{"FEDTUNE_PROFILE"}},
+			&cli.BoolFlag{Name: "fast", Usage: "shorthand for --profile local", EnvVars: []string{"FEDTUNE_FAST"}},
 			&cli.DurationFlag{Name: "submit-delay", Usage: "wait this long before sending each update (simulates a slow uplink)", EnvVars: []string{"FEDTUNE_SUBMIT_DELAY"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -99,7 +109,7 @@ machine can stand in for sites holding different data.`,
 			tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
 			defer tr.Close()
 			w, err := worker.New(worker.Config{ID: c.String("id"), Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
-				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Fast: c.Bool("fast"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
+				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
 			if err != nil {
 				return err
 			}
@@ -137,4 +147,12 @@ func localData(c *cli.Context) (*dataset.Examples, error) {
 		return nil, fmt.Errorf("partition %d of %d is empty", i, n)
 	}
 	return all.Subset(idx), nil
+}
+
+// profile returns the timing profile flags ask for.
+func profile(c *cli.Context) string {
+	if c.Bool("fast") {
+		return "local"
+	}
+	return c.String("profile")
 }

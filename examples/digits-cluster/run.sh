@@ -17,7 +17,7 @@ echo "work dir: $work (logs: $work/*.log)"
 
 coordinator() {
   "$fedtune" coordinator --id coord-1 --data-dir "$work/coord" --fast \
-    --grpc-addr 127.0.0.1:17070 --raft-addr 127.0.0.1:17071 --gossip-addr 127.0.0.1:17946 >>"$work/coordinator.log" 2>&1 &
+    --grpc-addr 127.0.0.1:17070 --raft-addr 127.0.0.1:17071 --gossip-addr 127.0.0.1:17946 --http-addr 127.0.0.1:17072 >>"$work/coordinator.log" 2>&1 &
   coord_pid=$!
   pids+=("$coord_pid")
 }

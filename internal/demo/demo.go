@@ -144,7 +144,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		defer os.RemoveAll(dataDir)
 	}
 	coord, err := coordinator.New(coordinator.Config{NodeID: "coordinator-1", DataDir: dataDir, GRPCAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
-		GossipAddr: "127.0.0.1:0", Bootstrap: true, Fast: true, Logger: logger})
+		GossipAddr: "127.0.0.1:0", Bootstrap: true, Profile: "local", Logger: logger})
 	if err != nil {
 		return res, err
 	}
@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		local := train.Subset(parts[i])
 		fmt.Fprintf(out, "          %s: %5d local images, digits %s\n", id, local.Len(), histogram(local))
 		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": local}, logger.With("node", id))
-		w, err := worker.New(worker.Config{ID: id, Join: []string{coord.GossipAddr()}, Fast: true, PollWait: 5 * time.Second,
+		w, err := worker.New(worker.Config{ID: id, Join: []string{coord.GossipAddr()}, Profile: "local", PollWait: 5 * time.Second,
 			Labels: map[string]string{"region": fmt.Sprintf("site-%d", i+1), "device": "cpu"}, Logger: logger}, tr)
 		if err != nil {
 			return res, err

@@ -44,10 +44,13 @@ type Config struct {
 	BindAddr  string // host:port to listen on for gossip (port 0: any free port)
 	Meta      Meta
 	LogOutput io.Writer // memberlist's own log; nil discards it
-	// Fast selects memberlist's local-network timings (faster failure
-	// detection), for tests and single-machine runs.
-	Fast bool
+	// Profile selects timings: "local" (one machine: failure detection in
+	// about a second), "lan" (the default) or "wan" (sites across regions).
+	Profile string
 }
+
+// Profiles lists the timing profiles Start accepts.
+var Profiles = []string{"local", "lan", "wan"}
 
 // Node is a running gossip member.
 type Node struct {
@@ -85,13 +88,20 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip bind port %q: %w", portStr, err)
 	}
-	mc := memberlist.DefaultLANConfig()
-	if cfg.Fast {
+	var mc *memberlist.Config
+	switch cfg.Profile {
+	case "", "lan":
+		mc = memberlist.DefaultLANConfig()
+	case "wan":
+		mc = memberlist.DefaultWANConfig()
+	case "local":
 		mc = memberlist.DefaultLocalConfig()
 		mc.ProbeInterval = 500 * time.Millisecond
 		mc.ProbeTimeout = 250 * time.Millisecond
 		mc.SuspicionMult = 2
 		mc.GossipInterval = 100 * time.Millisecond
+	default:
+		return nil, fmt.Errorf("gossip profile %q: want local, lan or wan", cfg.Profile)
 	}
 	mc.Name = cfg.Name
 	mc.BindAddr, mc.BindPort = host, port

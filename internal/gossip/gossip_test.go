@@ -7,12 +7,12 @@ import (
 )
 
 func TestMembersSeeEachOtherWithMeta(t *testing.T) {
-	a, err := Start(Config{Name: "coord", BindAddr: "127.0.0.1:0", Fast: true, Meta: Meta{Role: RoleCoordinator, GRPC: "127.0.0.1:7070", Raft: "127.0.0.1:7071"}})
+	a, err := Start(Config{Name: "coord", BindAddr: "127.0.0.1:0", Profile: "local", Meta: Meta{Role: RoleCoordinator, GRPC: "127.0.0.1:7070", Raft: "127.0.0.1:7071"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Leave(time.Second)
-	b, err := Start(Config{Name: "w1", BindAddr: "127.0.0.1:0", Fast: true, Meta: Meta{Role: RoleWorker, Labels: map[string]string{"region": "eu", "lang": "fr"}}})
+	b, err := Start(Config{Name: "w1", BindAddr: "127.0.0.1:0", Profile: "local", Meta: Meta{Role: RoleWorker, Labels: map[string]string{"region": "eu", "lang": "fr"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

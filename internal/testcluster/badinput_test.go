@@ -28,7 +28,7 @@ import (
 func TestBadInputChangesNothing(t *testing.T) {
 	c := StartCoordinator(t, coordinator.Config{})
 	// A gossip member with the worker role, driven by hand through gRPC.
-	g, err := gossip.Start(gossip.Config{Name: "w1", BindAddr: "127.0.0.1:0", Fast: true, Meta: gossip.Meta{Role: gossip.RoleWorker}})
+	g, err := gossip.Start(gossip.Config{Name: "w1", BindAddr: "127.0.0.1:0", Profile: "local", Meta: gossip.Meta{Role: gossip.RoleWorker}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 // a clear error instead of hanging.
 func TestWorkerWithoutCluster(t *testing.T) {
 	train, _ := dataset.MNIST(dataset.Test)
-	w, err := worker.New(worker.Config{ID: "lonely", Join: []string{"127.0.0.1:1"}, JoinTimeout: 2 * time.Second, Fast: true},
+	w, err := worker.New(worker.Config{ID: "lonely", Join: []string{"127.0.0.1:1"}, JoinTimeout: 2 * time.Second, Profile: "local"},
 		worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train}, nil))
 	if err != nil {
 		t.Fatal(err)

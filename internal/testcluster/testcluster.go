@@ -57,7 +57,7 @@ func StartCoordinator(t testing.TB, cfg coordinator.Config) *coordinator.Coordin
 			*a = "127.0.0.1:0"
 		}
 	}
-	cfg.Bootstrap, cfg.Fast = true, true
+	cfg.Bootstrap, cfg.Profile = true, "local"
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t)
 	}
@@ -78,7 +78,7 @@ func StartCoordinator(t testing.TB, cfg coordinator.Config) *coordinator.Coordin
 func StartWorker(t testing.TB, id string, join []string, data *dataset.Examples, labels map[string]string) {
 	t.Helper()
 	tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
-	w, err := worker.New(worker.Config{ID: id, Join: join, Labels: labels, Fast: true, PollWait: 2 * time.Second, Logger: Logger(t)}, tr)
+	w, err := worker.New(worker.Config{ID: id, Join: join, Labels: labels, Profile: "local", PollWait: 2 * time.Second, Logger: Logger(t)}, tr)
 	if err != nil {
 		t.Fatal(err)
 	}

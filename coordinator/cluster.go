@@ -1,0 +1,206 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/fedtune/fedtune/internal/gossip"
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// ClusterStatus describes this node's view of the cluster: Raft state,
+// indexes and configuration, and gossip members.
+func (s *adminService) ClusterStatus(ctx context.Context, _ *pb.ClusterStatusRequest) (*pb.ClusterStatusResponse, error) {
+	return s.c.Status(), nil
+}
+
+// Status is the ClusterStatus of this node.
+func (c *Coordinator) Status() *pb.ClusterStatusResponse {
+	st := c.raft.Stats()
+	_, lid := c.raft.LeaderWithID()
+	resp := &pb.ClusterStatusResponse{
+		Node:         c.cfg.NodeID,
+		State:        c.raft.State().String(),
+		LeaderId:     string(lid),
+		LeaderGrpc:   c.leaderGRPC(),
+		LastIndex:    c.raft.LastIndex(),
+		AppliedIndex: c.raft.AppliedIndex(),
+		CommitIndex:  c.raft.CommitIndex(),
+	}
+	fmt.Sscan(st["term"], &resp.Term)
+	if lc := c.raft.LastContact(); !lc.IsZero() {
+		resp.LastContactMs = uint64(time.Since(lc).Milliseconds())
+	}
+	alive := map[string]gossip.Member{}
+	for _, m := range c.gossip.Members() {
+		alive[m.Name] = m
+		resp.Members = append(resp.Members, &pb.Member{Name: m.Name, Addr: m.Addr, Role: m.Meta.Role, GrpcAddr: m.Meta.GRPC, RaftAddr: m.Meta.Raft, Labels: m.Meta.Labels})
+	}
+	if f := c.raft.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			m, ok := alive[string(s.ID)]
+			resp.Servers = append(resp.Servers, &pb.RaftServer{Id: string(s.ID), Address: string(s.Address), Suffrage: s.Suffrage.String(), GrpcAddr: m.Meta.GRPC, Alive: ok})
+		}
+	}
+	sort.Slice(resp.Servers, func(i, j int) bool { return resp.Servers[i].Id < resp.Servers[j].Id })
+	return resp
+}
+
+// serverReconciler is the leader's autopilot: it adds coordinators seen in
+// gossip to the Raft configuration as non-voters, promotes them to voters
+// once they have caught up, and removes coordinators gone from gossip for
+// longer than ServerGrace, as long as a quorum of live voters remains.
+type serverReconciler struct {
+	c         *Coordinator
+	goneSince map[string]time.Time
+	caughtUp  map[string]int // consecutive checks a non-voter was caught up
+	last      time.Time
+}
+
+// promoteAfter is how many consecutive checks (one a second) a non-voter
+// must be caught up before it becomes a voter.
+const promoteAfter = 2
+
+// maxLag is how many log entries behind the leader a non-voter may be and
+// still count as caught up.
+const maxLag = 64
+
+func (r *serverReconciler) reconcile(ctx context.Context) {
+	c := r.c
+	now := c.clock.Now()
+	if now.Sub(r.last) < time.Second {
+		return
+	}
+	r.last = now
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	servers := f.Configuration().Servers
+	in := map[string]raft.Server{}
+	for _, s := range servers {
+		in[string(s.ID)] = s
+	}
+	alive := map[string]gossip.Member{}
+	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
+		alive[m.Name] = m
+		s, ok := in[m.Name]
+		switch {
+		case !ok:
+			if err := c.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.Raft), 0, 10*time.Second).Error(); err != nil {
+				c.log.Warn("add coordinator", "server", m.Name, "err", err)
+			} else {
+				c.log.Info("coordinator added as non-voter", "server", m.Name, "raft", m.Meta.Raft)
+			}
+		case string(s.Address) != m.Meta.Raft && m.Meta.Raft != "":
+			// Same name at a new address: re-add it under the new one.
+			if err := c.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err == nil {
+				c.log.Info("coordinator moved; re-adding", "server", m.Name, "from", s.Address, "to", m.Meta.Raft)
+			}
+		case s.Suffrage == raft.Nonvoter:
+			if r.isCaughtUp(ctx, m) {
+				r.caughtUp[m.Name]++
+			} else {
+				r.caughtUp[m.Name] = 0
+			}
+			if r.caughtUp[m.Name] >= promoteAfter {
+				if err := c.raft.AddVoter(s.ID, s.Address, 0, 10*time.Second).Error(); err == nil {
+					c.log.Info("coordinator promoted to voter", "server", m.Name)
+					delete(r.caughtUp, m.Name)
+				}
+			}
+		}
+	}
+	voters, liveVoters := 0, 0
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+			if _, ok := alive[string(s.ID)]; ok {
+				liveVoters++
+			}
+		}
+	}
+	for _, s := range servers {
+		id := string(s.ID)
+		if _, ok := alive[id]; ok || id == c.cfg.NodeID {
+			delete(r.goneSince, id)
+			continue
+		}
+		since, ok := r.goneSince[id]
+		if !ok {
+			r.goneSince[id] = now
+			continue
+		}
+		if now.Sub(since) < c.cfg.ServerGrace {
+			continue
+		}
+		remaining := voters
+		if s.Suffrage == raft.Voter {
+			remaining--
+		}
+		if liveVoters < remaining/2+1 {
+			c.log.Warn("not removing dead coordinator: too few live voters would remain", "server", id)
+			continue
+		}
+		if err := c.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err == nil {
+			c.log.Info("dead coordinator removed from the configuration", "server", id, "gone_for", now.Sub(since).Round(time.Second))
+			delete(r.goneSince, id)
+			if s.Suffrage == raft.Voter {
+				voters--
+			}
+		}
+	}
+}
+
+// isCaughtUp asks a non-voter for its applied index.
+func (r *serverReconciler) isCaughtUp(ctx context.Context, m gossip.Member) bool {
+	conn, err := r.c.pool.Conn(m.Meta.GRPC)
+	if err != nil {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := pb.NewAdminClient(conn).ClusterStatus(cctx, &pb.ClusterStatusRequest{})
+	if err != nil {
+		return false
+	}
+	return st.AppliedIndex+maxLag >= r.c.raft.CommitIndex()
+}
+
+// observeLeadership counts leader changes seen by this node and remembers
+// when the leader was lost, to measure failover.
+func (c *Coordinator) observeLeadership() {
+	defer c.wg.Done()
+	ch := make(chan raft.Observation, 16)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	c.raft.RegisterObserver(obs)
+	defer c.raft.DeregisterObserver(obs)
+	var last raft.ServerID
+	for {
+		select {
+		case <-c.done:
+			return
+		case o := <-ch:
+			lo := o.Data.(raft.LeaderObservation)
+			if lo.LeaderID == "" {
+				c.mu.Lock()
+				if c.leaderLostAt.IsZero() {
+					c.leaderLostAt = time.Now()
+				}
+				c.mu.Unlock()
+				continue
+			}
+			if lo.LeaderID != last {
+				c.metrics.leaderChanges.Inc()
+				last = lo.LeaderID
+			}
+		}
+	}
+}

@@ -1,0 +1,138 @@
+package coordinator
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftwal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
+
+	"github.com/fedtune/fedtune/internal/gossip"
+)
+
+// raftTiming is a set of Raft timeouts. The leader lease is kept shorter
+// than the heartbeat timeout, so a deposed leader steps down before a new
+// one can be elected.
+type raftTiming struct {
+	heartbeat, election, lease, commit time.Duration
+}
+
+var raftProfiles = map[string]raftTiming{
+	"":      {time.Second, time.Second, 500 * time.Millisecond, 50 * time.Millisecond},
+	"lan":   {time.Second, time.Second, 500 * time.Millisecond, 50 * time.Millisecond},
+	"local": {400 * time.Millisecond, 400 * time.Millisecond, 200 * time.Millisecond, 10 * time.Millisecond},
+	"wan":   {3 * time.Second, 3 * time.Second, 1500 * time.Millisecond, 100 * time.Millisecond},
+}
+
+func (c *Coordinator) startRaft() error {
+	dir := filepath.Join(c.cfg.DataDir, "raft")
+	walDir := filepath.Join(dir, "wal")
+	if err := os.MkdirAll(walDir, 0o755); err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log}})
+	// The WAL does not close the meta store it opens itself, which would
+	// keep its file lock after Close: own it and close it in Close.
+	c.walMeta = &metadb.BoltMetaDB{}
+	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")), raftwal.WithMetaStore(c.walMeta))
+	if err != nil {
+		return fmt.Errorf("coordinator: open raft log: %w", err)
+	}
+	c.wal = wal
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hl)
+	if err != nil {
+		return fmt.Errorf("coordinator: snapshot store: %w", err)
+	}
+	if c.cfg.RaftStreamLayer != nil {
+		c.trans = raft.NewNetworkTransportWithLogger(c.cfg.RaftStreamLayer, 3, 10*time.Second, hl)
+	} else {
+		// The advertised address is the listener's own (so port 0 works); a
+		// wildcard bind address is refused by the transport as unadvertisable.
+		c.trans, err = raft.NewTCPTransportWithLogger(c.cfg.RaftAddr, nil, 3, 10*time.Second, hl)
+		if err != nil {
+			return fmt.Errorf("coordinator: raft transport: %w", err)
+		}
+	}
+	t := raftProfiles[c.cfg.Profile]
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.cfg.NodeID)
+	rc.Logger = hl
+	rc.SnapshotThreshold = c.cfg.SnapshotThreshold
+	rc.SnapshotInterval = 10 * time.Second
+	rc.TrailingLogs = 1024
+	rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout, rc.CommitTimeout = t.heartbeat, t.election, t.lease, t.commit
+	if c.cfg.HeartbeatTimeout > 0 {
+		rc.HeartbeatTimeout = c.cfg.HeartbeatTimeout
+	}
+	if c.cfg.ElectionTimeout > 0 {
+		rc.ElectionTimeout = c.cfg.ElectionTimeout
+	}
+	if c.cfg.LeaderLeaseTimeout > 0 {
+		rc.LeaderLeaseTimeout = c.cfg.LeaderLeaseTimeout
+	}
+	if rc.LeaderLeaseTimeout >= rc.HeartbeatTimeout {
+		return fmt.Errorf("coordinator: leader lease %v must be shorter than the heartbeat timeout %v", rc.LeaderLeaseTimeout, rc.HeartbeatTimeout)
+	}
+	if c.hasState, err = raft.HasExistingState(wal, wal, snaps); err != nil {
+		return fmt.Errorf("coordinator: read raft state: %w", err)
+	}
+	if !c.hasState && c.cfg.BootstrapExpect == 1 {
+		conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: c.trans.LocalAddr()}}}
+		if err := raft.BootstrapCluster(rc, wal, wal, snaps, c.trans, conf); err != nil {
+			return fmt.Errorf("coordinator: bootstrap: %w", err)
+		}
+		c.hasState = true
+	}
+	c.raft, err = raft.NewRaft(rc, c.fsm, wal, wal, snaps, c.trans)
+	if err != nil {
+		return fmt.Errorf("coordinator: start raft: %w", err)
+	}
+	return nil
+}
+
+// bootstrapLoop forms the Raft cluster once gossip shows BootstrapExpect
+// coordinators (Consul's bootstrap-expect). Every one of them computes the
+// same configuration from the same gossip view, so it does not matter how
+// many bootstrap. It stops as soon as this node has Raft state.
+func (c *Coordinator) bootstrapLoop() {
+	defer c.wg.Done()
+	if c.hasState || c.cfg.BootstrapExpect <= 1 {
+		return
+	}
+	c.log.Info("waiting for coordinators to bootstrap the cluster", "expect", c.cfg.BootstrapExpect)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		if c.raft.LastIndex() > 0 {
+			return // joined by a leader, or bootstrapped
+		}
+		members := c.gossip.WithRole(gossip.RoleCoordinator)
+		if len(members) != c.cfg.BootstrapExpect {
+			if len(members) > c.cfg.BootstrapExpect {
+				c.log.Warn("more coordinators than --bootstrap-expect; waiting to be added by a leader", "seen", len(members), "expect", c.cfg.BootstrapExpect)
+			}
+			continue
+		}
+		var conf raft.Configuration
+		for _, m := range members {
+			conf.Servers = append(conf.Servers, raft.Server{ID: raft.ServerID(m.Name), Address: raft.ServerAddress(m.Meta.Raft), Suffrage: raft.Voter})
+		}
+		sort.Slice(conf.Servers, func(i, j int) bool { return conf.Servers[i].ID < conf.Servers[j].ID })
+		if err := c.raft.BootstrapCluster(conf).Error(); err != nil {
+			c.log.Info("bootstrap not needed", "err", err)
+		} else {
+			c.log.Info("bootstrapped the cluster", "servers", len(conf.Servers))
+		}
+		return
+	}
+}
