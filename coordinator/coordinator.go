@@ -267,6 +267,9 @@ func (c *Coordinator) Snapshot() error {
 	return nil
 }
 
+// HasBlob reports whether this node's blob store holds hash.
+func (c *Coordinator) HasBlob(hash string) bool { return c.blobs.Has(hash) }
+
 // IsLeader reports whether this node is the Raft leader now.
 func (c *Coordinator) IsLeader() bool { return c.raft.State() == raft.Leader }
 
@@ -354,8 +357,15 @@ func (c *Coordinator) stepDown() {
 	}
 }
 
-// Close stops the node: gRPC, the leader loop, gossip, Raft, then the log.
-func (c *Coordinator) Close() error {
+// Close stops the node: gRPC, the leader loop, gossip (leaving the pool
+// gracefully), Raft, then the log.
+func (c *Coordinator) Close() error { return c.stop(true) }
+
+// Crash stops the node as a crash would look to the others: no gossip
+// leave message, no leadership transfer. For tests.
+func (c *Coordinator) Crash() error { return c.stop(false) }
+
+func (c *Coordinator) stop(graceful bool) error {
 	select {
 	case <-c.done:
 		return nil
@@ -369,7 +379,11 @@ func (c *Coordinator) Close() error {
 		_ = c.http.Close()
 	}
 	if c.gossip != nil {
-		_ = c.gossip.Leave(time.Second)
+		if graceful {
+			_ = c.gossip.Leave(time.Second)
+		} else {
+			_ = c.gossip.Shutdown()
+		}
 	}
 	if c.raft != nil {
 		_ = c.raft.Shutdown().Error()

@@ -62,14 +62,14 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 	defer deadline.Stop()
 	for {
 		if !s.c.IsLeader() {
-			return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC()}, nil
+			return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC(), NotLeader: true}, nil
 		}
 		changed := s.c.fsm.Changed()
 		if t := s.c.taskFor(req.WorkerId, req.Done); t != nil {
 			// Answer only as the leader of now, never from a deposed
 			// leader's memory.
 			if err := s.c.raft.VerifyLeader().Error(); err != nil {
-				return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC()}, nil
+				return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC(), NotLeader: true}, nil
 			}
 			return &pb.PollTaskResponse{Task: t}, nil
 		}
@@ -123,7 +123,7 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRequest) (*pb.SubmitUpdateResponse, error) {
 	c := s.c
 	if !c.IsLeader() {
-		return &pb.SubmitUpdateResponse{LeaderAddr: c.leaderGRPC()}, nil
+		return &pb.SubmitUpdateResponse{LeaderAddr: c.leaderGRPC(), NotLeader: true}, nil
 	}
 	if err := c.validateUpdate(req); err != nil {
 		if errors.Is(err, ErrDuplicate) {

@@ -250,6 +250,7 @@ type PollTaskResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`                               // absent: nothing to do now
 	LeaderAddr    string                 `protobuf:"bytes,2,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"` // set when this node is not the leader
+	NotLeader     bool                   `protobuf:"varint,3,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"`   // this node does not lead (leader_addr may be unknown)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -296,6 +297,13 @@ func (x *PollTaskResponse) GetLeaderAddr() string {
 		return x.LeaderAddr
 	}
 	return ""
+}
+
+func (x *PollTaskResponse) GetNotLeader() bool {
+	if x != nil {
+		return x.NotLeader
+	}
+	return false
 }
 
 type SubmitUpdateRequest struct {
@@ -403,6 +411,7 @@ type SubmitUpdateResponse struct {
 	Accepted      bool                   `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	Duplicate     bool                   `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // this (job, round, worker) was accepted before
 	LeaderAddr    string                 `protobuf:"bytes,3,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	NotLeader     bool                   `protobuf:"varint,4,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"` // this node does not lead (leader_addr may be unknown)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -456,6 +465,13 @@ func (x *SubmitUpdateResponse) GetLeaderAddr() string {
 		return x.LeaderAddr
 	}
 	return ""
+}
+
+func (x *SubmitUpdateResponse) GetNotLeader() bool {
+	if x != nil {
+		return x.NotLeader
+	}
+	return false
 }
 
 type GetBlobRequest struct {
@@ -1364,11 +1380,13 @@ const file_service_proto_rawDesc = "" +
 	"\x0fPollTaskRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12!\n" +
 	"\fwait_seconds\x18\x02 \x01(\x01R\vwaitSeconds\x12\x12\n" +
-	"\x04done\x18\x03 \x03(\tR\x04done\"Y\n" +
+	"\x04done\x18\x03 \x03(\tR\x04done\"x\n" +
 	"\x10PollTaskResponse\x12$\n" +
 	"\x04task\x18\x01 \x01(\v2\x10.fedtune.v1.TaskR\x04task\x12\x1f\n" +
 	"\vleader_addr\x18\x02 \x01(\tR\n" +
-	"leaderAddr\"\xc7\x02\n" +
+	"leaderAddr\x12\x1d\n" +
+	"\n" +
+	"not_leader\x18\x03 \x01(\bR\tnotLeader\"\xc7\x02\n" +
 	"\x13SubmitUpdateRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
@@ -1381,12 +1399,14 @@ const file_service_proto_rawDesc = "" +
 	"\ametrics\x18\b \x03(\v2,.fedtune.v1.SubmitUpdateRequest.MetricsEntryR\ametrics\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"q\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x90\x01\n" +
 	"\x14SubmitUpdateResponse\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x1f\n" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
-	"leaderAddr\"$\n" +
+	"leaderAddr\x12\x1d\n" +
+	"\n" +
+	"not_leader\x18\x04 \x01(\bR\tnotLeader\"$\n" +
 	"\x0eGetBlobRequest\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\"G\n" +
 	"\tBlobChunk\x12\x12\n" +

@@ -191,6 +191,18 @@ func (w *Worker) rotate() {
 	w.target = w.known[(i+1)%len(w.known)]
 }
 
+// follow switches to the leader a follower named, or, when it knew none
+// (an election, or it is cut off), returns an error so that Run backs off
+// and tries the next coordinator.
+func (w *Worker) follow(leader string) error {
+	if leader == "" || leader == w.target {
+		return fmt.Errorf("%s does not lead and knows no leader", w.target)
+	}
+	w.log.Info("following leader", "leader", leader)
+	w.target = leader
+	return nil
+}
+
 // once does one step: resubmit a pending update, or poll for and run a task.
 func (w *Worker) once(ctx context.Context) error {
 	if w.pending != nil {
@@ -207,11 +219,8 @@ func (w *Worker) once(ctx context.Context) error {
 		return fmt.Errorf("poll %s: %w", w.target, err)
 	}
 	if resp.Task == nil {
-		if resp.LeaderAddr != "" && resp.LeaderAddr != w.target {
-			w.log.Info("following leader", "leader", resp.LeaderAddr)
-			w.target = resp.LeaderAddr
-		} else if resp.LeaderAddr == "" && !w.refreshCoordinators() {
-			w.rotate()
+		if resp.NotLeader {
+			return w.follow(resp.LeaderAddr)
 		}
 		return nil
 	}
@@ -278,11 +287,7 @@ func (w *Worker) submit(ctx context.Context) error {
 		return fmt.Errorf("submit to %s: %w", w.target, err)
 	}
 	if !resp.Accepted {
-		if resp.LeaderAddr == "" {
-			return fmt.Errorf("submit to %s: no leader known yet", w.target)
-		}
-		w.target = resp.LeaderAddr
-		return nil // resubmitted on the next step
+		return w.follow(resp.LeaderAddr) // resubmitted on the next step
 	}
 	w.log.Info("update accepted", "job", p.Job, "round", p.Round, "duplicate", resp.Duplicate)
 	w.done = append(w.done, fmt.Sprintf("%s/%d", p.Job, p.Round))

@@ -170,3 +170,6 @@ func (n *Node) Leave(timeout time.Duration) error {
 	}
 	return err
 }
+
+// Shutdown stops the node without telling the pool, as a crash would.
+func (n *Node) Shutdown() error { return n.ml.Shutdown() }

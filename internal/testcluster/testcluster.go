@@ -74,8 +74,22 @@ func StartCoordinator(t testing.TB, cfg coordinator.Config) *coordinator.Coordin
 	return c
 }
 
-// StartWorker runs a worker holding data for "mnist" until the test ends.
-func StartWorker(t testing.TB, id string, join []string, data *dataset.Examples, labels map[string]string) {
+// WorkerHandle stops a worker started by StartWorker.
+type WorkerHandle struct {
+	ID     string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Stop stops the worker and waits for it to be gone.
+func (h *WorkerHandle) Stop() {
+	h.cancel()
+	<-h.done
+}
+
+// StartWorker runs a worker holding data for "mnist" until the test ends
+// or Stop is called.
+func StartWorker(t testing.TB, id string, join []string, data *dataset.Examples, labels map[string]string) *WorkerHandle {
 	t.Helper()
 	tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
 	w, err := worker.New(worker.Config{ID: id, Join: join, Labels: labels, Profile: "local", PollWait: 2 * time.Second, Logger: Logger(t)}, tr)
@@ -83,15 +97,16 @@ func StartWorker(t testing.TB, id string, join []string, data *dataset.Examples,
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
+	h := &WorkerHandle{ID: id, cancel: cancel, done: make(chan struct{})}
 	go func() {
-		defer close(done)
+		defer close(h.done)
 		defer tr.Close()
 		if err := w.Run(ctx); err != nil {
 			t.Errorf("worker %s: %v", id, err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(h.Stop)
+	return h
 }
 
 // SubmitJob uploads base and submits spec (with BaseModel set) to addr.
