@@ -26,7 +26,11 @@ type blobService struct {
 
 // Get streams a blob in chunks; the first carries its hash and size.
 func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) error {
-	b, err := s.c.blob(stream.Context(), req.Hash)
+	get := s.c.blob
+	if req.LocalOnly {
+		get = func(_ context.Context, h string) ([]byte, error) { return s.c.blobs.Get(h) }
+	}
+	b, err := get(stream.Context(), req.Hash)
 	if err != nil {
 		return toStatus(err)
 	}

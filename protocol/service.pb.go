@@ -477,6 +477,7 @@ func (x *SubmitUpdateResponse) GetNotLeader() bool {
 type GetBlobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Hash          string                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	LocalOnly     bool                   `protobuf:"varint,2,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"` // do not fetch from peers: fail if this node lacks it
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -516,6 +517,13 @@ func (x *GetBlobRequest) GetHash() string {
 		return x.Hash
 	}
 	return ""
+}
+
+func (x *GetBlobRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
+	}
+	return false
 }
 
 // BlobChunk is one piece of a blob; the first chunk of a Put carries the hash
@@ -1406,9 +1414,11 @@ const file_service_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12\x1d\n" +
 	"\n" +
-	"not_leader\x18\x04 \x01(\bR\tnotLeader\"$\n" +
+	"not_leader\x18\x04 \x01(\bR\tnotLeader\"C\n" +
 	"\x0eGetBlobRequest\x12\x12\n" +
-	"\x04hash\x18\x01 \x01(\tR\x04hash\"G\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x02 \x01(\bR\tlocalOnly\"G\n" +
 	"\tBlobChunk\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x12\x12\n" +

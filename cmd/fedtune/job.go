@@ -24,6 +24,28 @@ func coordinatorFlag() cli.Flag {
 	return &cli.StringFlag{Name: "coordinator", Aliases: []string{"c"}, Value: "127.0.0.1:7070", Usage: "gRPC address of a coordinator", EnvVars: []string{"FEDTUNE_COORDINATOR"}}
 }
 
+// dialLeader returns a connection to the leader, found by asking
+// --coordinator; changes (a job, its base model) go to the leader.
+func dialLeader(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
+	pool, conn, err := dial(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := pb.NewAdminClient(conn).ClusterStatus(c.Context, &pb.ClusterStatusRequest{})
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("ask %s for the leader: %w", c.String("coordinator"), err)
+	}
+	if st.State == "Leader" || st.LeaderGrpc == "" {
+		return pool, conn, nil
+	}
+	if conn, err = pool.Conn(st.LeaderGrpc); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return pool, conn, nil
+}
+
 // dial returns a connection to --coordinator; the caller closes the pool.
 func dial(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
 	pool := client.NewPool()
@@ -151,7 +173,7 @@ func submitJob(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	pool, conn, err := dial(c)
+	pool, conn, err := dialLeader(c)
 	if err != nil {
 		return err
 	}

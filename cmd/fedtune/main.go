@@ -43,6 +43,7 @@ func newApp() *cli.App {
 			workerCommand(),
 			jobCommand(),
 			workersCommand(),
+			clusterCommand(),
 			modelCommand(),
 			demoCommand(),
 			{

@@ -59,7 +59,18 @@ func HashOf(b []byte) string { return blobstream.HashOf(b) }
 
 // GetBlob fetches a blob by hash and checks it. limit bounds its size.
 func GetBlob(ctx context.Context, conn grpc.ClientConnInterface, hash string, limit int64) ([]byte, error) {
-	stream, err := pb.NewBlobClient(conn).Get(ctx, &pb.GetBlobRequest{Hash: hash})
+	return getBlob(ctx, conn, &pb.GetBlobRequest{Hash: hash}, limit)
+}
+
+// GetLocalBlob is GetBlob from the coordinator's own store only, without
+// fetching from its peers: it tells whether that node holds the blob.
+func GetLocalBlob(ctx context.Context, conn grpc.ClientConnInterface, hash string, limit int64) ([]byte, error) {
+	return getBlob(ctx, conn, &pb.GetBlobRequest{Hash: hash, LocalOnly: true}, limit)
+}
+
+func getBlob(ctx context.Context, conn grpc.ClientConnInterface, req *pb.GetBlobRequest, limit int64) ([]byte, error) {
+	hash := req.Hash
+	stream, err := pb.NewBlobClient(conn).Get(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("get blob %.12s: %w", hash, err)
 	}
