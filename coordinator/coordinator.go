@@ -20,7 +20,6 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
-	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
@@ -145,7 +144,6 @@ type Coordinator struct {
 	fsm      *FSM
 	raft     *raft.Raft
 	wal      *raftwal.WAL
-	walMeta  *metadb.BoltMetaDB
 	hasState bool // Raft state existed at start
 	trans    *raft.NetworkTransport
 	blobs    *BlobStore
@@ -395,9 +393,7 @@ func (c *Coordinator) stop(graceful bool) error {
 	if c.wal != nil {
 		_ = c.wal.Close()
 	}
-	if c.walMeta != nil {
-		_ = c.walMeta.Close()
-	}
+
 	c.eval.close()
 	c.pool.Close()
 	return nil

@@ -10,7 +10,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
-	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/fedtune/fedtune/internal/gossip"
 )
@@ -25,7 +24,7 @@ type raftTiming struct {
 var raftProfiles = map[string]raftTiming{
 	"":      {time.Second, time.Second, 500 * time.Millisecond, 50 * time.Millisecond},
 	"lan":   {time.Second, time.Second, 500 * time.Millisecond, 50 * time.Millisecond},
-	"local": {400 * time.Millisecond, 400 * time.Millisecond, 200 * time.Millisecond, 10 * time.Millisecond},
+	"local": {300 * time.Millisecond, 300 * time.Millisecond, 150 * time.Millisecond, 10 * time.Millisecond},
 	"wan":   {3 * time.Second, 3 * time.Second, 1500 * time.Millisecond, 100 * time.Millisecond},
 }
 
@@ -36,10 +35,11 @@ func (c *Coordinator) startRaft() error {
 		return fmt.Errorf("coordinator: %w", err)
 	}
 	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log}})
-	// The WAL does not close the meta store it opens itself, which would
-	// keep its file lock after Close: own it and close it in Close.
-	c.walMeta = &metadb.BoltMetaDB{}
-	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")), raftwal.WithMetaStore(c.walMeta))
+	// raft-wal v0.4.1 or later: v0.4.0 neither closed its meta store (its
+	// file lock outlived Close) nor truncated a log suffix safely (a node
+	// restarted after "clearing log suffix" failed with "sealed segment has
+	// no index block"; found by TestChaosLeaderKills).
+	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")))
 	if err != nil {
 		return fmt.Errorf("coordinator: open raft log: %w", err)
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
 )
@@ -199,6 +201,9 @@ func (pc *ProcCluster) WaitForLeader(timeout time.Duration) *ProcNode {
 	})
 	return leader
 }
+
+// Conn returns a gRPC connection to a coordinator.
+func (pc *ProcCluster) Conn(nd *ProcNode) (*grpc.ClientConn, error) { return pc.pool.Conn(nd.GRPC) }
 
 // Admin returns an Admin client for a coordinator.
 func (pc *ProcCluster) Admin(nd *ProcNode) pb.AdminClient {
