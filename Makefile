@@ -7,7 +7,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 FUZZTIME  ?= 30s
 GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
-.PHONY: build demo test bench proto vet fuzz mnist-verify clean
+.PHONY: build demo test bench chaos proto vet fuzz mnist-verify clean
 
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -23,6 +23,12 @@ test:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	GOEXPERIMENT=simd $(GO) test -count=1 ./tensor/... ./aggregation/...
+
+## chaos: the long fault-injection runs: 20 leader kills (with a fault-free
+## baseline for accuracy), LAN-profile failover, a 30 s partition, worker churn
+chaos:
+	$(GO) test -count=1 -v -timeout 30m -run 'TestChaos' ./cmd/fedtune -chaos.kills 20 -chaos.baseline -chaos.lan-kills 10 2>&1 | grep -E '^(chaos|  |---|ok|FAIL|PASS)|kill '
+	$(GO) test -count=1 -v -timeout 10m -run 'TestPartitionedLeader|TestWorkerChurn|TestWholeClusterRestart|TestMembershipChanges' ./internal/testcluster -chaos.partition 30s 2>&1 | grep -E '^(---|ok|FAIL|PASS)|_test.go'
 
 ## bench: throughput and speed ratios against baselines measured in the same run
 bench:

@@ -1,6 +1,7 @@
 package testcluster
 
 import (
+	"flag"
 	"fmt"
 	"testing"
 	"time"
@@ -138,6 +139,8 @@ func TestLeaderFailoverMidJob(t *testing.T) {
 	}
 }
 
+var partitionFor = flag.Duration("chaos.partition", 0, "how long TestPartitionedLeader keeps the leader cut off (0: until the majority committed 2 rounds)")
+
 // TestPartitionedLeader cuts the leader off from the other coordinators
 // (not from its workers): the minority commits nothing, the majority elects
 // a leader and goes on, and after healing all agree on one history.
@@ -169,9 +172,14 @@ func TestPartitionedLeader(t *testing.T) {
 		jm, _ = nl.C.FSM().Job("part")
 		return len(jm.History) >= len(minority.History)+2
 	})
+	if rest := *partitionFor - time.Since(cut); rest > 0 {
+		time.Sleep(rest)
+		jm, _ = nl.C.FSM().Job("part")
+	}
 	if j, _ := old.C.FSM().Job("part"); len(j.History) != len(minority.History) {
 		t.Errorf("the minority committed rounds while cut off: %d -> %d", len(minority.History), len(j.History))
 	}
+	t.Logf("cut off for %v: minority stayed at %d rounds, majority reached %d", time.Since(cut).Round(time.Second), len(minority.History), len(jm.History))
 	cl.Net.Heal()
 	healed := cl.WaitForLeader(20 * time.Second)
 	t.Logf("healed; %s leads", healed.Name)
