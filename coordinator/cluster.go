@@ -32,6 +32,7 @@ func (c *Coordinator) Status() *pb.ClusterStatusResponse {
 		CommitIndex:  c.raft.CommitIndex(),
 	}
 	fmt.Sscan(st["term"], &resp.Term)
+	fmt.Sscan(st["last_snapshot_index"], &resp.LastSnapshotIndex)
 	if lc := c.raft.LastContact(); !lc.IsZero() {
 		resp.LastContactMs = uint64(time.Since(lc).Milliseconds())
 	}

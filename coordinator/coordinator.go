@@ -64,6 +64,13 @@ type Config struct {
 	ServerGrace time.Duration
 	// SnapshotThreshold is how many log entries trigger a snapshot; default 1024.
 	SnapshotThreshold uint64
+	// TrailingLogs is how many log entries a snapshot leaves behind for
+	// slow followers; one further behind gets the snapshot (InstallSnapshot).
+	// Default 1024.
+	TrailingLogs uint64
+	// WALSegmentBytes is the size of a Raft log segment file (default
+	// raft-wal's 64 MiB). Compaction drops whole segments only.
+	WALSegmentBytes int
 	// KeepUpdateRounds is how many recent committed rounds keep their
 	// update blobs (for verification); older ones are garbage-collected. Default 5.
 	KeepUpdateRounds int
@@ -117,6 +124,9 @@ func (c *Config) defaults() error {
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = 1024
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 1024
 	}
 	if c.KeepUpdateRounds <= 0 {
 		c.KeepUpdateRounds = 5

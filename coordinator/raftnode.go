@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	raftwal "github.com/hashicorp/raft-wal"
 
 	"github.com/fedtune/fedtune/internal/gossip"
+	pb "github.com/fedtune/fedtune/protocol"
 )
 
 // raftTiming is a set of Raft timeouts. The leader lease is kept shorter
@@ -39,7 +41,11 @@ func (c *Coordinator) startRaft() error {
 	// file lock outlived Close) nor truncated a log suffix safely (a node
 	// restarted after "clearing log suffix" failed with "sealed segment has
 	// no index block"; found by TestChaosLeaderKills).
-	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")))
+	segment := raftwal.DefaultSegmentSize
+	if c.cfg.WALSegmentBytes > 0 {
+		segment = c.cfg.WALSegmentBytes
+	}
+	wal, err := raftwal.Open(walDir, raftwal.WithLogger(hl.Named("wal")), raftwal.WithSegmentSize(segment))
 	if err != nil {
 		return fmt.Errorf("coordinator: open raft log: %w", err)
 	}
@@ -64,7 +70,7 @@ func (c *Coordinator) startRaft() error {
 	rc.Logger = hl
 	rc.SnapshotThreshold = c.cfg.SnapshotThreshold
 	rc.SnapshotInterval = 10 * time.Second
-	rc.TrailingLogs = 1024
+	rc.TrailingLogs = c.cfg.TrailingLogs
 	rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout, rc.CommitTimeout = t.heartbeat, t.election, t.lease, t.commit
 	if c.cfg.HeartbeatTimeout > 0 {
 		rc.HeartbeatTimeout = c.cfg.HeartbeatTimeout
@@ -95,6 +101,30 @@ func (c *Coordinator) startRaft() error {
 	return nil
 }
 
+// peerHasState asks the other coordinators whether any already has Raft
+// state (as Consul does before bootstrapping): a node that joins an existing
+// cluster, or comes back with an empty data directory, must be added by the
+// leader, never bootstrap a cluster of its own. A peer that cannot be asked
+// counts as having state, to stay safe.
+func (c *Coordinator) peerHasState(members []gossip.Member) bool {
+	for _, m := range members {
+		if m.Name == c.cfg.NodeID {
+			continue
+		}
+		conn, err := c.pool.Conn(m.Meta.GRPC)
+		if err != nil {
+			return true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := pb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{})
+		cancel()
+		if err != nil || st.LastIndex > 0 || st.LeaderId != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // bootstrapLoop forms the Raft cluster once gossip shows BootstrapExpect
 // coordinators (Consul's bootstrap-expect). Every one of them computes the
 // same configuration from the same gossip view, so it does not matter how
@@ -122,6 +152,9 @@ func (c *Coordinator) bootstrapLoop() {
 				c.log.Warn("more coordinators than --bootstrap-expect; waiting to be added by a leader", "seen", len(members), "expect", c.cfg.BootstrapExpect)
 			}
 			continue
+		}
+		if c.peerHasState(members) {
+			continue // a cluster exists: wait for its leader to add this node
 		}
 		var conf raft.Configuration
 		for _, m := range members {

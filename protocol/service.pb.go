@@ -1243,20 +1243,21 @@ func (x *Member) GetLabels() map[string]string {
 }
 
 type ClusterStatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"` // Leader, Follower, Candidate, Shutdown
-	LeaderId      string                 `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
-	LeaderGrpc    string                 `protobuf:"bytes,4,opt,name=leader_grpc,json=leaderGrpc,proto3" json:"leader_grpc,omitempty"`
-	Term          uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
-	LastIndex     uint64                 `protobuf:"varint,6,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	CommitIndex   uint64                 `protobuf:"varint,8,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	Servers       []*RaftServer          `protobuf:"bytes,9,rep,name=servers,proto3" json:"servers,omitempty"`
-	Members       []*Member              `protobuf:"bytes,10,rep,name=members,proto3" json:"members,omitempty"`
-	LastContactMs uint64                 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"` // since the leader was last heard from (followers)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Node              string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	State             string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"` // Leader, Follower, Candidate, Shutdown
+	LeaderId          string                 `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	LeaderGrpc        string                 `protobuf:"bytes,4,opt,name=leader_grpc,json=leaderGrpc,proto3" json:"leader_grpc,omitempty"`
+	Term              uint64                 `protobuf:"varint,5,opt,name=term,proto3" json:"term,omitempty"`
+	LastIndex         uint64                 `protobuf:"varint,6,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	AppliedIndex      uint64                 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	CommitIndex       uint64                 `protobuf:"varint,8,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	Servers           []*RaftServer          `protobuf:"bytes,9,rep,name=servers,proto3" json:"servers,omitempty"`
+	Members           []*Member              `protobuf:"bytes,10,rep,name=members,proto3" json:"members,omitempty"`
+	LastContactMs     uint64                 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"` // since the leader was last heard from (followers)
+	LastSnapshotIndex uint64                 `protobuf:"varint,12,opt,name=last_snapshot_index,json=lastSnapshotIndex,proto3" json:"last_snapshot_index,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ClusterStatusResponse) Reset() {
@@ -1366,6 +1367,13 @@ func (x *ClusterStatusResponse) GetLastContactMs() uint64 {
 	return 0
 }
 
+func (x *ClusterStatusResponse) GetLastSnapshotIndex() uint64 {
+	if x != nil {
+		return x.LastSnapshotIndex
+	}
+	return 0
+}
+
 var File_service_proto protoreflect.FileDescriptor
 
 const file_service_proto_rawDesc = "" +
@@ -1463,7 +1471,7 @@ const file_service_proto_rawDesc = "" +
 	"\x06labels\x18\x06 \x03(\v2\x1e.fedtune.v1.Member.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x03\n" +
 	"\x15ClusterStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
@@ -1478,7 +1486,8 @@ const file_service_proto_rawDesc = "" +
 	"\aservers\x18\t \x03(\v2\x16.fedtune.v1.RaftServerR\aservers\x12,\n" +
 	"\amembers\x18\n" +
 	" \x03(\v2\x12.fedtune.v1.MemberR\amembers\x12&\n" +
-	"\x0flast_contact_ms\x18\v \x01(\x04R\rlastContactMs2\xa2\x01\n" +
+	"\x0flast_contact_ms\x18\v \x01(\x04R\rlastContactMs\x12.\n" +
+	"\x13last_snapshot_index\x18\f \x01(\x04R\x11lastSnapshotIndex2\xa2\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
 	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse2\x7f\n" +

@@ -55,8 +55,8 @@ func clusterCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(c.App.Writer, "node %s: %s, term %d, last index %d, commit index %d, applied index %d\n",
-						st.Node, st.State, st.Term, st.LastIndex, st.CommitIndex, st.AppliedIndex)
+					fmt.Fprintf(c.App.Writer, "node %s: %s, term %d, last index %d, commit index %d, applied index %d, last snapshot %d\n",
+						st.Node, st.State, st.Term, st.LastIndex, st.CommitIndex, st.AppliedIndex, st.LastSnapshotIndex)
 					fmt.Fprintf(c.App.Writer, "leader: %s (%s)\n", dash(st.LeaderId), dash(st.LeaderGrpc))
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "ID\tSUFFRAGE\tRAFT\tGRPC\tGOSSIP\tLEADER")

@@ -254,3 +254,41 @@ func TestWholeClusterRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowerCatchesUpFromSnapshot: a follower down while the others
+// commit rounds and compact their logs comes back, receives the leader's
+// snapshot (InstallSnapshot, its log is too far behind), and fetches every
+// model blob the restored state names.
+func TestFollowerCatchesUpFromSnapshot(t *testing.T) {
+	cl := NewCluster(t, 3, ClusterOptions{Edit: func(i int, cfg *coordinator.Config) {
+		// Small log segments: raft-wal compacts whole segments only.
+		cfg.SnapshotThreshold, cfg.TrailingLogs, cfg.WALSegmentBytes = 8, 4, 2048
+	}})
+	startWorkers(t, cl.GossipAddrs(), 3)
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 3 })
+	var follower *Node
+	for _, nd := range cl.Up() {
+		if nd != cl.Leader() {
+			follower = nd
+			break
+		}
+	}
+	cl.Crash(follower)
+	const rounds = 6
+	submit(t, cl, haJob("snap", rounds, 3))
+	j := cl.WaitDone("snap", 2*time.Minute)
+	for _, nd := range cl.Up() {
+		if err := nd.C.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl.Start(follower)
+	WaitFor(t, 30*time.Second, "the follower to restore the job", func() bool {
+		got, ok := follower.C.FSM().Job("snap")
+		return ok && proto.Equal(got, j)
+	})
+	if st := follower.C.Status(); st.LastSnapshotIndex == 0 {
+		t.Errorf("follower caught up without a snapshot (applied %d): InstallSnapshot was not exercised", st.AppliedIndex)
+	}
+	checkHistory(t, cl, j, rounds)
+}

@@ -105,6 +105,7 @@ type ProcCluster struct {
 	Bin    string
 	Nodes  []*ProcNode
 	Extra  []string // extra flags for every coordinator
+	Expect int      // --bootstrap-expect of every coordinator
 	pool   *client.Pool
 	nextWk int
 }
@@ -113,7 +114,7 @@ type ProcCluster struct {
 // unless extra names a --profile) and waits until they agree on a leader.
 func NewProcCluster(t testing.TB, bin string, n int, extra ...string) *ProcCluster {
 	t.Helper()
-	pc := &ProcCluster{t: t, Bin: bin, Extra: extra, pool: client.NewPool()}
+	pc := &ProcCluster{t: t, Bin: bin, Extra: extra, Expect: n, pool: client.NewPool()}
 	t.Cleanup(pc.pool.Close)
 	for i := range n {
 		pc.Nodes = append(pc.Nodes, &ProcNode{Name: fmt.Sprintf("coord-%d", i+1), GRPC: freeAddrTB(t), Raft: freeAddrTB(t),
@@ -126,10 +127,19 @@ func NewProcCluster(t testing.TB, bin string, n int, extra ...string) *ProcClust
 	return pc
 }
 
+// Add starts one more coordinator, which joins the running cluster.
+func (pc *ProcCluster) Add() *ProcNode {
+	nd := &ProcNode{Name: fmt.Sprintf("coord-%d", len(pc.Nodes)+1), GRPC: freeAddrTB(pc.t), Raft: freeAddrTB(pc.t),
+		Gossip: freeAddrTB(pc.t), HTTP: freeAddrTB(pc.t), Dir: pc.t.TempDir()}
+	pc.Nodes = append(pc.Nodes, nd)
+	pc.Start(nd)
+	return nd
+}
+
 // Start starts (or restarts) a coordinator process.
 func (pc *ProcCluster) Start(nd *ProcNode) {
 	args := []string{"coordinator", "--id", nd.Name, "--data-dir", nd.Dir, "--grpc-addr", nd.GRPC, "--raft-addr", nd.Raft,
-		"--gossip-addr", nd.Gossip, "--http-addr", nd.HTTP, "--bootstrap-expect", fmt.Sprint(len(pc.Nodes))}
+		"--gossip-addr", nd.Gossip, "--http-addr", nd.HTTP, "--bootstrap-expect", fmt.Sprint(pc.Expect)}
 	if !slices.Contains(pc.Extra, "--profile") {
 		args = append(args, "--fast")
 	}
