@@ -98,7 +98,7 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 		if slices.ContainsFunc(r.Updates, func(u *pb.AcceptedUpdate) bool { return u.Worker == worker }) {
 			continue
 		}
-		if slices.Contains(done, fmt.Sprintf("%s/%d", j.Spec.Name, r.Number)) {
+		if slices.Contains(done, pb.AttemptKey(j.Spec.Name, r.Number, r.Attempt)) {
 			continue
 		}
 		size, _ := c.blobs.Size(r.BaseModel)
@@ -112,6 +112,7 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			Codec:            j.Spec.Codec,
 			DeadlineUnixNano: r.DeadlineUnixNano,
 			Seed:             j.Spec.Seed ^ uint64(r.Number)<<20 ^ uint64(r.Attempt),
+			Attempt:          r.Attempt,
 		}
 	}
 	return nil

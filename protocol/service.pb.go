@@ -88,6 +88,7 @@ type Task struct {
 	Codec            string                 `protobuf:"bytes,7,opt,name=codec,proto3" json:"codec,omitempty"`
 	DeadlineUnixNano int64                  `protobuf:"varint,8,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
 	Seed             uint64                 `protobuf:"varint,9,opt,name=seed,proto3" json:"seed,omitempty"`
+	Attempt          uint32                 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"` // the round's attempt (grows when a round is rescheduled)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -185,12 +186,20 @@ func (x *Task) GetSeed() uint64 {
 	return 0
 }
 
+func (x *Task) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 type PollTaskRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId    string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	WaitSeconds float64                `protobuf:"fixed64,2,opt,name=wait_seconds,json=waitSeconds,proto3" json:"wait_seconds,omitempty"` // how long the server may hold the call
-	// Rounds whose update this worker already had accepted; not offered again.
-	Done          []string `protobuf:"bytes,3,rep,name=done,proto3" json:"done,omitempty"` // "job/round"
+	// Round attempts whose update this worker already had accepted; not
+	// offered again (protocol.AttemptKey).
+	Done          []string `protobuf:"bytes,3,rep,name=done,proto3" json:"done,omitempty"` // "job/round/attempt"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +325,7 @@ type SubmitUpdateRequest struct {
 	Payload       []byte                 `protobuf:"bytes,6,opt,name=payload,proto3" json:"payload,omitempty"` // encoded delta
 	Samples       uint64                 `protobuf:"varint,7,opt,name=samples,proto3" json:"samples,omitempty"`
 	Metrics       map[string]float64     `protobuf:"bytes,8,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	Attempt       uint32                 `protobuf:"varint,9,opt,name=attempt,proto3" json:"attempt,omitempty"` // the round attempt the task came from
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -404,6 +414,13 @@ func (x *SubmitUpdateRequest) GetMetrics() map[string]float64 {
 		return x.Metrics
 	}
 	return nil
+}
+
+func (x *SubmitUpdateRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 type SubmitUpdateResponse struct {
@@ -1382,7 +1399,7 @@ const file_service_proto_rawDesc = "" +
 	"fedtune.v1\x1a\rfedtune.proto\"2\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"\x8f\x02\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"\xa9\x02\n" +
 	"\x04Task\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12(\n" +
@@ -1392,7 +1409,9 @@ const file_service_proto_rawDesc = "" +
 	"\x05train\x18\x06 \x01(\v2\x17.fedtune.v1.TrainConfigR\x05train\x12\x14\n" +
 	"\x05codec\x18\a \x01(\tR\x05codec\x12,\n" +
 	"\x12deadline_unix_nano\x18\b \x01(\x03R\x10deadlineUnixNano\x12\x12\n" +
-	"\x04seed\x18\t \x01(\x04R\x04seed\"e\n" +
+	"\x04seed\x18\t \x01(\x04R\x04seed\x12\x18\n" +
+	"\aattempt\x18\n" +
+	" \x01(\rR\aattempt\"e\n" +
 	"\x0fPollTaskRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12!\n" +
 	"\fwait_seconds\x18\x02 \x01(\x01R\vwaitSeconds\x12\x12\n" +
@@ -1402,7 +1421,7 @@ const file_service_proto_rawDesc = "" +
 	"\vleader_addr\x18\x02 \x01(\tR\n" +
 	"leaderAddr\x12\x1d\n" +
 	"\n" +
-	"not_leader\x18\x03 \x01(\bR\tnotLeader\"\xc7\x02\n" +
+	"not_leader\x18\x03 \x01(\bR\tnotLeader\"\xe1\x02\n" +
 	"\x13SubmitUpdateRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
@@ -1412,7 +1431,8 @@ const file_service_proto_rawDesc = "" +
 	"\x05codec\x18\x05 \x01(\tR\x05codec\x12\x18\n" +
 	"\apayload\x18\x06 \x01(\fR\apayload\x12\x18\n" +
 	"\asamples\x18\a \x01(\x04R\asamples\x12F\n" +
-	"\ametrics\x18\b \x03(\v2,.fedtune.v1.SubmitUpdateRequest.MetricsEntryR\ametrics\x1a:\n" +
+	"\ametrics\x18\b \x03(\v2,.fedtune.v1.SubmitUpdateRequest.MetricsEntryR\ametrics\x12\x18\n" +
+	"\aattempt\x18\t \x01(\rR\aattempt\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x90\x01\n" +

@@ -66,7 +66,7 @@ type Worker struct {
 	target  string                  // coordinator gRPC address to talk to next
 	known   []string                // coordinator gRPC addresses seen in gossip
 	pending *pb.SubmitUpdateRequest // update not yet accepted
-	done    []string                // "job/round" accepted from this worker (recent)
+	done    []string                // round attempts accepted from this worker (recent; protocol.AttemptKey)
 	models  map[string]tensor.Set
 }
 
@@ -261,7 +261,7 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		}
 	}
 	w.pending = &pb.SubmitUpdateRequest{WorkerId: w.cfg.ID, Job: t.Job, Round: t.Round, BaseModel: t.Base.GetHash(),
-		Codec: cd.Name(), Payload: payload, Samples: res.Samples, Metrics: res.Metrics}
+		Codec: cd.Name(), Payload: payload, Samples: res.Samples, Metrics: res.Metrics, Attempt: t.Attempt}
 	return w.submit(ctx)
 }
 
@@ -290,7 +290,7 @@ func (w *Worker) submit(ctx context.Context) error {
 		return w.follow(resp.LeaderAddr) // resubmitted on the next step
 	}
 	w.log.Info("update accepted", "job", p.Job, "round", p.Round, "duplicate", resp.Duplicate)
-	w.done = append(w.done, fmt.Sprintf("%s/%d", p.Job, p.Round))
+	w.done = append(w.done, pb.AttemptKey(p.Job, p.Round, p.Attempt))
 	if len(w.done) > 64 {
 		w.done = w.done[len(w.done)-64:]
 	}

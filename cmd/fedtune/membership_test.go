@@ -20,7 +20,7 @@ func TestClusterMembershipCLI(t *testing.T) {
 		return out
 	}
 	row := func(out, id string) string {
-		return regexp.MustCompile(`(?m)^`+id+`\s+(\S+)`).FindString(out)
+		return regexp.MustCompile(`(?m)^` + id + `\s+(\S+)`).FindString(out)
 	}
 	out := raftOut()
 	t.Logf("three coordinators:\n%s", out)
