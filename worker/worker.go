@@ -49,6 +49,9 @@ type Config struct {
 	PollWait time.Duration
 	// Profile is the gossip timing profile: local, lan (default) or wan.
 	Profile string
+	// Crash makes Run exit without telling the gossip pool it leaves, as a
+	// killed process would (tests of failure detection).
+	Crash bool
 	// SubmitDelay waits this long before sending each new update: it
 	// simulates a slow uplink, for tests and experiments.
 	SubmitDelay time.Duration
@@ -106,7 +109,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.gossip = g
 	defer func() {
-		_ = g.Leave(time.Second)
+		if w.cfg.Crash {
+			_ = g.Shutdown()
+		} else {
+			_ = g.Leave(time.Second)
+		}
 		w.pool.Close()
 	}()
 	if err := w.joinCluster(ctx); err != nil {

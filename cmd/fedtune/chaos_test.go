@@ -4,8 +4,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -192,7 +195,21 @@ func TestChaosLeaderKills(t *testing.T) {
 	if final < j.BaseMetrics["test_accuracy"]+0.3 {
 		t.Errorf("accuracy %.3f -> %.3f", j.BaseMetrics["test_accuracy"], final)
 	}
-	if out := run(t, "cluster", "raft", "--coordinator", pc.WaitForLeader(10*time.Second).GRPC); strings.Count(out, "Voter") != 3 {
+	// The failover metrics moved on the leader.
+	leader := pc.WaitForLeader(10 * time.Second)
+	resp, err := http.Get("http://" + leader.HTTP + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, series := range []string{"fedtune_raft_leader_changes_total", "fedtune_failover_seconds_count", "fedtune_blob_replication_seconds_count"} {
+		m := regexp.MustCompile(`(?m)^` + series + ` (\S+)`).FindStringSubmatch(string(body))
+		if m == nil || m[1] == "0" {
+			t.Errorf("metric %s on the leader: %v", series, m)
+		}
+	}
+	if out := run(t, "cluster", "raft", "--coordinator", leader.GRPC); strings.Count(out, "Voter") != 3 {
 		t.Errorf("cluster raft after the kills:\n%s", out)
 	}
 }

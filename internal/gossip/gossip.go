@@ -106,7 +106,7 @@ func Start(cfg Config) (*Node, error) {
 	// A node that crashed and comes back under the same name at a new
 	// address (a restarted worker on an ephemeral port) may reclaim its
 	// name once it has been dead this long; memberlist's default never.
-	mc.DeadNodeReclaimTime = 10 * mc.ProbeInterval
+	mc.DeadNodeReclaimTime = 3 * mc.ProbeInterval
 	mc.Name = cfg.Name
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertisePort = port

@@ -11,7 +11,8 @@ import (
 	pb "github.com/fedtune/fedtune/protocol"
 )
 
-// TestWorkerChurn kills 30% of the workers at the start of each of 5
+// TestWorkerChurn crashes 30% of the workers (gone from gossip without a
+// leave message, found dead by failure detection) at the start of each of 5
 // rounds (restarting the ones killed before): every round must commit or be
 // rescheduled by its deadline plus a margin, and the job must finish.
 func TestWorkerChurn(t *testing.T) {
@@ -23,7 +24,7 @@ func TestWorkerChurn(t *testing.T) {
 	data := make([]*dataset.Examples, n)
 	for i := range n {
 		data[i] = train.Subset(parts[i])
-		handles[i] = StartWorker(t, fmt.Sprintf("w%02d", i), []string{c.GossipAddr()}, data[i], nil)
+		handles[i] = StartCrashingWorker(t, fmt.Sprintf("w%02d", i), []string{c.GossipAddr()}, data[i])
 	}
 	WaitFor(t, 20*time.Second, "10 workers", func() bool { return len(c.FSM().Workers()) == n })
 	const rounds, timeout = 5, 6 * time.Second
@@ -60,7 +61,7 @@ func TestWorkerChurn(t *testing.T) {
 				seen[a] = true
 				// Bring back the workers killed last round, kill 30% now.
 				for _, i := range killed {
-					handles[i] = StartWorker(t, fmt.Sprintf("w%02d", i), []string{c.GossipAddr()}, data[i], nil)
+					handles[i] = StartCrashingWorker(t, fmt.Sprintf("w%02d", i), []string{c.GossipAddr()}, data[i])
 				}
 				killed = rng.Perm(n)[:3]
 				for _, i := range killed {

@@ -90,9 +90,21 @@ func (h *WorkerHandle) Stop() {
 // StartWorker runs a worker holding data for "mnist" until the test ends
 // or Stop is called.
 func StartWorker(t testing.TB, id string, join []string, data *dataset.Examples, labels map[string]string) *WorkerHandle {
+	return startWorker(t, worker.Config{ID: id, Join: join, Labels: labels}, data)
+}
+
+// StartCrashingWorker is StartWorker for a worker whose Stop looks like a
+// crash to the cluster: it vanishes from gossip without a leave message.
+func StartCrashingWorker(t testing.TB, id string, join []string, data *dataset.Examples) *WorkerHandle {
+	return startWorker(t, worker.Config{ID: id, Join: join, Crash: true}, data)
+}
+
+func startWorker(t testing.TB, cfg worker.Config, data *dataset.Examples) *WorkerHandle {
 	t.Helper()
+	id := cfg.ID
 	tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
-	w, err := worker.New(worker.Config{ID: id, Join: join, Labels: labels, Profile: "local", PollWait: 2 * time.Second, Logger: Logger(t)}, tr)
+	cfg.Profile, cfg.PollWait, cfg.Logger = "local", 2*time.Second, Logger(t)
+	w, err := worker.New(cfg, tr)
 	if err != nil {
 		t.Fatal(err)
 	}
