@@ -1,7 +1,6 @@
 package testcluster
 
 import (
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,22 +14,13 @@ import (
 	pb "github.com/fedtune/fedtune/protocol"
 )
 
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestRestartFromSnapshotAndLog runs a job, snapshots the FSM, commits more
 // entries, stops the coordinator and starts it again on the same data
 // directory: the restored state (snapshot + log after it) equals the state
 // before the stop, and the blobs it names are all there.
 func TestRestartFromSnapshotAndLog(t *testing.T) {
 	train, _ := dataset.MNIST(dataset.Train)
-	cfg := coordinator.Config{DataDir: t.TempDir(), GRPCAddr: freeAddr(t), RaftAddr: freeAddr(t), GossipAddr: freeAddr(t)}
+	cfg := coordinator.Config{DataDir: t.TempDir(), GRPCAddr: freeAddrTB(t), RaftAddr: freeAddrTB(t), GossipAddr: freeAddrTB(t)}
 	c := StartCoordinator(t, cfg)
 	parts, _ := dataset.Partition{Kind: "iid", Seed: 1}.Split(train.Y, 10, 30)
 	StartWorker(t, "w1", []string{c.GossipAddr()}, train.Subset(parts[0]), nil)
