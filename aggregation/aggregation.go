@@ -45,14 +45,8 @@ type Aggregator interface {
 // ErrNoUpdates is returned when there is nothing to aggregate.
 var ErrNoUpdates = errors.New("aggregation: no updates")
 
-// New returns the aggregator named name ("fedavg"; "" means fedavg).
-func New(name string) (Aggregator, error) {
-	switch name {
-	case "", "fedavg":
-		return FedAvg{}, nil
-	}
-	return nil, fmt.Errorf("aggregation: unknown rule %q (known: fedavg)", name)
-}
+// New returns the rule named name with default parameters ("" means fedavg).
+func New(name string) (Aggregator, error) { return NewRule(name, Params{}) }
 
 // FedAvg is McMahan et al.'s federated averaging: the mean of the updates
 // weighted by each worker's sample count (equal weights when all are 0).

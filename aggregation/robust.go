@@ -1,0 +1,543 @@
+package aggregation
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// Params are the hyper-parameters of the robust rules; zero values get the
+// defaults noted.
+type Params struct {
+	TrimFraction float64 // trimmed mean: fraction β cut from each end per coordinate (default 0.1)
+	F            int     // Krum, Multi-Krum, Bulyan: number of Byzantine updates tolerated (default: as many as n allows)
+	M            int     // Multi-Krum: updates averaged (default n - f)
+	ClipNorm     float64 // > 0: scale every update to at most this L2 norm before the rule
+	Tau          float64 // centered clipping radius (default 10)
+	Iterations   int     // centered clipping and geometric median iterations (default 3 and 10)
+	Smoothing    float64 // geometric median ν (default 1e-6)
+}
+
+// Rules lists the rule names New accepts.
+var Rules = []string{"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomedian", "centered-clip"}
+
+// NewRule returns the rule named name with params. Norm clipping, when
+// params.ClipNorm > 0, wraps any rule.
+func NewRule(name string, p Params) (Aggregator, error) {
+	var a Aggregator
+	switch name {
+	case "", "fedavg":
+		a = FedAvg{}
+	case "median":
+		a = Median{}
+	case "trimmed-mean":
+		b := p.TrimFraction
+		if b == 0 {
+			b = 0.1
+		}
+		if b < 0 || b >= 0.5 {
+			return nil, fmt.Errorf("trimmed-mean: trim fraction %v, want [0, 0.5)", b)
+		}
+		a = TrimmedMean{Beta: b}
+	case "krum":
+		a = Krum{F: p.F, M: 1}
+	case "multi-krum":
+		a = Krum{F: p.F, M: p.M, Multi: true}
+	case "bulyan":
+		a = Bulyan{F: p.F}
+	case "geomedian":
+		it, nu := p.Iterations, p.Smoothing
+		if it == 0 {
+			it = 10
+		}
+		if nu == 0 {
+			nu = 1e-6
+		}
+		a = GeoMedian{Iterations: it, Nu: nu}
+	case "centered-clip":
+		tau, it := p.Tau, p.Iterations
+		if tau == 0 {
+			tau = 10
+		}
+		if it == 0 {
+			it = 3
+		}
+		if tau < 0 {
+			return nil, fmt.Errorf("centered-clip: tau %v must be positive", tau)
+		}
+		a = CenteredClip{Tau: tau, Iterations: it}
+	default:
+		return nil, fmt.Errorf("aggregation: unknown rule %q (known: %v)", name, Rules)
+	}
+	if p.F < 0 || p.M < 0 || p.Iterations < 0 || p.ClipNorm < 0 {
+		return nil, fmt.Errorf("aggregation: negative parameter in %+v", p)
+	}
+	if p.ClipNorm > 0 {
+		a = NormClip{Inner: a, Max: p.ClipNorm}
+	}
+	return a, nil
+}
+
+// flat is an update as one vector (the Set's tensors concatenated in name
+// order), which is what the robust rules reason about.
+func flat(s tensor.Set) []float32 {
+	out := make([]float32, 0, s.Len())
+	for _, t := range s.Tensors {
+		out = append(out, t.Data...)
+	}
+	return out
+}
+
+// unflat writes v into a Set with the layout of like.
+func unflat(v []float32, like tensor.Set) tensor.Set {
+	out := tensor.ZerosLike(like)
+	off := 0
+	for _, t := range out.Tensors {
+		copy(t.Data, v[off:off+len(t.Data)])
+		off += len(t.Data)
+	}
+	return out
+}
+
+func uniform(n int) []float64 {
+	w := make([]float64, n)
+	for i := range w {
+		w[i] = 1 / float64(n)
+	}
+	return w
+}
+
+// Median is the coordinate-wise median (the mean of the two middle values
+// for an even count). It is unchanged by fewer than n/2 arbitrary updates
+// as long as they stay fewer than the honest ones on each side.
+type Median struct{}
+
+// Name returns "median".
+func (Median) Name() string { return "median" }
+
+// Aggregate returns the coordinate-wise median.
+func (Median) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	return coordinateRule(updates, func(col []float32) float32 {
+		n := len(col)
+		if n%2 == 1 {
+			return selectK(col, n/2)
+		}
+		lo := selectK(col, n/2-1)
+		hi := selectK(col, n/2)
+		return float32((float64(lo) + float64(hi)) / 2)
+	})
+}
+
+// TrimmedMean drops the ⌊βn⌋ largest and smallest values per coordinate
+// and averages the rest (Yin et al. 2018).
+type TrimmedMean struct{ Beta float64 }
+
+// Name returns "trimmed-mean".
+func (TrimmedMean) Name() string { return "trimmed-mean" }
+
+// Aggregate returns the coordinate-wise trimmed mean.
+func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	return coordinateRule(updates, func(col []float32) float32 {
+		k := int(r.Beta * float64(len(col)))
+		slices.Sort(col)
+		var s float64
+		for _, v := range col[k : len(col)-k] {
+			s += float64(v)
+		}
+		return float32(s / float64(len(col)-2*k))
+	})
+}
+
+// coordinateBlock is how many coordinates a coordinate-wise rule gathers at
+// once: the n × block buffer stays in cache.
+const coordinateBlock = 256
+
+// coordinateRule applies f to each coordinate's column of values (in
+// worker-id order; f may reorder the column), block by block.
+func coordinateRule(updates []Update, f func(col []float32) float32) (tensor.Set, []Score, error) {
+	ups, err := sorted(updates)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	n := len(ups)
+	out := tensor.ZerosLike(ups[0].Delta)
+	buf := make([]float32, n*coordinateBlock)
+	for k, t := range out.Tensors {
+		for lo := 0; lo < len(t.Data); lo += coordinateBlock {
+			hi := min(lo+coordinateBlock, len(t.Data))
+			for i, u := range ups {
+				src := u.Delta.Tensors[k].Data[lo:hi]
+				for j, v := range src {
+					buf[j*n+i] = v
+				}
+			}
+			for j := 0; j < hi-lo; j++ {
+				t.Data[lo+j] = f(buf[j*n : (j+1)*n])
+			}
+		}
+	}
+	return out, scores(ups, uniform(n), out), nil
+}
+
+// selectK returns the k-th smallest value of v (0-based), reordering v.
+func selectK(v []float32, k int) float32 {
+	lo, hi := 0, len(v)-1
+	for lo < hi {
+		p := v[(lo+hi)/2]
+		i, j := lo, hi
+		for i <= j {
+			for v[i] < p {
+				i++
+			}
+			for v[j] > p {
+				j--
+			}
+			if i <= j {
+				v[i], v[j] = v[j], v[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return v[k]
+		}
+	}
+	return v[k]
+}
+
+// sqDistances returns the n×n squared L2 distances between the updates,
+// from their Gram matrix (‖a‖² + ‖b‖² − 2a·b), one dot product per pair.
+func sqDistances(vs [][]float32) [][]float64 {
+	n := len(vs)
+	norms := make([]float64, n)
+	for i, v := range vs {
+		norms[i] = tensor.Dot(v, v)
+	}
+	d := make([][]float64, n)
+	for i := range d {
+		d[i] = make([]float64, n)
+	}
+	for i := 0; i < n; i++ {
+		for j := i + 1; j < n; j++ {
+			x := max(norms[i]+norms[j]-2*tensor.Dot(vs[i], vs[j]), 0)
+			d[i][j], d[j][i] = x, x
+		}
+	}
+	return d
+}
+
+// krumScores returns, for each update among idx, the sum of squared
+// distances to its n−f−2 nearest others among idx (Blanchard et al. 2017).
+func krumScores(d [][]float64, idx []int, f int) []float64 {
+	n := len(idx)
+	k := max(n-f-2, 1)
+	out := make([]float64, n)
+	row := make([]float64, 0, n)
+	for a, i := range idx {
+		row = row[:0]
+		for _, j := range idx {
+			if j != i {
+				row = append(row, d[i][j])
+			}
+		}
+		sort.Float64s(row)
+		for _, x := range row[:min(k, len(row))] {
+			out[a] += x
+		}
+	}
+	return out
+}
+
+func defaultF(n int, f int) int {
+	if f > 0 {
+		return f
+	}
+	return max((n-3)/2, 0) // the most Krum tolerates: n ≥ 2f + 3
+}
+
+// Krum selects the update closest to its n−f−2 nearest neighbours; with
+// Multi, the M best are averaged (Multi-Krum). Ties go to the smaller
+// worker id.
+type Krum struct {
+	F, M  int
+	Multi bool
+}
+
+// Name returns "krum" or "multi-krum".
+func (r Krum) Name() string {
+	if r.Multi {
+		return "multi-krum"
+	}
+	return "krum"
+}
+
+// Aggregate returns the Krum choice, or the Multi-Krum average.
+func (r Krum) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	ups, err := sorted(updates)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	n := len(ups)
+	f := defaultF(n, r.F)
+	if n < 2*f+3 {
+		return tensor.Set{}, nil, fmt.Errorf("%s: %d updates cannot tolerate f=%d (needs n ≥ 2f+3 = %d)", r.Name(), n, f, 2*f+3)
+	}
+	vs := make([][]float32, n)
+	for i, u := range ups {
+		vs[i] = flat(u.Delta)
+	}
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	sc := krumScores(sqDistances(vs), idx, f)
+	order := slices.Clone(idx)
+	sort.SliceStable(order, func(a, b int) bool { return sc[order[a]] < sc[order[b]] })
+	m := 1
+	if r.Multi {
+		m = r.M
+		if m == 0 {
+			m = n - f
+		}
+		m = min(m, n)
+	}
+	weights := make([]float64, n)
+	agg := make([]float32, len(vs[0]))
+	for _, i := range order[:m] {
+		weights[i] = 1 / float64(m)
+	}
+	for i := range vs {
+		if weights[i] > 0 {
+			tensor.Axpy(float32(weights[i]), vs[i], agg)
+		}
+	}
+	out := unflat(agg, ups[0].Delta)
+	s := scores(ups, weights, out)
+	for i := range s {
+		s[i].Kept = weights[i] > 0
+	}
+	return out, s, nil
+}
+
+// Bulyan (El Mhamdi et al. 2018) picks θ = n − 2f updates by repeated Krum,
+// then per coordinate averages the β = θ − 2f values closest to their
+// median. It needs n ≥ 4f + 3.
+type Bulyan struct{ F int }
+
+// Name returns "bulyan".
+func (Bulyan) Name() string { return "bulyan" }
+
+// Aggregate returns the Bulyan aggregate.
+func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	ups, err := sorted(updates)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	n := len(ups)
+	f := r.F
+	if f == 0 {
+		f = max((n-3)/4, 0)
+	}
+	if n < 4*f+3 {
+		return tensor.Set{}, nil, fmt.Errorf("bulyan: %d updates cannot tolerate f=%d (needs n ≥ 4f+3 = %d)", n, f, 4*f+3)
+	}
+	vs := make([][]float32, n)
+	for i, u := range ups {
+		vs[i] = flat(u.Delta)
+	}
+	d := sqDistances(vs)
+	theta := n - 2*f
+	remaining := make([]int, n)
+	for i := range remaining {
+		remaining[i] = i
+	}
+	var chosen []int
+	for len(chosen) < theta {
+		sc := krumScores(d, remaining, f)
+		best := 0
+		for a := range sc {
+			if sc[a] < sc[best] {
+				best = a
+			}
+		}
+		chosen = append(chosen, remaining[best])
+		remaining = slices.Delete(remaining, best, best+1)
+	}
+	slices.Sort(chosen)
+	beta := theta - 2*f
+	agg := make([]float32, len(vs[0]))
+	col := make([]float32, theta)
+	dist := make([]int, theta)
+	for c := range agg {
+		for a, i := range chosen {
+			col[a] = vs[i][c]
+		}
+		med := medianOf(col)
+		for a := range dist {
+			dist[a] = a
+		}
+		sort.SliceStable(dist, func(x, y int) bool {
+			return math.Abs(float64(col[dist[x]]-med)) < math.Abs(float64(col[dist[y]]-med))
+		})
+		var s float64
+		for _, a := range dist[:beta] {
+			s += float64(col[a])
+		}
+		agg[c] = float32(s / float64(beta))
+	}
+	out := unflat(agg, ups[0].Delta)
+	weights := make([]float64, n)
+	for _, i := range chosen {
+		weights[i] = 1 / float64(theta)
+	}
+	s := scores(ups, weights, out)
+	for i := range s {
+		s[i].Kept = weights[i] > 0
+	}
+	return out, s, nil
+}
+
+func medianOf(col []float32) float32 {
+	c := slices.Clone(col)
+	slices.Sort(c)
+	n := len(c)
+	if n%2 == 1 {
+		return c[n/2]
+	}
+	return float32((float64(c[n/2-1]) + float64(c[n/2])) / 2)
+}
+
+// GeoMedian is the sample-weighted geometric median by smoothed Weiszfeld
+// iterations (RFA, Pillutla et al. 2022).
+type GeoMedian struct {
+	Iterations int
+	Nu         float64
+}
+
+// Name returns "geomedian".
+func (GeoMedian) Name() string { return "geomedian" }
+
+// Aggregate returns the approximate geometric median.
+func (r GeoMedian) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	ups, err := sorted(updates)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	n := len(ups)
+	vs := make([][]float32, n)
+	alpha := make([]float64, n)
+	var total float64
+	for i, u := range ups {
+		vs[i] = flat(u.Delta)
+		alpha[i] = float64(max(u.Samples, 1))
+		total += alpha[i]
+	}
+	v := make([]float32, len(vs[0]))
+	for i := range vs {
+		tensor.Axpy(float32(alpha[i]/total), vs[i], v)
+	}
+	w := make([]float64, n)
+	diff := make([]float32, len(v))
+	for it := 0; it < r.Iterations; it++ {
+		var sum float64
+		for i := range vs {
+			copy(diff, vs[i])
+			tensor.Axpy(-1, v, diff)
+			w[i] = alpha[i] / max(r.Nu, tensor.Norm(diff))
+			sum += w[i]
+		}
+		clear(v)
+		for i := range vs {
+			w[i] /= sum
+			tensor.Axpy(float32(w[i]), vs[i], v)
+		}
+	}
+	out := unflat(v, ups[0].Delta)
+	if r.Iterations == 0 {
+		for i := range w {
+			w[i] = alpha[i] / total
+		}
+	}
+	return out, scores(ups, w, out), nil
+}
+
+// CenteredClip iterates v ← v + mean_i clip_τ(z_i − v) from v = 0
+// (Karimireddy et al. 2021): each update moves the aggregate by at most τ.
+type CenteredClip struct {
+	Tau        float64
+	Iterations int
+}
+
+// Name returns "centered-clip".
+func (CenteredClip) Name() string { return "centered-clip" }
+
+// Aggregate returns the centered-clipping aggregate.
+func (r CenteredClip) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	ups, err := sorted(updates)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	n := len(ups)
+	vs := make([][]float32, n)
+	for i, u := range ups {
+		vs[i] = flat(u.Delta)
+	}
+	v := make([]float32, len(vs[0]))
+	step := make([]float32, len(v))
+	diff := make([]float32, len(v))
+	for it := 0; it < r.Iterations; it++ {
+		clear(step)
+		for i := range vs {
+			copy(diff, vs[i])
+			tensor.Axpy(-1, v, diff)
+			scale := 1.0
+			if nrm := tensor.Norm(diff); nrm > r.Tau {
+				scale = r.Tau / nrm
+			}
+			tensor.Axpy(float32(scale/float64(n)), diff, step)
+		}
+		tensor.Axpy(1, step, v)
+	}
+	out := unflat(v, ups[0].Delta)
+	return out, scores(ups, uniform(n), out), nil
+}
+
+// NormClip scales every update to at most Max in L2 norm, then applies Inner.
+type NormClip struct {
+	Inner Aggregator
+	Max   float64
+}
+
+// Name returns the inner rule's name with "+clip".
+func (r NormClip) Name() string { return r.Inner.Name() + "+clip" }
+
+// Aggregate clips, then aggregates with Inner. Scores report the original norms.
+func (r NormClip) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	clipped := make([]Update, len(updates))
+	norms := map[string]float64{}
+	for i, u := range updates {
+		nrm := u.Delta.Norm()
+		norms[u.Worker] = nrm
+		clipped[i] = u
+		if nrm > r.Max {
+			d := u.Delta.Clone()
+			for _, t := range d.Tensors {
+				tensor.Scale(float32(r.Max/nrm), t.Data)
+			}
+			clipped[i].Delta = d
+		}
+	}
+	out, s, err := r.Inner.Aggregate(clipped)
+	for i := range s {
+		s[i].Norm = norms[s[i].Worker]
+	}
+	return out, s, err
+}
