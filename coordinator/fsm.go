@@ -229,6 +229,7 @@ func applyCommitRound(f *FSM, payload []byte, at int64) error {
 		rec.Workers = append(rec.Workers, u.Worker)
 	}
 	rec.Accepted = r.Updates
+	rec.Scores = c.Scores
 	j.History = append(j.History, rec)
 	j.CurrentModel = c.Model
 	j.OpenRound = nil

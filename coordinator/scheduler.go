@@ -176,7 +176,7 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 // stores the new model, evaluates it, and commits the round.
 func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	start := time.Now()
-	newModel, metrics, err := s.c.aggregateRound(ctx, j.Spec, r)
+	newModel, metrics, scores, err := s.c.aggregateRound(ctx, j.Spec, r)
 	if err != nil {
 		return err
 	}
@@ -198,7 +198,7 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics}); err != nil {
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics, Scores: scores}); err != nil {
 		return err
 	}
 	s.c.metrics.roundsCommitted.Inc()
@@ -209,33 +209,33 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 
 // aggregateRound recomputes a round's new model from its base and accepted
 // updates. It is deterministic, so any node can verify a committed round.
-func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round) (tensor.Set, map[string]float64, error) {
+func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round) (tensor.Set, map[string]float64, []*pb.Score, error) {
 	baseBytes, err := c.blob(ctx, r.BaseModel)
 	if err != nil {
-		return tensor.Set{}, nil, fmt.Errorf("base model: %w", err)
+		return tensor.Set{}, nil, nil, fmt.Errorf("base model: %w", err)
 	}
 	base, err := tensor.Unmarshal(baseBytes)
 	if err != nil {
-		return tensor.Set{}, nil, fmt.Errorf("base model: %w", err)
+		return tensor.Set{}, nil, nil, fmt.Errorf("base model: %w", err)
 	}
-	agg, err := aggregation.New(spec.Aggregator)
+	agg, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams))
 	if err != nil {
-		return tensor.Set{}, nil, err
+		return tensor.Set{}, nil, nil, err
 	}
 	var ups []aggregation.Update
 	var lossSum, weight float64
 	for _, u := range r.Updates {
 		cd, err := codec.New(u.Codec)
 		if err != nil {
-			return tensor.Set{}, nil, err
+			return tensor.Set{}, nil, nil, err
 		}
 		payload, err := c.blob(ctx, u.Blob)
 		if err != nil {
-			return tensor.Set{}, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
+			return tensor.Set{}, nil, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
 		}
 		delta, err := cd.Decode(payload)
 		if err != nil {
-			return tensor.Set{}, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
+			return tensor.Set{}, nil, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
 		}
 		ups = append(ups, aggregation.Update{Worker: u.Worker, Delta: delta, Samples: u.Samples})
 		if l, ok := u.Metrics["loss"]; ok {
@@ -243,19 +243,29 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 			weight += float64(u.Samples)
 		}
 	}
-	delta, _, err := agg.Aggregate(ups)
+	delta, sc, err := agg.Aggregate(ups)
 	if err != nil {
-		return tensor.Set{}, nil, err
+		return tensor.Set{}, nil, nil, err
 	}
 	if err := base.AddScaled(1, delta); err != nil {
-		return tensor.Set{}, nil, err
+		return tensor.Set{}, nil, nil, err
 	}
 	base.Metadata = nil
 	metrics := map[string]float64{}
 	if weight > 0 {
 		metrics["train_loss"] = lossSum / weight
 	}
-	return base, metrics, nil
+	var scores []*pb.Score
+	for _, s := range sc {
+		scores = append(scores, &pb.Score{Worker: s.Worker, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept})
+	}
+	return base, metrics, scores, nil
+}
+
+// RuleParams converts a job's aggregator parameters.
+func RuleParams(p *pb.AggregatorParams) aggregation.Params {
+	return aggregation.Params{TrimFraction: p.GetTrimFraction(), F: int(p.GetF()), M: int(p.GetM()), ClipNorm: p.GetClipNorm(),
+		Tau: p.GetTau(), Iterations: int(p.GetIterations()), Smoothing: p.GetSmoothing()}
 }
 
 // evaluators evaluates models on their data set's test split, caching one

@@ -99,7 +99,7 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if spec.Aggregator == "" {
 		spec.Aggregator = "fedavg"
 	}
-	if _, err := aggregation.New(spec.Aggregator); err != nil {
+	if _, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams)); err != nil {
 		return err
 	}
 	if spec.Codec == "" {

@@ -330,6 +330,7 @@ type JobSpec struct {
 	Seed                uint64                 `protobuf:"varint,13,opt,name=seed,proto3" json:"seed,omitempty"`
 	OverSelect          float64                `protobuf:"fixed64,14,opt,name=over_select,json=overSelect,proto3" json:"over_select,omitempty"` // fraction of extra workers sampled per round
 	Evaluate            bool                   `protobuf:"varint,15,opt,name=evaluate,proto3" json:"evaluate,omitempty"`                        // coordinator evaluates each new model on the dataset's test split
+	AggregatorParams    *AggregatorParams      `protobuf:"bytes,16,opt,name=aggregator_params,json=aggregatorParams,proto3" json:"aggregator_params,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -469,6 +470,191 @@ func (x *JobSpec) GetEvaluate() bool {
 	return false
 }
 
+func (x *JobSpec) GetAggregatorParams() *AggregatorParams {
+	if x != nil {
+		return x.AggregatorParams
+	}
+	return nil
+}
+
+// AggregatorParams are the robust rules' hyper-parameters (0: default).
+type AggregatorParams struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrimFraction  float64                `protobuf:"fixed64,1,opt,name=trim_fraction,json=trimFraction,proto3" json:"trim_fraction,omitempty"` // trimmed-mean β
+	F             uint32                 `protobuf:"varint,2,opt,name=f,proto3" json:"f,omitempty"`                                            // krum, multi-krum, bulyan: Byzantine updates tolerated
+	M             uint32                 `protobuf:"varint,3,opt,name=m,proto3" json:"m,omitempty"`                                            // multi-krum: updates averaged
+	ClipNorm      float64                `protobuf:"fixed64,4,opt,name=clip_norm,json=clipNorm,proto3" json:"clip_norm,omitempty"`             // > 0: clip every update to this L2 norm first
+	Tau           float64                `protobuf:"fixed64,5,opt,name=tau,proto3" json:"tau,omitempty"`                                       // centered-clip radius
+	Iterations    uint32                 `protobuf:"varint,6,opt,name=iterations,proto3" json:"iterations,omitempty"`                          // centered-clip / geomedian iterations
+	Smoothing     float64                `protobuf:"fixed64,7,opt,name=smoothing,proto3" json:"smoothing,omitempty"`                           // geomedian ν
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AggregatorParams) Reset() {
+	*x = AggregatorParams{}
+	mi := &file_fedtune_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AggregatorParams) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AggregatorParams) ProtoMessage() {}
+
+func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AggregatorParams.ProtoReflect.Descriptor instead.
+func (*AggregatorParams) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AggregatorParams) GetTrimFraction() float64 {
+	if x != nil {
+		return x.TrimFraction
+	}
+	return 0
+}
+
+func (x *AggregatorParams) GetF() uint32 {
+	if x != nil {
+		return x.F
+	}
+	return 0
+}
+
+func (x *AggregatorParams) GetM() uint32 {
+	if x != nil {
+		return x.M
+	}
+	return 0
+}
+
+func (x *AggregatorParams) GetClipNorm() float64 {
+	if x != nil {
+		return x.ClipNorm
+	}
+	return 0
+}
+
+func (x *AggregatorParams) GetTau() float64 {
+	if x != nil {
+		return x.Tau
+	}
+	return 0
+}
+
+func (x *AggregatorParams) GetIterations() uint32 {
+	if x != nil {
+		return x.Iterations
+	}
+	return 0
+}
+
+func (x *AggregatorParams) GetSmoothing() float64 {
+	if x != nil {
+		return x.Smoothing
+	}
+	return 0
+}
+
+// Score is what one update contributed to a committed round (the ledger).
+type Score struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Worker        string                 `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	Weight        float64                `protobuf:"fixed64,2,opt,name=weight,proto3" json:"weight,omitempty"`     // share of the aggregate
+	Norm          float64                `protobuf:"fixed64,3,opt,name=norm,proto3" json:"norm,omitempty"`         // L2 norm of the update
+	Distance      float64                `protobuf:"fixed64,4,opt,name=distance,proto3" json:"distance,omitempty"` // L2 distance to the aggregate
+	Cosine        float64                `protobuf:"fixed64,5,opt,name=cosine,proto3" json:"cosine,omitempty"`     // cosine similarity with the aggregate
+	Kept          bool                   `protobuf:"varint,6,opt,name=kept,proto3" json:"kept,omitempty"`          // false when a robust rule rejected it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Score) Reset() {
+	*x = Score{}
+	mi := &file_fedtune_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Score) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Score) ProtoMessage() {}
+
+func (x *Score) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Score.ProtoReflect.Descriptor instead.
+func (*Score) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Score) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
+func (x *Score) GetWeight() float64 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *Score) GetNorm() float64 {
+	if x != nil {
+		return x.Norm
+	}
+	return 0
+}
+
+func (x *Score) GetDistance() float64 {
+	if x != nil {
+		return x.Distance
+	}
+	return 0
+}
+
+func (x *Score) GetCosine() float64 {
+	if x != nil {
+		return x.Cosine
+	}
+	return 0
+}
+
+func (x *Score) GetKept() bool {
+	if x != nil {
+		return x.Kept
+	}
+	return false
+}
+
 // AcceptedUpdate is a worker's update that the leader validated and stored.
 type AcceptedUpdate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -483,7 +669,7 @@ type AcceptedUpdate struct {
 
 func (x *AcceptedUpdate) Reset() {
 	*x = AcceptedUpdate{}
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +681,7 @@ func (x *AcceptedUpdate) String() string {
 func (*AcceptedUpdate) ProtoMessage() {}
 
 func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +694,7 @@ func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptedUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{3}
+	return file_fedtune_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AcceptedUpdate) GetWorker() string {
@@ -562,7 +748,7 @@ type Round struct {
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +760,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +773,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{4}
+	return file_fedtune_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -651,13 +837,14 @@ type RoundRecord struct {
 	CommittedUnixNano int64                  `protobuf:"varint,7,opt,name=committed_unix_nano,json=committedUnixNano,proto3" json:"committed_unix_nano,omitempty"`
 	Workers           []string               `protobuf:"bytes,8,rep,name=workers,proto3" json:"workers,omitempty"`
 	Accepted          []*AcceptedUpdate      `protobuf:"bytes,9,rep,name=accepted,proto3" json:"accepted,omitempty"` // the updates aggregated, for verification
+	Scores            []*Score               `protobuf:"bytes,10,rep,name=scores,proto3" json:"scores,omitempty"`    // per-update contribution, by worker id
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RoundRecord) Reset() {
 	*x = RoundRecord{}
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -669,7 +856,7 @@ func (x *RoundRecord) String() string {
 func (*RoundRecord) ProtoMessage() {}
 
 func (x *RoundRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -682,7 +869,7 @@ func (x *RoundRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRecord.ProtoReflect.Descriptor instead.
 func (*RoundRecord) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{5}
+	return file_fedtune_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RoundRecord) GetNumber() uint32 {
@@ -748,6 +935,13 @@ func (x *RoundRecord) GetAccepted() []*AcceptedUpdate {
 	return nil
 }
 
+func (x *RoundRecord) GetScores() []*Score {
+	if x != nil {
+		return x.Scores
+	}
+	return nil
+}
+
 // Job is a job's replicated state.
 type Job struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -765,7 +959,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +971,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +984,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{6}
+	return file_fedtune_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -862,7 +1056,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1068,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1081,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{7}
+	return file_fedtune_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -928,7 +1122,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1134,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1147,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{8}
+	return file_fedtune_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -980,7 +1174,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1186,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1199,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{9}
+	return file_fedtune_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StartRound) GetJob() string {
@@ -1033,7 +1227,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1239,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1252,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{10}
+	return file_fedtune_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -1088,13 +1282,14 @@ type CommitRound struct {
 	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
 	Model         string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
 	Metrics       map[string]float64     `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	Scores        []*Score               `protobuf:"bytes,5,rep,name=scores,proto3" json:"scores,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1301,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1314,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{11}
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -1150,6 +1345,13 @@ func (x *CommitRound) GetMetrics() map[string]float64 {
 	return nil
 }
 
+func (x *CommitRound) GetScores() []*Score {
+	if x != nil {
+		return x.Scores
+	}
+	return nil
+}
+
 type AbortRound struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1161,7 +1363,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1375,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1388,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{12}
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -1221,7 +1423,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1435,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1448,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -1279,7 +1481,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1493,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1506,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -1323,7 +1525,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1537,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1550,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -1369,7 +1571,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1583,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1596,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -1431,7 +1633,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"batch_size\x18\x03 \x01(\rR\tbatchSize\x12#\n" +
 	"\rlearning_rate\x18\x04 \x01(\x01R\flearningRate\x12\x1a\n" +
 	"\bmomentum\x18\x05 \x01(\x01R\bmomentum\x12\x17\n" +
-	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xb7\x04\n" +
+	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\x82\x05\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -1453,10 +1655,28 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x04seed\x18\r \x01(\x04R\x04seed\x12\x1f\n" +
 	"\vover_select\x18\x0e \x01(\x01R\n" +
 	"overSelect\x12\x1a\n" +
-	"\bevaluate\x18\x0f \x01(\bR\bevaluate\x1a;\n" +
+	"\bevaluate\x18\x0f \x01(\bR\bevaluate\x12I\n" +
+	"\x11aggregator_params\x18\x10 \x01(\v2\x1c.fedtune.v1.AggregatorParamsR\x10aggregatorParams\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xeb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
+	"\x10AggregatorParams\x12#\n" +
+	"\rtrim_fraction\x18\x01 \x01(\x01R\ftrimFraction\x12\f\n" +
+	"\x01f\x18\x02 \x01(\rR\x01f\x12\f\n" +
+	"\x01m\x18\x03 \x01(\rR\x01m\x12\x1b\n" +
+	"\tclip_norm\x18\x04 \x01(\x01R\bclipNorm\x12\x10\n" +
+	"\x03tau\x18\x05 \x01(\x01R\x03tau\x12\x1e\n" +
+	"\n" +
+	"iterations\x18\x06 \x01(\rR\n" +
+	"iterations\x12\x1c\n" +
+	"\tsmoothing\x18\a \x01(\x01R\tsmoothing\"\x93\x01\n" +
+	"\x05Score\x12\x16\n" +
+	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\x01R\x06weight\x12\x12\n" +
+	"\x04norm\x18\x03 \x01(\x01R\x04norm\x12\x1a\n" +
+	"\bdistance\x18\x04 \x01(\x01R\bdistance\x12\x16\n" +
+	"\x06cosine\x18\x05 \x01(\x01R\x06cosine\x12\x12\n" +
+	"\x04kept\x18\x06 \x01(\bR\x04kept\"\xeb\x01\n" +
 	"\x0eAcceptedUpdate\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +
 	"\x04blob\x18\x02 \x01(\tR\x04blob\x12\x18\n" +
@@ -1474,7 +1694,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\x04 \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\x124\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\aupdates\x12\x18\n" +
-	"\aattempt\x18\a \x01(\rR\aattempt\"\x99\x03\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\"\xc4\x03\n" +
 	"\vRoundRecord\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -1484,7 +1704,9 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\x06 \x01(\x03R\x0fstartedUnixNano\x12.\n" +
 	"\x13committed_unix_nano\x18\a \x01(\x03R\x11committedUnixNano\x12\x18\n" +
 	"\aworkers\x18\b \x03(\tR\aworkers\x126\n" +
-	"\baccepted\x18\t \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\baccepted\x1a:\n" +
+	"\baccepted\x18\t \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\baccepted\x12)\n" +
+	"\x06scores\x18\n" +
+	" \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb2\x03\n" +
@@ -1523,12 +1745,13 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fAcceptUpdate\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x122\n" +
-	"\x06update\x18\x03 \x01(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06update\"\xc7\x01\n" +
+	"\x06update\x18\x03 \x01(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06update\"\xf2\x01\n" +
 	"\vCommitRound\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12\x14\n" +
 	"\x05model\x18\x03 \x01(\tR\x05model\x12>\n" +
-	"\ametrics\x18\x04 \x03(\v2$.fedtune.v1.CommitRound.MetricsEntryR\ametrics\x1a:\n" +
+	"\ametrics\x18\x04 \x03(\v2$.fedtune.v1.CommitRound.MetricsEntryR\ametrics\x12)\n" +
+	"\x06scores\x18\x05 \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"L\n" +
@@ -1577,63 +1800,68 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_fedtune_proto_goTypes = []any{
-	(CommandType)(0),       // 0: fedtune.v1.CommandType
-	(JobStatus)(0),         // 1: fedtune.v1.JobStatus
-	(*Command)(nil),        // 2: fedtune.v1.Command
-	(*TrainConfig)(nil),    // 3: fedtune.v1.TrainConfig
-	(*JobSpec)(nil),        // 4: fedtune.v1.JobSpec
-	(*AcceptedUpdate)(nil), // 5: fedtune.v1.AcceptedUpdate
-	(*Round)(nil),          // 6: fedtune.v1.Round
-	(*RoundRecord)(nil),    // 7: fedtune.v1.RoundRecord
-	(*Job)(nil),            // 8: fedtune.v1.Job
-	(*WorkerInfo)(nil),     // 9: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),    // 10: fedtune.v1.RegisterJob
-	(*StartRound)(nil),     // 11: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),   // 12: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),    // 13: fedtune.v1.CommitRound
-	(*AbortRound)(nil),     // 14: fedtune.v1.AbortRound
-	(*FinishJob)(nil),      // 15: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),   // 16: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),   // 17: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),       // 18: fedtune.v1.Snapshot
-	nil,                    // 19: fedtune.v1.JobSpec.SelectorEntry
-	nil,                    // 20: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                    // 21: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                    // 22: fedtune.v1.Job.BaseMetricsEntry
-	nil,                    // 23: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                    // 24: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                    // 25: fedtune.v1.CommitRound.MetricsEntry
+	(CommandType)(0),         // 0: fedtune.v1.CommandType
+	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
+	(*Command)(nil),          // 2: fedtune.v1.Command
+	(*TrainConfig)(nil),      // 3: fedtune.v1.TrainConfig
+	(*JobSpec)(nil),          // 4: fedtune.v1.JobSpec
+	(*AggregatorParams)(nil), // 5: fedtune.v1.AggregatorParams
+	(*Score)(nil),            // 6: fedtune.v1.Score
+	(*AcceptedUpdate)(nil),   // 7: fedtune.v1.AcceptedUpdate
+	(*Round)(nil),            // 8: fedtune.v1.Round
+	(*RoundRecord)(nil),      // 9: fedtune.v1.RoundRecord
+	(*Job)(nil),              // 10: fedtune.v1.Job
+	(*WorkerInfo)(nil),       // 11: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 12: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 13: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 14: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 15: fedtune.v1.CommitRound
+	(*AbortRound)(nil),       // 16: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 17: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 18: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 19: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 20: fedtune.v1.Snapshot
+	nil,                      // 21: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 22: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 23: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 24: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 25: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 26: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 27: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	19, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	21, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	3,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
-	20, // 3: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
-	5,  // 4: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	21, // 5: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	5,  // 6: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	4,  // 7: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 8: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	7,  // 9: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	6,  // 10: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	22, // 11: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	23, // 12: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	4,  // 13: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	24, // 14: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	6,  // 15: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	5,  // 16: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	25, // 17: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	1,  // 18: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	9,  // 19: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	8,  // 20: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	9,  // 21: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	5,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
+	22, // 4: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	7,  // 5: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
+	23, // 6: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	7,  // 7: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	6,  // 8: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	4,  // 9: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 10: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	9,  // 11: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	8,  // 12: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	24, // 13: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	25, // 14: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	4,  // 15: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	26, // 16: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	8,  // 17: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	7,  // 18: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	27, // 19: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	6,  // 20: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	1,  // 21: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	11, // 22: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	10, // 23: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	11, // 24: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -1647,7 +1875,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

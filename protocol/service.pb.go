@@ -1391,6 +1391,134 @@ func (x *ClusterStatusResponse) GetLastSnapshotIndex() uint64 {
 	return 0
 }
 
+type VerifyRoundRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyRoundRequest) Reset() {
+	*x = VerifyRoundRequest{}
+	mi := &file_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyRoundRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyRoundRequest) ProtoMessage() {}
+
+func (x *VerifyRoundRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyRoundRequest.ProtoReflect.Descriptor instead.
+func (*VerifyRoundRequest) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *VerifyRoundRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *VerifyRoundRequest) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+type VerifyRoundResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	CommittedModel  string                 `protobuf:"bytes,1,opt,name=committed_model,json=committedModel,proto3" json:"committed_model,omitempty"`    // hash in the log
+	RecomputedModel string                 `protobuf:"bytes,2,opt,name=recomputed_model,json=recomputedModel,proto3" json:"recomputed_model,omitempty"` // hash this node computed
+	Match           bool                   `protobuf:"varint,3,opt,name=match,proto3" json:"match,omitempty"`
+	Updates         uint32                 `protobuf:"varint,4,opt,name=updates,proto3" json:"updates,omitempty"`
+	Rule            string                 `protobuf:"bytes,5,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *VerifyRoundResponse) Reset() {
+	*x = VerifyRoundResponse{}
+	mi := &file_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyRoundResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyRoundResponse) ProtoMessage() {}
+
+func (x *VerifyRoundResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyRoundResponse.ProtoReflect.Descriptor instead.
+func (*VerifyRoundResponse) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *VerifyRoundResponse) GetCommittedModel() string {
+	if x != nil {
+		return x.CommittedModel
+	}
+	return ""
+}
+
+func (x *VerifyRoundResponse) GetRecomputedModel() string {
+	if x != nil {
+		return x.RecomputedModel
+	}
+	return ""
+}
+
+func (x *VerifyRoundResponse) GetMatch() bool {
+	if x != nil {
+		return x.Match
+	}
+	return false
+}
+
+func (x *VerifyRoundResponse) GetUpdates() uint32 {
+	if x != nil {
+		return x.Updates
+	}
+	return 0
+}
+
+func (x *VerifyRoundResponse) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
 var File_service_proto protoreflect.FileDescriptor
 
 const file_service_proto_rawDesc = "" +
@@ -1507,19 +1635,29 @@ const file_service_proto_rawDesc = "" +
 	"\amembers\x18\n" +
 	" \x03(\v2\x12.fedtune.v1.MemberR\amembers\x12&\n" +
 	"\x0flast_contact_ms\x18\v \x01(\x04R\rlastContactMs\x12.\n" +
-	"\x13last_snapshot_index\x18\f \x01(\x04R\x11lastSnapshotIndex2\xa2\x01\n" +
+	"\x13last_snapshot_index\x18\f \x01(\x04R\x11lastSnapshotIndex\"<\n" +
+	"\x12VerifyRoundRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05round\x18\x02 \x01(\rR\x05round\"\xad\x01\n" +
+	"\x13VerifyRoundResponse\x12'\n" +
+	"\x0fcommitted_model\x18\x01 \x01(\tR\x0ecommittedModel\x12)\n" +
+	"\x10recomputed_model\x18\x02 \x01(\tR\x0frecomputedModel\x12\x14\n" +
+	"\x05match\x18\x03 \x01(\bR\x05match\x12\x18\n" +
+	"\aupdates\x18\x04 \x01(\rR\aupdates\x12\x12\n" +
+	"\x04rule\x18\x05 \x01(\tR\x04rule2\xa2\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
 	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
-	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xd0\x03\n" +
+	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xa0\x04\n" +
 	"\x05Admin\x12H\n" +
 	"\tSubmitJob\x12\x1c.fedtune.v1.SubmitJobRequest\x1a\x1d.fedtune.v1.SubmitJobResponse\x12H\n" +
 	"\tJobStatus\x12\x1c.fedtune.v1.JobStatusRequest\x1a\x1d.fedtune.v1.JobStatusResponse\x12E\n" +
 	"\bListJobs\x12\x1b.fedtune.v1.ListJobsRequest\x1a\x1c.fedtune.v1.ListJobsResponse\x12N\n" +
 	"\vListWorkers\x12\x1e.fedtune.v1.ListWorkersRequest\x1a\x1f.fedtune.v1.ListWorkersResponse\x12F\n" +
-	"\vExportModel\x12\x1e.fedtune.v1.ExportModelRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12T\n" +
+	"\vExportModel\x12\x1e.fedtune.v1.ExportModelRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12N\n" +
+	"\vVerifyRound\x12\x1e.fedtune.v1.VerifyRoundRequest\x1a\x1f.fedtune.v1.VerifyRoundResponse\x12T\n" +
 	"\rClusterStatus\x12 .fedtune.v1.ClusterStatusRequest\x1a!.fedtune.v1.ClusterStatusResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
 
 var (
@@ -1534,7 +1672,7 @@ func file_service_proto_rawDescGZIP() []byte {
 	return file_service_proto_rawDescData
 }
 
-var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_service_proto_goTypes = []any{
 	(*ModelRef)(nil),              // 0: fedtune.v1.ModelRef
 	(*Task)(nil),                  // 1: fedtune.v1.Task
@@ -1558,24 +1696,26 @@ var file_service_proto_goTypes = []any{
 	(*RaftServer)(nil),            // 19: fedtune.v1.RaftServer
 	(*Member)(nil),                // 20: fedtune.v1.Member
 	(*ClusterStatusResponse)(nil), // 21: fedtune.v1.ClusterStatusResponse
-	nil,                           // 22: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                           // 23: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),           // 24: fedtune.v1.TrainConfig
-	(*JobSpec)(nil),               // 25: fedtune.v1.JobSpec
-	(*Job)(nil),                   // 26: fedtune.v1.Job
-	(*WorkerInfo)(nil),            // 27: fedtune.v1.WorkerInfo
+	(*VerifyRoundRequest)(nil),    // 22: fedtune.v1.VerifyRoundRequest
+	(*VerifyRoundResponse)(nil),   // 23: fedtune.v1.VerifyRoundResponse
+	nil,                           // 24: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                           // 25: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),           // 26: fedtune.v1.TrainConfig
+	(*JobSpec)(nil),               // 27: fedtune.v1.JobSpec
+	(*Job)(nil),                   // 28: fedtune.v1.Job
+	(*WorkerInfo)(nil),            // 29: fedtune.v1.WorkerInfo
 }
 var file_service_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	24, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	26, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	1,  // 2: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	22, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	25, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	26, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	26, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	26, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	27, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	23, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	24, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	27, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	28, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	28, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	28, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	29, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	25, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
 	19, // 10: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
 	20, // 11: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
 	2,  // 12: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
@@ -1587,19 +1727,21 @@ var file_service_proto_depIdxs = []int32{
 	13, // 18: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
 	15, // 19: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
 	17, // 20: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
-	18, // 21: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
-	3,  // 22: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	5,  // 23: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	7,  // 24: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	8,  // 25: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	10, // 26: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	12, // 27: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	14, // 28: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	16, // 29: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	7,  // 30: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	21, // 31: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	22, // [22:32] is the sub-list for method output_type
-	12, // [12:22] is the sub-list for method input_type
+	22, // 21: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
+	18, // 22: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
+	3,  // 23: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	5,  // 24: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	7,  // 25: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	8,  // 26: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	10, // 27: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	12, // 28: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	14, // 29: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	16, // 30: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	7,  // 31: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	23, // 32: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	21, // 33: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	23, // [23:34] is the sub-list for method output_type
+	12, // [12:23] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1617,7 +1759,7 @@ func file_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_service_proto_rawDesc), len(file_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -314,6 +314,7 @@ const (
 	Admin_ListJobs_FullMethodName      = "/fedtune.v1.Admin/ListJobs"
 	Admin_ListWorkers_FullMethodName   = "/fedtune.v1.Admin/ListWorkers"
 	Admin_ExportModel_FullMethodName   = "/fedtune.v1.Admin/ExportModel"
+	Admin_VerifyRound_FullMethodName   = "/fedtune.v1.Admin/VerifyRound"
 	Admin_ClusterStatus_FullMethodName = "/fedtune.v1.Admin/ClusterStatus"
 )
 
@@ -329,6 +330,9 @@ type AdminClient interface {
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 	// ExportModel streams a job's model (newest, or the given round) as safetensors.
 	ExportModel(ctx context.Context, in *ExportModelRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BlobChunk], error)
+	// VerifyRound recomputes a committed round from its accepted updates on
+	// this node and compares the model hash with the one the log names.
+	VerifyRound(ctx context.Context, in *VerifyRoundRequest, opts ...grpc.CallOption) (*VerifyRoundResponse, error)
 	// ClusterStatus describes this node: Raft state and configuration, gossip members.
 	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 }
@@ -400,6 +404,16 @@ func (c *adminClient) ExportModel(ctx context.Context, in *ExportModelRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_ExportModelClient = grpc.ServerStreamingClient[BlobChunk]
 
+func (c *adminClient) VerifyRound(ctx context.Context, in *VerifyRoundRequest, opts ...grpc.CallOption) (*VerifyRoundResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyRoundResponse)
+	err := c.cc.Invoke(ctx, Admin_VerifyRound_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ClusterStatusResponse)
@@ -422,6 +436,9 @@ type AdminServer interface {
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	// ExportModel streams a job's model (newest, or the given round) as safetensors.
 	ExportModel(*ExportModelRequest, grpc.ServerStreamingServer[BlobChunk]) error
+	// VerifyRound recomputes a committed round from its accepted updates on
+	// this node and compares the model hash with the one the log names.
+	VerifyRound(context.Context, *VerifyRoundRequest) (*VerifyRoundResponse, error)
 	// ClusterStatus describes this node: Raft state and configuration, gossip members.
 	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	mustEmbedUnimplementedAdminServer()
@@ -448,6 +465,9 @@ func (UnimplementedAdminServer) ListWorkers(context.Context, *ListWorkersRequest
 }
 func (UnimplementedAdminServer) ExportModel(*ExportModelRequest, grpc.ServerStreamingServer[BlobChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method ExportModel not implemented")
+}
+func (UnimplementedAdminServer) VerifyRound(context.Context, *VerifyRoundRequest) (*VerifyRoundResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method VerifyRound not implemented")
 }
 func (UnimplementedAdminServer) ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ClusterStatus not implemented")
@@ -556,6 +576,24 @@ func _Admin_ExportModel_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Admin_ExportModelServer = grpc.ServerStreamingServer[BlobChunk]
 
+func _Admin_VerifyRound_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyRoundRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).VerifyRound(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_VerifyRound_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).VerifyRound(ctx, req.(*VerifyRoundRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ClusterStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ClusterStatusRequest)
 	if err := dec(in); err != nil {
@@ -596,6 +634,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _Admin_ListWorkers_Handler,
+		},
+		{
+			MethodName: "VerifyRound",
+			Handler:    _Admin_VerifyRound_Handler,
 		},
 		{
 			MethodName: "ClusterStatus",

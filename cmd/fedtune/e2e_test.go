@@ -6,7 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
+	osexec "os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,9 +37,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// exec runs the binary and returns its combined output and error.
+func exec(args ...string) (string, error) {
+	out, err := osexec.Command(binary, args...).CombinedOutput()
+	return string(out), err
+}
+
 func run(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(binary, args...).CombinedOutput()
+	out, err := osexec.Command(binary, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("fedtune %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
@@ -127,6 +133,15 @@ func TestProcesses(t *testing.T) {
 	}
 	if s.Metadata["fedtune.round"] != "3" || s.Metadata["fedtune.sha256"] != j.CurrentModel {
 		t.Errorf("exported metadata %v", s.Metadata)
+	}
+	// Every round recomputes to the committed model; the ledger credits the
+	// selected workers only.
+	if v := run(t, "verify", "--coordinator", n.GRPC, "--job", "e2e"); strings.Count(v, ": OK") != 3 {
+		t.Errorf("verify:\n%s", v)
+	}
+	ledger := run(t, "ledger", "--coordinator", n.GRPC, "--job", "e2e")
+	if !strings.Contains(ledger, "w1 ") || !strings.Contains(ledger, "w3 ") || strings.Contains(ledger, "w2 ") {
+		t.Errorf("ledger:\n%s", ledger)
 	}
 	if list := run(t, "workers", "--coordinator", n.GRPC); strings.Count(list, "alive") != 3 {
 		t.Errorf("workers list:\n%s", list)
@@ -218,7 +233,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"job", "status", "x", "--watch"}, "flags go before the job name"},
 	}
 	for _, c := range cases {
-		out, err := exec.Command(binary, c.args...).CombinedOutput()
+		out, err := osexec.Command(binary, c.args...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("fedtune %s: err %v, output %q; want failure mentioning %q", strings.Join(c.args, " "), err, out, c.want)
 		}

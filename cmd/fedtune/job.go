@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
 
+	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/progress"
@@ -84,7 +85,13 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "lr", Value: 0.05, Usage: "local learning rate", EnvVars: []string{"FEDTUNE_LR"}},
 					&cli.Float64Flag{Name: "momentum", Value: 0.9, Usage: "local SGD momentum", EnvVars: []string{"FEDTUNE_MOMENTUM"}},
 					&cli.Float64Flag{Name: "prox-mu", Usage: "FedProx proximal weight (0: plain FedAvg)", EnvVars: []string{"FEDTUNE_PROX_MU"}},
-					&cli.StringFlag{Name: "aggregator", Value: "fedavg", Usage: "aggregation rule", EnvVars: []string{"FEDTUNE_AGGREGATOR"}},
+					&cli.StringFlag{Name: "aggregator", Value: "fedavg", Usage: "aggregation rule: " + strings.Join(aggregation.Rules, ", "), EnvVars: []string{"FEDTUNE_AGGREGATOR"}},
+					&cli.Float64Flag{Name: "trim-fraction", Usage: "trimmed-mean: fraction cut from each end (default 0.1)", EnvVars: []string{"FEDTUNE_TRIM_FRACTION"}},
+					&cli.UintFlag{Name: "byzantine", Aliases: []string{"f"}, Usage: "krum/multi-krum/bulyan: Byzantine updates tolerated (default: the most n allows)", EnvVars: []string{"FEDTUNE_BYZANTINE"}},
+					&cli.UintFlag{Name: "multi-krum-m", Usage: "multi-krum: updates averaged (default n - f)", EnvVars: []string{"FEDTUNE_MULTI_KRUM_M"}},
+					&cli.Float64Flag{Name: "clip-norm", Usage: "clip every update to this L2 norm before aggregating (0: off)", EnvVars: []string{"FEDTUNE_CLIP_NORM"}},
+					&cli.Float64Flag{Name: "tau", Usage: "centered-clip radius (default 10)", EnvVars: []string{"FEDTUNE_TAU"}},
+					&cli.UintFlag{Name: "agg-iterations", Usage: "centered-clip / geomedian iterations (default 3 / 10)", EnvVars: []string{"FEDTUNE_AGG_ITERATIONS"}},
 					&cli.StringFlag{Name: "codec", Value: "fp32", Usage: "update codec: fp32 or fp16", EnvVars: []string{"FEDTUNE_CODEC"}},
 					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for worker sampling and initialisation", EnvVars: []string{"FEDTUNE_SEED"}},
 					&cli.BoolFlag{Name: "evaluate", Value: true, Usage: "evaluate each round's model on the data set's test split", EnvVars: []string{"FEDTUNE_EVALUATE"}},
@@ -154,6 +161,8 @@ func submitJob(c *cli.Context) error {
 		ClientsPerRound: uint32(c.Uint("clients")), MinUpdates: uint32(c.Uint("min-updates")), OverSelect: c.Float64("over-select"),
 		RoundTimeoutSeconds: c.Duration("round-timeout").Seconds(), Selector: selector, Aggregator: c.String("aggregator"),
 		Codec: c.String("codec"), Seed: c.Uint64("seed"), Evaluate: c.Bool("evaluate"),
+		AggregatorParams: &pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("byzantine")), M: uint32(c.Uint("multi-krum-m")),
+			ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: uint32(c.Uint("agg-iterations"))},
 		Train: &pb.TrainConfig{LocalEpochs: uint32(c.Uint("epochs")), LocalSteps: uint32(c.Uint("steps")), BatchSize: uint32(c.Uint("batch-size")),
 			LearningRate: c.Float64("lr"), Momentum: c.Float64("momentum"), ProxMu: c.Float64("prox-mu")},
 	}

@@ -44,6 +44,9 @@ func newApp() *cli.App {
 			jobCommand(),
 			workersCommand(),
 			clusterCommand(),
+			ledgerCommand(),
+			aggregateCommand(),
+			verifyCommand(),
 			modelCommand(),
 			demoCommand(),
 			{

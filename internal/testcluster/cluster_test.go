@@ -52,4 +52,25 @@ func TestFederatedJobInProcess(t *testing.T) {
 	if final < baseAcc+0.3 || final < 0.8 {
 		t.Errorf("accuracy %.3f -> %.3f: federated training did not improve the model enough", baseAcc, final)
 	}
+
+	// A robust rule with norm clipping, chosen in the job spec; its scores
+	// reach the ledger in the committed rounds.
+	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{
+		Name: "t2", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 2, ClientsPerRound: 3, RoundTimeoutSeconds: 60, Evaluate: true,
+		Aggregator: "median", AggregatorParams: &pb.AggregatorParams{ClipNorm: 5},
+		Train: &pb.TrainConfig{LocalEpochs: 1, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5},
+	}, arch.Init(7))
+	WaitFor(t, 120*time.Second, "robust job done", func() bool {
+		j, _ := c.FSM().Job("t2")
+		return j.Status == pb.JobStatus_JOB_STATUS_DONE
+	})
+	j2, _ := c.FSM().Job("t2")
+	for _, r := range j2.History {
+		if len(r.Scores) != int(r.Updates) {
+			t.Errorf("round %d: %d scores for %d updates", r.Number, len(r.Scores), r.Updates)
+		}
+	}
+	if acc := j2.History[1].Metrics["test_accuracy"]; acc < 0.7 {
+		t.Errorf("median+clip job reached only %.3f", acc)
+	}
 }

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// TestAggregateCommand aggregates update files offline: Krum leaves out a
+// far outlier, FedAvg honours --weights, and bad input is refused.
+func TestAggregateCommand(t *testing.T) {
+	dir := t.TempDir()
+	arch := model.MLP{Sizes: []int{8, 4, 2}}
+	var files []string
+	for i := range 6 {
+		s := arch.Init(uint64(100))
+		for _, tt := range s.Tensors {
+			for j := range tt.Data {
+				tt.Data[j] += 0.01 * float32(i)
+				if i == 5 {
+					tt.Data[j] = 1000
+				}
+			}
+		}
+		f := filepath.Join(dir, fmt.Sprintf("u%d.safetensors", i))
+		if err := tensor.WriteFile(f, s, tensor.F32); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	out := filepath.Join(dir, "krum.safetensors")
+	res := run(t, append([]string{"aggregate", "--rule", "krum", "--f", "1", "-o", out}, files...)...)
+	if !regexp.MustCompile(`u5\.safetensors\s+false`).MatchString(res) {
+		t.Errorf("krum kept the outlier:\n%s", res)
+	}
+	agg, err := tensor.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if agg.Norm() > 100 || agg.Metadata["fedtune.rule"] != "krum" {
+		t.Errorf("krum output norm %v, metadata %v", agg.Norm(), agg.Metadata)
+	}
+	// FedAvg with weights 1,0,0,0,0,0 returns the first file.
+	out2 := filepath.Join(dir, "avg.safetensors")
+	run(t, append([]string{"aggregate", "--weights", "1,0,0,0,0,0", "-o", out2}, files...)...)
+	a, _ := tensor.ReadFile(out2)
+	first, _ := tensor.ReadFile(files[0])
+	a.Metadata = nil
+	if a.Hash() != first.Hash() {
+		t.Error("weighted FedAvg with all weight on one file did not return that file")
+	}
+	other := filepath.Join(dir, "other.safetensors")
+	tensor.WriteFile(other, model.MLP{Sizes: []int{8, 3, 2}}.Init(1), tensor.F32)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"aggregate", "-o", out, files[0], other}, "does not match"},
+		{[]string{"aggregate", "--rule", "bulyan", "--f", "2", "-o", out, files[0], files[1]}, "needs n"},
+		{[]string{"aggregate", "--weights", "1,2", "-o", out, files[0]}, "--weights has 2 values"},
+		{[]string{"aggregate", "--rule", "mean-ish", "-o", out, files[0]}, "unknown rule"},
+	} {
+		res, err := exec(c.args...)
+		if err == nil || !strings.Contains(res, c.want) {
+			t.Errorf("fedtune %s: %v %q, want an error mentioning %q", strings.Join(c.args, " "), err, res, c.want)
+		}
+	}
+}

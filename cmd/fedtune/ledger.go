@@ -1,0 +1,208 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/coordinator"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+func ledgerCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ledger",
+		Usage: "show each worker's contribution to a job (from the committed rounds' scores)",
+		Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}}},
+		Action: func(c *cli.Context) error {
+			pool, conn, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			resp, err := pb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
+			if err != nil {
+				return err
+			}
+			type row struct {
+				rounds, kept      int
+				samples           uint64
+				weight, cos, dist float64
+			}
+			rows := map[string]*row{}
+			for _, r := range resp.Job.History {
+				for _, u := range r.Accepted {
+					if rows[u.Worker] == nil {
+						rows[u.Worker] = &row{}
+					}
+					rows[u.Worker].samples += u.Samples
+				}
+				for _, s := range r.Scores {
+					w := rows[s.Worker]
+					if w == nil {
+						w = &row{}
+						rows[s.Worker] = w
+					}
+					w.rounds++
+					if s.Kept {
+						w.kept++
+					}
+					w.weight += s.Weight
+					w.cos += s.Cosine
+					w.dist += s.Distance
+				}
+			}
+			ids := make([]string, 0, len(rows))
+			for id := range rows {
+				ids = append(ids, id)
+			}
+			sort.Strings(ids)
+			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "job %s: %d committed rounds, rule %s\n", resp.Job.Spec.Name, len(resp.Job.History), resp.Job.Spec.Aggregator)
+			fmt.Fprintln(tw, "WORKER\tROUNDS\tKEPT\tSAMPLES\tTOTAL WEIGHT\tMEAN COSINE\tMEAN DISTANCE")
+			for _, id := range ids {
+				w := rows[id]
+				n := float64(max(w.rounds, 1))
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.4f\n", id, w.rounds, w.kept, w.samples, w.weight, w.cos/n, w.dist/n)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func verifyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "verify",
+		Usage: "recompute a committed round from its accepted updates and check the model hash",
+		Flags: []cli.Flag{coordinatorFlag(),
+			&cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}},
+			&cli.UintFlag{Name: "round", Usage: "committed round (0: every round whose updates are still stored)", EnvVars: []string{"FEDTUNE_ROUND"}}},
+		Action: func(c *cli.Context) error {
+			pool, conn, err := dial(c)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			admin := pb.NewAdminClient(conn)
+			rounds := []uint32{uint32(c.Uint("round"))}
+			if rounds[0] == 0 {
+				st, err := admin.JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
+				if err != nil {
+					return err
+				}
+				rounds = rounds[:0]
+				for _, r := range st.Job.History {
+					rounds = append(rounds, r.Number)
+				}
+			}
+			bad := 0
+			for _, r := range rounds {
+				v, err := admin.VerifyRound(c.Context, &pb.VerifyRoundRequest{Job: c.String("job"), Round: r})
+				if err != nil {
+					if c.Uint("round") == 0 && status.Code(err) == codes.FailedPrecondition {
+						fmt.Fprintf(c.App.Writer, "round %d: skipped (updates no longer stored)\n", r)
+						continue
+					}
+					return err
+				}
+				verdict := "OK"
+				if !v.Match {
+					verdict, bad = "MISMATCH", bad+1
+				}
+				fmt.Fprintf(c.App.Writer, "round %d: %s (%s of %d updates): log %.12s, recomputed %.12s\n", r, verdict, v.Rule, v.Updates, v.CommittedModel, v.RecomputedModel)
+			}
+			if bad > 0 {
+				return fmt.Errorf("verify: %d rounds do not match their committed model", bad)
+			}
+			return nil
+		},
+	}
+}
+
+func aggregateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "aggregate",
+		Usage:     "aggregate update files (safetensors, from any framework) offline with any rule",
+		ArgsUsage: "UPDATE.safetensors...",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "rule", Value: "fedavg", Usage: "rule: " + strings.Join(aggregation.Rules, ", "), EnvVars: []string{"FEDTUNE_RULE"}},
+			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "safetensors file to write", EnvVars: []string{"FEDTUNE_AGGREGATE_OUTPUT"}},
+			&cli.StringFlag{Name: "weights", Usage: "comma-separated sample counts, one per file (default: equal)", EnvVars: []string{"FEDTUNE_WEIGHTS"}},
+			&cli.Float64Flag{Name: "trim-fraction", Usage: "trimmed-mean: fraction cut from each end (default 0.1)", EnvVars: []string{"FEDTUNE_TRIM_FRACTION"}},
+			&cli.UintFlag{Name: "f", Usage: "krum/multi-krum/bulyan: Byzantine updates tolerated", EnvVars: []string{"FEDTUNE_BYZANTINE"}},
+			&cli.UintFlag{Name: "m", Usage: "multi-krum: updates averaged", EnvVars: []string{"FEDTUNE_MULTI_KRUM_M"}},
+			&cli.Float64Flag{Name: "clip-norm", Usage: "clip every update to this L2 norm first (0: off)", EnvVars: []string{"FEDTUNE_CLIP_NORM"}},
+			&cli.Float64Flag{Name: "tau", Usage: "centered-clip radius", EnvVars: []string{"FEDTUNE_TAU"}},
+			&cli.UintFlag{Name: "iterations", Usage: "centered-clip / geomedian iterations", EnvVars: []string{"FEDTUNE_AGG_ITERATIONS"}},
+		},
+		Action: func(c *cli.Context) error {
+			files := c.Args().Slice()
+			if len(files) == 0 {
+				return fmt.Errorf("aggregate: give the update files to aggregate")
+			}
+			var weights []uint64
+			if w := c.String("weights"); w != "" {
+				for _, p := range strings.Split(w, ",") {
+					var v uint64
+					if _, err := fmt.Sscan(strings.TrimSpace(p), &v); err != nil {
+						return fmt.Errorf("--weights: %q is not a count", p)
+					}
+					weights = append(weights, v)
+				}
+				if len(weights) != len(files) {
+					return fmt.Errorf("--weights has %d values for %d files", len(weights), len(files))
+				}
+			}
+			params := coordinator.RuleParams(&pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("f")), M: uint32(c.Uint("m")),
+				ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: uint32(c.Uint("iterations"))})
+			rule, err := aggregation.NewRule(c.String("rule"), params)
+			if err != nil {
+				return err
+			}
+			var ups []aggregation.Update
+			for i, f := range files {
+				s, err := tensor.ReadFile(f)
+				if err != nil {
+					return err
+				}
+				if err := s.CheckFinite(); err != nil {
+					return fmt.Errorf("%s: %w", f, err)
+				}
+				u := aggregation.Update{Worker: fmt.Sprintf("%03d:%s", i, f), Delta: s, Samples: 1}
+				if weights != nil {
+					u.Samples = weights[i]
+				}
+				if len(ups) > 0 {
+					if err := tensor.SameLayout(s, ups[0].Delta); err != nil {
+						return fmt.Errorf("%s does not match %s: %w", f, files[0], err)
+					}
+				}
+				ups = append(ups, u)
+			}
+			out, scores, err := rule.Aggregate(ups)
+			if err != nil {
+				return err
+			}
+			out.Metadata = map[string]string{"fedtune.rule": rule.Name(), "fedtune.updates": fmt.Sprint(len(ups))}
+			if err := tensor.WriteFile(c.String("output"), out, tensor.F32); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "UPDATE\tKEPT\tWEIGHT\tNORM\tDISTANCE\tCOSINE")
+			for _, s := range scores {
+				fmt.Fprintf(tw, "%s\t%v\t%.4f\t%.4f\t%.4f\t%.4f\n", strings.SplitN(s.Worker, ":", 2)[1], s.Kept, s.Weight, s.Norm, s.Distance, s.Cosine)
+			}
+			tw.Flush()
+			fmt.Fprintf(c.App.Writer, "wrote %s: %s of %d updates, L2 norm %.4f\n", c.String("output"), rule.Name(), len(ups), out.Norm())
+			return nil
+		},
+	}
+}
