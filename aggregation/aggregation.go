@@ -74,10 +74,13 @@ func (FedAvg) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 		}
 	}
 	agg := tensor.ZerosLike(ups[0].Delta)
-	for i, u := range ups {
-		if err := agg.AddScaled(float32(weights[i]), u.Delta); err != nil {
-			return tensor.Set{}, nil, fmt.Errorf("fedavg: update of %s: %w", u.Worker, err)
-		}
+	for k, t := range agg.Tensors {
+		forChunks(len(t.Data), func(_, lo, hi int) {
+			dst := t.Data[lo:hi]
+			for i, u := range ups {
+				tensor.Axpy(float32(weights[i]), u.Delta.Tensors[k].Data[lo:hi], dst)
+			}
+		})
 	}
 	return agg, scores(ups, weights, agg), nil
 }
@@ -100,22 +103,46 @@ func sorted(updates []Update) ([]Update, error) {
 	return ups, nil
 }
 
+// scores computes each update's norm, and its distance and cosine to the
+// aggregate, reading every update once: per fixed-size chunk, in parallel,
+// partial sums combined in chunk order (deterministic).
 func scores(ups []Update, weights []float64, agg tensor.Set) []Score {
-	aggNorm := agg.Norm()
-	out := make([]Score, len(ups))
+	n := len(ups)
+	uu := make([]float64, n) // ||u||^2
+	ua := make([]float64, n) // u.a
+	var aa float64
+	for k, t := range agg.Tensors {
+		chunks := (len(t.Data) + chunkSize - 1) / chunkSize
+		puu := make([]float64, chunks*n)
+		pua := make([]float64, chunks*n)
+		paa := make([]float64, chunks)
+		forChunks(len(t.Data), func(c, lo, hi int) {
+			a := t.Data[lo:hi]
+			paa[c] = tensor.Dot(a, a)
+			for i, u := range ups {
+				x := u.Delta.Tensors[k].Data[lo:hi]
+				puu[c*n+i], pua[c*n+i] = tensor.Dot(x, x), tensor.Dot(x, a)
+			}
+		})
+		for c := 0; c < chunks; c++ {
+			aa += paa[c]
+			for i := range ups {
+				uu[i] += puu[c*n+i]
+				ua[i] += pua[c*n+i]
+			}
+		}
+	}
+	aggNorm := math.Sqrt(aa)
+	out := make([]Score, n)
 	for i, u := range ups {
-		var dot float64
-		for k, t := range u.Delta.Tensors {
-			dot += tensor.Dot(t.Data, agg.Tensors[k].Data)
-		}
-		n := u.Delta.Norm()
-		// ||u - a||^2 = ||u||^2 - 2 u.a + ||a||^2, from the kernels' sums.
-		dist2 := max(n*n-2*dot+aggNorm*aggNorm, 0)
+		nrm := math.Sqrt(uu[i])
 		cos := 0.0
-		if n > 0 && aggNorm > 0 {
-			cos = dot / (n * aggNorm)
+		if nrm > 0 && aggNorm > 0 {
+			cos = ua[i] / (nrm * aggNorm)
 		}
-		out[i] = Score{Worker: u.Worker, Weight: weights[i], Norm: n, Distance: math.Sqrt(dist2), Cosine: cos, Kept: true}
+		// ||u - a||^2 = ||u||^2 - 2 u.a + ||a||^2
+		dist := math.Sqrt(max(uu[i]-2*ua[i]+aa, 0))
+		out[i] = Score{Worker: u.Worker, Weight: weights[i], Norm: nrm, Distance: dist, Cosine: cos, Kept: true}
 	}
 	return out
 }

@@ -122,6 +122,13 @@ func (Median) Name() string { return "median" }
 func (Median) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	return coordinateRule(updates, func(col []float32) float32 {
 		n := len(col)
+		if n <= 32 {
+			insertionSort(col)
+			if n%2 == 1 {
+				return col[n/2]
+			}
+			return float32((float64(col[n/2-1]) + float64(col[n/2])) / 2)
+		}
 		if n%2 == 1 {
 			return selectK(col, n/2)
 		}
@@ -142,7 +149,11 @@ func (TrimmedMean) Name() string { return "trimmed-mean" }
 func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	return coordinateRule(updates, func(col []float32) float32 {
 		k := int(r.Beta * float64(len(col)))
-		slices.Sort(col)
+		if len(col) <= 32 {
+			insertionSort(col)
+		} else {
+			slices.Sort(col)
+		}
 		var s float64
 		for _, v := range col[k : len(col)-k] {
 			s += float64(v)
@@ -164,20 +175,22 @@ func coordinateRule(updates []Update, f func(col []float32) float32) (tensor.Set
 	}
 	n := len(ups)
 	out := tensor.ZerosLike(ups[0].Delta)
-	buf := make([]float32, n*coordinateBlock)
 	for k, t := range out.Tensors {
-		for lo := 0; lo < len(t.Data); lo += coordinateBlock {
-			hi := min(lo+coordinateBlock, len(t.Data))
-			for i, u := range ups {
-				src := u.Delta.Tensors[k].Data[lo:hi]
-				for j, v := range src {
-					buf[j*n+i] = v
+		forChunks(len(t.Data), func(_, clo, chi int) {
+			buf := make([]float32, n*coordinateBlock)
+			for lo := clo; lo < chi; lo += coordinateBlock {
+				hi := min(lo+coordinateBlock, chi)
+				for i, u := range ups {
+					src := u.Delta.Tensors[k].Data[lo:hi]
+					for j, v := range src {
+						buf[j*n+i] = v
+					}
+				}
+				for j := 0; j < hi-lo; j++ {
+					t.Data[lo+j] = f(buf[j*n : (j+1)*n])
 				}
 			}
-			for j := 0; j < hi-lo; j++ {
-				t.Data[lo+j] = f(buf[j*n : (j+1)*n])
-			}
-		}
+		})
 	}
 	return out, scores(ups, uniform(n), out), nil
 }
@@ -213,25 +226,41 @@ func selectK(v []float32, k int) float32 {
 	return v[k]
 }
 
-// sqDistances returns the n×n squared L2 distances between the updates,
-// from their Gram matrix (‖a‖² + ‖b‖² − 2a·b), one dot product per pair.
+// sqDistances returns the n×n squared L2 distances between the updates
+// from their Gram matrix (‖a‖² + ‖b‖² − 2a·b). The Gram matrix is computed
+// block by block — every pair's dot product over one chunk of coordinates
+// while that chunk is in cache — on all cores, with the chunks' partial
+// sums added in chunk order so the result is deterministic.
 func sqDistances(vs [][]float32) [][]float64 {
 	n := len(vs)
-	norms := make([]float64, n)
-	for i, v := range vs {
-		norms[i] = tensor.Dot(v, v)
+	d := len(vs[0])
+	chunks := (d + chunkSize - 1) / chunkSize
+	partial := make([]float64, chunks*n*n)
+	forChunks(d, func(c, lo, hi int) {
+		p := partial[c*n*n : (c+1)*n*n]
+		for i := 0; i < n; i++ {
+			for j := i; j < n; j++ {
+				p[i*n+j] = tensor.Dot(vs[i][lo:hi], vs[j][lo:hi])
+			}
+		}
+	})
+	gram := make([]float64, n*n)
+	for c := 0; c < chunks; c++ {
+		for k, x := range partial[c*n*n : (c+1)*n*n] {
+			gram[k] += x
+		}
 	}
-	d := make([][]float64, n)
-	for i := range d {
-		d[i] = make([]float64, n)
+	out := make([][]float64, n)
+	for i := range out {
+		out[i] = make([]float64, n)
 	}
 	for i := 0; i < n; i++ {
 		for j := i + 1; j < n; j++ {
-			x := max(norms[i]+norms[j]-2*tensor.Dot(vs[i], vs[j]), 0)
-			d[i][j], d[j][i] = x, x
+			x := max(gram[i*n+i]+gram[j*n+j]-2*gram[i*n+j], 0)
+			out[i][j], out[j][i] = x, x
 		}
 	}
-	return d
+	return out
 }
 
 // krumScores returns, for each update among idx, the sum of squared

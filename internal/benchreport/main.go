@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	sections := flag.String("sections", "training,aggregation,kernels,safetensors", "comma-separated sections to run")
+	sections := flag.String("sections", "training,aggregation,rules,kernels,safetensors", "comma-separated sections to run")
 	flag.Parse()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	defer tw.Flush()
@@ -31,7 +31,7 @@ func main() {
 	}
 	fmt.Printf("fedtune benchmarks, kernels: %s (ratios are against baselines measured in this run)\n", kernelsKind)
 	run := map[string]func(*tabwriter.Writer){
-		"training": training, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench,
+		"training": training, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench, "rules": rulesBench,
 	}
 	for _, s := range strings.Split(*sections, ",") {
 		f, ok := run[s]
@@ -173,4 +173,53 @@ func safetensorsBench(tw *tabwriter.Writer) {
 	fmt.Fprintf(tw, "copy() (baseline)\t%d\t%.1f\t1.00\t\n", len(enc)/1024, float64(cp.NsPerOp())/1e3)
 	fmt.Fprintf(tw, "Marshal F32\t%d\t%.1f\t%.1f\t\n", len(enc)/1024, float64(m.NsPerOp())/1e3, float64(m.NsPerOp())/float64(cp.NsPerOp()))
 	fmt.Fprintf(tw, "Unmarshal (validating)\t%d\t%.1f\t%.1f\t\n", len(enc)/1024, float64(u.NsPerOp())/1e3, float64(u.NsPerOp())/float64(cp.NsPerOp()))
+}
+
+// rulesBench times every aggregation rule on n updates of d = 1M floats,
+// against copying the same bytes once.
+func rulesBench(tw *tabwriter.Writer) {
+	const d = 1 << 20
+	r := rand.New(rand.NewPCG(5, 5))
+	for _, n := range []int{16, 64} {
+		ups := make([]aggregation.Update, n)
+		for i := range ups {
+			ups[i] = aggregation.Update{Worker: fmt.Sprintf("w%02d", i), Samples: uint64(10 + i),
+				Delta: tensor.MustNew(tensor.Tensor{Name: "w", Shape: []int{d}, Data: randVec(r, d)})}
+		}
+		dst := make([]float32, d)
+		cp := testing.Benchmark(func(b *testing.B) {
+			for b.Loop() {
+				for _, u := range ups {
+					copy(dst, u.Delta.Tensors[0].Data)
+				}
+			}
+		})
+		fmt.Fprintf(tw, "rules, n=%d updates x d=1M floats (%d MB)\tms/op\tx copy()\tx fedavg\t\n", n, n*d*4>>20)
+		fmt.Fprintf(tw, "copy() of the same bytes (baseline)\t%.1f\t1.00\t\t\n", float64(cp.NsPerOp())/1e6)
+		var fedavg float64
+		for _, name := range aggregation.Rules {
+			if n == 64 && name == "bulyan" {
+				continue // measured at n=16; per-coordinate selection over 64 is minutes
+			}
+			rule, err := aggregation.NewRule(name, aggregation.Params{F: n / 8})
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				continue
+			}
+			res := testing.Benchmark(func(b *testing.B) {
+				for b.Loop() {
+					if _, _, err := rule.Aggregate(ups); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			ms := float64(res.NsPerOp()) / 1e6
+			if name == "fedavg" {
+				fedavg = ms
+			}
+			fmt.Fprintf(tw, "%s\t%.1f\t%.2f\t%.2f\t\n", name, ms, float64(res.NsPerOp())/float64(cp.NsPerOp()), ms/fedavg)
+		}
+		tw.Flush()
+		fmt.Println()
+	}
 }
