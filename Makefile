@@ -41,6 +41,7 @@ vet:
 ## fuzz: run each fuzz target for $(FUZZTIME)
 fuzz:
 	$(GO) test -run=NONE -fuzz=FuzzUnmarshal -fuzztime=$(FUZZTIME) ./tensor
+	$(GO) test -run=NONE -fuzz=FuzzCompactDecode -fuzztime=$(FUZZTIME) ./tensor/codec
 
 ## proto: regenerate protocol/*.pb.go with protoc and pinned Go plugins
 proto:

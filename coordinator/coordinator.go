@@ -278,6 +278,9 @@ func (c *Coordinator) Snapshot() error {
 // HasBlob reports whether this node's blob store holds hash.
 func (c *Coordinator) HasBlob(hash string) bool { return c.blobs.Has(hash) }
 
+// BlobSize returns the stored size of a blob.
+func (c *Coordinator) BlobSize(hash string) (int64, error) { return c.blobs.Size(hash) }
+
 // IsLeader reports whether this node is the Raft leader now.
 func (c *Coordinator) IsLeader() bool { return c.raft.State() == raft.Leader }
 

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -49,6 +51,9 @@ type Config struct {
 	PollWait time.Duration
 	// Profile is the gossip timing profile: local, lan (default) or wan.
 	Profile string
+	// StateDir, if set, keeps error-feedback residuals across restarts
+	// (one safetensors file per job).
+	StateDir string
 	// Crash makes Run exit without telling the gossip pool it leaves, as a
 	// killed process would (tests of failure detection).
 	Crash bool
@@ -71,6 +76,8 @@ type Worker struct {
 	pending *pb.SubmitUpdateRequest // update not yet accepted
 	done    []string                // round attempts accepted from this worker (recent; protocol.AttemptKey)
 	models  map[string]tensor.Set
+	// residuals are the error-feedback residuals of lossy codecs, per job.
+	residuals map[string]tensor.Set
 }
 
 // ErrNoCluster is returned by Run when no node could be reached.
@@ -96,7 +103,7 @@ func New(cfg Config, trainer Trainer) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Worker{cfg: cfg, trainer: trainer, log: cfg.Logger.With("node", cfg.ID), pool: client.NewPool(), models: map[string]tensor.Set{}}, nil
+	return &Worker{cfg: cfg, trainer: trainer, log: cfg.Logger.With("node", cfg.ID), pool: client.NewPool(), models: map[string]tensor.Set{}, residuals: map[string]tensor.Set{}}, nil
 }
 
 // Run joins the cluster and works until ctx ends. It returns ErrNoCluster
@@ -255,7 +262,7 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 	if err != nil {
 		return fmt.Errorf("task %s/%d: %w", t.Job, t.Round, err)
 	}
-	payload, err := cd.Encode(res.Delta)
+	payload, err := w.encode(cd, t.Job, res.Delta)
 	if err != nil {
 		return fmt.Errorf("task %s/%d: encode: %w", t.Job, t.Round, err)
 	}
@@ -303,6 +310,43 @@ func (w *Worker) submit(ctx context.Context) error {
 	}
 	w.pending = nil
 	return nil
+}
+
+// encode encodes a delta; a lossy codec gets the job's error-feedback
+// residual added and leaves the new residual behind (in memory, and in
+// StateDir so that it survives a restart).
+func (w *Worker) encode(cd codec.Codec, job string, delta tensor.Set) ([]byte, error) {
+	rc, ok := cd.(codec.ResidualCodec)
+	if !ok {
+		return cd.Encode(delta)
+	}
+	res, ok := w.residuals[job]
+	path := ""
+	if w.cfg.StateDir != "" {
+		path = filepath.Join(w.cfg.StateDir, "residual-"+job+".safetensors")
+		if !ok {
+			if s, err := tensor.ReadFile(path); err == nil {
+				res = s
+			}
+		}
+	}
+	if tensor.SameLayout(res, delta) != nil {
+		res = tensor.Set{} // none yet, or of another model
+	}
+	payload, next, err := rc.EncodeResidual(delta, res)
+	if err != nil {
+		return nil, err
+	}
+	w.residuals[job] = next
+	if path != "" {
+		if err := os.MkdirAll(w.cfg.StateDir, 0o755); err == nil {
+			err = tensor.WriteFile(path, next, tensor.F32)
+		}
+		if err != nil {
+			w.log.Warn("error-feedback residual not saved", "job", job, "err", err)
+		}
+	}
+	return payload, nil
 }
 
 // model returns the base model with this hash, from cache or the cluster.

@@ -38,6 +38,7 @@ type Config struct {
 	BatchSize   int     // local batch (default 64)
 	LR          float64 // local learning rate (default 0.05)
 	Momentum    float64 // local momentum (default 0.9)
+	Codec       string  // update codec (default fp32)
 	Seed        uint64
 	Out         io.Writer // progress output (default stdout)
 	KeepDataDir bool      // keep the coordinator's data directory
@@ -201,7 +202,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	spec := &pb.JobSpec{
 		Name: "demo", Model: cfg.Model, Dataset: "mnist", BaseModel: hash, Rounds: uint32(cfg.Rounds),
 		ClientsPerRound: uint32(cfg.Workers), MinUpdates: uint32(max(cfg.Workers-1, 1)), RoundTimeoutSeconds: 120,
-		Evaluate: true, Seed: cfg.Seed,
+		Evaluate: true, Seed: cfg.Seed, Codec: cfg.Codec,
 		Train: &pb.TrainConfig{LocalEpochs: uint32(cfg.LocalEpochs), BatchSize: uint32(cfg.BatchSize), LearningRate: cfg.LR, Momentum: cfg.Momentum},
 	}
 	admin := pb.NewAdminClient(conn)
@@ -252,6 +253,19 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	res.Seconds = time.Since(start).Seconds()
 	fmt.Fprintf(out, "\nbase accuracy  %.2f%%  (trained on digits %v only)\n", 100*res.BaseAccuracy, cfg.BaseLabels)
 	fmt.Fprintf(out, "final accuracy %.2f%%  after %d federated rounds with %d workers\n", 100*res.FinalAccuracy, res.Rounds, cfg.Workers)
+	if n := len(j.History); n > 0 {
+		var bytes, updates int
+		for _, r := range j.History {
+			updates += int(r.Updates)
+		}
+		for _, u := range j.History[n-1].Accepted {
+			if sz, err := coord.BlobSize(u.Blob); err == nil {
+				bytes += int(sz)
+			}
+		}
+		raw := 4 * base.Len() * len(j.History[n-1].Accepted)
+		fmt.Fprintf(out, "wire size      %d bytes of updates in the last round (%s), %.1fx smaller than fp32\n", bytes, codecName(cfg.Codec), float64(raw)/float64(max(bytes, 1)))
+	}
 	fmt.Fprintf(out, "final model    %s (safetensors)\nbase model     %s\ntotal time     %.0fs\n", res.FinalModel, basePath, res.Seconds)
 	stopWorkers()
 	return res, nil
@@ -291,3 +305,10 @@ func histogram(e *dataset.Examples) string {
 
 // ErrBelowTarget is returned by callers that require a minimum accuracy.
 var ErrBelowTarget = errors.New("final accuracy below target")
+
+func codecName(c string) string {
+	if c == "" {
+		return "fp32"
+	}
+	return c
+}

@@ -73,4 +73,18 @@ func TestFederatedJobInProcess(t *testing.T) {
 	if acc := j2.History[1].Metrics["test_accuracy"]; acc < 0.7 {
 		t.Errorf("median+clip job reached only %.3f", acc)
 	}
+
+	// Compressed updates with error feedback: top-5% + int8.
+	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{
+		Name: "t3", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 3, ClientsPerRound: 3, RoundTimeoutSeconds: 60, Evaluate: true,
+		Codec: "topk=0.05+int8", Train: &pb.TrainConfig{LocalEpochs: 1, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5},
+	}, arch.Init(7))
+	WaitFor(t, 120*time.Second, "compressed job done", func() bool {
+		j, _ := c.FSM().Job("t3")
+		return j.Status == pb.JobStatus_JOB_STATUS_DONE
+	})
+	j3, _ := c.FSM().Job("t3")
+	if acc := j3.History[2].Metrics["test_accuracy"]; acc < 0.7 {
+		t.Errorf("top-5%%+int8 job reached only %.3f", acc)
+	}
 }

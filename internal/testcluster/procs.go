@@ -253,7 +253,7 @@ func (pc *ProcCluster) GossipAddrs() []string {
 // StartWorker starts a worker process joining every coordinator's gossip
 // address; args are appended to the defaults (--fast, --poll-wait 2s).
 func (pc *ProcCluster) StartWorker(id string, args ...string) *Proc {
-	full := []string{"worker", "--id", id, "--fast", "--poll-wait", "2s"}
+	full := []string{"worker", "--id", id, "--fast", "--poll-wait", "2s", "--state-dir", pc.t.TempDir()}
 	for _, g := range pc.GossipAddrs() {
 		full = append(full, "--join", g)
 	}

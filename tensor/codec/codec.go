@@ -31,7 +31,9 @@ type ResidualCodec interface {
 	EncodeResidual(delta, residual tensor.Set) (payload []byte, newResidual tensor.Set, err error)
 }
 
-// New returns the codec named name ("fp32", "fp16"; "" means fp32).
+// New returns the codec named name: "fp32" or "fp16" (safetensors, ""
+// means fp32), or a Compact codec: "int8", "topk=<fraction>+fp32|fp16|int8"
+// (e.g. "topk=0.01+int8"), which are lossy and implement ResidualCodec.
 func New(name string) (Codec, error) {
 	switch name {
 	case "", "fp32":
@@ -39,7 +41,11 @@ func New(name string) (Codec, error) {
 	case "fp16":
 		return Safetensors{DType: tensor.F16}, nil
 	}
-	return nil, fmt.Errorf("codec: unknown codec %q (known: fp32, fp16)", name)
+	c, err := parseCompact(name)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 // Safetensors sends the delta as a safetensors file of the given dtype.
