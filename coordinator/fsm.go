@@ -230,6 +230,7 @@ func applyCommitRound(f *FSM, payload []byte, at int64) error {
 	}
 	rec.Accepted = r.Updates
 	rec.Scores = c.Scores
+	rec.OptimizerState = c.OptimizerState
 	j.History = append(j.History, rec)
 	j.CurrentModel = c.Model
 	j.OpenRound = nil

@@ -170,6 +170,9 @@ func (c *Coordinator) referenced() map[string]bool {
 		ref[j.CurrentModel] = true
 		for i, h := range j.History {
 			ref[h.Model] = true
+			if i >= len(j.History)-c.cfg.KeepUpdateRounds-1 {
+				ref[h.OptimizerState] = true // the state verification of the kept rounds starts from
+			}
 			if i >= len(j.History)-c.cfg.KeepUpdateRounds {
 				for _, u := range h.Accepted {
 					ref[u.Blob] = true

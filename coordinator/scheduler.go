@@ -176,9 +176,19 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 // stores the new model, evaluates it, and commits the round.
 func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	start := time.Now()
-	newModel, metrics, scores, err := s.c.aggregateRound(ctx, j.Spec, r)
+	newModel, metrics, scores, state, err := s.c.aggregateRound(ctx, j.Spec, r, optimizerState(j, r.Number))
 	if err != nil {
 		return err
+	}
+	stateHash := ""
+	if len(state.Tensors) > 0 {
+		sb, err := tensor.Marshal(state, tensor.F32)
+		if err != nil {
+			return err
+		}
+		if stateHash, err = s.c.replicate(ctx, sb); err != nil {
+			return err
+		}
 	}
 	b, err := tensor.Marshal(newModel, tensor.F32)
 	if err != nil {
@@ -198,7 +208,7 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics, Scores: scores}); err != nil {
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics, Scores: scores, OptimizerState: stateHash}); err != nil {
 		return err
 	}
 	s.c.metrics.roundsCommitted.Inc()
@@ -209,33 +219,36 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 
 // aggregateRound recomputes a round's new model from its base and accepted
 // updates. It is deterministic, so any node can verify a committed round.
-func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round) (tensor.Set, map[string]float64, []*pb.Score, error) {
+func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round, stateHash string) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
+	fail := func(err error) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
+		return tensor.Set{}, nil, nil, tensor.Set{}, err
+	}
 	baseBytes, err := c.blob(ctx, r.BaseModel)
 	if err != nil {
-		return tensor.Set{}, nil, nil, fmt.Errorf("base model: %w", err)
+		return fail(fmt.Errorf("base model: %w", err))
 	}
 	base, err := tensor.Unmarshal(baseBytes)
 	if err != nil {
-		return tensor.Set{}, nil, nil, fmt.Errorf("base model: %w", err)
+		return fail(fmt.Errorf("base model: %w", err))
 	}
 	agg, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams))
 	if err != nil {
-		return tensor.Set{}, nil, nil, err
+		return fail(err)
 	}
 	var ups []aggregation.Update
 	var lossSum, weight float64
 	for _, u := range r.Updates {
 		cd, err := codec.New(u.Codec)
 		if err != nil {
-			return tensor.Set{}, nil, nil, err
+			return fail(err)
 		}
 		payload, err := c.blob(ctx, u.Blob)
 		if err != nil {
-			return tensor.Set{}, nil, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
+			return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
 		}
 		delta, err := cd.Decode(payload)
 		if err != nil {
-			return tensor.Set{}, nil, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
+			return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
 		}
 		ups = append(ups, aggregation.Update{Worker: u.Worker, Delta: delta, Samples: u.Samples})
 		if l, ok := u.Metrics["loss"]; ok {
@@ -245,12 +258,25 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	}
 	delta, sc, err := agg.Aggregate(ups)
 	if err != nil {
-		return tensor.Set{}, nil, nil, err
+		return fail(err)
 	}
-	if err := base.AddScaled(1, delta); err != nil {
-		return tensor.Set{}, nil, nil, err
+	opt, err := NewOptimizer(spec.ServerOptimizer)
+	if err != nil {
+		return fail(err)
 	}
-	base.Metadata = nil
+	var state tensor.Set
+	if stateHash != "" {
+		sb, err := c.blob(ctx, stateHash)
+		if err != nil {
+			return fail(fmt.Errorf("server optimizer state: %w", err))
+		}
+		if state, err = tensor.Unmarshal(sb); err != nil {
+			return fail(fmt.Errorf("server optimizer state: %w", err))
+		}
+	}
+	if base, state, err = opt.Step(base, delta, state); err != nil {
+		return fail(err)
+	}
 	metrics := map[string]float64{}
 	if weight > 0 {
 		metrics["train_loss"] = lossSum / weight
@@ -259,7 +285,21 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	for _, s := range sc {
 		scores = append(scores, &pb.Score{Worker: s.Worker, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept})
 	}
-	return base, metrics, scores, nil
+	return base, metrics, scores, state, nil
+}
+
+// NewOptimizer returns the server optimizer a job spec names.
+func NewOptimizer(p *pb.ServerOptimizer) (aggregation.ServerOptimizer, error) {
+	return aggregation.NewServerOptimizer(aggregation.ServerOptimizer{Name: p.GetName(), LR: p.GetLr(), Beta1: p.GetBeta1(), Beta2: p.GetBeta2(), Eps: p.GetEpsilon()})
+}
+
+// optimizerState returns the server optimizer state a round starts from:
+// the one committed with the previous round.
+func optimizerState(j *pb.Job, round uint32) string {
+	if round < 2 || int(round-1) > len(j.History) {
+		return ""
+	}
+	return j.History[round-2].OptimizerState
 }
 
 // RuleParams converts a job's aggregator parameters.

@@ -102,6 +102,9 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if _, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams)); err != nil {
 		return err
 	}
+	if _, err := NewOptimizer(spec.ServerOptimizer); err != nil {
+		return err
+	}
 	if spec.Codec == "" {
 		spec.Codec = "fp32"
 	}

@@ -331,6 +331,7 @@ type JobSpec struct {
 	OverSelect          float64                `protobuf:"fixed64,14,opt,name=over_select,json=overSelect,proto3" json:"over_select,omitempty"` // fraction of extra workers sampled per round
 	Evaluate            bool                   `protobuf:"varint,15,opt,name=evaluate,proto3" json:"evaluate,omitempty"`                        // coordinator evaluates each new model on the dataset's test split
 	AggregatorParams    *AggregatorParams      `protobuf:"bytes,16,opt,name=aggregator_params,json=aggregatorParams,proto3" json:"aggregator_params,omitempty"`
+	ServerOptimizer     *ServerOptimizer       `protobuf:"bytes,17,opt,name=server_optimizer,json=serverOptimizer,proto3" json:"server_optimizer,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -477,6 +478,90 @@ func (x *JobSpec) GetAggregatorParams() *AggregatorParams {
 	return nil
 }
 
+func (x *JobSpec) GetServerOptimizer() *ServerOptimizer {
+	if x != nil {
+		return x.ServerOptimizer
+	}
+	return nil
+}
+
+// ServerOptimizer applies the aggregated delta (Reddi et al. 2021); 0: default.
+type ServerOptimizer struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // plain (default), fedavgm, fedadam, fedyogi
+	Lr            float64                `protobuf:"fixed64,2,opt,name=lr,proto3" json:"lr,omitempty"`   // server learning rate
+	Beta1         float64                `protobuf:"fixed64,3,opt,name=beta1,proto3" json:"beta1,omitempty"`
+	Beta2         float64                `protobuf:"fixed64,4,opt,name=beta2,proto3" json:"beta2,omitempty"`
+	Epsilon       float64                `protobuf:"fixed64,5,opt,name=epsilon,proto3" json:"epsilon,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerOptimizer) Reset() {
+	*x = ServerOptimizer{}
+	mi := &file_fedtune_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerOptimizer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerOptimizer) ProtoMessage() {}
+
+func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerOptimizer.ProtoReflect.Descriptor instead.
+func (*ServerOptimizer) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ServerOptimizer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ServerOptimizer) GetLr() float64 {
+	if x != nil {
+		return x.Lr
+	}
+	return 0
+}
+
+func (x *ServerOptimizer) GetBeta1() float64 {
+	if x != nil {
+		return x.Beta1
+	}
+	return 0
+}
+
+func (x *ServerOptimizer) GetBeta2() float64 {
+	if x != nil {
+		return x.Beta2
+	}
+	return 0
+}
+
+func (x *ServerOptimizer) GetEpsilon() float64 {
+	if x != nil {
+		return x.Epsilon
+	}
+	return 0
+}
+
 // AggregatorParams are the robust rules' hyper-parameters (0: default).
 type AggregatorParams struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -493,7 +578,7 @@ type AggregatorParams struct {
 
 func (x *AggregatorParams) Reset() {
 	*x = AggregatorParams{}
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +590,7 @@ func (x *AggregatorParams) String() string {
 func (*AggregatorParams) ProtoMessage() {}
 
 func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +603,7 @@ func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregatorParams.ProtoReflect.Descriptor instead.
 func (*AggregatorParams) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{3}
+	return file_fedtune_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AggregatorParams) GetTrimFraction() float64 {
@@ -585,7 +670,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +682,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +695,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{4}
+	return file_fedtune_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Score) GetWorker() string {
@@ -669,7 +754,7 @@ type AcceptedUpdate struct {
 
 func (x *AcceptedUpdate) Reset() {
 	*x = AcceptedUpdate{}
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +766,7 @@ func (x *AcceptedUpdate) String() string {
 func (*AcceptedUpdate) ProtoMessage() {}
 
 func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +779,7 @@ func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptedUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{5}
+	return file_fedtune_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AcceptedUpdate) GetWorker() string {
@@ -748,7 +833,7 @@ type Round struct {
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +845,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +858,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{6}
+	return file_fedtune_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -836,15 +921,16 @@ type RoundRecord struct {
 	StartedUnixNano   int64                  `protobuf:"varint,6,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
 	CommittedUnixNano int64                  `protobuf:"varint,7,opt,name=committed_unix_nano,json=committedUnixNano,proto3" json:"committed_unix_nano,omitempty"`
 	Workers           []string               `protobuf:"bytes,8,rep,name=workers,proto3" json:"workers,omitempty"`
-	Accepted          []*AcceptedUpdate      `protobuf:"bytes,9,rep,name=accepted,proto3" json:"accepted,omitempty"` // the updates aggregated, for verification
-	Scores            []*Score               `protobuf:"bytes,10,rep,name=scores,proto3" json:"scores,omitempty"`    // per-update contribution, by worker id
+	Accepted          []*AcceptedUpdate      `protobuf:"bytes,9,rep,name=accepted,proto3" json:"accepted,omitempty"`                                    // the updates aggregated, for verification
+	Scores            []*Score               `protobuf:"bytes,10,rep,name=scores,proto3" json:"scores,omitempty"`                                       // per-update contribution, by worker id
+	OptimizerState    string                 `protobuf:"bytes,11,opt,name=optimizer_state,json=optimizerState,proto3" json:"optimizer_state,omitempty"` // blob hash of the server optimizer's state after this round ("" if stateless)
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RoundRecord) Reset() {
 	*x = RoundRecord{}
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +942,7 @@ func (x *RoundRecord) String() string {
 func (*RoundRecord) ProtoMessage() {}
 
 func (x *RoundRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +955,7 @@ func (x *RoundRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRecord.ProtoReflect.Descriptor instead.
 func (*RoundRecord) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{7}
+	return file_fedtune_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RoundRecord) GetNumber() uint32 {
@@ -942,6 +1028,13 @@ func (x *RoundRecord) GetScores() []*Score {
 	return nil
 }
 
+func (x *RoundRecord) GetOptimizerState() string {
+	if x != nil {
+		return x.OptimizerState
+	}
+	return ""
+}
+
 // Job is a job's replicated state.
 type Job struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -959,7 +1052,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1064,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1077,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{8}
+	return file_fedtune_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1056,7 +1149,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1068,7 +1161,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1081,7 +1174,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{9}
+	return file_fedtune_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -1122,7 +1215,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1227,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1240,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{10}
+	return file_fedtune_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -1174,7 +1267,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +1279,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +1292,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{11}
+	return file_fedtune_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartRound) GetJob() string {
@@ -1227,7 +1320,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1332,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1345,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{12}
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -1277,19 +1370,20 @@ func (x *AcceptUpdate) GetUpdate() *AcceptedUpdate {
 }
 
 type CommitRound struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
-	Model         string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
-	Metrics       map[string]float64     `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
-	Scores        []*Score               `protobuf:"bytes,5,rep,name=scores,proto3" json:"scores,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Job            string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Round          uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
+	Model          string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	Metrics        map[string]float64     `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
+	Scores         []*Score               `protobuf:"bytes,5,rep,name=scores,proto3" json:"scores,omitempty"`
+	OptimizerState string                 `protobuf:"bytes,6,opt,name=optimizer_state,json=optimizerState,proto3" json:"optimizer_state,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1395,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1408,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -1352,6 +1446,13 @@ func (x *CommitRound) GetScores() []*Score {
 	return nil
 }
 
+func (x *CommitRound) GetOptimizerState() string {
+	if x != nil {
+		return x.OptimizerState
+	}
+	return ""
+}
+
 type AbortRound struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1363,7 +1464,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1476,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1489,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -1423,7 +1524,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1536,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1549,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -1481,7 +1582,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1594,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1607,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -1525,7 +1626,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1638,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1651,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -1571,7 +1672,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1684,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1697,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -1633,7 +1734,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"batch_size\x18\x03 \x01(\rR\tbatchSize\x12#\n" +
 	"\rlearning_rate\x18\x04 \x01(\x01R\flearningRate\x12\x1a\n" +
 	"\bmomentum\x18\x05 \x01(\x01R\bmomentum\x12\x17\n" +
-	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\x82\x05\n" +
+	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xca\x05\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -1656,10 +1757,17 @@ const file_fedtune_proto_rawDesc = "" +
 	"\vover_select\x18\x0e \x01(\x01R\n" +
 	"overSelect\x12\x1a\n" +
 	"\bevaluate\x18\x0f \x01(\bR\bevaluate\x12I\n" +
-	"\x11aggregator_params\x18\x10 \x01(\v2\x1c.fedtune.v1.AggregatorParamsR\x10aggregatorParams\x1a;\n" +
+	"\x11aggregator_params\x18\x10 \x01(\v2\x1c.fedtune.v1.AggregatorParamsR\x10aggregatorParams\x12F\n" +
+	"\x10server_optimizer\x18\x11 \x01(\v2\x1b.fedtune.v1.ServerOptimizerR\x0fserverOptimizer\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"{\n" +
+	"\x0fServerOptimizer\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02lr\x18\x02 \x01(\x01R\x02lr\x12\x14\n" +
+	"\x05beta1\x18\x03 \x01(\x01R\x05beta1\x12\x14\n" +
+	"\x05beta2\x18\x04 \x01(\x01R\x05beta2\x12\x18\n" +
+	"\aepsilon\x18\x05 \x01(\x01R\aepsilon\"\xc0\x01\n" +
 	"\x10AggregatorParams\x12#\n" +
 	"\rtrim_fraction\x18\x01 \x01(\x01R\ftrimFraction\x12\f\n" +
 	"\x01f\x18\x02 \x01(\rR\x01f\x12\f\n" +
@@ -1694,7 +1802,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\x04 \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\x124\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\aupdates\x12\x18\n" +
-	"\aattempt\x18\a \x01(\rR\aattempt\"\xc4\x03\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\"\xed\x03\n" +
 	"\vRoundRecord\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -1706,7 +1814,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\aworkers\x18\b \x03(\tR\aworkers\x126\n" +
 	"\baccepted\x18\t \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\baccepted\x12)\n" +
 	"\x06scores\x18\n" +
-	" \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x1a:\n" +
+	" \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x12'\n" +
+	"\x0foptimizer_state\x18\v \x01(\tR\x0eoptimizerState\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb2\x03\n" +
@@ -1745,13 +1854,14 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fAcceptUpdate\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x122\n" +
-	"\x06update\x18\x03 \x01(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06update\"\xf2\x01\n" +
+	"\x06update\x18\x03 \x01(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06update\"\x9b\x02\n" +
 	"\vCommitRound\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12\x14\n" +
 	"\x05model\x18\x03 \x01(\tR\x05model\x12>\n" +
 	"\ametrics\x18\x04 \x03(\v2$.fedtune.v1.CommitRound.MetricsEntryR\ametrics\x12)\n" +
-	"\x06scores\x18\x05 \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x1a:\n" +
+	"\x06scores\x18\x05 \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x12'\n" +
+	"\x0foptimizer_state\x18\x06 \x01(\tR\x0eoptimizerState\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"L\n" +
@@ -1800,68 +1910,70 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
 	(*Command)(nil),          // 2: fedtune.v1.Command
 	(*TrainConfig)(nil),      // 3: fedtune.v1.TrainConfig
 	(*JobSpec)(nil),          // 4: fedtune.v1.JobSpec
-	(*AggregatorParams)(nil), // 5: fedtune.v1.AggregatorParams
-	(*Score)(nil),            // 6: fedtune.v1.Score
-	(*AcceptedUpdate)(nil),   // 7: fedtune.v1.AcceptedUpdate
-	(*Round)(nil),            // 8: fedtune.v1.Round
-	(*RoundRecord)(nil),      // 9: fedtune.v1.RoundRecord
-	(*Job)(nil),              // 10: fedtune.v1.Job
-	(*WorkerInfo)(nil),       // 11: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 12: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 13: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 14: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 15: fedtune.v1.CommitRound
-	(*AbortRound)(nil),       // 16: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 17: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 18: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 19: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 20: fedtune.v1.Snapshot
-	nil,                      // 21: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 22: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 23: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 24: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 25: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 26: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 27: fedtune.v1.CommitRound.MetricsEntry
+	(*ServerOptimizer)(nil),  // 5: fedtune.v1.ServerOptimizer
+	(*AggregatorParams)(nil), // 6: fedtune.v1.AggregatorParams
+	(*Score)(nil),            // 7: fedtune.v1.Score
+	(*AcceptedUpdate)(nil),   // 8: fedtune.v1.AcceptedUpdate
+	(*Round)(nil),            // 9: fedtune.v1.Round
+	(*RoundRecord)(nil),      // 10: fedtune.v1.RoundRecord
+	(*Job)(nil),              // 11: fedtune.v1.Job
+	(*WorkerInfo)(nil),       // 12: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 13: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 14: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 15: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 16: fedtune.v1.CommitRound
+	(*AbortRound)(nil),       // 17: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 18: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 19: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 20: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 21: fedtune.v1.Snapshot
+	nil,                      // 22: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 23: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 24: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 25: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 26: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 27: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 28: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	21, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	22, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	3,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
-	5,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
-	22, // 4: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
-	7,  // 5: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	23, // 6: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	7,  // 7: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	6,  // 8: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	4,  // 9: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 10: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	9,  // 11: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	8,  // 12: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	24, // 13: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	25, // 14: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	4,  // 15: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	26, // 16: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	8,  // 17: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	7,  // 18: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	27, // 19: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	6,  // 20: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	1,  // 21: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	11, // 22: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	10, // 23: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	11, // 24: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	6,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
+	5,  // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
+	23, // 5: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	8,  // 6: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
+	24, // 7: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	8,  // 8: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	7,  // 9: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	4,  // 10: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 11: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	10, // 12: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	9,  // 13: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	25, // 14: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	26, // 15: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	4,  // 16: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	27, // 17: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	9,  // 18: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	8,  // 19: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	28, // 20: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	7,  // 21: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	1,  // 22: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	12, // 23: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	11, // 24: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	12, // 25: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -1875,7 +1987,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -54,6 +54,9 @@ type Config struct {
 	// StateDir, if set, keeps error-feedback residuals across restarts
 	// (one safetensors file per job).
 	StateDir string
+	// NoErrorFeedback sends lossy updates without error feedback (for
+	// experiments measuring what error feedback buys).
+	NoErrorFeedback bool
 	// Crash makes Run exit without telling the gossip pool it leaves, as a
 	// killed process would (tests of failure detection).
 	Crash bool
@@ -317,7 +320,7 @@ func (w *Worker) submit(ctx context.Context) error {
 // StateDir so that it survives a restart).
 func (w *Worker) encode(cd codec.Codec, job string, delta tensor.Set) ([]byte, error) {
 	rc, ok := cd.(codec.ResidualCodec)
-	if !ok {
+	if !ok || w.cfg.NoErrorFeedback {
 		return cd.Encode(delta)
 	}
 	res, ok := w.residuals[job]

@@ -138,11 +138,12 @@ func demoCommand() *cli.Command {
 			&cli.Float64Flag{Name: "alpha", Value: 1, Usage: "Dirichlet concentration of the workers' data (smaller: more non-IID)", EnvVars: []string{"FEDTUNE_DEMO_ALPHA"}},
 			&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed", EnvVars: []string{"FEDTUNE_DEMO_SEED"}},
 			&cli.StringFlag{Name: "codec", Value: "fp32", Usage: "update codec: fp32, fp16, int8, topk=<fraction>+fp32|fp16|int8", EnvVars: []string{"FEDTUNE_DEMO_CODEC"}},
+			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback (to measure what it buys)", EnvVars: []string{"FEDTUNE_DEMO_NO_ERROR_FEEDBACK"}},
 			&cli.Float64Flag{Name: "min-accuracy", Usage: "exit non-zero if the final test accuracy is below this fraction", EnvVars: []string{"FEDTUNE_DEMO_MIN_ACCURACY"}},
 		},
 		Action: func(c *cli.Context) error {
 			res, err := demo.Run(c.Context, demo.Config{OutDir: c.String("out"), Workers: c.Int("workers"), Rounds: c.Int("rounds"),
-				Alpha: c.Float64("alpha"), Seed: c.Uint64("seed"), Codec: c.String("codec"), Out: c.App.Writer})
+				Alpha: c.Float64("alpha"), Seed: c.Uint64("seed"), Codec: c.String("codec"), NoEF: c.Bool("no-error-feedback"), Out: c.App.Writer})
 			if err != nil {
 				return err
 			}

@@ -91,6 +91,7 @@ machine can stand in for sites holding different data.`,
 			&cli.StringFlag{Name: "profile", Value: "lan", Usage: "gossip timings: local (one machine), lan or wan", EnvVars: []string{"FEDTUNE_PROFILE"}},
 			&cli.BoolFlag{Name: "fast", Usage: "shorthand for --profile local", EnvVars: []string{"FEDTUNE_FAST"}},
 			&cli.StringFlag{Name: "state-dir", Value: "fedtune-worker", Usage: "directory for state kept across restarts (error-feedback residuals)", EnvVars: []string{"FEDTUNE_STATE_DIR"}},
+			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback", EnvVars: []string{"FEDTUNE_NO_ERROR_FEEDBACK"}},
 			&cli.DurationFlag{Name: "submit-delay", Usage: "wait this long before sending each update (simulates a slow uplink)", EnvVars: []string{"FEDTUNE_SUBMIT_DELAY"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -110,7 +111,7 @@ machine can stand in for sites holding different data.`,
 			tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
 			defer tr.Close()
 			w, err := worker.New(worker.Config{ID: c.String("id"), Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
-				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
+				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
 			if err != nil {
 				return err
 			}

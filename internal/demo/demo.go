@@ -39,6 +39,7 @@ type Config struct {
 	LR          float64 // local learning rate (default 0.05)
 	Momentum    float64 // local momentum (default 0.9)
 	Codec       string  // update codec (default fp32)
+	NoEF        bool    // lossy codecs without error feedback
 	Seed        uint64
 	Out         io.Writer // progress output (default stdout)
 	KeepDataDir bool      // keep the coordinator's data directory
@@ -163,7 +164,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		fmt.Fprintf(out, "          %s: %5d local images, digits %s\n", id, local.Len(), histogram(local))
 		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": local}, logger.With("node", id))
 		w, err := worker.New(worker.Config{ID: id, Join: []string{coord.GossipAddr()}, Profile: "local", PollWait: 5 * time.Second,
-			Labels: map[string]string{"region": fmt.Sprintf("site-%d", i+1), "device": "cpu"}, Logger: logger}, tr)
+			Labels: map[string]string{"region": fmt.Sprintf("site-%d", i+1), "device": "cpu"}, NoErrorFeedback: cfg.NoEF, Logger: logger}, tr)
 		if err != nil {
 			return res, err
 		}

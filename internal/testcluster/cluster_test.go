@@ -57,7 +57,7 @@ func TestFederatedJobInProcess(t *testing.T) {
 	// reach the ledger in the committed rounds.
 	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{
 		Name: "t2", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 2, ClientsPerRound: 3, RoundTimeoutSeconds: 60, Evaluate: true,
-		Aggregator: "median", AggregatorParams: &pb.AggregatorParams{ClipNorm: 5},
+		Aggregator: "median", AggregatorParams: &pb.AggregatorParams{ClipNorm: 5}, ServerOptimizer: &pb.ServerOptimizer{Name: "fedavgm", Beta1: 0.5},
 		Train: &pb.TrainConfig{LocalEpochs: 1, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5},
 	}, arch.Init(7))
 	WaitFor(t, 120*time.Second, "robust job done", func() bool {
@@ -86,5 +86,18 @@ func TestFederatedJobInProcess(t *testing.T) {
 	j3, _ := c.FSM().Job("t3")
 	if acc := j3.History[2].Metrics["test_accuracy"]; acc < 0.7 {
 		t.Errorf("top-5%%+int8 job reached only %.3f", acc)
+	}
+	if j2.History[1].OptimizerState == "" {
+		t.Error("fedavgm committed no optimizer state")
+	}
+	// Every round of every job recomputes to its committed model.
+	conn, _ := pool.Conn(c.GRPCAddr())
+	for _, j := range c.FSM().Jobs() {
+		for _, r := range j.History {
+			v, err := pb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: j.Spec.Name, Round: r.Number})
+			if err != nil || !v.Match {
+				t.Errorf("verify %s round %d: %v %v", j.Spec.Name, r.Number, v, err)
+			}
+		}
 	}
 }
