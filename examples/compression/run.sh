@@ -10,8 +10,9 @@ printf '| codec | error feedback | bytes per round (4 updates) | x smaller than 
 run() {
   local codec=$1 ef=$2 flags=()
   [ "$ef" = no ] && flags=(--no-error-feedback)
-  local log="$out/$codec-$ef.log"
-  "$root/bin/fedtune" demo --codec "$codec" "${flags[@]}" --out "$out/$codec-$ef" >"$log" 2>&1
+  local tag="$codec-${ef//\//}"
+  local log="$out/$tag.log"
+  "$root/bin/fedtune" demo --codec "$codec" "${flags[@]}" --out "$out/$tag" >"$log" 2>&1
   local acc bytes ratio
   acc=$(sed -n 's/^final accuracy \([0-9.]*%\).*/\1/p' "$log")
   bytes=$(sed -n 's/^wire size *\([0-9]*\) bytes.*/\1/p' "$log")
