@@ -121,7 +121,7 @@ func scores(ups []Update, weights []float64, agg tensor.Set) []Score {
 			paa[c] = tensor.Dot(a, a)
 			for i, u := range ups {
 				x := u.Delta.Tensors[k].Data[lo:hi]
-				puu[c*n+i], pua[c*n+i] = tensor.Dot(x, x), tensor.Dot(x, a)
+				puu[c*n+i], pua[c*n+i] = tensor.Dot2(x, a)
 			}
 		})
 		for c := 0; c < chunks; c++ {
