@@ -226,4 +226,3 @@ func medianOf(col []float32) float32 {
 	}
 	return float32((float64(c[n/2-1]) + float64(c[n/2])) / 2)
 }
-

@@ -39,16 +39,40 @@ func forChunks(n int, f func(chunk, lo, hi int)) {
 	wg.Wait()
 }
 
-// insertionSort sorts a short column in place (n is the number of
-// updates: tens, where it beats the general sort).
-func insertionSort(v []float32) {
-	for i := 1; i < len(v); i++ {
-		x := v[i]
-		j := i - 1
-		for j >= 0 && v[j] > x {
-			v[j+1] = v[j]
-			j--
+// network is a sorting network: compare-exchange pairs (lo, hi) that sort
+// any column of its length when applied in order. Branch-free min/max make
+// it faster than a comparison sort for the short columns of coordinate-wise
+// rules (one value per update).
+type network [][2]int32
+
+// sortNetwork returns Batcher's odd-even merge sort network for n inputs:
+// built for the next power of two and pruned of comparators that touch
+// padding (which would hold +Inf and never move).
+func sortNetwork(n int) network {
+	p2 := 1
+	for p2 < n {
+		p2 <<= 1
+	}
+	var net network
+	for p := 1; p < p2; p <<= 1 {
+		for k := p; k >= 1; k >>= 1 {
+			for j := k % p; j+k < p2; j += 2 * k {
+				for i := 0; i < min(k, p2-j-k); i++ {
+					a, b := i+j, i+j+k
+					if a/(2*p) == b/(2*p) && b < n {
+						net = append(net, [2]int32{int32(a), int32(b)})
+					}
+				}
+			}
 		}
-		v[j+1] = x
+	}
+	return net
+}
+
+// sort sorts v, whose length must be the network's.
+func (net network) sort(v []float32) {
+	for _, c := range net {
+		a, b := v[c[0]], v[c[1]]
+		v[c[0]], v[c[1]] = min(a, b), max(a, b)
 	}
 }

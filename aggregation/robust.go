@@ -118,10 +118,11 @@ func (Median) Name() string { return "median" }
 
 // Aggregate returns the coordinate-wise median.
 func (Median) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	net := sortNetwork(len(updates))
 	return coordinateRule(updates, func(col []float32) float32 {
 		n := len(col)
-		if n <= 32 {
-			insertionSort(col)
+		if n <= maxNetwork {
+			net.sort(col)
 			if n%2 == 1 {
 				return col[n/2]
 			}
@@ -145,10 +146,11 @@ func (TrimmedMean) Name() string { return "trimmed-mean" }
 
 // Aggregate returns the coordinate-wise trimmed mean.
 func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
+	net := sortNetwork(len(updates))
 	return coordinateRule(updates, func(col []float32) float32 {
 		k := int(r.Beta * float64(len(col)))
-		if len(col) <= 32 {
-			insertionSort(col)
+		if len(col) <= maxNetwork {
+			net.sort(col)
 		} else {
 			slices.Sort(col)
 		}
@@ -159,6 +161,10 @@ func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 		return float32(s / float64(len(col)-2*k))
 	})
 }
+
+// maxNetwork is the largest column a sorting network sorts; longer ones
+// use selection or a comparison sort.
+const maxNetwork = 128
 
 // coordinateBlock is how many coordinates a coordinate-wise rule gathers at
 // once: the n × block buffer stays in cache.

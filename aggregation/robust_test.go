@@ -284,3 +284,27 @@ func TestNormClip(t *testing.T) {
 		t.Errorf("score reports the clipped norm %v, want the original", sc[0].Norm)
 	}
 }
+
+func TestSortNetwork(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 8))
+	for n := 1; n <= 130; n++ {
+		net := sortNetwork(n)
+		for trial := 0; trial < 20; trial++ {
+			v := make([]float32, n)
+			for i := range v {
+				v[i] = float32(r.IntN(7)) - 3 // many ties
+				if trial%2 == 1 {
+					v[i] = float32(r.NormFloat64())
+				}
+			}
+			want := append([]float32(nil), v...)
+			sort.Slice(want, func(a, b int) bool { return want[a] < want[b] })
+			net.sort(v)
+			for i := range v {
+				if v[i] != want[i] {
+					t.Fatalf("n=%d: network sorted to %v, want %v", n, v, want)
+				}
+			}
+		}
+	}
+}
