@@ -265,7 +265,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 			}
 		}
 		raw := 4 * base.Len() * len(j.History[n-1].Accepted)
-		fmt.Fprintf(out, "wire size      %d bytes of updates in the last round (%s), %.1fx smaller than fp32\n", bytes, codecName(cfg.Codec), float64(raw)/float64(max(bytes, 1)))
+		if c := codecName(cfg.Codec); c == "fp32" {
+			fmt.Fprintf(out, "wire size      %d bytes of updates in the last round (fp32, uncompressed)\n", bytes)
+		} else {
+			fmt.Fprintf(out, "wire size      %d bytes of updates in the last round (%s), %.1fx smaller than fp32\n", bytes, c, float64(raw)/float64(max(bytes, 1)))
+		}
 	}
 	fmt.Fprintf(out, "final model    %s (safetensors)\nbase model     %s\ntotal time     %.0fs\n", res.FinalModel, basePath, res.Seconds)
 	stopWorkers()
