@@ -93,7 +93,7 @@ func (r Krum) Name() string {
 
 // Aggregate returns the Krum choice, or the Multi-Krum average.
 func (r Krum) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, err := sorted(updates)
+	ups, vs, err := flatten(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
@@ -101,10 +101,6 @@ func (r Krum) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	f := defaultF(n, r.F)
 	if n < 2*f+3 {
 		return tensor.Set{}, nil, fmt.Errorf("%s: %d updates cannot tolerate f=%d (needs n ≥ 2f+3 = %d)", r.Name(), n, f, 2*f+3)
-	}
-	vs := make([][]float32, n)
-	for i, u := range ups {
-		vs[i] = flat(u.Delta)
 	}
 	idx := make([]int, n)
 	for i := range idx {
@@ -149,7 +145,7 @@ func (Bulyan) Name() string { return "bulyan" }
 
 // Aggregate returns the Bulyan aggregate.
 func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, err := sorted(updates)
+	ups, vs, err := flatten(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
@@ -160,10 +156,6 @@ func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	}
 	if n < 4*f+3 {
 		return tensor.Set{}, nil, fmt.Errorf("bulyan: %d updates cannot tolerate f=%d (needs n ≥ 4f+3 = %d)", n, f, 4*f+3)
-	}
-	vs := make([][]float32, n)
-	for i, u := range ups {
-		vs[i] = flat(u.Delta)
 	}
 	d := sqDistances(vs)
 	theta := n - 2*f

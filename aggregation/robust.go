@@ -89,6 +89,19 @@ func flat(s tensor.Set) []float32 {
 	return out
 }
 
+// flatten checks and orders updates (as sorted does) and flattens each.
+func flatten(updates []Update) ([]Update, [][]float32, error) {
+	ups, err := sorted(updates)
+	if err != nil {
+		return nil, nil, err
+	}
+	vs := make([][]float32, len(ups))
+	for i, u := range ups {
+		vs[i] = flat(u.Delta)
+	}
+	return ups, vs, nil
+}
+
 // unflat writes v into a Set with the layout of like.
 func unflat(v []float32, like tensor.Set) tensor.Set {
 	out := tensor.ZerosLike(like)
@@ -242,16 +255,14 @@ func (GeoMedian) Name() string { return "geomedian" }
 
 // Aggregate returns the approximate geometric median.
 func (r GeoMedian) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, err := sorted(updates)
+	ups, vs, err := flatten(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
 	n := len(ups)
-	vs := make([][]float32, n)
 	alpha := make([]float64, n)
 	var total float64
 	for i, u := range ups {
-		vs[i] = flat(u.Delta)
 		alpha[i] = float64(max(u.Samples, 1))
 		total += alpha[i]
 	}
@@ -296,15 +307,11 @@ func (CenteredClip) Name() string { return "centered-clip" }
 
 // Aggregate returns the centered-clipping aggregate.
 func (r CenteredClip) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, err := sorted(updates)
+	ups, vs, err := flatten(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
 	n := len(ups)
-	vs := make([][]float32, n)
-	for i, u := range ups {
-		vs[i] = flat(u.Delta)
-	}
 	v := make([]float32, len(vs[0]))
 	step := make([]float32, len(v))
 	diff := make([]float32, len(v))
