@@ -93,6 +93,9 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if spec.RoundTimeoutSeconds <= 0 {
 		spec.RoundTimeoutSeconds = 300
 	}
+	if spec.MaxUpdateNorm < 0 {
+		return fmt.Errorf("max_update_norm %v: want >= 0", spec.MaxUpdateNorm)
+	}
 	if spec.OverSelect < 0 || spec.OverSelect > 10 {
 		return fmt.Errorf("over_select %v: want 0..10", spec.OverSelect)
 	}

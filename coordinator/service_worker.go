@@ -212,5 +212,13 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if err := tensor.SameLayout(delta, arch.Layout()); err != nil {
 		return fmt.Errorf("update does not fit model %s: %w", j.Spec.Model, err)
 	}
-	return delta.CheckFinite()
+	if err := delta.CheckFinite(); err != nil {
+		return err
+	}
+	if b := j.Spec.MaxUpdateNorm; b > 0 {
+		if n := delta.Norm(); n > b {
+			return status.Errorf(codes.InvalidArgument, "update norm %.4g exceeds the job's bound %.4g", n, b)
+		}
+	}
+	return nil
 }

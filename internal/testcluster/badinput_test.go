@@ -51,7 +51,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := func() *pb.JobSpec {
-		return &pb.JobSpec{Name: "j", Model: "mnist-mlp-small", Dataset: "mnist", BaseModel: hash, Rounds: 2, ClientsPerRound: 1, RoundTimeoutSeconds: 60}
+		return &pb.JobSpec{Name: "j", Model: "mnist-mlp-small", Dataset: "mnist", BaseModel: hash, Rounds: 2, ClientsPerRound: 1, RoundTimeoutSeconds: 60, MaxUpdateNorm: 10}
 	}
 
 	// Bad jobs.
@@ -65,6 +65,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"base not uploaded", func(s *pb.JobSpec) { s.BaseModel = strings.Repeat("ab", 32) }, "blob not found"},
 		{"base of another model", func(s *pb.JobSpec) { s.Model = "mnist-mlp" }, "does not fit"},
 		{"zero rounds", func(s *pb.JobSpec) { s.Rounds = 0 }, "rounds"},
+		{"negative norm bound", func(s *pb.JobSpec) { s.MaxUpdateNorm = -1 }, "max_update_norm"},
+		{"unknown rule", func(s *pb.JobSpec) { s.Aggregator = "mean-ish" }, "unknown rule"},
+		{"impossible codec", func(s *pb.JobSpec) { s.Codec = "topk=3+int8" }, "top-k fraction"},
+		{"unknown server optimizer", func(s *pb.JobSpec) { s.ServerOptimizer = &pb.ServerOptimizer{Name: "sgdx"} }, "server optimizer"},
 		{"bad name", func(s *pb.JobSpec) { s.Name = "../etc" }, "job name"},
 	}
 	for _, bj := range badJobs {
@@ -111,6 +115,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 	inf := delta.Clone()
 	inf.Tensors[2].Data[0] = float32(math.Inf(-1))
 	wrongShape := tensor.ZerosLike(model.MLP{Sizes: []int{784, 32, 10}}.Layout())
+	huge := delta.Clone()
+	huge.Tensors[0].Data[1] = 100
 	req := func(edit func(*pb.SubmitUpdateRequest)) *pb.SubmitUpdateRequest {
 		r := &pb.SubmitUpdateRequest{WorkerId: "w1", Job: "j", Round: task.Round, BaseModel: task.Base.Hash, Codec: "fp32", Payload: encode(delta), Samples: 100}
 		edit(r)
@@ -134,6 +140,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"other base", req(func(r *pb.SubmitUpdateRequest) { r.BaseModel = strings.Repeat("cd", 32) }), codes.FailedPrecondition, "trained from model"},
 		{"wrong codec", req(func(r *pb.SubmitUpdateRequest) { r.Codec = "fp16" }), codes.InvalidArgument, "codec"},
 		{"no samples", req(func(r *pb.SubmitUpdateRequest) { r.Samples = 0 }), codes.InvalidArgument, "samples"},
+		{"norm over the bound", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(huge) }), codes.InvalidArgument, "exceeds the job's bound"},
 	}
 	before, _ := c.FSM().Job("j")
 	for _, bu := range badUpdates {
