@@ -178,25 +178,38 @@ func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	slices.Sort(chosen)
 	beta := theta - 2*f
 	agg := make([]float32, len(vs[0]))
-	col := make([]float32, theta)
-	dist := make([]int, theta)
-	for c := range agg {
-		for a, i := range chosen {
-			col[a] = vs[i][c]
+	net := sortNetwork(theta)
+	forChunks(len(agg), func(_, lo, hi int) {
+		col := make([]float32, theta)
+		for c := lo; c < hi; c++ {
+			for a, i := range chosen {
+				col[a] = vs[i][c]
+			}
+			if theta <= maxNetwork {
+				net.sort(col)
+			} else {
+				slices.Sort(col)
+			}
+			med := col[theta/2]
+			if theta%2 == 0 {
+				med = float32((float64(col[theta/2-1]) + float64(col[theta/2])) / 2)
+			}
+			// In sorted order the β values nearest the median are a
+			// contiguous window: the one whose farther end is nearest
+			// (ties: the lower window).
+			best, bestCost := 0, float32(math.Inf(1))
+			for s := 0; s+beta <= theta; s++ {
+				if cost := max(med-col[s], col[s+beta-1]-med); cost < bestCost {
+					best, bestCost = s, cost
+				}
+			}
+			var sum float64
+			for _, v := range col[best : best+beta] {
+				sum += float64(v)
+			}
+			agg[c] = float32(sum / float64(beta))
 		}
-		med := medianOf(col)
-		for a := range dist {
-			dist[a] = a
-		}
-		sort.SliceStable(dist, func(x, y int) bool {
-			return math.Abs(float64(col[dist[x]]-med)) < math.Abs(float64(col[dist[y]]-med))
-		})
-		var s float64
-		for _, a := range dist[:beta] {
-			s += float64(col[a])
-		}
-		agg[c] = float32(s / float64(beta))
-	}
+	})
 	out := unflat(agg, ups[0].Delta)
 	weights := make([]float64, n)
 	for _, i := range chosen {
@@ -207,14 +220,4 @@ func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 		s[i].Kept = weights[i] > 0
 	}
 	return out, s, nil
-}
-
-func medianOf(col []float32) float32 {
-	c := slices.Clone(col)
-	slices.Sort(c)
-	n := len(c)
-	if n%2 == 1 {
-		return c[n/2]
-	}
-	return float32((float64(c[n/2-1]) + float64(c[n/2])) / 2)
 }

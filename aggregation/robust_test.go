@@ -308,3 +308,45 @@ func TestSortNetwork(t *testing.T) {
 		}
 	}
 }
+
+// TestBulyanCoordinateStep checks Bulyan against its coordinate step written
+// plainly: over the kept updates, the mean of the β values nearest the median.
+func TestBulyanCoordinateStep(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 4))
+	for trial := 0; trial < 50; trial++ {
+		n := 7 + r.IntN(8) // f = 1, θ = n - 2, β = θ - 2
+		ups := honest(r, n)
+		got, sc, err := Bulyan{F: 1}.Aggregate(ups)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var chosen [][]float64
+		for i, u := range sortedByWorker(ups) {
+			if sc[i].Kept {
+				chosen = append(chosen, vecs([]Update{u})[0])
+			}
+		}
+		theta := len(chosen)
+		if theta != n-2 {
+			t.Fatalf("bulyan kept %d updates, want %d", theta, n-2)
+		}
+		beta := theta - 2
+		g := flat(got)
+		for c := range g {
+			col := make([]float64, theta)
+			for a := range chosen {
+				col[a] = chosen[a][c]
+			}
+			sort.Float64s(col)
+			med := refMedian(col)
+			sort.SliceStable(col, func(a, b int) bool { return math.Abs(col[a]-med) < math.Abs(col[b]-med) })
+			var s float64
+			for _, v := range col[:beta] {
+				s += v
+			}
+			if want := s / float64(beta); math.Abs(float64(g[c])-want) > 1e-5*(1+math.Abs(want)) {
+				t.Fatalf("n=%d coordinate %d: %v, reference %v", n, c, g[c], want)
+			}
+		}
+	}
+}

@@ -198,9 +198,6 @@ func rulesBench(tw *tabwriter.Writer) {
 		fmt.Fprintf(tw, "copy() of the same bytes (baseline)\t%.1f\t1.00\t\t\n", float64(cp.NsPerOp())/1e6)
 		var fedavg float64
 		for _, name := range aggregation.Rules {
-			if n == 64 && name == "bulyan" {
-				continue // measured at n=16; per-coordinate selection over 64 is minutes
-			}
 			rule, err := aggregation.NewRule(name, aggregation.Params{F: n / 8})
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
