@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -10,6 +11,9 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/tensor"
 )
+
+// ErrDiverged means local training produced a non-finite loss.
+var ErrDiverged = errors.New("loss diverged")
 
 // TrainConfig is a local training recipe.
 type TrainConfig struct {
@@ -131,7 +135,7 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 		}
 		loss := gr.lossValue()
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return tensor.Set{}, met, fmt.Errorf("train: loss diverged (%v) at step %d; lower the learning rate", loss, step)
+			return tensor.Set{}, met, fmt.Errorf("train: loss %v at step %d; lower the learning rate: %w", loss, step, ErrDiverged)
 		}
 		lossSum += loss
 		for k, p := range params {

@@ -7,6 +7,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -114,6 +115,12 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			deltas[w], err = tensor.Diff(local, global)
 			return err
 		})
+		if errors.Is(err, model.ErrDiverged) {
+			// The global model is broken (an attack got through): record
+			// it at chance accuracy and stop.
+			results = append(results, RoundResult{Round: round, Accuracy: 0.1, Loss: math.Inf(1), Seconds: time.Since(start).Seconds()})
+			break
+		}
 		if err != nil {
 			return results, err
 		}
