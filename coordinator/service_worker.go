@@ -201,15 +201,16 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	delta, err := cd.Decode(req.Payload)
-	if err != nil {
-		return err
-	}
 	arch, err := model.Lookup(j.Spec.Model)
 	if err != nil {
 		return err
 	}
-	if err := tensor.SameLayout(delta, arch.Layout()); err != nil {
+	layout := arch.Layout()
+	delta, err := codec.DecodeLimit(cd, req.Payload, layout.Len())
+	if err != nil {
+		return err
+	}
+	if err := tensor.SameLayout(delta, layout); err != nil {
 		return fmt.Errorf("update does not fit model %s: %w", j.Spec.Model, err)
 	}
 	if err := delta.CheckFinite(); err != nil {

@@ -12,13 +12,12 @@ import (
 )
 
 func clusterCommand() *cli.Command {
-	status := func(c *cli.Context) (*pb.ClusterStatusResponse, error) {
-		pool, conn, err := dial(c)
-		if err != nil {
-			return nil, err
-		}
-		defer pool.Close()
-		return pb.NewAdminClient(conn).ClusterStatus(c.Context, &pb.ClusterStatusRequest{})
+	status := func(c *cli.Context) (st *pb.ClusterStatusResponse, err error) {
+		err = withAdmin(c, func(a pb.AdminClient) error {
+			st, err = a.ClusterStatus(c.Context, &pb.ClusterStatusRequest{})
+			return err
+		})
+		return st, err
 	}
 	return &cli.Command{
 		Name:  "cluster",

@@ -47,6 +47,16 @@ func dialLeader(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
 	return pool, conn, nil
 }
 
+// withAdmin calls f with an Admin client on --coordinator.
+func withAdmin(c *cli.Context, f func(pb.AdminClient) error) error {
+	pool, conn, err := dial(c)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return f(pb.NewAdminClient(conn))
+}
+
 // dial returns a connection to --coordinator; the caller closes the pool.
 func dial(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
 	pool := client.NewPool()
@@ -130,12 +140,11 @@ func jobCommand() *cli.Command {
 				Usage: "list jobs",
 				Flags: []cli.Flag{coordinatorFlag()},
 				Action: func(c *cli.Context) error {
-					pool, conn, err := dial(c)
-					if err != nil {
+					var resp *pb.ListJobsResponse
+					err := withAdmin(c, func(a pb.AdminClient) (err error) {
+						resp, err = a.ListJobs(c.Context, &pb.ListJobsRequest{})
 						return err
-					}
-					defer pool.Close()
-					resp, err := pb.NewAdminClient(conn).ListJobs(c.Context, &pb.ListJobsRequest{})
+					})
 					if err != nil {
 						return err
 					}
@@ -282,12 +291,11 @@ func workersCommand() *cli.Command {
 		Usage: "list the worker roster",
 		Flags: []cli.Flag{coordinatorFlag()},
 		Action: func(c *cli.Context) error {
-			pool, conn, err := dial(c)
-			if err != nil {
+			var resp *pb.ListWorkersResponse
+			err := withAdmin(c, func(a pb.AdminClient) (err error) {
+				resp, err = a.ListWorkers(c.Context, &pb.ListWorkersRequest{})
 				return err
-			}
-			defer pool.Close()
-			resp, err := pb.NewAdminClient(conn).ListWorkers(c.Context, &pb.ListWorkersRequest{})
+			})
 			if err != nil {
 				return err
 			}

@@ -23,12 +23,11 @@ func ledgerCommand() *cli.Command {
 		Usage: "show each worker's contribution to a job (from the committed rounds' scores)",
 		Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}}},
 		Action: func(c *cli.Context) error {
-			pool, conn, err := dial(c)
-			if err != nil {
+			var resp *pb.JobStatusResponse
+			err := withAdmin(c, func(a pb.AdminClient) (err error) {
+				resp, err = a.JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
 				return err
-			}
-			defer pool.Close()
-			resp, err := pb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
+			})
 			if err != nil {
 				return err
 			}

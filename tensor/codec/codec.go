@@ -31,6 +31,21 @@ type ResidualCodec interface {
 	EncodeResidual(delta, residual tensor.Set) (payload []byte, newResidual tensor.Set, err error)
 }
 
+// LimitedDecoder is a Codec whose decoder can refuse a payload declaring
+// more elements than the receiver expects before allocating for it.
+type LimitedDecoder interface {
+	DecodeLimit(payload []byte, maxElements int) (tensor.Set, error)
+}
+
+// DecodeLimit decodes with c, bounded by maxElements when c supports it
+// (safetensors payloads are bounded by their own length anyway).
+func DecodeLimit(c Codec, payload []byte, maxElements int) (tensor.Set, error) {
+	if l, ok := c.(LimitedDecoder); ok {
+		return l.DecodeLimit(payload, maxElements)
+	}
+	return c.Decode(payload)
+}
+
 // New returns the codec named name: "fp32" or "fp16" (safetensors, ""
 // means fp32), or a Compact codec: "int8", "topk=<fraction>+fp32|fp16|int8"
 // (e.g. "topk=0.01+int8"), which are lossy and implement ResidualCodec.

@@ -255,8 +255,18 @@ func (r *reader) bytes(what string, n int) []byte {
 }
 
 // Decode parses a payload of any Compact kind, validating sizes, index
-// bounds and finite values before and while it allocates.
+// bounds and finite values before and while it allocates. A sparse
+// payload may declare up to MaxElements elements, which Decode allocates;
+// a receiver that knows the model uses DecodeLimit.
 func (c Compact) Decode(payload []byte) (tensor.Set, error) {
+	return c.DecodeLimit(payload, MaxElements)
+}
+
+// DecodeLimit is Decode refusing payloads that declare more than
+// maxElements elements in all, before allocating for them (a coordinator
+// passes its model's size).
+func (c Compact) DecodeLimit(payload []byte, maxElements int) (tensor.Set, error) {
+	maxElements = min(maxElements, MaxElements)
 	r := &reader{b: payload}
 	if m := r.bytes("magic", 4); r.err == nil && string(m) != string(magic) {
 		r.fail("bad magic %q", m)
@@ -286,8 +296,8 @@ func (c Compact) Decode(payload []byte) (tensor.Set, error) {
 			break
 		}
 		numel := tensor.NumElements(shape)
-		if numel < 0 || total+numel > MaxElements {
-			r.fail("tensor %q: shape %v exceeds %d elements in all", name, shape, MaxElements)
+		if numel < 0 || total+numel > maxElements {
+			r.fail("tensor %q: shape %v exceeds %d elements in all", name, shape, maxElements)
 			break
 		}
 		total += numel

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/fedtune/fedtune/tensor"
@@ -132,6 +133,12 @@ func TestCompactRefusesBadInput(t *testing.T) {
 			t.Errorf("%s: err %v, want ErrPayload", name, err)
 		}
 	}
+	// A tiny payload declaring a big sparse tensor is refused before any
+	// allocation when the receiver knows the model's size.
+	big := []byte("FTC1\x02\x01\x01\x01a\x01\x80\x80\x80\x40\x00")
+	if _, err := c.(Compact).DecodeLimit(big, 1000); !errors.Is(err, ErrPayload) || !strings.Contains(err.Error(), "exceeds 1000") {
+		t.Errorf("oversized sparse tensor: %v", err)
+	}
 	nanScale := bytes.Clone([]byte("FTC1\x02\x00\x01\x01a\x01\x02\x00\x00\xc0\x7f\x01\x02"))
 	ci, _ := New("int8")
 	if _, err := ci.Decode(nanScale); !errors.Is(err, ErrPayload) {
@@ -163,7 +170,9 @@ func FuzzCompactDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		s, err := c.Decode(b)
+		// A small element budget keeps every input cheap (the limit path
+		// is what a coordinator uses).
+		s, err := DecodeLimit(c, b, 1<<16)
 		if err != nil {
 			return
 		}
