@@ -165,6 +165,8 @@ type Coordinator struct {
 	metrics  *metrics
 	http     *http.Server
 
+	layouts sync.Map // model name -> tensor.Set layout, read-only once stored
+
 	mu           sync.Mutex
 	stopLeader   context.CancelFunc
 	leaderLostAt time.Time // when this node last saw no leader (for failover time)

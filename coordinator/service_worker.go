@@ -201,11 +201,10 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	arch, err := model.Lookup(j.Spec.Model)
+	layout, err := c.layout(j.Spec.Model)
 	if err != nil {
 		return err
 	}
-	layout := arch.Layout()
 	delta, err := codec.DecodeLimit(cd, req.Payload, layout.Len())
 	if err != nil {
 		return err
@@ -222,4 +221,18 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 		}
 	}
 	return nil
+}
+
+// layout returns the (zero-valued) parameter layout of a model, built once
+// per architecture: validating an update must not allocate a model each time.
+func (c *Coordinator) layout(name string) (tensor.Set, error) {
+	if l, ok := c.layouts.Load(name); ok {
+		return l.(tensor.Set), nil
+	}
+	arch, err := model.Lookup(name)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	l, _ := c.layouts.LoadOrStore(name, arch.Layout())
+	return l.(tensor.Set), nil
 }
