@@ -84,7 +84,20 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	if cfg.Attack != "" && cfg.Attack != "none" {
 		byz = int(cfg.Byzantine * float64(cfg.Workers))
 	}
-	flipped := flipLabels(train)
+	// Each worker's share is copied out once (the shares are disjoint, so
+	// all of them together are one copy of the data set), not every round.
+	local := make([]*dataset.Examples, cfg.Workers)
+	flipped := train
+	if cfg.Attack == "label-flip" {
+		flipped = flipLabels(train)
+	}
+	for w := range local {
+		src := train
+		if w < byz {
+			src = flipped
+		}
+		local[w] = src.Subset(parts[w])
+	}
 	global := cfg.Base
 	if len(global.Tensors) == 0 {
 		global = arch.Init(cfg.Seed)
@@ -102,17 +115,13 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		start := time.Now()
 		deltas := make([]tensor.Set, cfg.Workers)
 		err := pool.run(ctx, cfg.Workers, func(tr *model.Trainer, w int) error {
-			data := train
-			if w < byz && cfg.Attack == "label-flip" {
-				data = flipped
-			}
 			tc := cfg.Train
 			tc.Seed = cfg.Seed ^ uint64(round)<<32 ^ uint64(w)<<8
-			local, _, err := tr.Train(ctx, global, subset(data, parts[w]), tc)
+			trained, _, err := tr.Train(ctx, global, local[w], tc)
 			if err != nil {
 				return fmt.Errorf("worker %d round %d: %w", w, round, err)
 			}
-			deltas[w], err = tensor.Diff(local, global)
+			deltas[w], err = tensor.Diff(trained, global)
 			return err
 		})
 		if errors.Is(err, model.ErrDiverged) {
@@ -167,10 +176,6 @@ func contains(xs []string, x string) bool {
 	}
 	return false
 }
-
-// subset is a view of data restricted to idx (copied once per call; the
-// trainer keeps no reference).
-func subset(data *dataset.Examples, idx []int) *dataset.Examples { return data.Subset(idx) }
 
 // flipLabels returns train with every label y replaced by 9 − y (classes − 1 − y).
 func flipLabels(train *dataset.Examples) *dataset.Examples {
