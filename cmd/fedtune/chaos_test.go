@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/fedtune/fedtune/internal/client"
 	tc "github.com/fedtune/fedtune/internal/testcluster"
 	pb "github.com/fedtune/fedtune/protocol"
@@ -161,7 +159,7 @@ func TestChaosLeaderKills(t *testing.T) {
 	// Every committed model is held by every coordinator under its hash.
 	tc.WaitFor(t, 30*time.Second, "every model on every coordinator", func() bool {
 		for _, nd := range pc.Up() {
-			conn, _ := pcConn(pc, nd)
+			conn, _ := pc.Conn(nd)
 			for _, r := range j.History {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_, err := client.GetLocalBlob(ctx, conn, r.Model, 1<<30)
@@ -212,10 +210,6 @@ func TestChaosLeaderKills(t *testing.T) {
 	if out := run(t, "cluster", "raft", "--coordinator", leader.GRPC); strings.Count(out, "Voter") != 3 {
 		t.Errorf("cluster raft after the kills:\n%s", out)
 	}
-}
-
-func pcConn(pc *tc.ProcCluster, nd *tc.ProcNode) (*grpc.ClientConn, error) {
-	return pc.Conn(nd)
 }
 
 // TestChaosFailoverLAN measures leader failover with the LAN timing

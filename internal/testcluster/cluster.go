@@ -1,7 +1,6 @@
 package testcluster
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -188,11 +187,4 @@ func (cl *Cluster) WaitDone(job string, timeout time.Duration) *pb.Job {
 		return j != nil && j.Status != pb.JobStatus_JOB_STATUS_RUNNING
 	})
 	return j
-}
-
-// Context returns a context cancelled at the end of the test.
-func Context(t testing.TB) context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	return ctx
 }

@@ -87,9 +87,6 @@ func (p *Proc) Kill() {
 	<-p.done
 }
 
-// Output returns what the process printed so far.
-func (p *Proc) Output() string { return p.out.String() }
-
 // ProcNode is a coordinator process with fixed addresses and data dir, so
 // that it can be killed and restarted as the same node.
 type ProcNode struct {

@@ -5,7 +5,6 @@ package testcluster
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"sync"
 	"testing"
@@ -157,6 +156,3 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-// Discard is a logger that drops everything.
-var Discard = slog.New(slog.NewTextHandler(io.Discard, nil))
