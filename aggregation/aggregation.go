@@ -18,9 +18,22 @@ import (
 
 // Update is one worker's contribution to a round.
 type Update struct {
-	Worker  string
-	Delta   tensor.Set // local - base
-	Samples uint64     // examples it trained on (FedAvg weight)
+	Worker string
+	// Delta is the update (local - base) in memory; or
+	Delta tensor.Set
+	// Source, when not nil, is read instead of Delta: an update streamed
+	// block by block from storage (a blob file, a compressed payload), so
+	// that aggregating n updates never holds n models in memory.
+	Source  tensor.Vector
+	Samples uint64 // examples it trained on (FedAvg weight)
+}
+
+// vector returns the update as a tensor.Vector.
+func (u Update) vector() tensor.Vector {
+	if u.Source != nil {
+		return u.Source
+	}
+	return tensor.SetVector(u.Delta)
 }
 
 // Score describes what one update contributed to an aggregate.
@@ -55,86 +68,123 @@ type FedAvg struct{}
 // Name returns "fedavg".
 func (FedAvg) Name() string { return "fedavg" }
 
-// Aggregate returns sum_i (n_i / sum n) * delta_i.
+// Aggregate returns sum_i (n_i / sum n) * delta_i, reading each update
+// once, with no copy of it.
 func (FedAvg) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, err := sorted(updates)
+	j, err := prepare(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
 	var total float64
-	for _, u := range ups {
+	for _, u := range j.ups {
 		total += float64(u.Samples)
 	}
-	weights := make([]float64, len(ups))
-	for i, u := range ups {
+	weights := make([]float64, j.n)
+	for i, u := range j.ups {
 		if total > 0 {
 			weights[i] = float64(u.Samples) / total
 		} else {
-			weights[i] = 1 / float64(len(ups))
+			weights[i] = 1 / float64(j.n)
 		}
 	}
-	agg := tensor.ZerosLike(ups[0].Delta)
-	for k, t := range agg.Tensors {
-		forChunks(len(t.Data), func(_, lo, hi int) {
-			dst := t.Data[lo:hi]
-			for i, u := range ups {
-				tensor.Axpy(float32(weights[i]), u.Delta.Tensors[k].Data[lo:hi], dst)
-			}
-		})
-	}
-	return agg, scores(ups, weights, agg), nil
+	return j.average(weights)
 }
 
-// sorted checks updates share one layout and returns them by worker id.
-func sorted(updates []Update) ([]Update, error) {
+// job is one aggregation: the updates sorted by worker id, as vectors of
+// one layout.
+type job struct {
+	ups    []Update
+	vs     []tensor.Vector
+	layout tensor.Layout
+	n, d   int
+}
+
+// prepare checks updates share one layout and orders them by worker id.
+func prepare(updates []Update) (*job, error) {
 	if len(updates) == 0 {
 		return nil, ErrNoUpdates
 	}
 	ups := append([]Update(nil), updates...)
 	sort.Slice(ups, func(i, j int) bool { return ups[i].Worker < ups[j].Worker })
+	j := &job{ups: ups, vs: make([]tensor.Vector, len(ups)), n: len(ups)}
 	for i, u := range ups {
 		if i > 0 && ups[i-1].Worker == u.Worker {
 			return nil, fmt.Errorf("aggregation: two updates from worker %s", u.Worker)
 		}
-		if err := tensor.SameLayout(u.Delta, ups[0].Delta); err != nil {
+		j.vs[i] = u.vector()
+		l := j.vs[i].Layout()
+		if i == 0 {
+			j.layout = l
+		} else if err := l.Check(j.layout); err != nil {
 			return nil, fmt.Errorf("aggregation: update of %s: %w", u.Worker, err)
 		}
 	}
-	return ups, nil
+	j.d = j.layout.Len()
+	return j, nil
 }
 
-// scores computes each update's norm, and its distance and cosine to the
-// aggregate, reading every update once: per fixed-size chunk, in parallel,
-// partial sums combined in chunk order (deterministic).
-func scores(ups []Update, weights []float64, agg tensor.Set) []Score {
-	n := len(ups)
-	uu := make([]float64, n) // ||u||^2
-	ua := make([]float64, n) // u.a
+// fill computes dst, a stretch of the aggregate, from the same stretch of
+// every update (blocks[i] is update i's); s is per-goroutine scratch of
+// n × lanes floats.
+type fill func(blocks [][]float32, dst []float32, s []float32)
+
+// combine computes the aggregate with f and every update's score against
+// it (with the given weights) in one pass over the updates: chunk by
+// chunk on all cores, each chunk in sub-blocks that stay in cache while
+// the scores' dot products read them again. Partial sums are combined in
+// chunk order, so the result is deterministic.
+func (j *job) combine(weights []float64, f fill) (tensor.Set, []Score, error) {
+	out, flat := j.layout.Zeros()
+	n := j.n
+	chunks := (j.d + chunkSize - 1) / chunkSize
+	puu := make([]float64, chunks*n) // ||u||^2 per chunk
+	pua := make([]float64, chunks*n) // u.a per chunk
+	paa := make([]float64, chunks)   // ||a||^2 per chunk
+	rd := newReader(j.vs, j.d)
+	scratch := make([][]float32, workers(j.d))
+	subs := make([][][]float32, workers(j.d))
+	err := forChunks(j.d, func(w, c, lo, hi int) error {
+		blocks, err := rd.chunk(w, lo, hi, nil)
+		if err != nil {
+			return err
+		}
+		if scratch[w] == nil {
+			scratch[w] = make([]float32, n*lanes)
+			subs[w] = make([][]float32, n)
+		}
+		sub := subs[w]
+		for s := 0; s < hi-lo; s += subBlock {
+			e := min(s+subBlock, hi-lo)
+			for i, b := range blocks {
+				sub[i] = b[s:e]
+			}
+			dst := flat[lo+s : lo+e]
+			f(sub, dst, scratch[w])
+			paa[c] += dotLanes(dst, dst)
+			for i, b := range sub {
+				uu, ua := dot2Lanes(b, dst)
+				puu[c*n+i] += uu
+				pua[c*n+i] += ua
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return tensor.Set{}, nil, fmt.Errorf("aggregation: %w", err)
+	}
+	uu := make([]float64, n)
+	ua := make([]float64, n)
 	var aa float64
-	for k, t := range agg.Tensors {
-		chunks := (len(t.Data) + chunkSize - 1) / chunkSize
-		puu := make([]float64, chunks*n)
-		pua := make([]float64, chunks*n)
-		paa := make([]float64, chunks)
-		forChunks(len(t.Data), func(c, lo, hi int) {
-			a := t.Data[lo:hi]
-			paa[c] = tensor.Dot(a, a)
-			for i, u := range ups {
-				x := u.Delta.Tensors[k].Data[lo:hi]
-				puu[c*n+i], pua[c*n+i] = tensor.Dot2(x, a)
-			}
-		})
-		for c := 0; c < chunks; c++ {
-			aa += paa[c]
-			for i := range ups {
-				uu[i] += puu[c*n+i]
-				ua[i] += pua[c*n+i]
-			}
+	for c := 0; c < chunks; c++ {
+		aa += paa[c]
+		for i := range n {
+			uu[i] += puu[c*n+i]
+			ua[i] += pua[c*n+i]
 		}
 	}
 	aggNorm := math.Sqrt(aa)
-	out := make([]Score, n)
-	for i, u := range ups {
+	sc := make([]Score, n)
+	for i, u := range j.ups {
 		nrm := math.Sqrt(uu[i])
 		cos := 0.0
 		if nrm > 0 && aggNorm > 0 {
@@ -142,7 +192,23 @@ func scores(ups []Update, weights []float64, agg tensor.Set) []Score {
 		}
 		// ||u - a||^2 = ||u||^2 - 2 u.a + ||a||^2
 		dist := math.Sqrt(max(uu[i]-2*ua[i]+aa, 0))
-		out[i] = Score{Worker: u.Worker, Weight: weights[i], Norm: nrm, Distance: dist, Cosine: cos, Kept: true}
+		sc[i] = Score{Worker: u.Worker, Weight: weights[i], Norm: nrm, Distance: dist, Cosine: cos, Kept: true}
 	}
-	return out
+	return out, sc, nil
+}
+
+// average returns sum_i weights[i] * u_i with the scores; updates of
+// weight 0 are not added.
+func (j *job) average(weights []float64) (tensor.Set, []Score, error) {
+	w32 := make([]float32, len(weights))
+	for i, w := range weights {
+		w32[i] = float32(w)
+	}
+	return j.combine(weights, func(blocks [][]float32, dst, _ []float32) {
+		for i, b := range blocks {
+			if w32[i] != 0 {
+				tensor.Axpy(w32[i], b, dst)
+			}
+		}
+	})
 }

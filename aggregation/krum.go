@@ -9,38 +9,99 @@ import (
 	"github.com/fedtune/fedtune/tensor"
 )
 
-// sqDistances returns the n×n squared L2 distances between the updates
-// from their Gram matrix (‖a‖² + ‖b‖² − 2a·b). The Gram matrix is computed
-// block by block — every pair's dot product over one chunk of coordinates
-// while that chunk is in cache — on all cores, with the chunks' partial
-// sums added in chunk order so the result is deterministic.
-func sqDistances(vs [][]float32) [][]float64 {
-	n := len(vs)
-	d := len(vs[0])
-	chunks := (d + chunkSize - 1) / chunkSize
+// gram returns the n×n Gram matrix of the updates (row-major, symmetric):
+// every pair's dot product, computed sub-block by sub-block while the
+// sub-block is in cache, on all cores, with the chunks' partial sums added
+// in chunk order so the result is deterministic. It is one pass over the
+// updates, and the distances of Krum and Bulyan (‖a‖² + ‖b‖² − 2a·b) and
+// the iterations of the geometric median and centered clipping all come
+// from it.
+func (j *job) gram() ([]float64, error) {
+	n := j.n
+	chunks := (j.d + chunkSize - 1) / chunkSize
 	partial := make([]float64, chunks*n*n)
-	forChunks(d, func(c, lo, hi int) {
-		p := partial[c*n*n : (c+1)*n*n]
-		for i := 0; i < n; i++ {
-			for j := i; j < n; j++ {
-				p[i*n+j] = tensor.Dot(vs[i][lo:hi], vs[j][lo:hi])
-			}
+	rd := newReader(j.vs, j.d)
+	subs := make([][][]float32, workers(j.d))
+	err := forChunks(j.d, func(w, c, lo, hi int) error {
+		blocks, err := rd.chunk(w, lo, hi, nil)
+		if err != nil {
+			return err
 		}
+		if subs[w] == nil {
+			subs[w] = make([][]float32, n)
+		}
+		p := partial[c*n*n : (c+1)*n*n]
+		for s := 0; s < hi-lo; s += gramBlock {
+			e := min(s+gramBlock, hi-lo)
+			for i, b := range blocks {
+				subs[w][i] = b[s:e]
+			}
+			gram(subs[w], p)
+		}
+		return nil
 	})
-	gram := make([]float64, n*n)
+	if err != nil {
+		return nil, fmt.Errorf("aggregation: %w", err)
+	}
+	g := make([]float64, n*n)
 	for c := 0; c < chunks; c++ {
 		for k, x := range partial[c*n*n : (c+1)*n*n] {
-			gram[k] += x
+			g[k] += x
 		}
 	}
+	for i := 0; i < n; i++ {
+		for k := i + 1; k < n; k++ {
+			g[k*n+i] = g[i*n+k]
+		}
+	}
+	return g, nil
+}
+
+// gramBlock is the stretch of coordinates the Gram kernel works on at
+// once: rows of 8 KiB, long enough to amortise each pair's lane reduction.
+const gramBlock = 2048
+
+// norms returns every update's L2 norm.
+func (j *job) norms() ([]float64, error) {
+	n := j.n
+	chunks := (j.d + chunkSize - 1) / chunkSize
+	partial := make([]float64, chunks*n)
+	rd := newReader(j.vs, j.d)
+	err := forChunks(j.d, func(w, c, lo, hi int) error {
+		blocks, err := rd.chunk(w, lo, hi, nil)
+		if err != nil {
+			return err
+		}
+		for i, b := range blocks {
+			partial[c*n+i] = tensor.Dot(b, b)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("aggregation: %w", err)
+	}
+	out := make([]float64, n)
+	for c := 0; c < chunks; c++ {
+		for i := range n {
+			out[i] += partial[c*n+i]
+		}
+	}
+	for i := range out {
+		out[i] = math.Sqrt(out[i])
+	}
+	return out, nil
+}
+
+// sqDistances returns the n×n squared L2 distances from the Gram matrix.
+func sqDistances(g []float64, n int) [][]float64 {
 	out := make([][]float64, n)
 	for i := range out {
 		out[i] = make([]float64, n)
 	}
 	for i := 0; i < n; i++ {
-		for j := i + 1; j < n; j++ {
-			x := max(gram[i*n+i]+gram[j*n+j]-2*gram[i*n+j], 0)
-			out[i][j], out[j][i] = x, x
+		for k := i + 1; k < n; k++ {
+			x := max(g[i*n+i]+g[k*n+k]-2*g[i*n+k], 0)
+			out[i][k], out[k][i] = x, x
 		}
 	}
 	return out
@@ -93,20 +154,24 @@ func (r Krum) Name() string {
 
 // Aggregate returns the Krum choice, or the Multi-Krum average.
 func (r Krum) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, vs, err := flatten(updates)
+	j, err := prepare(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
-	n := len(ups)
+	n := j.n
 	f := defaultF(n, r.F)
 	if n < 2*f+3 {
 		return tensor.Set{}, nil, fmt.Errorf("%s: %d updates cannot tolerate f=%d (needs n ≥ 2f+3 = %d)", r.Name(), n, f, 2*f+3)
+	}
+	g, err := j.gram()
+	if err != nil {
+		return tensor.Set{}, nil, err
 	}
 	idx := make([]int, n)
 	for i := range idx {
 		idx[i] = i
 	}
-	sc := krumScores(sqDistances(vs), idx, f)
+	sc := krumScores(sqDistances(g, n), idx, f)
 	order := slices.Clone(idx)
 	sort.SliceStable(order, func(a, b int) bool { return sc[order[a]] < sc[order[b]] })
 	m := 1
@@ -118,21 +183,14 @@ func (r Krum) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 		m = min(m, n)
 	}
 	weights := make([]float64, n)
-	agg := make([]float32, len(vs[0]))
 	for _, i := range order[:m] {
 		weights[i] = 1 / float64(m)
 	}
-	for i := range vs {
-		if weights[i] > 0 {
-			tensor.Axpy(float32(weights[i]), vs[i], agg)
-		}
-	}
-	out := unflat(agg, ups[0].Delta)
-	s := scores(ups, weights, out)
+	out, s, err := j.average(weights)
 	for i := range s {
 		s[i].Kept = weights[i] > 0
 	}
-	return out, s, nil
+	return out, s, err
 }
 
 // Bulyan (El Mhamdi et al. 2018) picks θ = n − 2f updates by repeated Krum,
@@ -145,11 +203,11 @@ func (Bulyan) Name() string { return "bulyan" }
 
 // Aggregate returns the Bulyan aggregate.
 func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, vs, err := flatten(updates)
+	j, err := prepare(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
-	n := len(ups)
+	n := j.n
 	f := r.F
 	if f == 0 {
 		f = max((n-3)/4, 0)
@@ -157,7 +215,11 @@ func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	if n < 4*f+3 {
 		return tensor.Set{}, nil, fmt.Errorf("bulyan: %d updates cannot tolerate f=%d (needs n ≥ 4f+3 = %d)", n, f, 4*f+3)
 	}
-	d := sqDistances(vs)
+	g, err := j.gram()
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	d := sqDistances(g, n)
 	theta := n - 2*f
 	remaining := make([]int, n)
 	for i := range remaining {
@@ -177,47 +239,41 @@ func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	}
 	slices.Sort(chosen)
 	beta := theta - 2*f
-	agg := make([]float32, len(vs[0]))
-	net := sortNetwork(theta)
-	forChunks(len(agg), func(_, lo, hi int) {
-		col := make([]float32, theta)
-		for c := lo; c < hi; c++ {
-			for a, i := range chosen {
-				col[a] = vs[i][c]
-			}
-			if theta <= maxNetwork {
-				net.sort(col)
-			} else {
-				slices.Sort(col)
-			}
-			med := col[theta/2]
-			if theta%2 == 0 {
-				med = float32((float64(col[theta/2-1]) + float64(col[theta/2])) / 2)
-			}
-			// In sorted order the β values nearest the median are a
-			// contiguous window: the one whose farther end is nearest
-			// (ties: the lower window).
-			best, bestCost := 0, float32(math.Inf(1))
-			for s := 0; s+beta <= theta; s++ {
-				if cost := max(med-col[s], col[s+beta-1]-med); cost < bestCost {
-					best, bestCost = s, cost
-				}
-			}
-			var sum float64
-			for _, v := range col[best : best+beta] {
-				sum += float64(v)
-			}
-			agg[c] = float32(sum / float64(beta))
-		}
-	})
-	out := unflat(agg, ups[0].Delta)
 	weights := make([]float64, n)
 	for _, i := range chosen {
 		weights[i] = 1 / float64(theta)
 	}
-	s := scores(ups, weights, out)
+	// Per coordinate: the mean of the β chosen values nearest their
+	// median. In sorted order those are a contiguous window: the one whose
+	// farther end is nearest the median (ties: the lower window).
+	cols := columns(theta, nil, func(s []float32, _ int, out *[lanes]float32) {
+		for l := range lanes {
+			med := s[theta/2*lanes+l]
+			if theta%2 == 0 {
+				med = s[(theta/2-1)*lanes+l]*0.5 + med*0.5
+			}
+			best, bestCost := 0, float32(math.Inf(1))
+			for w := 0; w+beta <= theta; w++ {
+				if cost := max(med-s[w*lanes+l], s[(w+beta-1)*lanes+l]-med); cost < bestCost {
+					best, bestCost = w, cost
+				}
+			}
+			sum := s[best*lanes+l]
+			for w := best + 1; w < best+beta; w++ {
+				sum += s[w*lanes+l]
+			}
+			out[l] = sum / float32(beta)
+		}
+	})
+	out, s, err := j.combine(weights, func(blocks [][]float32, dst, scratch []float32) {
+		rows := make([][]float32, theta)
+		for a, i := range chosen {
+			rows[a] = blocks[i]
+		}
+		cols(rows, dst, scratch)
+	})
 	for i := range s {
 		s[i].Kept = weights[i] > 0
 	}
-	return out, s, nil
+	return out, s, err
 }

@@ -3,6 +3,9 @@ package aggregation
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
+
+	"github.com/fedtune/fedtune/tensor"
 )
 
 // chunkSize is the fixed unit of parallel work. It does not depend on the
@@ -10,69 +13,103 @@ import (
 // every machine (aggregation must be deterministic to be verifiable).
 const chunkSize = 1 << 16
 
+// subBlock is how many coordinates of every update a kernel works on at
+// once inside a chunk: n × subBlock floats stay in L2 for n up to ~128.
+const subBlock = 1024
+
 // forChunks calls f for each chunk [lo, hi) of [0, n), on up to GOMAXPROCS
-// goroutines; chunk i is [i*chunkSize, min((i+1)*chunkSize, n)).
-func forChunks(n int, f func(chunk, lo, hi int)) {
+// goroutines; chunk c is [c*chunkSize, min((c+1)*chunkSize, n)) and w
+// (< workers(n)) names the goroutine, for per-goroutine scratch. It stops
+// early and returns an error when f fails.
+func forChunks(n int, f func(w, c, lo, hi int) error) error {
 	chunks := (n + chunkSize - 1) / chunkSize
-	workers := min(runtime.GOMAXPROCS(0), chunks)
-	if workers <= 1 {
-		for c := 0; c < chunks; c++ {
-			f(c, c*chunkSize, min((c+1)*chunkSize, n))
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	next := make(chan int, chunks)
-	for c := 0; c < chunks; c++ {
-		next <- c
-	}
-	close(next)
-	for range workers {
+	nw := workers(n)
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		mu    sync.Mutex
+		first error
+		errC  = chunks
+	)
+	for w := range nw {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for c := range next {
-				f(c, c*chunkSize, min((c+1)*chunkSize, n))
+			for {
+				c := int(next.Add(1) - 1)
+				if c >= chunks {
+					return
+				}
+				if err := f(w, c, c*chunkSize, min((c+1)*chunkSize, n)); err != nil {
+					mu.Lock()
+					if c < errC { // report the first failing chunk
+						first, errC = err, c
+					}
+					mu.Unlock()
+					next.Store(int64(chunks))
+					return
+				}
 			}
 		}()
 	}
 	wg.Wait()
+	return first
 }
 
-// network is a sorting network: compare-exchange pairs (lo, hi) that sort
-// any column of its length when applied in order. Branch-free min/max make
-// it faster than a comparison sort for the short columns of coordinate-wise
-// rules (one value per update).
-type network [][2]int32
+// workers returns how many goroutines forChunks uses for n coordinates.
+func workers(n int) int {
+	return max(1, min(runtime.GOMAXPROCS(0), (n+chunkSize-1)/chunkSize))
+}
 
-// sortNetwork returns Batcher's odd-even merge sort network for n inputs:
-// built for the next power of two and pruned of comparators that touch
-// padding (which would hold +Inf and never move).
-func sortNetwork(n int) network {
-	p2 := 1
-	for p2 < n {
-		p2 <<= 1
+// reader reads one chunk of every update: blocks[i] is update i's
+// coordinates of the chunk, a view of its memory or a per-goroutine
+// buffer. Memory is one chunk per update per goroutine, whatever the model
+// size: the bound that lets a coordinator aggregate n large updates
+// streamed from disk.
+type reader struct {
+	vs   []tensor.Vector
+	bufs [][][]float32 // [goroutine][update] chunk buffers, allocated on first use
+}
+
+func newReader(vs []tensor.Vector, n int) *reader {
+	return &reader{vs: vs, bufs: make([][][]float32, workers(n))}
+}
+
+// chunk returns the blocks [lo, hi) of the updates in idx (all when idx is nil).
+func (r *reader) chunk(w, lo, hi int, idx []int) ([][]float32, error) {
+	if r.bufs[w] == nil {
+		r.bufs[w] = make([][]float32, len(r.vs))
 	}
-	var net network
-	for p := 1; p < p2; p <<= 1 {
-		for k := p; k >= 1; k >>= 1 {
-			for j := k % p; j+k < p2; j += 2 * k {
-				for i := 0; i < min(k, p2-j-k); i++ {
-					a, b := i+j, i+j+k
-					if a/(2*p) == b/(2*p) && b < n {
-						net = append(net, [2]int32{int32(a), int32(b)})
-					}
-				}
+	count := len(r.vs)
+	if idx != nil {
+		count = len(idx)
+	}
+	out := make([][]float32, count)
+	for a := range count {
+		i := a
+		if idx != nil {
+			i = idx[a]
+		}
+		if v, ok := r.vs[i].(viewer); ok {
+			if b, ok := v.View(lo, hi); ok {
+				out[a] = b
+				continue
 			}
 		}
+		if r.bufs[w][i] == nil {
+			r.bufs[w][i] = make([]float32, chunkSize)
+		}
+		b, err := r.vs[i].Block(lo, hi, r.bufs[w][i])
+		if err != nil {
+			return nil, err
+		}
+		out[a] = b
 	}
-	return net
+	return out, nil
 }
 
-// sort sorts v, whose length must be the network's.
-func (net network) sort(v []float32) {
-	for _, c := range net {
-		a, b := v[c[0]], v[c[1]]
-		v[c[0]], v[c[1]] = min(a, b), max(a, b)
-	}
+// viewer is a Vector that can hand out blocks of its memory without a
+// buffer (tensor.SetVector's).
+type viewer interface {
+	View(lo, hi int) ([]float32, bool)
 }

@@ -2,6 +2,7 @@ package aggregation
 
 import (
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/fedtune/fedtune/tensor"
@@ -79,40 +80,6 @@ func NewRule(name string, p Params) (Aggregator, error) {
 	return a, nil
 }
 
-// flat is an update as one vector (the Set's tensors concatenated in name
-// order), which is what the robust rules reason about.
-func flat(s tensor.Set) []float32 {
-	out := make([]float32, 0, s.Len())
-	for _, t := range s.Tensors {
-		out = append(out, t.Data...)
-	}
-	return out
-}
-
-// flatten checks and orders updates (as sorted does) and flattens each.
-func flatten(updates []Update) ([]Update, [][]float32, error) {
-	ups, err := sorted(updates)
-	if err != nil {
-		return nil, nil, err
-	}
-	vs := make([][]float32, len(ups))
-	for i, u := range ups {
-		vs[i] = flat(u.Delta)
-	}
-	return ups, vs, nil
-}
-
-// unflat writes v into a Set with the layout of like.
-func unflat(v []float32, like tensor.Set) tensor.Set {
-	out := tensor.ZerosLike(like)
-	off := 0
-	for _, t := range out.Tensors {
-		copy(t.Data, v[off:off+len(t.Data)])
-		off += len(t.Data)
-	}
-	return out
-}
-
 func uniform(n int) []float64 {
 	w := make([]float64, n)
 	for i := range w {
@@ -131,23 +98,12 @@ func (Median) Name() string { return "median" }
 
 // Aggregate returns the coordinate-wise median.
 func (Median) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	net := sortNetwork(len(updates))
-	return coordinateRule(updates, func(col []float32) float32 {
-		n := len(col)
-		if n <= maxNetwork {
-			net.sort(col)
-			if n%2 == 1 {
-				return col[n/2]
-			}
-			return float32((float64(col[n/2-1]) + float64(col[n/2])) / 2)
-		}
+	return coordinateRule(updates, func(s []float32, n, l int) float32 {
 		if n%2 == 1 {
-			return selectK(col, n/2)
+			return s[n/2*lanes+l]
 		}
-		lo := selectK(col, n/2-1)
-		hi := selectK(col, n/2)
-		return float32((float64(lo) + float64(hi)) / 2)
-	})
+		return s[(n/2-1)*lanes+l]*0.5 + s[n/2*lanes+l]*0.5
+	}, nil)
 }
 
 // TrimmedMean drops the ⌊βn⌋ largest and smallest values per coordinate
@@ -159,88 +115,68 @@ func (TrimmedMean) Name() string { return "trimmed-mean" }
 
 // Aggregate returns the coordinate-wise trimmed mean.
 func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	net := sortNetwork(len(updates))
-	return coordinateRule(updates, func(col []float32) float32 {
-		k := int(r.Beta * float64(len(col)))
-		if len(col) <= maxNetwork {
-			net.sort(col)
-		} else {
-			slices.Sort(col)
+	k := func(n int) int { return int(r.Beta * float64(n)) }
+	return coordinateRule(updates, nil, func(s []float32, n int, out *[lanes]float32) {
+		sumRows(s, k(n), n-k(n), out)
+		for l := range out {
+			out[l] /= float32(n - 2*k(n))
 		}
-		var s float64
-		for _, v := range col[k : len(col)-k] {
-			s += float64(v)
-		}
-		return float32(s / float64(len(col)-2*k))
 	})
 }
 
 // maxNetwork is the largest column a sorting network sorts; longer ones
-// use selection or a comparison sort.
+// use a comparison sort.
 const maxNetwork = 128
 
-// coordinateBlock is how many coordinates a coordinate-wise rule gathers at
-// once: the n × block buffer stays in cache.
-const coordinateBlock = 256
-
-// coordinateRule applies f to each coordinate's column of values (in
-// worker-id order; f may reorder the column), block by block.
-func coordinateRule(updates []Update, f func(col []float32) float32) (tensor.Set, []Score, error) {
-	ups, err := sorted(updates)
+// coordinateRule sorts each coordinate's column of values and reduces it
+// with pick (one lane at a time) or reduce (all lanes at once): s holds n
+// sorted rows of lanes columns.
+func coordinateRule(updates []Update, pick func(s []float32, n, l int) float32, reduce func(s []float32, n int, out *[lanes]float32)) (tensor.Set, []Score, error) {
+	j, err := prepare(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
-	n := len(ups)
-	out := tensor.ZerosLike(ups[0].Delta)
-	for k, t := range out.Tensors {
-		forChunks(len(t.Data), func(_, clo, chi int) {
-			buf := make([]float32, n*coordinateBlock)
-			for lo := clo; lo < chi; lo += coordinateBlock {
-				hi := min(lo+coordinateBlock, chi)
-				for i, u := range ups {
-					src := u.Delta.Tensors[k].Data[lo:hi]
-					for j, v := range src {
-						buf[j*n+i] = v
-					}
-				}
-				for j := 0; j < hi-lo; j++ {
-					t.Data[lo+j] = f(buf[j*n : (j+1)*n])
-				}
-			}
-		})
-	}
-	return out, scores(ups, uniform(n), out), nil
+	return j.combine(uniform(j.n), columns(j.n, pick, reduce))
 }
 
-// selectK returns the k-th smallest value of v (0-based), reordering v.
-func selectK(v []float32, k int) float32 {
-	lo, hi := 0, len(v)-1
-	for lo < hi {
-		p := v[(lo+hi)/2]
-		i, j := lo, hi
-		for i <= j {
-			for v[i] < p {
-				i++
+// columns returns the fill of a coordinate-wise rule over the given rows.
+func columns(n int, pick func(s []float32, n, l int) float32, reduce func(s []float32, n int, out *[lanes]float32)) fill {
+	net := sortNetwork(n)
+	return func(rows [][]float32, dst []float32, s []float32) {
+		var out [lanes]float32
+		for g := 0; g < len(dst); g += lanes {
+			m := min(lanes, len(dst)-g)
+			if n <= maxNetwork {
+				loadLanes(rows, g, m, s)
+				sortLanes(net, s)
+			} else {
+				sortColumnsSlow(rows, g, m, s)
 			}
-			for v[j] > p {
-				j--
+			if reduce != nil {
+				reduce(s, n, &out)
+				copy(dst[g:g+m], out[:m])
+				continue
 			}
-			if i <= j {
-				v[i], v[j] = v[j], v[i]
-				i++
-				j--
+			for l := range m {
+				dst[g+l] = pick(s, n, l)
 			}
-		}
-		switch {
-		case k <= j:
-			hi = j
-		case k >= i:
-			lo = i
-		default:
-			return v[k]
 		}
 	}
-	return v[k]
+}
+
+// sortColumnsSlow is loadLanes and sortLanes for columns too long for a
+// network, one column at a time with a comparison sort.
+func sortColumnsSlow(rows [][]float32, g, m int, s []float32) {
+	col := make([]float32, len(rows))
+	for l := range m {
+		for r, row := range rows {
+			col[r] = row[g+l] + 0
+		}
+		slices.Sort(col)
+		for r, v := range col {
+			s[r*lanes+l] = v
+		}
+	}
 }
 
 // GeoMedian is the sample-weighted geometric median by smoothed Weiszfeld
@@ -253,50 +189,70 @@ type GeoMedian struct {
 // Name returns "geomedian".
 func (GeoMedian) Name() string { return "geomedian" }
 
-// Aggregate returns the approximate geometric median.
+// Aggregate returns the approximate geometric median. Every iterate is a
+// weighted average of the updates, v = Σ c_j u_j, so the iterations run on
+// the weights alone, with distances from the Gram matrix G
+// (‖u_i − v‖² = G_ii − 2(Gc)_i + cᵀGc): one pass over the updates for G,
+// one for the result, whatever the number of iterations.
 func (r GeoMedian) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, vs, err := flatten(updates)
+	j, err := prepare(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
-	n := len(ups)
+	n := j.n
 	alpha := make([]float64, n)
 	var total float64
-	for i, u := range ups {
+	for i, u := range j.ups {
 		alpha[i] = float64(max(u.Samples, 1))
 		total += alpha[i]
 	}
-	v := make([]float32, len(vs[0]))
-	for i := range vs {
-		tensor.Axpy(float32(alpha[i]/total), vs[i], v)
+	c := make([]float64, n)
+	for i := range c {
+		c[i] = alpha[i] / total
 	}
-	w := make([]float64, n)
-	diff := make([]float32, len(v))
-	for it := 0; it < r.Iterations; it++ {
-		var sum float64
-		for i := range vs {
-			copy(diff, vs[i])
-			tensor.Axpy(-1, v, diff)
-			w[i] = alpha[i] / max(r.Nu, tensor.Norm(diff))
-			sum += w[i]
+	if r.Iterations > 0 {
+		g, err := j.gram()
+		if err != nil {
+			return tensor.Set{}, nil, err
 		}
-		clear(v)
-		for i := range vs {
-			w[i] /= sum
-			tensor.Axpy(float32(w[i]), vs[i], v)
-		}
-	}
-	out := unflat(v, ups[0].Delta)
-	if r.Iterations == 0 {
-		for i := range w {
-			w[i] = alpha[i] / total
+		for it := 0; it < r.Iterations; it++ {
+			d := distancesToCombination(g, c)
+			var sum float64
+			for i := range c {
+				c[i] = alpha[i] / max(r.Nu, d[i])
+				sum += c[i]
+			}
+			for i := range c {
+				c[i] /= sum
+			}
 		}
 	}
-	return out, scores(ups, w, out), nil
+	return j.average(c)
+}
+
+// distancesToCombination returns ‖u_i − Σ_j c_j u_j‖ for every i from the
+// Gram matrix g (n×n, row-major).
+func distancesToCombination(g []float64, c []float64) []float64 {
+	n := len(c)
+	gc := make([]float64, n)
+	var cgc float64
+	for i := range n {
+		for k := range n {
+			gc[i] += g[i*n+k] * c[k]
+		}
+		cgc += c[i] * gc[i]
+	}
+	d := make([]float64, n)
+	for i := range n {
+		d[i] = math.Sqrt(max(g[i*n+i]-2*gc[i]+cgc, 0))
+	}
+	return d
 }
 
 // CenteredClip iterates v ← v + mean_i clip_τ(z_i − v) from v = 0
 // (Karimireddy et al. 2021): each update moves the aggregate by at most τ.
+// With workers sending momentum (sim's worker momentum) this is the
+// paper's robust momentum method.
 type CenteredClip struct {
 	Tau        float64
 	Iterations int
@@ -305,31 +261,38 @@ type CenteredClip struct {
 // Name returns "centered-clip".
 func (CenteredClip) Name() string { return "centered-clip" }
 
-// Aggregate returns the centered-clipping aggregate.
+// Aggregate returns the centered-clipping aggregate. Like GeoMedian it
+// iterates on the weights of v = Σ c_j u_j with distances from the Gram
+// matrix: v + (1/n)Σ s_i(u_i − v) has weights c(1 − Σs_i/n) + s/n.
 func (r CenteredClip) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	ups, vs, err := flatten(updates)
+	j, err := prepare(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
-	n := len(ups)
-	v := make([]float32, len(vs[0]))
-	step := make([]float32, len(v))
-	diff := make([]float32, len(v))
-	for it := 0; it < r.Iterations; it++ {
-		clear(step)
-		for i := range vs {
-			copy(diff, vs[i])
-			tensor.Axpy(-1, v, diff)
-			scale := 1.0
-			if nrm := tensor.Norm(diff); nrm > r.Tau {
-				scale = r.Tau / nrm
-			}
-			tensor.Axpy(float32(scale/float64(n)), diff, step)
+	n := j.n
+	c := make([]float64, n)
+	if r.Iterations > 0 {
+		g, err := j.gram()
+		if err != nil {
+			return tensor.Set{}, nil, err
 		}
-		tensor.Axpy(1, step, v)
+		for it := 0; it < r.Iterations; it++ {
+			d := distancesToCombination(g, c)
+			var ssum float64
+			s := make([]float64, n)
+			for i := range s {
+				s[i] = 1
+				if d[i] > r.Tau {
+					s[i] = r.Tau / d[i]
+				}
+				ssum += s[i]
+			}
+			for i := range c {
+				c[i] = c[i]*(1-ssum/float64(n)) + s[i]/float64(n)
+			}
+		}
 	}
-	out := unflat(v, ups[0].Delta)
-	return out, scores(ups, uniform(n), out), nil
+	return j.average(c)
 }
 
 // NormClip scales every update to at most Max in L2 norm, then applies Inner.
@@ -341,25 +304,46 @@ type NormClip struct {
 // Name returns the inner rule's name with "+clip".
 func (r NormClip) Name() string { return r.Inner.Name() + "+clip" }
 
-// Aggregate clips, then aggregates with Inner. Scores report the original norms.
+// Aggregate clips, then aggregates with Inner. Scores report the original
+// norms. Clipped updates are scaled as they are read, not copied.
 func (r NormClip) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	clipped := make([]Update, len(updates))
-	norms := map[string]float64{}
-	for i, u := range updates {
-		nrm := u.Delta.Norm()
-		norms[u.Worker] = nrm
+	j, err := prepare(updates)
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	norms, err := j.norms()
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	clipped := make([]Update, j.n)
+	for i, u := range j.ups {
 		clipped[i] = u
-		if nrm > r.Max {
-			d := u.Delta.Clone()
-			for _, t := range d.Tensors {
-				tensor.Scale(float32(r.Max/nrm), t.Data)
-			}
-			clipped[i].Delta = d
+		if norms[i] > r.Max {
+			clipped[i].Source = scaled{v: j.vs[i], by: float32(r.Max / norms[i])}
 		}
 	}
 	out, s, err := r.Inner.Aggregate(clipped)
 	for i := range s {
-		s[i].Norm = norms[s[i].Worker]
+		s[i].Norm = norms[i]
 	}
 	return out, s, err
+}
+
+// scaled is a Vector multiplied by a constant as it is read.
+type scaled struct {
+	v  tensor.Vector
+	by float32
+}
+
+func (s scaled) Layout() tensor.Layout { return s.v.Layout() }
+
+func (s scaled) Block(lo, hi int, buf []float32) ([]float32, error) {
+	b, err := s.v.Block(lo, hi, buf)
+	if err != nil {
+		return nil, err
+	}
+	out := buf[:hi-lo]
+	copy(out, b)
+	tensor.Scale(s.by, out)
+	return out, nil
 }

@@ -37,8 +37,17 @@ func vecs(ups []Update) [][]float64 {
 }
 
 func sortedByWorker(ups []Update) []Update {
-	s, _ := sorted(ups)
-	return s
+	j, _ := prepare(ups)
+	return j.ups
+}
+
+// flat is a Set as one vector, its tensors concatenated in name order.
+func flat(s tensor.Set) []float32 {
+	var out []float32
+	for _, t := range s.Tensors {
+		out = append(out, t.Data...)
+	}
+	return out
 }
 
 // Plain references, in float64, written for clarity.

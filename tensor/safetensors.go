@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"sort"
 
 	"github.com/x448/float16"
@@ -82,29 +83,47 @@ func Unmarshal(b []byte) (Set, error) {
 	if n > uint64(len(b)-8) {
 		return Set{}, bad("header length %d runs past the end of the %d-byte file", n, len(b))
 	}
-	header := b[8 : 8+n]
 	buf := b[8+n:]
+	entries, meta, err := parseHeader(b[8:8+n], uint64(len(buf)))
+	if err != nil {
+		return Set{}, err
+	}
+	// The header is valid and every byte range lies inside b: allocation is
+	// now bounded by len(b).
+	s := Set{Metadata: meta, Tensors: make([]Tensor, len(entries))}
+	for i, e := range entries {
+		s.Tensors[i] = Tensor{Name: e.name, Shape: e.shape, Data: decodeValues(e.dtype, buf[e.begin:e.end])}
+	}
+	return s, nil
+}
 
+// fileTensor is one validated header entry: where its bytes lie in the
+// data buffer.
+type fileTensor struct {
+	name       string
+	dtype      DType
+	shape      []int
+	begin, end uint64
+}
+
+// parseHeader validates a safetensors JSON header against a data buffer of
+// bufLen bytes: supported dtypes, shapes matching byte ranges, ranges that
+// tile the buffer exactly. It returns the tensors sorted by name.
+func parseHeader(header []byte, bufLen uint64) ([]fileTensor, map[string]string, error) {
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(header))
 	if err := dec.Decode(&raw); err != nil {
-		return Set{}, bad("header is not a JSON object: %v", err)
+		return nil, nil, bad("header is not a JSON object: %v", err)
 	}
 	if raw == nil {
-		return Set{}, bad("header is JSON null, want an object")
+		return nil, nil, bad("header is JSON null, want an object")
 	}
-
-	var s Set
-	type span struct {
-		name       string
-		begin, end uint64
-	}
-	spans := make([]span, 0, len(raw))
-	entries := make(map[string]headerEntry, len(raw))
+	var meta map[string]string
+	out := make([]fileTensor, 0, len(raw))
 	for name, msg := range raw {
 		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &s.Metadata); err != nil {
-				return Set{}, bad("__metadata__ must map strings to strings: %v", err)
+			if err := json.Unmarshal(msg, &meta); err != nil {
+				return nil, nil, bad("__metadata__ must map strings to strings: %v", err)
 			}
 			continue
 		}
@@ -112,32 +131,32 @@ func Unmarshal(b []byte) (Set, error) {
 		d := json.NewDecoder(bytes.NewReader(msg))
 		d.DisallowUnknownFields()
 		if err := d.Decode(&e); err != nil {
-			return Set{}, bad("tensor %q: %v", name, err)
+			return nil, nil, bad("tensor %q: %v", name, err)
 		}
 		width := e.DType.size()
 		if width == 0 {
-			return Set{}, bad("tensor %q: unsupported dtype %q (want F32, F16, BF16 or F64)", name, e.DType)
+			return nil, nil, bad("tensor %q: unsupported dtype %q (want F32, F16, BF16 or F64)", name, e.DType)
 		}
 		if len(e.DataOffsets) != 2 {
-			return Set{}, bad("tensor %q: data_offsets has %d values, want 2", name, len(e.DataOffsets))
+			return nil, nil, bad("tensor %q: data_offsets has %d values, want 2", name, len(e.DataOffsets))
 		}
 		begin, end := e.DataOffsets[0], e.DataOffsets[1]
 		if begin > end {
-			return Set{}, bad("tensor %q: data_offsets [%d, %d] run backwards", name, begin, end)
+			return nil, nil, bad("tensor %q: data_offsets [%d, %d] run backwards", name, begin, end)
 		}
-		if end > uint64(len(buf)) {
-			return Set{}, bad("tensor %q: data_offsets [%d, %d] run past the %d-byte data buffer", name, begin, end, len(buf))
+		if end > bufLen {
+			return nil, nil, bad("tensor %q: data_offsets [%d, %d] run past the %d-byte data buffer", name, begin, end, bufLen)
 		}
 		elems := NumElements(e.Shape)
 		if elems < 0 || elems > math.MaxInt/width {
-			return Set{}, bad("tensor %q: shape %v has a negative dimension or overflows", name, e.Shape)
+			return nil, nil, bad("tensor %q: shape %v has a negative dimension or overflows", name, e.Shape)
 		}
 		if uint64(elems*width) != end-begin {
-			return Set{}, bad("tensor %q: shape %v of %s needs %d bytes, data_offsets give %d", name, e.Shape, e.DType, elems*width, end-begin)
+			return nil, nil, bad("tensor %q: shape %v of %s needs %d bytes, data_offsets give %d", name, e.Shape, e.DType, elems*width, end-begin)
 		}
-		entries[name] = e
-		spans = append(spans, span{name, begin, end})
+		out = append(out, fileTensor{name: name, dtype: e.DType, shape: append([]int{}, e.Shape...), begin: begin, end: end})
 	}
+	spans := slices.Clone(out)
 	sort.Slice(spans, func(i, j int) bool {
 		if spans[i].begin != spans[j].begin {
 			return spans[i].begin < spans[j].begin
@@ -147,25 +166,18 @@ func Unmarshal(b []byte) (Set, error) {
 	var pos uint64
 	for _, sp := range spans {
 		if sp.begin < pos {
-			return Set{}, bad("tensor %q: data_offsets [%d, %d] overlap the previous tensor (ends at %d)", sp.name, sp.begin, sp.end, pos)
+			return nil, nil, bad("tensor %q: data_offsets [%d, %d] overlap the previous tensor (ends at %d)", sp.name, sp.begin, sp.end, pos)
 		}
 		if sp.begin > pos {
-			return Set{}, bad("tensor %q: gap of %d bytes before its data", sp.name, sp.begin-pos)
+			return nil, nil, bad("tensor %q: gap of %d bytes before its data", sp.name, sp.begin-pos)
 		}
 		pos = sp.end
 	}
-	if pos != uint64(len(buf)) {
-		return Set{}, bad("%d bytes after the last tensor's data", uint64(len(buf))-pos)
+	if pos != bufLen {
+		return nil, nil, bad("%d bytes after the last tensor's data", bufLen-pos)
 	}
-
-	// The header is valid and every byte range lies inside b: allocation is
-	// now bounded by len(b).
-	for name, e := range entries {
-		data := decodeValues(e.DType, buf[e.DataOffsets[0]:e.DataOffsets[1]])
-		s.Tensors = append(s.Tensors, Tensor{Name: name, Shape: append([]int{}, e.Shape...), Data: data})
-	}
-	sort.Slice(s.Tensors, func(i, j int) bool { return s.Tensors[i].Name < s.Tensors[j].Name })
-	return s, nil
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out, meta, nil
 }
 
 func decodeValues(d DType, b []byte) []float32 {

@@ -7,6 +7,7 @@
 package codec
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/fedtune/fedtune/tensor"
@@ -88,4 +89,68 @@ func (c Safetensors) Decode(payload []byte) (tensor.Set, error) {
 		return tensor.Set{}, fmt.Errorf("codec %s: %w", c.Name(), err)
 	}
 	return s, nil
+}
+
+// DecodeVector parses a payload into a tensor.Vector that decodes values
+// block by block on demand, so a receiver combining many updates holds
+// each only in its wire form (plus the sparse indices of a top-k payload)
+// rather than as a dense model. Validation is the same as DecodeLimit's.
+func DecodeVector(c Codec, payload []byte, maxElements int) (tensor.Vector, error) {
+	switch c := c.(type) {
+	case Safetensors:
+		v, err := tensor.NewStreamVector(bytes.NewReader(payload), int64(len(payload)))
+		if err != nil {
+			return nil, fmt.Errorf("codec %s: %w", c.Name(), err)
+		}
+		if v.Len() > maxElements {
+			return nil, fmt.Errorf("codec %s: %w: %d elements, more than the %d expected", c.Name(), ErrPayload, v.Len(), maxElements)
+		}
+		return v, nil
+	case Compact:
+		ts, err := c.parse(payload, maxElements)
+		if err != nil {
+			return nil, err
+		}
+		v := &compactVector{tensors: ts, offs: make([]int, len(ts)+1)}
+		for i, t := range ts {
+			v.offs[i+1] = v.offs[i] + t.numel
+		}
+		return v, nil
+	}
+	s, err := DecodeLimit(c, payload, maxElements)
+	if err != nil {
+		return nil, err
+	}
+	return tensor.SetVector(s), nil
+}
+
+// compactVector is a Compact payload read as a tensor.Vector.
+type compactVector struct {
+	tensors []compactTensor
+	offs    []int
+}
+
+func (v *compactVector) Layout() tensor.Layout {
+	l := make(tensor.Layout, len(v.tensors))
+	for i, t := range v.tensors {
+		l[i] = tensor.Spec{Name: t.name, Shape: t.shape}
+	}
+	return l
+}
+
+func (v *compactVector) Block(lo, hi int, buf []float32) ([]float32, error) {
+	if n := v.offs[len(v.offs)-1]; lo < 0 || hi < lo || hi > n {
+		return nil, fmt.Errorf("codec: block [%d, %d) outside a vector of %d elements", lo, hi, n)
+	}
+	out := buf[:hi-lo]
+	i := 0
+	for pos := lo; pos < hi; {
+		for v.offs[i+1] <= pos {
+			i++
+		}
+		end := min(hi, v.offs[i+1])
+		v.tensors[i].decode(pos-v.offs[i], end-v.offs[i], out[pos-lo:end-lo])
+		pos = end
+	}
+	return out, nil
 }

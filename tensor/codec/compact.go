@@ -266,6 +266,38 @@ func (c Compact) Decode(payload []byte) (tensor.Set, error) {
 // maxElements elements in all, before allocating for them (a coordinator
 // passes its model's size).
 func (c Compact) DecodeLimit(payload []byte, maxElements int) (tensor.Set, error) {
+	ts, err := c.parse(payload, maxElements)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	out := make([]tensor.Tensor, len(ts))
+	for i, t := range ts {
+		data := make([]float32, t.numel)
+		t.decode(0, t.numel, data)
+		out[i] = tensor.Tensor{Name: t.name, Shape: t.shape, Data: data}
+	}
+	s, err := tensor.New(out...)
+	if err != nil {
+		return tensor.Set{}, fmt.Errorf("%w: %v", ErrPayload, err)
+	}
+	return s, nil
+}
+
+// compactTensor is one validated tensor of a payload, still encoded: its
+// values (and, when sparse, its decoded indices) are decoded on demand.
+type compactTensor struct {
+	name   string
+	shape  []int
+	numel  int
+	kind   ValueKind
+	sparse bool
+	idx    []int32 // sparse: kept indices, increasing
+	raw    []byte  // the encoded values (numel or len(idx) of them)
+}
+
+// parse walks a payload, validating sizes, index bounds and finite values
+// before and while it allocates; only sparse indices are allocated.
+func (c Compact) parse(payload []byte, maxElements int) ([]compactTensor, error) {
 	maxElements = min(maxElements, MaxElements)
 	r := &reader{b: payload}
 	if m := r.bytes("magic", 4); r.err == nil && string(m) != string(magic) {
@@ -273,17 +305,17 @@ func (c Compact) DecodeLimit(payload []byte, maxElements int) (tensor.Set, error
 	}
 	hdr := r.bytes("header", 2)
 	if r.err != nil {
-		return tensor.Set{}, r.err
+		return nil, r.err
 	}
 	kind, sparse := ValueKind(hdr[0]), hdr[1]
 	if kind > Int8 || sparse > 1 {
-		return tensor.Set{}, fmt.Errorf("%w: unknown value kind %d or sparse flag %d", ErrPayload, kind, sparse)
+		return nil, fmt.Errorf("%w: unknown value kind %d or sparse flag %d", ErrPayload, kind, sparse)
 	}
 	if kind != c.Values || (sparse == 1) != (c.TopK > 0) {
-		return tensor.Set{}, fmt.Errorf("%w: payload is kind %d sparse %d, codec %s expects otherwise", ErrPayload, kind, sparse, c.Name())
+		return nil, fmt.Errorf("%w: payload is kind %d sparse %d, codec %s expects otherwise", ErrPayload, kind, sparse, c.Name())
 	}
 	count := r.uvarint("tensor count", uint64(len(payload)))
-	var ts []tensor.Tensor
+	var ts []compactTensor
 	total := 0
 	for ti := uint64(0); ti < count && r.err == nil; ti++ {
 		name := string(r.bytes("tensor name", int(r.uvarint("name length", 1<<12))))
@@ -301,15 +333,15 @@ func (c Compact) DecodeLimit(payload []byte, maxElements int) (tensor.Set, error
 			break
 		}
 		total += numel
+		t := compactTensor{name: name, shape: shape, numel: numel, kind: kind, sparse: sparse == 1}
 		n := numel
-		var idx []int
-		if sparse == 1 {
+		if t.sparse {
 			k := int(r.uvarint("k", uint64(numel)))
 			// Each index takes at least one byte: bound k by what is left.
 			if r.err == nil && k > len(r.b) {
 				r.fail("tensor %q: k = %d indexes but %d bytes left", name, k, len(r.b))
 			}
-			idx = make([]int, 0, min(k, len(r.b)))
+			t.idx = make([]int32, 0, min(k, len(r.b)))
 			prev := 0
 			for i := 0; i < k && r.err == nil; i++ {
 				gap := int(r.uvarint("index gap", uint64(numel)))
@@ -320,73 +352,99 @@ func (c Compact) DecodeLimit(payload []byte, maxElements int) (tensor.Set, error
 				if prev >= numel {
 					r.fail("tensor %q: index %d out of range [0, %d)", name, prev, numel)
 				}
-				idx = append(idx, prev)
+				t.idx = append(t.idx, int32(prev))
 			}
 			n = k
 		}
-		vals := r.values(name, kind, n)
+		t.raw = r.values(name, kind, n)
 		if r.err != nil {
 			break
 		}
-		data := vals
-		if sparse == 1 {
-			data = make([]float32, numel)
-			for i, j := range idx {
-				data[j] = vals[i]
-			}
-		}
-		ts = append(ts, tensor.Tensor{Name: name, Shape: shape, Data: data})
+		ts = append(ts, t)
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail("%d bytes after the last tensor", len(r.b))
 	}
 	if r.err != nil {
-		return tensor.Set{}, r.err
+		return nil, r.err
 	}
-	s, err := tensor.New(ts...)
-	if err != nil {
-		return tensor.Set{}, fmt.Errorf("%w: %v", ErrPayload, err)
+	for i := 1; i < len(ts); i++ {
+		if ts[i].name <= ts[i-1].name {
+			return nil, fmt.Errorf("%w: tensor %q out of name order or repeated", ErrPayload, ts[i].name)
+		}
 	}
-	return s, nil
+	return ts, nil
 }
 
-// values reads n values of kind, checking the bytes exist first.
-func (r *reader) values(name string, kind ValueKind, n int) []float32 {
+// values takes the bytes of n values of kind and checks that every value
+// they decode to is finite (without allocating).
+func (r *reader) values(name string, kind ValueKind, n int) []byte {
 	need := map[ValueKind]int{FP32: 4 * n, FP16: 2 * n, Int8: n + 4*((n+BlockSize-1)/BlockSize)}[kind]
 	b := r.bytes("values of "+name, need)
 	if r.err != nil {
 		return nil
 	}
-	out := make([]float32, n)
-	switch kind {
-	case FP32:
-		for i := range out {
-			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-		}
-	case FP16:
-		for i := range out {
-			out[i] = float16.Frombits(binary.LittleEndian.Uint16(b[2*i:])).Float32()
-		}
-	case Int8:
-		for lo := 0; lo < n; lo += BlockSize {
-			m := math.Float32frombits(binary.LittleEndian.Uint32(b))
-			if m-m != 0 || m < 0 {
+	var chunk [BlockSize]float32
+	for lo := 0; lo < n; lo += BlockSize {
+		cnt := min(BlockSize, n-lo)
+		if kind == Int8 {
+			if m := scaleAt(b, lo); m-m != 0 || m < 0 {
 				r.fail("tensor %q: block scale %v is not a finite non-negative number", name, m)
 				return nil
 			}
-			b = b[4:]
-			cnt := min(BlockSize, n-lo)
-			for i := 0; i < cnt; i++ {
-				out[lo+i] = float32(int8(b[i])) * m / 127
+		}
+		decodeDense(kind, b, lo, chunk[:cnt])
+		for i, v := range chunk[:cnt] {
+			if v-v != 0 {
+				r.fail("tensor %q: value %d is %v", name, lo+i, v)
+				return nil
 			}
-			b = b[cnt:]
 		}
 	}
-	for i, v := range out {
-		if v-v != 0 {
-			r.fail("tensor %q: value %d is %v", name, i, v)
-			return nil
+	return b
+}
+
+// scaleAt returns the int8 scale of the block holding value lo.
+func scaleAt(b []byte, lo int) float32 {
+	blk := lo / BlockSize
+	return math.Float32frombits(binary.LittleEndian.Uint32(b[blk*(BlockSize+4):]))
+}
+
+// decodeDense decodes values [lo, lo+len(dst)) of a run of encoded values.
+func decodeDense(kind ValueKind, b []byte, lo int, dst []float32) {
+	switch kind {
+	case FP32:
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*(lo+i):]))
+		}
+	case FP16:
+		for i := range dst {
+			dst[i] = float16.Frombits(binary.LittleEndian.Uint16(b[2*(lo+i):])).Float32()
+		}
+	case Int8:
+		for i := 0; i < len(dst); {
+			j := lo + i
+			blk := j / BlockSize
+			m := scaleAt(b, j)
+			start := blk*(BlockSize+4) + 4
+			for ; i < len(dst) && (lo+i)/BlockSize == blk; i++ {
+				dst[i] = float32(int8(b[start+(lo+i)%BlockSize])) * m / 127
+			}
 		}
 	}
-	return out
+}
+
+// decode writes elements [lo, hi) of the tensor to dst.
+func (t compactTensor) decode(lo, hi int, dst []float32) {
+	if !t.sparse {
+		decodeDense(t.kind, t.raw, lo, dst[:hi-lo])
+		return
+	}
+	clear(dst[:hi-lo])
+	a := sort.Search(len(t.idx), func(i int) bool { return int(t.idx[i]) >= lo })
+	var one [1]float32
+	for k := a; k < len(t.idx) && int(t.idx[k]) < hi; k++ {
+		decodeDense(t.kind, t.raw, k, one[:])
+		dst[int(t.idx[k])-lo] = one[0]
+	}
 }
