@@ -32,8 +32,8 @@ chaos:
 
 ## bench: throughput and speed ratios against baselines measured in the same run
 bench:
-	$(GO) run ./internal/benchreport
-	GOEXPERIMENT=simd $(GO) run ./internal/benchreport -sections kernels,aggregation
+	$(GO) run ./internal/benchreport -sections training,aggregation,kernels,safetensors,memory
+	GOEXPERIMENT=simd $(GO) run ./internal/benchreport -sections kernels,aggregation,rules
 
 vet:
 	$(GO) vet ./...

@@ -141,6 +141,7 @@ func (j *job) combine(weights []float64, f fill) (tensor.Set, []Score, error) {
 	pua := make([]float64, chunks*n) // u.a per chunk
 	paa := make([]float64, chunks)   // ||a||^2 per chunk
 	rd := newReader(j.vs, j.d)
+	sb := subBlock(n)
 	scratch := make([][]float32, workers(j.d))
 	subs := make([][][]float32, workers(j.d))
 	err := forChunks(j.d, func(w, c, lo, hi int) error {
@@ -153,8 +154,8 @@ func (j *job) combine(weights []float64, f fill) (tensor.Set, []Score, error) {
 			subs[w] = make([][]float32, n)
 		}
 		sub := subs[w]
-		for s := 0; s < hi-lo; s += subBlock {
-			e := min(s+subBlock, hi-lo)
+		for s := 0; s < hi-lo; s += sb {
+			e := min(s+sb, hi-lo)
 			for i, b := range blocks {
 				sub[i] = b[s:e]
 			}
@@ -182,8 +183,13 @@ func (j *job) combine(weights []float64, f fill) (tensor.Set, []Score, error) {
 			ua[i] += pua[c*n+i]
 		}
 	}
+	return out, j.scoresFrom(weights, uu, ua, aa), nil
+}
+
+// scoresFrom turns ‖u_i‖², u_i·a and ‖a‖² into scores.
+func (j *job) scoresFrom(weights, uu, ua []float64, aa float64) []Score {
 	aggNorm := math.Sqrt(aa)
-	sc := make([]Score, n)
+	sc := make([]Score, j.n)
 	for i, u := range j.ups {
 		nrm := math.Sqrt(uu[i])
 		cos := 0.0
@@ -194,21 +200,64 @@ func (j *job) combine(weights []float64, f fill) (tensor.Set, []Score, error) {
 		dist := math.Sqrt(max(uu[i]-2*ua[i]+aa, 0))
 		sc[i] = Score{Worker: u.Worker, Weight: weights[i], Norm: nrm, Distance: dist, Cosine: cos, Kept: true}
 	}
-	return out, sc, nil
+	return sc
+}
+
+// linear returns sum_i weights[i] * u_i for rules that already hold the
+// Gram matrix g: only updates of non-zero weight are read, and the scores
+// come from g (u_i·a = Σ_k w_k G_ik, ‖a‖² = wᵀGw) rather than another
+// pass over the updates.
+func (j *job) linear(weights, g []float64) (tensor.Set, []Score, error) {
+	n := j.n
+	var idx []int
+	w32 := make([]float32, 0, n)
+	for i, w := range weights {
+		if w != 0 {
+			idx = append(idx, i)
+			w32 = append(w32, float32(w))
+		}
+	}
+	out, flat := j.layout.Zeros()
+	rd := newReader(j.vs, j.d)
+	err := forChunks(j.d, func(w, c, lo, hi int) error {
+		blocks, err := rd.chunk(w, lo, hi, idx)
+		if err != nil {
+			return err
+		}
+		weightedSum(flat[lo:hi], w32, blocks)
+		return nil
+	})
+	if err != nil {
+		return tensor.Set{}, nil, fmt.Errorf("aggregation: %w", err)
+	}
+	uu, ua := make([]float64, n), make([]float64, n)
+	var aa float64
+	for i := range n {
+		uu[i] = g[i*n+i]
+		for k := range n {
+			ua[i] += g[i*n+k] * weights[k]
+		}
+		aa += weights[i] * ua[i]
+	}
+	return out, j.scoresFrom(weights, uu, ua, aa), nil
 }
 
 // average returns sum_i weights[i] * u_i with the scores; updates of
 // weight 0 are not added.
 func (j *job) average(weights []float64) (tensor.Set, []Score, error) {
-	w32 := make([]float32, len(weights))
+	var w32 []float32
+	var idx []int
 	for i, w := range weights {
-		w32[i] = float32(w)
+		if w != 0 {
+			w32 = append(w32, float32(w))
+			idx = append(idx, i)
+		}
 	}
 	return j.combine(weights, func(blocks [][]float32, dst, _ []float32) {
-		for i, b := range blocks {
-			if w32[i] != 0 {
-				tensor.Axpy(w32[i], b, dst)
-			}
+		xs := make([][]float32, len(idx))
+		for a, i := range idx {
+			xs[a] = blocks[i]
 		}
+		weightedSum(dst, w32, xs)
 	})
 }

@@ -73,15 +73,18 @@ func sortLanesGo(net network, s []float32) {
 	}
 }
 
-// sumRowsGo sets out[l] to the sum of rows [a, b) of s in lane l, added in
-// row order in float32.
-func sumRowsGo(s []float32, a, b int, out *[lanes]float32) {
+// meanRowsGo sets out[l] to the mean of rows [a, b) of s in lane l: added
+// in row order in float32, then divided by b − a.
+func meanRowsGo(s []float32, a, b int, out *[lanes]float32) {
 	*out = *(*[lanes]float32)(s[a*lanes:])
 	for r := a + 1; r < b; r++ {
 		row := (*[lanes]float32)(s[r*lanes:])
 		for l := range lanes {
 			out[l] += row[l]
 		}
+	}
+	for l := range lanes {
+		out[l] /= float32(b - a)
 	}
 }
 
@@ -140,4 +143,17 @@ func reduceLanes(a *[lanes]float32) float64 {
 		s[i] = float64(a[2*i]) + float64(a[2*i+1])
 	}
 	return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+}
+
+// weightedSumGo adds w[i]*xs[i] to dst for every i, in i order for each
+// element: exactly what a sequence of tensor.Axpy calls computes. The
+// SIMD version reads up to eight updates at once, so eight streams are in
+// flight and dst is loaded and stored once per eight updates.
+func weightedSumGo(dst []float32, w []float32, xs [][]float32) {
+	for i, x := range xs {
+		x = x[:len(dst)]
+		for k := range dst {
+			dst[k] += float32(w[i] * x[k])
+		}
+	}
 }

@@ -32,16 +32,16 @@ func sortLanes(net network, s []float32) {
 	}
 }
 
-func sumRows(s []float32, a, b int, out *[lanes]float32) {
+func meanRows(s []float32, a, b int, out *[lanes]float32) {
 	if !avx512 {
-		sumRowsGo(s, a, b, out)
+		meanRowsGo(s, a, b, out)
 		return
 	}
 	acc := archsimd.LoadFloat32x16Slice(s[a*lanes : a*lanes+lanes])
 	for r := a + 1; r < b; r++ {
 		acc = acc.Add(archsimd.LoadFloat32x16Slice(s[r*lanes : r*lanes+lanes]))
 	}
-	acc.StoreSlice(out[:])
+	acc.Div(archsimd.BroadcastFloat32x16(float32(b - a))).StoreSlice(out[:])
 }
 
 // gram computes the pairs in tiles of two rows by four: eight
@@ -159,4 +159,41 @@ func dot2Lanes(x, y []float32) (float64, float64) {
 	a.StoreSlice(sa[:])
 	b.StoreSlice(sb[:])
 	return reduceLanes(&sa), reduceLanes(&sb)
+}
+
+func weightedSum(dst []float32, w []float32, xs [][]float32) {
+	if !avx512 {
+		weightedSumGo(dst, w, xs)
+		return
+	}
+	full := len(dst) &^ (lanes - 1)
+	for g := 0; g < len(xs); g += 8 {
+		m := min(8, len(xs)-g)
+		if m < 8 {
+			weightedSumGo(dst, w[g:g+m], xs[g:g+m])
+			continue
+		}
+		x0, x1, x2, x3 := xs[g][:full], xs[g+1][:full], xs[g+2][:full], xs[g+3][:full]
+		x4, x5, x6, x7 := xs[g+4][:full], xs[g+5][:full], xs[g+6][:full], xs[g+7][:full]
+		w0, w1 := archsimd.BroadcastFloat32x16(w[g]), archsimd.BroadcastFloat32x16(w[g+1])
+		w2, w3 := archsimd.BroadcastFloat32x16(w[g+2]), archsimd.BroadcastFloat32x16(w[g+3])
+		w4, w5 := archsimd.BroadcastFloat32x16(w[g+4]), archsimd.BroadcastFloat32x16(w[g+5])
+		w6, w7 := archsimd.BroadcastFloat32x16(w[g+6]), archsimd.BroadcastFloat32x16(w[g+7])
+		d := dst[:full]
+		for k := 0; k < full; k += lanes {
+			v := archsimd.LoadFloat32x16Slice(d[k : k+lanes])
+			v = v.Add(w0.Mul(archsimd.LoadFloat32x16Slice(x0[k : k+lanes])))
+			v = v.Add(w1.Mul(archsimd.LoadFloat32x16Slice(x1[k : k+lanes])))
+			v = v.Add(w2.Mul(archsimd.LoadFloat32x16Slice(x2[k : k+lanes])))
+			v = v.Add(w3.Mul(archsimd.LoadFloat32x16Slice(x3[k : k+lanes])))
+			v = v.Add(w4.Mul(archsimd.LoadFloat32x16Slice(x4[k : k+lanes])))
+			v = v.Add(w5.Mul(archsimd.LoadFloat32x16Slice(x5[k : k+lanes])))
+			v = v.Add(w6.Mul(archsimd.LoadFloat32x16Slice(x6[k : k+lanes])))
+			v = v.Add(w7.Mul(archsimd.LoadFloat32x16Slice(x7[k : k+lanes])))
+			v.StoreSlice(d[k : k+lanes])
+		}
+		if full < len(dst) {
+			weightedSumGo(dst[full:], w[g:g+8], [][]float32{xs[g][full:], xs[g+1][full:], xs[g+2][full:], xs[g+3][full:], xs[g+4][full:], xs[g+5][full:], xs[g+6][full:], xs[g+7][full:]})
+		}
+	}
 }

@@ -186,7 +186,7 @@ func (r Krum) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	for _, i := range order[:m] {
 		weights[i] = 1 / float64(m)
 	}
-	out, s, err := j.average(weights)
+	out, s, err := j.linear(weights, g)
 	for i := range s {
 		s[i].Kept = weights[i] > 0
 	}

@@ -117,10 +117,7 @@ func (TrimmedMean) Name() string { return "trimmed-mean" }
 func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	k := func(n int) int { return int(r.Beta * float64(n)) }
 	return coordinateRule(updates, nil, func(s []float32, n int, out *[lanes]float32) {
-		sumRows(s, k(n), n-k(n), out)
-		for l := range out {
-			out[l] /= float32(n - 2*k(n))
-		}
+		meanRows(s, k(n), n-k(n), out)
 	})
 }
 
@@ -210,24 +207,25 @@ func (r GeoMedian) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	for i := range c {
 		c[i] = alpha[i] / total
 	}
-	if r.Iterations > 0 {
-		g, err := j.gram()
-		if err != nil {
-			return tensor.Set{}, nil, err
+	if r.Iterations == 0 {
+		return j.average(c)
+	}
+	g, err := j.gram()
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	for it := 0; it < r.Iterations; it++ {
+		d := distancesToCombination(g, c)
+		var sum float64
+		for i := range c {
+			c[i] = alpha[i] / max(r.Nu, d[i])
+			sum += c[i]
 		}
-		for it := 0; it < r.Iterations; it++ {
-			d := distancesToCombination(g, c)
-			var sum float64
-			for i := range c {
-				c[i] = alpha[i] / max(r.Nu, d[i])
-				sum += c[i]
-			}
-			for i := range c {
-				c[i] /= sum
-			}
+		for i := range c {
+			c[i] /= sum
 		}
 	}
-	return j.average(c)
+	return j.linear(c, g)
 }
 
 // distancesToCombination returns ‖u_i − Σ_j c_j u_j‖ for every i from the
@@ -271,28 +269,29 @@ func (r CenteredClip) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	}
 	n := j.n
 	c := make([]float64, n)
-	if r.Iterations > 0 {
-		g, err := j.gram()
-		if err != nil {
-			return tensor.Set{}, nil, err
+	if r.Iterations == 0 {
+		return j.average(c)
+	}
+	g, err := j.gram()
+	if err != nil {
+		return tensor.Set{}, nil, err
+	}
+	for it := 0; it < r.Iterations; it++ {
+		d := distancesToCombination(g, c)
+		var ssum float64
+		s := make([]float64, n)
+		for i := range s {
+			s[i] = 1
+			if d[i] > r.Tau {
+				s[i] = r.Tau / d[i]
+			}
+			ssum += s[i]
 		}
-		for it := 0; it < r.Iterations; it++ {
-			d := distancesToCombination(g, c)
-			var ssum float64
-			s := make([]float64, n)
-			for i := range s {
-				s[i] = 1
-				if d[i] > r.Tau {
-					s[i] = r.Tau / d[i]
-				}
-				ssum += s[i]
-			}
-			for i := range c {
-				c[i] = c[i]*(1-ssum/float64(n)) + s[i]/float64(n)
-			}
+		for i := range c {
+			c[i] = c[i]*(1-ssum/float64(n)) + s[i]/float64(n)
 		}
 	}
-	return j.average(c)
+	return j.linear(c, g)
 }
 
 // NormClip scales every update to at most Max in L2 norm, then applies Inner.

@@ -253,15 +253,15 @@ func TestKernelsMatchGo(t *testing.T) {
 				sortLanes(net, a)
 				sortLanesGo(net, b)
 				var sa, sb [lanes]float32
-				sumRows(a, 0, n, &sa)
-				sumRowsGo(b, 0, n, &sb)
+				meanRows(a, 0, n, &sa)
+				meanRowsGo(b, 0, n, &sb)
 				for k := range a {
 					if math.Float32bits(a[k]) != math.Float32bits(b[k]) {
 						t.Fatalf("sortLanes n=%d: %v vs pure Go %v", n, a[k], b[k])
 					}
 				}
 				if sa != sb {
-					t.Fatalf("sumRows n=%d: %v vs pure Go %v", n, sa, sb)
+					t.Fatalf("meanRows n=%d: %v vs pure Go %v", n, sa, sb)
 				}
 			}
 		}
@@ -297,5 +297,48 @@ func BenchmarkGram64(b *testing.B) {
 	j, _ := prepare(ups)
 	for b.Loop() {
 		j.gram()
+	}
+}
+
+func BenchmarkFedAvg64(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	const n, d = 64, 1 << 20
+	ups := make([]Update, n)
+	for i := range ups {
+		v := make([]float32, d)
+		for k := range v {
+			v[k] = float32(r.NormFloat64())
+		}
+		ups[i] = Update{Worker: fmt.Sprint(i), Delta: tensor.MustNew(tensor.Tensor{Name: "w", Shape: []int{d}, Data: v})}
+	}
+	for b.Loop() {
+		FedAvg{}.Aggregate(ups)
+	}
+}
+
+func TestWeightedSumMatchesAxpy(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	for _, n := range []int{1, 7, 8, 9, 17} {
+		for _, L := range []int{5, 16, 100, 4096} {
+			xs := make([][]float32, n)
+			w := make([]float32, n)
+			for i := range xs {
+				w[i] = float32(r.Float64())
+				xs[i] = make([]float32, L)
+				for k := range xs[i] {
+					xs[i][k] = float32(r.NormFloat64())
+				}
+			}
+			got, want := make([]float32, L), make([]float32, L)
+			weightedSum(got, w, xs)
+			for i := range xs {
+				tensor.Axpy(w[i], xs[i], want)
+			}
+			for k := range got {
+				if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+					t.Fatalf("n=%d L=%d: element %d = %v, Axpy gives %v", n, L, k, got[k], want[k])
+				}
+			}
+		}
 	}
 }

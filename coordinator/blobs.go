@@ -1,9 +1,11 @@
 package coordinator
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -115,6 +117,36 @@ func (s *BlobStore) Get(hash string) ([]byte, error) {
 		return nil, fmt.Errorf("blob %.12s: stored bytes hash to %.12s: %w", hash, got, ErrBlobCorrupt)
 	}
 	return b, nil
+}
+
+// Open returns the file holding hash, positioned at its start, after
+// checking its bytes against the hash by streaming them (so a blob much
+// larger than memory can be verified and then read piecewise).
+func (s *BlobStore) Open(hash string) (*os.File, error) {
+	if !validHash(hash) {
+		return nil, fmt.Errorf("blob %q: not a SHA-256 hex hash: %w", hash, ErrBlobNotFound)
+	}
+	f, err := os.Open(s.path(hash))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("blob %.12s: %w", hash, ErrBlobNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blob %.12s: %w", hash, err)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("blob %.12s: %w", hash, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != hash {
+		f.Close()
+		return nil, fmt.Errorf("blob %.12s: stored bytes hash to %.12s: %w", hash, got, ErrBlobCorrupt)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("blob %.12s: %w", hash, err)
+	}
+	return f, nil
 }
 
 // Size returns the stored size of hash.

@@ -235,22 +235,19 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	if err != nil {
 		return fail(err)
 	}
+	// Updates are read block by block during aggregation — uncompressed
+	// ones straight from their blob files, compressed ones decoded on
+	// demand from their payloads — so memory stays near one model plus a
+	// block per update, whatever the number of updates.
 	var ups []aggregation.Update
 	var lossSum, weight float64
 	for _, u := range r.Updates {
-		cd, err := codec.New(u.Codec)
-		if err != nil {
-			return fail(err)
-		}
-		payload, err := c.blob(ctx, u.Blob)
+		src, closeFn, err := c.updateVector(ctx, u, base.Len())
 		if err != nil {
 			return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
 		}
-		delta, err := cd.Decode(payload)
-		if err != nil {
-			return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
-		}
-		ups = append(ups, aggregation.Update{Worker: u.Worker, Delta: delta, Samples: u.Samples})
+		defer closeFn()
+		ups = append(ups, aggregation.Update{Worker: u.Worker, Source: src, Samples: u.Samples})
 		if l, ok := u.Metrics["loss"]; ok {
 			lossSum += l * float64(u.Samples)
 			weight += float64(u.Samples)
@@ -286,6 +283,51 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 		scores = append(scores, &pb.Score{Worker: s.Worker, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept})
 	}
 	return base, metrics, scores, state, nil
+}
+
+// updateVector opens an accepted update for streaming: a safetensors
+// payload is read from its (hash-checked) blob file, a compressed one is
+// decoded block by block from its payload in memory.
+func (c *Coordinator) updateVector(ctx context.Context, u *pb.AcceptedUpdate, maxElements int) (tensor.Vector, func(), error) {
+	cd, err := codec.New(u.Codec)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, ok := cd.(codec.Safetensors); ok {
+		if !c.blobs.Has(u.Blob) {
+			if _, err := c.blob(ctx, u.Blob); err != nil { // fetched from a peer and stored
+				return nil, nil, err
+			}
+		}
+		f, err := c.blobs.Open(u.Blob)
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		v, err := tensor.NewStreamVector(f, st.Size())
+		if err != nil {
+			f.Close()
+			return nil, nil, err
+		}
+		if v.Len() > maxElements {
+			f.Close()
+			return nil, nil, fmt.Errorf("%d elements, the model has %d", v.Len(), maxElements)
+		}
+		return v, func() { f.Close() }, nil
+	}
+	payload, err := c.blob(ctx, u.Blob)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := codec.DecodeVector(cd, payload, maxElements)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, func() {}, nil
 }
 
 // NewOptimizer returns the server optimizer a job spec names.

@@ -44,6 +44,12 @@ type Config struct {
 	Base      tensor.Set // starting model; default: a fresh initialisation
 	// EvalEvery evaluates every this many rounds (and always the last); 0: every round.
 	EvalEvery int
+	// WorkerMomentum β > 0: every worker sends m ← β·m + (1−β)·delta, its
+	// momentum over rounds, instead of its delta (Karimireddy et al. 2021:
+	// momentum shrinks the honest updates' spread, which is what lets
+	// centered clipping tell attackers from honest workers). Each worker
+	// keeps one model-sized vector for it.
+	WorkerMomentum float64
 }
 
 // RoundResult is the model after one round.
@@ -109,6 +115,13 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	defer ev.Close()
 	pool := newTrainerPool(arch)
 	defer pool.close()
+	if cfg.WorkerMomentum < 0 || cfg.WorkerMomentum >= 1 {
+		return nil, fmt.Errorf("sim: worker momentum %v, want [0, 1)", cfg.WorkerMomentum)
+	}
+	var momentum []tensor.Set
+	if cfg.WorkerMomentum > 0 {
+		momentum = make([]tensor.Set, cfg.Workers)
+	}
 	var state tensor.Set
 	var results []RoundResult
 	for round := 1; round <= cfg.Rounds; round++ {
@@ -132,6 +145,19 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		}
 		if err != nil {
 			return results, err
+		}
+		if momentum != nil {
+			b := float32(cfg.WorkerMomentum)
+			for w, d := range deltas {
+				if momentum[w].Tensors == nil {
+					momentum[w] = tensor.ZerosLike(d)
+				}
+				for k, t := range momentum[w].Tensors {
+					tensor.Scale(b, t.Data)
+					tensor.Axpy(1-b, d.Tensors[k].Data, t.Data)
+				}
+				deltas[w] = momentum[w].Clone()
+			}
 		}
 		attack(cfg.Attack, deltas, byz, cfg.Seed^uint64(round))
 		ups := make([]aggregation.Update, cfg.Workers)

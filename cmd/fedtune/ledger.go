@@ -166,23 +166,25 @@ func aggregateCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			// Updates are streamed from their files block by block (finite
+			// values checked as they are read): memory is the aggregate plus
+			// a block per update, whatever the number of files.
 			var ups []aggregation.Update
+			var layout tensor.Layout
 			for i, f := range files {
-				s, err := tensor.ReadFile(f)
+				v, err := tensor.OpenVector(f)
 				if err != nil {
 					return err
 				}
-				if err := s.CheckFinite(); err != nil {
-					return fmt.Errorf("%s: %w", f, err)
-				}
-				u := aggregation.Update{Worker: fmt.Sprintf("%03d:%s", i, f), Delta: s, Samples: 1}
+				defer v.Close()
+				u := aggregation.Update{Worker: fmt.Sprintf("%03d:%s", i, f), Source: v, Samples: 1}
 				if weights != nil {
 					u.Samples = weights[i]
 				}
-				if len(ups) > 0 {
-					if err := tensor.SameLayout(s, ups[0].Delta); err != nil {
-						return fmt.Errorf("%s does not match %s: %w", f, files[0], err)
-					}
+				if i == 0 {
+					layout = v.Layout()
+				} else if err := v.Layout().Check(layout); err != nil {
+					return fmt.Errorf("%s does not match %s: %w", f, files[0], err)
 				}
 				ups = append(ups, u)
 			}

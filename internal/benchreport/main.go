@@ -21,17 +21,23 @@ import (
 )
 
 func main() {
-	sections := flag.String("sections", "training,aggregation,rules,kernels,safetensors", "comma-separated sections to run")
+	sections := flag.String("sections", "training,aggregation,rules,memory,kernels,safetensors", "comma-separated sections to run")
+	rssMode := flag.String("rss-child", "", "internal: aggregate the files of -rss-dir with this rule and print peak RSS")
+	rssDir := flag.String("rss-dir", "", "internal: directory of update files for -rss-child")
 	flag.Parse()
+	if *rssMode != "" {
+		rssChild(*rssMode, *rssDir)
+		return
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	defer tw.Flush()
 	kernelsKind := "pure Go"
 	if tensor.SIMD() {
-		kernelsKind = "SIMD (GOEXPERIMENT=simd, AVX2)"
+		kernelsKind = "SIMD (GOEXPERIMENT=simd: AVX2 tensor kernels, AVX-512 aggregation kernels where the CPU has it)"
 	}
 	fmt.Printf("fedtune benchmarks, kernels: %s (ratios are against baselines measured in this run)\n", kernelsKind)
 	run := map[string]func(*tabwriter.Writer){
-		"training": training, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench, "rules": rulesBench,
+		"training": training, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench, "rules": rulesBench, "memory": memoryBench,
 	}
 	for _, s := range strings.Split(*sections, ",") {
 		f, ok := run[s]
@@ -175,48 +181,50 @@ func safetensorsBench(tw *tabwriter.Writer) {
 	fmt.Fprintf(tw, "Unmarshal (validating)\t%d\t%.1f\t%.1f\t\n", len(enc)/1024, float64(u.NsPerOp())/1e3, float64(u.NsPerOp())/float64(cp.NsPerOp()))
 }
 
-// rulesBench times every aggregation rule on n updates of d = 1M floats,
-// against copying the same bytes once.
+// rulesBench times every aggregation rule on n updates of d floats held in
+// memory, against copying the same bytes once (the baseline FedAvg's
+// bandwidth is compared with).
 func rulesBench(tw *tabwriter.Writer) {
-	const d = 1 << 20
 	r := rand.New(rand.NewPCG(5, 5))
-	for _, n := range []int{16, 64} {
-		ups := make([]aggregation.Update, n)
-		for i := range ups {
-			ups[i] = aggregation.Update{Worker: fmt.Sprintf("w%02d", i), Samples: uint64(10 + i),
-				Delta: tensor.MustNew(tensor.Tensor{Name: "w", Shape: []int{d}, Data: randVec(r, d)})}
-		}
-		dst := make([]float32, d)
-		cp := testing.Benchmark(func(b *testing.B) {
-			for b.Loop() {
-				for _, u := range ups {
-					copy(dst, u.Delta.Tensors[0].Data)
-				}
+	for _, d := range []int{1 << 20, 4 << 20} {
+		for _, n := range []int{16, 64} {
+			ups := make([]aggregation.Update, n)
+			for i := range ups {
+				ups[i] = aggregation.Update{Worker: fmt.Sprintf("w%02d", i), Samples: uint64(10 + i),
+					Delta: tensor.MustNew(tensor.Tensor{Name: "w", Shape: []int{d}, Data: randVec(r, d)})}
 			}
-		})
-		fmt.Fprintf(tw, "rules, n=%d updates x d=1M floats (%d MB)\tms/op\tx copy()\tx fedavg\t\n", n, n*d*4>>20)
-		fmt.Fprintf(tw, "copy() of the same bytes (baseline)\t%.1f\t1.00\t\t\n", float64(cp.NsPerOp())/1e6)
-		var fedavg float64
-		for _, name := range aggregation.Rules {
-			rule, err := aggregation.NewRule(name, aggregation.Params{F: n / 8})
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				continue
-			}
-			res := testing.Benchmark(func(b *testing.B) {
+			dst := make([]float32, d)
+			cp := testing.Benchmark(func(b *testing.B) {
 				for b.Loop() {
-					if _, _, err := rule.Aggregate(ups); err != nil {
-						b.Fatal(err)
+					for _, u := range ups {
+						copy(dst, u.Delta.Tensors[0].Data)
 					}
 				}
 			})
-			ms := float64(res.NsPerOp()) / 1e6
-			if name == "fedavg" {
-				fedavg = ms
+			fmt.Fprintf(tw, "rules, n=%d updates x d=%dM floats (%d MB)\tms/op\tx fedavg time\tbandwidth vs copy()\t\n", n, d>>20, n*d*4>>20)
+			fmt.Fprintf(tw, "copy() of the same bytes (baseline)\t%.1f\t\t1.00\t\n", float64(cp.NsPerOp())/1e6)
+			var fedavg float64
+			for _, name := range aggregation.Rules {
+				rule, err := aggregation.NewRule(name, aggregation.Params{F: n / 8})
+				if err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					continue
+				}
+				res := testing.Benchmark(func(b *testing.B) {
+					for b.Loop() {
+						if _, _, err := rule.Aggregate(ups); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+				ms := float64(res.NsPerOp()) / 1e6
+				if name == "fedavg" {
+					fedavg = ms
+				}
+				fmt.Fprintf(tw, "%s\t%.1f\t%.2f\t%.2f\t\n", name, ms, ms/fedavg, float64(cp.NsPerOp())/float64(res.NsPerOp()))
 			}
-			fmt.Fprintf(tw, "%s\t%.1f\t%.2f\t%.2f\t\n", name, ms, float64(res.NsPerOp())/float64(cp.NsPerOp()), ms/fedavg)
+			tw.Flush()
+			fmt.Println()
 		}
-		tw.Flush()
-		fmt.Println()
 	}
 }
