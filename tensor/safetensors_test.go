@@ -243,8 +243,27 @@ func FuzzUnmarshal(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := Unmarshal(b)
+		v, verr := NewStreamVector(bytes.NewReader(b), int64(len(b)))
+		if (err == nil) != (verr == nil) {
+			t.Fatalf("Unmarshal error %v, NewStreamVector error %v", err, verr)
+		}
 		if err != nil {
 			return
+		}
+		// Streaming gives the same values, and refuses exactly the files
+		// holding a NaN or infinity.
+		m, merr := Materialize(v)
+		if (merr == nil) != (s.CheckFinite() == nil) {
+			t.Fatalf("Materialize error %v, CheckFinite %v", merr, s.CheckFinite())
+		}
+		if merr == nil {
+			for k := range s.Tensors {
+				for i, x := range s.Tensors[k].Data {
+					if math.Float32bits(x) != math.Float32bits(m.Tensors[k].Data[i]) {
+						t.Fatalf("%s[%d]: streamed %v, unmarshalled %v", s.Tensors[k].Name, i, m.Tensors[k].Data[i], x)
+					}
+				}
+			}
 		}
 		if s.Len()*2 > len(b) {
 			t.Fatalf("decoded %d values from %d bytes", s.Len(), len(b))

@@ -23,14 +23,22 @@ func main() {
 	rounds := flag.Int("rounds", 15, "rounds per run")
 	workers := flag.Int("workers", 20, "virtual workers")
 	byz := flag.Float64("byzantine", 0.2, "fraction of Byzantine workers")
+	only := flag.String("rules", "", "comma-separated rows to run (default: all)")
+	beta := flag.Float64("worker-momentum", 0.5, "worker momentum β of the centered-clip+momentum row")
+	tau := flag.Float64("tau", 1, "centered clipping radius τ")
 	flag.Parse()
 	train, err := dataset.MNIST(dataset.Train)
 	check(err)
 	test, err := dataset.MNIST(dataset.Test)
 	check(err)
-	rules := []string{"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomedian", "centered-clip"}
+	// The last row is centered clipping as Karimireddy et al. (2021) run it:
+	// every worker sends its momentum over rounds, not its raw update.
+	rules := []string{"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "geomedian", "centered-clip", "centered-clip+momentum"}
+	if *only != "" {
+		rules = strings.Split(*only, ",")
+	}
 	f := int(*byz * float64(*workers))
-	params := aggregation.Params{F: f, TrimFraction: *byz, Tau: 1}
+	params := aggregation.Params{F: f, TrimFraction: *byz, Tau: *tau}
 	for _, part := range []struct {
 		name string
 		p    dataset.Partition
@@ -38,12 +46,17 @@ func main() {
 		fmt.Printf("\n### %s\n\n| rule | %s |\n|---|%s\n", part.name, strings.Join(sim.Attacks, " | "), strings.Repeat("---|", len(sim.Attacks)))
 		for _, rule := range rules {
 			row := []string{"`" + rule + "`"}
+			name, momentum := rule, 0.0
+			if r, ok := strings.CutSuffix(rule, "+momentum"); ok {
+				name, momentum = r, *beta
+			}
 			for _, attack := range sim.Attacks {
 				start := time.Now()
 				res, err := sim.Run(context.Background(), sim.Config{
 					Model: "mnist-mlp-small", Workers: *workers, Rounds: *rounds, Partition: part.p,
 					Train: model.TrainConfig{Steps: 20, BatchSize: 32, LR: 0.1, Momentum: 0.5},
-					Rule:  rule, Params: params, Attack: attack, Byzantine: *byz, Seed: 7, EvalEvery: *rounds,
+					Rule:  name, Params: params, Attack: attack, Byzantine: *byz, Seed: 7, EvalEvery: *rounds,
+					WorkerMomentum: momentum,
 				}, train, test, nil)
 				cell := "error"
 				if err == nil {

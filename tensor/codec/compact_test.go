@@ -19,7 +19,7 @@ func randDelta(r *rand.Rand) tensor.Set {
 		}
 		return tensor.Tensor{Name: name, Shape: shape, Data: d}
 	}
-	return tensor.MustNew(mk("fc1.weight", 64, 30), mk("fc1.bias", 64), mk("fc2.weight", 10, 64), mk("scalar"))
+	return tensor.MustNew(mk("fc1.weight", 64, 300), mk("fc1.bias", 64), mk("fc2.weight", 10, 64), mk("scalar"))
 }
 
 func TestCompactRoundTrip(t *testing.T) {
@@ -67,7 +67,11 @@ func TestCompactRoundTrip(t *testing.T) {
 					}
 				}
 			}
-			if cc.TopK > 0 && kept > int(math.Ceil(cc.TopK*float64(len(tt.Data)))) {
+			want := int(math.Ceil(cc.TopK * float64(len(tt.Data))))
+			if len(tt.Shape) <= 1 && len(tt.Data) <= DenseBelow {
+				want = len(tt.Data) // small vectors are sent whole
+			}
+			if cc.TopK > 0 && kept > want {
 				t.Errorf("%s %s: kept %d of %d", name, tt.Name, kept, len(tt.Data))
 			}
 		}
@@ -173,8 +177,30 @@ func FuzzCompactDecode(f *testing.F) {
 		// A small element budget keeps every input cheap (the limit path
 		// is what a coordinator uses).
 		s, err := DecodeLimit(c, b, 1<<16)
+		v, verr := DecodeVector(c, b, 1<<16)
+		if (err == nil) != (verr == nil) {
+			t.Fatalf("DecodeLimit error %v, DecodeVector error %v", err, verr)
+		}
 		if err != nil {
 			return
+		}
+		// Decoding block by block gives what decoding at once does.
+		flat := make([]float32, 0, s.Len())
+		for _, tt := range s.Tensors {
+			flat = append(flat, tt.Data...)
+		}
+		buf := make([]float32, 97)
+		for lo := 0; lo < len(flat); lo += len(buf) {
+			hi := min(lo+len(buf), len(flat))
+			blk, err := v.Block(lo, hi, buf)
+			if err != nil {
+				t.Fatalf("block [%d, %d): %v", lo, hi, err)
+			}
+			for i, x := range blk {
+				if math.Float32bits(x) != math.Float32bits(flat[lo+i]) {
+					t.Fatalf("element %d: %v by block, %v at once", lo+i, x, flat[lo+i])
+				}
+			}
 		}
 		if err := s.CheckFinite(); err != nil {
 			t.Fatalf("decoded non-finite values: %v", err)
