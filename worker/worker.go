@@ -81,6 +81,10 @@ type Worker struct {
 	models  map[string]tensor.Set
 	// residuals are the error-feedback residuals of lossy codecs, per job.
 	residuals map[string]tensor.Set
+	// nextResidual is the residual the pending update leaves behind: it
+	// replaces the job's residual only once a leader accepts the update
+	// (a refused update is dropped whole, and its residual with it).
+	nextResidual *residual
 }
 
 // ErrNoCluster is returned by Run when no node could be reached.
@@ -298,7 +302,7 @@ func (w *Worker) submit(ctx context.Context) error {
 	case codes.OK:
 	case codes.FailedPrecondition, codes.NotFound, codes.PermissionDenied, codes.InvalidArgument, codes.ResourceExhausted:
 		w.log.Warn("update refused; dropping it", "job", p.Job, "round", p.Round, "err", err)
-		w.pending = nil
+		w.pending, w.nextResidual = nil, nil
 		return nil
 	default:
 		return fmt.Errorf("submit to %s: %w", w.target, err)
@@ -307,6 +311,7 @@ func (w *Worker) submit(ctx context.Context) error {
 		return w.follow(resp.LeaderAddr) // resubmitted on the next step
 	}
 	w.log.Info("update accepted", "job", p.Job, "round", p.Round, "duplicate", resp.Duplicate)
+	w.commitResidual()
 	w.done = append(w.done, pb.AttemptKey(p.Job, p.Round, p.Attempt))
 	if len(w.done) > 64 {
 		w.done = w.done[len(w.done)-64:]
@@ -316,8 +321,8 @@ func (w *Worker) submit(ctx context.Context) error {
 }
 
 // encode encodes a delta; a lossy codec gets the job's error-feedback
-// residual added and leaves the new residual behind (in memory, and in
-// StateDir so that it survives a restart).
+// residual added, and the residual it leaves behind is kept for the job
+// once the update is accepted (commitResidual).
 func (w *Worker) encode(cd codec.Codec, job string, delta tensor.Set) ([]byte, error) {
 	rc, ok := cd.(codec.ResidualCodec)
 	if !ok || w.cfg.NoErrorFeedback {
@@ -340,16 +345,35 @@ func (w *Worker) encode(cd codec.Codec, job string, delta tensor.Set) ([]byte, e
 	if err != nil {
 		return nil, err
 	}
-	w.residuals[job] = next
-	if path != "" {
-		if err := os.MkdirAll(w.cfg.StateDir, 0o755); err == nil {
-			err = tensor.WriteFile(path, next, tensor.F32)
-		}
-		if err != nil {
-			w.log.Warn("error-feedback residual not saved", "job", job, "err", err)
-		}
-	}
+	w.nextResidual = &residual{job: job, set: next, path: path}
 	return payload, nil
+}
+
+// residual is an error-feedback residual waiting for its update's fate.
+type residual struct {
+	job, path string
+	set       tensor.Set
+}
+
+// commitResidual makes the accepted update's residual the job's (in
+// memory, and in StateDir so that it survives a restart).
+func (w *Worker) commitResidual() {
+	r := w.nextResidual
+	if r == nil {
+		return
+	}
+	w.nextResidual = nil
+	w.residuals[r.job] = r.set
+	if r.path == "" {
+		return
+	}
+	err := os.MkdirAll(w.cfg.StateDir, 0o755)
+	if err == nil {
+		err = tensor.WriteFile(r.path, r.set, tensor.F32)
+	}
+	if err != nil {
+		w.log.Warn("error-feedback residual not saved", "job", r.job, "err", err)
+	}
 }
 
 // model returns the base model with this hash, from cache or the cluster.

@@ -100,8 +100,18 @@ func StartCrashingWorker(t testing.TB, id string, join []string, data *dataset.E
 
 func startWorker(t testing.TB, cfg worker.Config, data *dataset.Examples) *WorkerHandle {
 	t.Helper()
-	id := cfg.ID
 	tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
+	return StartWorkerWith(t, cfg, tr)
+}
+
+// StartWorkerWith starts a worker with the given config (local gossip
+// profile, short polls) and trainer, which it closes when it stops.
+func StartWorkerWith(t testing.TB, cfg worker.Config, tr interface {
+	worker.Trainer
+	Close()
+}) *WorkerHandle {
+	t.Helper()
+	id := cfg.ID
 	cfg.Profile, cfg.PollWait, cfg.Logger = "local", 2*time.Second, Logger(t)
 	w, err := worker.New(cfg, tr)
 	if err != nil {
