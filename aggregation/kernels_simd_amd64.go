@@ -9,6 +9,10 @@ var avx512 = archsimd.X86.AVX512()
 
 var zero16 archsimd.Float32x16
 
+// SIMD reports whether the aggregation kernels use SIMD instructions
+// (AVX-512) in this build on this CPU.
+func SIMD() bool { return avx512 }
+
 func loadLanes(rows [][]float32, j, m int, s []float32) {
 	if !avx512 || m < lanes {
 		loadLanesGo(rows, j, m, s)

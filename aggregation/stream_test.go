@@ -342,3 +342,39 @@ func TestWeightedSumMatchesAxpy(t *testing.T) {
 		}
 	}
 }
+
+// TestPrunedNetworks: a network pruned for the sum of positions [lo, hi)
+// leaves exactly the sorted values' multiset there, for every span the
+// rules use, on inputs with many ties.
+func TestPrunedNetworks(t *testing.T) {
+	r := rand.New(rand.NewPCG(17, 18))
+	for n := 1; n <= 70; n++ {
+		full := sortNetwork(n)
+		spans := [][2]int{{(n - 1) / 2, n/2 + 1}, {n / 10, n - n/10}, {n / 5, n - n/5}}
+		for _, sp := range spans {
+			net := full.forSum(n, sp[0], sp[1])
+			if len(net) > len(full) {
+				t.Fatalf("n=%d: pruned network larger than the full one", n)
+			}
+			for trial := 0; trial < 20; trial++ {
+				v := make([]float32, n)
+				for i := range v {
+					v[i] = float32(r.IntN(5))
+					if trial%2 == 1 {
+						v[i] = float32(r.NormFloat64())
+					}
+				}
+				want := append([]float32(nil), v...)
+				full.sort(want)
+				net.sort(v)
+				got := append([]float32(nil), v[sp[0]:sp[1]]...)
+				sortNetwork(len(got)).sort(got)
+				for i := range got {
+					if got[i] != want[sp[0]+i] {
+						t.Fatalf("n=%d span %v: positions hold %v, sorted %v", n, sp, v[sp[0]:sp[1]], want[sp[0]:sp[1]])
+					}
+				}
+			}
+		}
+	}
+}

@@ -32,8 +32,11 @@ func main() {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
 	defer tw.Flush()
 	kernelsKind := "pure Go"
-	if tensor.SIMD() {
-		kernelsKind = "SIMD (GOEXPERIMENT=simd: AVX2 tensor kernels, AVX-512 aggregation kernels where the CPU has it)"
+	switch {
+	case tensor.SIMD() && aggregation.SIMD():
+		kernelsKind = "SIMD (GOEXPERIMENT=simd): AVX2 tensor kernels, AVX-512 aggregation kernels"
+	case tensor.SIMD():
+		kernelsKind = "SIMD (GOEXPERIMENT=simd): AVX2 tensor kernels; pure-Go aggregation kernels (no AVX-512 on this CPU)"
 	}
 	fmt.Printf("fedtune benchmarks, kernels: %s (ratios are against baselines measured in this run)\n", kernelsKind)
 	run := map[string]func(*tabwriter.Writer){
