@@ -12,6 +12,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"sort"
 	"sync"
 	"time"
 
@@ -21,48 +22,64 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/tensor/codec"
 )
 
 // Attacks lists the Byzantine behaviours Run simulates.
-var Attacks = []string{"none", "sign-flip", "gaussian", "alie", "ipm", "label-flip"}
+var Attacks = []string{"none", "sign-flip", "gaussian", "alie", "ipm", "label-flip", "free-rider"}
 
 // Config is one simulated federated run.
 type Config struct {
-	Model     string            // architecture, e.g. "mnist-mlp-small"
-	Workers   int               // virtual workers (all take part in every round)
-	Rounds    int               // rounds
-	Partition dataset.Partition // how the training set is split among workers
-	Train     model.TrainConfig // local training (Seed is set per worker and round)
-	Rule      string            // aggregation rule
-	Params    aggregation.Params
-	Server    aggregation.ServerOptimizer
-	// Attack is one of Attacks; the first ⌊Byzantine × Workers⌋ workers
-	// carry it out.
+	Model   string // architecture, e.g. "mnist-mlp-small"
+	Workers int    // virtual workers
+	// ClientsPerRound is how many workers are sampled (uniformly, without
+	// replacement) each round; 0 means all of them.
+	ClientsPerRound int
+	Rounds          int               // rounds
+	Partition       dataset.Partition // how the training set is split among workers
+	Train           model.TrainConfig // local training (Seed is set per worker and round)
+	Rule            string            // aggregation rule
+	Params          aggregation.Params
+	Server          aggregation.ServerOptimizer
+	// Codec encodes every update as a worker would ("" means fp32); the
+	// coordinator's decoder reads it back, and its size is counted.
+	Codec string
+	// NoErrorFeedback turns off error feedback for lossy codecs (on by
+	// default, as on real workers; it keeps one residual per virtual worker
+	// that has taken part).
+	NoErrorFeedback bool
+	// Attack is one of Attacks; workers 0 … ⌊Byzantine × Workers⌋ − 1 carry
+	// it out whenever they are sampled.
 	Attack    string
 	Byzantine float64
-	Seed      uint64
-	Base      tensor.Set // starting model; default: a fresh initialisation
+	// Dropout is the probability that a sampled worker's update never
+	// arrives (a straggler past the deadline, or a crash).
+	Dropout float64
+	Seed    uint64
+	Base    tensor.Set // starting model; default: a fresh initialisation
 	// EvalEvery evaluates every this many rounds (and always the last); 0: every round.
 	EvalEvery int
 	// WorkerMomentum β > 0: every worker sends m ← β·m + (1−β)·delta, its
 	// momentum over rounds, instead of its delta (Karimireddy et al. 2021:
 	// momentum shrinks the honest updates' spread, which is what lets
 	// centered clipping tell attackers from honest workers). Each worker
-	// keeps one model-sized vector for it.
+	// that has taken part keeps one model-sized vector for it.
 	WorkerMomentum float64
 }
 
 // RoundResult is the model after one round.
 type RoundResult struct {
-	Round    int
-	Accuracy float64
-	Loss     float64
-	Seconds  float64
+	Round        int
+	Participants int     // updates aggregated (sampled minus dropped)
+	Accuracy     float64 // on the test set; NaN when not evaluated this round
+	Loss         float64
+	Bytes        int64 // encoded updates received this round
+	Seconds      float64
 }
 
-// Run simulates cfg on train and evaluates every round on test. progress,
-// if set, is called after each round. Results are a function of cfg alone:
-// the same config gives the same numbers, whatever the scheduling.
+// Run simulates cfg on train and evaluates on test. progress, if set, is
+// called after each round. Results are a function of cfg alone: the same
+// config gives the same numbers, whatever the scheduling.
 func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progress func(RoundResult)) ([]RoundResult, error) {
 	arch, err := model.Lookup(cfg.Model)
 	if err != nil {
@@ -76,12 +93,27 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	if err != nil {
 		return nil, err
 	}
+	cd, err := codec.New(cfg.Codec)
+	if err != nil {
+		return nil, err
+	}
 	if !contains(Attacks, cfg.Attack) && cfg.Attack != "" {
 		return nil, fmt.Errorf("sim: unknown attack %q (known: %v)", cfg.Attack, Attacks)
 	}
 	if cfg.Workers < 1 || cfg.Rounds < 1 {
 		return nil, fmt.Errorf("sim: %d workers and %d rounds: want at least 1 each", cfg.Workers, cfg.Rounds)
 	}
+	if cfg.ClientsPerRound < 0 || cfg.ClientsPerRound > cfg.Workers {
+		return nil, fmt.Errorf("sim: %d clients per round of %d workers", cfg.ClientsPerRound, cfg.Workers)
+	}
+	if cfg.WorkerMomentum < 0 || cfg.WorkerMomentum >= 1 {
+		return nil, fmt.Errorf("sim: worker momentum %v, want [0, 1)", cfg.WorkerMomentum)
+	}
+	if cfg.Dropout < 0 || cfg.Dropout >= 1 || cfg.Byzantine < 0 || cfg.Byzantine > 1 {
+		return nil, fmt.Errorf("sim: dropout %v and Byzantine fraction %v, want [0, 1)", cfg.Dropout, cfg.Byzantine)
+	}
+	// Workers hold index lists into the one shared training set; a
+	// worker's examples are gathered only while it trains.
 	parts, err := cfg.Partition.Split(train.Y, train.Classes, cfg.Workers)
 	if err != nil {
 		return nil, err
@@ -90,19 +122,9 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	if cfg.Attack != "" && cfg.Attack != "none" {
 		byz = int(cfg.Byzantine * float64(cfg.Workers))
 	}
-	// Each worker's share is copied out once (the shares are disjoint, so
-	// all of them together are one copy of the data set), not every round.
-	local := make([]*dataset.Examples, cfg.Workers)
 	flipped := train
 	if cfg.Attack == "label-flip" {
 		flipped = flipLabels(train)
-	}
-	for w := range local {
-		src := train
-		if w < byz {
-			src = flipped
-		}
-		local[w] = src.Subset(parts[w])
 	}
 	global := cfg.Base
 	if len(global.Tensors) == 0 {
@@ -115,54 +137,107 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	defer ev.Close()
 	pool := newTrainerPool(arch)
 	defer pool.close()
-	if cfg.WorkerMomentum < 0 || cfg.WorkerMomentum >= 1 {
-		return nil, fmt.Errorf("sim: worker momentum %v, want [0, 1)", cfg.WorkerMomentum)
+	var (
+		state     tensor.Set
+		results   []RoundResult
+		momentum  = map[int]tensor.Set{} // per worker that has taken part
+		residuals = map[int]tensor.Set{} // error feedback, likewise
+	)
+	rc, lossy := cd.(codec.ResidualCodec)
+	lossy = lossy && !cfg.NoErrorFeedback
+	k := cfg.ClientsPerRound
+	if k == 0 {
+		k = cfg.Workers
 	}
-	var momentum []tensor.Set
-	if cfg.WorkerMomentum > 0 {
-		momentum = make([]tensor.Set, cfg.Workers)
-	}
-	var state tensor.Set
-	var results []RoundResult
 	for round := 1; round <= cfg.Rounds; round++ {
 		start := time.Now()
-		deltas := make([]tensor.Set, cfg.Workers)
-		err := pool.run(ctx, cfg.Workers, func(tr *model.Trainer, w int) error {
+		r := rand.New(rand.NewPCG(cfg.Seed, uint64(round)))
+		var sampled []int
+		for _, w := range r.Perm(cfg.Workers)[:k] {
+			if r.Float64() >= cfg.Dropout {
+				sampled = append(sampled, w)
+			}
+		}
+		sort.Ints(sampled)
+		res := RoundResult{Round: round, Participants: len(sampled), Accuracy: math.NaN(), Loss: math.NaN()}
+		if len(sampled) == 0 {
+			// Every sampled worker dropped out: the model stays as it is.
+			res.Seconds = time.Since(start).Seconds()
+			results = append(results, res)
+			if progress != nil {
+				progress(res)
+			}
+			continue
+		}
+		deltas := make([]tensor.Set, len(sampled))
+		err := pool.run(ctx, len(sampled), func(tr *model.Trainer, i int) error {
+			w := sampled[i]
+			if w < byz && cfg.Attack == "free-rider" {
+				deltas[i] = tensor.ZerosLike(global) // claims its samples, trains nothing
+				return nil
+			}
+			src := train
+			if w < byz {
+				src = flipped
+			}
 			tc := cfg.Train
 			tc.Seed = cfg.Seed ^ uint64(round)<<32 ^ uint64(w)<<8
-			trained, _, err := tr.Train(ctx, global, local[w], tc)
+			trained, _, err := tr.Train(ctx, global, src.Subset(parts[w]), tc)
 			if err != nil {
 				return fmt.Errorf("worker %d round %d: %w", w, round, err)
 			}
-			deltas[w], err = tensor.Diff(trained, global)
+			deltas[i], err = tensor.Diff(trained, global)
 			return err
 		})
 		if errors.Is(err, model.ErrDiverged) {
 			// The global model is broken (an attack got through): record
 			// it at chance accuracy and stop.
-			results = append(results, RoundResult{Round: round, Accuracy: 0.1, Loss: math.Inf(1), Seconds: time.Since(start).Seconds()})
+			res.Accuracy, res.Loss, res.Seconds = 0.1, math.Inf(1), time.Since(start).Seconds()
+			results = append(results, res)
 			break
 		}
 		if err != nil {
 			return results, err
 		}
-		if momentum != nil {
+		if cfg.WorkerMomentum > 0 {
 			b := float32(cfg.WorkerMomentum)
-			for w, d := range deltas {
-				if momentum[w].Tensors == nil {
-					momentum[w] = tensor.ZerosLike(d)
+			for i, w := range sampled {
+				m, ok := momentum[w]
+				if !ok {
+					m = tensor.ZerosLike(deltas[i])
+					momentum[w] = m
 				}
-				for k, t := range momentum[w].Tensors {
-					tensor.Scale(b, t.Data)
-					tensor.Axpy(1-b, d.Tensors[k].Data, t.Data)
+				for t, mt := range m.Tensors {
+					tensor.Scale(b, mt.Data)
+					tensor.Axpy(1-b, deltas[i].Tensors[t].Data, mt.Data)
 				}
-				deltas[w] = momentum[w].Clone()
+				deltas[i] = m.Clone()
 			}
 		}
-		attack(cfg.Attack, deltas, byz, cfg.Seed^uint64(round))
-		ups := make([]aggregation.Update, cfg.Workers)
-		for w := range ups {
-			ups[w] = aggregation.Update{Worker: fmt.Sprintf("w%04d", w), Delta: deltas[w], Samples: uint64(len(parts[w]))}
+		nb := 0
+		for nb < len(sampled) && sampled[nb] < byz {
+			nb++
+		}
+		attack(cfg.Attack, deltas, nb, cfg.Seed^uint64(round))
+		ups := make([]aggregation.Update, len(sampled))
+		for i, w := range sampled {
+			var payload []byte
+			if lossy {
+				var next tensor.Set
+				payload, next, err = rc.EncodeResidual(deltas[i], residuals[w])
+				residuals[w] = next
+			} else {
+				payload, err = cd.Encode(deltas[i])
+			}
+			if err != nil {
+				return results, fmt.Errorf("round %d: worker %d: encode: %w", round, w, err)
+			}
+			res.Bytes += int64(len(payload))
+			v, err := codec.DecodeVector(cd, payload, global.Len())
+			if err != nil {
+				return results, fmt.Errorf("round %d: worker %d: decode: %w", round, w, err)
+			}
+			ups[i] = aggregation.Update{Worker: fmt.Sprintf("w%06d", w), Source: v, Samples: uint64(len(parts[w]))}
 		}
 		agg, _, err := rule.Aggregate(ups)
 		if err != nil {
@@ -171,18 +246,17 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		if global, state, err = opt.Step(global, agg, state); err != nil {
 			return results, err
 		}
-		acc, loss := math.NaN(), math.NaN()
 		if cfg.EvalEvery <= 1 || round%cfg.EvalEvery == 0 || round == cfg.Rounds || global.CheckFinite() != nil {
 			e, err := ev.Evaluate(global, test)
 			if err != nil {
 				return results, err
 			}
-			acc, loss = e.Accuracy, e.Loss
+			res.Accuracy, res.Loss = e.Accuracy, e.Loss
 		}
 		if global.CheckFinite() != nil {
-			acc, loss = 0.1, math.Inf(1) // diverged: chance accuracy
+			res.Accuracy, res.Loss = 0.1, math.Inf(1) // diverged: chance accuracy
 		}
-		res := RoundResult{Round: round, Accuracy: acc, Loss: loss, Seconds: time.Since(start).Seconds()}
+		res.Seconds = time.Since(start).Seconds()
 		results = append(results, res)
 		if progress != nil {
 			progress(res)
@@ -214,10 +288,11 @@ func flipLabels(train *dataset.Examples) *dataset.Examples {
 }
 
 // attack replaces the first byz deltas by the attack's updates. ALIE and
-// IPM are omniscient: they use this round's honest updates.
+// IPM are omniscient: they use this round's honest updates. Label flipping
+// and free riding happen in training.
 func attack(kind string, deltas []tensor.Set, byz int, seed uint64) {
-	if byz == 0 {
-		return
+	if byz == 0 || (byz == len(deltas) && (kind == "alie" || kind == "ipm")) {
+		return // ALIE and IPM need honest updates to hide among
 	}
 	honest := deltas[byz:]
 	mean := tensor.ZerosLike(deltas[0])

@@ -49,6 +49,7 @@ func newApp() *cli.App {
 			verifyCommand(),
 			modelCommand(),
 			demoCommand(),
+			simCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version and build information",

@@ -1,0 +1,328 @@
+package sim
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/tensor/codec"
+)
+
+// An experiment file is a flat YAML map of the keys below. Any key may be
+// given a list of values instead of one: the experiment is then the grid of
+// every combination (a sweep), run in the order of Keys, the last key
+// varying fastest. Unknown keys and impossible values are refused before
+// anything runs, with the key named.
+
+// Key describes one experiment key.
+type Key struct {
+	Name string
+	Kind string // "int", "float", "string" or "bool"
+	Def  string // default value
+	Help string
+}
+
+// Keys lists every experiment key, in sweep order.
+var Keys = []Key{
+	{"dataset", "string", "mnist", "training data: mnist"},
+	{"model", "string", "mnist-mlp-small", "architecture (" + strings.Join(model.Names(), ", ") + ")"},
+	{"workers", "int", "100", "virtual workers"},
+	{"clients_per_round", "int", "0", "workers sampled each round (0: all)"},
+	{"rounds", "int", "20", "rounds"},
+	{"partition", "string", "iid", "iid, shards or dirichlet"},
+	{"alpha", "float", "0.5", "dirichlet concentration"},
+	{"shards", "int", "2", "label shards per worker (partition: shards)"},
+	{"local_epochs", "int", "1", "local epochs per round"},
+	{"local_steps", "int", "0", "cap on local SGD steps per round (0: none)"},
+	{"batch_size", "int", "32", "local batch size"},
+	{"lr", "float", "0.1", "local learning rate"},
+	{"momentum", "float", "0.5", "local SGD momentum"},
+	{"prox_mu", "float", "0", "FedProx proximal term"},
+	{"aggregator", "string", "fedavg", "aggregation rule (" + strings.Join(aggregation.Rules, ", ") + ")"},
+	{"trim_fraction", "float", "0.1", "trimmed mean: fraction cut from each end"},
+	{"f", "int", "0", "Krum, Multi-Krum, Bulyan: Byzantine updates tolerated (0: the most n allows)"},
+	{"multi_krum_m", "int", "0", "Multi-Krum: updates averaged (0: n - f)"},
+	{"clip_norm", "float", "0", "scale updates to at most this L2 norm before the rule (0: off)"},
+	{"tau", "float", "10", "centered clipping radius"},
+	{"agg_iterations", "int", "0", "centered clipping / geometric median iterations (0: default)"},
+	{"server_optimizer", "string", "plain", "plain, fedavgm, fedadam or fedyogi"},
+	{"server_lr", "float", "1", "server learning rate"},
+	{"server_beta1", "float", "0.9", "server momentum / first moment"},
+	{"server_beta2", "float", "0.99", "server second moment"},
+	{"server_epsilon", "float", "0.001", "server optimizer epsilon"},
+	{"codec", "string", "fp32", "update encoding (fp32, fp16, int8, topk=<fraction>+fp32|fp16|int8)"},
+	{"error_feedback", "bool", "true", "error feedback for lossy codecs"},
+	{"attack", "string", "none", "Byzantine behaviour (" + strings.Join(Attacks, ", ") + ")"},
+	{"byzantine", "float", "0", "fraction of workers that attack"},
+	{"dropout", "float", "0", "probability that a sampled worker's update never arrives"},
+	{"worker_momentum", "float", "0", "workers send their momentum over rounds (centered clipping's companion)"},
+	{"seed", "int", "1", "seed of everything random"},
+	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
+	{"test_examples", "int", "0", "evaluate on the first n test examples (0: all)"},
+}
+
+// Experiment is a parsed experiment file: each key's values (one, or
+// several for a sweep).
+type Experiment struct {
+	Values map[string][]string
+}
+
+func keyByName(name string) (Key, bool) {
+	for _, k := range Keys {
+		if k.Name == name {
+			return k, true
+		}
+	}
+	return Key{}, false
+}
+
+// ParseExperiment reads an experiment from YAML.
+func ParseExperiment(b []byte) (*Experiment, error) {
+	var raw map[string]yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(&raw); err != nil && err.Error() != "EOF" {
+		return nil, fmt.Errorf("experiment: %w", err)
+	}
+	e := &Experiment{Values: map[string][]string{}}
+	names := make([]string, 0, len(raw))
+	for name := range raw {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		node := raw[name]
+		var vals []string
+		switch node.Kind {
+		case yaml.ScalarNode:
+			vals = []string{node.Value}
+		case yaml.SequenceNode:
+			for _, c := range node.Content {
+				if c.Kind != yaml.ScalarNode {
+					return nil, fmt.Errorf("experiment: key %q (line %d): list items must be plain values", name, c.Line)
+				}
+				vals = append(vals, c.Value)
+			}
+			if len(vals) == 0 {
+				return nil, fmt.Errorf("experiment: key %q (line %d): empty list", name, node.Line)
+			}
+		default:
+			return nil, fmt.Errorf("experiment: key %q (line %d): want a value or a list of values", name, node.Line)
+		}
+		if err := e.Set(name, vals...); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// LoadExperiment reads an experiment file; an empty path gives the defaults.
+func LoadExperiment(path string) (*Experiment, error) {
+	if path == "" {
+		return &Experiment{Values: map[string][]string{}}, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	e, err := ParseExperiment(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return e, nil
+}
+
+// Set gives key one or more values (overriding the file), checking each
+// parses as the key's kind.
+func (e *Experiment) Set(name string, vals ...string) error {
+	k, ok := keyByName(name)
+	if !ok {
+		return fmt.Errorf("experiment: unknown key %q (known: %s)", name, strings.Join(keyNames(), ", "))
+	}
+	for _, v := range vals {
+		if err := checkKind(k, v); err != nil {
+			return err
+		}
+	}
+	e.Values[name] = vals
+	return nil
+}
+
+func keyNames() []string {
+	out := make([]string, len(Keys))
+	for i, k := range Keys {
+		out[i] = k.Name
+	}
+	return out
+}
+
+func checkKind(k Key, v string) error {
+	var err error
+	switch k.Kind {
+	case "int":
+		_, err = strconv.Atoi(v)
+	case "float":
+		_, err = strconv.ParseFloat(v, 64)
+	case "bool":
+		_, err = strconv.ParseBool(v)
+	}
+	if err != nil {
+		return fmt.Errorf("experiment: key %q: %q is not a%s %s", k.Name, v, map[bool]string{true: "n", false: ""}[k.Kind == "int"], k.Kind)
+	}
+	return nil
+}
+
+// Swept returns the keys given more than one value, in sweep order.
+func (e *Experiment) Swept() []string {
+	var out []string
+	for _, k := range Keys {
+		if len(e.Values[k.Name]) > 1 {
+			out = append(out, k.Name)
+		}
+	}
+	return out
+}
+
+// Point is one point of an experiment's grid: a value for every key.
+type Point map[string]string
+
+// Label names a run by its swept keys, e.g. "aggregator=median attack=ipm".
+func (r Point) Label(swept []string) string {
+	parts := make([]string, len(swept))
+	for i, k := range swept {
+		parts[i] = k + "=" + r[k]
+	}
+	return strings.Join(parts, " ")
+}
+
+// Points returns the grid, each run validated (Config) before any is run.
+func (e *Experiment) Points() ([]Point, error) {
+	runs := []Point{{}}
+	for _, k := range Keys {
+		vals := e.Values[k.Name]
+		if len(vals) == 0 {
+			vals = []string{k.Def}
+		}
+		next := make([]Point, 0, len(runs)*len(vals))
+		for _, r := range runs {
+			for _, v := range vals {
+				c := Point{}
+				for kk, vv := range r {
+					c[kk] = vv
+				}
+				c[k.Name] = v
+				next = append(next, c)
+			}
+		}
+		runs = next
+	}
+	for _, r := range runs {
+		if _, err := r.Config(); err != nil {
+			if label := r.Label(e.Swept()); label != "" {
+				return nil, fmt.Errorf("experiment run %s: %w", label, err)
+			}
+			return nil, err
+		}
+	}
+	return runs, nil
+}
+
+func (r Point) int(k string) int       { v, _ := strconv.Atoi(r[k]); return v }
+func (r Point) float(k string) float64 { v, _ := strconv.ParseFloat(r[k], 64); return v }
+func (r Point) bool(k string) bool     { v, _ := strconv.ParseBool(r[k]); return v }
+func keyErr(k, format string, a ...any) error {
+	return fmt.Errorf("key %q: %s", k, fmt.Sprintf(format, a...))
+}
+
+// Config turns a run into a sim Config, refusing impossible values with
+// the key named.
+func (r Point) Config() (Config, error) {
+	c := Config{
+		Model: r["model"], Workers: r.int("workers"), ClientsPerRound: r.int("clients_per_round"), Rounds: r.int("rounds"),
+		Partition: dataset.Partition{Kind: r["partition"], Alpha: r.float("alpha"), Shards: r.int("shards"), Seed: uint64(r.int("seed"))},
+		Train: model.TrainConfig{Epochs: r.int("local_epochs"), Steps: r.int("local_steps"), BatchSize: r.int("batch_size"),
+			LR: r.float("lr"), Momentum: r.float("momentum"), ProxMu: r.float("prox_mu")},
+		Rule: r["aggregator"],
+		Params: aggregation.Params{TrimFraction: r.float("trim_fraction"), F: r.int("f"), M: r.int("multi_krum_m"),
+			ClipNorm: r.float("clip_norm"), Tau: r.float("tau"), Iterations: r.int("agg_iterations")},
+		Server: aggregation.ServerOptimizer{Name: r["server_optimizer"], LR: r.float("server_lr"), Beta1: r.float("server_beta1"),
+			Beta2: r.float("server_beta2"), Eps: r.float("server_epsilon")},
+		Codec: r["codec"], NoErrorFeedback: !r.bool("error_feedback"), Attack: r["attack"], Byzantine: r.float("byzantine"),
+		Dropout: r.float("dropout"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
+	}
+	switch {
+	case r["dataset"] != "mnist":
+		return c, keyErr("dataset", "unknown data set %q (known: mnist)", r["dataset"])
+	case c.Workers < 1:
+		return c, keyErr("workers", "%d, want at least 1", c.Workers)
+	case c.Rounds < 1:
+		return c, keyErr("rounds", "%d, want at least 1", c.Rounds)
+	case c.ClientsPerRound < 0 || c.ClientsPerRound > c.Workers:
+		return c, keyErr("clients_per_round", "%d clients per round of %d workers", c.ClientsPerRound, c.Workers)
+	case c.Train.BatchSize < 1:
+		return c, keyErr("batch_size", "%d, want at least 1", c.Train.BatchSize)
+	case !(c.Train.LR > 0):
+		return c, keyErr("lr", "%v, want > 0", c.Train.LR)
+	case c.Byzantine < 0 || c.Byzantine >= 1:
+		return c, keyErr("byzantine", "fraction %v, want [0, 1)", c.Byzantine)
+	case c.Dropout < 0 || c.Dropout >= 1:
+		return c, keyErr("dropout", "probability %v, want [0, 1)", c.Dropout)
+	case c.WorkerMomentum < 0 || c.WorkerMomentum >= 1:
+		return c, keyErr("worker_momentum", "%v, want [0, 1)", c.WorkerMomentum)
+	case c.EvalEvery < 1:
+		return c, keyErr("eval_every", "%d, want at least 1", c.EvalEvery)
+	}
+	if _, err := model.Lookup(c.Model); err != nil {
+		return c, keyErr("model", "%v", err)
+	}
+	if _, err := codec.New(c.Codec); err != nil {
+		return c, keyErr("codec", "%v", err)
+	}
+	if !contains(Attacks, c.Attack) {
+		return c, keyErr("attack", "unknown attack %q (known: %s)", c.Attack, strings.Join(Attacks, ", "))
+	}
+	if _, err := aggregation.NewServerOptimizer(c.Server); err != nil {
+		return c, keyErr("server_optimizer", "%v", err)
+	}
+	if _, err := aggregation.NewRule(c.Rule, c.Params); err != nil {
+		return c, keyErr("aggregator", "%v", err)
+	}
+	if _, err := c.Partition.Split(make([]uint8, c.Workers), 1, c.Workers); err != nil {
+		return c, keyErr("partition", "%v", err)
+	}
+	// Can the rule tolerate the attackers it will meet? A round has k
+	// updates of which about byzantine × k attack.
+	k := c.ClientsPerRound
+	if k == 0 {
+		k = c.Workers
+	}
+	if c.Attack != "none" && c.Byzantine > 0 {
+		bad := int(c.Byzantine * float64(k))
+		switch c.Rule {
+		case "median", "geomedian", "centered-clip":
+			if c.Byzantine >= 0.5 {
+				return c, keyErr("byzantine", "fraction %v: %s tolerates fewer than half the updates", c.Byzantine, c.Rule)
+			}
+		case "trimmed-mean":
+			if c.Params.TrimFraction < c.Byzantine {
+				return c, keyErr("trim_fraction", "%v cuts fewer values than the Byzantine fraction %v", c.Params.TrimFraction, c.Byzantine)
+			}
+		case "krum", "multi-krum":
+			if k < 2*bad+3 {
+				return c, keyErr("byzantine", "fraction %v: %d attackers among %d updates, Krum needs n ≥ 2f+3", c.Byzantine, bad, k)
+			}
+		case "bulyan":
+			if k < 4*bad+3 {
+				return c, keyErr("byzantine", "fraction %v: %d attackers among %d updates, Bulyan needs n ≥ 4f+3", c.Byzantine, bad, k)
+			}
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,100 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fedtune/fedtune/dataset"
+)
+
+// TestBadExperiments: every impossible experiment is refused before
+// anything runs, with the offending key named.
+func TestBadExperiments(t *testing.T) {
+	for _, tc := range []struct{ yaml, key string }{
+		{"workerz: 10", `"workerz"`},
+		{"workers: ten", `"workers"`},
+		{"workers: 10\nclients_per_round: 11", `"clients_per_round"`},
+		{"aggregator: [fedavg, mean]", `"aggregator"`},
+		{"attack: [none, teleport]", `"attack"`},
+		{"attack: ipm\nbyzantine: 0.6\naggregator: median", `"byzantine"`},
+		{"attack: ipm\nbyzantine: 0.4\naggregator: krum\nworkers: 10", `"byzantine"`},
+		{"attack: ipm\nbyzantine: 0.2\naggregator: trimmed-mean\ntrim_fraction: 0.1", `"trim_fraction"`},
+		{"codec: zip", `"codec"`},
+		{"partition: [iid, sorted]", `"partition"`},
+		{"dropout: 1", `"dropout"`},
+		{"lr: 0", `"lr"`},
+		{"model: resnet", `"model"`},
+		{"rounds: {a: 1}", `"rounds"`},
+	} {
+		e, err := ParseExperiment([]byte(tc.yaml))
+		if err == nil {
+			_, err = e.Points()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%q: err = %v, want it to name %s", tc.yaml, err, tc.key)
+		}
+	}
+}
+
+func TestSweepGrid(t *testing.T) {
+	e, err := ParseExperiment([]byte("aggregator: [fedavg, median, krum]\nattack: [none, ipm]\nbyzantine: 0.1\nworkers: 20"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := e.Points()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 6 || strings.Join(e.Swept(), ",") != "aggregator,attack" {
+		t.Fatalf("%d points swept over %v, want 6 over aggregator,attack", len(ps), e.Swept())
+	}
+	if ps[1]["aggregator"] != "fedavg" || ps[1]["attack"] != "ipm" || ps[5].Label(e.Swept()) != "aggregator=krum attack=ipm" {
+		t.Errorf("grid order: %v, %v", ps[1], ps[5])
+	}
+}
+
+// TestSweepCSVReproducible: the same experiment gives byte-identical CSVs,
+// with client sampling, dropout, an attack and a lossy codec in play.
+func TestSweepCSVReproducible(t *testing.T) {
+	train, test := data(t)
+	load := func(name string, split dataset.Split) (*dataset.Examples, error) {
+		if split == dataset.Train {
+			return train, nil
+		}
+		return test, nil
+	}
+	exp := []byte("workers: 30\nclients_per_round: 10\nrounds: 3\nlocal_steps: 10\ndropout: 0.2\n" +
+		"aggregator: [fedavg, trimmed-mean]\ntrim_fraction: 0.2\nattack: sign-flip\nbyzantine: 0.1\ncodec: topk=0.1+int8\n")
+	var csvs [][]byte
+	for i := range 2 {
+		e, err := ParseExperiment(exp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(t.TempDir(), "out")
+		sum, err := Sweep(context.Background(), e, SweepOptions{Out: dir, Data: load})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, "results.csv"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		csvs = append(csvs, b)
+		if i == 0 {
+			if lines := bytes.Count(b, []byte("\n")); lines != 1+2*3 {
+				t.Fatalf("%d CSV lines, want a header and 6 rows:\n%s", lines, b)
+			}
+			if sum.Runs[0].TotalBytes == 0 || sum.Runs[0].FinalAccuracy < 0.5 {
+				t.Errorf("run 1: %+v", sum.Runs[0])
+			}
+		}
+	}
+	if !bytes.Equal(csvs[0], csvs[1]) {
+		t.Fatalf("two runs of one experiment differ:\n%s\n---\n%s", csvs[0], csvs[1])
+	}
+}

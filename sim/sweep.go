@@ -1,0 +1,180 @@
+package sim
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/progress"
+)
+
+// SweepOptions says where a sweep writes and how it reports.
+type SweepOptions struct {
+	Out      string    // directory for results.csv and summary.json
+	Timings  bool      // add a seconds column to the CSV (which then differs run to run)
+	Progress io.Writer // live progress (a terminal); nil: none
+	// Data loads a data set split by name; default dataset.Load.
+	Data func(name string, split dataset.Split) (*dataset.Examples, error)
+}
+
+// RunSummary is one run's line in summary.json.
+type RunSummary struct {
+	Run            int               `json:"run"`
+	Label          string            `json:"label"`
+	Params         map[string]string `json:"params"`
+	FinalAccuracy  float64           `json:"final_accuracy"`
+	BestAccuracy   float64           `json:"best_accuracy"`
+	Rounds         int               `json:"rounds"`
+	TotalBytes     int64             `json:"total_bytes"`
+	Seconds        float64           `json:"seconds"`
+	RoundsPerMin   float64           `json:"rounds_per_minute"`
+	MeanPerRound   int               `json:"mean_participants"`
+	DivergedAtDone bool              `json:"diverged"`
+}
+
+// Summary is summary.json.
+type Summary struct {
+	Swept   []string     `json:"swept"`
+	Runs    []RunSummary `json:"runs"`
+	Seconds float64      `json:"seconds"`
+}
+
+// Sweep runs every run of e and writes one tidy CSV (a row per run per
+// round) and a JSON summary to opts.Out. The CSV is a function of the
+// experiment alone: the same file and seed give the same bytes.
+func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, error) {
+	runs, err := e.Points()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Data == nil {
+		opts.Data = dataset.Load
+	}
+	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.Create(filepath.Join(opts.Out, "results.csv"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	w := csv.NewWriter(f)
+	swept := e.Swept()
+	header := append(append([]string{"run"}, swept...), "round", "participants", "accuracy", "loss", "bytes", "cum_bytes")
+	if opts.Timings {
+		header = append(header, "seconds")
+	}
+	w.Write(header)
+
+	type data struct{ train, test *dataset.Examples }
+	loaded := map[string]data{}
+	totalRounds, doneRounds := 0, 0
+	for _, r := range runs {
+		totalRounds += r.int("rounds")
+	}
+	start := time.Now()
+	sum := &Summary{Swept: swept}
+	for i, r := range runs {
+		cfg, _ := r.Config() // validated by Points
+		d, ok := loaded[r["dataset"]]
+		if !ok {
+			if d.train, err = opts.Data(r["dataset"], dataset.Train); err != nil {
+				return nil, err
+			}
+			if d.test, err = opts.Data(r["dataset"], dataset.Test); err != nil {
+				return nil, err
+			}
+			loaded[r["dataset"]] = d
+		}
+		test := d.test
+		if n := r.int("test_examples"); n > 0 && n < test.Len() {
+			idx := make([]int, n)
+			for j := range idx {
+				idx[j] = j
+			}
+			test = test.Subset(idx)
+		}
+		label := r.Label(swept)
+		runStart := time.Now()
+		var cum int64
+		rs := RunSummary{Run: i + 1, Label: label, Params: r}
+		participants := 0
+		report := func(res RoundResult) {
+			doneRounds++
+			cum += res.Bytes
+			participants += res.Participants
+			row := []string{strconv.Itoa(i + 1)}
+			for _, k := range swept {
+				row = append(row, r[k])
+			}
+			row = append(row, strconv.Itoa(res.Round), strconv.Itoa(res.Participants), num(res.Accuracy), num(res.Loss),
+				strconv.FormatInt(res.Bytes, 10), strconv.FormatInt(cum, 10))
+			if opts.Timings {
+				row = append(row, strconv.FormatFloat(res.Seconds, 'f', 3, 64))
+			}
+			w.Write(row)
+			if !math.IsNaN(res.Accuracy) {
+				rs.FinalAccuracy = res.Accuracy
+				rs.BestAccuracy = max(rs.BestAccuracy, res.Accuracy)
+			}
+			if opts.Progress != nil {
+				elapsed := time.Since(start)
+				eta := time.Duration(float64(elapsed) / float64(doneRounds) * float64(totalRounds-doneRounds))
+				acc := "-"
+				if !math.IsNaN(res.Accuracy) {
+					acc = fmt.Sprintf("%.2f%%", 100*res.Accuracy)
+				}
+				fmt.Fprintf(opts.Progress, "\rrun %d/%d %s %s round %d/%d  acc %s  ETA %s   ",
+					i+1, len(runs), label, progress.Bar(res.Round, cfg.Rounds, 16), res.Round, cfg.Rounds, acc, eta.Round(time.Second))
+			}
+		}
+		results, err := Run(ctx, cfg, d.train, test, report)
+		if err != nil {
+			return nil, fmt.Errorf("run %d (%s): %w", i+1, label, err)
+		}
+		// A run that diverged stops early: the remaining rounds count as done.
+		if left := cfg.Rounds - len(results); left > 0 {
+			doneRounds += left
+			rs.DivergedAtDone = true
+		}
+		rs.Rounds, rs.TotalBytes = len(results), cum
+		rs.Seconds = time.Since(runStart).Seconds()
+		rs.RoundsPerMin = float64(len(results)) / rs.Seconds * 60
+		rs.MeanPerRound = participants / max(len(results), 1)
+		sum.Runs = append(sum.Runs, rs)
+		w.Flush()
+		if err := w.Error(); err != nil {
+			return nil, err
+		}
+		if opts.Progress != nil {
+			fmt.Fprintf(opts.Progress, "\rrun %d/%d %s: final accuracy %.2f%%, %.1f rounds/min%s\n", i+1, len(runs), label,
+				100*rs.FinalAccuracy, rs.RoundsPerMin, strings.Repeat(" ", 20))
+		}
+	}
+	sum.Seconds = time.Since(start).Seconds()
+	b, err := json.MarshalIndent(sum, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(opts.Out, "summary.json"), append(b, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	return sum, f.Close()
+}
+
+// num formats a metric exactly (shortest round-trip form); "" for NaN.
+func num(x float64) string {
+	if math.IsNaN(x) {
+		return ""
+	}
+	return strconv.FormatFloat(x, 'g', -1, 64)
+}
