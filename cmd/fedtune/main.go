@@ -50,6 +50,7 @@ func newApp() *cli.App {
 			modelCommand(),
 			demoCommand(),
 			simCommand(),
+			plotCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version and build information",

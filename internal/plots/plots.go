@@ -1,0 +1,264 @@
+// Package plots draws the PNGs of `fedtune plot` from a `fedtune sim`
+// results CSV with gonum/plot: accuracy and loss per round for every run,
+// accuracy against bytes on the wire, and final accuracy by aggregator ×
+// attack.
+package plots
+
+import (
+	"encoding/csv"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// series is one run's rows.
+type series struct {
+	label  string
+	params map[string]string // swept key -> value
+	round  []float64
+	acc    []float64 // NaN-free: only evaluated rounds
+	accX   []float64 // round of each acc value
+	accMB  []float64 // cumulative MB at each acc value
+	loss   []float64
+	final  float64
+}
+
+// Results is a parsed results CSV.
+type Results struct {
+	Swept []string
+	Runs  []*series
+}
+
+// Read parses a results CSV written by fedtune sim.
+func Read(r io.Reader) (*Results, error) {
+	rows, err := csv.NewReader(r).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("results: %w", err)
+	}
+	if len(rows) < 2 {
+		return nil, fmt.Errorf("results: no rows")
+	}
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	for _, need := range []string{"run", "round", "accuracy", "loss", "cum_bytes"} {
+		if _, ok := col[need]; !ok {
+			return nil, fmt.Errorf("results: no %q column (is this a fedtune sim results.csv?)", need)
+		}
+	}
+	res := &Results{Swept: rows[0][1:col["round"]]}
+	byRun := map[string]*series{}
+	for n, row := range rows[1:] {
+		if len(row) != len(rows[0]) {
+			return nil, fmt.Errorf("results: row %d has %d fields, header %d", n+2, len(row), len(rows[0]))
+		}
+		s, ok := byRun[row[col["run"]]]
+		if !ok {
+			s = &series{params: map[string]string{}}
+			var parts []string
+			for i, k := range res.Swept {
+				s.params[k] = row[1+i]
+				parts = append(parts, k+"="+row[1+i])
+			}
+			s.label = strings.Join(parts, " ")
+			if s.label == "" {
+				s.label = "run " + row[col["run"]]
+			}
+			byRun[row[col["run"]]] = s
+			res.Runs = append(res.Runs, s)
+		}
+		round, err := strconv.ParseFloat(row[col["round"]], 64)
+		if err != nil {
+			return nil, fmt.Errorf("results: row %d: round %q", n+2, row[col["round"]])
+		}
+		cum, _ := strconv.ParseFloat(row[col["cum_bytes"]], 64)
+		s.round = append(s.round, round)
+		if a := row[col["accuracy"]]; a != "" {
+			v, err := strconv.ParseFloat(a, 64)
+			if err != nil {
+				return nil, fmt.Errorf("results: row %d: accuracy %q", n+2, a)
+			}
+			s.acc = append(s.acc, 100*v)
+			s.accX = append(s.accX, round)
+			s.accMB = append(s.accMB, cum/1e6)
+			s.final = 100 * v
+			l, _ := strconv.ParseFloat(row[col["loss"]], 64)
+			s.loss = append(s.loss, l)
+		}
+	}
+	return res, nil
+}
+
+// Draw writes the PNGs to dir and returns their paths.
+func Draw(res *Results, dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var out []string
+	save := func(p *plot.Plot, name string, w vg.Length) error {
+		path := filepath.Join(dir, name)
+		if err := p.Save(w, 5*vg.Inch, path); err != nil {
+			return fmt.Errorf("plot %s: %w", name, err)
+		}
+		out = append(out, path)
+		return nil
+	}
+	lines := func(title, xl, yl string, x func(*series) []float64, y func(*series) []float64) *plot.Plot {
+		p := plot.New()
+		p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, xl, yl
+		p.Legend.Top = false
+		p.Legend.Left = false
+		for i, s := range res.Runs {
+			xs, ys := x(s), y(s)
+			pts := make(plotter.XYs, len(xs))
+			for j := range xs {
+				pts[j].X, pts[j].Y = xs[j], ys[j]
+			}
+			l, err := plotter.NewLine(pts)
+			if err != nil {
+				continue
+			}
+			l.Color = plotutil.Color(i)
+			l.Dashes = plotutil.Dashes(i / 7)
+			l.Width = vg.Points(1.5)
+			p.Add(l)
+			p.Legend.Add(s.label, l)
+		}
+		p.Add(plotter.NewGrid())
+		return p
+	}
+	width := 8 * vg.Inch
+	if len(res.Runs) > 12 {
+		width = 11 * vg.Inch
+	}
+	acc := lines("Test accuracy per round", "round", "test accuracy (%)", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.acc })
+	if err := save(acc, "accuracy.png", width); err != nil {
+		return nil, err
+	}
+	loss := lines("Test loss per round", "round", "test loss", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.loss })
+	if err := save(loss, "loss.png", width); err != nil {
+		return nil, err
+	}
+	wire := lines("Test accuracy against bytes on the wire", "updates received (MB, cumulative)", "test accuracy (%)",
+		func(s *series) []float64 { return s.accMB }, func(s *series) []float64 { return s.acc })
+	if err := save(wire, "accuracy_vs_bytes.png", width); err != nil {
+		return nil, err
+	}
+	bars, err := finalBars(res)
+	if err != nil {
+		return nil, err
+	}
+	for name, p := range bars {
+		if err := save(p, name, width); err != nil {
+			return nil, err
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// finalBars draws final accuracy grouped by attack (groups) and aggregator
+// (bars), one chart per combination of the other swept keys. Without both
+// keys swept it draws one bar per run.
+func finalBars(res *Results) (map[string]*plot.Plot, error) {
+	out := map[string]*plot.Plot{}
+	has := map[string]bool{}
+	for _, k := range res.Swept {
+		has[k] = true
+	}
+	if !has["aggregator"] || !has["attack"] {
+		p := plot.New()
+		p.Title.Text, p.Y.Label.Text = "Final test accuracy", "test accuracy (%)"
+		vals := make(plotter.Values, len(res.Runs))
+		names := make([]string, len(res.Runs))
+		for i, s := range res.Runs {
+			vals[i], names[i] = s.final, s.label
+		}
+		b, err := plotter.NewBarChart(vals, vg.Points(20))
+		if err != nil {
+			return nil, err
+		}
+		b.Color = plotutil.Color(0)
+		p.Add(b)
+		p.NominalX(names...)
+		p.X.Tick.Label.Rotation = 0.6
+		p.X.Tick.Label.XAlign, p.X.Tick.Label.YAlign = -1, -0.5
+		out["final.png"] = p
+		return out, nil
+	}
+	// Panels: the other swept keys' combinations.
+	panel := func(s *series) string {
+		var parts []string
+		for _, k := range res.Swept {
+			if k != "aggregator" && k != "attack" {
+				parts = append(parts, k+"="+s.params[k])
+			}
+		}
+		return strings.Join(parts, " ")
+	}
+	var panels, aggs, attacks []string
+	for _, s := range res.Runs {
+		panels = appendNew(panels, panel(s))
+		aggs = appendNew(aggs, s.params["aggregator"])
+		attacks = appendNew(attacks, s.params["attack"])
+	}
+	for _, pn := range panels {
+		p := plot.New()
+		p.Title.Text = "Final test accuracy by attack and aggregator"
+		if pn != "" {
+			p.Title.Text += " (" + pn + ")"
+		}
+		p.Y.Label.Text = "test accuracy (%)"
+		p.Y.Min, p.Y.Max = 0, 100
+		w := vg.Points(60 / float64(len(aggs)+1))
+		for i, a := range aggs {
+			vals := make(plotter.Values, len(attacks))
+			for j, at := range attacks {
+				for _, s := range res.Runs {
+					if panel(s) == pn && s.params["aggregator"] == a && s.params["attack"] == at {
+						vals[j] = s.final
+					}
+				}
+			}
+			b, err := plotter.NewBarChart(vals, w)
+			if err != nil {
+				return nil, err
+			}
+			b.Color = plotutil.Color(i)
+			b.LineStyle.Width = 0
+			b.Offset = w * vg.Length(float64(i)-float64(len(aggs)-1)/2)
+			p.Add(b)
+			p.Legend.Add(a, b)
+		}
+		p.Legend.Top = true
+		p.Legend.Left = false
+		p.NominalX(attacks...)
+		p.Add(plotter.NewGrid())
+		name := "final.png"
+		if pn != "" {
+			name = "final_" + strings.NewReplacer(" ", "_", "=", "-", "/", "-").Replace(pn) + ".png"
+		}
+		out[name] = p
+	}
+	return out, nil
+}
+
+// appendNew appends v unless list holds it (lists here are short).
+func appendNew(list []string, v string) []string {
+	for _, x := range list {
+		if x == v {
+			return list
+		}
+	}
+	return append(list, v)
+}
