@@ -7,7 +7,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 FUZZTIME  ?= 30s
 GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
-.PHONY: build demo test bench chaos proto vet fuzz mnist-verify clean
+.PHONY: build demo test bench chaos proto vet fuzz mnist-verify words clean
 
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -19,7 +19,7 @@ demo: build
 	./$(BIN) demo
 
 ## test: every test, including the multi-process and kill -9 tests
-test:
+test: words
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	GOEXPERIMENT=simd $(GO) test -count=1 ./tensor/... ./aggregation/...
@@ -50,6 +50,17 @@ proto:
 	GOBIN=$(CURDIR)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	cd protocol && PATH=$(CURDIR)/bin:$$PATH protoc -I . --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative fedtune.proto service.proto
+
+## words: install the word lists of the words data set (Debian wamerican,
+## wfrench, wngerman, wspanish) if any is missing
+WORDLISTS := american-english french ngerman spanish
+words:
+	@missing=; for f in $(WORDLISTS); do [ -f /usr/share/dict/$$f ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing word lists (Debian wamerican wfrench wngerman wspanish)"; \
+		{ apt-get update -qq && apt-get install -y -qq wamerican wfrench wngerman wspanish >/dev/null; } || \
+		echo "could not install the word lists: the words tests will be skipped"; \
+	fi
 
 ## mnist-verify: check the embedded MNIST files against the GoMNIST module's copy
 mnist-verify:

@@ -25,6 +25,9 @@ type Examples struct {
 	Y       []uint8
 	Dim     int
 	Classes int
+	// Group, when not nil, is each example's group (the words data set's
+	// language), for partitions by group.
+	Group []uint8
 }
 
 // Len returns the number of examples.
@@ -39,6 +42,9 @@ func (e *Examples) Subset(idx []int) *Examples {
 	for _, i := range idx {
 		s.X = append(s.X, e.Row(i)...)
 		s.Y = append(s.Y, e.Y[i])
+		if e.Group != nil {
+			s.Group = append(s.Group, e.Group[i])
+		}
 	}
 	return s
 }

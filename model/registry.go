@@ -4,12 +4,16 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/fedtune/fedtune/dataset"
 )
 
 // architectures are the models a job may name.
 var architectures = map[string]MLP{
 	"mnist-mlp":       {Sizes: []int{784, 256, 10}},
 	"mnist-mlp-small": {Sizes: []int{784, 64, 10}},
+	// next-character prediction on the words data set
+	"words-mlp": {Sizes: []int{dataset.WordsDim, 128, dataset.WordsClasses}},
 }
 
 // Lookup returns the architecture a job spec names.

@@ -32,12 +32,13 @@ type Key struct {
 
 // Keys lists every experiment key, in sweep order.
 var Keys = []Key{
-	{"dataset", "string", "mnist", "training data: mnist"},
+	{"dataset", "string", "mnist", "training data: mnist, or words (next-character prediction on per-language word lists)"},
+	{"languages", "string", "en+fr+de+es", "words: languages joined by +, one worker group each (en, fr, de, es)"},
 	{"model", "string", "mnist-mlp-small", "architecture (" + strings.Join(model.Names(), ", ") + ")"},
 	{"workers", "int", "100", "virtual workers"},
 	{"clients_per_round", "int", "0", "workers sampled each round (0: all)"},
 	{"rounds", "int", "20", "rounds"},
-	{"partition", "string", "iid", "iid, shards or dirichlet"},
+	{"partition", "string", "iid", "iid, shards, dirichlet, or groups (words: one language per worker group)"},
 	{"alpha", "float", "0.5", "dirichlet concentration"},
 	{"shards", "int", "2", "label shards per worker (partition: shards)"},
 	{"local_epochs", "int", "1", "local epochs per round"},
@@ -234,6 +235,9 @@ func (e *Experiment) Points() ([]Point, error) {
 	return runs, nil
 }
 
+// Languages returns the words data set's languages.
+func (r Point) Languages() []string { return strings.Split(r["languages"], "+") }
+
 func (r Point) int(k string) int       { v, _ := strconv.Atoi(r[k]); return v }
 func (r Point) float(k string) float64 { v, _ := strconv.ParseFloat(r[k], 64); return v }
 func (r Point) bool(k string) bool     { v, _ := strconv.ParseBool(r[k]); return v }
@@ -258,8 +262,8 @@ func (r Point) Config() (Config, error) {
 		Dropout: r.float("dropout"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
 	}
 	switch {
-	case r["dataset"] != "mnist":
-		return c, keyErr("dataset", "unknown data set %q (known: mnist)", r["dataset"])
+	case r["dataset"] != "mnist" && r["dataset"] != "words":
+		return c, keyErr("dataset", "unknown data set %q (known: mnist, words)", r["dataset"])
 	case c.Workers < 1:
 		return c, keyErr("workers", "%d, want at least 1", c.Workers)
 	case c.Rounds < 1:
@@ -279,8 +283,27 @@ func (r Point) Config() (Config, error) {
 	case c.EvalEvery < 1:
 		return c, keyErr("eval_every", "%d, want at least 1", c.EvalEvery)
 	}
-	if _, err := model.Lookup(c.Model); err != nil {
+	arch, err := model.Lookup(c.Model)
+	if err != nil {
 		return c, keyErr("model", "%v", err)
+	}
+	dim := 784
+	if r["dataset"] == "words" {
+		dim = dataset.WordsDim
+		langs := r.Languages()
+		for _, l := range langs {
+			if _, ok := dataset.Languages[l]; !ok {
+				return c, keyErr("languages", "unknown language %q (known: de, en, es, fr)", l)
+			}
+		}
+		if r["partition"] == "groups" && c.Workers < len(langs) {
+			return c, keyErr("workers", "%d workers for %d language groups", c.Workers, len(langs))
+		}
+	} else if r["partition"] == "groups" {
+		return c, keyErr("partition", "groups needs dataset: words (one language per group)")
+	}
+	if arch.Sizes[0] != dim {
+		return c, keyErr("model", "%s takes %d features, data set %s has %d (words needs words-mlp)", c.Model, arch.Sizes[0], r["dataset"], dim)
 	}
 	if _, err := codec.New(c.Codec); err != nil {
 		return c, keyErr("codec", "%v", err)
@@ -294,8 +317,10 @@ func (r Point) Config() (Config, error) {
 	if _, err := aggregation.NewRule(c.Rule, c.Params); err != nil {
 		return c, keyErr("aggregator", "%v", err)
 	}
-	if _, err := c.Partition.Split(make([]uint8, c.Workers), 1, c.Workers); err != nil {
-		return c, keyErr("partition", "%v", err)
+	if r["partition"] != "groups" {
+		if _, err := c.Partition.Split(make([]uint8, c.Workers), 1, c.Workers); err != nil {
+			return c, keyErr("partition", "%v", err)
+		}
 	}
 	// Can the rule tolerate the attackers it will meet? A round has k
 	// updates of which about byzantine × k attack.

@@ -29,6 +29,10 @@ func TestBadExperiments(t *testing.T) {
 		{"lr: 0", `"lr"`},
 		{"model: resnet", `"model"`},
 		{"rounds: {a: 1}", `"rounds"`},
+		{"dataset: words", `"model"`},
+		{"dataset: words\nmodel: words-mlp\nlanguages: en+tlh", `"languages"`},
+		{"partition: groups", `"partition"`},
+		{"dataset: words\nmodel: words-mlp\npartition: groups\nworkers: 3", `"workers"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {
@@ -61,7 +65,7 @@ func TestSweepGrid(t *testing.T) {
 // with client sampling, dropout, an attack and a lossy codec in play.
 func TestSweepCSVReproducible(t *testing.T) {
 	train, test := data(t)
-	load := func(name string, split dataset.Split) (*dataset.Examples, error) {
+	load := func(name string, _ []string, split dataset.Split) (*dataset.Examples, error) {
 		if split == dataset.Train {
 			return train, nil
 		}

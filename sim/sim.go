@@ -114,7 +114,12 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	}
 	// Workers hold index lists into the one shared training set; a
 	// worker's examples are gathered only while it trains.
-	parts, err := cfg.Partition.Split(train.Y, train.Classes, cfg.Workers)
+	var parts [][]int
+	if cfg.Partition.Kind == "groups" {
+		parts, err = dataset.SplitGroups(train.Group, cfg.Workers, cfg.Partition.Seed)
+	} else {
+		parts, err = cfg.Partition.Split(train.Y, train.Classes, cfg.Workers)
+	}
 	if err != nil {
 		return nil, err
 	}

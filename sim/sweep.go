@@ -22,8 +22,9 @@ type SweepOptions struct {
 	Out      string    // directory for results.csv and summary.json
 	Timings  bool      // add a seconds column to the CSV (which then differs run to run)
 	Progress io.Writer // live progress (a terminal); nil: none
-	// Data loads a data set split by name; default dataset.Load.
-	Data func(name string, split dataset.Split) (*dataset.Examples, error)
+	// Data loads a data set split by name (and languages, for words);
+	// default: the embedded MNIST, or dataset.Words.
+	Data func(name string, langs []string, split dataset.Split) (*dataset.Examples, error)
 }
 
 // RunSummary is one run's line in summary.json.
@@ -57,7 +58,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		return nil, err
 	}
 	if opts.Data == nil {
-		opts.Data = dataset.Load
+		opts.Data = Load
 	}
 	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
 		return nil, err
@@ -85,15 +86,16 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	sum := &Summary{Swept: swept}
 	for i, r := range runs {
 		cfg, _ := r.Config() // validated by Points
-		d, ok := loaded[r["dataset"]]
+		dkey := r["dataset"] + "/" + r["languages"]
+		d, ok := loaded[dkey]
 		if !ok {
-			if d.train, err = opts.Data(r["dataset"], dataset.Train); err != nil {
+			if d.train, err = opts.Data(r["dataset"], r.Languages(), dataset.Train); err != nil {
 				return nil, err
 			}
-			if d.test, err = opts.Data(r["dataset"], dataset.Test); err != nil {
+			if d.test, err = opts.Data(r["dataset"], r.Languages(), dataset.Test); err != nil {
 				return nil, err
 			}
-			loaded[r["dataset"]] = d
+			loaded[dkey] = d
 		}
 		test := d.test
 		if n := r.int("test_examples"); n > 0 && n < test.Len() {
@@ -169,6 +171,15 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		return nil, err
 	}
 	return sum, f.Close()
+}
+
+// Load returns a data set split for a sweep: MNIST, or the words data set
+// in the given languages.
+func Load(name string, langs []string, split dataset.Split) (*dataset.Examples, error) {
+	if name == "words" {
+		return dataset.Words(langs, split)
+	}
+	return dataset.Load(name, split)
 }
 
 // num formats a metric exactly (shortest round-trip form); "" for NaN.
