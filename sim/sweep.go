@@ -22,6 +22,9 @@ type SweepOptions struct {
 	Out      string    // directory for results.csv and summary.json
 	Timings  bool      // add a seconds column to the CSV (which then differs run to run)
 	Progress io.Writer // live progress (a terminal); nil: none
+	// Runner runs one point; default Run (the simulation). The CLI's
+	// --transport grpc passes sim/cluster.Run, the real cluster path.
+	Runner func(ctx context.Context, cfg Config, train, test *dataset.Examples, progress func(RoundResult)) ([]RoundResult, error)
 	// Data loads a data set split by name (and languages, for words);
 	// default: the embedded MNIST, or dataset.Words.
 	Data func(name string, langs []string, split dataset.Split) (*dataset.Examples, error)
@@ -59,6 +62,9 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	}
 	if opts.Data == nil {
 		opts.Data = Load
+	}
+	if opts.Runner == nil {
+		opts.Runner = Run
 	}
 	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
 		return nil, err
@@ -139,7 +145,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 					i+1, len(runs), label, progress.Bar(res.Round, cfg.Rounds, 16), res.Round, cfg.Rounds, acc, eta.Round(time.Second))
 			}
 		}
-		results, err := Run(ctx, cfg, d.train, test, report)
+		results, err := opts.Runner(ctx, cfg, d.train, test, report)
 		if err != nil {
 			return nil, fmt.Errorf("run %d (%s): %w", i+1, label, err)
 		}

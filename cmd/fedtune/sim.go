@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fedtune/fedtune/sim"
+	"github.com/fedtune/fedtune/sim/cluster"
 )
 
 func simCommand() *cli.Command {
@@ -32,6 +33,7 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 			&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Value: "sim-out", Usage: "directory for results.csv and summary.json", EnvVars: []string{"FEDTUNE_SIM_OUT"}},
 			&cli.BoolFlag{Name: "timings", Usage: "add each round's wall-clock seconds to the CSV (then it differs run to run)", EnvVars: []string{"FEDTUNE_SIM_TIMINGS"}},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress output", EnvVars: []string{"FEDTUNE_SIM_QUIET"}},
+			&cli.StringFlag{Name: "transport", Value: "sim", Usage: "sim (virtual workers), or grpc: the same job on a real in-process cluster (a coordinator and a worker node per virtual worker, gossip and gRPC on 127.0.0.1), to measure what simulating saves", EnvVars: []string{"FEDTUNE_SIM_TRANSPORT"}},
 			&cli.BoolFlag{Name: "keys", Usage: "list the experiment keys with their defaults and exit", EnvVars: []string{"FEDTUNE_SIM_KEYS"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -61,6 +63,13 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 				return err
 			}
 			opts := sim.SweepOptions{Out: c.String("out"), Timings: c.Bool("timings")}
+			switch c.String("transport") {
+			case "sim":
+			case "grpc":
+				opts.Runner = cluster.Run
+			default:
+				return fmt.Errorf("--transport %q: want sim or grpc", c.String("transport"))
+			}
 			if !c.Bool("quiet") {
 				opts.Progress = c.App.ErrWriter
 				fmt.Fprintf(c.App.ErrWriter, "%d runs (swept: %s), writing %s\n", len(points), strings.Join(orNone(e.Swept()), ", "), opts.Out)
