@@ -231,6 +231,12 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"worker", "--label", "novalue"}, "want key=value"},
 		{[]string{"coordinator", "--profile", "moon", "--data-dir", t.TempDir()}, "profile"},
 		{[]string{"job", "status", "x", "--watch"}, "flags go before the job name"},
+		{[]string{"sim", "--set", "workerz=10"}, `unknown key "workerz"`},
+		{[]string{"sim", "--set", "workers=10", "--set", "clients_per_round=20"}, `key "clients_per_round"`},
+		{[]string{"sim", "--set", "aggregator=bulyan", "--set", "attack=ipm", "--set", "byzantine=0.3", "--set", "workers=20"}, `key "byzantine"`},
+		{[]string{"sim", "--config", corrupt}, "experiment"},
+		{[]string{"sim", "--transport", "carrier-pigeon", "--dry-run"}, "transport"},
+		{[]string{"plot", corrupt}, "results"},
 	}
 	for _, c := range cases {
 		out, err := osexec.Command(binary, c.args...).CombinedOutput()

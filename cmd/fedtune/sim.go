@@ -34,6 +34,7 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 			&cli.BoolFlag{Name: "timings", Usage: "add each round's wall-clock seconds to the CSV (then it differs run to run)", EnvVars: []string{"FEDTUNE_SIM_TIMINGS"}},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress output", EnvVars: []string{"FEDTUNE_SIM_QUIET"}},
 			&cli.StringFlag{Name: "transport", Value: "sim", Usage: "sim (virtual workers), or grpc: the same job on a real in-process cluster (a coordinator and a worker node per virtual worker, gossip and gRPC on 127.0.0.1), to measure what simulating saves", EnvVars: []string{"FEDTUNE_SIM_TRANSPORT"}},
+			&cli.BoolFlag{Name: "dry-run", Usage: "validate the experiment and list its runs without running them", EnvVars: []string{"FEDTUNE_SIM_DRY_RUN"}},
 			&cli.BoolFlag{Name: "keys", Usage: "list the experiment keys with their defaults and exit", EnvVars: []string{"FEDTUNE_SIM_KEYS"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -69,6 +70,13 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 				opts.Runner = cluster.Run
 			default:
 				return fmt.Errorf("--transport %q: want sim or grpc", c.String("transport"))
+			}
+			if c.Bool("dry-run") {
+				for i, p := range points {
+					fmt.Fprintf(c.App.Writer, "run %d: %s\n", i+1, orDash(p.Label(e.Swept())))
+				}
+				fmt.Fprintf(c.App.Writer, "%d runs, valid\n", len(points))
+				return nil
 			}
 			if !c.Bool("quiet") {
 				opts.Progress = c.App.ErrWriter
