@@ -18,6 +18,8 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // series is one run's rows.
@@ -113,47 +115,121 @@ func Draw(res *Results, dir string) ([]string, error) {
 		out = append(out, path)
 		return nil
 	}
-	lines := func(title, xl, yl string, x func(*series) []float64, y func(*series) []float64) *plot.Plot {
-		p := plot.New()
-		p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, xl, yl
-		p.Legend.Top = false
-		p.Legend.Left = false
-		for i, s := range res.Runs {
-			xs, ys := x(s), y(s)
-			pts := make(plotter.XYs, len(xs))
-			for j := range xs {
-				pts[j].X, pts[j].Y = xs[j], ys[j]
-			}
-			l, err := plotter.NewLine(pts)
-			if err != nil {
-				continue
-			}
-			l.Color = plotutil.Color(i)
-			l.Dashes = plotutil.Dashes(i / 7)
-			l.Width = vg.Points(1.5)
-			p.Add(l)
-			p.Legend.Add(s.label, l)
+	// With many runs, line charts get one panel per value of the first
+	// swept key (legends stay readable), tiled in one image.
+	groups := [][]*series{res.Runs}
+	var groupKey string
+	if len(res.Runs) > 10 && len(res.Swept) >= 2 {
+		groupKey = res.Swept[0]
+		groups = nil
+		var vals []string
+		for _, s := range res.Runs {
+			vals = appendNew(vals, s.params[groupKey])
 		}
-		p.Add(plotter.NewGrid())
-		return p
+		for _, v := range vals {
+			var g []*series
+			for _, s := range res.Runs {
+				if s.params[groupKey] == v {
+					g = append(g, s)
+				}
+			}
+			groups = append(groups, g)
+		}
+	}
+	label := func(s *series) string {
+		if groupKey == "" {
+			return s.label
+		}
+		var parts []string
+		for _, k := range res.Swept[1:] {
+			parts = append(parts, k+"="+s.params[k])
+		}
+		return strings.Join(parts, " ")
+	}
+	lines := func(title, xl, yl string, x func(*series) []float64, y func(*series) []float64) []*plot.Plot {
+		var out []*plot.Plot
+		for _, g := range groups {
+			p := plot.New()
+			p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, xl, yl
+			if groupKey != "" {
+				p.Title.Text = groupKey + "=" + g[0].params[groupKey]
+			}
+			p.Legend.Top, p.Legend.Left = false, false
+			p.Legend.TextStyle.Font.Size = vg.Points(8)
+			for i, s := range g {
+				xs, ys := x(s), y(s)
+				pts := make(plotter.XYs, len(xs))
+				for j := range xs {
+					pts[j].X, pts[j].Y = xs[j], ys[j]
+				}
+				l, err := plotter.NewLine(pts)
+				if err != nil {
+					continue
+				}
+				l.Color = plotutil.Color(i)
+				l.Dashes = plotutil.Dashes(i / 7)
+				l.Width = vg.Points(1.5)
+				p.Add(l)
+				p.Legend.Add(label(s), l)
+			}
+			p.Add(plotter.NewGrid())
+			out = append(out, p)
+		}
+		return out
+	}
+	saveTiled := func(ps []*plot.Plot, name, title string) error {
+		if len(ps) == 1 {
+			ps[0].Title.Text = title
+			return save(ps[0], name, 8*vg.Inch)
+		}
+		cols := min(3, len(ps))
+		rows := (len(ps) + cols - 1) / cols
+		w, h := vg.Length(cols)*5*vg.Inch, vg.Length(rows)*3.8*vg.Inch
+		img := vgimg.New(w, h)
+		dc := draw.New(img)
+		grid := make([][]*plot.Plot, rows)
+		for r := range grid {
+			grid[r] = make([]*plot.Plot, cols)
+			for c := range grid[r] {
+				if i := r*cols + c; i < len(ps) {
+					grid[r][c] = ps[i]
+				}
+			}
+		}
+		canvases := plot.Align(grid, draw.Tiles{Rows: rows, Cols: cols, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 4,
+			PadTop: vg.Millimeter * 4, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2}, dc)
+		for r := range grid {
+			for c, p := range grid[r] {
+				if p != nil {
+					p.Draw(canvases[r][c])
+				}
+			}
+		}
+		path := filepath.Join(dir, name)
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+			f.Close()
+			return fmt.Errorf("plot %s: %w", name, err)
+		}
+		out = append(out, path)
+		return f.Close()
+	}
+	if err := saveTiled(lines("Test accuracy per round", "round", "test accuracy (%)", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.acc }),
+		"accuracy.png", "Test accuracy per round"); err != nil {
+		return nil, err
+	}
+	if err := saveTiled(lines("Test loss per round", "round", "test loss", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.loss }),
+		"loss.png", "Test loss per round"); err != nil {
+		return nil, err
+	}
+	if err := saveTiled(lines("Test accuracy against bytes on the wire", "updates received (MB, cumulative)", "test accuracy (%)",
+		func(s *series) []float64 { return s.accMB }, func(s *series) []float64 { return s.acc }), "accuracy_vs_bytes.png", "Test accuracy against bytes on the wire"); err != nil {
+		return nil, err
 	}
 	width := 8 * vg.Inch
-	if len(res.Runs) > 12 {
-		width = 11 * vg.Inch
-	}
-	acc := lines("Test accuracy per round", "round", "test accuracy (%)", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.acc })
-	if err := save(acc, "accuracy.png", width); err != nil {
-		return nil, err
-	}
-	loss := lines("Test loss per round", "round", "test loss", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.loss })
-	if err := save(loss, "loss.png", width); err != nil {
-		return nil, err
-	}
-	wire := lines("Test accuracy against bytes on the wire", "updates received (MB, cumulative)", "test accuracy (%)",
-		func(s *series) []float64 { return s.accMB }, func(s *series) []float64 { return s.acc })
-	if err := save(wire, "accuracy_vs_bytes.png", width); err != nil {
-		return nil, err
-	}
 	bars, err := finalBars(res)
 	if err != nil {
 		return nil, err
@@ -219,7 +295,7 @@ func finalBars(res *Results) (map[string]*plot.Plot, error) {
 			p.Title.Text += " (" + pn + ")"
 		}
 		p.Y.Label.Text = "test accuracy (%)"
-		p.Y.Min, p.Y.Max = 0, 100
+		p.Y.Min, p.Y.Max = 0, 115 // room for the legend above the bars
 		w := vg.Points(60 / float64(len(aggs)+1))
 		for i, a := range aggs {
 			vals := make(plotter.Values, len(attacks))
