@@ -15,9 +15,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/local"
 	"github.com/fedtune/fedtune/internal/progress"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
@@ -145,45 +145,22 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if !cfg.KeepDataDir {
 		defer os.RemoveAll(dataDir)
 	}
-	coord, err := coordinator.New(coordinator.Config{NodeID: "coordinator-1", DataDir: dataDir, GRPCAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
-		GossipAddr: "127.0.0.1:0", Bootstrap: true, Profile: "local", Logger: logger})
-	if err != nil {
-		return res, err
-	}
-	defer coord.Close()
-	wctx, stopWorkers := context.WithCancel(ctx)
-	defer stopWorkers()
 	parts, err := dataset.Partition{Kind: "dirichlet", Alpha: cfg.Alpha, Seed: cfg.Seed}.Split(train.Y, train.Classes, cfg.Workers)
 	if err != nil {
 		return res, err
 	}
-	werrs := make(chan error, cfg.Workers)
-	for i := range cfg.Workers {
-		id := fmt.Sprintf("worker-%d", i+1)
-		local := train.Subset(parts[i])
-		fmt.Fprintf(out, "          %s: %5d local images, digits %s\n", id, local.Len(), histogram(local))
-		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": local}, logger.With("node", id))
-		w, err := worker.New(worker.Config{ID: id, Join: []string{coord.GossipAddr()}, Profile: "local", PollWait: 5 * time.Second,
-			Labels: map[string]string{"region": fmt.Sprintf("site-%d", i+1), "device": "cpu"}, NoErrorFeedback: cfg.NoEF, Logger: logger}, tr)
-		if err != nil {
-			return res, err
-		}
-		go func() {
-			defer tr.Close()
-			werrs <- w.Run(wctx)
-		}()
+	workers := make([]local.Worker, cfg.Workers)
+	for i := range workers {
+		workers[i] = local.Worker{ID: fmt.Sprintf("worker-%d", i+1), Data: train.Subset(parts[i]),
+			Labels: map[string]string{"region": fmt.Sprintf("site-%d", i+1), "device": "cpu"}}
+		fmt.Fprintf(out, "          %s: %5d local images, digits %s\n", workers[i].ID, workers[i].Data.Len(), histogram(workers[i].Data))
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for len(coord.FSM().Workers()) < cfg.Workers {
-		select {
-		case <-waitCtx.Done():
-			return res, fmt.Errorf("only %d of %d workers joined", len(coord.FSM().Workers()), cfg.Workers)
-		case err := <-werrs:
-			return res, fmt.Errorf("worker stopped: %w", err)
-		case <-time.After(50 * time.Millisecond):
-		}
+	lc, err := local.Start(ctx, dataDir, workers, worker.Config{PollWait: 5 * time.Second, NoErrorFeedback: cfg.NoEF}, logger)
+	if err != nil {
+		return res, err
 	}
+	defer lc.Close()
+	coord, werrs := lc.Coordinator, lc.Errs()
 
 	// 3. The federated job.
 	pool := client.NewPool()
@@ -272,7 +249,6 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 	}
 	fmt.Fprintf(out, "final model    %s (safetensors)\nbase model     %s\ntotal time     %.0fs\n", res.FinalModel, basePath, res.Seconds)
-	stopWorkers()
 	return res, nil
 }
 

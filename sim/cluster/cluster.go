@@ -14,9 +14,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/local"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/sim"
@@ -43,43 +43,20 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 	}
 	defer os.RemoveAll(dir)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	coord, err := coordinator.New(coordinator.Config{NodeID: "coordinator-1", DataDir: dir, GRPCAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
-		GossipAddr: "127.0.0.1:0", Bootstrap: true, Profile: "local", Logger: logger})
-	if err != nil {
-		return nil, err
-	}
-	defer coord.Close()
 	parts, err := cfg.Partition.Split(train.Y, train.Classes, cfg.Workers)
 	if err != nil {
 		return nil, err
 	}
-	wctx, stop := context.WithCancel(ctx)
-	defer stop()
-	werrs := make(chan error, cfg.Workers)
-	for i := range cfg.Workers {
-		id := fmt.Sprintf("w%06d", i)
-		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, logger)
-		w, err := worker.New(worker.Config{ID: id, Join: []string{coord.GossipAddr()}, Profile: "local", PollWait: 2 * time.Second,
-			NoErrorFeedback: cfg.NoErrorFeedback, Logger: logger}, tr)
-		if err != nil {
-			return nil, err
-		}
-		go func() {
-			defer tr.Close()
-			werrs <- w.Run(wctx)
-		}()
+	workers := make([]local.Worker, cfg.Workers)
+	for i := range workers {
+		workers[i] = local.Worker{ID: fmt.Sprintf("w%06d", i), Data: train.Subset(parts[i])}
 	}
-	joined, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for len(coord.FSM().Workers()) < cfg.Workers {
-		select {
-		case <-joined.Done():
-			return nil, fmt.Errorf("only %d of %d workers joined", len(coord.FSM().Workers()), cfg.Workers)
-		case err := <-werrs:
-			return nil, fmt.Errorf("worker stopped: %w", err)
-		case <-time.After(50 * time.Millisecond):
-		}
+	lc, err := local.Start(ctx, dir, workers, worker.Config{PollWait: 2 * time.Second, NoErrorFeedback: cfg.NoErrorFeedback}, logger)
+	if err != nil {
+		return nil, err
 	}
+	defer lc.Close()
+	coord, werrs := lc.Coordinator, lc.Errs()
 	pool := client.NewPool()
 	defer pool.Close()
 	conn, err := pool.Conn(coord.GRPCAddr())
