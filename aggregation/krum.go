@@ -246,7 +246,7 @@ func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	// Per coordinate: the mean of the β chosen values nearest their
 	// median. In sorted order those are a contiguous window: the one whose
 	// farther end is nearest the median (ties: the lower window).
-	cols := columns(theta, sortNetwork(theta), nil, func(s []float32, _ int, out *[lanes]float32) {
+	cols := columns(theta, sortNetwork(theta), func(s []float32, _ int, out *[lanes]float32) {
 		for l := range lanes {
 			med := s[theta/2*lanes+l]
 			if theta%2 == 0 {

@@ -98,12 +98,11 @@ func (Median) Name() string { return "median" }
 
 // Aggregate returns the coordinate-wise median.
 func (Median) Aggregate(updates []Update) (tensor.Set, []Score, error) {
-	return coordinateRule(updates, func(n int) (int, int) { return (n - 1) / 2, n/2 + 1 }, func(s []float32, n, l int) float32 {
-		if n%2 == 1 {
-			return s[n/2*lanes+l]
-		}
-		return s[(n/2-1)*lanes+l]*0.5 + s[n/2*lanes+l]*0.5
-	}, nil)
+	mid := func(n int) (int, int) { return (n - 1) / 2, n/2 + 1 } // the middle one or two
+	return coordinateRule(updates, mid, func(s []float32, n int, out *[lanes]float32) {
+		lo, hi := mid(n)
+		meanRows(s, lo, hi, out)
+	})
 }
 
 // TrimmedMean drops the ⌊βn⌋ largest and smallest values per coordinate
@@ -116,7 +115,7 @@ func (TrimmedMean) Name() string { return "trimmed-mean" }
 // Aggregate returns the coordinate-wise trimmed mean.
 func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	k := func(n int) int { return int(r.Beta * float64(n)) }
-	return coordinateRule(updates, func(n int) (int, int) { return k(n), n - k(n) }, nil, func(s []float32, n int, out *[lanes]float32) {
+	return coordinateRule(updates, func(n int) (int, int) { return k(n), n - k(n) }, func(s []float32, n int, out *[lanes]float32) {
 		meanRows(s, k(n), n-k(n), out)
 	})
 }
@@ -126,21 +125,20 @@ func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 const maxNetwork = 128
 
 // coordinateRule sorts each coordinate's column of values and reduces it
-// with pick (one lane at a time) or reduce (all lanes at once): s holds n
-// sorted rows of lanes columns. The reduction only reads the sum of sorted
+// with reduce, all lanes at once: s holds n sorted rows of lanes columns. The reduction only reads the sum of sorted
 // positions span(n) = [lo, hi), so the sort is pruned to what that sum needs.
-func coordinateRule(updates []Update, span func(n int) (int, int), pick func(s []float32, n, l int) float32, reduce func(s []float32, n int, out *[lanes]float32)) (tensor.Set, []Score, error) {
+func coordinateRule(updates []Update, span func(n int) (int, int), reduce func(s []float32, n int, out *[lanes]float32)) (tensor.Set, []Score, error) {
 	j, err := prepare(updates)
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
 	lo, hi := span(j.n)
-	return j.combine(uniform(j.n), columns(j.n, sortNetwork(j.n).forSum(j.n, lo, hi), pick, reduce))
+	return j.combine(uniform(j.n), columns(j.n, sortNetwork(j.n).forSum(j.n, lo, hi), reduce))
 }
 
 // columns returns the fill of a coordinate-wise rule over the given rows,
 // sorting each column with net (or, past maxNetwork, a comparison sort).
-func columns(n int, net network, pick func(s []float32, n, l int) float32, reduce func(s []float32, n int, out *[lanes]float32)) fill {
+func columns(n int, net network, reduce func(s []float32, n int, out *[lanes]float32)) fill {
 	return func(rows [][]float32, dst []float32, s []float32) {
 		var out [lanes]float32
 		for g := 0; g < len(dst); g += lanes {
@@ -151,14 +149,8 @@ func columns(n int, net network, pick func(s []float32, n, l int) float32, reduc
 			} else {
 				sortColumnsSlow(rows, g, m, s)
 			}
-			if reduce != nil {
-				reduce(s, n, &out)
-				copy(dst[g:g+m], out[:m])
-				continue
-			}
-			for l := range m {
-				dst[g+l] = pick(s, n, l)
-			}
+			reduce(s, n, &out)
+			copy(dst[g:g+m], out[:m])
 		}
 	}
 }
