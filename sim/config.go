@@ -64,6 +64,7 @@ var Keys = []Key{
 	{"attack", "string", "none", "Byzantine behaviour (" + strings.Join(Attacks, ", ") + ")"},
 	{"byzantine", "float", "0", "fraction of workers that attack"},
 	{"dropout", "float", "0", "probability that a sampled worker's update never arrives"},
+	{"min_updates", "int", "1", "a round with fewer updates is aborted and planned again (as the coordinator does)"},
 	{"worker_momentum", "float", "0", "workers send their momentum over rounds (centered clipping's companion)"},
 	{"seed", "int", "1", "seed of everything random"},
 	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
@@ -241,6 +242,14 @@ func (r Point) Languages() []string { return strings.Split(r["languages"], "+") 
 func (r Point) int(k string) int       { v, _ := strconv.Atoi(r[k]); return v }
 func (r Point) float(k string) float64 { v, _ := strconv.ParseFloat(r[k], 64); return v }
 func (r Point) bool(k string) bool     { v, _ := strconv.ParseBool(r[k]); return v }
+// perRound is how many workers a round samples.
+func perRound(c Config) int {
+	if c.ClientsPerRound == 0 {
+		return c.Workers
+	}
+	return c.ClientsPerRound
+}
+
 func keyErr(k, format string, a ...any) error {
 	return fmt.Errorf("key %q: %s", k, fmt.Sprintf(format, a...))
 }
@@ -259,7 +268,7 @@ func (r Point) Config() (Config, error) {
 		Server: aggregation.ServerOptimizer{Name: r["server_optimizer"], LR: r.float("server_lr"), Beta1: r.float("server_beta1"),
 			Beta2: r.float("server_beta2"), Eps: r.float("server_epsilon")},
 		Codec: r["codec"], NoErrorFeedback: !r.bool("error_feedback"), Attack: r["attack"], Byzantine: r.float("byzantine"),
-		Dropout: r.float("dropout"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
+		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
 	}
 	switch {
 	case r["dataset"] != "mnist" && r["dataset"] != "words":
@@ -280,6 +289,8 @@ func (r Point) Config() (Config, error) {
 		return c, keyErr("dropout", "probability %v, want [0, 1)", c.Dropout)
 	case c.WorkerMomentum < 0 || c.WorkerMomentum >= 1:
 		return c, keyErr("worker_momentum", "%v, want [0, 1)", c.WorkerMomentum)
+	case c.MinUpdates < 1 || c.MinUpdates > perRound(c):
+		return c, keyErr("min_updates", "%d, want 1 to the %d clients per round", c.MinUpdates, perRound(c))
 	case c.EvalEvery < 1:
 		return c, keyErr("eval_every", "%d, want at least 1", c.EvalEvery)
 	}
@@ -324,10 +335,7 @@ func (r Point) Config() (Config, error) {
 	}
 	// Can the rule tolerate the attackers it will meet? A round has k
 	// updates of which about byzantine × k attack.
-	k := c.ClientsPerRound
-	if k == 0 {
-		k = c.Workers
-	}
+	k := perRound(c)
 	if c.Attack != "none" && c.Byzantine > 0 {
 		bad := int(c.Byzantine * float64(k))
 		switch c.Rule {

@@ -26,6 +26,7 @@ func TestBadExperiments(t *testing.T) {
 		{"codec: zip", `"codec"`},
 		{"partition: [iid, sorted]", `"partition"`},
 		{"dropout: 1", `"dropout"`},
+		{"workers: 10\nclients_per_round: 5\nmin_updates: 6", `"min_updates"`},
 		{"lr: 0", `"lr"`},
 		{"model: resnet", `"model"`},
 		{"rounds: {a: 1}", `"rounds"`},

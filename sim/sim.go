@@ -19,8 +19,10 @@ import (
 	"gonum.org/v1/gonum/stat/distuv"
 
 	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
@@ -55,8 +57,11 @@ type Config struct {
 	// Dropout is the probability that a sampled worker's update never
 	// arrives (a straggler past the deadline, or a crash).
 	Dropout float64
-	Seed    uint64
-	Base    tensor.Set // starting model; default: a fresh initialisation
+	// MinUpdates: a round in which fewer updates arrive is aborted and
+	// planned again, as the coordinator does (default 1).
+	MinUpdates int
+	Seed       uint64
+	Base       tensor.Set // starting model; default: a fresh initialisation
 	// EvalEvery evaluates every this many rounds (and always the last); 0: every round.
 	EvalEvery int
 	// WorkerMomentum β > 0: every worker sends m ← β·m + (1−β)·delta, its
@@ -71,6 +76,7 @@ type Config struct {
 type RoundResult struct {
 	Round        int
 	Participants int     // updates aggregated (sampled minus dropped)
+	Attempts     int     // plans it took (more than 1 when dropouts left fewer than MinUpdates)
 	Accuracy     float64 // on the test set; NaN when not evaluated this round
 	Loss         float64
 	Bytes        int64 // encoded updates received this round
@@ -150,32 +156,21 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	)
 	rc, lossy := cd.(codec.ResidualCodec)
 	lossy = lossy && !cfg.NoErrorFeedback
-	k := cfg.ClientsPerRound
-	if k == 0 {
-		k = cfg.Workers
-	}
+	// Rounds are planned by the coordinator's own scheduler functions:
+	// PlanRound samples the workers (a seeded shuffle of the worker ids, so
+	// the cluster path with the same seed picks the same workers), and
+	// DecideRound aborts a round in which fewer than MinUpdates arrive (the
+	// round is then planned again as a new attempt).
+	sched := newScheduler(cfg)
 	for round := 1; round <= cfg.Rounds; round++ {
 		start := time.Now()
-		r := rand.New(rand.NewPCG(cfg.Seed, uint64(round)))
-		var sampled []int
-		for _, w := range r.Perm(cfg.Workers)[:k] {
-			if r.Float64() >= cfg.Dropout {
-				sampled = append(sampled, w)
-			}
+		sampled, attempts, err := sched.plan(round)
+		if err != nil {
+			return results, err
 		}
-		sort.Ints(sampled)
-		res := RoundResult{Round: round, Participants: len(sampled), Accuracy: math.NaN(), Loss: math.NaN()}
-		if len(sampled) == 0 {
-			// Every sampled worker dropped out: the model stays as it is.
-			res.Seconds = time.Since(start).Seconds()
-			results = append(results, res)
-			if progress != nil {
-				progress(res)
-			}
-			continue
-		}
+		res := RoundResult{Round: round, Participants: len(sampled), Attempts: attempts, Accuracy: math.NaN(), Loss: math.NaN()}
 		deltas := make([]tensor.Set, len(sampled))
-		err := pool.run(ctx, len(sampled), func(tr *model.Trainer, i int) error {
+		err = pool.run(ctx, len(sampled), func(tr *model.Trainer, i int) error {
 			w := sampled[i]
 			if w < byz && cfg.Attack == "free-rider" {
 				deltas[i] = tensor.ZerosLike(global) // claims its samples, trains nothing
@@ -242,7 +237,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			if err != nil {
 				return results, fmt.Errorf("round %d: worker %d: decode: %w", round, w, err)
 			}
-			ups[i] = aggregation.Update{Worker: fmt.Sprintf("w%06d", w), Source: v, Samples: uint64(len(parts[w]))}
+			ups[i] = aggregation.Update{Worker: WorkerID(w), Source: v, Samples: uint64(len(parts[w]))}
 		}
 		agg, _, err := rule.Aggregate(ups)
 		if err != nil {
@@ -349,6 +344,63 @@ func attack(kind string, deltas []tensor.Set, byz int, seed uint64) {
 			}
 		}
 	}
+}
+
+// scheduler plans rounds with the coordinator's PlanRound and DecideRound.
+type scheduler struct {
+	cfg   Config
+	job   *pb.Job
+	live  []*pb.WorkerInfo
+	index map[string]int
+}
+
+func newScheduler(cfg Config) *scheduler {
+	k := cfg.ClientsPerRound
+	if k == 0 {
+		k = cfg.Workers
+	}
+	s := &scheduler{cfg: cfg, index: make(map[string]int, cfg.Workers),
+		job: &pb.Job{Spec: &pb.JobSpec{Name: "sim", Seed: cfg.Seed, ClientsPerRound: uint32(k), MinUpdates: uint32(max(cfg.MinUpdates, 1)), RoundTimeoutSeconds: 1}}}
+	for w := range cfg.Workers {
+		id := WorkerID(w)
+		s.live = append(s.live, &pb.WorkerInfo{Id: id})
+		s.index[id] = w
+	}
+	return s
+}
+
+// WorkerID is virtual worker w's id (the cluster path uses the same ids).
+func WorkerID(w int) string { return fmt.Sprintf("w%06d", w) }
+
+// plan returns the workers whose updates arrive in round, sorted, and the
+// attempts it took.
+func (s *scheduler) plan(round int) ([]int, int, error) {
+	for len(s.job.History) < round-1 {
+		s.job.History = append(s.job.History, &pb.RoundRecord{})
+	}
+	t0 := time.Unix(0, 0)
+	for attempt := uint32(0); attempt < 100; attempt++ {
+		r, err := coordinator.PlanRound(s.job, s.live, t0, attempt)
+		if err != nil {
+			return nil, 0, err
+		}
+		drop := rand.New(rand.NewPCG(s.cfg.Seed^0xd209, uint64(round)<<32|uint64(attempt)))
+		var arrived []int
+		alive := map[string]bool{}
+		for _, id := range r.Selected {
+			alive[id] = true
+			if drop.Float64() >= s.cfg.Dropout {
+				arrived = append(arrived, s.index[id])
+				r.Updates = append(r.Updates, &pb.AcceptedUpdate{Worker: id})
+			}
+		}
+		// At the deadline (simulated time), with what arrived.
+		if coordinator.DecideRound(s.job.Spec, r, alive, time.Unix(0, r.DeadlineUnixNano)) == coordinator.Commit {
+			sort.Ints(arrived)
+			return arrived, int(attempt) + 1, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("sim: round %d: fewer than %d updates arrived in 100 attempts (dropout %v)", round, s.cfg.MinUpdates, s.cfg.Dropout)
 }
 
 // trainerPool runs per-worker work on one model.Trainer per core.

@@ -76,7 +76,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	defer f.Close()
 	w := csv.NewWriter(f)
 	swept := e.Swept()
-	header := append(append([]string{"run"}, swept...), "round", "participants", "accuracy", "loss", "bytes", "cum_bytes")
+	header := append(append([]string{"run"}, swept...), "round", "participants", "attempts", "accuracy", "loss", "bytes", "cum_bytes")
 	if opts.Timings {
 		header = append(header, "seconds")
 	}
@@ -124,7 +124,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 			for _, k := range swept {
 				row = append(row, r[k])
 			}
-			row = append(row, strconv.Itoa(res.Round), strconv.Itoa(res.Participants), num(res.Accuracy), num(res.Loss),
+			row = append(row, strconv.Itoa(res.Round), strconv.Itoa(res.Participants), strconv.Itoa(res.Attempts), num(res.Accuracy), num(res.Loss),
 				strconv.FormatInt(res.Bytes, 10), strconv.FormatInt(cum, 10))
 			if opts.Timings {
 				row = append(row, strconv.FormatFloat(res.Seconds, 'f', 3, 64))

@@ -49,7 +49,7 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 	}
 	workers := make([]local.Worker, cfg.Workers)
 	for i := range workers {
-		workers[i] = local.Worker{ID: fmt.Sprintf("w%06d", i), Data: train.Subset(parts[i])}
+		workers[i] = local.Worker{ID: sim.WorkerID(i), Data: train.Subset(parts[i])}
 	}
 	lc, err := local.Start(ctx, dir, workers, worker.Config{PollWait: 2 * time.Second, NoErrorFeedback: cfg.NoErrorFeedback}, logger)
 	if err != nil {
@@ -105,7 +105,7 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 		}
 		for len(results) < len(j.History) {
 			r := j.History[len(results)]
-			res := sim.RoundResult{Round: int(r.Number), Participants: int(r.Updates), Accuracy: math.NaN(), Loss: math.NaN(),
+			res := sim.RoundResult{Round: int(r.Number), Participants: int(r.Updates), Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(),
 				Seconds: time.Duration(r.CommittedUnixNano - r.StartedUnixNano).Seconds()}
 			if v, ok := r.Metrics["test_accuracy"]; ok {
 				res.Accuracy, res.Loss = v, r.Metrics["test_loss"]
