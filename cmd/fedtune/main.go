@@ -51,6 +51,7 @@ func newApp() *cli.App {
 			demoCommand(),
 			simCommand(),
 			plotCommand(),
+			certsCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version and build information",
