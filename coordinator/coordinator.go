@@ -22,9 +22,11 @@ import (
 	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
 )
@@ -76,6 +78,10 @@ type Config struct {
 	KeepUpdateRounds int
 	// HTTPAddr, if set, serves Prometheus metrics on /metrics.
 	HTTPAddr string
+	// TLS, if set, turns on mutual TLS: every gRPC service and the Raft
+	// transport require a certificate of the cluster's CA, and each
+	// caller's role and name come from it. Nil is insecure mode.
+	TLS *pki.Node
 	// RaftStreamLayer, if set, carries Raft traffic instead of TCP on
 	// RaftAddr (tests use it to inject partitions).
 	RaftStreamLayer raft.StreamLayer
@@ -180,6 +186,9 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, err
 	}
 	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: cfg.Clock, fsm: NewFSM(), done: make(chan struct{}), eval: newEvaluators(), pool: client.NewPool(), metrics: newMetrics()}
+	if cfg.TLS != nil {
+		c.pool = client.NewPoolTLS(cfg.TLS.ClientTLS())
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -196,7 +205,12 @@ func New(cfg Config) (*Coordinator, error) {
 	if c.lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("coordinator: gRPC listen: %w", err)
 	}
-	c.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(int(min(cfg.MaxBlobBytes+(1<<20), 1<<31-1))), grpc.MaxSendMsgSize(64<<20))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(int(min(cfg.MaxBlobBytes+(1<<20), 1<<31-1))), grpc.MaxSendMsgSize(64 << 20),
+		grpc.UnaryInterceptor(c.unaryAuth), grpc.StreamInterceptor(c.streamAuth)}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.ServerTLS())))
+	}
+	c.grpc = grpc.NewServer(opts...)
 	pb.RegisterWorkerServer(c.grpc, &workerService{c: c})
 	pb.RegisterBlobServer(c.grpc, &blobService{c: c})
 	pb.RegisterAdminServer(c.grpc, &adminService{c: c})
@@ -265,6 +279,9 @@ func (c *Coordinator) GRPCAddr() string { return c.lis.Addr().String() }
 
 // GossipAddr returns this node's gossip address.
 func (c *Coordinator) GossipAddr() string { return c.gossip.Addr() }
+
+// RaftAddr returns the Raft transport's address.
+func (c *Coordinator) RaftAddr() string { return string(c.trans.LocalAddr()) }
 
 // FSM returns the node's replicated state (read-only use).
 func (c *Coordinator) FSM() *FSM { return c.fsm }

@@ -19,6 +19,7 @@ type metrics struct {
 	roundsAborted   prometheus.Counter
 	updatesAccepted prometheus.Counter
 	updatesRejected *prometheus.CounterVec
+	authRefused     *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -37,8 +38,10 @@ func newMetrics() *metrics {
 		roundsAborted:   prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_rounds_rescheduled_total", Help: "Rounds aborted at their deadline with too few updates and planned again."}),
 		updatesAccepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_updates_accepted_total", Help: "Worker updates accepted."}),
 		updatesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_updates_rejected_total", Help: "Worker updates refused, by gRPC code."}, []string{"reason"}),
+		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_auth_refused_total",
+			Help: "Calls and Raft connections refused by mutual TLS checks, by reason (no-identity, role, impersonation, blob, raft)."}, []string{"reason"}),
 	}
-	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected,
+	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())
 	return m
 }

@@ -54,9 +54,16 @@ func (c *Coordinator) startRaft() error {
 	if err != nil {
 		return fmt.Errorf("coordinator: snapshot store: %w", err)
 	}
-	if c.cfg.RaftStreamLayer != nil {
+	switch {
+	case c.cfg.RaftStreamLayer != nil:
 		c.trans = raft.NewNetworkTransportWithLogger(c.cfg.RaftStreamLayer, 3, 10*time.Second, hl)
-	} else {
+	case c.cfg.TLS != nil:
+		layer, err := newTLSStreamLayer(c.cfg.RaftAddr, c.cfg.TLS, func() { c.metrics.authRefused.WithLabelValues("raft").Inc() })
+		if err != nil {
+			return fmt.Errorf("coordinator: raft transport: %w", err)
+		}
+		c.trans = raft.NewNetworkTransportWithLogger(layer, 3, 10*time.Second, hl)
+	default:
 		// The advertised address is the listener's own (so port 0 works); a
 		// wildcard bind address is refused by the transport as unadvertisable.
 		c.trans, err = raft.NewTCPTransportWithLogger(c.cfg.RaftAddr, nil, 3, 10*time.Second, hl)

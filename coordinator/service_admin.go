@@ -12,6 +12,7 @@ import (
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/blobstream"
+	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
@@ -26,6 +27,10 @@ type blobService struct {
 
 // Get streams a blob in chunks; the first carries its hash and size.
 func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) error {
+	if id := callerIdentity(stream.Context()); id.Role == pki.RoleWorker && !s.c.workerMayFetch(id.Name, req.Hash) {
+		s.c.metrics.authRefused.WithLabelValues("blob").Inc()
+		return status.Errorf(codes.PermissionDenied, "worker %q may fetch only the base model of a round it is selected in", id.Name)
+	}
 	get := s.c.blob
 	if req.LocalOnly {
 		get = func(_ context.Context, h string) ([]byte, error) { return s.c.blobs.Get(h) }

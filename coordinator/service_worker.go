@@ -57,6 +57,9 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 	if req.WorkerId == "" {
 		return nil, status.Error(codes.InvalidArgument, "poll task: worker_id is empty")
 	}
+	if err := s.c.checkWorkerID(ctx, req.WorkerId); err != nil {
+		return nil, err
+	}
 	wait := min(time.Duration(req.WaitSeconds*float64(time.Second)), MaxPollWait)
 	deadline := time.NewTimer(max(wait, 0))
 	defer deadline.Stop()
@@ -123,6 +126,9 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 // answered accepted and duplicate, and counted once.
 func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRequest) (*pb.SubmitUpdateResponse, error) {
 	c := s.c
+	if err := c.checkWorkerID(ctx, req.WorkerId); err != nil {
+		return nil, err
+	}
 	if !c.IsLeader() {
 		return &pb.SubmitUpdateResponse{LeaderAddr: c.leaderGRPC(), NotLeader: true}, nil
 	}

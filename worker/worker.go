@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -63,7 +64,10 @@ type Config struct {
 	// SubmitDelay waits this long before sending each new update: it
 	// simulates a slow uplink, for tests and experiments.
 	SubmitDelay time.Duration
-	Logger      *slog.Logger
+	// TLS, if set, is the worker's certificate for mutual TLS with the
+	// coordinators; its name must be ID. Nil is insecure mode.
+	TLS    *pki.Node
+	Logger *slog.Logger
 }
 
 // Worker is a worker node.
@@ -110,7 +114,14 @@ func New(cfg Config, trainer Trainer) (*Worker, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Worker{cfg: cfg, trainer: trainer, log: cfg.Logger.With("node", cfg.ID), pool: client.NewPool(), models: map[string]tensor.Set{}, residuals: map[string]tensor.Set{}}, nil
+	pool := client.NewPool()
+	if cfg.TLS != nil {
+		if cfg.TLS.ID.Role != pki.RoleWorker || cfg.TLS.ID.Name != cfg.ID {
+			return nil, fmt.Errorf("worker: certificate is for %s %q, this worker is %q", cfg.TLS.ID.Role, cfg.TLS.ID.Name, cfg.ID)
+		}
+		pool = client.NewPoolTLS(cfg.TLS.ClientTLS())
+	}
+	return &Worker{cfg: cfg, trainer: trainer, log: cfg.Logger.With("node", cfg.ID), pool: pool, models: map[string]tensor.Set{}, residuals: map[string]tensor.Set{}}, nil
 }
 
 // Run joins the cluster and works until ctx ends. It returns ErrNoCluster

@@ -5,10 +5,12 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/fedtune/fedtune/internal/blobstream"
@@ -22,10 +24,21 @@ const MaxMessage = 1 << 30
 type Pool struct {
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
+	creds credentials.TransportCredentials
 }
 
-// NewPool returns an empty pool.
-func NewPool() *Pool { return &Pool{conns: map[string]*grpc.ClientConn{}} }
+// NewPool returns an empty pool of plaintext connections (insecure mode).
+func NewPool() *Pool { return NewPoolTLS(nil) }
+
+// NewPoolTLS returns an empty pool whose connections use cfg (mutual TLS:
+// pki.Node.ClientTLS); nil means plaintext.
+func NewPoolTLS(cfg *tls.Config) *Pool {
+	creds := insecure.NewCredentials()
+	if cfg != nil {
+		creds = credentials.NewTLS(cfg)
+	}
+	return &Pool{conns: map[string]*grpc.ClientConn{}, creds: creds}
+}
 
 // Conn returns the connection to addr, dialling lazily.
 func (p *Pool) Conn(addr string) (*grpc.ClientConn, error) {
@@ -35,7 +48,7 @@ func (p *Pool) Conn(addr string) (*grpc.ClientConn, error) {
 		return c, nil
 	}
 	c, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(p.creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessage), grpc.MaxCallSendMsgSize(MaxMessage)))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)

@@ -1,0 +1,141 @@
+package testcluster
+
+import (
+	"context"
+	"crypto/tls"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/pki"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/worker"
+)
+
+func node(t *testing.T, caDir, role, name string, notBefore time.Time) *pki.Node {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	if err := pki.Issue(caDir, dir, role, name, 24*time.Hour, notBefore); err != nil {
+		t.Fatal(err)
+	}
+	n, err := pki.Load(dir, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestMutualTLS runs a coordinator with mutual TLS and checks who gets in:
+// a worker with a certificate of the cluster's CA trains a job; callers with
+// no certificate, another CA's, or an expired one are refused at gRPC; a
+// worker certificate cannot use the admin service, store blobs, fetch a
+// blob it was not given, submit under another worker's id, or speak Raft.
+func TestMutualTLS(t *testing.T) {
+	ca := t.TempDir()
+	if err := pki.InitCA(ca, "test", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	c := StartCoordinator(t, coordinator.Config{TLS: node(t, ca, pki.RoleCoordinator, "coord-1", time.Time{})})
+	train, _ := dataset.MNIST(dataset.Train)
+	parts, _ := dataset.Partition{Kind: "iid", Seed: 1}.Split(train.Y, 10, 20)
+	for i, id := range []string{"w1", "w2"} {
+		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, nil)
+		StartWorkerWith(t, worker.Config{ID: id, Join: []string{c.GossipAddr()}, TLS: node(t, ca, pki.RoleWorker, id, time.Time{})}, tr)
+	}
+	WaitFor(t, 10*time.Second, "2 workers", func() bool { return len(c.FSM().Workers()) == 2 })
+
+	admin := client.NewPoolTLS(node(t, ca, pki.RoleAdmin, "alice", time.Time{}).ClientTLS())
+	defer admin.Close()
+	arch, _ := model.Lookup("mnist-mlp-small")
+	SubmitJob(t, admin, c.GRPCAddr(), &pb.JobSpec{
+		Name: "secure", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 2, ClientsPerRound: 2, MinUpdates: 2, RoundTimeoutSeconds: 60,
+		Train: &pb.TrainConfig{LocalSteps: 10, BatchSize: 32, LearningRate: 0.1},
+	}, arch.Init(1))
+	WaitFor(t, 60*time.Second, "secure job done", func() bool {
+		j, _ := c.FSM().Job("secure")
+		return j.Status == pb.JobStatus_JOB_STATUS_DONE
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	other := t.TempDir()
+	pki.InitCA(other, "other", time.Hour)
+	for name, pool := range map[string]*client.Pool{
+		"no certificate": client.NewPool(),
+		"another CA's":   client.NewPoolTLS(node(t, other, pki.RoleAdmin, "mallory", time.Time{}).ClientTLS()),
+		"an expired":     client.NewPoolTLS(node(t, ca, pki.RoleAdmin, "old", time.Now().Add(-48*time.Hour)).ClientTLS()),
+		"no cert, TLS":   client.NewPoolTLS(&tls.Config{RootCAs: node(t, ca, pki.RoleAdmin, "x", time.Time{}).Pool, ServerName: pki.CoordinatorServerName}),
+	} {
+		conn, _ := pool.Conn(c.GRPCAddr())
+		_, err := pb.NewAdminClient(conn).ListJobs(ctx, &pb.ListJobsRequest{})
+		if code := status.Code(err); code != codes.Unavailable && code != codes.Unauthenticated {
+			t.Errorf("%s: ListJobs err %v (code %v), want refused", name, err, code)
+		}
+		pool.Close()
+	}
+
+	w1 := client.NewPoolTLS(node(t, ca, pki.RoleWorker, "w1", time.Time{}).ClientTLS())
+	defer w1.Close()
+	conn, err := w1.Conn(c.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, _ := c.FSM().Job("secure")
+	denied := func(what string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("%s with a worker certificate: err %v, want PermissionDenied", what, err)
+		}
+	}
+	_, err = pb.NewAdminClient(conn).ListJobs(ctx, &pb.ListJobsRequest{})
+	denied("Admin.ListJobs", err)
+	_, err = client.PutBlob(ctx, conn, []byte("not a model"))
+	denied("Blob.Put", err)
+	_, err = client.GetBlob(ctx, conn, j.CurrentModel, 1<<30)
+	denied("Blob.Get of a model of no open round", err)
+	_, err = pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "w2", Job: "secure", Round: 3})
+	denied("SubmitUpdate as w2", err)
+	_, err = pb.NewWorkerClient(conn).PollTask(ctx, &pb.PollTaskRequest{WorkerId: "w2"})
+	denied("PollTask as w2", err)
+
+	// The Raft transport accepts coordinator certificates only.
+	raftAddr := c.RaftAddr()
+	wn := node(t, ca, pki.RoleWorker, "w9", time.Time{})
+	rc, err := tls.Dial("tcp", raftAddr, wn.ClientTLS())
+	if err == nil {
+		rc.SetReadDeadline(time.Now().Add(3 * time.Second))
+		_, err = rc.Read(make([]byte, 1))
+		rc.Close()
+	}
+	if err == nil {
+		t.Error("a worker certificate held a Raft connection open")
+	}
+	if got := counter(t, c, "fedtune_auth_refused_total"); got < 6 {
+		t.Errorf("fedtune_auth_refused_total = %v, want every refusal counted", got)
+	}
+}
+
+// counter sums a counter family of c's registry.
+func counter(t *testing.T, c *coordinator.Coordinator, name string) float64 {
+	t.Helper()
+	mfs, err := c.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
