@@ -24,6 +24,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	// The process tests run insecure clusters (TestSecureCluster sets up
+	// certificates and clears this for its own processes).
+	os.Setenv("FEDTUNE_INSECURE", "1")
 	dir, err := os.MkdirTemp("", "fedtune-e2e-")
 	if err != nil {
 		panic(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/progress"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
@@ -58,8 +59,17 @@ func withAdmin(c *cli.Context, f func(pb.AdminClient) error) error {
 }
 
 // dial returns a connection to --coordinator; the caller closes the pool.
+// It authenticates with the admin certificate --cert-name in --cert-dir,
+// or, with --insecure, connects in plaintext.
 func dial(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
 	pool := client.NewPool()
+	if !c.Bool("insecure") {
+		n, err := pki.Load(c.String("cert-dir"), c.String("cert-name"))
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w (or pass --insecure for a cluster running without TLS)", err)
+		}
+		pool = client.NewPoolTLS(n.ClientTLS())
+	}
 	conn, err := pool.Conn(c.String("coordinator"))
 	if err != nil {
 		pool.Close()

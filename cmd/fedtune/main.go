@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -37,6 +38,9 @@ func newApp() *cli.App {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"FEDTUNE_LOG_LEVEL"}},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"FEDTUNE_LOG_FORMAT"}},
+			&cli.StringFlag{Name: "cert-dir", Value: filepath.Join("fedtune-data", "certs"), Usage: "directory of this node's certificate, key and the cluster's ca.pem (fedtune certs issue --out)", EnvVars: []string{"FEDTUNE_CERT_DIR"}},
+			&cli.StringFlag{Name: "cert-name", Value: "admin", Usage: "CLI commands: the name of the admin certificate to use", EnvVars: []string{"FEDTUNE_CERT_NAME"}},
+			&cli.BoolFlag{Name: "insecure", Usage: "no TLS: plaintext gRPC and Raft, anyone may call anything (local demos only; every node warns)", EnvVars: []string{"FEDTUNE_INSECURE"}},
 		},
 		Commands: []*cli.Command{
 			coordinatorCommand(),

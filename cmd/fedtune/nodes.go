@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/worker"
 )
 
@@ -44,12 +46,16 @@ recovers every committed round and resumes open jobs.`,
 			if err != nil {
 				return err
 			}
+			tlsNode, err := nodeTLS(c, log, c.String("id"))
+			if err != nil {
+				return err
+			}
 			co, err := coordinator.New(coordinator.Config{
 				NodeID: c.String("id"), DataDir: c.String("data-dir"), GRPCAddr: c.String("grpc-addr"), RaftAddr: c.String("raft-addr"),
 				GossipAddr: c.String("gossip-addr"), Join: c.StringSlice("join"), BootstrapExpect: c.Int("bootstrap-expect"), Profile: profile(c),
 				HeartbeatTimeout: c.Duration("raft-heartbeat-timeout"), ElectionTimeout: c.Duration("raft-election-timeout"), LeaderLeaseTimeout: c.Duration("raft-lease-timeout"),
 				ServerGrace: c.Duration("server-grace"), SnapshotThreshold: c.Uint64("snapshot-threshold"), HTTPAddr: c.String("http-addr"),
-				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), Logger: log,
+				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, Logger: log,
 			})
 			if err != nil {
 				return err
@@ -110,7 +116,11 @@ machine can stand in for sites holding different data.`,
 			log.Info("local data", "dataset", c.String("dataset"), "examples", local.Len(), "partition", fmt.Sprintf("%d/%d", c.Int("partition-index"), c.Int("num-partitions")))
 			tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
 			defer tr.Close()
-			w, err := worker.New(worker.Config{ID: c.String("id"), Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
+			tlsNode, err := nodeTLS(c, log, c.String("id"))
+			if err != nil {
+				return err
+			}
+			w, err := worker.New(worker.Config{ID: c.String("id"), TLS: tlsNode, Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
 				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
 			if err != nil {
 				return err
@@ -118,6 +128,20 @@ machine can stand in for sites holding different data.`,
 			return w.Run(c.Context)
 		},
 	}
+}
+
+// nodeTLS loads the node's certificate (named by its --id) from
+// --cert-dir, or returns nil with a warning under --insecure.
+func nodeTLS(c *cli.Context, log *slog.Logger, id string) (*pki.Node, error) {
+	if c.Bool("insecure") {
+		log.Warn("INSECURE: running without TLS; any process that reaches this node can read models and submit updates (--insecure is for local demos)")
+		return nil, nil
+	}
+	n, err := pki.Load(c.String("cert-dir"), id)
+	if err != nil {
+		return nil, fmt.Errorf("%w (or pass --insecure for a local demo without TLS)", err)
+	}
+	return n, nil
 }
 
 func localData(c *cli.Context) (*dataset.Examples, error) {

@@ -8,6 +8,8 @@ rounds=${1:-6}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 fedtune="$root/bin/fedtune"
+# A local demo: no TLS (every node warns). README "Running securely" sets up certificates.
+export FEDTUNE_INSECURE=1
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT

@@ -137,7 +137,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	// 2. A coordinator and workers on 127.0.0.1, found by gossip.
-	fmt.Fprintf(out, "step 2/3  cluster: 1 coordinator, %d workers on 127.0.0.1 (logs: %s)\n", cfg.Workers, logPath)
+	fmt.Fprintf(out, "step 2/3  cluster: 1 coordinator, %d workers on 127.0.0.1, insecure (no TLS: a local demo) (logs: %s)\n", cfg.Workers, logPath)
 	dataDir, err := os.MkdirTemp("", "fedtune-demo-")
 	if err != nil {
 		return res, err

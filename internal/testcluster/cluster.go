@@ -59,6 +59,9 @@ func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 	return cl
 }
 
+// FreeAddr returns a free 127.0.0.1 TCP address.
+func FreeAddr(t testing.TB) string { return freeAddrTB(t) }
+
 func freeAddrTB(t testing.TB) string {
 	l, err := netListen()
 	if err != nil {
