@@ -22,7 +22,7 @@ import (
 // and admins (the CLI) store blobs and use the admin service. A method not
 // listed is refused.
 var access = map[string][]string{
-	"/fedtune.v1.Worker/": {pki.RoleWorker},
+	"/fedtune.v1.Worker/":  {pki.RoleWorker},
 	"/fedtune.v1.Blob/Get": {pki.RoleCoordinator, pki.RoleAdmin, pki.RoleWorker},
 	"/fedtune.v1.Blob/Put": {pki.RoleCoordinator, pki.RoleAdmin},
 	"/fedtune.v1.Admin/":   {pki.RoleCoordinator, pki.RoleAdmin},

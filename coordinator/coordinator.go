@@ -26,8 +26,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/internal/client"
-	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/gossip"
+	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
 )
 
@@ -78,6 +78,9 @@ type Config struct {
 	KeepUpdateRounds int
 	// HTTPAddr, if set, serves Prometheus metrics on /metrics.
 	HTTPAddr string
+	// GossipKeys, if any, encrypt gossip (gossip.Config.Keys): nodes
+	// without them are not seen.
+	GossipKeys [][]byte
 	// TLS, if set, turns on mutual TLS: every gRPC service and the Raft
 	// transport require a certificate of the cluster's CA, and each
 	// caller's role and name come from it. Nil is insecure mode.
@@ -226,6 +229,7 @@ func New(cfg Config) (*Coordinator, error) {
 		BindAddr: cfg.GossipAddr,
 		Meta:     gossip.Meta{Role: gossip.RoleCoordinator, GRPC: c.lis.Addr().String(), Raft: string(c.trans.LocalAddr())},
 		Profile:  cfg.Profile,
+		Keys:     cfg.GossipKeys,
 	})
 	if err != nil {
 		return nil, err

@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/fedtune/fedtune/internal/client"
-	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/gossip"
+	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
@@ -64,6 +64,8 @@ type Config struct {
 	// SubmitDelay waits this long before sending each new update: it
 	// simulates a slow uplink, for tests and experiments.
 	SubmitDelay time.Duration
+	// GossipKeys encrypt gossip; they must match the cluster's.
+	GossipKeys [][]byte
 	// TLS, if set, is the worker's certificate for mutual TLS with the
 	// coordinators; its name must be ID. Nil is insecure mode.
 	TLS    *pki.Node
@@ -127,7 +129,7 @@ func New(cfg Config, trainer Trainer) (*Worker, error) {
 // Run joins the cluster and works until ctx ends. It returns ErrNoCluster
 // (wrapped) if no node answered within JoinTimeout.
 func (w *Worker) Run(ctx context.Context) error {
-	g, err := gossip.Start(gossip.Config{Name: w.cfg.ID, BindAddr: w.cfg.GossipAddr, Profile: w.cfg.Profile,
+	g, err := gossip.Start(gossip.Config{Name: w.cfg.ID, BindAddr: w.cfg.GossipAddr, Profile: w.cfg.Profile, Keys: w.cfg.GossipKeys,
 		Meta: gossip.Meta{Role: gossip.RoleWorker, Labels: w.cfg.Labels}})
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 )
 
@@ -59,5 +60,24 @@ func certsCommand() *cli.Command {
 				},
 			},
 		},
+	}
+}
+
+func keyringCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "keyring",
+		Usage: "gossip encryption keys",
+		Subcommands: []*cli.Command{{
+			Name:  "generate",
+			Usage: "print a new random 32-byte gossip key (base64) for --gossip-key",
+			Action: func(c *cli.Context) error {
+				k, err := gossip.NewKey()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(c.App.Writer, k)
+				return nil
+			},
+		}},
 	}
 }

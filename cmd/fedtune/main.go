@@ -56,6 +56,7 @@ func newApp() *cli.App {
 			simCommand(),
 			plotCommand(),
 			certsCommand(),
+			keyringCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version and build information",

@@ -11,6 +11,7 @@ import (
 
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/worker"
 )
@@ -39,6 +40,7 @@ recovers every committed round and resumes open jobs.`,
 			&cli.Uint64Flag{Name: "snapshot-threshold", Value: 1024, Usage: "log entries between Raft snapshots", EnvVars: []string{"FEDTUNE_SNAPSHOT_THRESHOLD"}},
 			&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:7072", Usage: "HTTP address for /metrics (empty: off)", EnvVars: []string{"FEDTUNE_HTTP_ADDR"}},
 			&cli.Int64Flag{Name: "max-blob-bytes", Value: 1 << 30, Usage: "largest model or update accepted, in bytes", EnvVars: []string{"FEDTUNE_MAX_BLOB_BYTES"}},
+			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
 			&cli.DurationFlag{Name: "worker-grace", Value: 5 * time.Minute, Usage: "how long a worker may be gone from gossip before it leaves the roster", EnvVars: []string{"FEDTUNE_WORKER_GRACE"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -50,12 +52,16 @@ recovers every committed round and resumes open jobs.`,
 			if err != nil {
 				return err
 			}
+			keys, err := gossip.ParseKeys(c.String("gossip-key"))
+			if err != nil {
+				return err
+			}
 			co, err := coordinator.New(coordinator.Config{
 				NodeID: c.String("id"), DataDir: c.String("data-dir"), GRPCAddr: c.String("grpc-addr"), RaftAddr: c.String("raft-addr"),
 				GossipAddr: c.String("gossip-addr"), Join: c.StringSlice("join"), BootstrapExpect: c.Int("bootstrap-expect"), Profile: profile(c),
 				HeartbeatTimeout: c.Duration("raft-heartbeat-timeout"), ElectionTimeout: c.Duration("raft-election-timeout"), LeaderLeaseTimeout: c.Duration("raft-lease-timeout"),
 				ServerGrace: c.Duration("server-grace"), SnapshotThreshold: c.Uint64("snapshot-threshold"), HTTPAddr: c.String("http-addr"),
-				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, Logger: log,
+				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, GossipKeys: keys, Logger: log,
 			})
 			if err != nil {
 				return err
@@ -98,6 +104,7 @@ machine can stand in for sites holding different data.`,
 			&cli.BoolFlag{Name: "fast", Usage: "shorthand for --profile local", EnvVars: []string{"FEDTUNE_FAST"}},
 			&cli.StringFlag{Name: "state-dir", Value: "fedtune-worker", Usage: "directory for state kept across restarts (error-feedback residuals)", EnvVars: []string{"FEDTUNE_STATE_DIR"}},
 			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback", EnvVars: []string{"FEDTUNE_NO_ERROR_FEEDBACK"}},
+			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
 			&cli.DurationFlag{Name: "submit-delay", Usage: "wait this long before sending each update (simulates a slow uplink)", EnvVars: []string{"FEDTUNE_SUBMIT_DELAY"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -120,7 +127,11 @@ machine can stand in for sites holding different data.`,
 			if err != nil {
 				return err
 			}
-			w, err := worker.New(worker.Config{ID: c.String("id"), TLS: tlsNode, Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
+			keys, err := gossip.ParseKeys(c.String("gossip-key"))
+			if err != nil {
+				return err
+			}
+			w, err := worker.New(worker.Config{ID: c.String("id"), TLS: tlsNode, GossipKeys: keys, Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
 				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
 			if err != nil {
 				return err

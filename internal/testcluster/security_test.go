@@ -3,6 +3,7 @@ package testcluster
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
@@ -138,4 +140,46 @@ func counter(t *testing.T, c *coordinator.Coordinator, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestGossipEncryption: with a gossip key, a worker holding the key joins
+// and is seen; a worker without it, or with another key, is not.
+func TestGossipEncryption(t *testing.T) {
+	key, _ := gossip.NewKey()
+	keys, err := gossip.ParseKeys(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := StartCoordinator(t, coordinator.Config{GossipKeys: keys})
+	train, _ := dataset.MNIST(dataset.Train)
+	data := train.Subset(train.WithLabels(1)[:500])
+	tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
+	StartWorkerWith(t, worker.Config{ID: "keyed", Join: []string{c.GossipAddr()}, GossipKeys: keys}, tr)
+	WaitFor(t, 10*time.Second, "the keyed worker in the roster", func() bool { return len(c.FSM().Workers()) == 1 })
+
+	other, _ := gossip.NewKey()
+	otherKeys, _ := gossip.ParseKeys(other)
+	for name, k := range map[string][][]byte{"no key": nil, "another key": otherKeys} {
+		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
+		w, err := worker.New(worker.Config{ID: "stranger", Join: []string{c.GossipAddr()}, GossipKeys: k, JoinTimeout: 2 * time.Second,
+			Profile: "local", Logger: Logger(t)}, tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+		err = w.Run(ctx)
+		cancel()
+		tr.Close()
+		if !errors.Is(err, worker.ErrNoCluster) {
+			t.Errorf("%s: worker ran with err %v, want it unable to reach the cluster", name, err)
+		}
+		for _, m := range c.FSM().Workers() {
+			if m.Id == "stranger" {
+				t.Errorf("%s: the coordinator sees the stranger", name)
+			}
+		}
+	}
+	if _, err := gossip.ParseKeys("c2hvcnQ="); err == nil {
+		t.Error("a 5-byte key was accepted")
+	}
 }
