@@ -39,6 +39,10 @@ func (c *Coordinator) authorize(ctx context.Context, method string) (pki.Identit
 		c.metrics.authRefused.WithLabelValues("no-identity").Inc()
 		return id, status.Errorf(codes.Unauthenticated, "%v", err)
 	}
+	if reason, ok := c.fsm.Revoked(id.Name); ok && id.Role == pki.RoleWorker {
+		c.metrics.authRefused.WithLabelValues("revoked").Inc()
+		return id, status.Errorf(codes.PermissionDenied, "worker %q is revoked: %s", id.Name, reason)
+	}
 	for prefix, roles := range access {
 		if method == prefix || (strings.HasSuffix(prefix, "/") && strings.HasPrefix(method, prefix)) {
 			for _, r := range roles {
@@ -62,8 +66,13 @@ func callerIdentity(ctx context.Context) pki.Identity {
 }
 
 // checkWorkerID refuses a worker whose certificate names another worker
-// than the request does: a worker's id comes from its certificate.
+// than the request does (a worker's id comes from its certificate), and a
+// revoked worker (in insecure mode too).
 func (c *Coordinator) checkWorkerID(ctx context.Context, claimed string) error {
+	if reason, ok := c.fsm.Revoked(claimed); ok {
+		c.metrics.authRefused.WithLabelValues("revoked").Inc()
+		return status.Errorf(codes.PermissionDenied, "worker %q is revoked: %s", claimed, reason)
+	}
 	id := callerIdentity(ctx)
 	if c.cfg.TLS == nil || id.Role != pki.RoleWorker || id.Name == claimed {
 		return nil

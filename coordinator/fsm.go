@@ -48,12 +48,13 @@ type FSM struct {
 	mu      sync.RWMutex
 	jobs    map[string]*pb.Job
 	workers map[string]*pb.WorkerInfo
+	revoked map[string]*pb.RevokedWorker
 	changed chan struct{} // closed and replaced after every applied command
 }
 
 // NewFSM returns an empty FSM.
 func NewFSM() *FSM {
-	return &FSM{jobs: map[string]*pb.Job{}, workers: map[string]*pb.WorkerInfo{}, changed: make(chan struct{})}
+	return &FSM{jobs: map[string]*pb.Job{}, workers: map[string]*pb.WorkerInfo{}, revoked: map[string]*pb.RevokedWorker{}, changed: make(chan struct{})}
 }
 
 type applyFn func(f *FSM, payload []byte, at int64) error
@@ -68,6 +69,7 @@ var appliers = map[pb.CommandType]applyFn{
 	pb.CommandType_COMMAND_TYPE_FINISH_JOB:    applyFinishJob,
 	pb.CommandType_COMMAND_TYPE_UPSERT_WORKER: applyUpsertWorker,
 	pb.CommandType_COMMAND_TYPE_REMOVE_WORKER: applyRemoveWorker,
+	pb.CommandType_COMMAND_TYPE_REVOKE_WORKER: applyRevokeWorker,
 }
 
 // Apply applies one committed log entry. It returns nil or an error
@@ -274,6 +276,9 @@ func applyUpsertWorker(f *FSM, payload []byte, _ int64) error {
 	if c.Worker.GetId() == "" {
 		return fmt.Errorf("upsert worker: empty id")
 	}
+	if _, ok := f.revoked[c.Worker.Id]; ok {
+		return fmt.Errorf("upsert worker: %s is revoked", c.Worker.Id)
+	}
 	f.workers[c.Worker.Id] = c.Worker
 	return nil
 }
@@ -285,6 +290,27 @@ func applyRemoveWorker(f *FSM, payload []byte, _ int64) error {
 	}
 	delete(f.workers, c.Id)
 	return nil
+}
+
+func applyRevokeWorker(f *FSM, payload []byte, at int64) error {
+	var c pb.RevokeWorker
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	if c.Name == "" {
+		return fmt.Errorf("revoke worker: empty name")
+	}
+	f.revoked[c.Name] = &pb.RevokedWorker{Name: c.Name, Reason: c.Reason, RevokedUnixNano: at}
+	delete(f.workers, c.Name)
+	return nil
+}
+
+// Revoked reports whether a worker has been revoked, and why.
+func (f *FSM) Revoked(name string) (string, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	r, ok := f.revoked[name]
+	return r.GetReason(), ok
 }
 
 // Job returns a copy of the named job.
@@ -337,6 +363,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, w := range f.workers {
 		s.Workers = append(s.Workers, proto.Clone(w).(*pb.WorkerInfo))
 	}
+	for _, r := range f.revoked {
+		s.Revoked = append(s.Revoked, proto.Clone(r).(*pb.RevokedWorker))
+	}
+	sort.Slice(s.Revoked, func(a, b int) bool { return s.Revoked[a].Name < s.Revoked[b].Name })
 	sort.Slice(s.Jobs, func(a, b int) bool { return s.Jobs[a].Spec.Name < s.Jobs[b].Spec.Name })
 	sort.Slice(s.Workers, func(a, b int) bool { return s.Workers[a].Id < s.Workers[b].Id })
 	return fsmSnapshot{s}, nil
@@ -367,8 +397,12 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	for _, w := range s.Workers {
 		workers[w.Id] = w
 	}
+	revoked := make(map[string]*pb.RevokedWorker, len(s.Revoked))
+	for _, r := range s.Revoked {
+		revoked[r.Name] = r
+	}
 	f.mu.Lock()
-	f.jobs, f.workers = jobs, workers
+	f.jobs, f.workers, f.revoked = jobs, workers, revoked
 	ch := f.changed
 	f.changed = make(chan struct{})
 	f.mu.Unlock()

@@ -233,3 +233,32 @@ func TestFSMUnknownCommands(t *testing.T) {
 	}()
 	f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: stop})
 }
+
+// TestRevokeWorkerFSM: a revocation removes the worker from the roster,
+// keeps it out, and survives a snapshot.
+func TestRevokeWorkerFSM(t *testing.T) {
+	h := &fsmHarness{t: t, f: NewFSM()}
+	h.must(pb.CommandType_COMMAND_TYPE_UPSERT_WORKER, &pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "w1"}})
+	h.must(pb.CommandType_COMMAND_TYPE_REVOKE_WORKER, &pb.RevokeWorker{Name: "w1", Reason: "leak"})
+	if len(h.f.Workers()) != 0 {
+		t.Fatal("revoked worker still in the roster")
+	}
+	if err := h.apply(pb.CommandType_COMMAND_TYPE_UPSERT_WORKER, &pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "w1"}}); err == nil {
+		t.Error("a revoked worker was put back in the roster")
+	}
+	snap, err := h.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := NewFSM()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if reason, ok := g.Revoked("w1"); !ok || reason != "leak" {
+		t.Errorf("after restore: revoked %v (%q)", ok, reason)
+	}
+}

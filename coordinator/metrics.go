@@ -39,7 +39,7 @@ func newMetrics() *metrics {
 		updatesAccepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_updates_accepted_total", Help: "Worker updates accepted."}),
 		updatesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_updates_rejected_total", Help: "Worker updates refused, by gRPC code."}, []string{"reason"}),
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_auth_refused_total",
-			Help: "Calls and Raft connections refused by mutual TLS checks, by reason (no-identity, role, impersonation, blob, raft)."}, []string{"reason"}),
+			Help: "Calls and Raft connections refused by mutual TLS checks, by reason (no-identity, role, impersonation, blob, raft, revoked)."}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())

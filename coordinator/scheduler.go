@@ -92,6 +92,9 @@ func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 	alive := map[string]*pb.WorkerInfo{}
 	for _, m := range s.c.gossip.WithRole(gossip.RoleWorker) {
 		delete(s.goneSince, m.Name)
+		if _, revoked := s.c.fsm.Revoked(m.Name); revoked {
+			continue // never back in the roster
+		}
 		cur, ok := roster[m.Name]
 		if !ok || cur.GrpcAddr != m.Meta.GRPC || !maps.Equal(cur.Labels, m.Meta.Labels) {
 			w := &pb.WorkerInfo{Id: m.Name, GrpcAddr: m.Meta.GRPC, Labels: m.Meta.Labels, LastSeenUnixNano: now.UnixNano()}

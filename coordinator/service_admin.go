@@ -239,3 +239,18 @@ func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream pb.Admin_E
 	}
 	return blobstream.Send(stream, HashOf(out), out)
 }
+
+// RevokeWorker bars a worker cluster-wide, through the log.
+func (s *adminService) RevokeWorker(ctx context.Context, req *pb.RevokeWorkerRequest) (*pb.RevokeWorkerResponse, error) {
+	if req.Name == "" {
+		return nil, status.Error(codes.InvalidArgument, "revoke worker: name is empty")
+	}
+	if !s.c.IsLeader() {
+		return &pb.RevokeWorkerResponse{LeaderAddr: s.c.leaderGRPC()}, status.Errorf(codes.FailedPrecondition, "not the leader; ask %s", s.c.leaderGRPC())
+	}
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_REVOKE_WORKER, &pb.RevokeWorker{Name: req.Name, Reason: req.Reason}); err != nil {
+		return nil, toStatus(err)
+	}
+	s.c.log.Warn("worker revoked", "worker", req.Name, "reason", req.Reason, "by", callerIdentity(ctx).Name)
+	return &pb.RevokeWorkerResponse{}, nil
+}

@@ -40,6 +40,7 @@ const (
 	CommandType_COMMAND_TYPE_UPSERT_WORKER CommandType = 6
 	CommandType_COMMAND_TYPE_REMOVE_WORKER CommandType = 7
 	CommandType_COMMAND_TYPE_ABORT_ROUND   CommandType = 8
+	CommandType_COMMAND_TYPE_REVOKE_WORKER CommandType = 9
 )
 
 // Enum value maps for CommandType.
@@ -54,6 +55,7 @@ var (
 		6: "COMMAND_TYPE_UPSERT_WORKER",
 		7: "COMMAND_TYPE_REMOVE_WORKER",
 		8: "COMMAND_TYPE_ABORT_ROUND",
+		9: "COMMAND_TYPE_REVOKE_WORKER",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":   0,
@@ -65,6 +67,7 @@ var (
 		"COMMAND_TYPE_UPSERT_WORKER": 6,
 		"COMMAND_TYPE_REMOVE_WORKER": 7,
 		"COMMAND_TYPE_ABORT_ROUND":   8,
+		"COMMAND_TYPE_REVOKE_WORKER": 9,
 	}
 )
 
@@ -1674,6 +1677,7 @@ type Snapshot struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`       // sorted by name
 	Workers       []*WorkerInfo          `protobuf:"bytes,2,rep,name=workers,proto3" json:"workers,omitempty"` // sorted by id
+	Revoked       []*RevokedWorker       `protobuf:"bytes,3,rep,name=revoked,proto3" json:"revoked,omitempty"` // sorted by name
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1720,6 +1724,128 @@ func (x *Snapshot) GetWorkers() []*WorkerInfo {
 		return x.Workers
 	}
 	return nil
+}
+
+func (x *Snapshot) GetRevoked() []*RevokedWorker {
+	if x != nil {
+		return x.Revoked
+	}
+	return nil
+}
+
+// RevokeWorker bars a worker cluster-wide: it leaves the roster, may not
+// rejoin it, and every coordinator refuses its calls.
+type RevokeWorker struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // the worker's id (its certificate name)
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeWorker) Reset() {
+	*x = RevokeWorker{}
+	mi := &file_fedtune_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeWorker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeWorker) ProtoMessage() {}
+
+func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
+func (*RevokeWorker) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RevokeWorker) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RevokeWorker) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RevokedWorker is a revocation in the replicated state.
+type RevokedWorker struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reason          string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	RevokedUnixNano int64                  `protobuf:"varint,3,opt,name=revoked_unix_nano,json=revokedUnixNano,proto3" json:"revoked_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RevokedWorker) Reset() {
+	*x = RevokedWorker{}
+	mi := &file_fedtune_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokedWorker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokedWorker) ProtoMessage() {}
+
+func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
+func (*RevokedWorker) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokedWorker) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RevokedWorker) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokedWorker) GetRevokedUnixNano() int64 {
+	if x != nil {
+		return x.RevokedUnixNano
+	}
+	return 0
 }
 
 var File_fedtune_proto protoreflect.FileDescriptor
@@ -1886,10 +2012,18 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fUpsertWorker\x12.\n" +
 	"\x06worker\x18\x01 \x01(\v2\x16.fedtune.v1.WorkerInfoR\x06worker\"\x1e\n" +
 	"\fRemoveWorker\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"a\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x96\x01\n" +
 	"\bSnapshot\x12#\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0f.fedtune.v1.JobR\x04jobs\x120\n" +
-	"\aworkers\x18\x02 \x03(\v2\x16.fedtune.v1.WorkerInfoR\aworkers*\xa2\x02\n" +
+	"\aworkers\x18\x02 \x03(\v2\x16.fedtune.v1.WorkerInfoR\aworkers\x123\n" +
+	"\arevoked\x18\x03 \x03(\v2\x19.fedtune.v1.RevokedWorkerR\arevoked\":\n" +
+	"\fRevokeWorker\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"g\n" +
+	"\rRevokedWorker\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xc2\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -1899,7 +2033,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x17COMMAND_TYPE_FINISH_JOB\x10\x05\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_UPSERT_WORKER\x10\x06\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_REMOVE_WORKER\x10\a\x12\x1c\n" +
-	"\x18COMMAND_TYPE_ABORT_ROUND\x10\b*k\n" +
+	"\x18COMMAND_TYPE_ABORT_ROUND\x10\b\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_REVOKE_WORKER\x10\t*k\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
@@ -1919,7 +2054,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -1943,46 +2078,49 @@ var file_fedtune_proto_goTypes = []any{
 	(*UpsertWorker)(nil),     // 19: fedtune.v1.UpsertWorker
 	(*RemoveWorker)(nil),     // 20: fedtune.v1.RemoveWorker
 	(*Snapshot)(nil),         // 21: fedtune.v1.Snapshot
-	nil,                      // 22: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 23: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 24: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 25: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 26: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 27: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 28: fedtune.v1.CommitRound.MetricsEntry
+	(*RevokeWorker)(nil),     // 22: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 23: fedtune.v1.RevokedWorker
+	nil,                      // 24: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 25: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 26: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 27: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 28: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 29: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 30: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	22, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	24, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	3,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
 	6,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
 	5,  // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
-	23, // 5: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	25, // 5: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
 	8,  // 6: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	24, // 7: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	26, // 7: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
 	8,  // 8: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
 	7,  // 9: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
 	4,  // 10: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
 	1,  // 11: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
 	10, // 12: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
 	9,  // 13: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	25, // 14: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	26, // 15: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	27, // 14: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	28, // 15: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
 	4,  // 16: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	27, // 17: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	29, // 17: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
 	9,  // 18: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
 	8,  // 19: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	28, // 20: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	30, // 20: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
 	7,  // 21: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
 	1,  // 22: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
 	12, // 23: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
 	11, // 24: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
 	12, // 25: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	23, // 26: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -1996,7 +2134,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

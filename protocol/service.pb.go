@@ -1519,6 +1519,102 @@ func (x *VerifyRoundResponse) GetRule() string {
 	return ""
 }
 
+type RevokeWorkerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeWorkerRequest) Reset() {
+	*x = RevokeWorkerRequest{}
+	mi := &file_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeWorkerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeWorkerRequest) ProtoMessage() {}
+
+func (x *RevokeWorkerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeWorkerRequest.ProtoReflect.Descriptor instead.
+func (*RevokeWorkerRequest) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RevokeWorkerRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RevokeWorkerRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeWorkerResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LeaderAddr    string                 `protobuf:"bytes,1,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"` // set when this node does not lead
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeWorkerResponse) Reset() {
+	*x = RevokeWorkerResponse{}
+	mi := &file_service_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeWorkerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeWorkerResponse) ProtoMessage() {}
+
+func (x *RevokeWorkerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeWorkerResponse.ProtoReflect.Descriptor instead.
+func (*RevokeWorkerResponse) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RevokeWorkerResponse) GetLeaderAddr() string {
+	if x != nil {
+		return x.LeaderAddr
+	}
+	return ""
+}
+
 var File_service_proto protoreflect.FileDescriptor
 
 const file_service_proto_rawDesc = "" +
@@ -1644,13 +1740,19 @@ const file_service_proto_rawDesc = "" +
 	"\x10recomputed_model\x18\x02 \x01(\tR\x0frecomputedModel\x12\x14\n" +
 	"\x05match\x18\x03 \x01(\bR\x05match\x12\x18\n" +
 	"\aupdates\x18\x04 \x01(\rR\aupdates\x12\x12\n" +
-	"\x04rule\x18\x05 \x01(\tR\x04rule2\xa2\x01\n" +
+	"\x04rule\x18\x05 \x01(\tR\x04rule\"A\n" +
+	"\x13RevokeWorkerRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"7\n" +
+	"\x14RevokeWorkerResponse\x12\x1f\n" +
+	"\vleader_addr\x18\x01 \x01(\tR\n" +
+	"leaderAddr2\xa2\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
 	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
-	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xa0\x04\n" +
+	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xf3\x04\n" +
 	"\x05Admin\x12H\n" +
 	"\tSubmitJob\x12\x1c.fedtune.v1.SubmitJobRequest\x1a\x1d.fedtune.v1.SubmitJobResponse\x12H\n" +
 	"\tJobStatus\x12\x1c.fedtune.v1.JobStatusRequest\x1a\x1d.fedtune.v1.JobStatusResponse\x12E\n" +
@@ -1658,7 +1760,8 @@ const file_service_proto_rawDesc = "" +
 	"\vListWorkers\x12\x1e.fedtune.v1.ListWorkersRequest\x1a\x1f.fedtune.v1.ListWorkersResponse\x12F\n" +
 	"\vExportModel\x12\x1e.fedtune.v1.ExportModelRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12N\n" +
 	"\vVerifyRound\x12\x1e.fedtune.v1.VerifyRoundRequest\x1a\x1f.fedtune.v1.VerifyRoundResponse\x12T\n" +
-	"\rClusterStatus\x12 .fedtune.v1.ClusterStatusRequest\x1a!.fedtune.v1.ClusterStatusResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
+	"\rClusterStatus\x12 .fedtune.v1.ClusterStatusRequest\x1a!.fedtune.v1.ClusterStatusResponse\x12Q\n" +
+	"\fRevokeWorker\x12\x1f.fedtune.v1.RevokeWorkerRequest\x1a .fedtune.v1.RevokeWorkerResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
 
 var (
 	file_service_proto_rawDescOnce sync.Once
@@ -1672,7 +1775,7 @@ func file_service_proto_rawDescGZIP() []byte {
 	return file_service_proto_rawDescData
 }
 
-var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_service_proto_goTypes = []any{
 	(*ModelRef)(nil),              // 0: fedtune.v1.ModelRef
 	(*Task)(nil),                  // 1: fedtune.v1.Task
@@ -1698,24 +1801,26 @@ var file_service_proto_goTypes = []any{
 	(*ClusterStatusResponse)(nil), // 21: fedtune.v1.ClusterStatusResponse
 	(*VerifyRoundRequest)(nil),    // 22: fedtune.v1.VerifyRoundRequest
 	(*VerifyRoundResponse)(nil),   // 23: fedtune.v1.VerifyRoundResponse
-	nil,                           // 24: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                           // 25: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),           // 26: fedtune.v1.TrainConfig
-	(*JobSpec)(nil),               // 27: fedtune.v1.JobSpec
-	(*Job)(nil),                   // 28: fedtune.v1.Job
-	(*WorkerInfo)(nil),            // 29: fedtune.v1.WorkerInfo
+	(*RevokeWorkerRequest)(nil),   // 24: fedtune.v1.RevokeWorkerRequest
+	(*RevokeWorkerResponse)(nil),  // 25: fedtune.v1.RevokeWorkerResponse
+	nil,                           // 26: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                           // 27: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),           // 28: fedtune.v1.TrainConfig
+	(*JobSpec)(nil),               // 29: fedtune.v1.JobSpec
+	(*Job)(nil),                   // 30: fedtune.v1.Job
+	(*WorkerInfo)(nil),            // 31: fedtune.v1.WorkerInfo
 }
 var file_service_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	26, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	28, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	1,  // 2: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	24, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	27, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	28, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	28, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	28, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	29, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	25, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	26, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	29, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	30, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	30, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	30, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	31, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	27, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
 	19, // 10: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
 	20, // 11: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
 	2,  // 12: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
@@ -1729,19 +1834,21 @@ var file_service_proto_depIdxs = []int32{
 	17, // 20: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
 	22, // 21: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
 	18, // 22: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
-	3,  // 23: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	5,  // 24: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	7,  // 25: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	8,  // 26: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	10, // 27: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	12, // 28: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	14, // 29: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	16, // 30: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	7,  // 31: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	23, // 32: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	21, // 33: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	23, // [23:34] is the sub-list for method output_type
-	12, // [12:23] is the sub-list for method input_type
+	24, // 23: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
+	3,  // 24: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	5,  // 25: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	7,  // 26: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	8,  // 27: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	10, // 28: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	12, // 29: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	14, // 30: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	16, // 31: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	7,  // 32: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	23, // 33: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	21, // 34: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	25, // 35: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	24, // [24:36] is the sub-list for method output_type
+	12, // [12:24] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1759,7 +1866,7 @@ func file_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_service_proto_rawDesc), len(file_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -316,6 +316,7 @@ const (
 	Admin_ExportModel_FullMethodName   = "/fedtune.v1.Admin/ExportModel"
 	Admin_VerifyRound_FullMethodName   = "/fedtune.v1.Admin/VerifyRound"
 	Admin_ClusterStatus_FullMethodName = "/fedtune.v1.Admin/ClusterStatus"
+	Admin_RevokeWorker_FullMethodName  = "/fedtune.v1.Admin/RevokeWorker"
 )
 
 // AdminClient is the client API for Admin service.
@@ -335,6 +336,8 @@ type AdminClient interface {
 	VerifyRound(ctx context.Context, in *VerifyRoundRequest, opts ...grpc.CallOption) (*VerifyRoundResponse, error)
 	// ClusterStatus describes this node: Raft state and configuration, gossip members.
 	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
+	// RevokeWorker bars a worker cluster-wide (committed to the log; leader only).
+	RevokeWorker(ctx context.Context, in *RevokeWorkerRequest, opts ...grpc.CallOption) (*RevokeWorkerResponse, error)
 }
 
 type adminClient struct {
@@ -424,6 +427,16 @@ func (c *adminClient) ClusterStatus(ctx context.Context, in *ClusterStatusReques
 	return out, nil
 }
 
+func (c *adminClient) RevokeWorker(ctx context.Context, in *RevokeWorkerRequest, opts ...grpc.CallOption) (*RevokeWorkerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeWorkerResponse)
+	err := c.cc.Invoke(ctx, Admin_RevokeWorker_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -441,6 +454,8 @@ type AdminServer interface {
 	VerifyRound(context.Context, *VerifyRoundRequest) (*VerifyRoundResponse, error)
 	// ClusterStatus describes this node: Raft state and configuration, gossip members.
 	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
+	// RevokeWorker bars a worker cluster-wide (committed to the log; leader only).
+	RevokeWorker(context.Context, *RevokeWorkerRequest) (*RevokeWorkerResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -471,6 +486,9 @@ func (UnimplementedAdminServer) VerifyRound(context.Context, *VerifyRoundRequest
 }
 func (UnimplementedAdminServer) ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ClusterStatus not implemented")
+}
+func (UnimplementedAdminServer) RevokeWorker(context.Context, *RevokeWorkerRequest) (*RevokeWorkerResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RevokeWorker not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -612,6 +630,24 @@ func _Admin_ClusterStatus_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RevokeWorker_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeWorkerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeWorker(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeWorker_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeWorker(ctx, req.(*RevokeWorkerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -642,6 +678,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ClusterStatus",
 			Handler:    _Admin_ClusterStatus_Handler,
+		},
+		{
+			MethodName: "RevokeWorker",
+			Handler:    _Admin_RevokeWorker_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

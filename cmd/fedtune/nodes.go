@@ -13,6 +13,7 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
+	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/worker"
 )
 
@@ -107,6 +108,30 @@ machine can stand in for sites holding different data.`,
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
 			&cli.DurationFlag{Name: "submit-delay", Usage: "wait this long before sending each update (simulates a slow uplink)", EnvVars: []string{"FEDTUNE_SUBMIT_DELAY"}},
 		},
+		Subcommands: []*cli.Command{{
+			Name:      "revoke",
+			Usage:     "bar a worker cluster-wide (committed to the log): it leaves the roster and every coordinator refuses it",
+			ArgsUsage: "NAME",
+			Flags: []cli.Flag{
+				coordinatorFlag(),
+				&cli.StringFlag{Name: "reason", Value: "revoked by an administrator", Usage: "why, recorded with the revocation", EnvVars: []string{"FEDTUNE_REVOKE_REASON"}},
+			},
+			Action: func(c *cli.Context) error {
+				if c.NArg() != 1 {
+					return fmt.Errorf("worker revoke: give the worker's name")
+				}
+				pool, conn, err := dialLeader(c)
+				if err != nil {
+					return err
+				}
+				defer pool.Close()
+				if _, err := pb.NewAdminClient(conn).RevokeWorker(c.Context, &pb.RevokeWorkerRequest{Name: c.Args().First(), Reason: c.String("reason")}); err != nil {
+					return fmt.Errorf("revoke %s: %w", c.Args().First(), err)
+				}
+				fmt.Fprintf(c.App.Writer, "worker %s revoked on every coordinator\n", c.Args().First())
+				return nil
+			},
+		}},
 		Action: func(c *cli.Context) error {
 			log, err := logger(c, os.Stderr)
 			if err != nil {

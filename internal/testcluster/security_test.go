@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -181,5 +182,60 @@ func TestGossipEncryption(t *testing.T) {
 	}
 	if _, err := gossip.ParseKeys("c2hvcnQ="); err == nil {
 		t.Error("a 5-byte key was accepted")
+	}
+}
+
+// TestRevokeWorker: a worker revoked through the log is refused by every
+// coordinator, and still after the leader changes.
+func TestRevokeWorker(t *testing.T) {
+	ca := t.TempDir()
+	if err := pki.InitCA(ca, "test", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	cl := NewCluster(t, 3, ClusterOptions{Edit: func(i int, cfg *coordinator.Config) {
+		cfg.TLS = node(t, ca, pki.RoleCoordinator, cfg.NodeID, time.Time{})
+	}})
+	admin := client.NewPoolTLS(node(t, ca, pki.RoleAdmin, "alice", time.Time{}).ClientTLS())
+	defer admin.Close()
+	w1 := client.NewPoolTLS(node(t, ca, pki.RoleWorker, "w1", time.Time{}).ClientTLS())
+	defer w1.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	poll := func(nd *Node) error {
+		conn, err := w1.Conn(nd.C.GRPCAddr())
+		if err != nil {
+			return err
+		}
+		_, err = pb.NewWorkerClient(conn).PollTask(ctx, &pb.PollTaskRequest{WorkerId: "w1", WaitSeconds: 0.1})
+		return err
+	}
+	for _, nd := range cl.Nodes {
+		if err := poll(nd); err != nil {
+			t.Fatalf("before revocation, %s refused w1: %v", nd.Name, err)
+		}
+	}
+	leader := cl.Leader()
+	conn, _ := admin.Conn(leader.C.GRPCAddr())
+	if _, err := pb.NewAdminClient(conn).RevokeWorker(ctx, &pb.RevokeWorkerRequest{Name: "w1", Reason: "key leaked"}); err != nil {
+		t.Fatal(err)
+	}
+	refusedEverywhere := func(nodes []*Node) {
+		t.Helper()
+		for _, nd := range nodes {
+			WaitFor(t, 10*time.Second, nd.Name+" refuses w1", func() bool {
+				err := poll(nd)
+				return status.Code(err) == codes.PermissionDenied
+			})
+		}
+	}
+	refusedEverywhere(cl.Nodes)
+	cl.Crash(leader)
+	next := cl.WaitForLeader(20 * time.Second)
+	if next == leader {
+		t.Fatal("no new leader")
+	}
+	refusedEverywhere(cl.Up())
+	if err := poll(next); err == nil || !strings.Contains(err.Error(), "key leaked") {
+		t.Errorf("new leader: err %v, want the revocation's reason", err)
 	}
 }
