@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
@@ -170,4 +173,27 @@ func (l *tlsStreamLayer) Addr() net.Addr { return l.advert }
 func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	d := &net.Dialer{Timeout: timeout}
 	return tls.DialWithDialer(d, "tcp", string(address), l.node.ClientTLS())
+}
+
+// submitLimits are the per-worker token buckets of SubmitUpdate.
+type submitLimits struct {
+	mu    sync.Mutex
+	rate  rate.Limit
+	burst int
+	by    map[string]*rate.Limiter
+}
+
+// allow reports whether worker may submit now.
+func (l *submitLimits) allow(worker string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.by == nil {
+		l.by = map[string]*rate.Limiter{}
+	}
+	lim, ok := l.by[worker]
+	if !ok {
+		lim = rate.NewLimiter(l.rate, l.burst)
+		l.by[worker] = lim
+	}
+	return lim.Allow()
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
@@ -90,6 +91,12 @@ type Config struct {
 	RaftStreamLayer raft.StreamLayer
 	// MaxBlobBytes bounds a blob (model or update); default 1 GiB.
 	MaxBlobBytes int64
+	// SubmitRate and SubmitBurst bound each worker's update submissions
+	// (token bucket, per second); default 2 per second, bursts of 10.
+	// A worker sends one update per round, so only a faulty or hostile one
+	// meets the limit.
+	SubmitRate  float64
+	SubmitBurst int
 	// TickInterval is how often the scheduler looks at open rounds; default 100ms.
 	TickInterval time.Duration
 	// WorkerGrace is how long a worker may be gone from gossip before the
@@ -121,6 +128,12 @@ func (c *Config) defaults() error {
 	}
 	if c.MaxBlobBytes <= 0 {
 		c.MaxBlobBytes = 1 << 30
+	}
+	if c.SubmitRate <= 0 {
+		c.SubmitRate = 2
+	}
+	if c.SubmitBurst <= 0 {
+		c.SubmitBurst = 10
 	}
 	if c.TickInterval <= 0 {
 		c.TickInterval = 100 * time.Millisecond
@@ -171,6 +184,7 @@ type Coordinator struct {
 	lis      net.Listener
 	eval     *evaluators
 	pool     *client.Pool // connections to other coordinators
+	submits  *submitLimits
 	metrics  *metrics
 	http     *http.Server
 
@@ -192,6 +206,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.TLS != nil {
 		c.pool = client.NewPoolTLS(cfg.TLS.ClientTLS())
 	}
+	c.submits = &submitLimits{rate: rate.Limit(cfg.SubmitRate), burst: cfg.SubmitBurst}
 	ok := false
 	defer func() {
 		if !ok {

@@ -25,6 +25,19 @@ func Matches(selector, labels map[string]string) bool {
 	return true
 }
 
+// Allowed reports whether a job's allow-list (if any) names worker.
+func Allowed(spec *pb.JobSpec, worker string) bool {
+	if len(spec.GetAllow()) == 0 {
+		return true
+	}
+	for _, a := range spec.GetAllow() {
+		if a == worker {
+			return true
+		}
+	}
+	return false
+}
+
 // PlanRound chooses job's next round: which workers (a seeded sample of the
 // live workers matching the job's selector, over-selected by spec.OverSelect)
 // and when it ends. It is a pure function of its arguments, so a round's
@@ -33,7 +46,7 @@ func PlanRound(job *pb.Job, live []*pb.WorkerInfo, now time.Time, attempt uint32
 	spec := job.GetSpec()
 	var ids []string
 	for _, w := range live {
-		if Matches(spec.Selector, w.Labels) {
+		if Matches(spec.Selector, w.Labels) && Allowed(spec, w.Id) {
 			ids = append(ids, w.Id)
 		}
 	}

@@ -33,6 +33,11 @@ func TestPlanRound(t *testing.T) {
 	if !slices.Equal(again.Selected, r.Selected) {
 		t.Error("planning is not a function of its inputs")
 	}
+	job.Spec.Allow = []string{"a", "c", "e"} // c is allowed but not in region eu
+	if r, err := PlanRound(job, live, t0, 0); err != nil || !slices.Equal(r.Selected, []string{"a", "e"}) {
+		t.Errorf("allow-list a, c, e with selector region=eu: selected %v (%v), want [a e]", r.GetSelected(), err)
+	}
+	job.Spec.Allow = nil
 	job.Spec.Selector = map[string]string{"lang": "fr"}
 	if _, err := PlanRound(job, live, t0, 0); !errors.Is(err, ErrNotEnoughWorkers) {
 		t.Errorf("1 matching worker for min 2: %v", err)

@@ -92,6 +92,9 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if spec.MinUpdates == 0 {
 		spec.MinUpdates = spec.ClientsPerRound
 	}
+	if n := len(spec.Allow); n > 0 && uint32(n) < spec.MinUpdates {
+		return fmt.Errorf("allow lists %d workers, fewer than min_updates %d", n, spec.MinUpdates)
+	}
 	if spec.MinUpdates > spec.ClientsPerRound {
 		return fmt.Errorf("min_updates %d exceeds clients_per_round %d", spec.MinUpdates, spec.ClientsPerRound)
 	}

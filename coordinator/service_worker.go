@@ -132,6 +132,10 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 	if !c.IsLeader() {
 		return &pb.SubmitUpdateResponse{LeaderAddr: c.leaderGRPC(), NotLeader: true}, nil
 	}
+	if !c.submits.allow(req.WorkerId) {
+		c.metrics.updatesRejected.WithLabelValues("RateLimited").Inc()
+		return nil, status.Errorf(codes.ResourceExhausted, "worker %s: more than %.0f updates per second (burst %d)", req.WorkerId, c.cfg.SubmitRate, c.cfg.SubmitBurst)
+	}
 	if err := c.validateUpdate(req); err != nil {
 		if errors.Is(err, ErrDuplicate) {
 			return &pb.SubmitUpdateResponse{Accepted: true, Duplicate: true}, nil

@@ -336,6 +336,7 @@ type JobSpec struct {
 	AggregatorParams    *AggregatorParams      `protobuf:"bytes,16,opt,name=aggregator_params,json=aggregatorParams,proto3" json:"aggregator_params,omitempty"`
 	ServerOptimizer     *ServerOptimizer       `protobuf:"bytes,17,opt,name=server_optimizer,json=serverOptimizer,proto3" json:"server_optimizer,omitempty"`
 	MaxUpdateNorm       float64                `protobuf:"fixed64,18,opt,name=max_update_norm,json=maxUpdateNorm,proto3" json:"max_update_norm,omitempty"` // > 0: refuse updates whose L2 norm exceeds it
+	Allow               []string               `protobuf:"bytes,19,rep,name=allow,proto3" json:"allow,omitempty"`                                          // if set: only these workers (certificate names) take part
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -494,6 +495,13 @@ func (x *JobSpec) GetMaxUpdateNorm() float64 {
 		return x.MaxUpdateNorm
 	}
 	return 0
+}
+
+func (x *JobSpec) GetAllow() []string {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
 }
 
 // ServerOptimizer applies the aggregated delta (Reddi et al. 2021); 0: default.
@@ -1868,7 +1876,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"batch_size\x18\x03 \x01(\rR\tbatchSize\x12#\n" +
 	"\rlearning_rate\x18\x04 \x01(\x01R\flearningRate\x12\x1a\n" +
 	"\bmomentum\x18\x05 \x01(\x01R\bmomentum\x12\x17\n" +
-	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xf2\x05\n" +
+	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\x88\x06\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -1893,7 +1901,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\bevaluate\x18\x0f \x01(\bR\bevaluate\x12I\n" +
 	"\x11aggregator_params\x18\x10 \x01(\v2\x1c.fedtune.v1.AggregatorParamsR\x10aggregatorParams\x12F\n" +
 	"\x10server_optimizer\x18\x11 \x01(\v2\x1b.fedtune.v1.ServerOptimizerR\x0fserverOptimizer\x12&\n" +
-	"\x0fmax_update_norm\x18\x12 \x01(\x01R\rmaxUpdateNorm\x1a;\n" +
+	"\x0fmax_update_norm\x18\x12 \x01(\x01R\rmaxUpdateNorm\x12\x14\n" +
+	"\x05allow\x18\x13 \x03(\tR\x05allow\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"{\n" +

@@ -99,6 +99,7 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "over-select", Usage: "fraction of extra workers selected to absorb stragglers", EnvVars: []string{"FEDTUNE_OVER_SELECT"}},
 					&cli.DurationFlag{Name: "round-timeout", Value: 5 * time.Minute, Usage: "round deadline", EnvVars: []string{"FEDTUNE_ROUND_TIMEOUT"}},
 					&cli.StringSliceFlag{Name: "selector", Usage: "only workers with this label, key=value (repeatable)", EnvVars: []string{"FEDTUNE_SELECTOR"}},
+					&cli.StringSliceFlag{Name: "allow", Usage: "only these workers (certificate names; repeatable); default: any that match --selector", EnvVars: []string{"FEDTUNE_ALLOW"}},
 					&cli.UintFlag{Name: "epochs", Value: 1, Usage: "local epochs per round", EnvVars: []string{"FEDTUNE_EPOCHS"}},
 					&cli.UintFlag{Name: "steps", Usage: "cap on local steps per round (0: none)", EnvVars: []string{"FEDTUNE_STEPS"}},
 					&cli.UintFlag{Name: "batch-size", Value: 64, Usage: "local batch size", EnvVars: []string{"FEDTUNE_BATCH_SIZE"}},
@@ -184,7 +185,7 @@ func submitJob(c *cli.Context) error {
 	spec := &pb.JobSpec{
 		Name: c.String("name"), Model: c.String("model"), Dataset: c.String("dataset"), Rounds: uint32(c.Uint("rounds")),
 		ClientsPerRound: uint32(c.Uint("clients")), MinUpdates: uint32(c.Uint("min-updates")), OverSelect: c.Float64("over-select"),
-		RoundTimeoutSeconds: c.Duration("round-timeout").Seconds(), Selector: selector, Aggregator: c.String("aggregator"),
+		RoundTimeoutSeconds: c.Duration("round-timeout").Seconds(), Selector: selector, Allow: c.StringSlice("allow"), Aggregator: c.String("aggregator"),
 		Codec: c.String("codec"), Seed: c.Uint64("seed"), Evaluate: c.Bool("evaluate"), MaxUpdateNorm: c.Float64("max-update-norm"),
 		AggregatorParams: &pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("byzantine")), M: uint32(c.Uint("multi-krum-m")),
 			ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: uint32(c.Uint("agg-iterations"))},

@@ -42,6 +42,8 @@ recovers every committed round and resumes open jobs.`,
 			&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:7072", Usage: "HTTP address for /metrics (empty: off)", EnvVars: []string{"FEDTUNE_HTTP_ADDR"}},
 			&cli.Int64Flag{Name: "max-blob-bytes", Value: 1 << 30, Usage: "largest model or update accepted, in bytes", EnvVars: []string{"FEDTUNE_MAX_BLOB_BYTES"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
+			&cli.Float64Flag{Name: "submit-rate", Value: 2, Usage: "updates per second a worker may submit (token bucket; one per round is normal)", EnvVars: []string{"FEDTUNE_SUBMIT_RATE"}},
+			&cli.IntFlag{Name: "submit-burst", Value: 10, Usage: "burst of updates a worker may submit at once", EnvVars: []string{"FEDTUNE_SUBMIT_BURST"}},
 			&cli.DurationFlag{Name: "worker-grace", Value: 5 * time.Minute, Usage: "how long a worker may be gone from gossip before it leaves the roster", EnvVars: []string{"FEDTUNE_WORKER_GRACE"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -62,7 +64,7 @@ recovers every committed round and resumes open jobs.`,
 				GossipAddr: c.String("gossip-addr"), Join: c.StringSlice("join"), BootstrapExpect: c.Int("bootstrap-expect"), Profile: profile(c),
 				HeartbeatTimeout: c.Duration("raft-heartbeat-timeout"), ElectionTimeout: c.Duration("raft-election-timeout"), LeaderLeaseTimeout: c.Duration("raft-lease-timeout"),
 				ServerGrace: c.Duration("server-grace"), SnapshotThreshold: c.Uint64("snapshot-threshold"), HTTPAddr: c.String("http-addr"),
-				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, GossipKeys: keys, Logger: log,
+				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, GossipKeys: keys, SubmitRate: c.Float64("submit-rate"), SubmitBurst: c.Int("submit-burst"), Logger: log,
 			})
 			if err != nil {
 				return err

@@ -26,7 +26,7 @@ import (
 // coordinator and checks each gets a clear error and leaves the replicated
 // state as it was.
 func TestBadInputChangesNothing(t *testing.T) {
-	c := StartCoordinator(t, coordinator.Config{})
+	c := StartCoordinator(t, coordinator.Config{SubmitBurst: 1000} /* validation, not rate limits (TestSubmitRateLimit) */)
 	// A gossip member with the worker role, driven by hand through gRPC.
 	g, err := gossip.Start(gossip.Config{Name: "w1", BindAddr: "127.0.0.1:0", Profile: "local", Meta: gossip.Meta{Role: gossip.RoleWorker}})
 	if err != nil {

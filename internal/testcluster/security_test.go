@@ -239,3 +239,55 @@ func TestRevokeWorker(t *testing.T) {
 		t.Errorf("new leader: err %v, want the revocation's reason", err)
 	}
 }
+
+// TestSubmitRateLimit: a worker flooding SubmitUpdate is cut off with
+// ResourceExhausted once its burst is spent; others are not affected.
+func TestSubmitRateLimit(t *testing.T) {
+	c := StartCoordinator(t, coordinator.Config{SubmitRate: 0.5, SubmitBurst: 3})
+	pool := client.NewPool()
+	defer pool.Close()
+	conn, err := pool.Conn(c.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	codesSeen := map[codes.Code]int{}
+	for range 8 {
+		_, err := pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "flood", Job: "nope", Round: 1})
+		codesSeen[status.Code(err)]++
+	}
+	if codesSeen[codes.ResourceExhausted] < 5 || codesSeen[codes.NotFound] != 3 {
+		t.Errorf("8 rapid submissions answered %v: want 3 judged on their merits (unknown job) and the rest rate-limited", codesSeen)
+	}
+	_, err = pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "other", Job: "nope", Round: 1})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("another worker was limited too: %v", err)
+	}
+	if got := counterWith(t, c, "fedtune_updates_rejected_total", "RateLimited"); got < 5 {
+		t.Errorf("rate-limited submissions counted %v times", got)
+	}
+}
+
+// counterWith returns the value of a counter family's series whose label
+// has the given value.
+func counterWith(t *testing.T, c *coordinator.Coordinator, name, label string) float64 {
+	t.Helper()
+	mfs, err := c.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
