@@ -38,10 +38,13 @@ bench:
 vet:
 	$(GO) vet ./...
 
-## fuzz: run each fuzz target for $(FUZZTIME)
+## fuzz: run each fuzz target for $(FUZZTIME): safetensors, update codecs,
+## Raft commands applied to the FSM, blob stream frames
 fuzz:
 	$(GO) test -run=NONE -fuzz=FuzzUnmarshal -fuzztime=$(FUZZTIME) ./tensor
 	$(GO) test -run=NONE -fuzz=FuzzCompactDecode -fuzztime=$(FUZZTIME) ./tensor/codec
+	$(GO) test -run=NONE -fuzz=FuzzFSMCommands -fuzztime=$(FUZZTIME) ./coordinator
+	$(GO) test -run=NONE -fuzz=FuzzRecv -fuzztime=$(FUZZTIME) ./internal/blobstream
 
 ## proto: regenerate protocol/*.pb.go with protoc and pinned Go plugins
 proto:

@@ -120,6 +120,9 @@ func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 		return err
 	}
 	name := c.GetSpec().GetName()
+	if name == "" {
+		return fmt.Errorf("register job: no spec or no name") // found by FuzzFSMCommands: a nil spec panicked
+	}
 	if _, ok := f.jobs[name]; ok {
 		return fmt.Errorf("register %q: %w", name, ErrJobExists)
 	}
