@@ -268,11 +268,12 @@ func New(cfg Config) (*Coordinator, error) {
 			}
 		}()
 	}
-	c.wg.Add(4)
+	c.wg.Add(5)
 	go c.observeLeadership()
 	go c.watchLeadership()
 	go c.bootstrapLoop()
 	go c.blobLoop()
+	go c.keyringLoop()
 	ok = true
 	c.log.Info("coordinator started", "grpc", c.GRPCAddr(), "raft", c.trans.LocalAddr(), "gossip", c.gossip.Addr(), "data_dir", cfg.DataDir)
 	return c, nil
@@ -298,6 +299,18 @@ func (c *Coordinator) GRPCAddr() string { return c.lis.Addr().String() }
 
 // GossipAddr returns this node's gossip address.
 func (c *Coordinator) GossipAddr() string { return c.gossip.Addr() }
+
+// GossipKeys returns this node's gossip keyring (base64, primary first).
+func (c *Coordinator) GossipKeys() []string { return c.gossip.Keys() }
+
+// AliveWorkers returns the ids of the workers gossip sees alive.
+func (c *Coordinator) AliveWorkers() []string {
+	var out []string
+	for _, m := range c.gossip.WithRole(gossip.RoleWorker) {
+		out = append(out, m.Name)
+	}
+	return out
+}
 
 // RaftAddr returns the Raft transport's address.
 func (c *Coordinator) RaftAddr() string { return string(c.trans.LocalAddr()) }

@@ -6,12 +6,14 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
 )
 
@@ -49,6 +51,7 @@ type FSM struct {
 	jobs    map[string]*pb.Job
 	workers map[string]*pb.WorkerInfo
 	revoked map[string]*pb.RevokedWorker
+	keyring []string      // gossip keys (base64), primary first; nil: as the nodes started
 	changed chan struct{} // closed and replaced after every applied command
 }
 
@@ -70,6 +73,7 @@ var appliers = map[pb.CommandType]applyFn{
 	pb.CommandType_COMMAND_TYPE_UPSERT_WORKER: applyUpsertWorker,
 	pb.CommandType_COMMAND_TYPE_REMOVE_WORKER: applyRemoveWorker,
 	pb.CommandType_COMMAND_TYPE_REVOKE_WORKER: applyRevokeWorker,
+	pb.CommandType_COMMAND_TYPE_KEYRING:       applyKeyring,
 }
 
 // Apply applies one committed log entry. It returns nil or an error
@@ -308,6 +312,56 @@ func applyRevokeWorker(f *FSM, payload []byte, at int64) error {
 	return nil
 }
 
+func applyKeyring(f *FSM, payload []byte, _ int64) error {
+	var c pb.Keyring
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	if _, err := gossip.ParseKeys(c.Key); err != nil || c.Key == "" || strings.Contains(c.Key, ",") {
+		return fmt.Errorf("keyring: key %q is not one valid gossip key", c.Key)
+	}
+	ring := f.keyring
+	if len(ring) == 0 {
+		ring = c.Current
+	}
+	if len(ring) == 0 {
+		return fmt.Errorf("keyring: the cluster runs without gossip encryption; start the nodes with --gossip-key to use a keyring")
+	}
+	idx := slices.Index(ring, c.Key)
+	next := slices.Clone(ring)
+	switch c.Op {
+	case pb.Keyring_OP_INSTALL:
+		if idx < 0 {
+			next = append(next, c.Key)
+		}
+	case pb.Keyring_OP_USE:
+		if idx < 0 {
+			return fmt.Errorf("keyring: use a key that is not installed")
+		}
+		next = append([]string{c.Key}, slices.Delete(next, idx, idx+1)...)
+	case pb.Keyring_OP_REMOVE:
+		if idx < 0 {
+			return fmt.Errorf("keyring: remove a key that is not installed")
+		}
+		if idx == 0 {
+			return fmt.Errorf("keyring: the key in use cannot be removed; use another first")
+		}
+		next = slices.Delete(next, idx, idx+1)
+	default:
+		return fmt.Errorf("keyring: unknown operation %v", c.Op)
+	}
+	f.keyring = next
+	return nil
+}
+
+// Keyring returns the cluster's gossip keyring (primary first), or nil if
+// it was never changed at run time.
+func (f *FSM) Keyring() []string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return slices.Clone(f.keyring)
+}
+
 // Revoked reports whether a worker has been revoked, and why.
 func (f *FSM) Revoked(name string) (string, bool) {
 	f.mu.RLock()
@@ -370,6 +424,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		s.Revoked = append(s.Revoked, proto.Clone(r).(*pb.RevokedWorker))
 	}
 	sort.Slice(s.Revoked, func(a, b int) bool { return s.Revoked[a].Name < s.Revoked[b].Name })
+	s.GossipKeys = slices.Clone(f.keyring)
 	sort.Slice(s.Jobs, func(a, b int) bool { return s.Jobs[a].Spec.Name < s.Jobs[b].Spec.Name })
 	sort.Slice(s.Workers, func(a, b int) bool { return s.Workers[a].Id < s.Workers[b].Id })
 	return fsmSnapshot{s}, nil
@@ -405,7 +460,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		revoked[r.Name] = r
 	}
 	f.mu.Lock()
-	f.jobs, f.workers, f.revoked = jobs, workers, revoked
+	f.jobs, f.workers, f.revoked, f.keyring = jobs, workers, revoked, s.GossipKeys
 	ch := f.changed
 	f.changed = make(chan struct{})
 	f.mu.Unlock()

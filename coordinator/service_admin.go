@@ -257,3 +257,21 @@ func (s *adminService) RevokeWorker(ctx context.Context, req *pb.RevokeWorkerReq
 	s.c.log.Warn("worker revoked", "worker", req.Name, "reason", req.Reason, "by", callerIdentity(ctx).Name)
 	return &pb.RevokeWorkerResponse{}, nil
 }
+
+// Keyring changes the cluster's gossip keyring through the log; every
+// coordinator applies it to its gossip node and workers get it with their
+// next poll.
+func (s *adminService) Keyring(ctx context.Context, req *pb.KeyringRequest) (*pb.KeyringResponse, error) {
+	if req.Change == nil {
+		return nil, status.Error(codes.InvalidArgument, "keyring: no change")
+	}
+	if !s.c.IsLeader() {
+		return nil, status.Errorf(codes.FailedPrecondition, "not the leader; ask %s", s.c.leaderGRPC())
+	}
+	change := &pb.Keyring{Op: req.Change.Op, Key: req.Change.Key, Current: s.c.gossip.Keys()}
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_KEYRING, change); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	s.c.log.Info("gossip keyring changed", "op", req.Change.Op, "by", callerIdentity(ctx).Name)
+	return &pb.KeyringResponse{Keys: s.c.fsm.Keyring()}, nil
+}

@@ -63,6 +63,9 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 	wait := min(time.Duration(req.WaitSeconds*float64(time.Second)), MaxPollWait)
 	deadline := time.NewTimer(max(wait, 0))
 	defer deadline.Stop()
+	// Every answer carries the cluster's gossip keyring (once changed at
+	// run time), so workers follow a rotation; a change ends the wait.
+	keys := s.c.fsm.Keyring()
 	for {
 		if !s.c.IsLeader() {
 			return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC(), NotLeader: true}, nil
@@ -74,13 +77,16 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 			if err := s.c.raft.VerifyLeader().Error(); err != nil {
 				return &pb.PollTaskResponse{LeaderAddr: s.c.leaderGRPC(), NotLeader: true}, nil
 			}
-			return &pb.PollTaskResponse{Task: t}, nil
+			return &pb.PollTaskResponse{Task: t, GossipKeys: s.c.fsm.Keyring()}, nil
+		}
+		if k := s.c.fsm.Keyring(); !slices.Equal(k, keys) {
+			return &pb.PollTaskResponse{GossipKeys: k}, nil
 		}
 		select {
 		case <-ctx.Done():
 			return nil, toStatus(ctx.Err())
 		case <-deadline.C:
-			return &pb.PollTaskResponse{}, nil
+			return &pb.PollTaskResponse{GossipKeys: keys}, nil
 		case <-changed:
 		case <-s.c.done:
 			return nil, status.Error(codes.Unavailable, "coordinator shutting down")

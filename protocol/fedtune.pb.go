@@ -41,21 +41,23 @@ const (
 	CommandType_COMMAND_TYPE_REMOVE_WORKER CommandType = 7
 	CommandType_COMMAND_TYPE_ABORT_ROUND   CommandType = 8
 	CommandType_COMMAND_TYPE_REVOKE_WORKER CommandType = 9
+	CommandType_COMMAND_TYPE_KEYRING       CommandType = 10
 )
 
 // Enum value maps for CommandType.
 var (
 	CommandType_name = map[int32]string{
-		0: "COMMAND_TYPE_UNSPECIFIED",
-		1: "COMMAND_TYPE_REGISTER_JOB",
-		2: "COMMAND_TYPE_START_ROUND",
-		3: "COMMAND_TYPE_ACCEPT_UPDATE",
-		4: "COMMAND_TYPE_COMMIT_ROUND",
-		5: "COMMAND_TYPE_FINISH_JOB",
-		6: "COMMAND_TYPE_UPSERT_WORKER",
-		7: "COMMAND_TYPE_REMOVE_WORKER",
-		8: "COMMAND_TYPE_ABORT_ROUND",
-		9: "COMMAND_TYPE_REVOKE_WORKER",
+		0:  "COMMAND_TYPE_UNSPECIFIED",
+		1:  "COMMAND_TYPE_REGISTER_JOB",
+		2:  "COMMAND_TYPE_START_ROUND",
+		3:  "COMMAND_TYPE_ACCEPT_UPDATE",
+		4:  "COMMAND_TYPE_COMMIT_ROUND",
+		5:  "COMMAND_TYPE_FINISH_JOB",
+		6:  "COMMAND_TYPE_UPSERT_WORKER",
+		7:  "COMMAND_TYPE_REMOVE_WORKER",
+		8:  "COMMAND_TYPE_ABORT_ROUND",
+		9:  "COMMAND_TYPE_REVOKE_WORKER",
+		10: "COMMAND_TYPE_KEYRING",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":   0,
@@ -68,6 +70,7 @@ var (
 		"COMMAND_TYPE_REMOVE_WORKER": 7,
 		"COMMAND_TYPE_ABORT_ROUND":   8,
 		"COMMAND_TYPE_REVOKE_WORKER": 9,
+		"COMMAND_TYPE_KEYRING":       10,
 	}
 )
 
@@ -149,6 +152,58 @@ func (x JobStatus) Number() protoreflect.EnumNumber {
 // Deprecated: Use JobStatus.Descriptor instead.
 func (JobStatus) EnumDescriptor() ([]byte, []int) {
 	return file_fedtune_proto_rawDescGZIP(), []int{1}
+}
+
+type Keyring_Op int32
+
+const (
+	Keyring_OP_UNSPECIFIED Keyring_Op = 0
+	Keyring_OP_INSTALL     Keyring_Op = 1 // add a key (all nodes accept it)
+	Keyring_OP_USE         Keyring_Op = 2 // make an installed key the one that encrypts
+	Keyring_OP_REMOVE      Keyring_Op = 3 // drop a key that is not in use
+)
+
+// Enum value maps for Keyring_Op.
+var (
+	Keyring_Op_name = map[int32]string{
+		0: "OP_UNSPECIFIED",
+		1: "OP_INSTALL",
+		2: "OP_USE",
+		3: "OP_REMOVE",
+	}
+	Keyring_Op_value = map[string]int32{
+		"OP_UNSPECIFIED": 0,
+		"OP_INSTALL":     1,
+		"OP_USE":         2,
+		"OP_REMOVE":      3,
+	}
+)
+
+func (x Keyring_Op) Enum() *Keyring_Op {
+	p := new(Keyring_Op)
+	*p = x
+	return p
+}
+
+func (x Keyring_Op) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Keyring_Op) Descriptor() protoreflect.EnumDescriptor {
+	return file_fedtune_proto_enumTypes[2].Descriptor()
+}
+
+func (Keyring_Op) Type() protoreflect.EnumType {
+	return &file_fedtune_proto_enumTypes[2]
+}
+
+func (x Keyring_Op) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Keyring_Op.Descriptor instead.
+func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{20, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -1683,9 +1738,10 @@ func (x *RemoveWorker) GetId() string {
 // Snapshot is the FSM's whole state, written after a SnapshotHeader.
 type Snapshot struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`       // sorted by name
-	Workers       []*WorkerInfo          `protobuf:"bytes,2,rep,name=workers,proto3" json:"workers,omitempty"` // sorted by id
-	Revoked       []*RevokedWorker       `protobuf:"bytes,3,rep,name=revoked,proto3" json:"revoked,omitempty"` // sorted by name
+	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`                               // sorted by name
+	Workers       []*WorkerInfo          `protobuf:"bytes,2,rep,name=workers,proto3" json:"workers,omitempty"`                         // sorted by id
+	Revoked       []*RevokedWorker       `protobuf:"bytes,3,rep,name=revoked,proto3" json:"revoked,omitempty"`                         // sorted by name
+	GossipKeys    []string               `protobuf:"bytes,4,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"` // the cluster's gossip keyring (base64), primary first; empty: as started
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1741,6 +1797,74 @@ func (x *Snapshot) GetRevoked() []*RevokedWorker {
 	return nil
 }
 
+func (x *Snapshot) GetGossipKeys() []string {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
+}
+
+// Keyring changes the cluster's gossip keyring (fedtune keyring).
+type Keyring struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Op            Keyring_Op             `protobuf:"varint,1,opt,name=op,proto3,enum=fedtune.v1.Keyring_Op" json:"op,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`         // base64
+	Current       []string               `protobuf:"bytes,3,rep,name=current,proto3" json:"current,omitempty"` // the keyring before the change (set by the leader; primary first)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Keyring) Reset() {
+	*x = Keyring{}
+	mi := &file_fedtune_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Keyring) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Keyring) ProtoMessage() {}
+
+func (x *Keyring) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
+func (*Keyring) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Keyring) GetOp() Keyring_Op {
+	if x != nil {
+		return x.Op
+	}
+	return Keyring_OP_UNSPECIFIED
+}
+
+func (x *Keyring) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Keyring) GetCurrent() []string {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
 // RevokeWorker bars a worker cluster-wide: it leaves the roster, may not
 // rejoin it, and every coordinator refuses its calls.
 type RevokeWorker struct {
@@ -1753,7 +1877,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +1889,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +1902,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -1807,7 +1931,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1943,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1956,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -2021,18 +2145,31 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fUpsertWorker\x12.\n" +
 	"\x06worker\x18\x01 \x01(\v2\x16.fedtune.v1.WorkerInfoR\x06worker\"\x1e\n" +
 	"\fRemoveWorker\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x96\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xb7\x01\n" +
 	"\bSnapshot\x12#\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0f.fedtune.v1.JobR\x04jobs\x120\n" +
 	"\aworkers\x18\x02 \x03(\v2\x16.fedtune.v1.WorkerInfoR\aworkers\x123\n" +
-	"\arevoked\x18\x03 \x03(\v2\x19.fedtune.v1.RevokedWorkerR\arevoked\":\n" +
+	"\arevoked\x18\x03 \x03(\v2\x19.fedtune.v1.RevokedWorkerR\arevoked\x12\x1f\n" +
+	"\vgossip_keys\x18\x04 \x03(\tR\n" +
+	"gossipKeys\"\xa2\x01\n" +
+	"\aKeyring\x12&\n" +
+	"\x02op\x18\x01 \x01(\x0e2\x16.fedtune.v1.Keyring.OpR\x02op\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x18\n" +
+	"\acurrent\x18\x03 \x03(\tR\acurrent\"C\n" +
+	"\x02Op\x12\x12\n" +
+	"\x0eOP_UNSPECIFIED\x10\x00\x12\x0e\n" +
+	"\n" +
+	"OP_INSTALL\x10\x01\x12\n" +
+	"\n" +
+	"\x06OP_USE\x10\x02\x12\r\n" +
+	"\tOP_REMOVE\x10\x03\":\n" +
 	"\fRevokeWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"g\n" +
 	"\rRevokedWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xc2\x02\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xdc\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -2043,7 +2180,9 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_UPSERT_WORKER\x10\x06\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_REMOVE_WORKER\x10\a\x12\x1c\n" +
 	"\x18COMMAND_TYPE_ABORT_ROUND\x10\b\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_REVOKE_WORKER\x10\t*k\n" +
+	"\x1aCOMMAND_TYPE_REVOKE_WORKER\x10\t\x12\x18\n" +
+	"\x14COMMAND_TYPE_KEYRING\x10\n" +
+	"*k\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
@@ -2062,74 +2201,77 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 	return file_fedtune_proto_rawDescData
 }
 
-var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
-	(*Command)(nil),          // 2: fedtune.v1.Command
-	(*TrainConfig)(nil),      // 3: fedtune.v1.TrainConfig
-	(*JobSpec)(nil),          // 4: fedtune.v1.JobSpec
-	(*ServerOptimizer)(nil),  // 5: fedtune.v1.ServerOptimizer
-	(*AggregatorParams)(nil), // 6: fedtune.v1.AggregatorParams
-	(*Score)(nil),            // 7: fedtune.v1.Score
-	(*AcceptedUpdate)(nil),   // 8: fedtune.v1.AcceptedUpdate
-	(*Round)(nil),            // 9: fedtune.v1.Round
-	(*RoundRecord)(nil),      // 10: fedtune.v1.RoundRecord
-	(*Job)(nil),              // 11: fedtune.v1.Job
-	(*WorkerInfo)(nil),       // 12: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 13: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 14: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 15: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 16: fedtune.v1.CommitRound
-	(*AbortRound)(nil),       // 17: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 18: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 19: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 20: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 21: fedtune.v1.Snapshot
-	(*RevokeWorker)(nil),     // 22: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 23: fedtune.v1.RevokedWorker
-	nil,                      // 24: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 25: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 26: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 27: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 28: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 29: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 30: fedtune.v1.CommitRound.MetricsEntry
+	(Keyring_Op)(0),          // 2: fedtune.v1.Keyring.Op
+	(*Command)(nil),          // 3: fedtune.v1.Command
+	(*TrainConfig)(nil),      // 4: fedtune.v1.TrainConfig
+	(*JobSpec)(nil),          // 5: fedtune.v1.JobSpec
+	(*ServerOptimizer)(nil),  // 6: fedtune.v1.ServerOptimizer
+	(*AggregatorParams)(nil), // 7: fedtune.v1.AggregatorParams
+	(*Score)(nil),            // 8: fedtune.v1.Score
+	(*AcceptedUpdate)(nil),   // 9: fedtune.v1.AcceptedUpdate
+	(*Round)(nil),            // 10: fedtune.v1.Round
+	(*RoundRecord)(nil),      // 11: fedtune.v1.RoundRecord
+	(*Job)(nil),              // 12: fedtune.v1.Job
+	(*WorkerInfo)(nil),       // 13: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 14: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 15: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 16: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 17: fedtune.v1.CommitRound
+	(*AbortRound)(nil),       // 18: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 19: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 20: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 21: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 22: fedtune.v1.Snapshot
+	(*Keyring)(nil),          // 23: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 24: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 25: fedtune.v1.RevokedWorker
+	nil,                      // 26: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 27: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 28: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 29: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 30: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 31: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 32: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	24, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
-	3,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
-	6,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
-	5,  // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
-	25, // 5: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
-	8,  // 6: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	26, // 7: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	8,  // 8: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	7,  // 9: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	4,  // 10: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	26, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
+	7,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
+	6,  // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
+	27, // 5: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	9,  // 6: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
+	28, // 7: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	9,  // 8: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	8,  // 9: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	5,  // 10: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
 	1,  // 11: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	10, // 12: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	9,  // 13: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	27, // 14: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	28, // 15: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	4,  // 16: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	29, // 17: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	9,  // 18: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	8,  // 19: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	30, // 20: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	7,  // 21: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	11, // 12: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	10, // 13: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	29, // 14: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	30, // 15: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 16: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	31, // 17: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	10, // 18: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	9,  // 19: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	32, // 20: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	8,  // 21: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
 	1,  // 22: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	12, // 23: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	11, // 24: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	12, // 25: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	23, // 26: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	13, // 23: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	12, // 24: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	13, // 25: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	25, // 26: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	2,  // 27: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -2142,8 +2284,8 @@ func file_fedtune_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   29,
+			NumEnums:      3,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -260,6 +260,7 @@ type PollTaskResponse struct {
 	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`                               // absent: nothing to do now
 	LeaderAddr    string                 `protobuf:"bytes,2,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"` // set when this node is not the leader
 	NotLeader     bool                   `protobuf:"varint,3,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"`   // this node does not lead (leader_addr may be unknown)
+	GossipKeys    []string               `protobuf:"bytes,4,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"` // the cluster's gossip keyring (base64, primary first), if it was changed at run time
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,6 +314,13 @@ func (x *PollTaskResponse) GetNotLeader() bool {
 		return x.NotLeader
 	}
 	return false
+}
+
+func (x *PollTaskResponse) GetGossipKeys() []string {
+	if x != nil {
+		return x.GossipKeys
+	}
+	return nil
 }
 
 type SubmitUpdateRequest struct {
@@ -1615,6 +1623,94 @@ func (x *RevokeWorkerResponse) GetLeaderAddr() string {
 	return ""
 }
 
+type KeyringRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Change        *Keyring               `protobuf:"bytes,1,opt,name=change,proto3" json:"change,omitempty"` // op and key; current is ignored
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyringRequest) Reset() {
+	*x = KeyringRequest{}
+	mi := &file_service_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyringRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyringRequest) ProtoMessage() {}
+
+func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
+func (*KeyringRequest) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *KeyringRequest) GetChange() *Keyring {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+type KeyringResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"` // the keyring after the change, primary first
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyringResponse) Reset() {
+	*x = KeyringResponse{}
+	mi := &file_service_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyringResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyringResponse) ProtoMessage() {}
+
+func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
+func (*KeyringResponse) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *KeyringResponse) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 var File_service_proto protoreflect.FileDescriptor
 
 const file_service_proto_rawDesc = "" +
@@ -1639,13 +1735,15 @@ const file_service_proto_rawDesc = "" +
 	"\x0fPollTaskRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12!\n" +
 	"\fwait_seconds\x18\x02 \x01(\x01R\vwaitSeconds\x12\x12\n" +
-	"\x04done\x18\x03 \x03(\tR\x04done\"x\n" +
+	"\x04done\x18\x03 \x03(\tR\x04done\"\x99\x01\n" +
 	"\x10PollTaskResponse\x12$\n" +
 	"\x04task\x18\x01 \x01(\v2\x10.fedtune.v1.TaskR\x04task\x12\x1f\n" +
 	"\vleader_addr\x18\x02 \x01(\tR\n" +
 	"leaderAddr\x12\x1d\n" +
 	"\n" +
-	"not_leader\x18\x03 \x01(\bR\tnotLeader\"\xe1\x02\n" +
+	"not_leader\x18\x03 \x01(\bR\tnotLeader\x12\x1f\n" +
+	"\vgossip_keys\x18\x04 \x03(\tR\n" +
+	"gossipKeys\"\xe1\x02\n" +
 	"\x13SubmitUpdateRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
@@ -1746,13 +1844,17 @@ const file_service_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"7\n" +
 	"\x14RevokeWorkerResponse\x12\x1f\n" +
 	"\vleader_addr\x18\x01 \x01(\tR\n" +
-	"leaderAddr2\xa2\x01\n" +
+	"leaderAddr\"=\n" +
+	"\x0eKeyringRequest\x12+\n" +
+	"\x06change\x18\x01 \x01(\v2\x13.fedtune.v1.KeyringR\x06change\"%\n" +
+	"\x0fKeyringResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys2\xa2\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
 	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
-	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xf3\x04\n" +
+	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xb7\x05\n" +
 	"\x05Admin\x12H\n" +
 	"\tSubmitJob\x12\x1c.fedtune.v1.SubmitJobRequest\x1a\x1d.fedtune.v1.SubmitJobResponse\x12H\n" +
 	"\tJobStatus\x12\x1c.fedtune.v1.JobStatusRequest\x1a\x1d.fedtune.v1.JobStatusResponse\x12E\n" +
@@ -1761,7 +1863,8 @@ const file_service_proto_rawDesc = "" +
 	"\vExportModel\x12\x1e.fedtune.v1.ExportModelRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12N\n" +
 	"\vVerifyRound\x12\x1e.fedtune.v1.VerifyRoundRequest\x1a\x1f.fedtune.v1.VerifyRoundResponse\x12T\n" +
 	"\rClusterStatus\x12 .fedtune.v1.ClusterStatusRequest\x1a!.fedtune.v1.ClusterStatusResponse\x12Q\n" +
-	"\fRevokeWorker\x12\x1f.fedtune.v1.RevokeWorkerRequest\x1a .fedtune.v1.RevokeWorkerResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
+	"\fRevokeWorker\x12\x1f.fedtune.v1.RevokeWorkerRequest\x1a .fedtune.v1.RevokeWorkerResponse\x12B\n" +
+	"\aKeyring\x12\x1a.fedtune.v1.KeyringRequest\x1a\x1b.fedtune.v1.KeyringResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
 
 var (
 	file_service_proto_rawDescOnce sync.Once
@@ -1775,7 +1878,7 @@ func file_service_proto_rawDescGZIP() []byte {
 	return file_service_proto_rawDescData
 }
 
-var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_service_proto_goTypes = []any{
 	(*ModelRef)(nil),              // 0: fedtune.v1.ModelRef
 	(*Task)(nil),                  // 1: fedtune.v1.Task
@@ -1803,55 +1906,61 @@ var file_service_proto_goTypes = []any{
 	(*VerifyRoundResponse)(nil),   // 23: fedtune.v1.VerifyRoundResponse
 	(*RevokeWorkerRequest)(nil),   // 24: fedtune.v1.RevokeWorkerRequest
 	(*RevokeWorkerResponse)(nil),  // 25: fedtune.v1.RevokeWorkerResponse
-	nil,                           // 26: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                           // 27: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),           // 28: fedtune.v1.TrainConfig
-	(*JobSpec)(nil),               // 29: fedtune.v1.JobSpec
-	(*Job)(nil),                   // 30: fedtune.v1.Job
-	(*WorkerInfo)(nil),            // 31: fedtune.v1.WorkerInfo
+	(*KeyringRequest)(nil),        // 26: fedtune.v1.KeyringRequest
+	(*KeyringResponse)(nil),       // 27: fedtune.v1.KeyringResponse
+	nil,                           // 28: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                           // 29: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),           // 30: fedtune.v1.TrainConfig
+	(*JobSpec)(nil),               // 31: fedtune.v1.JobSpec
+	(*Job)(nil),                   // 32: fedtune.v1.Job
+	(*WorkerInfo)(nil),            // 33: fedtune.v1.WorkerInfo
+	(*Keyring)(nil),               // 34: fedtune.v1.Keyring
 }
 var file_service_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	28, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	30, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	1,  // 2: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	26, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	29, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	30, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	30, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	30, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	31, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	27, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	28, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	31, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	32, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	32, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	32, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	33, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	29, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
 	19, // 10: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
 	20, // 11: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
-	2,  // 12: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
-	4,  // 13: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
-	6,  // 14: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
-	7,  // 15: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
-	9,  // 16: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
-	11, // 17: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
-	13, // 18: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
-	15, // 19: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
-	17, // 20: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
-	22, // 21: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
-	18, // 22: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
-	24, // 23: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
-	3,  // 24: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	5,  // 25: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	7,  // 26: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	8,  // 27: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	10, // 28: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	12, // 29: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	14, // 30: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	16, // 31: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	7,  // 32: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	23, // 33: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	21, // 34: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	25, // 35: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
-	24, // [24:36] is the sub-list for method output_type
-	12, // [12:24] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	34, // 12: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
+	2,  // 13: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
+	4,  // 14: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
+	6,  // 15: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
+	7,  // 16: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
+	9,  // 17: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
+	11, // 18: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
+	13, // 19: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
+	15, // 20: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
+	17, // 21: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
+	22, // 22: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
+	18, // 23: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
+	24, // 24: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
+	26, // 25: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
+	3,  // 26: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	5,  // 27: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	7,  // 28: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	8,  // 29: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	10, // 30: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	12, // 31: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	14, // 32: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	16, // 33: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	7,  // 34: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	23, // 35: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	21, // 36: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	25, // 37: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	27, // 38: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
+	26, // [26:39] is the sub-list for method output_type
+	13, // [13:26] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_service_proto_init() }
@@ -1866,7 +1975,7 @@ func file_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_service_proto_rawDesc), len(file_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -317,6 +317,7 @@ const (
 	Admin_VerifyRound_FullMethodName   = "/fedtune.v1.Admin/VerifyRound"
 	Admin_ClusterStatus_FullMethodName = "/fedtune.v1.Admin/ClusterStatus"
 	Admin_RevokeWorker_FullMethodName  = "/fedtune.v1.Admin/RevokeWorker"
+	Admin_Keyring_FullMethodName       = "/fedtune.v1.Admin/Keyring"
 )
 
 // AdminClient is the client API for Admin service.
@@ -338,6 +339,8 @@ type AdminClient interface {
 	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 	// RevokeWorker bars a worker cluster-wide (committed to the log; leader only).
 	RevokeWorker(ctx context.Context, in *RevokeWorkerRequest, opts ...grpc.CallOption) (*RevokeWorkerResponse, error)
+	// Keyring installs, uses or removes a gossip key cluster-wide (leader only).
+	Keyring(ctx context.Context, in *KeyringRequest, opts ...grpc.CallOption) (*KeyringResponse, error)
 }
 
 type adminClient struct {
@@ -437,6 +440,16 @@ func (c *adminClient) RevokeWorker(ctx context.Context, in *RevokeWorkerRequest,
 	return out, nil
 }
 
+func (c *adminClient) Keyring(ctx context.Context, in *KeyringRequest, opts ...grpc.CallOption) (*KeyringResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KeyringResponse)
+	err := c.cc.Invoke(ctx, Admin_Keyring_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -456,6 +469,8 @@ type AdminServer interface {
 	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	// RevokeWorker bars a worker cluster-wide (committed to the log; leader only).
 	RevokeWorker(context.Context, *RevokeWorkerRequest) (*RevokeWorkerResponse, error)
+	// Keyring installs, uses or removes a gossip key cluster-wide (leader only).
+	Keyring(context.Context, *KeyringRequest) (*KeyringResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -489,6 +504,9 @@ func (UnimplementedAdminServer) ClusterStatus(context.Context, *ClusterStatusReq
 }
 func (UnimplementedAdminServer) RevokeWorker(context.Context, *RevokeWorkerRequest) (*RevokeWorkerResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RevokeWorker not implemented")
+}
+func (UnimplementedAdminServer) Keyring(context.Context, *KeyringRequest) (*KeyringResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Keyring not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -648,6 +666,24 @@ func _Admin_RevokeWorker_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Keyring_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KeyringRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Keyring(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Keyring_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Keyring(ctx, req.(*KeyringRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -682,6 +718,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeWorker",
 			Handler:    _Admin_RevokeWorker_Handler,
+		},
+		{
+			MethodName: "Keyring",
+			Handler:    _Admin_Keyring_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

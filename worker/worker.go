@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"time"
 
@@ -91,6 +92,7 @@ type Worker struct {
 	// replaces the job's residual only once a leader accepts the update
 	// (a refused update is dropped whole, and its residual with it).
 	nextResidual *residual
+	keys         []string // gossip keyring last applied from a coordinator
 }
 
 // ErrNoCluster is returned by Run when no node could be reached.
@@ -237,6 +239,20 @@ func (w *Worker) follow(leader string) error {
 	return nil
 }
 
+// followKeyring applies the cluster's gossip keyring when a coordinator
+// sends a new one (a rotation).
+func (w *Worker) followKeyring(keys []string) {
+	if len(keys) == 0 || slices.Equal(keys, w.keys) {
+		return
+	}
+	if err := w.gossip.SetKeys(keys); err != nil {
+		w.log.Error("gossip keyring not applied", "err", err)
+		return
+	}
+	w.keys = keys
+	w.log.Info("gossip keyring updated", "keys", len(keys))
+}
+
 // once does one step: resubmit a pending update, or poll for and run a task.
 func (w *Worker) once(ctx context.Context) error {
 	if w.pending != nil {
@@ -252,6 +268,7 @@ func (w *Worker) once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("poll %s: %w", w.target, err)
 	}
+	w.followKeyring(resp.GossipKeys)
 	if resp.Task == nil {
 		if resp.NotLeader {
 			return w.follow(resp.LeaderAddr)

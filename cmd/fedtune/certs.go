@@ -9,6 +9,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
+	pb "github.com/fedtune/fedtune/protocol"
 )
 
 func certsCommand() *cli.Command {
@@ -64,20 +65,53 @@ func certsCommand() *cli.Command {
 }
 
 func keyringCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "keyring",
-		Usage: "gossip encryption keys",
-		Subcommands: []*cli.Command{{
-			Name:  "generate",
-			Usage: "print a new random 32-byte gossip key (base64) for --gossip-key",
+	change := func(name string, op pb.Keyring_Op, usage string) *cli.Command {
+		return &cli.Command{
+			Name:      name,
+			Usage:     usage,
+			ArgsUsage: "KEY",
+			Flags:     []cli.Flag{coordinatorFlag()},
 			Action: func(c *cli.Context) error {
-				k, err := gossip.NewKey()
+				if c.NArg() != 1 {
+					return fmt.Errorf("keyring %s: give the base64 key", name)
+				}
+				pool, conn, err := dialLeader(c)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintln(c.App.Writer, k)
+				defer pool.Close()
+				resp, err := pb.NewAdminClient(conn).Keyring(c.Context, &pb.KeyringRequest{Change: &pb.Keyring{Op: op, Key: c.Args().First()}})
+				if err != nil {
+					return fmt.Errorf("keyring %s: %w", name, err)
+				}
+				fmt.Fprintf(c.App.Writer, "gossip keyring now holds %d keys (the first encrypts); every node follows it\n", len(resp.Keys))
 				return nil
 			},
-		}},
+		}
+	}
+	return &cli.Command{
+		Name:  "keyring",
+		Usage: "gossip encryption keys: generate one, and rotate them on a running cluster",
+		Description: `Rotation: generate a key, install it (every node then accepts it),
+use it (every node encrypts with it), remove the old one. Changes are Raft log
+entries: coordinators apply them, workers receive them with their next poll.
+Nodes must have been started with --gossip-key.`,
+		Subcommands: []*cli.Command{
+			{
+				Name:  "generate",
+				Usage: "print a new random 32-byte gossip key (base64) for --gossip-key",
+				Action: func(c *cli.Context) error {
+					k, err := gossip.NewKey()
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(c.App.Writer, k)
+					return nil
+				},
+			},
+			change("install", pb.Keyring_OP_INSTALL, "add a key to every node's keyring"),
+			change("use", pb.Keyring_OP_USE, "make an installed key the one every node encrypts with"),
+			change("remove", pb.Keyring_OP_REMOVE, "remove a key that is no longer in use"),
+		},
 	}
 }

@@ -4,13 +4,16 @@
 package gossip
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -94,6 +97,54 @@ var Profiles = []string{"local", "lan", "wan"}
 type Node struct {
 	ml   *memberlist.Memberlist
 	meta []byte
+	kr   *memberlist.Keyring // nil: gossip is not encrypted
+}
+
+// ErrNoKeyring means the node started without a gossip key: encryption
+// cannot be turned on at run time.
+var ErrNoKeyring = errors.New("gossip runs unencrypted (no --gossip-key at start): a keyring cannot be changed")
+
+// Keys returns the keyring, base64, primary first (nil if unencrypted).
+func (n *Node) Keys() []string {
+	if n.kr == nil {
+		return nil
+	}
+	primary := n.kr.GetPrimaryKey()
+	out := []string{base64.StdEncoding.EncodeToString(primary)}
+	for _, k := range n.kr.GetKeys() {
+		if !bytes.Equal(k, primary) {
+			out = append(out, base64.StdEncoding.EncodeToString(k))
+		}
+	}
+	return out
+}
+
+// SetKeys makes the keyring exactly keys (base64), the first encrypting:
+// new keys are installed, the primary switched, and the others removed.
+func (n *Node) SetKeys(keys []string) error {
+	if n.kr == nil {
+		return ErrNoKeyring
+	}
+	raw, err := ParseKeys(strings.Join(keys, ","))
+	if err != nil || len(raw) == 0 {
+		return fmt.Errorf("gossip keyring %v: %v", keys, err)
+	}
+	for _, k := range raw {
+		if err := n.kr.AddKey(k); err != nil {
+			return err
+		}
+	}
+	if err := n.kr.UseKey(raw[0]); err != nil {
+		return err
+	}
+	for _, k := range n.kr.GetKeys() {
+		if !slices.ContainsFunc(raw, func(r []byte) bool { return bytes.Equal(r, k) }) {
+			if err := n.kr.RemoveKey(k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 type delegate struct{ meta []byte }
@@ -166,7 +217,7 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	return &Node{ml: ml, meta: meta}, nil
+	return &Node{ml: ml, meta: meta, kr: mc.Keyring}, nil
 }
 
 // Addr returns the address other nodes reach this one's gossip at.

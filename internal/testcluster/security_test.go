@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -290,4 +291,83 @@ func counterWith(t *testing.T, c *coordinator.Coordinator, name, label string) f
 		}
 	}
 	return 0
+}
+
+// TestKeyringRotation rotates the gossip key of a running cluster through
+// the log — install K2, use K2, remove K1 — and checks that the coordinator
+// and a running worker follow, that the worker stays a member throughout,
+// and that afterwards a node holding only K1 cannot join while one with K2
+// can.
+func TestKeyringRotation(t *testing.T) {
+	k1, _ := gossip.NewKey()
+	k2, _ := gossip.NewKey()
+	keys1, _ := gossip.ParseKeys(k1)
+	keys2, _ := gossip.ParseKeys(k2)
+	c := StartCoordinator(t, coordinator.Config{GossipKeys: keys1})
+	train, _ := dataset.MNIST(dataset.Train)
+	data := train.Subset(train.WithLabels(1)[:500])
+	tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
+	StartWorkerWith(t, worker.Config{ID: "w1", Join: []string{c.GossipAddr()}, GossipKeys: keys1}, tr)
+	WaitFor(t, 10*time.Second, "w1 in the roster", func() bool { return len(c.FSM().Workers()) == 1 })
+
+	pool := client.NewPool()
+	defer pool.Close()
+	conn, _ := pool.Conn(c.GRPCAddr())
+	admin := pb.NewAdminClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, step := range []struct {
+		op   pb.Keyring_Op
+		key  string
+		want []string
+	}{
+		{pb.Keyring_OP_INSTALL, k2, []string{k1, k2}},
+		{pb.Keyring_OP_USE, k2, []string{k2, k1}},
+		{pb.Keyring_OP_REMOVE, k1, []string{k2}},
+	} {
+		resp, err := admin.Keyring(ctx, &pb.KeyringRequest{Change: &pb.Keyring{Op: step.op, Key: step.key}})
+		if err != nil {
+			t.Fatalf("%v: %v", step.op, err)
+		}
+		if !slices.Equal(resp.Keys, step.want) {
+			t.Fatalf("%v: keyring %v, want %v", step.op, resp.Keys, step.want)
+		}
+		WaitFor(t, 10*time.Second, "coordinator gossip follows "+step.op.String(), func() bool { return slices.Equal(c.GossipKeys(), step.want) })
+		// The worker learns it with its next poll (at most PollWait later);
+		// give it that long before the next step removes a key it needs.
+		time.Sleep(2500 * time.Millisecond)
+	}
+	if _, err := admin.Keyring(ctx, &pb.KeyringRequest{Change: &pb.Keyring{Op: pb.Keyring_OP_REMOVE, Key: k2}}); err == nil {
+		t.Error("removing the key in use was accepted")
+	}
+	// w1 is still a live member: it switched keys with the cluster.
+	time.Sleep(2 * time.Second)
+	if alive := c.AliveWorkers(); !slices.Contains(alive, "w1") {
+		t.Errorf("w1 dropped out of gossip during the rotation (alive: %v)", alive)
+	}
+	join := func(id string, keys [][]byte) error {
+		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": data}, nil)
+		defer tr.Close()
+		w, err := worker.New(worker.Config{ID: id, Join: []string{c.GossipAddr()}, GossipKeys: keys, JoinTimeout: 2 * time.Second, Profile: "local", Logger: Logger(t)}, tr)
+		if err != nil {
+			return err
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 4*time.Second)
+		defer rcancel()
+		return w.Run(rctx)
+	}
+	if err := join("old-key", keys1); !errors.Is(err, worker.ErrNoCluster) {
+		t.Errorf("a worker with the removed key: %v, want it unable to join", err)
+	}
+	if err := join("new-key", keys2); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a worker with the new key: %v", err)
+	}
+	WaitFor(t, 10*time.Second, "new-key seen", func() bool {
+		for _, w := range c.FSM().Workers() {
+			if w.Id == "new-key" {
+				return true
+			}
+		}
+		return false
+	})
 }
