@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -299,6 +300,20 @@ func (c *Coordinator) GRPCAddr() string { return c.lis.Addr().String() }
 
 // GossipAddr returns this node's gossip address.
 func (c *Coordinator) GossipAddr() string { return c.gossip.Addr() }
+
+// BlobHashes returns the hashes of every blob this node stores, sorted.
+func (c *Coordinator) BlobHashes() ([]string, error) {
+	infos, err := c.blobs.List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(infos))
+	for i, b := range infos {
+		out[i] = b.Hash
+	}
+	sort.Strings(out)
+	return out, nil
+}
 
 // GossipKeys returns this node's gossip keyring (base64, primary first).
 func (c *Coordinator) GossipKeys() []string { return c.gossip.Keys() }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -141,17 +142,30 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"wrong codec", req(func(r *pb.SubmitUpdateRequest) { r.Codec = "fp16" }), codes.InvalidArgument, "codec"},
 		{"no samples", req(func(r *pb.SubmitUpdateRequest) { r.Samples = 0 }), codes.InvalidArgument, "samples"},
 		{"norm over the bound", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(huge) }), codes.InvalidArgument, "exceeds the job's bound"},
+		{"garbage bytes", req(func(r *pb.SubmitUpdateRequest) { r.Payload = []byte("\xff\x00garbage, not an update") }), codes.InvalidArgument, "invalid safetensors"},
+		{"truncated payload", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(delta)[:1000] }), codes.InvalidArgument, "invalid safetensors"},
 	}
 	before, _ := c.FSM().Job("j")
+	blobsBefore, err := c.BlobHashes()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, bu := range badUpdates {
+		rejected := counter(t, c, "fedtune_updates_rejected_total")
 		_, err := wk.SubmitUpdate(ctx, bu.req)
 		if status.Code(err) != bu.code || !strings.Contains(err.Error(), bu.want) {
 			t.Errorf("%s: err %v, want %v mentioning %q", bu.name, err, bu.code, bu.want)
+		}
+		if got := counter(t, c, "fedtune_updates_rejected_total"); got != rejected+1 {
+			t.Errorf("%s: fedtune_updates_rejected_total went %v -> %v, want +1", bu.name, rejected, got)
 		}
 	}
 	after, _ := c.FSM().Job("j")
 	if !proto.Equal(before, after) {
 		t.Fatalf("refused updates changed the job:\nbefore %v\nafter  %v", before, after)
+	}
+	if blobsAfter, _ := c.BlobHashes(); !slices.Equal(blobsBefore, blobsAfter) {
+		t.Errorf("refused updates changed the blob store: %d blobs before, %d after", len(blobsBefore), len(blobsAfter))
 	}
 	// The good update is accepted once; a resubmission is a duplicate,
 	// counted once.
