@@ -221,6 +221,11 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if err != nil {
 		return err
 	}
+	// No valid encoding of an update is larger than the model in fp32 plus
+	// a header: anything bigger is refused before it is parsed.
+	if limit := 4*layout.Len() + 1<<16; len(req.Payload) > limit {
+		return status.Errorf(codes.ResourceExhausted, "payload of %d bytes is larger than any %s update can be (%d)", len(req.Payload), j.Spec.Model, limit)
+	}
 	delta, err := codec.DecodeLimit(cd, req.Payload, layout.Len())
 	if err != nil {
 		return err

@@ -144,6 +144,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"norm over the bound", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(huge) }), codes.InvalidArgument, "exceeds the job's bound"},
 		{"garbage bytes", req(func(r *pb.SubmitUpdateRequest) { r.Payload = []byte("\xff\x00garbage, not an update") }), codes.InvalidArgument, "invalid safetensors"},
 		{"truncated payload", req(func(r *pb.SubmitUpdateRequest) { r.Payload = encode(delta)[:1000] }), codes.InvalidArgument, "invalid safetensors"},
+		{"oversized payload", req(func(r *pb.SubmitUpdateRequest) { r.Payload = make([]byte, 2*len(encode(delta))) }), codes.ResourceExhausted, "larger than any"},
 	}
 	before, _ := c.FSM().Job("j")
 	blobsBefore, err := c.BlobHashes()
