@@ -20,21 +20,26 @@ type Node struct {
 // cluster by gossip (--bootstrap-expect N), with their Raft traffic on a
 // FaultNet so tests can partition them.
 type Cluster struct {
-	t     testing.TB
-	Net   *FaultNet
-	Nodes []*Node
+	t        testing.TB
+	Net      *FaultNet
+	Nodes    []*Node
+	realRaft bool
 }
 
 // ClusterOptions tunes NewCluster.
 type ClusterOptions struct {
 	// Edit, if set, adjusts each node's config before it starts.
 	Edit func(i int, cfg *coordinator.Config)
+	// RealRaft carries Raft over the coordinators' own transport (TCP, or
+	// TLS when the config has certificates) instead of the FaultNet:
+	// partitions are then unavailable.
+	RealRaft bool
 }
 
 // NewCluster starts n coordinators and waits for a leader.
 func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 	t.Helper()
-	cl := &Cluster{t: t, Net: NewFaultNet()}
+	cl := &Cluster{t: t, Net: NewFaultNet(), realRaft: opts.RealRaft}
 	log := Logger(t)
 	for i := range n {
 		name := fmt.Sprintf("coord-%d", i+1)
@@ -78,13 +83,20 @@ func (cl *Cluster) Start(nd *Node) {
 	addr := nd.Cfg.RaftAddr
 	if addr == "" {
 		addr = "127.0.0.1:0"
+		if cl.realRaft {
+			addr = freeAddrTB(cl.t) // fixed, so a restart keeps it
+		}
 	}
-	layer, err := cl.Net.Layer(nd.Name, addr)
-	if err != nil {
-		cl.t.Fatalf("raft layer for %s: %v", nd.Name, err)
+	if cl.realRaft {
+		nd.Cfg.RaftAddr = addr
+	} else {
+		layer, err := cl.Net.Layer(nd.Name, addr)
+		if err != nil {
+			cl.t.Fatalf("raft layer for %s: %v", nd.Name, err)
+		}
+		nd.Cfg.RaftAddr = layer.Addr().String()
+		nd.Cfg.RaftStreamLayer = layer
 	}
-	nd.Cfg.RaftAddr = layer.Addr().String()
-	nd.Cfg.RaftStreamLayer = layer
 	nd.Cfg.Join = nil
 	for _, o := range cl.Nodes {
 		if o != nd {

@@ -187,13 +187,15 @@ func TestGossipEncryption(t *testing.T) {
 }
 
 // TestRevokeWorker: a worker revoked through the log is refused by every
-// coordinator, and still after the leader changes.
+// coordinator, and still after the leader changes. The three coordinators
+// run Raft over mutual TLS (RealRaft), so this also checks that a TLS Raft
+// cluster forms, replicates and re-elects.
 func TestRevokeWorker(t *testing.T) {
 	ca := t.TempDir()
 	if err := pki.InitCA(ca, "test", time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	cl := NewCluster(t, 3, ClusterOptions{Edit: func(i int, cfg *coordinator.Config) {
+	cl := NewCluster(t, 3, ClusterOptions{RealRaft: true, Edit: func(i int, cfg *coordinator.Config) {
 		cfg.TLS = node(t, ca, pki.RoleCoordinator, cfg.NodeID, time.Time{})
 	}})
 	admin := client.NewPoolTLS(node(t, ca, pki.RoleAdmin, "alice", time.Time{}).ClientTLS())
