@@ -51,11 +51,7 @@ recovers every committed round and resumes open jobs.`,
 			if err != nil {
 				return err
 			}
-			tlsNode, err := nodeTLS(c, log, c.String("id"))
-			if err != nil {
-				return err
-			}
-			keys, err := gossip.ParseKeys(c.String("gossip-key"))
+			tlsNode, keys, err := nodeSecurity(c, log)
 			if err != nil {
 				return err
 			}
@@ -150,11 +146,7 @@ machine can stand in for sites holding different data.`,
 			log.Info("local data", "dataset", c.String("dataset"), "examples", local.Len(), "partition", fmt.Sprintf("%d/%d", c.Int("partition-index"), c.Int("num-partitions")))
 			tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
 			defer tr.Close()
-			tlsNode, err := nodeTLS(c, log, c.String("id"))
-			if err != nil {
-				return err
-			}
-			keys, err := gossip.ParseKeys(c.String("gossip-key"))
+			tlsNode, keys, err := nodeSecurity(c, log)
 			if err != nil {
 				return err
 			}
@@ -168,18 +160,23 @@ machine can stand in for sites holding different data.`,
 	}
 }
 
-// nodeTLS loads the node's certificate (named by its --id) from
-// --cert-dir, or returns nil with a warning under --insecure.
-func nodeTLS(c *cli.Context, log *slog.Logger, id string) (*pki.Node, error) {
+// nodeSecurity loads a node's certificate (named by its --id) from
+// --cert-dir — or, under --insecure, none, with a warning — and its gossip
+// keys.
+func nodeSecurity(c *cli.Context, log *slog.Logger) (*pki.Node, [][]byte, error) {
+	keys, err := gossip.ParseKeys(c.String("gossip-key"))
+	if err != nil {
+		return nil, nil, err
+	}
 	if c.Bool("insecure") {
 		log.Warn("INSECURE: running without TLS; any process that reaches this node can read models and submit updates (--insecure is for local demos)")
-		return nil, nil
+		return nil, keys, nil
 	}
-	n, err := pki.Load(c.String("cert-dir"), id)
+	n, err := pki.Load(c.String("cert-dir"), c.String("id"))
 	if err != nil {
-		return nil, fmt.Errorf("%w (or pass --insecure for a local demo without TLS)", err)
+		return nil, nil, fmt.Errorf("%w (or pass --insecure for a local demo without TLS)", err)
 	}
-	return n, nil
+	return n, keys, nil
 }
 
 func localData(c *cli.Context) (*dataset.Examples, error) {
