@@ -7,7 +7,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 FUZZTIME  ?= 30s
 GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
-.PHONY: build demo test bench chaos proto vet fuzz mnist-verify words clean
+.PHONY: build demo test bench chaos proto vet fuzz mnist-verify words pydeps clean
 
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -19,7 +19,7 @@ demo: build
 	./$(BIN) demo
 
 ## test: every test, including the multi-process and kill -9 tests
-test: words
+test: words pydeps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	GOEXPERIMENT=simd $(GO) test -count=1 ./tensor/... ./aggregation/...
@@ -64,6 +64,13 @@ words:
 		{ apt-get update -qq && apt-get install -y -qq wamerican wfrench wngerman wspanish >/dev/null; } || \
 		echo "could not install the word lists: the words tests will be skipped"; \
 	fi
+
+## pydeps: NumPy for the reference external trainer (Debian python3-numpy), if missing
+pydeps:
+	@/usr/bin/python3 -c 'import numpy' 2>/dev/null || { \
+		echo "installing NumPy (Debian python3-numpy) for examples/external-trainer"; \
+		{ apt-get update -qq && apt-get install -y -qq python3-numpy >/dev/null; } || \
+		echo "could not install NumPy: the external-trainer tests will be skipped"; }
 
 ## mnist-verify: check the embedded MNIST files against the GoMNIST module's copy
 mnist-verify:

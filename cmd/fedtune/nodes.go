@@ -104,6 +104,10 @@ machine can stand in for sites holding different data.`,
 			&cli.StringFlag{Name: "state-dir", Value: "fedtune-worker", Usage: "directory for state kept across restarts (error-feedback residuals)", EnvVars: []string{"FEDTUNE_STATE_DIR"}},
 			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback", EnvVars: []string{"FEDTUNE_NO_ERROR_FEEDBACK"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
+			&cli.StringFlag{Name: "trainer", Value: "gorgonia", Usage: "gorgonia (built in), or exec: run --trainer-cmd for each task (see examples/external-trainer)", EnvVars: []string{"FEDTUNE_TRAINER"}},
+			&cli.StringFlag{Name: "trainer-cmd", Usage: "external trainer command (sh -c) for --trainer exec, e.g. \"python3 train.py\"", EnvVars: []string{"FEDTUNE_TRAINER_CMD"}},
+			&cli.StringFlag{Name: "trainer-dir", Usage: "where external-trainer task directories are made (default: the system temp dir)", EnvVars: []string{"FEDTUNE_TRAINER_DIR"}},
+			&cli.DurationFlag{Name: "trainer-timeout", Usage: "kill an external trainer after this long (besides the round's deadline; 0: none)", EnvVars: []string{"FEDTUNE_TRAINER_TIMEOUT"}},
 			&cli.DurationFlag{Name: "submit-delay", Usage: "wait this long before sending each update (simulates a slow uplink)", EnvVars: []string{"FEDTUNE_SUBMIT_DELAY"}},
 		},
 		Subcommands: []*cli.Command{{
@@ -144,7 +148,22 @@ machine can stand in for sites holding different data.`,
 				return err
 			}
 			log.Info("local data", "dataset", c.String("dataset"), "examples", local.Len(), "partition", fmt.Sprintf("%d/%d", c.Int("partition-index"), c.Int("num-partitions")))
-			tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
+			var tr interface {
+				worker.Trainer
+				Close()
+			}
+			switch c.String("trainer") {
+			case "gorgonia":
+				tr = worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
+			case "exec":
+				if c.String("trainer-cmd") == "" {
+					return fmt.Errorf("--trainer exec needs --trainer-cmd")
+				}
+				tr = &worker.ExecTrainer{Cmd: c.String("trainer-cmd"), Dir: c.String("trainer-dir"), Timeout: c.Duration("trainer-timeout"),
+					Data: map[string]*dataset.Examples{c.String("dataset"): local}, Log: log.With("node", c.String("id"))}
+			default:
+				return fmt.Errorf("--trainer %q: want gorgonia or exec", c.String("trainer"))
+			}
 			defer tr.Close()
 			tlsNode, keys, err := nodeSecurity(c, log)
 			if err != nil {

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"fmt"
+	osexec "os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	tc "github.com/fedtune/fedtune/internal/testcluster"
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// TestExternalTrainer runs a job on a real coordinator process whose two
+// worker processes train with the reference external trainer
+// (examples/external-trainer/train.py, NumPy), and checks the model learned.
+func TestExternalTrainer(t *testing.T) {
+	py := "/usr/bin/python3"
+	if osexec.Command(py, "-c", "import numpy").Run() != nil {
+		t.Skip("no /usr/bin/python3 with numpy (make pydeps installs Debian's python3-numpy)")
+	}
+	script, _ := filepath.Abs(filepath.Join("..", "..", "examples", "external-trainer", "train.py"))
+	pc := tc.NewProcCluster(t, binary, 1)
+	n := pc.Nodes[0]
+	for i := range 2 {
+		pc.StartWorker(fmt.Sprintf("w%d", i+1), "--num-partitions", "2", "--partition-index", fmt.Sprint(i), "--partition", "iid",
+			"--max-examples", "2000", "--trainer", "exec", "--trainer-cmd", py+" "+script, "--trainer-timeout", "60s")
+	}
+	waitWorkers(t, pc, 2)
+	run(t, submitArgs(n.GRPC, "ext", 2, 2, "--min-updates", "2", "--steps", "40")...)
+	j := waitJob(t, pc, "ext", 2*time.Minute, func(j *pb.Job) bool { return j.Status != pb.JobStatus_JOB_STATUS_RUNNING })
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 2 {
+		t.Fatalf("job ended %v after %d rounds: %s", j.Status, len(j.History), j.Error)
+	}
+	base, final := j.BaseMetrics["test_accuracy"], j.History[1].Metrics["test_accuracy"]
+	t.Logf("test accuracy %.3f -> %.3f with the external NumPy trainer", base, final)
+	if final < base+0.4 {
+		t.Errorf("accuracy %.3f -> %.3f: the external trainer's updates did not help", base, final)
+	}
+}

@@ -1,0 +1,128 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// PythonWithNumpy returns a Python interpreter that imports numpy, or "".
+func pythonWithNumpy() string {
+	for _, p := range []string{"/usr/bin/python3", "python3"} {
+		if exec.Command(p, "-c", "import numpy").Run() == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+func script(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "examples", "external-trainer", "train.py")
+}
+
+func execTask() *pb.Task {
+	return &pb.Task{Job: "j", Round: 1, Model: "mnist-mlp-small", Dataset: "mnist", Seed: 3,
+		Train: &pb.TrainConfig{LocalEpochs: 1, LocalSteps: 30, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5}}
+}
+
+func localMNIST(t *testing.T, n int) *dataset.Examples {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return train.Subset(idx)
+}
+
+// TestExecTrainer runs the reference script (NumPy) as a worker's trainer
+// and checks the update it returns makes the model better on the data.
+func TestExecTrainer(t *testing.T) {
+	py := pythonWithNumpy()
+	if py == "" {
+		t.Skip("no Python with numpy (make pydeps installs Debian's python3-numpy)")
+	}
+	arch, _ := model.Lookup("mnist-mlp-small")
+	base := arch.Init(1)
+	data := localMNIST(t, 1000)
+	tr := &ExecTrainer{Cmd: py + " " + script(t), Data: map[string]*dataset.Examples{"mnist": data}}
+	t.Setenv("FEDTUNE_TRAIN_NUMPY", "1")
+	res, err := tr.Train(context.Background(), base, execTask())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Samples != 1000 || math.IsNaN(res.Metrics["loss"]) {
+		t.Fatalf("result: %d samples, metrics %v", res.Samples, res.Metrics)
+	}
+	ev, _ := model.NewEvaluator(arch, 500)
+	defer ev.Close()
+	before, _ := ev.Evaluate(base, data)
+	after := base.Clone()
+	after.AddScaled(1, res.Delta)
+	got, _ := ev.Evaluate(after, data)
+	t.Logf("local loss %.3f -> %.3f, accuracy %.3f -> %.3f", before.Loss, got.Loss, before.Accuracy, got.Accuracy)
+	if got.Loss > before.Loss*0.7 || got.Accuracy < before.Accuracy+0.3 {
+		t.Errorf("external training did not help: loss %.3f -> %.3f", before.Loss, got.Loss)
+	}
+}
+
+// TestExecTrainerFailures: time-outs, crashes and malformed outputs each
+// give an error saying what went wrong.
+func TestExecTrainerFailures(t *testing.T) {
+	arch, _ := model.Lookup("mnist-mlp-small")
+	base := arch.Init(1)
+	dir := t.TempDir()
+	other := filepath.Join(dir, "other.safetensors")
+	tensor.WriteFile(other, model.MLP{Sizes: []int{784, 16, 10}}.Init(1), tensor.F32)
+	nan := base.Clone()
+	nan.Tensors[0].Data[7] = float32(math.NaN())
+	nanPath := filepath.Join(dir, "nan.safetensors")
+	tensor.WriteFile(nanPath, nan, tensor.F32)
+	for _, tc := range []struct {
+		name, cmd, want string
+		timeout         time.Duration
+	}{
+		{"time-out", "sleep 10", "killed after", 300 * time.Millisecond},
+		{"crash", "echo boom >&2; exit 3", "exit status 3", 0},
+		{"no output", "true", "output out.safetensors", 0},
+		{"garbage output", "echo garbage > out.safetensors", "invalid safetensors", 0},
+		{"other layout", "cp " + other + " out.safetensors", "does not fit", 0},
+		{"NaN", "cp " + nanPath + " out.safetensors", "not finite", 0},
+		{"bad metrics", "cp base.safetensors out.safetensors; echo '[1,2]' > metrics.json", "metrics.json", 0},
+	} {
+		tr := &ExecTrainer{Cmd: tc.cmd, Timeout: tc.timeout, Data: map[string]*dataset.Examples{"mnist": localMNIST(t, 64)}}
+		start := time.Now()
+		_, err := tr.Train(context.Background(), base, execTask())
+		if !errors.Is(err, ErrExternal) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err %v, want ErrExternal mentioning %q", tc.name, err, tc.want)
+		}
+		if tc.name == "crash" && !strings.Contains(err.Error(), "boom") {
+			t.Errorf("crash: the error lacks the command's output: %v", err)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Errorf("%s took %v", tc.name, time.Since(start))
+		}
+	}
+	// Nothing is left behind in the work directory's parent.
+	tr := &ExecTrainer{Cmd: "true", Dir: dir}
+	tr.Train(context.Background(), base, execTask())
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 2 {
+		t.Errorf("work directories left behind: %d entries in %s", len(entries), dir)
+	}
+}
