@@ -98,7 +98,7 @@ func jobCommand() *cli.Command {
 					&cli.UintFlag{Name: "min-updates", Usage: "updates needed to commit a round at its deadline (default: --clients)", EnvVars: []string{"FEDTUNE_MIN_UPDATES"}},
 					&cli.Float64Flag{Name: "over-select", Usage: "fraction of extra workers selected to absorb stragglers", EnvVars: []string{"FEDTUNE_OVER_SELECT"}},
 					&cli.DurationFlag{Name: "round-timeout", Value: 5 * time.Minute, Usage: "round deadline", EnvVars: []string{"FEDTUNE_ROUND_TIMEOUT"}},
-					&cli.StringSliceFlag{Name: "selector", Usage: "only workers with this label, key=value (repeatable)", EnvVars: []string{"FEDTUNE_SELECTOR"}},
+					&cli.StringSliceFlag{Name: "selector", Aliases: []string{"require"}, Usage: "only workers with this label, key=value (repeatable), e.g. --require device=gpu", EnvVars: []string{"FEDTUNE_SELECTOR"}},
 					&cli.StringSliceFlag{Name: "allow", Usage: "only these workers (certificate names; repeatable); default: any that match --selector", EnvVars: []string{"FEDTUNE_ALLOW"}},
 					&cli.UintFlag{Name: "epochs", Value: 1, Usage: "local epochs per round", EnvVars: []string{"FEDTUNE_EPOCHS"}},
 					&cli.UintFlag{Name: "steps", Usage: "cap on local steps per round (0: none)", EnvVars: []string{"FEDTUNE_STEPS"}},

@@ -104,6 +104,7 @@ machine can stand in for sites holding different data.`,
 			&cli.StringFlag{Name: "state-dir", Value: "fedtune-worker", Usage: "directory for state kept across restarts (error-feedback residuals)", EnvVars: []string{"FEDTUNE_STATE_DIR"}},
 			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback", EnvVars: []string{"FEDTUNE_NO_ERROR_FEEDBACK"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
+			&cli.StringFlag{Name: "device", Value: "auto", Usage: "auto (an NVIDIA GPU if nvidia-smi finds one, else the CPU), cpu or gpu; advertised as labels device=, gpu=, gpu_free_mb=", EnvVars: []string{"FEDTUNE_DEVICE"}},
 			&cli.StringFlag{Name: "trainer", Value: "gorgonia", Usage: "gorgonia (built in), or exec: run --trainer-cmd for each task (see examples/external-trainer)", EnvVars: []string{"FEDTUNE_TRAINER"}},
 			&cli.StringFlag{Name: "trainer-cmd", Usage: "external trainer command (sh -c) for --trainer exec, e.g. \"python3 train.py\"", EnvVars: []string{"FEDTUNE_TRAINER_CMD"}},
 			&cli.StringFlag{Name: "trainer-dir", Usage: "where external-trainer task directories are made (default: the system temp dir)", EnvVars: []string{"FEDTUNE_TRAINER_DIR"}},
@@ -143,6 +144,19 @@ machine can stand in for sites holding different data.`,
 			if err != nil {
 				return err
 			}
+			dev, err := worker.DetectDevice(c.Context, c.String("device"))
+			if err != nil {
+				return err
+			}
+			if labels == nil {
+				labels = map[string]string{}
+			}
+			for k, v := range dev.Labels() {
+				if _, set := labels[k]; !set { // an explicit --label wins
+					labels[k] = v
+				}
+			}
+			log.Info("device", "kind", dev.Kind, "gpu", dev.Name, "free_mb", dev.FreeMB)
 			local, err := localData(c)
 			if err != nil {
 				return err
