@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -70,4 +71,46 @@ func TestAggregateCommand(t *testing.T) {
 			t.Errorf("fedtune %s: %v %q, want an error mentioning %q", strings.Join(c.args, " "), err, res, c.want)
 		}
 	}
+}
+
+// TestAggregateLoRA aggregates PEFT-named adapter files exactly: the
+// output's B·A is the average of the inputs' products when they share A.
+func TestAggregateLoRA(t *testing.T) {
+	dir := t.TempDir()
+	a := []float32{1, 0, 2, 0, 1, 1} // [2, 3]
+	var files []string
+	for i, b := range [][]float32{{1, 0, 0, 1}, {3, 0, 0, 3}} { // [2, 2]
+		s := tensor.MustNew(
+			tensor.Tensor{Name: "l.lora_A.weight", Shape: []int{2, 3}, Data: append([]float32(nil), a...)},
+			tensor.Tensor{Name: "l.lora_B.weight", Shape: []int{2, 2}, Data: b})
+		f := filepath.Join(dir, fmt.Sprintf("a%d.safetensors", i))
+		tensor.WriteFile(f, s, tensor.F32)
+		files = append(files, f)
+	}
+	out := filepath.Join(dir, "lora.safetensors")
+	run(t, append([]string{"aggregate", "--lora", "exact", "-o", out}, files...)...)
+	got, err := tensor.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ga, _ := got.Get("l.lora_A.weight")
+	gb, _ := got.Get("l.lora_B.weight")
+	// The average product is 2·A (mean B = 2I).
+	for i := 0; i < 2; i++ {
+		for j := 0; j < 3; j++ {
+			p := gb.Data[i*2]*ga.Data[j] + gb.Data[i*2+1]*ga.Data[3+j]
+			if want := 2 * a[i*3+j]; p-want > 1e-4 || want-p > 1e-4 {
+				t.Fatalf("product[%d][%d] = %v, want %v", i, j, p, want)
+			}
+		}
+	}
+	if out, err := exec(append([]string{"aggregate", "--lora", "exact", "-o", out}, filepath.Join(dir, "a0.safetensors"), corruptFile(t))...); err == nil {
+		t.Errorf("a corrupt adapter file was accepted: %s", out)
+	}
+}
+
+func corruptFile(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "bad.safetensors")
+	os.WriteFile(p, []byte("\x08\x00\x00\x00\x00\x00\x00\x00{}      x"), 0o644)
+	return p
 }

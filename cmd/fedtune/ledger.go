@@ -141,6 +141,7 @@ func aggregateCommand() *cli.Command {
 			&cli.Float64Flag{Name: "clip-norm", Usage: "clip every update to this L2 norm first (0: off)", EnvVars: []string{"FEDTUNE_CLIP_NORM"}},
 			&cli.Float64Flag{Name: "tau", Usage: "centered-clip radius", EnvVars: []string{"FEDTUNE_TAU"}},
 			&cli.UintFlag{Name: "iterations", Usage: "centered-clip / geomedian iterations", EnvVars: []string{"FEDTUNE_AGG_ITERATIONS"}},
+			&cli.StringFlag{Name: "lora", Usage: "exact: the files are LoRA adapters (PEFT names …lora_A.weight/…lora_B.weight); average the products B·A and factorise back to rank r by truncated SVD instead of averaging A and B apart (other tensors: weighted mean)", EnvVars: []string{"FEDTUNE_LORA"}},
 		},
 		Action: func(c *cli.Context) error {
 			files := c.Args().Slice()
@@ -187,6 +188,21 @@ func aggregateCommand() *cli.Command {
 					return fmt.Errorf("%s does not match %s: %w", f, files[0], err)
 				}
 				ups = append(ups, u)
+			}
+			if mode := c.String("lora"); mode != "" {
+				if mode != "exact" {
+					return fmt.Errorf("--lora %q: want exact (the naive average of A and B is --rule fedavg)", mode)
+				}
+				out, err := aggregation.LoRAExact(ups)
+				if err != nil {
+					return err
+				}
+				out.Metadata = map[string]string{"fedtune.rule": "lora-exact", "fedtune.updates": fmt.Sprint(len(ups))}
+				if err := tensor.WriteFile(c.String("output"), out, tensor.F32); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.App.Writer, "wrote %s: exact LoRA aggregate (SVD of the averaged B·A products) of %d adapters\n", c.String("output"), len(ups))
+				return nil
 			}
 			out, scores, err := rule.Aggregate(ups)
 			if err != nil {
