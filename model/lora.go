@@ -105,57 +105,21 @@ func (l LoRA) TrainAdapter(ctx context.Context, m MLP, base, adapter tensor.Set,
 	for k, p := range params {
 		copy(p.Value().Data().([]float32), adapter.Tensors[k].Data)
 	}
+	weights := make([][]float32, len(params))
 	vel := make([][]float32, len(params))
 	for k, p := range params {
-		vel[k] = make([]float32, len(p.Value().Data().([]float32)))
+		weights[k] = p.Value().Data().([]float32)
+		vel[k] = make([]float32, len(weights[k]))
 	}
-	n := data.Len()
-	perEpoch := n / cfg.BatchSize
-	total := max(cfg.Epochs, 1) * perEpoch
-	if cfg.Steps > 0 {
-		total = min(total, cfg.Steps)
-	}
-	r := rand.New(rand.NewPCG(cfg.Seed, 0x7a11))
-	lr, mom := float32(cfg.LR), float32(cfg.Momentum)
-	var order []int
-	var lossSum float64
-	for step := 0; step < total; step++ {
-		if err := ctx.Err(); err != nil {
-			return tensor.Set{}, met, err
-		}
-		if step%perEpoch == 0 {
-			order = r.Perm(n)
-		}
-		i := step % perEpoch
-		gr.setBatch(data.X, data.Y, data.Dim, order[i*cfg.BatchSize:(i+1)*cfg.BatchSize])
-		if err := gr.run(); err != nil {
-			return tensor.Set{}, met, fmt.Errorf("lora: step %d: %w", step, err)
-		}
-		loss := gr.lossValue()
-		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return tensor.Set{}, met, fmt.Errorf("lora: loss %v at step %d: %w", loss, step, ErrDiverged)
-		}
-		lossSum += loss
-		for k, p := range params {
-			gv, err := p.Grad()
-			if err != nil {
-				return tensor.Set{}, met, err
-			}
-			g, w := gv.Data().([]float32), p.Value().Data().([]float32)
-			tensor.Scale(mom, vel[k])
-			tensor.Axpy(1, g, vel[k])
-			tensor.Axpy(-lr, vel[k], w)
-			clear(g)
-		}
-		met.Steps++
-		met.Seen += cfg.BatchSize
+	if err := sgd(ctx, gr, params, weights, vel, data, cfg, &met); err != nil {
+		return tensor.Set{}, met, fmt.Errorf("lora: %w", err)
 	}
 	out := adapter.Clone()
 	out.Metadata = nil
 	for k, p := range params {
 		copy(out.Tensors[k].Data, p.Value().Data().([]float32))
 	}
-	met.Samples, met.Loss = n, lossSum/float64(max(met.Steps, 1))
+	met.Samples = data.Len()
 	return out, met, nil
 }
 

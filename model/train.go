@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"time"
 
+	G "gorgonia.org/gorgonia"
+
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/tensor"
 )
@@ -110,14 +112,31 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 	for _, v := range t.vel {
 		clear(v)
 	}
-	epochs := max(cfg.Epochs, 1)
+	if err := sgd(ctx, gr, gr.params(), gr.paramData, t.vel, data, cfg, &met); err != nil {
+		return tensor.Set{}, met, err
+	}
+	out := base.Clone()
+	out.Metadata = nil
+	for k := range out.Tensors {
+		copy(out.Tensors[k].Data, gr.paramData[k])
+	}
+	met.Samples = n
+	met.Seconds = t.clock().Sub(start).Seconds()
+	return out, met, nil
+}
+
+// sgd runs minibatch SGD with heavy-ball momentum on params (whose values
+// are weights, momentum buffers vel) over data as cfg says — epochs of a
+// seeded shuffle, capped at cfg.Steps — filling met's steps, examples
+// seen and mean loss. Gradients come from the graph's tape.
+func sgd(ctx context.Context, gr *graph, params []*G.Node, weights, vel [][]float32, data *dataset.Examples, cfg TrainConfig, met *TrainMetrics) error {
+	n := data.Len()
 	perEpoch := n / cfg.BatchSize
-	total := epochs * perEpoch
+	total := max(cfg.Epochs, 1) * perEpoch
 	if cfg.Steps > 0 {
 		total = min(total, cfg.Steps)
 	}
 	r := rand.New(rand.NewPCG(cfg.Seed, 0x7a11))
-	params := gr.params()
 	lr, mom := float32(cfg.LR), float32(cfg.Momentum)
 	var lossSum float64
 	var order []int
@@ -126,25 +145,25 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 			order = r.Perm(n)
 		}
 		if err := ctx.Err(); err != nil {
-			return tensor.Set{}, met, fmt.Errorf("train: stopped after %d of %d steps: %w", step, total, err)
+			return fmt.Errorf("train: stopped after %d of %d steps: %w", step, total, err)
 		}
 		i := step % perEpoch
 		gr.setBatch(data.X, data.Y, data.Dim, order[i*cfg.BatchSize:(i+1)*cfg.BatchSize])
 		if err := gr.run(); err != nil {
-			return tensor.Set{}, met, fmt.Errorf("train: step %d: %w", step, err)
+			return fmt.Errorf("train: step %d: %w", step, err)
 		}
 		loss := gr.lossValue()
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return tensor.Set{}, met, fmt.Errorf("train: loss %v at step %d; lower the learning rate: %w", loss, step, ErrDiverged)
+			return fmt.Errorf("train: loss %v at step %d; lower the learning rate: %w", loss, step, ErrDiverged)
 		}
 		lossSum += loss
 		for k, p := range params {
 			gv, err := p.Grad()
 			if err != nil {
-				return tensor.Set{}, met, fmt.Errorf("train: gradient of %s: %w", p.Name(), err)
+				return fmt.Errorf("train: gradient of %s: %w", p.Name(), err)
 			}
 			g := gv.Data().([]float32)
-			w, v := gr.paramData[k], t.vel[k]
+			w, v := weights[k], vel[k]
 			if mom != 0 {
 				// v = mom*v + g; w -= lr*v
 				tensor.Scale(mom, v)
@@ -163,15 +182,8 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 			cfg.Progress(met.Steps, total, loss)
 		}
 	}
-	out := base.Clone()
-	out.Metadata = nil
-	for k := range out.Tensors {
-		copy(out.Tensors[k].Data, gr.paramData[k])
-	}
-	met.Samples = n
 	met.Loss = lossSum / float64(max(met.Steps, 1))
-	met.Seconds = t.clock().Sub(start).Seconds()
-	return out, met, nil
+	return nil
 }
 
 // Eval is a model's quality on a data set.
