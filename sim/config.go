@@ -242,6 +242,7 @@ func (r Point) Languages() []string { return strings.Split(r["languages"], "+") 
 func (r Point) int(k string) int       { v, _ := strconv.Atoi(r[k]); return v }
 func (r Point) float(k string) float64 { v, _ := strconv.ParseFloat(r[k], 64); return v }
 func (r Point) bool(k string) bool     { v, _ := strconv.ParseBool(r[k]); return v }
+
 // perRound is how many workers a round samples.
 func perRound(c Config) int {
 	if c.ClientsPerRound == 0 {
