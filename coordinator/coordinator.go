@@ -253,6 +253,7 @@ func New(cfg Config) (*Coordinator, error) {
 	if err := c.gossip.Join(cfg.Join); err != nil {
 		c.log.Warn("gossip join failed; will be found by others", "err", err)
 	}
+	c.registerState()
 	if cfg.HTTPAddr != "" {
 		hl, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {

@@ -1,10 +1,13 @@
 package coordinator
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/fedtune/fedtune/internal/gossip"
 )
 
 // metrics are a coordinator's Prometheus series, in a registry of its own
@@ -20,6 +23,9 @@ type metrics struct {
 	updatesAccepted prometheus.Counter
 	updatesRejected *prometheus.CounterVec
 	authRefused     *prometheus.CounterVec
+	roundsStarted   prometheus.Counter
+	updateBytes     *prometheus.CounterVec
+	aggregation     *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -41,6 +47,11 @@ func newMetrics() *metrics {
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_auth_refused_total",
 			Help: "Calls and Raft connections refused by mutual TLS checks, by reason (no-identity, role, impersonation, blob, raft, revoked)."}, []string{"reason"}),
 	}
+	m.roundsStarted = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_rounds_started_total", Help: "Rounds this node started as leader (attempts included)."})
+	m.updateBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_update_bytes_total", Help: "Bytes of accepted updates received, by codec."}, []string{"codec"})
+	m.aggregation = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fedtune_aggregation_seconds", Help: "Time to turn a round's updates into its new model (reading, decoding, the rule, the server optimizer), by rule.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"rule"})
+	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation)
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())
 	return m
@@ -50,3 +61,35 @@ func (m *metrics) replication(d time.Duration) { m.replicationLag.Observe(d.Seco
 
 // Registry returns the coordinator's metrics registry (served on /metrics).
 func (c *Coordinator) Registry() *prometheus.Registry { return c.metrics.reg }
+
+// registerState adds series read from the node's state when scraped:
+// Raft term, commit and applied index, gossip members by role, blob store
+// size.
+func (c *Coordinator) registerState() {
+	gauge := func(name, help string, f func() float64) prometheus.GaugeFunc {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	stat := func(key string) func() float64 {
+		return func() float64 {
+			v, _ := strconv.ParseFloat(c.raft.Stats()[key], 64)
+			return v
+		}
+	}
+	c.metrics.reg.MustRegister(
+		gauge("fedtune_raft_term", "Current Raft term.", stat("term")),
+		gauge("fedtune_raft_commit_index", "Raft commit index.", stat("commit_index")),
+		gauge("fedtune_raft_applied_index", "Raft index applied to the state machine.", stat("applied_index")),
+		gauge("fedtune_blob_store_bytes", "Bytes held in this node's blob store.", func() float64 {
+			infos, _ := c.blobs.List()
+			var n int64
+			for _, b := range infos {
+				n += b.Size
+			}
+			return float64(n)
+		}),
+	)
+	for _, role := range []string{gossip.RoleCoordinator, gossip.RoleWorker} {
+		c.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedtune_gossip_members", Help: "Alive gossip members, by role.",
+			ConstLabels: prometheus.Labels{"role": role}}, func() float64 { return float64(len(c.gossip.WithRole(role))) }))
+	}
+}

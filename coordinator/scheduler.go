@@ -150,6 +150,7 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 		if err := s.c.apply(pb.CommandType_COMMAND_TYPE_START_ROUND, &pb.StartRound{Job: name, Round: plan}); err != nil {
 			return fmt.Errorf("start round %d: %w", plan.Number, err)
 		}
+		s.c.metrics.roundsStarted.Inc()
 		s.log.Info("round started", "job", name, "round", plan.Number, "selected", len(plan.Selected), "deadline", time.Unix(0, plan.DeadlineUnixNano).Format(time.TimeOnly))
 		return nil
 	}
@@ -179,10 +180,16 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 // stores the new model, evaluates it, and commits the round.
 func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	start := time.Now()
+	aggStart := time.Now()
 	newModel, metrics, scores, state, err := s.c.aggregateRound(ctx, j.Spec, r, optimizerState(j, r.Number))
 	if err != nil {
 		return err
 	}
+	rule := j.Spec.Aggregator
+	if rule == "" {
+		rule = "fedavg"
+	}
+	s.c.metrics.aggregation.WithLabelValues(rule).Observe(time.Since(aggStart).Seconds())
 	stateHash := ""
 	if len(state.Tensors) > 0 {
 		sb, err := tensor.Marshal(state, tensor.F32)

@@ -165,6 +165,7 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 		return nil, toStatus(fmt.Errorf("update %s/%d from %s: %w", req.Job, req.Round, req.WorkerId, err))
 	}
 	c.metrics.updatesAccepted.Inc()
+	c.metrics.updateBytes.WithLabelValues(req.Codec).Add(float64(len(req.Payload)))
 	c.log.Info("update accepted", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "bytes", len(req.Payload), "samples", req.Samples)
 	return &pb.SubmitUpdateResponse{Accepted: true}, nil
 }

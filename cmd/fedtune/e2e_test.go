@@ -155,7 +155,9 @@ func TestProcesses(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"fedtune_rounds_committed_total 3", "fedtune_raft_is_leader 1", "fedtune_updates_accepted_total"} {
+	for _, want := range []string{"fedtune_rounds_committed_total 3", "fedtune_raft_is_leader 1", "fedtune_updates_accepted_total",
+		`fedtune_aggregation_seconds_count{rule="fedavg"} 3`, `fedtune_gossip_members{role="worker"} 3`, `fedtune_gossip_members{role="coordinator"} 1`,
+		`fedtune_update_bytes_total{codec="fp32"}`, "fedtune_rounds_started_total", "fedtune_raft_commit_index", "fedtune_raft_term", "fedtune_blob_store_bytes"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
