@@ -136,7 +136,7 @@ type fill func(blocks [][]float32, dst []float32, s []float32)
 func (j *job) combine(weights []float64, f fill) (tensor.Set, []Score, error) {
 	out, flat := j.layout.Zeros()
 	n := j.n
-	chunks := (j.d + chunkSize - 1) / chunkSize
+	chunks := numChunks(j.d)
 	puu := make([]float64, chunks*n) // ||u||^2 per chunk
 	pua := make([]float64, chunks*n) // u.a per chunk
 	paa := make([]float64, chunks)   // ||a||^2 per chunk

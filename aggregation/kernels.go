@@ -74,14 +74,6 @@ func (net network) forSum(n, lo, hi int) network {
 	return out
 }
 
-// sort sorts v, whose length must be the network's.
-func (net network) sort(v []float32) {
-	for _, c := range net {
-		a, b := v[c[0]], v[c[1]]
-		v[c[0]], v[c[1]] = min(a, b), max(a, b)
-	}
-}
-
 // loadLanesGo copies coordinates [j, j+m) (m ≤ lanes) of each row into
 // s[r*lanes:], adding +0 so that -0 becomes +0: with no signed zeros (and
 // no NaN: updates are validated finite) min and max are unambiguous, so

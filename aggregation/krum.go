@@ -18,7 +18,7 @@ import (
 // from it.
 func (j *job) gram() ([]float64, error) {
 	n := j.n
-	chunks := (j.d + chunkSize - 1) / chunkSize
+	chunks := numChunks(j.d)
 	partial := make([]float64, chunks*n*n)
 	rd := newReader(j.vs, j.d)
 	subs := make([][][]float32, workers(j.d))
@@ -64,7 +64,7 @@ const gramBlock = 2048
 // norms returns every update's L2 norm.
 func (j *job) norms() ([]float64, error) {
 	n := j.n
-	chunks := (j.d + chunkSize - 1) / chunkSize
+	chunks := numChunks(j.d)
 	partial := make([]float64, chunks*n)
 	rd := newReader(j.vs, j.d)
 	err := forChunks(j.d, func(w, c, lo, hi int) error {

@@ -28,7 +28,7 @@ func subBlock(n int) int {
 // (< workers(n)) names the goroutine, for per-goroutine scratch. It stops
 // early and returns an error when f fails.
 func forChunks(n int, f func(w, c, lo, hi int) error) error {
-	chunks := (n + chunkSize - 1) / chunkSize
+	chunks := numChunks(n)
 	nw := workers(n)
 	var (
 		wg    sync.WaitGroup
@@ -62,9 +62,12 @@ func forChunks(n int, f func(w, c, lo, hi int) error) error {
 	return first
 }
 
+// numChunks returns how many chunks n coordinates make.
+func numChunks(n int) int { return (n + chunkSize - 1) / chunkSize }
+
 // workers returns how many goroutines forChunks uses for n coordinates.
 func workers(n int) int {
-	return max(1, min(runtime.GOMAXPROCS(0), (n+chunkSize-1)/chunkSize))
+	return max(1, min(runtime.GOMAXPROCS(0), numChunks(n)))
 }
 
 // reader reads one chunk of every update: blocks[i] is update i's

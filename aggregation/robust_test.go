@@ -359,3 +359,12 @@ func TestBulyanCoordinateStep(t *testing.T) {
 		}
 	}
 }
+
+// sort sorts v, whose length must be the network's, one compare-exchange at
+// a time: the plain reference the lane kernels are checked against.
+func (net network) sort(v []float32) {
+	for _, c := range net {
+		a, b := v[c[0]], v[c[1]]
+		v[c[0]], v[c[1]] = min(a, b), max(a, b)
+	}
+}

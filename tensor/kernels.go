@@ -36,15 +36,6 @@ func Dot(x, y []float32) float64 {
 	return dot(x, y)
 }
 
-// Dot2 returns x·x and x·y reading x once; each equals Dot's result bit
-// for bit.
-func Dot2(x, y []float32) (xx, xy float64) {
-	if len(x) != len(y) {
-		panic("tensor: Dot2 length mismatch")
-	}
-	return dot2(x, y)
-}
-
 // Norm returns the L2 norm of x.
 func Norm(x []float32) float64 {
 	return math.Sqrt(Dot(x, x))
@@ -94,27 +85,4 @@ func dotGo(x, y []float32) float64 {
 		s0 += float64(x[i]) * float64(y[i])
 	}
 	return (s0 + s1) + (s2 + s3)
-}
-
-func dot2Go(x, y []float32) (float64, float64) {
-	var a0, a1, a2, a3, b0, b1, b2, b3 float64
-	n := len(x) &^ 3
-	y = y[:len(x)]
-	for i := 0; i < n; i += 4 {
-		xs, ys := x[i:i+4:i+4], y[i:i+4:i+4]
-		x0, x1, x2, x3 := float64(xs[0]), float64(xs[1]), float64(xs[2]), float64(xs[3])
-		a0 += x0 * x0
-		a1 += x1 * x1
-		a2 += x2 * x2
-		a3 += x3 * x3
-		b0 += x0 * float64(ys[0])
-		b1 += x1 * float64(ys[1])
-		b2 += x2 * float64(ys[2])
-		b3 += x3 * float64(ys[3])
-	}
-	for i := n; i < len(x); i++ {
-		a0 += float64(x[i]) * float64(x[i])
-		b0 += float64(x[i]) * float64(y[i])
-	}
-	return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
 }

@@ -58,26 +58,3 @@ func dot(x, y []float32) float64 {
 	}
 	return (s[0] + s[1]) + (s[2] + s[3])
 }
-
-// dot2 is dot for x·x and x·y at once, in dotGo's order.
-func dot2(x, y []float32) (float64, float64) {
-	if !avx2 {
-		return dot2Go(x, y)
-	}
-	var axx, axy archsimd.Float64x4
-	n := len(x) &^ 3
-	for i := 0; i < n; i += 4 {
-		xv := archsimd.LoadFloat32x4Slice(x[i : i+4]).ConvertToFloat64()
-		yv := archsimd.LoadFloat32x4Slice(y[i : i+4]).ConvertToFloat64()
-		axx = axx.Add(xv.Mul(xv))
-		axy = axy.Add(xv.Mul(yv))
-	}
-	var a, b [4]float64
-	axx.StoreSlice(a[:])
-	axy.StoreSlice(b[:])
-	for i := n; i < len(x); i++ {
-		a[0] += float64(x[i]) * float64(x[i])
-		b[0] += float64(x[i]) * float64(y[i])
-	}
-	return (a[0] + a[1]) + (a[2] + a[3]), (b[0] + b[1]) + (b[2] + b[3])
-}
