@@ -141,13 +141,17 @@ func coordinateRule(updates []Update, span func(n int) (int, int), reduce func(s
 func columns(n int, net network, reduce func(s []float32, n int, out *[lanes]float32)) fill {
 	return func(rows [][]float32, dst []float32, s []float32) {
 		var out [lanes]float32
+		var col []float32
+		if n > maxNetwork {
+			col = make([]float32, n)
+		}
 		for g := 0; g < len(dst); g += lanes {
 			m := min(lanes, len(dst)-g)
 			if n <= maxNetwork {
 				loadLanes(rows, g, m, s)
 				sortLanes(net, s)
 			} else {
-				sortColumnsSlow(rows, g, m, s)
+				sortColumnsSlow(rows, g, m, s, col)
 			}
 			reduce(s, n, &out)
 			copy(dst[g:g+m], out[:m])
@@ -156,9 +160,9 @@ func columns(n int, net network, reduce func(s []float32, n int, out *[lanes]flo
 }
 
 // sortColumnsSlow is loadLanes and sortLanes for columns too long for a
-// network, one column at a time with a comparison sort.
-func sortColumnsSlow(rows [][]float32, g, m int, s []float32) {
-	col := make([]float32, len(rows))
+// network, one column at a time with a comparison sort (col: n floats of
+// scratch).
+func sortColumnsSlow(rows [][]float32, g, m int, s, col []float32) {
 	for l := range m {
 		for r, row := range rows {
 			col[r] = row[g+l] + 0

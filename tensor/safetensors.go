@@ -181,12 +181,20 @@ func parseHeader(header []byte, bufLen uint64) ([]fileTensor, map[string]string,
 }
 
 func decodeValues(d DType, b []byte) []float32 {
+	out := make([]float32, len(b)/d.size())
+	decodeInto(out, d, b)
+	return out
+}
+
+// decodeInto decodes the little-endian values of b (len(dst) of dtype d)
+// into dst.
+func decodeInto(dst []float32, d DType, b []byte) {
 	w := d.size()
-	out := make([]float32, len(b)/w)
 	if d == F32 {
-		getF32(out, b)
-		return out
+		getF32(dst, b)
+		return
 	}
+	out := dst
 	for i := range out {
 		p := b[i*w:]
 		switch d {
@@ -200,7 +208,6 @@ func decodeValues(d DType, b []byte) []float32 {
 			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(p)))
 		}
 	}
-	return out
 }
 
 // Marshal encodes s as safetensors with every tensor stored as dtype (F32 or

@@ -136,6 +136,6 @@ func (v *StreamVector) read(t fileTensor, first int, dst []float32) error {
 	if _, err := v.r.ReadAt(raw, off); err != nil {
 		return fmt.Errorf("safetensors: read %s: %w", t.name, err)
 	}
-	copy(dst, decodeValues(t.dtype, raw))
+	decodeInto(dst, t.dtype, raw)
 	return nil
 }
