@@ -31,3 +31,11 @@ func getF32(v []float32, b []byte) {
 		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 	}
 }
+
+// F32Bytes returns v as little-endian float32 bytes (safetensors' and
+// NumPy's '<f4' layout).
+func F32Bytes(v []float32) []byte {
+	b := make([]byte, 4*len(v))
+	putF32(b, v)
+	return b
+}

@@ -96,7 +96,7 @@ func (e *ExecTrainer) Train(ctx context.Context, base tensor.Set, task *pb.Task)
 	local := e.Data[task.Dataset]
 	if local != nil {
 		t.DataX, t.DataY, t.Classes = "data_x.npy", "data_y.npy", local.Classes
-		if err := writeNPY(filepath.Join(dir, t.DataX), "<f4", []int{local.Len(), local.Dim}, f32bytes(local.X)); err != nil {
+		if err := writeNPY(filepath.Join(dir, t.DataX), "<f4", []int{local.Len(), local.Dim}, tensor.F32Bytes(local.X)); err != nil {
 			return Result{}, fmt.Errorf("%w: write data: %v", ErrExternal, err)
 		}
 		if err := writeNPY(filepath.Join(dir, t.DataY), "|u1", []int{local.Len()}, local.Y); err != nil {
@@ -188,14 +188,6 @@ func writeNPY(path, descr string, shape []int, data []byte) error {
 	b.WriteString(header)
 	b.Write(data)
 	return os.WriteFile(path, b.Bytes(), 0o644)
-}
-
-func f32bytes(v []float32) []byte {
-	out := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(x))
-	}
-	return out
 }
 
 // tail keeps the last 4 KiB written to it.
