@@ -134,3 +134,40 @@ func f64(v []float32) []float64 {
 	}
 	return out
 }
+
+// ScoreAgainst scores updates against an aggregate they were combined into
+// by a rule outside this package's streaming ones (LoRAExact): weights are
+// the sample shares, and norm, distance and cosine are computed on the
+// updates read whole. Scores come in worker order, like every rule's.
+func ScoreAgainst(updates []Update, agg tensor.Set) ([]Score, error) {
+	j, err := prepare(updates)
+	if err != nil {
+		return nil, err
+	}
+	if err := tensor.SetVector(agg).Layout().Check(j.layout); err != nil {
+		return nil, fmt.Errorf("aggregation: aggregate: %w", err)
+	}
+	var total float64
+	for _, u := range j.ups {
+		total += float64(u.Samples)
+	}
+	aa := agg.Norm() * agg.Norm()
+	weights, uu, ua := make([]float64, j.n), make([]float64, j.n), make([]float64, j.n)
+	for i, u := range j.ups {
+		weights[i] = 1 / float64(j.n)
+		if total > 0 {
+			weights[i] = float64(u.Samples) / total
+		}
+		s, err := tensor.Materialize(j.vs[i])
+		if err != nil {
+			return nil, fmt.Errorf("aggregation: update of %s: %w", u.Worker, err)
+		}
+		for k, t := range s.Tensors {
+			for e, x := range t.Data {
+				uu[i] += float64(x) * float64(x)
+				ua[i] += float64(x) * float64(agg.Tensors[k].Data[e])
+			}
+		}
+	}
+	return j.scoresFrom(weights, uu, ua, aa), nil
+}

@@ -108,11 +108,11 @@ func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.Strea
 }
 
 // workerMayFetch reports whether a worker may read blob hash: only the
-// base model of an open round that selected it.
+// base model of an open round that selected it (and a LoRA job's frozen base).
 func (c *Coordinator) workerMayFetch(worker, hash string) bool {
 	for _, j := range c.fsm.Jobs() {
 		r := j.OpenRound
-		if r == nil || r.BaseModel != hash {
+		if r == nil || (r.BaseModel != hash && (j.Spec.Lora == nil || j.Spec.BaseModel != hash)) {
 			continue
 		}
 		for _, w := range r.Selected {

@@ -190,6 +190,7 @@ type Coordinator struct {
 	http     *http.Server
 
 	layouts sync.Map // model name -> tensor.Set layout, read-only once stored
+	frozen  frozenCache // LoRA jobs' frozen bases
 
 	mu           sync.Mutex
 	stopLeader   context.CancelFunc

@@ -133,7 +133,7 @@ func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 	f.jobs[name] = &pb.Job{
 		Spec:              c.Spec,
 		Status:            pb.JobStatus_JOB_STATUS_RUNNING,
-		CurrentModel:      c.Spec.BaseModel,
+		CurrentModel:      InitialModel(c.Spec),
 		SubmittedUnixNano: at,
 		BaseMetrics:       c.BaseMetrics,
 	}

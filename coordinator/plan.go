@@ -38,16 +38,22 @@ func Allowed(spec *pb.JobSpec, worker string) bool {
 	return false
 }
 
+// Busy reports whether a worker's labels say it has no idle capacity
+// (idle=false: its GPU is in use, or it is training for another job).
+func Busy(labels map[string]string) bool { return labels["idle"] == "false" }
+
 // PlanRound chooses job's next round: which workers (a seeded sample of the
-// live workers matching the job's selector, over-selected by spec.OverSelect)
-// and when it ends. It is a pure function of its arguments, so a round's
+// live workers matching the job's selector, over-selected by spec.OverSelect,
+// idle workers first: busy ones only when too few are idle) and when it ends. It is a pure function of its arguments, so a round's
 // plan can be tested, and recomputed, without a cluster.
 func PlanRound(job *pb.Job, live []*pb.WorkerInfo, now time.Time, attempt uint32) (*pb.Round, error) {
 	spec := job.GetSpec()
 	var ids []string
+	busy := map[string]bool{}
 	for _, w := range live {
 		if Matches(spec.Selector, w.Labels) && Allowed(spec, w.Id) {
 			ids = append(ids, w.Id)
+			busy[w.Id] = Busy(w.Labels)
 		}
 	}
 	sort.Strings(ids)
@@ -58,6 +64,7 @@ func PlanRound(job *pb.Job, live []*pb.WorkerInfo, now time.Time, attempt uint32
 	number := uint32(len(job.History)) + 1
 	r := rand.New(rand.NewPCG(spec.Seed, uint64(number)<<32|uint64(attempt)))
 	r.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	sort.SliceStable(ids, func(i, j int) bool { return !busy[ids[i]] && busy[ids[j]] })
 	k := int(math.Ceil(float64(max(spec.ClientsPerRound, 1)) * (1 + spec.OverSelect)))
 	selected := ids[:min(k, len(ids))]
 	sort.Strings(selected)

@@ -44,6 +44,45 @@ func TestPlanRound(t *testing.T) {
 	}
 }
 
+// TestPlanRoundPrefersIdle: busy workers (idle=false) are chosen only
+// when too few idle ones match, whatever the seed.
+func TestPlanRoundPrefersIdle(t *testing.T) {
+	var live []*pb.WorkerInfo
+	for _, id := range []string{"a", "b", "c", "d", "e", "f"} {
+		l := map[string]string{"idle": "false"}
+		if id == "b" || id == "e" {
+			l["idle"] = "true"
+		}
+		if id == "f" {
+			l = nil // no idle label: counts as idle
+		}
+		live = append(live, &pb.WorkerInfo{Id: id, Labels: l})
+	}
+	for seed := range uint64(20) {
+		for _, tc := range []struct {
+			clients  uint32
+			mustHave []string
+		}{
+			{1, nil}, {3, []string{"b", "e", "f"}}, {4, []string{"b", "e", "f"}},
+		} {
+			job := &pb.Job{Spec: &pb.JobSpec{Name: "j", Seed: seed, ClientsPerRound: tc.clients, MinUpdates: 1, RoundTimeoutSeconds: 60}}
+			r, err := PlanRound(job, live, t0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			idle := 0
+			for _, id := range r.Selected {
+				if id == "b" || id == "e" || id == "f" {
+					idle++
+				}
+			}
+			if idle != min(int(tc.clients), 3) || len(r.Selected) != int(tc.clients) {
+				t.Errorf("seed %d, %d clients: selected %v, want the idle b, e, f first", seed, tc.clients, r.Selected)
+			}
+		}
+	}
+}
+
 func TestDecideRound(t *testing.T) {
 	spec := &pb.JobSpec{ClientsPerRound: 3, MinUpdates: 2}
 	deadline := t0.Add(time.Minute)

@@ -168,6 +168,7 @@ func (c *Coordinator) referenced() map[string]bool {
 	ref := map[string]bool{}
 	for _, j := range c.fsm.Jobs() {
 		ref[j.Spec.GetBaseModel()] = true
+		ref[InitialModel(j.Spec)] = true
 		ref[j.CurrentModel] = true
 		for i, h := range j.History {
 			ref[h.Model] = true

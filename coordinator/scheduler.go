@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
@@ -131,10 +134,7 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	now := s.c.clock.Now()
 	r := j.OpenRound
 	if r == nil {
-		var live []*pb.WorkerInfo
-		for _, w := range alive {
-			live = append(live, w)
-		}
+		live := s.withLoad(name, alive)
 		plan, err := PlanRound(j, live, now, s.attempts[name])
 		if errors.Is(err, ErrNotEnoughWorkers) {
 			if !s.waitLogged[name] {
@@ -176,6 +176,36 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	return nil
 }
 
+// withLoad returns the live workers with idle=false on those still
+// training for another job's open round, so that PlanRound prefers workers
+// with nothing to do.
+func (s *scheduler) withLoad(job string, alive map[string]*pb.WorkerInfo) []*pb.WorkerInfo {
+	training := map[string]bool{}
+	for _, j := range s.c.fsm.Jobs() {
+		r := j.OpenRound
+		if r == nil || j.Spec.Name == job || j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+			continue
+		}
+		for _, id := range r.Selected {
+			if !slices.ContainsFunc(r.Updates, func(u *pb.AcceptedUpdate) bool { return u.Worker == id }) {
+				training[id] = true
+			}
+		}
+	}
+	live := make([]*pb.WorkerInfo, 0, len(alive))
+	for id, w := range alive {
+		if training[id] && !Busy(w.Labels) {
+			w = proto.Clone(w).(*pb.WorkerInfo)
+			if w.Labels == nil {
+				w.Labels = map[string]string{}
+			}
+			w.Labels["idle"] = "false"
+		}
+		live = append(live, w)
+	}
+	return live
+}
+
 // commit aggregates the round's accepted updates onto its base model,
 // stores the new model, evaluates it, and commits the round.
 func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
@@ -209,7 +239,7 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 		return err
 	}
 	if j.Spec.Evaluate {
-		ev, err := s.c.eval.evaluate(j.Spec, newModel)
+		ev, err := s.c.evaluate(ctx, j.Spec, newModel)
 		if err != nil {
 			return err
 		}
@@ -263,6 +293,17 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 			weight += float64(u.Samples)
 		}
 	}
+	metrics := map[string]float64{}
+	if weight > 0 {
+		metrics["train_loss"] = lossSum / weight
+	}
+	if spec.GetLora().GetAggregation() == LoRAExact {
+		next, sc, err := aggregateExact(base, ups)
+		if err != nil {
+			return fail(err)
+		}
+		return next, metrics, pbScores(sc), tensor.Set{}, nil
+	}
 	delta, sc, err := agg.Aggregate(ups)
 	if err != nil {
 		return fail(err)
@@ -284,15 +325,15 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	if base, state, err = opt.Step(base, delta, state); err != nil {
 		return fail(err)
 	}
-	metrics := map[string]float64{}
-	if weight > 0 {
-		metrics["train_loss"] = lossSum / weight
-	}
-	var scores []*pb.Score
+	return base, metrics, pbScores(sc), state, nil
+}
+
+func pbScores(sc []aggregation.Score) []*pb.Score {
+	scores := make([]*pb.Score, 0, len(sc))
 	for _, s := range sc {
 		scores = append(scores, &pb.Score{Worker: s.Worker, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept})
 	}
-	return base, metrics, scores, state, nil
+	return scores
 }
 
 // updateVector opens an accepted update for streaming: a safetensors

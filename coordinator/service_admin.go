@@ -74,7 +74,8 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if !jobName.MatchString(spec.Name) {
 		return fmt.Errorf("job name %q: use 1-63 letters, digits, '.', '_' or '-'", spec.Name)
 	}
-	if _, err := model.Lookup(spec.Model); err != nil {
+	arch, err := model.Lookup(spec.Model)
+	if err != nil {
 		return fmt.Errorf("model: %w", err)
 	}
 	if spec.Dataset == "" {
@@ -120,6 +121,9 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 		spec.Codec = "fp32"
 	}
 	if _, err := codec.New(spec.Codec); err != nil {
+		return err
+	}
+	if err := normalizeLoRA(spec, arch); err != nil {
 		return err
 	}
 	if spec.Train == nil {
@@ -171,8 +175,14 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 	if err := base.CheckFinite(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model: %v", err)
 	}
+	if spec.Lora != nil {
+		if err := c.prepareAdapter(ctx, spec, arch); err != nil {
+			return nil, toStatus(fmt.Errorf("submit job: %w", err))
+		}
+	}
 	metrics := map[string]float64{}
 	if spec.Evaluate {
+		// A LoRA job's fresh adapters leave the base as it is (B = 0).
 		ev, err := c.eval.evaluate(spec, base)
 		if err != nil {
 			return nil, toStatus(err)
@@ -235,7 +245,20 @@ func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream pb.Admin_E
 	if err != nil {
 		return toStatus(err)
 	}
-	set.Metadata = map[string]string{"format": "pt", "fedtune.job": req.Job, "fedtune.round": fmt.Sprint(round), "fedtune.model": j.Spec.Model, "fedtune.sha256": hash}
+	meta := map[string]string{"format": "pt", "fedtune.job": req.Job, "fedtune.round": fmt.Sprint(round), "fedtune.model": j.Spec.Model, "fedtune.sha256": hash}
+	if l := j.Spec.Lora; l != nil {
+		if req.Merged {
+			if set, err = s.c.usable(stream.Context(), j.Spec, set); err != nil {
+				return toStatus(err)
+			}
+			meta["fedtune.lora_merged"] = "true"
+		}
+		meta["fedtune.base_sha256"] = j.Spec.BaseModel
+		meta["fedtune.lora_rank"], meta["fedtune.lora_alpha"] = fmt.Sprint(l.Rank), fmt.Sprint(l.Alpha)
+	} else if req.Merged {
+		return status.Errorf(codes.InvalidArgument, "job %q is not a LoRA job: its model is already whole (drop --merged)", req.Job)
+	}
+	set.Metadata = meta
 	out, err := tensor.Marshal(set, tensor.F32)
 	if err != nil {
 		return toStatus(err)

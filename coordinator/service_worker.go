@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
@@ -111,7 +110,7 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			continue
 		}
 		size, _ := c.blobs.Size(r.BaseModel)
-		return &pb.Task{
+		t := &pb.Task{
 			Job:              j.Spec.Name,
 			Round:            r.Number,
 			Base:             &pb.ModelRef{Hash: r.BaseModel, Size: uint64(size)},
@@ -123,6 +122,12 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			Seed:             j.Spec.Seed ^ uint64(r.Number)<<20 ^ uint64(r.Attempt),
 			Attempt:          r.Attempt,
 		}
+		if l := j.Spec.Lora; l != nil {
+			fsize, _ := c.blobs.Size(j.Spec.BaseModel)
+			t.Frozen = &pb.ModelRef{Hash: j.Spec.BaseModel, Size: uint64(fsize)}
+			t.Lora = &pb.LoRASpec{Rank: l.Rank, Alpha: l.Alpha}
+		}
+		return t
 	}
 	return nil
 }
@@ -218,20 +223,27 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
-	layout, err := c.layout(j.Spec.Model)
+	layout, err := c.modelLayout(j.Spec)
 	if err != nil {
 		return err
 	}
 	// No valid encoding of an update is larger than the model in fp32 plus
 	// a header: anything bigger is refused before it is parsed.
 	if limit := 4*layout.Len() + 1<<16; len(req.Payload) > limit {
-		return status.Errorf(codes.ResourceExhausted, "payload of %d bytes is larger than any %s update can be (%d)", len(req.Payload), j.Spec.Model, limit)
+		what := j.Spec.Model
+		if l := j.Spec.Lora; l != nil {
+			what = fmt.Sprintf("update of %s's rank-%d adapters", j.Spec.Model, l.Rank)
+		}
+		return status.Errorf(codes.ResourceExhausted, "payload of %d bytes is larger than any %s update can be (%d)", len(req.Payload), what, limit)
 	}
 	delta, err := codec.DecodeLimit(cd, req.Payload, layout.Len())
 	if err != nil {
 		return err
 	}
 	if err := tensor.SameLayout(delta, layout); err != nil {
+		if j.Spec.Lora != nil {
+			return fmt.Errorf("update does not fit the rank-%d adapters of model %s: %w", j.Spec.Lora.Rank, j.Spec.Model, err)
+		}
 		return fmt.Errorf("update does not fit model %s: %w", j.Spec.Model, err)
 	}
 	if err := delta.CheckFinite(); err != nil {
@@ -243,18 +255,4 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 		}
 	}
 	return nil
-}
-
-// layout returns the (zero-valued) parameter layout of a model, built once
-// per architecture: validating an update must not allocate a model each time.
-func (c *Coordinator) layout(name string) (tensor.Set, error) {
-	if l, ok := c.layouts.Load(name); ok {
-		return l.(tensor.Set), nil
-	}
-	arch, err := model.Lookup(name)
-	if err != nil {
-		return tensor.Set{}, err
-	}
-	l, _ := c.layouts.LoadOrStore(name, arch.Layout())
-	return l.(tensor.Set), nil
 }

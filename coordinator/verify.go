@@ -23,7 +23,7 @@ func (s *adminService) VerifyRound(ctx context.Context, req *pb.VerifyRoundReque
 		return nil, status.Errorf(codes.NotFound, "job %q has %d committed rounds, no round %d", req.Job, len(j.History), req.Round)
 	}
 	rec := j.History[req.Round-1]
-	base := j.Spec.BaseModel
+	base := InitialModel(j.Spec)
 	if req.Round > 1 {
 		base = j.History[req.Round-2].Model
 	}

@@ -1,12 +1,60 @@
 package dataset
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
 
-// Load returns a split of the data set a job spec names. Known: "mnist".
+// Load returns a split of the data set a job spec names:
+//
+//	mnist                    handwritten digits
+//	words                    next character on the en, fr, de and es word lists
+//	words-fr, words-fr+de    the same on the languages named
 func Load(name string, split Split) (*Examples, error) {
-	switch name {
-	case "mnist":
+	if name == "mnist" {
 		return MNIST(split)
 	}
-	return nil, fmt.Errorf("unknown dataset %q (known: mnist)", name)
+	if langs, ok := wordsLanguages(name); ok {
+		for _, l := range langs {
+			if _, known := Languages[l]; !known {
+				return nil, fmt.Errorf("dataset %q: unknown language %q (known: %s)", name, l, strings.Join(LanguageCodes(), ", "))
+			}
+		}
+		return Words(langs, split)
+	}
+	return nil, fmt.Errorf("unknown dataset %q (known: mnist, words, words-<lang>[+<lang>…] with languages %s)", name, strings.Join(LanguageCodes(), ", "))
+}
+
+// Family returns the data set family a name belongs to: "words" for
+// "words-fr+de", otherwise the name itself. A worker's local data serves
+// any job on its family: a French worker's words train a job on
+// words-fr+de+es as they train one on words-fr.
+func Family(name string) string {
+	if _, ok := wordsLanguages(name); ok {
+		return "words"
+	}
+	return name
+}
+
+// LanguageCodes returns the words data set's languages, sorted.
+func LanguageCodes() []string {
+	var codes []string
+	for c := range Languages {
+		codes = append(codes, c)
+	}
+	slices.Sort(codes)
+	return codes
+}
+
+// wordsLanguages parses a words data set name.
+func wordsLanguages(name string) ([]string, bool) {
+	if name == "words" {
+		return []string{"en", "fr", "de", "es"}, true
+	}
+	rest, ok := strings.CutPrefix(name, "words-")
+	if !ok || rest == "" {
+		return nil, false
+	}
+	return strings.Split(rest, "+"), true
 }

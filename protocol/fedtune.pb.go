@@ -203,7 +203,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{21, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -392,6 +392,7 @@ type JobSpec struct {
 	ServerOptimizer     *ServerOptimizer       `protobuf:"bytes,17,opt,name=server_optimizer,json=serverOptimizer,proto3" json:"server_optimizer,omitempty"`
 	MaxUpdateNorm       float64                `protobuf:"fixed64,18,opt,name=max_update_norm,json=maxUpdateNorm,proto3" json:"max_update_norm,omitempty"` // > 0: refuse updates whose L2 norm exceeds it
 	Allow               []string               `protobuf:"bytes,19,rep,name=allow,proto3" json:"allow,omitempty"`                                          // if set: only these workers (certificate names) take part
+	Lora                *LoRASpec              `protobuf:"bytes,20,opt,name=lora,proto3" json:"lora,omitempty"`                                            // set: train LoRA adapters on the frozen base_model; only adapters travel
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -559,6 +560,86 @@ func (x *JobSpec) GetAllow() []string {
 	return nil
 }
 
+func (x *JobSpec) GetLora() *LoRASpec {
+	if x != nil {
+		return x.Lora
+	}
+	return nil
+}
+
+// LoRASpec makes a job fine-tune low-rank adapters (Hu et al. 2021) on every
+// dense layer of a frozen base model. The job's model versions are then the
+// adapters (PEFT names: fc<i>.lora_A.weight, fc<i>.lora_B.weight); workers
+// train and send adapter deltas only, and the coordinator merges base and
+// adapters to evaluate and, on request, to export.
+type LoRASpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rank          uint32                 `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
+	Alpha         float64                `protobuf:"fixed64,2,opt,name=alpha,proto3" json:"alpha,omitempty"`           // scale alpha/rank (default 2·rank)
+	Aggregation   string                 `protobuf:"bytes,3,opt,name=aggregation,proto3" json:"aggregation,omitempty"` // "naive" (default: the job's rule on A and B apart) or "exact" (rank-r SVD of the weighted mean of B·A)
+	Adapter       string                 `protobuf:"bytes,4,opt,name=adapter,proto3" json:"adapter,omitempty"`         // blob hash of the initial adapters; the coordinator fills it at submit (A random, B = 0)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoRASpec) Reset() {
+	*x = LoRASpec{}
+	mi := &file_fedtune_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoRASpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoRASpec) ProtoMessage() {}
+
+func (x *LoRASpec) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoRASpec.ProtoReflect.Descriptor instead.
+func (*LoRASpec) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LoRASpec) GetRank() uint32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *LoRASpec) GetAlpha() float64 {
+	if x != nil {
+		return x.Alpha
+	}
+	return 0
+}
+
+func (x *LoRASpec) GetAggregation() string {
+	if x != nil {
+		return x.Aggregation
+	}
+	return ""
+}
+
+func (x *LoRASpec) GetAdapter() string {
+	if x != nil {
+		return x.Adapter
+	}
+	return ""
+}
+
 // ServerOptimizer applies the aggregated delta (Reddi et al. 2021); 0: default.
 type ServerOptimizer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -573,7 +654,7 @@ type ServerOptimizer struct {
 
 func (x *ServerOptimizer) Reset() {
 	*x = ServerOptimizer{}
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +666,7 @@ func (x *ServerOptimizer) String() string {
 func (*ServerOptimizer) ProtoMessage() {}
 
 func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +679,7 @@ func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerOptimizer.ProtoReflect.Descriptor instead.
 func (*ServerOptimizer) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{3}
+	return file_fedtune_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServerOptimizer) GetName() string {
@@ -652,7 +733,7 @@ type AggregatorParams struct {
 
 func (x *AggregatorParams) Reset() {
 	*x = AggregatorParams{}
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +745,7 @@ func (x *AggregatorParams) String() string {
 func (*AggregatorParams) ProtoMessage() {}
 
 func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +758,7 @@ func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregatorParams.ProtoReflect.Descriptor instead.
 func (*AggregatorParams) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{4}
+	return file_fedtune_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AggregatorParams) GetTrimFraction() float64 {
@@ -744,7 +825,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +837,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +850,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{5}
+	return file_fedtune_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Score) GetWorker() string {
@@ -828,7 +909,7 @@ type AcceptedUpdate struct {
 
 func (x *AcceptedUpdate) Reset() {
 	*x = AcceptedUpdate{}
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +921,7 @@ func (x *AcceptedUpdate) String() string {
 func (*AcceptedUpdate) ProtoMessage() {}
 
 func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +934,7 @@ func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptedUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{6}
+	return file_fedtune_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AcceptedUpdate) GetWorker() string {
@@ -907,7 +988,7 @@ type Round struct {
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +1000,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1013,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{7}
+	return file_fedtune_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -1004,7 +1085,7 @@ type RoundRecord struct {
 
 func (x *RoundRecord) Reset() {
 	*x = RoundRecord{}
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1097,7 @@ func (x *RoundRecord) String() string {
 func (*RoundRecord) ProtoMessage() {}
 
 func (x *RoundRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1110,7 @@ func (x *RoundRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRecord.ProtoReflect.Descriptor instead.
 func (*RoundRecord) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{8}
+	return file_fedtune_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RoundRecord) GetNumber() uint32 {
@@ -1126,7 +1207,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1219,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1232,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{9}
+	return file_fedtune_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1223,7 +1304,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1316,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1329,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{10}
+	return file_fedtune_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -1289,7 +1370,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1382,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1395,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{11}
+	return file_fedtune_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -1341,7 +1422,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1353,7 +1434,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1366,7 +1447,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{12}
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartRound) GetJob() string {
@@ -1394,7 +1475,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1487,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1500,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -1457,7 +1538,7 @@ type CommitRound struct {
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1550,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1563,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -1538,7 +1619,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1631,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1644,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -1598,7 +1679,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1691,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1704,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -1656,7 +1737,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1749,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1762,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -1700,7 +1781,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1793,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1806,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -1748,7 +1829,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +1841,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +1854,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{19}
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -1816,7 +1897,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1909,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +1922,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -1877,7 +1958,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +1970,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +1983,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -1931,7 +2012,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2024,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,7 +2037,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{22}
+	return file_fedtune_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -2000,7 +2081,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"batch_size\x18\x03 \x01(\rR\tbatchSize\x12#\n" +
 	"\rlearning_rate\x18\x04 \x01(\x01R\flearningRate\x12\x1a\n" +
 	"\bmomentum\x18\x05 \x01(\x01R\bmomentum\x12\x17\n" +
-	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\x88\x06\n" +
+	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xb2\x06\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -2026,10 +2107,16 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x11aggregator_params\x18\x10 \x01(\v2\x1c.fedtune.v1.AggregatorParamsR\x10aggregatorParams\x12F\n" +
 	"\x10server_optimizer\x18\x11 \x01(\v2\x1b.fedtune.v1.ServerOptimizerR\x0fserverOptimizer\x12&\n" +
 	"\x0fmax_update_norm\x18\x12 \x01(\x01R\rmaxUpdateNorm\x12\x14\n" +
-	"\x05allow\x18\x13 \x03(\tR\x05allow\x1a;\n" +
+	"\x05allow\x18\x13 \x03(\tR\x05allow\x12(\n" +
+	"\x04lora\x18\x14 \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"{\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"p\n" +
+	"\bLoRASpec\x12\x12\n" +
+	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x14\n" +
+	"\x05alpha\x18\x02 \x01(\x01R\x05alpha\x12 \n" +
+	"\vaggregation\x18\x03 \x01(\tR\vaggregation\x12\x18\n" +
+	"\aadapter\x18\x04 \x01(\tR\aadapter\"{\n" +
 	"\x0fServerOptimizer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02lr\x18\x02 \x01(\x01R\x02lr\x12\x14\n" +
@@ -2202,7 +2289,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -2210,68 +2297,70 @@ var file_fedtune_proto_goTypes = []any{
 	(*Command)(nil),          // 3: fedtune.v1.Command
 	(*TrainConfig)(nil),      // 4: fedtune.v1.TrainConfig
 	(*JobSpec)(nil),          // 5: fedtune.v1.JobSpec
-	(*ServerOptimizer)(nil),  // 6: fedtune.v1.ServerOptimizer
-	(*AggregatorParams)(nil), // 7: fedtune.v1.AggregatorParams
-	(*Score)(nil),            // 8: fedtune.v1.Score
-	(*AcceptedUpdate)(nil),   // 9: fedtune.v1.AcceptedUpdate
-	(*Round)(nil),            // 10: fedtune.v1.Round
-	(*RoundRecord)(nil),      // 11: fedtune.v1.RoundRecord
-	(*Job)(nil),              // 12: fedtune.v1.Job
-	(*WorkerInfo)(nil),       // 13: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 14: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 15: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 16: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 17: fedtune.v1.CommitRound
-	(*AbortRound)(nil),       // 18: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 19: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 20: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 21: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 22: fedtune.v1.Snapshot
-	(*Keyring)(nil),          // 23: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 24: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 25: fedtune.v1.RevokedWorker
-	nil,                      // 26: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 27: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 28: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 29: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 30: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 31: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 32: fedtune.v1.CommitRound.MetricsEntry
+	(*LoRASpec)(nil),         // 6: fedtune.v1.LoRASpec
+	(*ServerOptimizer)(nil),  // 7: fedtune.v1.ServerOptimizer
+	(*AggregatorParams)(nil), // 8: fedtune.v1.AggregatorParams
+	(*Score)(nil),            // 9: fedtune.v1.Score
+	(*AcceptedUpdate)(nil),   // 10: fedtune.v1.AcceptedUpdate
+	(*Round)(nil),            // 11: fedtune.v1.Round
+	(*RoundRecord)(nil),      // 12: fedtune.v1.RoundRecord
+	(*Job)(nil),              // 13: fedtune.v1.Job
+	(*WorkerInfo)(nil),       // 14: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 15: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 16: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 17: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 18: fedtune.v1.CommitRound
+	(*AbortRound)(nil),       // 19: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 20: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 21: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 22: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 23: fedtune.v1.Snapshot
+	(*Keyring)(nil),          // 24: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 25: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 26: fedtune.v1.RevokedWorker
+	nil,                      // 27: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 28: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 29: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 30: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 31: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 32: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 33: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	26, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	27, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
-	7,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
-	6,  // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
-	27, // 5: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
-	9,  // 6: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	28, // 7: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	9,  // 8: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	8,  // 9: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	5,  // 10: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 11: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	11, // 12: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	10, // 13: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	29, // 14: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	30, // 15: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	5,  // 16: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	31, // 17: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	10, // 18: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	9,  // 19: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	32, // 20: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	8,  // 21: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	1,  // 22: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	13, // 23: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	12, // 24: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	13, // 25: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	25, // 26: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	2,  // 27: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	8,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
+	7,  // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
+	6,  // 5: fedtune.v1.JobSpec.lora:type_name -> fedtune.v1.LoRASpec
+	28, // 6: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	10, // 7: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
+	29, // 8: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	10, // 9: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	9,  // 10: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	5,  // 11: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 12: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	12, // 13: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	11, // 14: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	30, // 15: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	31, // 16: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 17: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	32, // 18: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	11, // 19: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	10, // 20: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	33, // 21: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	9,  // 22: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	1,  // 23: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	14, // 24: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	13, // 25: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	14, // 26: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	26, // 27: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	2,  // 28: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -2285,7 +2374,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -89,6 +89,8 @@ type Task struct {
 	DeadlineUnixNano int64                  `protobuf:"varint,8,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
 	Seed             uint64                 `protobuf:"varint,9,opt,name=seed,proto3" json:"seed,omitempty"`
 	Attempt          uint32                 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"` // the round's attempt (grows when a round is rescheduled)
+	Frozen           *ModelRef              `protobuf:"bytes,11,opt,name=frozen,proto3" json:"frozen,omitempty"`    // LoRA jobs: the frozen base the adapters (base) apply to
+	Lora             *LoRASpec              `protobuf:"bytes,12,opt,name=lora,proto3" json:"lora,omitempty"`        // LoRA jobs: rank and alpha of the adapters
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -193,12 +195,26 @@ func (x *Task) GetAttempt() uint32 {
 	return 0
 }
 
+func (x *Task) GetFrozen() *ModelRef {
+	if x != nil {
+		return x.Frozen
+	}
+	return nil
+}
+
+func (x *Task) GetLora() *LoRASpec {
+	if x != nil {
+		return x.Lora
+	}
+	return nil
+}
+
 type PollTaskRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId    string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	WaitSeconds float64                `protobuf:"fixed64,2,opt,name=wait_seconds,json=waitSeconds,proto3" json:"wait_seconds,omitempty"` // how long the server may hold the call
-	// Round attempts whose update this worker already had accepted; not
-	// offered again (protocol.AttemptKey).
+	// Round attempts this worker is finished with (its update accepted, or
+	// its training failed); not offered again (protocol.AttemptKey).
 	Done          []string `protobuf:"bytes,3,rep,name=done,proto3" json:"done,omitempty"` // "job/round/attempt"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1020,7 +1036,8 @@ func (x *ListWorkersResponse) GetAlive() []string {
 type ExportModelRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"` // 0: newest
+	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`   // 0: newest
+	Merged        bool                   `protobuf:"varint,3,opt,name=merged,proto3" json:"merged,omitempty"` // LoRA jobs: the base with the adapters folded in (default: the adapters)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1067,6 +1084,13 @@ func (x *ExportModelRequest) GetRound() uint32 {
 		return x.Round
 	}
 	return 0
+}
+
+func (x *ExportModelRequest) GetMerged() bool {
+	if x != nil {
+		return x.Merged
+	}
+	return false
 }
 
 type ClusterStatusRequest struct {
@@ -1719,7 +1743,7 @@ const file_service_proto_rawDesc = "" +
 	"fedtune.v1\x1a\rfedtune.proto\"2\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"\xa9\x02\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"\x81\x03\n" +
 	"\x04Task\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12(\n" +
@@ -1731,7 +1755,9 @@ const file_service_proto_rawDesc = "" +
 	"\x12deadline_unix_nano\x18\b \x01(\x03R\x10deadlineUnixNano\x12\x12\n" +
 	"\x04seed\x18\t \x01(\x04R\x04seed\x12\x18\n" +
 	"\aattempt\x18\n" +
-	" \x01(\rR\aattempt\"e\n" +
+	" \x01(\rR\aattempt\x12,\n" +
+	"\x06frozen\x18\v \x01(\v2\x14.fedtune.v1.ModelRefR\x06frozen\x12(\n" +
+	"\x04lora\x18\f \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\"e\n" +
 	"\x0fPollTaskRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12!\n" +
 	"\fwait_seconds\x18\x02 \x01(\x01R\vwaitSeconds\x12\x12\n" +
@@ -1792,10 +1818,11 @@ const file_service_proto_rawDesc = "" +
 	"\x12ListWorkersRequest\"]\n" +
 	"\x13ListWorkersResponse\x120\n" +
 	"\aworkers\x18\x01 \x03(\v2\x16.fedtune.v1.WorkerInfoR\aworkers\x12\x14\n" +
-	"\x05alive\x18\x02 \x03(\tR\x05alive\"<\n" +
+	"\x05alive\x18\x02 \x03(\tR\x05alive\"T\n" +
 	"\x12ExportModelRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
-	"\x05round\x18\x02 \x01(\rR\x05round\"\x16\n" +
+	"\x05round\x18\x02 \x01(\rR\x05round\x12\x16\n" +
+	"\x06merged\x18\x03 \x01(\bR\x06merged\"\x16\n" +
 	"\x14ClusterStatusRequest\"\x85\x01\n" +
 	"\n" +
 	"RaftServer\x12\x0e\n" +
@@ -1911,56 +1938,59 @@ var file_service_proto_goTypes = []any{
 	nil,                           // 28: fedtune.v1.SubmitUpdateRequest.MetricsEntry
 	nil,                           // 29: fedtune.v1.Member.LabelsEntry
 	(*TrainConfig)(nil),           // 30: fedtune.v1.TrainConfig
-	(*JobSpec)(nil),               // 31: fedtune.v1.JobSpec
-	(*Job)(nil),                   // 32: fedtune.v1.Job
-	(*WorkerInfo)(nil),            // 33: fedtune.v1.WorkerInfo
-	(*Keyring)(nil),               // 34: fedtune.v1.Keyring
+	(*LoRASpec)(nil),              // 31: fedtune.v1.LoRASpec
+	(*JobSpec)(nil),               // 32: fedtune.v1.JobSpec
+	(*Job)(nil),                   // 33: fedtune.v1.Job
+	(*WorkerInfo)(nil),            // 34: fedtune.v1.WorkerInfo
+	(*Keyring)(nil),               // 35: fedtune.v1.Keyring
 }
 var file_service_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
 	30, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
-	1,  // 2: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	28, // 3: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	31, // 4: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	32, // 5: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	32, // 6: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	32, // 7: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	33, // 8: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	29, // 9: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
-	19, // 10: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
-	20, // 11: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
-	34, // 12: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
-	2,  // 13: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
-	4,  // 14: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
-	6,  // 15: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
-	7,  // 16: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
-	9,  // 17: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
-	11, // 18: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
-	13, // 19: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
-	15, // 20: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
-	17, // 21: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
-	22, // 22: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
-	18, // 23: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
-	24, // 24: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
-	26, // 25: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
-	3,  // 26: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	5,  // 27: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	7,  // 28: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	8,  // 29: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	10, // 30: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	12, // 31: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	14, // 32: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	16, // 33: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	7,  // 34: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	23, // 35: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	21, // 36: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	25, // 37: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
-	27, // 38: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
-	26, // [26:39] is the sub-list for method output_type
-	13, // [13:26] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	0,  // 2: fedtune.v1.Task.frozen:type_name -> fedtune.v1.ModelRef
+	31, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
+	1,  // 4: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
+	28, // 5: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	32, // 6: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	33, // 7: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	33, // 8: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	33, // 9: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	34, // 10: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	29, // 11: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	19, // 12: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
+	20, // 13: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
+	35, // 14: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
+	2,  // 15: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
+	4,  // 16: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
+	6,  // 17: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
+	7,  // 18: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
+	9,  // 19: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
+	11, // 20: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
+	13, // 21: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
+	15, // 22: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
+	17, // 23: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
+	22, // 24: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
+	18, // 25: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
+	24, // 26: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
+	26, // 27: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
+	3,  // 28: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	5,  // 29: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	7,  // 30: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	8,  // 31: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	10, // 32: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	12, // 33: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	14, // 34: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	16, // 35: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	7,  // 36: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	23, // 37: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	21, // 38: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	25, // 39: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	27, // 40: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
+	28, // [28:41] is the sub-list for method output_type
+	15, // [15:28] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_service_proto_init() }

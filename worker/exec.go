@@ -23,15 +23,20 @@ import (
 // JAX stack — while fedtune coordinates. For each task it makes a work
 // directory holding:
 //
-//	task.json         the task (ExecTask below): job, round, model, training recipe, file names
-//	base.safetensors  the base model, F32, PyTorch-style names (fc1.weight [out, in], …)
-//	data_x.npy        the worker's local examples (float32, [n, features]) and
-//	data_y.npy        labels (uint8, [n]), when the worker holds the task's data set
+//	task.json            the task (ExecTask below): job, round, model, training recipe, file names
+//	base.safetensors     the base model, F32, PyTorch-style names (fc1.weight [out, in], …)
+//	adapter.safetensors  LoRA jobs only: the current adapters, PEFT names
+//	                     (fc1.lora_A.weight [r, in], fc1.lora_B.weight [out, r], …);
+//	                     task.json's "lora" gives rank and alpha (scale alpha/rank)
+//	data_x.npy           the worker's local examples (float32, [n, features]) and
+//	data_y.npy           labels (uint8, [n]), when the worker holds the task's data set
 //
 // runs the command there (sh -c, with FEDTUNE_TASK set to task.json's path),
-// and expects it to write out.safetensors (the trained full weights, same
-// names and shapes) and metrics.json ({"samples": n, "loss": x, …}). The
-// worker validates both and submits out − base as its update. A command that
+// and expects it to write out.safetensors — the trained full weights, or in
+// a LoRA job the trained adapters (the base stays frozen), same names and
+// shapes as it was given — and metrics.json ({"samples": n, "loss": x, …}).
+// The worker validates both and submits out − (base or adapters) as its
+// update. A command that
 // runs past the task's deadline (or Timeout) is killed; a non-zero exit, a
 // missing or malformed output, a model of another layout or with NaN/Inf
 // values is an error naming the problem, and the round goes on without
@@ -53,12 +58,21 @@ type ExecTask struct {
 	Seed     uint64          `json:"seed"`
 	Train    ExecTrainRecipe `json:"train"`
 	Base     string          `json:"base"`
+	Adapter  string          `json:"adapter,omitempty"` // LoRA jobs: the adapters to train
+	LoRA     *ExecLoRA       `json:"lora,omitempty"`
 	DataX    string          `json:"data_x,omitempty"`
 	DataY    string          `json:"data_y,omitempty"`
 	Classes  int             `json:"classes,omitempty"`
 	Output   string          `json:"output"`
 	Metrics  string          `json:"metrics"`
 	Deadline string          `json:"deadline,omitempty"` // RFC 3339
+}
+
+// ExecLoRA is a LoRA task's adapter shape: every dense layer computes
+// x·Wᵀ + (Alpha/Rank)·x·Aᵀ·Bᵀ + b with W and b frozen.
+type ExecLoRA struct {
+	Rank  uint32  `json:"rank"`
+	Alpha float64 `json:"alpha"`
 }
 
 // ExecTrainRecipe is the local training recipe of a task.
@@ -75,7 +89,7 @@ type ExecTrainRecipe struct {
 var ErrExternal = errors.New("external trainer")
 
 // Train runs the command for one task.
-func (e *ExecTrainer) Train(ctx context.Context, base tensor.Set, task *pb.Task) (Result, error) {
+func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Result, error) {
 	start := time.Now()
 	dir, err := os.MkdirTemp(e.Dir, "fedtune-task-")
 	if err != nil {
@@ -90,10 +104,19 @@ func (e *ExecTrainer) Train(ctx context.Context, base tensor.Set, task *pb.Task)
 	if d, ok := ctx.Deadline(); ok {
 		t.Deadline = d.UTC().Format(time.RFC3339)
 	}
-	if err := tensor.WriteFile(filepath.Join(dir, t.Base), base, tensor.F32); err != nil {
+	base := in.Base // what the output must fit and the delta is taken from
+	frozen := in.Base
+	if l := task.Lora; l != nil {
+		frozen = in.Frozen
+		t.Adapter, t.LoRA = "adapter.safetensors", &ExecLoRA{Rank: l.Rank, Alpha: l.Alpha}
+		if err := tensor.WriteFile(filepath.Join(dir, t.Adapter), in.Base, tensor.F32); err != nil {
+			return Result{}, fmt.Errorf("%w: write adapters: %v", ErrExternal, err)
+		}
+	}
+	if err := tensor.WriteFile(filepath.Join(dir, t.Base), frozen, tensor.F32); err != nil {
 		return Result{}, fmt.Errorf("%w: write base: %v", ErrExternal, err)
 	}
-	local := e.Data[task.Dataset]
+	local, _ := localFor(e.Data, task.Dataset)
 	if local != nil {
 		t.DataX, t.DataY, t.Classes = "data_x.npy", "data_y.npy", local.Classes
 		if err := writeNPY(filepath.Join(dir, t.DataX), "<f4", []int{local.Len(), local.Dim}, tensor.F32Bytes(local.X)); err != nil {
@@ -134,6 +157,9 @@ func (e *ExecTrainer) Train(ctx context.Context, base tensor.Set, task *pb.Task)
 		return Result{}, fmt.Errorf("%w: output %s: %v", ErrExternal, t.Output, err)
 	}
 	if err := tensor.SameLayout(out, base); err != nil {
+		if t.LoRA != nil {
+			return Result{}, fmt.Errorf("%w: output does not fit the rank-%d adapters of %s (a LoRA task returns the trained adapters, not the model): %v", ErrExternal, t.LoRA.Rank, task.Model, err)
+		}
 		return Result{}, fmt.Errorf("%w: output does not fit model %s: %v", ErrExternal, task.Model, err)
 	}
 	if err := out.CheckFinite(); err != nil {

@@ -29,23 +29,13 @@ func NewGorgoniaTrainer(data map[string]*dataset.Examples, logger *slog.Logger) 
 	return &GorgoniaTrainer{data: data, trainers: map[string]*model.Trainer{}, log: logger}
 }
 
-// Train fine-tunes base on the local data set the task names and returns
-// delta = local - base.
-func (g *GorgoniaTrainer) Train(ctx context.Context, base tensor.Set, task *pb.Task) (Result, error) {
-	data, ok := g.data[task.Dataset]
+// Train fine-tunes the task's model on the local data set it names and
+// returns delta = local - in.Base. For a LoRA task only the adapters
+// (in.Base) are trained, on the frozen in.Frozen.
+func (g *GorgoniaTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Result, error) {
+	data, ok := localFor(g.data, task.Dataset)
 	if !ok {
 		return Result{}, fmt.Errorf("this worker holds no data for dataset %q", task.Dataset)
-	}
-	tr, ok := g.trainers[task.Model]
-	if !ok {
-		arch, err := model.Lookup(task.Model)
-		if err != nil {
-			return Result{}, err
-		}
-		if tr, err = model.NewTrainer(arch); err != nil {
-			return Result{}, err
-		}
-		g.trainers[task.Model] = tr
 	}
 	tc := task.GetTrain()
 	next := 0
@@ -59,17 +49,65 @@ func (g *GorgoniaTrainer) Train(ctx context.Context, base tensor.Set, task *pb.T
 			}
 		},
 	}
-	local, met, err := tr.Train(ctx, base, data, cfg)
-	if err != nil {
-		return Result{}, err
+	var local tensor.Set
+	var met model.TrainMetrics
+	if l := task.Lora; l != nil {
+		arch, err := model.Lookup(task.Model)
+		if err != nil {
+			return Result{}, err
+		}
+		if local, met, err = (model.LoRA{Rank: int(l.Rank), Alpha: l.Alpha}).TrainAdapter(ctx, arch, in.Frozen, in.Base, data, cfg); err != nil {
+			return Result{}, err
+		}
+	} else {
+		tr, err := g.trainer(task.Model)
+		if err != nil {
+			return Result{}, err
+		}
+		if local, met, err = tr.Train(ctx, in.Base, data, cfg); err != nil {
+			return Result{}, err
+		}
 	}
-	delta, err := tensor.Diff(local, base)
+	delta, err := tensor.Diff(local, in.Base)
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{Delta: delta, Samples: uint64(met.Samples), Metrics: map[string]float64{
 		"loss": met.Loss, "seconds": met.Seconds, "steps": float64(met.Steps), "samples_per_second": float64(met.Seen) / max(met.Seconds, 1e-9),
 	}}, nil
+}
+
+// localFor returns the local data serving a task's data set: held under
+// its name, or under another name of its family (a worker holding words-fr
+// trains a job on words-fr+de+es with its French words).
+func localFor(data map[string]*dataset.Examples, name string) (*dataset.Examples, bool) {
+	if d, ok := data[name]; ok {
+		return d, true
+	}
+	fam := dataset.Family(name)
+	for k, d := range data {
+		if dataset.Family(k) == fam {
+			return d, true
+		}
+	}
+	return nil, false
+}
+
+// trainer returns the model.Trainer of an architecture, built once.
+func (g *GorgoniaTrainer) trainer(name string) (*model.Trainer, error) {
+	if tr, ok := g.trainers[name]; ok {
+		return tr, nil
+	}
+	arch, err := model.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := model.NewTrainer(arch)
+	if err != nil {
+		return nil, err
+	}
+	g.trainers[name] = tr
+	return tr, nil
 }
 
 // Close releases the Gorgonia machines.

@@ -6,11 +6,13 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,9 +37,20 @@ type Result struct {
 	Metrics map[string]float64 // e.g. "loss", "seconds"
 }
 
-// Trainer fine-tunes a base model on the worker's own data for one task.
+// Input is what a task trains from.
+type Input struct {
+	// Base is the round's model version; the update is the trained
+	// version minus Base. In a LoRA job (task.Lora set) it holds the
+	// adapters.
+	Base tensor.Set
+	// Frozen is a LoRA job's frozen base model, which the adapters apply
+	// to and which training leaves unchanged; empty for other jobs.
+	Frozen tensor.Set
+}
+
+// Trainer fine-tunes a model on the worker's own data for one task.
 type Trainer interface {
-	Train(ctx context.Context, base tensor.Set, task *pb.Task) (Result, error)
+	Train(ctx context.Context, in Input, task *pb.Task) (Result, error)
 }
 
 // Config configures a worker. Zero values get the defaults noted.
@@ -67,6 +80,12 @@ type Config struct {
 	SubmitDelay time.Duration
 	// GossipKeys encrypt gossip; they must match the cluster's.
 	GossipKeys [][]byte
+	// Probe, if set, is asked between tasks, at most every ProbeInterval
+	// (default 1 minute), for labels that change at run time (a GPU's
+	// free memory and idle=true|false); they are merged over Labels
+	// (Labels win) and gossiped when they change.
+	Probe         func(context.Context) (map[string]string, error)
+	ProbeInterval time.Duration
 	// TLS, if set, is the worker's certificate for mutual TLS with the
 	// coordinators; its name must be ID. Nil is insecure mode.
 	TLS    *pki.Node
@@ -86,6 +105,8 @@ type Worker struct {
 	pending *pb.SubmitUpdateRequest // update not yet accepted
 	done    []string                // round attempts accepted from this worker (recent; protocol.AttemptKey)
 	models  map[string]tensor.Set
+	// modelOrder is models' keys, least recently used first.
+	modelOrder []string
 	// residuals are the error-feedback residuals of lossy codecs, per job.
 	residuals map[string]tensor.Set
 	// nextResidual is the residual the pending update leaves behind: it
@@ -93,6 +114,8 @@ type Worker struct {
 	// (a refused update is dropped whole, and its residual with it).
 	nextResidual *residual
 	keys         []string // gossip keyring last applied from a coordinator
+	labels       map[string]string // advertised now
+	probed       time.Time
 }
 
 // ErrNoCluster is returned by Run when no node could be reached.
@@ -131,8 +154,17 @@ func New(cfg Config, trainer Trainer) (*Worker, error) {
 // Run joins the cluster and works until ctx ends. It returns ErrNoCluster
 // (wrapped) if no node answered within JoinTimeout.
 func (w *Worker) Run(ctx context.Context) error {
+	w.labels = w.cfg.Labels
+	if w.cfg.Probe != nil {
+		if l, err := w.probeLabels(ctx); err == nil {
+			w.labels = l
+		} else {
+			w.log.Warn("probe failed", "err", err)
+		}
+	}
+	w.probed = time.Now()
 	g, err := gossip.Start(gossip.Config{Name: w.cfg.ID, BindAddr: w.cfg.GossipAddr, Profile: w.cfg.Profile, Keys: w.cfg.GossipKeys,
-		Meta: gossip.Meta{Role: gossip.RoleWorker, Labels: w.cfg.Labels}})
+		Meta: gossip.Meta{Role: gossip.RoleWorker, Labels: w.labels}})
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
 	}
@@ -148,9 +180,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err := w.joinCluster(ctx); err != nil {
 		return err
 	}
-	w.log.Info("worker joined the cluster", "coordinators", w.known, "labels", w.cfg.Labels)
+	w.log.Info("worker joined the cluster", "coordinators", w.known, "labels", w.labels)
 	backoff := newBackoff()
 	for ctx.Err() == nil {
+		w.probe(ctx)
 		if err := w.once(ctx); err != nil {
 			if ctx.Err() != nil {
 				break
@@ -280,9 +313,15 @@ func (w *Worker) once(ctx context.Context) error {
 
 func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 	log := w.log.With("job", t.Job, "round", t.Round)
-	base, err := w.model(ctx, t.Base.GetHash())
-	if err != nil {
+	in := Input{}
+	var err error
+	if in.Base, err = w.model(ctx, t.Base.GetHash()); err != nil {
 		return err
+	}
+	if t.Lora != nil {
+		if in.Frozen, err = w.model(ctx, t.Frozen.GetHash()); err != nil {
+			return fmt.Errorf("task %s/%d: frozen base: %w", t.Job, t.Round, err)
+		}
 	}
 	cd, err := codec.New(t.Codec)
 	if err != nil {
@@ -295,9 +334,17 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		tctx, cancel = context.WithDeadline(ctx, time.Unix(0, t.DeadlineUnixNano))
 		defer cancel()
 	}
-	res, err := w.trainer.Train(tctx, base, t)
+	res, err := w.trainer.Train(tctx, in, t)
 	if err != nil {
-		return fmt.Errorf("task %s/%d: %w", t.Job, t.Round, err)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Training itself failed (diverged, the external trainer crashed
+		// or ran out of time): this attempt is skipped rather than trained
+		// again in a loop, and the round goes on without this worker.
+		log.Error("training failed; skipping this round", "err", err)
+		w.markDone(pb.AttemptKey(t.Job, t.Round, t.Attempt))
+		return nil
 	}
 	payload, err := w.encode(cd, t.Job, res.Delta)
 	if err != nil {
@@ -342,12 +389,56 @@ func (w *Worker) submit(ctx context.Context) error {
 	}
 	w.log.Info("update accepted", "job", p.Job, "round", p.Round, "duplicate", resp.Duplicate)
 	w.commitResidual()
-	w.done = append(w.done, pb.AttemptKey(p.Job, p.Round, p.Attempt))
+	w.markDone(pb.AttemptKey(p.Job, p.Round, p.Attempt))
+	w.pending = nil
+	return nil
+}
+
+// probe refreshes the labels that change at run time (Config.Probe) and
+// gossips them when they changed; between tasks only, so that the worker's
+// own training does not count as someone else's load.
+func (w *Worker) probe(ctx context.Context) {
+	if w.cfg.Probe == nil || w.pending != nil || time.Since(w.probed) < cmp.Or(w.cfg.ProbeInterval, time.Minute) {
+		return
+	}
+	w.probed = time.Now()
+	next, err := w.probeLabels(ctx)
+	if err != nil {
+		w.log.Warn("probe failed; labels unchanged", "err", err)
+		return
+	}
+	if maps.Equal(next, w.labels) {
+		return
+	}
+	if err := w.gossip.SetMeta(gossip.Meta{Role: gossip.RoleWorker, Labels: next}, 5*time.Second); err != nil {
+		w.log.Warn("labels not gossiped", "err", err)
+		return
+	}
+	w.log.Info("labels changed", "labels", next)
+	w.labels = next
+}
+
+// probeLabels returns Config.Labels over the probe's labels.
+func (w *Worker) probeLabels(ctx context.Context) (map[string]string, error) {
+	got, err := w.cfg.Probe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	next := maps.Clone(got)
+	if next == nil {
+		next = map[string]string{}
+	}
+	maps.Copy(next, w.cfg.Labels)
+	return next, nil
+}
+
+// markDone records a round attempt this worker is finished with, so that
+// coordinators do not offer it again (the recent 64 are kept).
+func (w *Worker) markDone(key string) {
+	w.done = append(w.done, key)
 	if len(w.done) > 64 {
 		w.done = w.done[len(w.done)-64:]
 	}
-	w.pending = nil
-	return nil
 }
 
 // encode encodes a delta; a lossy codec gets the job's error-feedback
@@ -406,9 +497,11 @@ func (w *Worker) commitResidual() {
 	}
 }
 
-// model returns the base model with this hash, from cache or the cluster.
+// model returns the model (or adapters) with this hash, from cache or the
+// cluster.
 func (w *Worker) model(ctx context.Context, hash string) (tensor.Set, error) {
 	if s, ok := w.models[hash]; ok {
+		w.touch(hash)
 		return s, nil
 	}
 	conn, err := w.pool.Conn(w.target)
@@ -421,11 +514,22 @@ func (w *Worker) model(ctx context.Context, hash string) (tensor.Set, error) {
 	}
 	s, err := tensor.Unmarshal(b)
 	if err != nil {
-		return tensor.Set{}, fmt.Errorf("base model %.12s: %w", hash, err)
+		return tensor.Set{}, fmt.Errorf("model %.12s: %w", hash, err)
 	}
-	clear(w.models) // keep only the newest base
+	// Keep the few most recently used: a LoRA job's frozen base is used
+	// every round beside its newest adapters.
+	for len(w.modelOrder) >= 3 {
+		delete(w.models, w.modelOrder[0])
+		w.modelOrder = w.modelOrder[1:]
+	}
 	w.models[hash] = s
+	w.touch(hash)
 	return s, nil
+}
+
+// touch makes hash the most recently used model.
+func (w *Worker) touch(hash string) {
+	w.modelOrder = append(slices.DeleteFunc(w.modelOrder, func(h string) bool { return h == hash }), hash)
 }
 
 type backoff struct{ d time.Duration }

@@ -12,21 +12,25 @@ import (
 	pb "github.com/fedtune/fedtune/protocol"
 )
 
-// TestGPUWorkers: with a fake nvidia-smi on PATH, a worker started with
-// --device auto advertises its GPU in gossip; one forced to --device cpu
-// does not; a job that requires device=gpu is scheduled on the GPU worker
-// only.
+// TestGPUWorkers: with a fake nvidia-smi on PATH, workers started with
+// --device auto advertise their GPU in gossip, idle or busy by its
+// utilisation; one forced to --device cpu does not; a job that requires
+// device=gpu is scheduled on GPU workers only, and on the idle one when
+// one worker is enough.
 func TestGPUWorkers(t *testing.T) {
 	fake := t.TempDir()
-	if err := os.WriteFile(filepath.Join(fake, "nvidia-smi"), []byte("#!/bin/sh\necho 'NVIDIA Fake GPU, 8192'\n"), 0o755); err != nil {
+	// The GPU of the worker whose command line names gpu-busy is 93% used.
+	smi := "#!/bin/sh\nif tr '\\0' ' ' < /proc/$PPID/cmdline | grep -q gpu-busy; then echo 'NVIDIA Fake GPU, 8192, 93'; else echo 'NVIDIA Fake GPU, 8192, 4'; fi\n"
+	if err := os.WriteFile(filepath.Join(fake, "nvidia-smi"), []byte(smi), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", fake+string(os.PathListSeparator)+os.Getenv("PATH")) // inherited by the processes
 	pc := tc.NewProcCluster(t, binary, 1)
 	n := pc.Nodes[0]
+	pc.StartWorker("gpu-busy", "--device", "auto", "--max-examples", "2000")
 	pc.StartWorker("gpu-1", "--device", "auto", "--max-examples", "2000")
 	pc.StartWorker("cpu-1", "--device", "cpu", "--max-examples", "2000")
-	waitWorkers(t, pc, 2)
+	waitWorkers(t, pc, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := pc.Admin(n).ListWorkers(ctx, &pb.ListWorkersRequest{})
@@ -37,8 +41,11 @@ func TestGPUWorkers(t *testing.T) {
 	for _, w := range resp.Workers {
 		labels[w.Id] = w.Labels
 	}
-	if l := labels["gpu-1"]; l["device"] != "gpu" || l["gpu"] != "NVIDIA-Fake-GPU" || l["gpu_free_mb"] != "8192" {
+	if l := labels["gpu-1"]; l["device"] != "gpu" || l["gpu"] != "NVIDIA-Fake-GPU" || l["gpu_free_mb"] != "8192" || l["idle"] != "true" {
 		t.Errorf("gpu-1 advertises %v", l)
+	}
+	if l := labels["gpu-busy"]; l["device"] != "gpu" || l["idle"] != "false" {
+		t.Errorf("gpu-busy advertises %v", l)
 	}
 	if l := labels["cpu-1"]; l["device"] != "cpu" || l["gpu"] != "" {
 		t.Errorf("cpu-1 advertises %v", l)
@@ -50,7 +57,7 @@ func TestGPUWorkers(t *testing.T) {
 	}
 	for _, r := range j.History {
 		if !slices.Equal(r.Workers, []string{"gpu-1"}) {
-			t.Errorf("round %d ran on %v, want the GPU worker only", r.Number, r.Workers)
+			t.Errorf("round %d ran on %v, want the idle GPU worker only", r.Number, r.Workers)
 		}
 	}
 }

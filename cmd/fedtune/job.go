@@ -119,6 +119,10 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "server-beta2", Usage: "second-moment decay for fedadam/fedyogi (default 0.99)", EnvVars: []string{"FEDTUNE_SERVER_BETA2"}},
 					&cli.Float64Flag{Name: "server-epsilon", Usage: "adaptivity τ for fedadam/fedyogi (default 1e-3)", EnvVars: []string{"FEDTUNE_SERVER_EPSILON"}},
 					&cli.UintFlag{Name: "agg-iterations", Usage: "centered-clip / geomedian iterations (default 3 / 10)", EnvVars: []string{"FEDTUNE_AGG_ITERATIONS"}},
+					&cli.UintFlag{Name: "lora-rank", Usage: "train LoRA adapters of this rank on the frozen --base instead of the whole model (0: full fine-tuning)", EnvVars: []string{"FEDTUNE_LORA_RANK"}},
+					&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator: adapters apply as (alpha/rank)·B·A (default 2·rank)", EnvVars: []string{"FEDTUNE_LORA_ALPHA"}},
+					&cli.StringFlag{Name: "lora-aggregation", Value: "naive", Usage: "LoRA: naive (the --aggregator on A and B apart) or exact (rank-r SVD of the mean B·A; fedavg only)", EnvVars: []string{"FEDTUNE_LORA_AGGREGATION"}},
+					&cli.StringFlag{Name: "lora-adapter", Usage: "LoRA: initial adapters (safetensors, PEFT names); default: fresh (A random, B = 0)", EnvVars: []string{"FEDTUNE_LORA_ADAPTER"}},
 					&cli.StringFlag{Name: "codec", Value: "fp32", Usage: "update codec: fp32 or fp16", EnvVars: []string{"FEDTUNE_CODEC"}},
 					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for worker sampling and initialisation", EnvVars: []string{"FEDTUNE_SEED"}},
 					&cli.BoolFlag{Name: "evaluate", Value: true, Usage: "evaluate each round's model on the data set's test split", EnvVars: []string{"FEDTUNE_EVALUATE"}},
@@ -194,6 +198,11 @@ func submitJob(c *cli.Context) error {
 		Train: &pb.TrainConfig{LocalEpochs: uint32(c.Uint("epochs")), LocalSteps: uint32(c.Uint("steps")), BatchSize: uint32(c.Uint("batch-size")),
 			LearningRate: c.Float64("lr"), Momentum: c.Float64("momentum"), ProxMu: c.Float64("prox-mu")},
 	}
+	if r := c.Uint("lora-rank"); r > 0 {
+		spec.Lora = &pb.LoRASpec{Rank: uint32(r), Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation")}
+	} else if c.IsSet("lora-alpha") || c.IsSet("lora-aggregation") || c.IsSet("lora-adapter") {
+		return fmt.Errorf("job submit: --lora-alpha, --lora-aggregation and --lora-adapter need --lora-rank")
+	}
 	if err := coordinator.NormalizeSpec(spec); err != nil {
 		return fmt.Errorf("job submit: %w", err)
 	}
@@ -220,11 +229,27 @@ func submitJob(c *cli.Context) error {
 	if spec.BaseModel, err = client.PutBlob(ctx, conn, b); err != nil {
 		return fmt.Errorf("job submit: upload base model: %w", err)
 	}
+	if p := c.String("lora-adapter"); p != "" {
+		ad, err := tensor.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("job submit: --lora-adapter: %w", err)
+		}
+		ab, err := tensor.Marshal(ad, tensor.F32)
+		if err != nil {
+			return err
+		}
+		if spec.Lora.Adapter, err = client.PutBlob(ctx, conn, ab); err != nil {
+			return fmt.Errorf("job submit: upload adapters: %w", err)
+		}
+	}
 	resp, err := pb.NewAdminClient(conn).SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec})
 	if err != nil {
 		return fmt.Errorf("job submit: %w", err)
 	}
 	fmt.Fprintf(c.App.Writer, "job %s submitted: %d rounds of %d workers, base model %.12s", spec.Name, spec.Rounds, spec.ClientsPerRound, spec.BaseModel)
+	if l := resp.Job.Spec.GetLora(); l != nil {
+		fmt.Fprintf(c.App.Writer, ", LoRA rank %d alpha %g (%s aggregation)", l.Rank, l.Alpha, l.Aggregation)
+	}
 	if acc, ok := resp.Job.BaseMetrics["test_accuracy"]; ok {
 		fmt.Fprintf(c.App.Writer, " (test accuracy %.2f%%)", 100*acc)
 	}
@@ -251,6 +276,9 @@ func watchJob(c *cli.Context, conn grpc.ClientConnInterface, name string, follow
 		j := resp.Job
 		if !header {
 			fmt.Fprintf(out, "job %s: %s, model %s, %d rounds of %d workers", j.Spec.Name, progress.Status(j), j.Spec.Model, j.Spec.Rounds, j.Spec.ClientsPerRound)
+			if l := j.Spec.GetLora(); l != nil {
+				fmt.Fprintf(out, ", LoRA rank %d alpha %g (%s)", l.Rank, l.Alpha, l.Aggregation)
+			}
 			if acc, ok := j.BaseMetrics["test_accuracy"]; ok {
 				fmt.Fprintf(out, ", base test accuracy %.2f%%", 100*acc)
 			}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -26,14 +27,15 @@ func modelCommand() *cli.Command {
 				Name:  "export",
 				Usage: "download a job's model as safetensors",
 				Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}},
-					&cli.UintFlag{Name: "round", Usage: "committed round (0: newest)", EnvVars: []string{"FEDTUNE_ROUND"}}, outFlag},
+					&cli.UintFlag{Name: "round", Usage: "committed round (0: newest)", EnvVars: []string{"FEDTUNE_ROUND"}},
+					&cli.BoolFlag{Name: "merged", Usage: "LoRA jobs: the base with the adapters folded in (default: the adapters, PEFT names)", EnvVars: []string{"FEDTUNE_MERGED"}}, outFlag},
 				Action: func(c *cli.Context) error {
 					pool, conn, err := dial(c)
 					if err != nil {
 						return err
 					}
 					defer pool.Close()
-					b, err := client.ExportModel(c.Context, conn, c.String("job"), uint32(c.Uint("round")))
+					b, err := client.ExportModel(c.Context, conn, c.String("job"), uint32(c.Uint("round")), c.Bool("merged"))
 					if err != nil {
 						return err
 					}
@@ -58,33 +60,42 @@ func modelCommand() *cli.Command {
 			},
 			{
 				Name:  "pretrain",
-				Usage: "train a base checkpoint centrally on MNIST (optionally on some digits only)",
+				Usage: "train a base checkpoint centrally on MNIST (some digits only) or on a words data set (e.g. English words only)",
 				Flags: []cli.Flag{modelFlag, outFlag,
-					&cli.StringFlag{Name: "digits", Value: "0,1,2,3,4", Usage: "comma-separated digits to train on", EnvVars: []string{"FEDTUNE_DIGITS"}},
+					&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "mnist, or a words data set such as words-en (with --model words-mlp)", EnvVars: []string{"FEDTUNE_DATASET"}},
+					&cli.StringFlag{Name: "digits", Value: "0,1,2,3,4", Usage: "mnist: comma-separated digits to train on", EnvVars: []string{"FEDTUNE_DIGITS"}},
 					&cli.IntFlag{Name: "epochs", Value: 1, Usage: "epochs", EnvVars: []string{"FEDTUNE_EPOCHS"}},
+					&cli.Float64Flag{Name: "lr", Value: 0.05, Usage: "learning rate (SGD, momentum 0.9, batch 64)", EnvVars: []string{"FEDTUNE_LR"}},
 					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation and shuffling seed", EnvVars: []string{"FEDTUNE_SEED"}}},
 				Action: func(c *cli.Context) error {
 					arch, err := model.Lookup(c.String("model"))
 					if err != nil {
 						return err
 					}
-					var digits []uint8
-					for _, d := range strings.Split(c.String("digits"), ",") {
-						v, err := strconv.Atoi(strings.TrimSpace(d))
-						if err != nil || v < 0 || v > 9 {
-							return fmt.Errorf("--digits: %q is not a digit 0-9", d)
+					name := c.String("dataset")
+					train, err := dataset.Load(name, dataset.Train)
+					if err != nil {
+						return err
+					}
+					test, err := dataset.Load(name, dataset.Test)
+					if err != nil {
+						return err
+					}
+					if name == "mnist" {
+						var digits []uint8
+						for _, d := range strings.Split(c.String("digits"), ",") {
+							v, err := strconv.Atoi(strings.TrimSpace(d))
+							if err != nil || v < 0 || v > 9 {
+								return fmt.Errorf("--digits: %q is not a digit 0-9", d)
+							}
+							digits = append(digits, uint8(v))
 						}
-						digits = append(digits, uint8(v))
+						train = train.Subset(train.WithLabels(digits...))
 					}
-					train, err := dataset.MNIST(dataset.Train)
-					if err != nil {
-						return err
+					if arch.Sizes[0] != train.Dim || arch.Sizes[len(arch.Sizes)-1] != train.Classes {
+						return fmt.Errorf("model %s takes %d inputs to %d classes; data set %s has %d to %d", c.String("model"), arch.Sizes[0], arch.Sizes[len(arch.Sizes)-1], name, train.Dim, train.Classes)
 					}
-					test, err := dataset.MNIST(dataset.Test)
-					if err != nil {
-						return err
-					}
-					params, err := demo.Pretrain(c.Context, arch, train.Subset(train.WithLabels(digits...)), c.Int("epochs"), c.Uint64("seed"), c.App.Writer)
+					params, err := demo.Pretrain(c.Context, arch, train, c.Int("epochs"), c.Float64("lr"), c.Uint64("seed"), c.App.Writer)
 					if err != nil {
 						return err
 					}
@@ -97,8 +108,47 @@ func modelCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(c.App.Writer, "test accuracy on all 10 digits: %.2f%%\n", 100*res.Accuracy)
+					fmt.Fprintf(c.App.Writer, "test accuracy on %s: %.2f%% (loss %.4f)\n", name, 100*res.Accuracy, res.Loss)
 					return tensor.WriteFile(c.String("output"), params, tensor.F32)
+				},
+			},
+			{
+				Name:      "eval",
+				Usage:     "score a checkpoint on a data set's test split (accuracy, loss, bits per example)",
+				ArgsUsage: "FILE",
+				Flags: []cli.Flag{modelFlag,
+					&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "mnist, words, or words-<lang>[+<lang>…]", EnvVars: []string{"FEDTUNE_DATASET"}}},
+				Action: func(c *cli.Context) error {
+					if c.NArg() != 1 {
+						return fmt.Errorf("model eval: give one safetensors file (a LoRA job's: model export --merged)")
+					}
+					arch, err := model.Lookup(c.String("model"))
+					if err != nil {
+						return err
+					}
+					params, err := tensor.ReadFile(c.Args().First())
+					if err != nil {
+						return err
+					}
+					if err := tensor.SameLayout(params, arch.Layout()); err != nil {
+						return fmt.Errorf("model eval: %s does not fit %s (adapters? export the job with --merged): %w", c.Args().First(), c.String("model"), err)
+					}
+					test, err := dataset.Load(c.String("dataset"), dataset.Test)
+					if err != nil {
+						return err
+					}
+					ev, err := model.NewEvaluator(arch, 1000)
+					if err != nil {
+						return err
+					}
+					defer ev.Close()
+					res, err := ev.Evaluate(params, test)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "%s on %s (%d test examples): accuracy %.2f%%, loss %.4f nats = %.3f bits per example\n",
+						c.Args().First(), c.String("dataset"), test.Len(), 100*res.Accuracy, res.Loss, res.Loss/math.Ln2)
+					return nil
 				},
 			},
 			{

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -105,6 +106,7 @@ machine can stand in for sites holding different data.`,
 			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback", EnvVars: []string{"FEDTUNE_NO_ERROR_FEEDBACK"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
 			&cli.StringFlag{Name: "device", Value: "auto", Usage: "auto (an NVIDIA GPU if nvidia-smi finds one, else the CPU), cpu or gpu; advertised as labels device=, gpu=, gpu_free_mb=", EnvVars: []string{"FEDTUNE_DEVICE"}},
+			&cli.DurationFlag{Name: "probe-interval", Value: time.Minute, Usage: "how often the device's labels (GPU free memory, idle) are probed again, between tasks", EnvVars: []string{"FEDTUNE_PROBE_INTERVAL"}},
 			&cli.StringFlag{Name: "trainer", Value: "gorgonia", Usage: "gorgonia (built in), or exec: run --trainer-cmd for each task (see examples/external-trainer)", EnvVars: []string{"FEDTUNE_TRAINER"}},
 			&cli.StringFlag{Name: "trainer-cmd", Usage: "external trainer command (sh -c) for --trainer exec, e.g. \"python3 train.py\"", EnvVars: []string{"FEDTUNE_TRAINER_CMD"}},
 			&cli.StringFlag{Name: "trainer-dir", Usage: "where external-trainer task directories are made (default: the system temp dir)", EnvVars: []string{"FEDTUNE_TRAINER_DIR"}},
@@ -148,15 +150,13 @@ machine can stand in for sites holding different data.`,
 			if err != nil {
 				return err
 			}
-			if labels == nil {
-				labels = map[string]string{}
+			log.Info("device", "kind", dev.Kind, "gpu", dev.Name, "free_mb", dev.FreeMB, "util", dev.Util)
+			// The device's labels are probed again between tasks (free
+			// memory, idle); an explicit --label wins over them.
+			probe := func(ctx context.Context) (map[string]string, error) {
+				d, err := worker.DetectDevice(ctx, dev.Kind)
+				return d.Labels(), err
 			}
-			for k, v := range dev.Labels() {
-				if _, set := labels[k]; !set { // an explicit --label wins
-					labels[k] = v
-				}
-			}
-			log.Info("device", "kind", dev.Kind, "gpu", dev.Name, "free_mb", dev.FreeMB)
 			local, err := localData(c)
 			if err != nil {
 				return err
@@ -183,7 +183,7 @@ machine can stand in for sites holding different data.`,
 			if err != nil {
 				return err
 			}
-			w, err := worker.New(worker.Config{ID: c.String("id"), TLS: tlsNode, GossipKeys: keys, Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels,
+			w, err := worker.New(worker.Config{ID: c.String("id"), TLS: tlsNode, GossipKeys: keys, Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels, Probe: probe, ProbeInterval: c.Duration("probe-interval"),
 				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
 			if err != nil {
 				return err

@@ -94,9 +94,10 @@ func getBlob(ctx context.Context, conn grpc.ClientConnInterface, req *pb.GetBlob
 	return b, nil
 }
 
-// ExportModel fetches a job's model (round 0: newest) as safetensors bytes.
-func ExportModel(ctx context.Context, conn grpc.ClientConnInterface, job string, round uint32) ([]byte, error) {
-	stream, err := pb.NewAdminClient(conn).ExportModel(ctx, &pb.ExportModelRequest{Job: job, Round: round})
+// ExportModel fetches a job's model (round 0: newest) as safetensors bytes;
+// merged asks a LoRA job for its base with the adapters folded in.
+func ExportModel(ctx context.Context, conn grpc.ClientConnInterface, job string, round uint32, merged bool) ([]byte, error) {
+	stream, err := pb.NewAdminClient(conn).ExportModel(ctx, &pb.ExportModelRequest{Job: job, Round: round, Merged: merged})
 	if err != nil {
 		return nil, fmt.Errorf("export model of %s: %w", job, err)
 	}

@@ -127,7 +127,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	fmt.Fprintf(out, "fedtune demo: %d workers, %d rounds, model %s %v\n", cfg.Workers, cfg.Rounds, cfg.Model, arch.Sizes)
 	fmt.Fprintf(out, "step 1/3  base model: central training on digits %v only (%d epoch)\n", cfg.BaseLabels, cfg.BaseEpochs)
 	baseData := train.Subset(train.WithLabels(cfg.BaseLabels...))
-	base, err := Pretrain(ctx, arch, baseData, cfg.BaseEpochs, cfg.Seed, out)
+	base, err := Pretrain(ctx, arch, baseData, cfg.BaseEpochs, 0.05, cfg.Seed, out)
 	if err != nil {
 		return res, err
 	}
@@ -217,7 +217,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	final, err := client.ExportModel(ctx, conn, "demo", 0)
+	final, err := client.ExportModel(ctx, conn, "demo", 0, false)
 	if err != nil {
 		return res, err
 	}
@@ -254,7 +254,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 // Pretrain trains a fresh model centrally on data for epochs, printing a
 // line per epoch.
-func Pretrain(ctx context.Context, arch model.MLP, data *dataset.Examples, epochs int, seed uint64, out io.Writer) (tensor.Set, error) {
+func Pretrain(ctx context.Context, arch model.MLP, data *dataset.Examples, epochs int, lr float64, seed uint64, out io.Writer) (tensor.Set, error) {
 	tr, err := model.NewTrainer(arch)
 	if err != nil {
 		return tensor.Set{}, err
@@ -262,12 +262,12 @@ func Pretrain(ctx context.Context, arch model.MLP, data *dataset.Examples, epoch
 	defer tr.Close()
 	params := arch.Init(seed)
 	for e := range epochs {
-		next, met, err := tr.Train(ctx, params, data, model.TrainConfig{Epochs: 1, BatchSize: 64, LR: 0.05, Momentum: 0.9, Seed: seed + uint64(e)})
+		next, met, err := tr.Train(ctx, params, data, model.TrainConfig{Epochs: 1, BatchSize: 64, LR: lr, Momentum: 0.9, Seed: seed + uint64(e)})
 		if err != nil {
 			return tensor.Set{}, err
 		}
 		params = next
-		fmt.Fprintf(out, "          epoch %d/%d: %d images, loss %.4f, %.0f images/s\n", e+1, epochs, data.Len(), met.Loss, float64(met.Seen)/met.Seconds)
+		fmt.Fprintf(out, "          epoch %d/%d: %d examples, loss %.4f, %.0f examples/s\n", e+1, epochs, data.Len(), met.Loss, float64(met.Seen)/met.Seconds)
 	}
 	return params, nil
 }

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -95,9 +96,9 @@ var Profiles = []string{"local", "lan", "wan"}
 
 // Node is a running gossip member.
 type Node struct {
-	ml   *memberlist.Memberlist
-	meta []byte
-	kr   *memberlist.Keyring // nil: gossip is not encrypted
+	ml  *memberlist.Memberlist
+	del *delegate
+	kr  *memberlist.Keyring // nil: gossip is not encrypted
 }
 
 // ErrNoKeyring means the node started without a gossip key: encryption
@@ -147,13 +148,42 @@ func (n *Node) SetKeys(keys []string) error {
 	return nil
 }
 
-type delegate struct{ meta []byte }
+type delegate struct {
+	mu   sync.Mutex
+	meta []byte
+}
 
 func (d *delegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if len(d.meta) > limit {
 		return nil
 	}
 	return d.meta
+}
+
+// SetMeta changes what this node advertises and gossips the change to the
+// pool (within timeout).
+func (n *Node) SetMeta(m Meta, timeout time.Duration) error {
+	meta, err := encodeMeta(m)
+	if err != nil {
+		return err
+	}
+	n.del.mu.Lock()
+	n.del.meta = meta
+	n.del.mu.Unlock()
+	return n.ml.UpdateNode(timeout)
+}
+
+func encodeMeta(m Meta) ([]byte, error) {
+	meta, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("gossip meta: %w", err)
+	}
+	if len(meta) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("gossip meta is %d bytes, limit %d: use fewer or shorter labels", len(meta), memberlist.MetaMaxSize)
+	}
+	return meta, nil
 }
 func (d *delegate) NotifyMsg([]byte)                           {}
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
@@ -162,12 +192,9 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
 // Start creates the gossip node and starts listening; call Join to meet the pool.
 func Start(cfg Config) (*Node, error) {
-	meta, err := json.Marshal(cfg.Meta)
+	meta, err := encodeMeta(cfg.Meta)
 	if err != nil {
-		return nil, fmt.Errorf("gossip meta: %w", err)
-	}
-	if len(meta) > memberlist.MetaMaxSize {
-		return nil, fmt.Errorf("gossip meta is %d bytes, limit %d: use fewer or shorter labels", len(meta), memberlist.MetaMaxSize)
+		return nil, err
 	}
 	host, portStr, err := net.SplitHostPort(cfg.BindAddr)
 	if err != nil {
@@ -199,7 +226,8 @@ func Start(cfg Config) (*Node, error) {
 	mc.Name = cfg.Name
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertisePort = port
-	mc.Delegate = &delegate{meta: meta}
+	del := &delegate{meta: meta}
+	mc.Delegate = del
 	out := cfg.LogOutput
 	if out == nil {
 		out = io.Discard
@@ -217,7 +245,7 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	return &Node{ml: ml, meta: meta, kr: mc.Keyring}, nil
+	return &Node{ml: ml, del: del, kr: mc.Keyring}, nil
 }
 
 // Addr returns the address other nodes reach this one's gossip at.

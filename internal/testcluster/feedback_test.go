@@ -26,8 +26,8 @@ type recorder struct {
 	deltas map[uint32]tensor.Set
 }
 
-func (r *recorder) Train(ctx context.Context, base tensor.Set, task *pb.Task) (worker.Result, error) {
-	res, err := r.GorgoniaTrainer.Train(ctx, base, task)
+func (r *recorder) Train(ctx context.Context, in worker.Input, task *pb.Task) (worker.Result, error) {
+	res, err := r.GorgoniaTrainer.Train(ctx, in, task)
 	if err == nil {
 		r.mu.Lock()
 		r.deltas[task.Round] = res.Delta.Clone()

@@ -68,7 +68,7 @@ func TestRestartFromSnapshotAndLog(t *testing.T) {
 	conn, _ := pool.Conn(c2.GRPCAddr())
 	for _, j := range got {
 		for _, r := range j.History {
-			if _, err := client.ExportModel(t.Context(), conn, j.Spec.Name, r.Number); err != nil {
+			if _, err := client.ExportModel(t.Context(), conn, j.Spec.Name, r.Number, false); err != nil {
 				t.Errorf("model of %s round %d not readable after restart: %v", j.Spec.Name, r.Number, err)
 			}
 		}
