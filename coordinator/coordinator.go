@@ -189,7 +189,7 @@ type Coordinator struct {
 	metrics  *metrics
 	http     *http.Server
 
-	layouts sync.Map // model name -> tensor.Set layout, read-only once stored
+	layouts sync.Map    // model name -> tensor.Set layout, read-only once stored
 	frozen  frozenCache // LoRA jobs' frozen bases
 
 	mu           sync.Mutex

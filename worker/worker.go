@@ -113,7 +113,7 @@ type Worker struct {
 	// replaces the job's residual only once a leader accepts the update
 	// (a refused update is dropped whole, and its residual with it).
 	nextResidual *residual
-	keys         []string // gossip keyring last applied from a coordinator
+	keys         []string          // gossip keyring last applied from a coordinator
 	labels       map[string]string // advertised now
 	probed       time.Time
 }
