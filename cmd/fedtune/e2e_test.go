@@ -242,6 +242,11 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"sim", "--config", corrupt}, "experiment"},
 		{[]string{"sim", "--transport", "carrier-pigeon", "--dry-run"}, "transport"},
 		{[]string{"plot", corrupt}, "results"},
+		{[]string{"job", "submit", "--name", "x", "--lora-alpha", "4", "--coordinator", "127.0.0.1:1"}, "need --lora-rank"},
+		{[]string{"job", "submit", "--name", "x", "--lora-rank", "80", "--model", "mnist-mlp-small", "--coordinator", "127.0.0.1:1"}, "would not be low-rank"},
+		{[]string{"job", "submit", "--name", "x", "--lora-rank", "2", "--lora-aggregation", "exact", "--aggregator", "median", "--coordinator", "127.0.0.1:1"}, "cannot be combined"},
+		{[]string{"model", "eval", "--model", "mnist-mlp-small", corrupt}, "invalid safetensors"},
+		{[]string{"model", "pretrain", "--dataset", "words-xx", "-o", filepath.Join(t.TempDir(), "x")}, "unknown language"},
 	}
 	for _, c := range cases {
 		out, err := osexec.Command(binary, c.args...).CombinedOutput()
