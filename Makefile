@@ -7,7 +7,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 FUZZTIME  ?= 30s
 GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
-.PHONY: build demo test bench chaos proto vet fuzz mnist-verify words pydeps clean
+.PHONY: build demo test bench chaos proto vet fuzz mnist-verify words pydeps chromium testdeps clean
 
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -19,7 +19,7 @@ demo: build
 	./$(BIN) demo
 
 ## test: every test, including the multi-process and kill -9 tests
-test: words pydeps
+test: testdeps
 	@unformatted=$$(gofmt -l .); [ -z "$$unformatted" ] || { echo "not gofmt-formatted: $$unformatted"; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
@@ -65,6 +65,27 @@ words:
 		{ apt-get update -qq && apt-get install -y -qq wamerican wfrench wngerman wspanish >/dev/null; } || \
 		echo "could not install the word lists: the words tests will be skipped"; \
 	fi
+
+## testdeps: what the tests need from Debian, installed in one go if
+## missing: the word lists, NumPy (external trainer) and Chromium (the
+## dashboard's browser test). A test whose tool cannot be installed skips
+## with a message.
+testdeps:
+	@pkgs=; for f in $(WORDLISTS); do [ -f /usr/share/dict/$$f ] || pkgs="wamerican wfrench wngerman wspanish"; done; \
+	/usr/bin/python3 -c 'import numpy' 2>/dev/null || pkgs="$$pkgs python3-numpy"; \
+	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
+	if [ -n "$$pkgs" ]; then \
+		echo "installing test dependencies (Debian):$$pkgs"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; } || \
+		echo "could not install$$pkgs: the tests that need them will be skipped"; \
+	fi
+
+## chromium: headless Chromium for the dashboard test (Debian chromium), if missing
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing Chromium (Debian chromium) for the dashboard test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "could not install Chromium: the dashboard test will be skipped"; }
 
 ## pydeps: NumPy for the reference external trainer (Debian python3-numpy), if missing
 pydeps:

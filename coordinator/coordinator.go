@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/dashboard"
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
@@ -78,7 +79,8 @@ type Config struct {
 	// KeepUpdateRounds is how many recent committed rounds keep their
 	// update blobs (for verification); older ones are garbage-collected. Default 5.
 	KeepUpdateRounds int
-	// HTTPAddr, if set, serves Prometheus metrics on /metrics.
+	// HTTPAddr, if set, serves Prometheus metrics on /metrics and the
+	// read-only web dashboard on /.
 	HTTPAddr string
 	// GossipKeys, if any, encrypt gossip (gossip.Config.Keys): nodes
 	// without them are not seen.
@@ -188,6 +190,7 @@ type Coordinator struct {
 	submits  *submitLimits
 	metrics  *metrics
 	http     *http.Server
+	httpAddr string // where http listens ("" if off)
 
 	layouts sync.Map    // model name -> tensor.Set layout, read-only once stored
 	frozen  frozenCache // LoRA jobs' frozen bases
@@ -262,7 +265,9 @@ func New(cfg Config) (*Coordinator, error) {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+		mux.Handle("/", dashboard.Handler(dashboardView{c}, c.done))
 		c.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		c.httpAddr = hl.Addr().String()
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
@@ -299,6 +304,9 @@ func trimNL(p []byte) []byte {
 
 // GRPCAddr returns the address the gRPC services listen on.
 func (c *Coordinator) GRPCAddr() string { return c.lis.Addr().String() }
+
+// HTTPAddr returns the address of /metrics and the dashboard ("" if off).
+func (c *Coordinator) HTTPAddr() string { return c.httpAddr }
 
 // GossipAddr returns this node's gossip address.
 func (c *Coordinator) GossipAddr() string { return c.gossip.Addr() }

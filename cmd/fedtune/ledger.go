@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 	"text/tabwriter"
 
@@ -31,46 +30,11 @@ func ledgerCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			type row struct {
-				rounds, kept      int
-				samples           uint64
-				weight, cos, dist float64
-			}
-			rows := map[string]*row{}
-			for _, r := range resp.Job.History {
-				for _, u := range r.Accepted {
-					if rows[u.Worker] == nil {
-						rows[u.Worker] = &row{}
-					}
-					rows[u.Worker].samples += u.Samples
-				}
-				for _, s := range r.Scores {
-					w := rows[s.Worker]
-					if w == nil {
-						w = &row{}
-						rows[s.Worker] = w
-					}
-					w.rounds++
-					if s.Kept {
-						w.kept++
-					}
-					w.weight += s.Weight
-					w.cos += s.Cosine
-					w.dist += s.Distance
-				}
-			}
-			ids := make([]string, 0, len(rows))
-			for id := range rows {
-				ids = append(ids, id)
-			}
-			sort.Strings(ids)
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "job %s: %d committed rounds, rule %s\n", resp.Job.Spec.Name, len(resp.Job.History), resp.Job.Spec.Aggregator)
 			fmt.Fprintln(tw, "WORKER\tROUNDS\tKEPT\tSAMPLES\tTOTAL WEIGHT\tMEAN COSINE\tMEAN DISTANCE")
-			for _, id := range ids {
-				w := rows[id]
-				n := float64(max(w.rounds, 1))
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.4f\n", id, w.rounds, w.kept, w.samples, w.weight, w.cos/n, w.dist/n)
+			for _, w := range coordinator.Ledger(resp.Job) {
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.4f\n", w.Worker, w.Rounds, w.Kept, w.Samples, w.Weight, w.MeanCosine, w.MeanDistance)
 			}
 			return tw.Flush()
 		},

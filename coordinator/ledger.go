@@ -1,0 +1,54 @@
+package coordinator
+
+import (
+	"sort"
+
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// LedgerRow is one worker's contribution to a job, summed over its
+// committed rounds' scores.
+type LedgerRow struct {
+	Worker       string  `json:"worker"`
+	Rounds       int     `json:"rounds"`  // rounds its update was scored in
+	Kept         int     `json:"kept"`    // rounds a robust rule kept it
+	Samples      uint64  `json:"samples"` // examples it trained on, over accepted updates
+	Weight       float64 `json:"weight"`  // its total share of the aggregates
+	MeanCosine   float64 `json:"mean_cosine"`
+	MeanDistance float64 `json:"mean_distance"`
+}
+
+// Ledger returns a job's contribution ledger, by worker id.
+func Ledger(j *pb.Job) []LedgerRow {
+	rows := map[string]*LedgerRow{}
+	get := func(id string) *LedgerRow {
+		if rows[id] == nil {
+			rows[id] = &LedgerRow{Worker: id}
+		}
+		return rows[id]
+	}
+	for _, r := range j.GetHistory() {
+		for _, u := range r.Accepted {
+			get(u.Worker).Samples += u.Samples
+		}
+		for _, s := range r.Scores {
+			w := get(s.Worker)
+			w.Rounds++
+			if s.Kept {
+				w.Kept++
+			}
+			w.Weight += s.Weight
+			w.MeanCosine += s.Cosine
+			w.MeanDistance += s.Distance
+		}
+	}
+	out := make([]LedgerRow, 0, len(rows))
+	for _, w := range rows {
+		n := float64(max(w.Rounds, 1))
+		w.MeanCosine /= n
+		w.MeanDistance /= n
+		out = append(out, *w)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Worker < out[b].Worker })
+	return out
+}
