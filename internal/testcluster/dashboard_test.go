@@ -134,7 +134,7 @@ func TestDashboard(t *testing.T) {
 		"eu-1", "eu-2", "us-1", "region=us", // the workers
 		`data-job="regional-digits"`, "running", "trimmed-mean", // the job
 		`<polyline class="acc"`, `<polyline class="loss"`, // its curves
-		`class="ledger"`, // the ledger
+		`class="ledger"`,                 // the ledger
 		`id="conn" class="pill ok">live`, // connected over server-sent events
 	} {
 		if !strings.Contains(dom, want) {
