@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -26,6 +27,8 @@ type metrics struct {
 	roundsStarted   prometheus.Counter
 	updateBytes     *prometheus.CounterVec
 	aggregation     *prometheus.HistogramVec
+	roundDuration   prometheus.Histogram
+	blobSent        *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -35,7 +38,7 @@ func newMetrics() *metrics {
 			Help: "Times this node observed a change of Raft leader."}),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedtune_raft_is_leader", Help: "1 while this node leads."}),
 		failover: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedtune_failover_seconds",
-			Help:    "Time from losing contact with the old leader to this node's scheduler running as the new leader.",
+			Help:    "Time from this node's Raft noticing it has no leader (after its heartbeat timeout) to this node's scheduler running as the new leader.",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 10)}),
 		replicationLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedtune_blob_replication_seconds",
 			Help:    "Time for a blob to reach a quorum of coordinators.",
@@ -51,7 +54,10 @@ func newMetrics() *metrics {
 	m.updateBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_update_bytes_total", Help: "Bytes of accepted updates received, by codec."}, []string{"codec"})
 	m.aggregation = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fedtune_aggregation_seconds", Help: "Time to turn a round's updates into its new model (reading, decoding, the rule, the server optimizer), by rule.",
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"rule"})
-	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation)
+	m.roundDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedtune_round_duration_seconds", Help: "Time from a round's start to its commit (the attempt that committed).",
+		Buckets: prometheus.ExponentialBuckets(0.1, 2, 14)})
+	m.blobSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_blob_sent_bytes_total", Help: "Bytes of models and updates sent from this node's blob store, by caller role (worker, coordinator, admin)."}, []string{"to"})
+	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation, m.roundDuration, m.blobSent)
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())
 	return m
@@ -88,6 +94,31 @@ func (c *Coordinator) registerState() {
 			return float64(n)
 		}),
 	)
+	for _, st := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		c.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedtune_raft_state", Help: "1 for this node's Raft state, 0 for the others.",
+			ConstLabels: prometheus.Labels{"state": st.String()}}, func() float64 {
+			if c.raft.State() == st {
+				return 1
+			}
+			return 0
+		}))
+	}
+	for _, state := range []string{"alive", "gone"} {
+		c.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedtune_roster_workers", Help: "Workers in the replicated roster, by state: alive in gossip, or gone (within their grace period).",
+			ConstLabels: prometheus.Labels{"state": state}}, func() float64 {
+			alive := map[string]bool{}
+			for _, m := range c.gossip.WithRole(gossip.RoleWorker) {
+				alive[m.Name] = true
+			}
+			n := 0
+			for _, w := range c.fsm.Workers() {
+				if alive[w.Id] == (state == "alive") {
+					n++
+				}
+			}
+			return float64(n)
+		}))
+	}
 	for _, role := range []string{gossip.RoleCoordinator, gossip.RoleWorker} {
 		c.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedtune_gossip_members", Help: "Alive gossip members, by role.",
 			ConstLabels: prometheus.Labels{"role": role}}, func() float64 { return float64(len(c.gossip.WithRole(role))) }))

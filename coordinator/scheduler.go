@@ -252,6 +252,7 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 		return err
 	}
 	s.c.metrics.roundsCommitted.Inc()
+	s.c.metrics.roundDuration.Observe(time.Since(time.Unix(0, r.StartedUnixNano)).Seconds())
 	s.log.Info("round committed", "job", j.Spec.Name, "round", r.Number, "updates", len(r.Updates), "model", hash[:12],
 		"test_accuracy", metrics["test_accuracy"], "seconds", time.Since(start).Seconds())
 	return nil

@@ -39,6 +39,11 @@ func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) erro
 	if err != nil {
 		return toStatus(err)
 	}
+	to := callerIdentity(stream.Context()).Role
+	if to == "" {
+		to = "unauthenticated" // insecure mode
+	}
+	s.c.metrics.blobSent.WithLabelValues(to).Add(float64(len(b)))
 	return blobstream.Send(stream, req.Hash, b)
 }
 

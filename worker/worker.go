@@ -116,6 +116,7 @@ type Worker struct {
 	keys         []string          // gossip keyring last applied from a coordinator
 	labels       map[string]string // advertised now
 	probed       time.Time
+	metrics      *metrics
 }
 
 // ErrNoCluster is returned by Run when no node could be reached.
@@ -148,7 +149,7 @@ func New(cfg Config, trainer Trainer) (*Worker, error) {
 		}
 		pool = client.NewPoolTLS(cfg.TLS.ClientTLS())
 	}
-	return &Worker{cfg: cfg, trainer: trainer, log: cfg.Logger.With("node", cfg.ID), pool: pool, models: map[string]tensor.Set{}, residuals: map[string]tensor.Set{}}, nil
+	return &Worker{cfg: cfg, trainer: trainer, log: cfg.Logger.With("node", cfg.ID), pool: pool, models: map[string]tensor.Set{}, residuals: map[string]tensor.Set{}, metrics: newMetrics()}, nil
 }
 
 // Run joins the cluster and works until ctx ends. It returns ErrNoCluster
@@ -343,12 +344,23 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		// or ran out of time): this attempt is skipped rather than trained
 		// again in a loop, and the round goes on without this worker.
 		log.Error("training failed; skipping this round", "err", err)
+		w.metrics.tasks.WithLabelValues("failed").Inc()
 		w.markDone(pb.AttemptKey(t.Job, t.Round, t.Attempt))
 		return nil
 	}
 	payload, err := w.encode(cd, t.Job, res.Delta)
 	if err != nil {
 		return fmt.Errorf("task %s/%d: encode: %w", t.Job, t.Round, err)
+	}
+	w.metrics.tasks.WithLabelValues("trained").Inc()
+	w.metrics.samples.Add(float64(res.Samples))
+	if s := res.Metrics["seconds"]; s > 0 {
+		w.metrics.trainSeconds.Observe(s)
+	}
+	if sps := res.Metrics["samples_per_second"]; sps > 0 {
+		w.metrics.samplesPerSec.Set(sps)
+	} else if s := res.Metrics["seconds"]; s > 0 {
+		w.metrics.samplesPerSec.Set(float64(res.Samples) / s)
 	}
 	log.Info("trained", "samples", res.Samples, "loss", res.Metrics["loss"], "seconds", res.Metrics["seconds"], "bytes", len(payload))
 	if w.cfg.SubmitDelay > 0 {
@@ -379,6 +391,7 @@ func (w *Worker) submit(ctx context.Context) error {
 	case codes.OK:
 	case codes.FailedPrecondition, codes.NotFound, codes.PermissionDenied, codes.InvalidArgument, codes.ResourceExhausted:
 		w.log.Warn("update refused; dropping it", "job", p.Job, "round", p.Round, "err", err)
+		w.metrics.updates.WithLabelValues("refused").Inc()
 		w.pending, w.nextResidual = nil, nil
 		return nil
 	default:
@@ -388,6 +401,12 @@ func (w *Worker) submit(ctx context.Context) error {
 		return w.follow(resp.LeaderAddr) // resubmitted on the next step
 	}
 	w.log.Info("update accepted", "job", p.Job, "round", p.Round, "duplicate", resp.Duplicate)
+	outcome := "accepted"
+	if resp.Duplicate {
+		outcome = "duplicate"
+	}
+	w.metrics.updates.WithLabelValues(outcome).Inc()
+	w.metrics.updateBytes.WithLabelValues(p.Codec).Add(float64(len(p.Payload)))
 	w.commitResidual()
 	w.markDone(pb.AttemptKey(p.Job, p.Round, p.Attempt))
 	w.pending = nil

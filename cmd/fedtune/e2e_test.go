@@ -57,15 +57,17 @@ func run(t *testing.T, args ...string) string {
 
 // startWorkers starts count worker processes, each with a different non-IID
 // share of MNIST; extra[i], if given, adds flags to worker i.
-func startWorkers(pc *tc.ProcCluster, count, examples int, extra ...[]string) {
+func startWorkers(pc *tc.ProcCluster, count, examples int, extra ...[]string) []*tc.Proc {
+	var procs []*tc.Proc
 	for i := range count {
 		args := []string{"--num-partitions", fmt.Sprint(count), "--partition-index", fmt.Sprint(i), "--partition", "dirichlet",
 			"--alpha", "1", "--max-examples", fmt.Sprint(examples), "--label", fmt.Sprintf("region=r%d", i%2)}
 		if i < len(extra) {
 			args = append(args, extra[i]...)
 		}
-		pc.StartWorker(fmt.Sprintf("w%d", i+1), args...)
+		procs = append(procs, pc.StartWorker(fmt.Sprintf("w%d", i+1), args...))
 	}
+	return procs
 }
 
 func waitJob(t *testing.T, pc *tc.ProcCluster, name string, timeout time.Duration, cond func(*pb.Job) bool) *pb.Job {

@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
 	"github.com/fedtune/fedtune/coordinator"
@@ -40,7 +44,7 @@ recovers every committed round and resumes open jobs.`,
 			&cli.DurationFlag{Name: "raft-lease-timeout", Usage: "override the profile's leader lease (must be shorter than the heartbeat timeout)", EnvVars: []string{"FEDTUNE_RAFT_LEASE_TIMEOUT"}},
 			&cli.DurationFlag{Name: "server-grace", Value: 10 * time.Minute, Usage: "how long a coordinator may be gone from gossip before it leaves the Raft configuration", EnvVars: []string{"FEDTUNE_SERVER_GRACE"}},
 			&cli.Uint64Flag{Name: "snapshot-threshold", Value: 1024, Usage: "log entries between Raft snapshots", EnvVars: []string{"FEDTUNE_SNAPSHOT_THRESHOLD"}},
-			&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:7072", Usage: "HTTP address for /metrics (empty: off)", EnvVars: []string{"FEDTUNE_HTTP_ADDR"}},
+			&cli.StringFlag{Name: "http-addr", Value: "127.0.0.1:7072", Usage: "HTTP address for /metrics and the web dashboard at / (empty: off)", EnvVars: []string{"FEDTUNE_HTTP_ADDR"}},
 			&cli.Int64Flag{Name: "max-blob-bytes", Value: 1 << 30, Usage: "largest model or update accepted, in bytes", EnvVars: []string{"FEDTUNE_MAX_BLOB_BYTES"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
 			&cli.Float64Flag{Name: "submit-rate", Value: 2, Usage: "updates per second a worker may submit (token bucket; one per round is normal)", EnvVars: []string{"FEDTUNE_SUBMIT_RATE"}},
@@ -48,10 +52,11 @@ recovers every committed round and resumes open jobs.`,
 			&cli.DurationFlag{Name: "worker-grace", Value: 5 * time.Minute, Usage: "how long a worker may be gone from gossip before it leaves the roster", EnvVars: []string{"FEDTUNE_WORKER_GRACE"}},
 		},
 		Action: func(c *cli.Context) error {
-			log, err := logger(c, os.Stderr)
+			base, err := logger(c, os.Stderr)
 			if err != nil {
 				return err
 			}
+			log := base.With("node", c.String("id")) // the coordinator adds its node to its own lines
 			tlsNode, keys, err := nodeSecurity(c, log)
 			if err != nil {
 				return err
@@ -61,7 +66,7 @@ recovers every committed round and resumes open jobs.`,
 				GossipAddr: c.String("gossip-addr"), Join: c.StringSlice("join"), BootstrapExpect: c.Int("bootstrap-expect"), Profile: profile(c),
 				HeartbeatTimeout: c.Duration("raft-heartbeat-timeout"), ElectionTimeout: c.Duration("raft-election-timeout"), LeaderLeaseTimeout: c.Duration("raft-lease-timeout"),
 				ServerGrace: c.Duration("server-grace"), SnapshotThreshold: c.Uint64("snapshot-threshold"), HTTPAddr: c.String("http-addr"),
-				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, GossipKeys: keys, SubmitRate: c.Float64("submit-rate"), SubmitBurst: c.Int("submit-burst"), Logger: log,
+				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, GossipKeys: keys, SubmitRate: c.Float64("submit-rate"), SubmitBurst: c.Int("submit-burst"), Logger: base,
 			})
 			if err != nil {
 				return err
@@ -106,6 +111,7 @@ machine can stand in for sites holding different data.`,
 			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback", EnvVars: []string{"FEDTUNE_NO_ERROR_FEEDBACK"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
 			&cli.StringFlag{Name: "device", Value: "auto", Usage: "auto (an NVIDIA GPU if nvidia-smi finds one, else the CPU), cpu or gpu; advertised as labels device=, gpu=, gpu_free_mb=", EnvVars: []string{"FEDTUNE_DEVICE"}},
+			&cli.StringFlag{Name: "http-addr", Usage: "HTTP address for this worker's /metrics (training samples/s, tasks, updates, bytes); empty: off", EnvVars: []string{"FEDTUNE_WORKER_HTTP_ADDR"}},
 			&cli.DurationFlag{Name: "probe-interval", Value: time.Minute, Usage: "how often the device's labels (GPU free memory, idle) are probed again, between tasks", EnvVars: []string{"FEDTUNE_PROBE_INTERVAL"}},
 			&cli.StringFlag{Name: "trainer", Value: "gorgonia", Usage: "gorgonia (built in), or exec: run --trainer-cmd for each task (see examples/external-trainer)", EnvVars: []string{"FEDTUNE_TRAINER"}},
 			&cli.StringFlag{Name: "trainer-cmd", Usage: "external trainer command (sh -c) for --trainer exec, e.g. \"python3 train.py\"", EnvVars: []string{"FEDTUNE_TRAINER_CMD"}},
@@ -138,10 +144,11 @@ machine can stand in for sites holding different data.`,
 			},
 		}},
 		Action: func(c *cli.Context) error {
-			log, err := logger(c, os.Stderr)
+			base, err := logger(c, os.Stderr)
 			if err != nil {
 				return err
 			}
+			log := base.With("node", c.String("id")) // the worker adds its node to its own lines
 			labels, err := parseLabels("label", c.StringSlice("label"))
 			if err != nil {
 				return err
@@ -168,13 +175,13 @@ machine can stand in for sites holding different data.`,
 			}
 			switch c.String("trainer") {
 			case "gorgonia":
-				tr = worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log.With("node", c.String("id")))
+				tr = worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log)
 			case "exec":
 				if c.String("trainer-cmd") == "" {
 					return fmt.Errorf("--trainer exec needs --trainer-cmd")
 				}
 				tr = &worker.ExecTrainer{Cmd: c.String("trainer-cmd"), Dir: c.String("trainer-dir"), Timeout: c.Duration("trainer-timeout"),
-					Data: map[string]*dataset.Examples{c.String("dataset"): local}, Log: log.With("node", c.String("id"))}
+					Data: map[string]*dataset.Examples{c.String("dataset"): local}, Log: log}
 			default:
 				return fmt.Errorf("--trainer %q: want gorgonia or exec", c.String("trainer"))
 			}
@@ -184,13 +191,38 @@ machine can stand in for sites holding different data.`,
 				return err
 			}
 			w, err := worker.New(worker.Config{ID: c.String("id"), TLS: tlsNode, GossipKeys: keys, Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels, Probe: probe, ProbeInterval: c.Duration("probe-interval"),
-				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: log}, tr)
+				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: base}, tr)
 			if err != nil {
 				return err
+			}
+			if addr := c.String("http-addr"); addr != "" {
+				stop, err := serveMetrics(addr, w.Registry(), log)
+				if err != nil {
+					return err
+				}
+				defer stop()
 			}
 			return w.Run(c.Context)
 		},
 	}
+}
+
+// serveMetrics serves reg on addr's /metrics until stop is called.
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--http-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && err != http.ErrServerClosed {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("metrics", "addr", "http://"+l.Addr().String()+"/metrics")
+	return func() { srv.Close() }, nil
 }
 
 // nodeSecurity loads a node's certificate (named by its --id) from

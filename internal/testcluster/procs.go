@@ -76,6 +76,9 @@ func StartProc(t testing.TB, bin, name string, args ...string) *Proc {
 	return p
 }
 
+// Output returns what the process printed so far (stdout and stderr).
+func (p *Proc) Output() string { return p.out.String() }
+
 // Kill sends SIGKILL (kill -9) and waits for the process to be gone.
 func (p *Proc) Kill() {
 	select {
