@@ -7,12 +7,24 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 FUZZTIME  ?= 30s
 GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
-.PHONY: build demo test bench chaos proto vet fuzz mnist-verify words pydeps chromium testdeps clean
+.PHONY: build release demo test bench chaos proto vet fuzz mnist-verify words pydeps chromium testdeps clean
 
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 build:
 	$(GO) build -ldflags "-X main.buildVersion=$(VERSION)" -o $(BIN) ./cmd/fedtune
+
+## release: static binaries (CGO_ENABLED=0, stripped) for linux/amd64,
+## linux/arm64 and darwin/arm64 in dist/, with SHA256SUMS
+RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/arm64
+release:
+	@mkdir -p dist && rm -f dist/fedtune-* dist/SHA256SUMS
+	@for p in $(RELEASE_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; out=dist/fedtune-$(VERSION)-$$os-$$arch; \
+		echo "building $$out"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -buildvcs=auto -trimpath -ldflags "-s -w -X main.buildVersion=$(VERSION)" -o $$out ./cmd/fedtune || exit 1; \
+	done
+	@cd dist && sha256sum fedtune-* > SHA256SUMS && ls -l fedtune-* && cat SHA256SUMS
 
 ## demo: the end-to-end demo (1 coordinator, 4 workers, MNIST) on this machine
 demo: build

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -61,7 +62,7 @@ func newApp() *cli.App {
 				Name:  "version",
 				Usage: "print the version and build information",
 				Action: func(c *cli.Context) error {
-					fmt.Fprintln(c.App.Writer, "fedtune", version())
+					fmt.Fprint(c.App.Writer, buildInfo())
 					return nil
 				},
 			},
@@ -87,6 +88,36 @@ func version() string {
 		}
 	}
 	return v + " " + bi.GoVersion
+}
+
+// buildInfo describes the binary: version, commit and its time, whether
+// the tree was modified, Go version and platform, and whether it is
+// statically linked (no cgo).
+func buildInfo() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "fedtune (no build information)\n"
+	}
+	set := map[string]string{}
+	for _, s := range bi.Settings {
+		set[s.Key] = s.Value
+	}
+	v := cmp.Or(buildVersion, bi.Main.Version)
+	var b strings.Builder
+	fmt.Fprintf(&b, "fedtune %s\n", v)
+	if r := set["vcs.revision"]; r != "" {
+		fmt.Fprintf(&b, "commit  %s %s", r, set["vcs.time"])
+		if set["vcs.modified"] == "true" {
+			b.WriteString(" (modified)")
+		}
+		b.WriteString("\n")
+	}
+	linking := "static (CGO_ENABLED=0)"
+	if set["CGO_ENABLED"] == "1" {
+		linking = "dynamic (cgo)"
+	}
+	fmt.Fprintf(&b, "go      %s %s/%s, %s\n", bi.GoVersion, set["GOOS"], set["GOARCH"], linking)
+	return b.String()
 }
 
 // logger builds the slog logger the global flags ask for.

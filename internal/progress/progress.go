@@ -30,7 +30,8 @@ func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
 		r.Updates, r.Samples, pct(r.Metrics, "test_accuracy"), num(r.Metrics, "test_loss"), num(r.Metrics, "train_loss"), secs)
 }
 
-// OpenRoundLine describes a round in progress: updates in and time left.
+// OpenRoundLine describes a round in progress: updates in, a bar of the
+// time to its deadline, and the newest committed test accuracy.
 func OpenRoundLine(j *pb.Job, now time.Time) string {
 	r := j.OpenRound
 	if r == nil {
@@ -38,8 +39,12 @@ func OpenRoundLine(j *pb.Job, now time.Time) string {
 	}
 	total := time.Duration(r.DeadlineUnixNano - r.StartedUnixNano)
 	elapsed := now.Sub(time.Unix(0, r.StartedUnixNano))
-	return fmt.Sprintf("round %d: %d/%d updates, %s %.0fs to deadline", r.Number, len(r.Updates), len(r.Selected),
-		Bar(int(elapsed), int(total), 20), max(0, (total-elapsed).Seconds()))
+	acc := pct(j.BaseMetrics, "test_accuracy")
+	if n := len(j.History); n > 0 {
+		acc = pct(j.History[n-1].Metrics, "test_accuracy")
+	}
+	return fmt.Sprintf("round %d: %d/%d updates, %s %.0fs to deadline, test accuracy %s", r.Number, len(r.Updates), len(r.Selected),
+		Bar(int(elapsed), int(total), 20), max(0, (total-elapsed).Seconds()), acc)
 }
 
 func status(j *pb.Job) string {

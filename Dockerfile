@@ -1,0 +1,31 @@
+# fedtune: one static binary in an empty image, running as a non-root user.
+#   docker build -t fedtune .
+#   docker run --rm fedtune version
+# Coordinators keep their Raft log, snapshots and blobs in /data (a volume);
+# see examples/compose for a 3-coordinator, 4-worker cluster.
+
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+# CGO_ENABLED=0: a static binary that runs FROM scratch.
+RUN CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags "-s -w -X main.buildVersion=${VERSION}" -o /out/fedtune ./cmd/fedtune \
+ && /out/fedtune version \
+ && mkdir -p /out/data /out/state /out/tmp && chown 65532:65532 /out/data /out/state /out/tmp
+
+FROM scratch
+COPY --from=build /out/fedtune /fedtune
+# Writable directories owned by the runtime user: the coordinator's data
+# dir, the worker's state dir, and a temp dir (external trainers' task dirs).
+COPY --from=build --chown=65532:65532 /out/data /data
+COPY --from=build --chown=65532:65532 /out/state /state
+COPY --from=build --chown=65532:65532 /out/tmp /tmp
+USER 65532:65532
+ENV TMPDIR=/tmp FEDTUNE_DATA_DIR=/data FEDTUNE_STATE_DIR=/state
+VOLUME ["/data", "/state"]
+# gRPC, Raft, gossip (TCP and UDP), HTTP (/metrics and the dashboard)
+EXPOSE 7070 7071 7946 7946/udp 7072
+ENTRYPOINT ["/fedtune"]
+CMD ["--help"]

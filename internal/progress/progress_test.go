@@ -1,0 +1,49 @@
+package progress
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+func TestBar(t *testing.T) {
+	for _, c := range []struct {
+		done, total, width int
+		want               string
+	}{
+		{0, 10, 4, "[----]"},
+		{5, 10, 4, "[##--]"},
+		{10, 10, 4, "[####]"},
+		{12, 10, 4, "[####]"}, // past the end: full
+		{-1, 10, 4, "[----]"},
+		{3, 0, 4, "[####]"}, // no total: treated as 1
+	} {
+		if got := Bar(c.done, c.total, c.width); got != c.want {
+			t.Errorf("Bar(%d, %d, %d) = %q, want %q", c.done, c.total, c.width, got, c.want)
+		}
+	}
+}
+
+func TestOpenRoundLine(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	j := &pb.Job{Spec: &pb.JobSpec{Name: "j", Rounds: 5}, Status: pb.JobStatus_JOB_STATUS_RUNNING,
+		BaseMetrics: map[string]float64{"test_accuracy": 0.5},
+		OpenRound: &pb.Round{Number: 2, Selected: []string{"a", "b", "c"}, Updates: []*pb.AcceptedUpdate{{Worker: "a"}},
+			StartedUnixNano: t0.UnixNano(), DeadlineUnixNano: t0.Add(60 * time.Second).UnixNano()}}
+	got := OpenRoundLine(j, t0.Add(15*time.Second))
+	for _, want := range []string{"round 2", "1/3 updates", "[#####---------------]", "45s to deadline", "test accuracy 50.00%"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("%q lacks %q", got, want)
+		}
+	}
+	j.History = []*pb.RoundRecord{{Number: 1, Metrics: map[string]float64{"test_accuracy": 0.9}}}
+	if got := OpenRoundLine(j, t0); !strings.Contains(got, "test accuracy 90.00%") {
+		t.Errorf("after a committed round: %q", got)
+	}
+	j.OpenRound = nil
+	if got := OpenRoundLine(j, t0); got != "job j: running, 1/5 rounds committed" {
+		t.Errorf("between rounds: %q", got)
+	}
+}
