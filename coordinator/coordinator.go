@@ -265,7 +265,7 @@ func New(cfg Config) (*Coordinator, error) {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
-		mux.Handle("/", dashboard.Handler(dashboardView{c}, c.done))
+		mux.Handle("/", dashboard.Handler(dashboardView{c}, c.done, c.metrics.dashboardStreams.Inc))
 		c.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		c.httpAddr = hl.Addr().String()
 		c.wg.Add(1)

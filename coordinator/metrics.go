@@ -14,21 +14,22 @@ import (
 // metrics are a coordinator's Prometheus series, in a registry of its own
 // (no package-level state: several coordinators can share a process).
 type metrics struct {
-	reg             *prometheus.Registry
-	leaderChanges   prometheus.Counter
-	isLeader        prometheus.Gauge
-	failover        prometheus.Histogram
-	replicationLag  prometheus.Histogram
-	roundsCommitted prometheus.Counter
-	roundsAborted   prometheus.Counter
-	updatesAccepted prometheus.Counter
-	updatesRejected *prometheus.CounterVec
-	authRefused     *prometheus.CounterVec
-	roundsStarted   prometheus.Counter
-	updateBytes     *prometheus.CounterVec
-	aggregation     *prometheus.HistogramVec
-	roundDuration   prometheus.Histogram
-	blobSent        *prometheus.CounterVec
+	reg              *prometheus.Registry
+	leaderChanges    prometheus.Counter
+	isLeader         prometheus.Gauge
+	failover         prometheus.Histogram
+	replicationLag   prometheus.Histogram
+	roundsCommitted  prometheus.Counter
+	roundsAborted    prometheus.Counter
+	updatesAccepted  prometheus.Counter
+	updatesRejected  *prometheus.CounterVec
+	authRefused      *prometheus.CounterVec
+	roundsStarted    prometheus.Counter
+	updateBytes      *prometheus.CounterVec
+	aggregation      *prometheus.HistogramVec
+	roundDuration    prometheus.Histogram
+	blobSent         *prometheus.CounterVec
+	dashboardStreams prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -57,7 +58,8 @@ func newMetrics() *metrics {
 	m.roundDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedtune_round_duration_seconds", Help: "Time from a round's start to its commit (the attempt that committed).",
 		Buckets: prometheus.ExponentialBuckets(0.1, 2, 14)})
 	m.blobSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_blob_sent_bytes_total", Help: "Bytes of models and updates sent from this node's blob store, by caller role (worker, coordinator, admin)."}, []string{"to"})
-	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation, m.roundDuration, m.blobSent)
+	m.dashboardStreams = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_dashboard_streams_total", Help: "Dashboard event streams opened (browsers showing the live dashboard)."})
+	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation, m.roundDuration, m.blobSent, m.dashboardStreams)
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())
 	return m

@@ -36,7 +36,9 @@ const minGap = 250 * time.Millisecond
 // Handler serves the page at /, its assets, /api/state (JSON) and
 // /api/events (the state as server-sent events, whenever it changes). It
 // answers 404 for anything else, so it can sit at a mux's root.
-func Handler(src Source, done <-chan struct{}) http.Handler {
+//
+// onStream, if set, is called when a client opens the event stream.
+func Handler(src Source, done <-chan struct{}, onStream func()) http.Handler {
 	static, _ := fs.Sub(assets, "assets")
 	files := http.FileServerFS(static)
 	mux := http.NewServeMux()
@@ -65,7 +67,12 @@ func Handler(src Source, done <-chan struct{}) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Write(b)
 	})
-	mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) { events(w, r, src, done) })
+	mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) {
+		if onStream != nil {
+			onStream()
+		}
+		events(w, r, src, done)
+	})
 	return mux
 }
 

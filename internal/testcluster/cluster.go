@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,13 +68,32 @@ func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 // FreeAddr returns a free 127.0.0.1 TCP address.
 func FreeAddr(t testing.TB) string { return freeAddrTB(t) }
 
+// handedOut is every address FreeAddr returned in this process: the
+// kernel may give a just-closed port again, and two nodes of one test
+// would then collide (seen: a coordinator's gRPC port handed out again as
+// another's gossip port).
+var handedOut = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
 func freeAddrTB(t testing.TB) string {
-	l, err := netListen()
-	if err != nil {
-		t.Fatal(err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		l, err := netListen()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handedOut.m[addr] {
+			handedOut.m[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no fresh free port in 100 tries")
+	return ""
 }
 
 // Start starts (or restarts) a node on its data directory and addresses,
