@@ -111,6 +111,11 @@ func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.Strea
 // base model of an open round that selected it (and a LoRA job's frozen base).
 func (c *Coordinator) workerMayFetch(worker, hash string) bool {
 	for _, j := range c.fsm.Jobs() {
+		for _, a := range j.Async.GetAssignments() {
+			if a.Worker == worker && (a.BaseModel == hash || (j.Spec.Lora != nil && j.Spec.BaseModel == hash)) {
+				return true
+			}
+		}
 		r := j.OpenRound
 		if r == nil || (r.BaseModel != hash && (j.Spec.Lora == nil || j.Spec.BaseModel != hash)) {
 			continue

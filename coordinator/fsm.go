@@ -74,6 +74,7 @@ var appliers = map[pb.CommandType]applyFn{
 	pb.CommandType_COMMAND_TYPE_REMOVE_WORKER: applyRemoveWorker,
 	pb.CommandType_COMMAND_TYPE_REVOKE_WORKER: applyRevokeWorker,
 	pb.CommandType_COMMAND_TYPE_KEYRING:       applyKeyring,
+	pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS:  applyAssignTasks,
 }
 
 // Apply applies one committed log entry. It returns nil or an error
@@ -137,6 +138,9 @@ func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 		SubmittedUnixNano: at,
 		BaseMetrics:       c.BaseMetrics,
 	}
+	if IsAsync(c.Spec) {
+		f.jobs[name].Async = &pb.AsyncState{NextTask: 1, VersionStartedUnixNano: at}
+	}
 	return nil
 }
 
@@ -159,6 +163,9 @@ func applyStartRound(f *FSM, payload []byte, _ int64) error {
 	j, err := f.runningJob(c.Job)
 	if err != nil {
 		return err
+	}
+	if IsAsync(j.Spec) {
+		return fmt.Errorf("start round of %q: an async job has no rounds: %w", c.Job, ErrStaleRound)
 	}
 	if j.OpenRound != nil {
 		return fmt.Errorf("start round %d of %q: round %d: %w", c.Round.GetNumber(), c.Job, j.OpenRound.Number, ErrRoundOpen)
@@ -192,6 +199,9 @@ func applyAcceptUpdate(f *FSM, payload []byte, _ int64) error {
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
+	if j, ok := f.jobs[c.Job]; ok && IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
+		return acceptAsync(j, &c)
+	}
 	_, r, err := f.openRound(c.Job, c.Round)
 	if err != nil {
 		return err
@@ -220,6 +230,9 @@ func applyCommitRound(f *FSM, payload []byte, at int64) error {
 	var c pb.CommitRound
 	if err := decode(payload, &c); err != nil {
 		return err
+	}
+	if j, ok := f.jobs[c.Job]; ok && IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
+		return commitAsync(j, &c, at)
 	}
 	j, r, err := f.openRound(c.Job, c.Round)
 	if err != nil {

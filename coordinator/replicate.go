@@ -181,6 +181,12 @@ func (c *Coordinator) referenced() map[string]bool {
 				}
 			}
 		}
+		for _, a := range j.Async.GetAssignments() {
+			ref[a.BaseModel] = true
+		}
+		for _, u := range j.Async.GetBuffer() {
+			ref[u.Blob] = true
+		}
 		if r := j.OpenRound; r != nil {
 			ref[r.BaseModel] = true
 			for _, u := range r.Updates {

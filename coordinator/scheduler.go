@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -130,6 +131,9 @@ func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 }
 
 func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.WorkerInfo) error {
+	if IsAsync(j.Spec) {
+		return s.stepAsync(ctx, j, alive)
+	}
 	name := j.Spec.Name
 	now := s.c.clock.Now()
 	r := j.OpenRound
@@ -176,14 +180,49 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	return nil
 }
 
+// stepAsync drives an async job: a new version as soon as the buffer holds
+// buffer_size updates, then assignments for free workers.
+func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*pb.WorkerInfo) error {
+	name, k := j.Spec.Name, int(j.Spec.Async.GetBufferSize())
+	if buf := j.Async.GetBuffer(); len(buf) >= k {
+		r := &pb.Round{Number: Version(j) + 1, BaseModel: j.CurrentModel, Updates: buf[:k], StartedUnixNano: j.Async.VersionStartedUnixNano}
+		if err := s.commit(ctx, j, r); err != nil {
+			return fmt.Errorf("commit version %d: %w", r.Number, err)
+		}
+		return nil // assignments on the next tick, from the new version
+	}
+	assign, release := PlanAssignments(j, s.withLoad(name, alive), s.c.clock.Now())
+	if len(assign)+len(release) == 0 {
+		return nil
+	}
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS, &pb.AssignTasks{Job: name, Assign: assign, Release: release, Reason: "past the deadline or too stale"}); err != nil {
+		return fmt.Errorf("assign tasks: %w", err)
+	}
+	if len(release) > 0 {
+		s.c.metrics.roundsAborted.Add(float64(len(release)))
+		s.log.Warn("assignments withdrawn", "job", name, "version", Version(j), "tasks", release)
+	}
+	for _, a := range assign {
+		s.log.Info("task assigned", "job", name, "version", a.Version, "round", a.Version, "worker", a.Worker, "task", a.Task)
+	}
+	s.c.metrics.roundsStarted.Add(float64(len(assign)))
+	return nil
+}
+
 // withLoad returns the live workers with idle=false on those still
-// training for another job's open round, so that PlanRound prefers workers
-// with nothing to do.
+// training for another job (an open round or an async assignment), so that
+// planning prefers workers with nothing to do.
 func (s *scheduler) withLoad(job string, alive map[string]*pb.WorkerInfo) []*pb.WorkerInfo {
 	training := map[string]bool{}
 	for _, j := range s.c.fsm.Jobs() {
+		if j.Spec.Name == job || j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+			continue
+		}
+		for _, a := range j.Async.GetAssignments() {
+			training[a.Worker] = true
+		}
 		r := j.OpenRound
-		if r == nil || j.Spec.Name == job || j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+		if r == nil {
 			continue
 		}
 		for _, id := range r.Selected {
@@ -248,7 +287,11 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics, Scores: scores, OptimizerState: stateHash}); err != nil {
+	commit := &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics, Scores: scores, OptimizerState: stateHash}
+	if IsAsync(j.Spec) {
+		commit.Buffered = uint32(len(r.Updates))
+	}
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, commit); err != nil {
 		return err
 	}
 	s.c.metrics.roundsCommitted.Inc()
@@ -281,14 +324,22 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	// demand from their payloads — so memory stays near one model plus a
 	// block per update, whatever the number of updates.
 	var ups []aggregation.Update
-	var lossSum, weight float64
+	var lossSum, weight, staleSum float64
 	for _, u := range r.Updates {
 		src, closeFn, err := c.updateVector(ctx, u, base.Len())
 		if err != nil {
 			return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
 		}
 		defer closeFn()
-		ups = append(ups, aggregation.Update{Worker: u.Worker, Source: src, Samples: u.Samples})
+		key := u.Worker
+		if IsAsync(spec) {
+			// An update τ versions stale counts s(τ) times its delta
+			// (FedBuff); one worker may have several in a buffer.
+			tau := r.Number - 1 - min(u.BaseVersion, r.Number-1)
+			staleSum += float64(tau)
+			src, key = tensor.Scaled(src, float32(StalenessWeight(spec.Async, tau))), asyncKey(u)
+		}
+		ups = append(ups, aggregation.Update{Worker: key, Source: src, Samples: u.Samples})
 		if l, ok := u.Metrics["loss"]; ok {
 			lossSum += l * float64(u.Samples)
 			weight += float64(u.Samples)
@@ -298,12 +349,15 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	if weight > 0 {
 		metrics["train_loss"] = lossSum / weight
 	}
+	if IsAsync(spec) && len(r.Updates) > 0 {
+		metrics["mean_staleness"] = staleSum / float64(len(r.Updates))
+	}
 	if spec.GetLora().GetAggregation() == LoRAExact {
 		next, sc, err := aggregateExact(base, ups)
 		if err != nil {
 			return fail(err)
 		}
-		return next, metrics, pbScores(sc), tensor.Set{}, nil
+		return next, metrics, pbScores(sc, false), tensor.Set{}, nil
 	}
 	delta, sc, err := agg.Aggregate(ups)
 	if err != nil {
@@ -326,13 +380,19 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	if base, state, err = opt.Step(base, delta, state); err != nil {
 		return fail(err)
 	}
-	return base, metrics, pbScores(sc), state, nil
+	return base, metrics, pbScores(sc, IsAsync(spec)), state, nil
 }
 
-func pbScores(sc []aggregation.Score) []*pb.Score {
+// pbScores converts scores for the ledger, by worker id (an async key
+// "worker#task" names its worker).
+func pbScores(sc []aggregation.Score, async bool) []*pb.Score {
 	scores := make([]*pb.Score, 0, len(sc))
 	for _, s := range sc {
-		scores = append(scores, &pb.Score{Worker: s.Worker, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept})
+		w := s.Worker
+		if i := strings.LastIndexByte(w, '#'); async && i > 0 {
+			w = w[:i]
+		}
+		scores = append(scores, &pb.Score{Worker: w, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept})
 	}
 	return scores
 }

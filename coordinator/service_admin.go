@@ -131,6 +131,9 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if err := normalizeLoRA(spec, arch); err != nil {
 		return err
 	}
+	if err := normalizeAsync(spec); err != nil {
+		return err
+	}
 	if spec.Train == nil {
 		spec.Train = &pb.TrainConfig{}
 	}

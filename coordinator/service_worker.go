@@ -30,7 +30,7 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, ErrUnknownJob), errors.Is(err, ErrBlobNotFound):
 		code = codes.NotFound
-	case errors.Is(err, ErrStaleRound), errors.Is(err, ErrJobNotActive), errors.Is(err, ErrRoundOpen):
+	case errors.Is(err, ErrStaleRound), errors.Is(err, ErrJobNotActive), errors.Is(err, ErrRoundOpen), errors.Is(err, ErrTooStale):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrNotSelected):
 		code = codes.PermissionDenied
@@ -96,8 +96,18 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 // taskFor finds an open round selecting worker that has no update from it.
 func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 	for _, j := range c.fsm.Jobs() {
+		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+			continue
+		}
+		if IsAsync(j.Spec) {
+			if t := asyncTask(j, worker, done); t != nil {
+				c.addLoRA(j, t)
+				return t
+			}
+			continue
+		}
 		r := j.OpenRound
-		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING || r == nil {
+		if r == nil {
 			continue
 		}
 		if _, ok := slices.BinarySearch(r.Selected, worker); !ok {
@@ -122,14 +132,37 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			Seed:             j.Spec.Seed ^ uint64(r.Number)<<20 ^ uint64(r.Attempt),
 			Attempt:          r.Attempt,
 		}
-		if l := j.Spec.Lora; l != nil {
-			fsize, _ := c.blobs.Size(j.Spec.BaseModel)
-			t.Frozen = &pb.ModelRef{Hash: j.Spec.BaseModel, Size: uint64(fsize)}
-			t.Lora = &pb.LoRASpec{Rank: l.Rank, Alpha: l.Alpha}
-		}
+		c.addLoRA(j, t)
 		return t
 	}
 	return nil
+}
+
+// asyncTask returns the task of worker's assignment in an async job, if it
+// has one it has not finished. Its round is the version it trains from,
+// its attempt the assignment's task id.
+func asyncTask(j *pb.Job, worker string, done []string) *pb.Task {
+	for _, a := range j.Async.GetAssignments() {
+		if a.Worker != worker || slices.Contains(done, pb.AttemptKey(j.Spec.Name, a.Version, uint32(a.Task))) {
+			continue
+		}
+		return &pb.Task{Job: j.Spec.Name, Round: a.Version, Base: &pb.ModelRef{Hash: a.BaseModel}, Model: j.Spec.Model, Dataset: j.Spec.Dataset,
+			Train: j.Spec.Train, Codec: j.Spec.Codec, DeadlineUnixNano: a.DeadlineUnixNano, Seed: j.Spec.Seed ^ a.Task<<20, Attempt: uint32(a.Task)}
+	}
+	return nil
+}
+
+// addLoRA gives a LoRA job's task its frozen base and adapter shape.
+func (c *Coordinator) addLoRA(j *pb.Job, t *pb.Task) {
+	if t.Base != nil && t.Base.Size == 0 {
+		size, _ := c.blobs.Size(t.Base.Hash)
+		t.Base.Size = uint64(size)
+	}
+	if l := j.Spec.Lora; l != nil {
+		fsize, _ := c.blobs.Size(j.Spec.BaseModel)
+		t.Frozen = &pb.ModelRef{Hash: j.Spec.BaseModel, Size: uint64(fsize)}
+		t.Lora = &pb.LoRASpec{Rank: l.Rank, Alpha: l.Alpha}
+	}
 }
 
 // SubmitUpdate validates a worker's update, stores it and commits
@@ -160,9 +193,11 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "update %s/%d from %s: %v", req.Job, req.Round, req.WorkerId, err)
 	}
-	err = c.apply(pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE, &pb.AcceptUpdate{Job: req.Job, Round: req.Round, Update: &pb.AcceptedUpdate{
-		Worker: req.WorkerId, Blob: hash, Samples: req.Samples, Metrics: req.Metrics, Codec: req.Codec,
-	}})
+	u := &pb.AcceptedUpdate{Worker: req.WorkerId, Blob: hash, Samples: req.Samples, Metrics: req.Metrics, Codec: req.Codec}
+	if j, ok := c.fsm.Job(req.Job); ok && IsAsync(j.Spec) {
+		u.Task, u.BaseVersion = uint64(req.Attempt), req.Round
+	}
+	err = c.apply(pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE, &pb.AcceptUpdate{Job: req.Job, Round: req.Round, Update: u})
 	if errors.Is(err, ErrDuplicate) {
 		return &pb.SubmitUpdateResponse{Accepted: true, Duplicate: true}, nil
 	}
@@ -189,6 +224,15 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
 		return fmt.Errorf("job is %s: %w", j.Status, ErrJobNotActive)
 	}
+	if IsAsync(j.Spec) {
+		if err := checkAsyncUpdate(j, req.WorkerId, req.Round, uint64(req.Attempt)); err != nil {
+			return err
+		}
+		if a, _ := assignment(j, uint64(req.Attempt)); req.BaseModel != a.BaseModel {
+			return fmt.Errorf("trained from model %.12s, task %d is from %.12s: %w", req.BaseModel, req.Attempt, a.BaseModel, ErrStaleRound)
+		}
+		return c.checkPayload(j, req)
+	}
 	for _, h := range j.History {
 		if h.Number == req.Round {
 			if slices.Contains(h.Workers, req.WorkerId) {
@@ -210,6 +254,12 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if req.BaseModel != r.BaseModel {
 		return fmt.Errorf("trained from model %.12s, round %d starts from %.12s: %w", req.BaseModel, r.Number, r.BaseModel, ErrStaleRound)
 	}
+	return c.checkPayload(j, req)
+}
+
+// checkPayload checks an update's payload against the job: codec, sample
+// count, size, layout, finite values, norm bound.
+func (c *Coordinator) checkPayload(j *pb.Job, req *pb.SubmitUpdateRequest) error {
 	if req.Codec != j.Spec.Codec {
 		return status.Errorf(codes.InvalidArgument, "codec %q, job uses %q", req.Codec, j.Spec.Codec)
 	}

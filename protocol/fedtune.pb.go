@@ -42,6 +42,7 @@ const (
 	CommandType_COMMAND_TYPE_ABORT_ROUND   CommandType = 8
 	CommandType_COMMAND_TYPE_REVOKE_WORKER CommandType = 9
 	CommandType_COMMAND_TYPE_KEYRING       CommandType = 10
+	CommandType_COMMAND_TYPE_ASSIGN_TASKS  CommandType = 11
 )
 
 // Enum value maps for CommandType.
@@ -58,6 +59,7 @@ var (
 		8:  "COMMAND_TYPE_ABORT_ROUND",
 		9:  "COMMAND_TYPE_REVOKE_WORKER",
 		10: "COMMAND_TYPE_KEYRING",
+		11: "COMMAND_TYPE_ASSIGN_TASKS",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":   0,
@@ -71,6 +73,7 @@ var (
 		"COMMAND_TYPE_ABORT_ROUND":   8,
 		"COMMAND_TYPE_REVOKE_WORKER": 9,
 		"COMMAND_TYPE_KEYRING":       10,
+		"COMMAND_TYPE_ASSIGN_TASKS":  11,
 	}
 )
 
@@ -203,7 +206,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{25, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -393,6 +396,8 @@ type JobSpec struct {
 	MaxUpdateNorm       float64                `protobuf:"fixed64,18,opt,name=max_update_norm,json=maxUpdateNorm,proto3" json:"max_update_norm,omitempty"` // > 0: refuse updates whose L2 norm exceeds it
 	Allow               []string               `protobuf:"bytes,19,rep,name=allow,proto3" json:"allow,omitempty"`                                          // if set: only these workers (certificate names) take part
 	Lora                *LoRASpec              `protobuf:"bytes,20,opt,name=lora,proto3" json:"lora,omitempty"`                                            // set: train LoRA adapters on the frozen base_model; only adapters travel
+	Mode                string                 `protobuf:"bytes,21,opt,name=mode,proto3" json:"mode,omitempty"`                                            // "sync" (default: rounds) or "async" (buffered asynchronous aggregation)
+	Async               *AsyncSpec             `protobuf:"bytes,22,opt,name=async,proto3" json:"async,omitempty"`                                          // async mode's parameters; rounds then counts model versions
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -567,6 +572,263 @@ func (x *JobSpec) GetLora() *LoRASpec {
 	return nil
 }
 
+func (x *JobSpec) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *JobSpec) GetAsync() *AsyncSpec {
+	if x != nil {
+		return x.Async
+	}
+	return nil
+}
+
+// AsyncSpec is buffered asynchronous aggregation (FedBuff, Nguyen et al.
+// 2022): workers train whenever they are free on the newest model version,
+// and every buffer_size accepted updates make a new version. An update
+// trained from version v and aggregated into version t+1 has staleness
+// τ = t − v and is weighted by s(τ).
+type AsyncSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BufferSize    uint32                 `protobuf:"varint,1,opt,name=buffer_size,json=bufferSize,proto3" json:"buffer_size,omitempty"`         // K: updates aggregated into each new version (default 10)
+	Concurrency   uint32                 `protobuf:"varint,2,opt,name=concurrency,proto3" json:"concurrency,omitempty"`                         // workers training at once (default 2·K)
+	Staleness     string                 `protobuf:"bytes,3,opt,name=staleness,proto3" json:"staleness,omitempty"`                              // s(τ): "polynomial" (default, (1+τ)^-a), "constant" (1), "hinge" (1 up to b, then 1/(a(τ−b)+1))
+	StalenessA    float64                `protobuf:"fixed64,4,opt,name=staleness_a,json=stalenessA,proto3" json:"staleness_a,omitempty"`        // polynomial exponent or hinge slope (default 0.5 / 10)
+	StalenessB    uint32                 `protobuf:"varint,5,opt,name=staleness_b,json=stalenessB,proto3" json:"staleness_b,omitempty"`         // hinge: staleness weighted fully (default 4)
+	MaxStaleness  uint32                 `protobuf:"varint,6,opt,name=max_staleness,json=maxStaleness,proto3" json:"max_staleness,omitempty"`   // updates staler than this are refused (default 20)
+	MaxPerWorker  uint32                 `protobuf:"varint,7,opt,name=max_per_worker,json=maxPerWorker,proto3" json:"max_per_worker,omitempty"` // fairness: updates one worker may have in a buffer (default 1)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AsyncSpec) Reset() {
+	*x = AsyncSpec{}
+	mi := &file_fedtune_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AsyncSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AsyncSpec) ProtoMessage() {}
+
+func (x *AsyncSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AsyncSpec.ProtoReflect.Descriptor instead.
+func (*AsyncSpec) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AsyncSpec) GetBufferSize() uint32 {
+	if x != nil {
+		return x.BufferSize
+	}
+	return 0
+}
+
+func (x *AsyncSpec) GetConcurrency() uint32 {
+	if x != nil {
+		return x.Concurrency
+	}
+	return 0
+}
+
+func (x *AsyncSpec) GetStaleness() string {
+	if x != nil {
+		return x.Staleness
+	}
+	return ""
+}
+
+func (x *AsyncSpec) GetStalenessA() float64 {
+	if x != nil {
+		return x.StalenessA
+	}
+	return 0
+}
+
+func (x *AsyncSpec) GetStalenessB() uint32 {
+	if x != nil {
+		return x.StalenessB
+	}
+	return 0
+}
+
+func (x *AsyncSpec) GetMaxStaleness() uint32 {
+	if x != nil {
+		return x.MaxStaleness
+	}
+	return 0
+}
+
+func (x *AsyncSpec) GetMaxPerWorker() uint32 {
+	if x != nil {
+		return x.MaxPerWorker
+	}
+	return 0
+}
+
+// Assignment is a worker training for an async job now.
+type Assignment struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Worker           string                 `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	Task             uint64                 `protobuf:"varint,2,opt,name=task,proto3" json:"task,omitempty"`                           // unique within the job, from 1
+	Version          uint32                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`                     // the model version it trains from (0: the base)
+	BaseModel        string                 `protobuf:"bytes,4,opt,name=base_model,json=baseModel,proto3" json:"base_model,omitempty"` // that version's hash
+	DeadlineUnixNano int64                  `protobuf:"varint,5,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Assignment) Reset() {
+	*x = Assignment{}
+	mi := &file_fedtune_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Assignment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Assignment) ProtoMessage() {}
+
+func (x *Assignment) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
+func (*Assignment) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Assignment) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
+func (x *Assignment) GetTask() uint64 {
+	if x != nil {
+		return x.Task
+	}
+	return 0
+}
+
+func (x *Assignment) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Assignment) GetBaseModel() string {
+	if x != nil {
+		return x.BaseModel
+	}
+	return ""
+}
+
+func (x *Assignment) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+// AsyncState is an async job's progress between versions.
+type AsyncState struct {
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	Assignments            []*Assignment          `protobuf:"bytes,1,rep,name=assignments,proto3" json:"assignments,omitempty"`                                                          // sorted by worker id
+	Buffer                 []*AcceptedUpdate      `protobuf:"bytes,2,rep,name=buffer,proto3" json:"buffer,omitempty"`                                                                    // accepted and not yet aggregated, in order of acceptance
+	NextTask               uint64                 `protobuf:"varint,3,opt,name=next_task,json=nextTask,proto3" json:"next_task,omitempty"`                                               // id of the next assignment
+	VersionStartedUnixNano int64                  `protobuf:"varint,4,opt,name=version_started_unix_nano,json=versionStartedUnixNano,proto3" json:"version_started_unix_nano,omitempty"` // when the current version was committed (or the job submitted)
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *AsyncState) Reset() {
+	*x = AsyncState{}
+	mi := &file_fedtune_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AsyncState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AsyncState) ProtoMessage() {}
+
+func (x *AsyncState) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AsyncState.ProtoReflect.Descriptor instead.
+func (*AsyncState) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *AsyncState) GetAssignments() []*Assignment {
+	if x != nil {
+		return x.Assignments
+	}
+	return nil
+}
+
+func (x *AsyncState) GetBuffer() []*AcceptedUpdate {
+	if x != nil {
+		return x.Buffer
+	}
+	return nil
+}
+
+func (x *AsyncState) GetNextTask() uint64 {
+	if x != nil {
+		return x.NextTask
+	}
+	return 0
+}
+
+func (x *AsyncState) GetVersionStartedUnixNano() int64 {
+	if x != nil {
+		return x.VersionStartedUnixNano
+	}
+	return 0
+}
+
 // LoRASpec makes a job fine-tune low-rank adapters (Hu et al. 2021) on every
 // dense layer of a frozen base model. The job's model versions are then the
 // adapters (PEFT names: fc<i>.lora_A.weight, fc<i>.lora_B.weight); workers
@@ -584,7 +846,7 @@ type LoRASpec struct {
 
 func (x *LoRASpec) Reset() {
 	*x = LoRASpec{}
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +858,7 @@ func (x *LoRASpec) String() string {
 func (*LoRASpec) ProtoMessage() {}
 
 func (x *LoRASpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +871,7 @@ func (x *LoRASpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoRASpec.ProtoReflect.Descriptor instead.
 func (*LoRASpec) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{3}
+	return file_fedtune_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *LoRASpec) GetRank() uint32 {
@@ -654,7 +916,7 @@ type ServerOptimizer struct {
 
 func (x *ServerOptimizer) Reset() {
 	*x = ServerOptimizer{}
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +928,7 @@ func (x *ServerOptimizer) String() string {
 func (*ServerOptimizer) ProtoMessage() {}
 
 func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +941,7 @@ func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerOptimizer.ProtoReflect.Descriptor instead.
 func (*ServerOptimizer) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{4}
+	return file_fedtune_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ServerOptimizer) GetName() string {
@@ -733,7 +995,7 @@ type AggregatorParams struct {
 
 func (x *AggregatorParams) Reset() {
 	*x = AggregatorParams{}
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +1007,7 @@ func (x *AggregatorParams) String() string {
 func (*AggregatorParams) ProtoMessage() {}
 
 func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +1020,7 @@ func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregatorParams.ProtoReflect.Descriptor instead.
 func (*AggregatorParams) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{5}
+	return file_fedtune_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AggregatorParams) GetTrimFraction() float64 {
@@ -825,7 +1087,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1099,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1112,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{6}
+	return file_fedtune_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Score) GetWorker() string {
@@ -903,13 +1165,15 @@ type AcceptedUpdate struct {
 	Samples       uint64                 `protobuf:"varint,3,opt,name=samples,proto3" json:"samples,omitempty"`
 	Metrics       map[string]float64     `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	Codec         string                 `protobuf:"bytes,5,opt,name=codec,proto3" json:"codec,omitempty"`
+	BaseVersion   uint32                 `protobuf:"varint,6,opt,name=base_version,json=baseVersion,proto3" json:"base_version,omitempty"` // async: the model version it was trained from
+	Task          uint64                 `protobuf:"varint,7,opt,name=task,proto3" json:"task,omitempty"`                                  // async: the assignment it answers
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AcceptedUpdate) Reset() {
 	*x = AcceptedUpdate{}
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1185,7 @@ func (x *AcceptedUpdate) String() string {
 func (*AcceptedUpdate) ProtoMessage() {}
 
 func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1198,7 @@ func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptedUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{7}
+	return file_fedtune_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AcceptedUpdate) GetWorker() string {
@@ -972,6 +1236,20 @@ func (x *AcceptedUpdate) GetCodec() string {
 	return ""
 }
 
+func (x *AcceptedUpdate) GetBaseVersion() uint32 {
+	if x != nil {
+		return x.BaseVersion
+	}
+	return 0
+}
+
+func (x *AcceptedUpdate) GetTask() uint64 {
+	if x != nil {
+		return x.Task
+	}
+	return 0
+}
+
 // Round is an open round.
 type Round struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -988,7 +1266,7 @@ type Round struct {
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1000,7 +1278,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1013,7 +1291,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{8}
+	return file_fedtune_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -1085,7 +1363,7 @@ type RoundRecord struct {
 
 func (x *RoundRecord) Reset() {
 	*x = RoundRecord{}
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1375,7 @@ func (x *RoundRecord) String() string {
 func (*RoundRecord) ProtoMessage() {}
 
 func (x *RoundRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1388,7 @@ func (x *RoundRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRecord.ProtoReflect.Descriptor instead.
 func (*RoundRecord) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{9}
+	return file_fedtune_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RoundRecord) GetNumber() uint32 {
@@ -1201,13 +1479,14 @@ type Job struct {
 	Error             string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
 	SubmittedUnixNano int64                  `protobuf:"varint,7,opt,name=submitted_unix_nano,json=submittedUnixNano,proto3" json:"submitted_unix_nano,omitempty"`
 	BaseMetrics       map[string]float64     `protobuf:"bytes,8,rep,name=base_metrics,json=baseMetrics,proto3" json:"base_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"` // evaluation of the base model
+	Async             *AsyncState            `protobuf:"bytes,9,opt,name=async,proto3" json:"async,omitempty"`                                                                                                            // async jobs: assignments and the buffer
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1498,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1511,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{10}
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1291,6 +1570,13 @@ func (x *Job) GetBaseMetrics() map[string]float64 {
 	return nil
 }
 
+func (x *Job) GetAsync() *AsyncState {
+	if x != nil {
+		return x.Async
+	}
+	return nil
+}
+
 // WorkerInfo is a worker in the roster.
 type WorkerInfo struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -1304,7 +1590,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1316,7 +1602,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1329,7 +1615,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{11}
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -1370,7 +1656,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1668,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1681,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{12}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -1422,7 +1708,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1720,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1733,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartRound) GetJob() string {
@@ -1475,7 +1761,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1487,7 +1773,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1500,7 +1786,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -1532,13 +1818,14 @@ type CommitRound struct {
 	Metrics        map[string]float64     `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"`
 	Scores         []*Score               `protobuf:"bytes,5,rep,name=scores,proto3" json:"scores,omitempty"`
 	OptimizerState string                 `protobuf:"bytes,6,opt,name=optimizer_state,json=optimizerState,proto3" json:"optimizer_state,omitempty"`
+	Buffered       uint32                 `protobuf:"varint,7,opt,name=buffered,proto3" json:"buffered,omitempty"` // async: how many of the buffer's oldest updates the new version aggregates
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1837,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1850,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -1608,6 +1895,84 @@ func (x *CommitRound) GetOptimizerState() string {
 	return ""
 }
 
+func (x *CommitRound) GetBuffered() uint32 {
+	if x != nil {
+		return x.Buffered
+	}
+	return 0
+}
+
+// AssignTasks changes an async job's assignments: new ones (their task ids
+// must follow the job's next_task in order), and withdrawn ones (past their
+// deadline, or too stale to be accepted).
+type AssignTasks struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Assign        []*Assignment          `protobuf:"bytes,2,rep,name=assign,proto3" json:"assign,omitempty"`
+	Release       []uint64               `protobuf:"varint,3,rep,packed,name=release,proto3" json:"release,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"` // why the released ones were withdrawn
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssignTasks) Reset() {
+	*x = AssignTasks{}
+	mi := &file_fedtune_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssignTasks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssignTasks) ProtoMessage() {}
+
+func (x *AssignTasks) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssignTasks.ProtoReflect.Descriptor instead.
+func (*AssignTasks) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AssignTasks) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *AssignTasks) GetAssign() []*Assignment {
+	if x != nil {
+		return x.Assign
+	}
+	return nil
+}
+
+func (x *AssignTasks) GetRelease() []uint64 {
+	if x != nil {
+		return x.Release
+	}
+	return nil
+}
+
+func (x *AssignTasks) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type AbortRound struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1619,7 +1984,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1996,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +2009,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -1679,7 +2044,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +2056,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +2069,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -1737,7 +2102,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +2114,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +2127,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -1781,7 +2146,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +2158,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +2171,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{19}
+	return file_fedtune_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -1829,7 +2194,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2206,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2219,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -1897,7 +2262,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2274,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2287,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -1958,7 +2323,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2335,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2348,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{22}
+	return file_fedtune_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -2012,7 +2377,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2389,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2402,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{23}
+	return file_fedtune_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -2081,7 +2446,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"batch_size\x18\x03 \x01(\rR\tbatchSize\x12#\n" +
 	"\rlearning_rate\x18\x04 \x01(\x01R\flearningRate\x12\x1a\n" +
 	"\bmomentum\x18\x05 \x01(\x01R\bmomentum\x12\x17\n" +
-	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xb2\x06\n" +
+	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xf3\x06\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -2108,10 +2473,37 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x10server_optimizer\x18\x11 \x01(\v2\x1b.fedtune.v1.ServerOptimizerR\x0fserverOptimizer\x12&\n" +
 	"\x0fmax_update_norm\x18\x12 \x01(\x01R\rmaxUpdateNorm\x12\x14\n" +
 	"\x05allow\x18\x13 \x03(\tR\x05allow\x12(\n" +
-	"\x04lora\x18\x14 \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\x1a;\n" +
+	"\x04lora\x18\x14 \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\x12\x12\n" +
+	"\x04mode\x18\x15 \x01(\tR\x04mode\x12+\n" +
+	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"p\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf9\x01\n" +
+	"\tAsyncSpec\x12\x1f\n" +
+	"\vbuffer_size\x18\x01 \x01(\rR\n" +
+	"bufferSize\x12 \n" +
+	"\vconcurrency\x18\x02 \x01(\rR\vconcurrency\x12\x1c\n" +
+	"\tstaleness\x18\x03 \x01(\tR\tstaleness\x12\x1f\n" +
+	"\vstaleness_a\x18\x04 \x01(\x01R\n" +
+	"stalenessA\x12\x1f\n" +
+	"\vstaleness_b\x18\x05 \x01(\rR\n" +
+	"stalenessB\x12#\n" +
+	"\rmax_staleness\x18\x06 \x01(\rR\fmaxStaleness\x12$\n" +
+	"\x0emax_per_worker\x18\a \x01(\rR\fmaxPerWorker\"\x9f\x01\n" +
+	"\n" +
+	"Assignment\x12\x16\n" +
+	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +
+	"\x04task\x18\x02 \x01(\x04R\x04task\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\x12\x1d\n" +
+	"\n" +
+	"base_model\x18\x04 \x01(\tR\tbaseModel\x12,\n" +
+	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\"\xd2\x01\n" +
+	"\n" +
+	"AsyncState\x128\n" +
+	"\vassignments\x18\x01 \x03(\v2\x16.fedtune.v1.AssignmentR\vassignments\x122\n" +
+	"\x06buffer\x18\x02 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06buffer\x12\x1b\n" +
+	"\tnext_task\x18\x03 \x01(\x04R\bnextTask\x129\n" +
+	"\x19version_started_unix_nano\x18\x04 \x01(\x03R\x16versionStartedUnixNano\"p\n" +
 	"\bLoRASpec\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x14\n" +
 	"\x05alpha\x18\x02 \x01(\x01R\x05alpha\x12 \n" +
@@ -2139,13 +2531,15 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x04norm\x18\x03 \x01(\x01R\x04norm\x12\x1a\n" +
 	"\bdistance\x18\x04 \x01(\x01R\bdistance\x12\x16\n" +
 	"\x06cosine\x18\x05 \x01(\x01R\x06cosine\x12\x12\n" +
-	"\x04kept\x18\x06 \x01(\bR\x04kept\"\xeb\x01\n" +
+	"\x04kept\x18\x06 \x01(\bR\x04kept\"\xa2\x02\n" +
 	"\x0eAcceptedUpdate\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +
 	"\x04blob\x18\x02 \x01(\tR\x04blob\x12\x18\n" +
 	"\asamples\x18\x03 \x01(\x04R\asamples\x12A\n" +
 	"\ametrics\x18\x04 \x03(\v2'.fedtune.v1.AcceptedUpdate.MetricsEntryR\ametrics\x12\x14\n" +
-	"\x05codec\x18\x05 \x01(\tR\x05codec\x1a:\n" +
+	"\x05codec\x18\x05 \x01(\tR\x05codec\x12!\n" +
+	"\fbase_version\x18\x06 \x01(\rR\vbaseVersion\x12\x12\n" +
+	"\x04task\x18\a \x01(\x04R\x04task\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x84\x02\n" +
@@ -2173,7 +2567,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x0foptimizer_state\x18\v \x01(\tR\x0eoptimizerState\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb2\x03\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xe0\x03\n" +
 	"\x03Job\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.fedtune.v1.JobSpecR\x04spec\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.fedtune.v1.JobStatusR\x06status\x12#\n" +
@@ -2183,7 +2577,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"open_round\x18\x05 \x01(\v2\x11.fedtune.v1.RoundR\topenRound\x12\x14\n" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12.\n" +
 	"\x13submitted_unix_nano\x18\a \x01(\x03R\x11submittedUnixNano\x12C\n" +
-	"\fbase_metrics\x18\b \x03(\v2 .fedtune.v1.Job.BaseMetricsEntryR\vbaseMetrics\x1a>\n" +
+	"\fbase_metrics\x18\b \x03(\v2 .fedtune.v1.Job.BaseMetricsEntryR\vbaseMetrics\x12,\n" +
+	"\x05async\x18\t \x01(\v2\x16.fedtune.v1.AsyncStateR\x05async\x1a>\n" +
 	"\x10BaseMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xdf\x01\n" +
@@ -2209,17 +2604,23 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fAcceptUpdate\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x122\n" +
-	"\x06update\x18\x03 \x01(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06update\"\x9b\x02\n" +
+	"\x06update\x18\x03 \x01(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06update\"\xb7\x02\n" +
 	"\vCommitRound\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12\x14\n" +
 	"\x05model\x18\x03 \x01(\tR\x05model\x12>\n" +
 	"\ametrics\x18\x04 \x03(\v2$.fedtune.v1.CommitRound.MetricsEntryR\ametrics\x12)\n" +
 	"\x06scores\x18\x05 \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x12'\n" +
-	"\x0foptimizer_state\x18\x06 \x01(\tR\x0eoptimizerState\x1a:\n" +
+	"\x0foptimizer_state\x18\x06 \x01(\tR\x0eoptimizerState\x12\x1a\n" +
+	"\bbuffered\x18\a \x01(\rR\bbuffered\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"L\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x81\x01\n" +
+	"\vAssignTasks\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12.\n" +
+	"\x06assign\x18\x02 \x03(\v2\x16.fedtune.v1.AssignmentR\x06assign\x12\x18\n" +
+	"\arelease\x18\x03 \x03(\x04R\arelease\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"L\n" +
 	"\n" +
 	"AbortRound\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
@@ -2256,7 +2657,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\rRevokedWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xdc\x02\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xfb\x02\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -2269,7 +2670,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x18COMMAND_TYPE_ABORT_ROUND\x10\b\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_REVOKE_WORKER\x10\t\x12\x18\n" +
 	"\x14COMMAND_TYPE_KEYRING\x10\n" +
-	"*k\n" +
+	"\x12\x1d\n" +
+	"\x19COMMAND_TYPE_ASSIGN_TASKS\x10\v*k\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
@@ -2289,7 +2691,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -2297,70 +2699,79 @@ var file_fedtune_proto_goTypes = []any{
 	(*Command)(nil),          // 3: fedtune.v1.Command
 	(*TrainConfig)(nil),      // 4: fedtune.v1.TrainConfig
 	(*JobSpec)(nil),          // 5: fedtune.v1.JobSpec
-	(*LoRASpec)(nil),         // 6: fedtune.v1.LoRASpec
-	(*ServerOptimizer)(nil),  // 7: fedtune.v1.ServerOptimizer
-	(*AggregatorParams)(nil), // 8: fedtune.v1.AggregatorParams
-	(*Score)(nil),            // 9: fedtune.v1.Score
-	(*AcceptedUpdate)(nil),   // 10: fedtune.v1.AcceptedUpdate
-	(*Round)(nil),            // 11: fedtune.v1.Round
-	(*RoundRecord)(nil),      // 12: fedtune.v1.RoundRecord
-	(*Job)(nil),              // 13: fedtune.v1.Job
-	(*WorkerInfo)(nil),       // 14: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 15: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 16: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 17: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 18: fedtune.v1.CommitRound
-	(*AbortRound)(nil),       // 19: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 20: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 21: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 22: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 23: fedtune.v1.Snapshot
-	(*Keyring)(nil),          // 24: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 25: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 26: fedtune.v1.RevokedWorker
-	nil,                      // 27: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 28: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 29: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 30: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 31: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 32: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 33: fedtune.v1.CommitRound.MetricsEntry
+	(*AsyncSpec)(nil),        // 6: fedtune.v1.AsyncSpec
+	(*Assignment)(nil),       // 7: fedtune.v1.Assignment
+	(*AsyncState)(nil),       // 8: fedtune.v1.AsyncState
+	(*LoRASpec)(nil),         // 9: fedtune.v1.LoRASpec
+	(*ServerOptimizer)(nil),  // 10: fedtune.v1.ServerOptimizer
+	(*AggregatorParams)(nil), // 11: fedtune.v1.AggregatorParams
+	(*Score)(nil),            // 12: fedtune.v1.Score
+	(*AcceptedUpdate)(nil),   // 13: fedtune.v1.AcceptedUpdate
+	(*Round)(nil),            // 14: fedtune.v1.Round
+	(*RoundRecord)(nil),      // 15: fedtune.v1.RoundRecord
+	(*Job)(nil),              // 16: fedtune.v1.Job
+	(*WorkerInfo)(nil),       // 17: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 18: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 19: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 20: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 21: fedtune.v1.CommitRound
+	(*AssignTasks)(nil),      // 22: fedtune.v1.AssignTasks
+	(*AbortRound)(nil),       // 23: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 24: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 25: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 26: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 27: fedtune.v1.Snapshot
+	(*Keyring)(nil),          // 28: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 29: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 30: fedtune.v1.RevokedWorker
+	nil,                      // 31: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 32: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 33: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 34: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 35: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 36: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 37: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	27, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	31, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
-	8,  // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
-	7,  // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
-	6,  // 5: fedtune.v1.JobSpec.lora:type_name -> fedtune.v1.LoRASpec
-	28, // 6: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
-	10, // 7: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	29, // 8: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	10, // 9: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	9,  // 10: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	5,  // 11: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 12: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	12, // 13: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	11, // 14: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	30, // 15: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	31, // 16: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	5,  // 17: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	32, // 18: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	11, // 19: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	10, // 20: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	33, // 21: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	9,  // 22: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	1,  // 23: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	14, // 24: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	13, // 25: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	14, // 26: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	26, // 27: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	2,  // 28: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	11, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
+	10, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
+	9,  // 5: fedtune.v1.JobSpec.lora:type_name -> fedtune.v1.LoRASpec
+	6,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
+	7,  // 7: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
+	13, // 8: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
+	32, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	13, // 10: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
+	33, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	13, // 12: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	12, // 13: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	5,  // 14: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 15: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	15, // 16: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	14, // 17: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	34, // 18: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	8,  // 19: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
+	35, // 20: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 21: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	36, // 22: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	14, // 23: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	13, // 24: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	37, // 25: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	12, // 26: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	7,  // 27: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
+	1,  // 28: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	17, // 29: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	16, // 30: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	17, // 31: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	30, // 32: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	2,  // 33: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -2374,7 +2785,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   31,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -142,3 +142,33 @@ func Materialize(v Vector) (Set, error) {
 	}
 	return s, nil
 }
+
+// Scaled returns v with every element multiplied by f, read block by block
+// like v (a block is copied into the caller's buffer before it is scaled,
+// so v's own memory is never written).
+func Scaled(v Vector, f float32) Vector {
+	if f == 1 {
+		return v
+	}
+	return scaledVector{v, f}
+}
+
+type scaledVector struct {
+	v Vector
+	f float32
+}
+
+func (s scaledVector) Layout() Layout { return s.v.Layout() }
+
+func (s scaledVector) Block(lo, hi int, buf []float32) ([]float32, error) {
+	b, err := s.v.Block(lo, hi, buf)
+	if err != nil {
+		return nil, err
+	}
+	out := buf[:hi-lo]
+	if len(b) > 0 && &b[0] != &out[0] {
+		copy(out, b)
+	}
+	Scale(s.f, out)
+	return out, nil
+}

@@ -119,6 +119,14 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "server-beta2", Usage: "second-moment decay for fedadam/fedyogi (default 0.99)", EnvVars: []string{"FEDTUNE_SERVER_BETA2"}},
 					&cli.Float64Flag{Name: "server-epsilon", Usage: "adaptivity τ for fedadam/fedyogi (default 1e-3)", EnvVars: []string{"FEDTUNE_SERVER_EPSILON"}},
 					&cli.UintFlag{Name: "agg-iterations", Usage: "centered-clip / geomedian iterations (default 3 / 10)", EnvVars: []string{"FEDTUNE_AGG_ITERATIONS"}},
+					&cli.StringFlag{Name: "mode", Value: "sync", Usage: "sync (rounds: wait for the selected workers) or async (FedBuff: workers train whenever free, every --buffer-size updates make a version; --rounds counts versions)", EnvVars: []string{"FEDTUNE_MODE"}},
+					&cli.UintFlag{Name: "buffer-size", Usage: "async: updates aggregated into each new model version (default 10)", EnvVars: []string{"FEDTUNE_BUFFER_SIZE"}},
+					&cli.UintFlag{Name: "concurrency", Usage: "async: workers training at once (default 2 × --buffer-size)", EnvVars: []string{"FEDTUNE_CONCURRENCY"}},
+					&cli.StringFlag{Name: "staleness", Usage: "async: weight of an update τ versions stale: polynomial ((1+τ)^-a, default), constant or hinge", EnvVars: []string{"FEDTUNE_STALENESS"}},
+					&cli.Float64Flag{Name: "staleness-a", Usage: "async: polynomial exponent or hinge slope (default 0.5 / 10)", EnvVars: []string{"FEDTUNE_STALENESS_A"}},
+					&cli.UintFlag{Name: "staleness-b", Usage: "async: hinge: staleness weighted fully (default 4)", EnvVars: []string{"FEDTUNE_STALENESS_B"}},
+					&cli.UintFlag{Name: "max-staleness", Usage: "async: refuse updates more than this many versions old (default 20)", EnvVars: []string{"FEDTUNE_MAX_STALENESS"}},
+					&cli.UintFlag{Name: "max-per-worker", Usage: "async: updates one worker may have in a buffer, so fast workers do not drown out slow ones (default 1)", EnvVars: []string{"FEDTUNE_MAX_PER_WORKER"}},
 					&cli.UintFlag{Name: "lora-rank", Usage: "train LoRA adapters of this rank on the frozen --base instead of the whole model (0: full fine-tuning)", EnvVars: []string{"FEDTUNE_LORA_RANK"}},
 					&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator: adapters apply as (alpha/rank)·B·A (default 2·rank)", EnvVars: []string{"FEDTUNE_LORA_ALPHA"}},
 					&cli.StringFlag{Name: "lora-aggregation", Value: "naive", Usage: "LoRA: naive (the --aggregator on A and B apart) or exact (rank-r SVD of the mean B·A; fedavg only)", EnvVars: []string{"FEDTUNE_LORA_AGGREGATION"}},
@@ -198,6 +206,17 @@ func submitJob(c *cli.Context) error {
 		Train: &pb.TrainConfig{LocalEpochs: uint32(c.Uint("epochs")), LocalSteps: uint32(c.Uint("steps")), BatchSize: uint32(c.Uint("batch-size")),
 			LearningRate: c.Float64("lr"), Momentum: c.Float64("momentum"), ProxMu: c.Float64("prox-mu")},
 	}
+	spec.Mode = c.String("mode")
+	if spec.Mode == "async" {
+		spec.Async = &pb.AsyncSpec{BufferSize: uint32(c.Uint("buffer-size")), Concurrency: uint32(c.Uint("concurrency")), Staleness: c.String("staleness"),
+			StalenessA: c.Float64("staleness-a"), StalenessB: uint32(c.Uint("staleness-b")), MaxStaleness: uint32(c.Uint("max-staleness")), MaxPerWorker: uint32(c.Uint("max-per-worker"))}
+	} else {
+		for _, f := range []string{"buffer-size", "concurrency", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker"} {
+			if c.IsSet(f) {
+				return fmt.Errorf("job submit: --%s is for --mode async", f)
+			}
+		}
+	}
 	if r := c.Uint("lora-rank"); r > 0 {
 		spec.Lora = &pb.LoRASpec{Rank: uint32(r), Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation")}
 	} else if c.IsSet("lora-alpha") || c.IsSet("lora-aggregation") || c.IsSet("lora-adapter") {
@@ -249,6 +268,9 @@ func submitJob(c *cli.Context) error {
 	fmt.Fprintf(c.App.Writer, "job %s submitted: %d rounds of %d workers, base model %.12s", spec.Name, spec.Rounds, spec.ClientsPerRound, spec.BaseModel)
 	if l := resp.Job.Spec.GetLora(); l != nil {
 		fmt.Fprintf(c.App.Writer, ", LoRA rank %d alpha %g (%s aggregation)", l.Rank, l.Alpha, l.Aggregation)
+	}
+	if a := resp.Job.Spec.GetAsync(); a != nil {
+		fmt.Fprintf(c.App.Writer, ", async: versions of %d updates, %d training at once, %s staleness weighting, max staleness %d", a.BufferSize, a.Concurrency, a.Staleness, a.MaxStaleness)
 	}
 	if acc, ok := resp.Job.BaseMetrics["test_accuracy"]; ok {
 		fmt.Fprintf(c.App.Writer, " (test accuracy %.2f%%)", 100*acc)

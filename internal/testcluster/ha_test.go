@@ -62,6 +62,13 @@ func checkHistory(t *testing.T, cl *Cluster, j *pb.Job, n int) {
 			seen[w] = true
 		}
 	}
+	checkReplicas(t, cl, j)
+}
+
+// checkReplicas asserts every committed model blob is held by every
+// running coordinator, and every replica applied the same history.
+func checkReplicas(t *testing.T, cl *Cluster, j *pb.Job) {
+	t.Helper()
 	WaitFor(t, 15*time.Second, "every model blob on every coordinator", func() bool {
 		for _, nd := range cl.Up() {
 			for _, r := range j.History {

@@ -1,0 +1,338 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/fedtune/fedtune/aggregation"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// Asynchronous jobs (spec.mode "async") aggregate as updates arrive, not
+// in rounds (FedBuff, Nguyen et al. 2022): the leader keeps up to
+// concurrency workers training, each on the newest model version when it
+// was assigned; accepted updates go to a replicated buffer, and every
+// buffer_size of them make the next version, each weighted by its
+// staleness. Versions are the job's history records, so everything built
+// on rounds — verification, the ledger, exports, the dashboard — works on
+// versions unchanged.
+
+// Job modes.
+const (
+	ModeSync  = "sync"
+	ModeAsync = "async"
+)
+
+// Staleness weightings.
+const (
+	StalenessPolynomial = "polynomial"
+	StalenessConstant   = "constant"
+	StalenessHinge      = "hinge"
+)
+
+// ErrTooStale refuses an async update trained from a version older than
+// the job's max_staleness allows.
+var ErrTooStale = errors.New("update is too stale")
+
+// IsAsync reports whether a job runs in async mode.
+func IsAsync(spec *pb.JobSpec) bool { return spec.GetMode() == ModeAsync }
+
+// normalizeAsync fills an async spec's defaults and checks it, including
+// that the job's rule can aggregate a buffer of its size.
+func normalizeAsync(spec *pb.JobSpec) error {
+	switch spec.Mode {
+	case "":
+		spec.Mode = ModeSync
+	case ModeSync:
+	case ModeAsync:
+	default:
+		return fmt.Errorf("mode %q: want %s or %s", spec.Mode, ModeSync, ModeAsync)
+	}
+	if spec.Mode == ModeSync {
+		if spec.Async != nil {
+			return fmt.Errorf("async parameters given for a %s job (set mode %s)", ModeSync, ModeAsync)
+		}
+		return nil
+	}
+	if spec.Async == nil {
+		spec.Async = &pb.AsyncSpec{}
+	}
+	a := spec.Async
+	if a.BufferSize == 0 {
+		a.BufferSize = 10
+	}
+	if a.Concurrency == 0 {
+		a.Concurrency = 2 * a.BufferSize
+	}
+	if a.MaxPerWorker == 0 {
+		a.MaxPerWorker = 1
+	}
+	if a.MaxStaleness == 0 {
+		a.MaxStaleness = 20
+	}
+	switch a.Staleness {
+	case "":
+		a.Staleness = StalenessPolynomial
+		fallthrough
+	case StalenessPolynomial:
+		if a.StalenessA == 0 {
+			a.StalenessA = 0.5
+		}
+	case StalenessHinge:
+		if a.StalenessA == 0 {
+			a.StalenessA = 10
+		}
+		if a.StalenessB == 0 {
+			a.StalenessB = 4
+		}
+	case StalenessConstant:
+	default:
+		return fmt.Errorf("async: staleness %q: want %s, %s or %s", a.Staleness, StalenessPolynomial, StalenessConstant, StalenessHinge)
+	}
+	if a.StalenessA < 0 || math.IsNaN(a.StalenessA) || math.IsInf(a.StalenessA, 0) {
+		return fmt.Errorf("async: staleness_a %v: want a finite value ≥ 0", a.StalenessA)
+	}
+	// A dry run of the rule on a buffer of zero updates: Krum, Bulyan and
+	// the like refuse a buffer too small for their f.
+	rule, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams))
+	if err != nil {
+		return err
+	}
+	ups := make([]aggregation.Update, a.BufferSize)
+	for i := range ups {
+		ups[i] = aggregation.Update{Worker: fmt.Sprint(i), Delta: tensor.MustNew(tensor.Tensor{Name: "x", Shape: []int{1}, Data: []float32{0}}), Samples: 1}
+	}
+	if _, _, err := rule.Aggregate(ups); err != nil {
+		return fmt.Errorf("async: buffer_size %d: %w", a.BufferSize, err)
+	}
+	if spec.Lora.GetAggregation() == LoRAExact {
+		return fmt.Errorf("async: lora aggregation %q replaces the adapters; async versions add weighted deltas (use %q)", LoRAExact, LoRANaive)
+	}
+	return nil
+}
+
+// StalenessWeight is s(τ), the weight of an update τ versions stale.
+func StalenessWeight(a *pb.AsyncSpec, tau uint32) float64 {
+	t := float64(tau)
+	switch a.GetStaleness() {
+	case StalenessConstant:
+		return 1
+	case StalenessHinge:
+		if tau <= a.StalenessB {
+			return 1
+		}
+		return 1 / (a.StalenessA*(t-float64(a.StalenessB)) + 1)
+	}
+	return math.Pow(1+t, -a.GetStalenessA())
+}
+
+// Version is an async job's current model version: its committed records.
+func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
+
+// PlanAssignments is the async leader's scheduling step, a pure function of
+// its arguments (tested, and used by the simulator): it withdraws
+// assignments past their deadline or already too stale to be accepted, and
+// assigns the newest version to as many free workers as the concurrency
+// limit allows. A worker is free when it matches the job, has no
+// assignment in it, and has fewer than max_per_worker updates in the
+// buffer (so that fast workers cannot fill a version alone); among free
+// workers, idle ones first, then those with the fewest buffered updates,
+// then a seeded shuffle.
+func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []*pb.Assignment, release []uint64) {
+	spec, st := j.GetSpec(), j.GetAsync()
+	a := spec.GetAsync()
+	version := Version(j)
+	for _, as := range st.GetAssignments() {
+		if now.UnixNano() >= as.DeadlineUnixNano || version-min(as.Version, version) > a.GetMaxStaleness() {
+			release = append(release, as.Task)
+		}
+	}
+	inFlight := len(st.GetAssignments()) - len(release)
+	free := int(a.GetConcurrency()) - inFlight
+	if free <= 0 {
+		return nil, release
+	}
+	assigned := map[string]bool{}
+	for _, as := range st.GetAssignments() {
+		if !slices.Contains(release, as.Task) {
+			assigned[as.Worker] = true
+		}
+	}
+	buffered := map[string]int{}
+	for _, u := range st.GetBuffer() {
+		buffered[u.Worker]++
+	}
+	type cand struct {
+		id   string
+		busy bool
+	}
+	var cands []cand
+	for _, w := range live {
+		if Matches(spec.Selector, w.Labels) && Allowed(spec, w.Id) && !assigned[w.Id] && buffered[w.Id] < int(max(a.GetMaxPerWorker(), 1)) {
+			cands = append(cands, cand{w.Id, Busy(w.Labels)})
+		}
+	}
+	sort.Slice(cands, func(x, y int) bool { return cands[x].id < cands[y].id })
+	r := rand.New(rand.NewPCG(spec.Seed, st.GetNextTask()))
+	r.Shuffle(len(cands), func(x, y int) { cands[x], cands[y] = cands[y], cands[x] })
+	sort.SliceStable(cands, func(x, y int) bool {
+		if cands[x].busy != cands[y].busy {
+			return !cands[x].busy
+		}
+		return buffered[cands[x].id] < buffered[cands[y].id]
+	})
+	deadline := now.Add(time.Duration(spec.RoundTimeoutSeconds * float64(time.Second))).UnixNano()
+	next := max(st.GetNextTask(), 1)
+	for _, c := range cands[:min(free, len(cands))] {
+		assign = append(assign, &pb.Assignment{Worker: c.id, Task: next, Version: version, BaseModel: j.CurrentModel, DeadlineUnixNano: deadline})
+		next++
+	}
+	return assign, release
+}
+
+// assignment returns the job's open assignment with this task id.
+func assignment(j *pb.Job, task uint64) (*pb.Assignment, bool) {
+	for _, a := range j.GetAsync().GetAssignments() {
+		if a.Task == task {
+			return a, true
+		}
+	}
+	return nil, false
+}
+
+// acceptedTask reports whether an async job already accepted the update of
+// task (in its buffer or in a committed version).
+func acceptedTask(j *pb.Job, task uint64) bool {
+	has := func(us []*pb.AcceptedUpdate) bool {
+		return slices.ContainsFunc(us, func(u *pb.AcceptedUpdate) bool { return u.Task == task })
+	}
+	if has(j.GetAsync().GetBuffer()) {
+		return true
+	}
+	for _, r := range j.History {
+		if has(r.Accepted) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkAsyncUpdate checks an update against an async job's state: it must
+// answer an open assignment of this worker, trained from that assignment's
+// version, and not be staler than max_staleness. It returns ErrDuplicate
+// for a task already accepted and ErrTooStale for one too old.
+func checkAsyncUpdate(j *pb.Job, worker string, version uint32, task uint64) error {
+	now := Version(j)
+	maxStale := j.Spec.GetAsync().GetMaxStaleness()
+	if acceptedTask(j, task) {
+		return fmt.Errorf("task %d: %w", task, ErrDuplicate)
+	}
+	if version > now {
+		return fmt.Errorf("trained from version %d, the job is at version %d: %w", version, now, ErrStaleRound)
+	}
+	if now-version > maxStale {
+		return fmt.Errorf("trained from version %d, %d versions behind the job's %d; max_staleness is %d: %w", version, now-version, now, maxStale, ErrTooStale)
+	}
+	a, ok := assignment(j, task)
+	if !ok || a.Worker != worker || a.Version != version {
+		return fmt.Errorf("no open assignment %d of worker %q from version %d (withdrawn after its deadline, or never made): %w", task, worker, version, ErrStaleRound)
+	}
+	return nil
+}
+
+func applyAssignTasks(f *FSM, payload []byte, _ int64) error {
+	var c pb.AssignTasks
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	j, err := f.runningJob(c.Job)
+	if err != nil {
+		return err
+	}
+	if !IsAsync(j.Spec) || j.Async == nil {
+		return fmt.Errorf("assign tasks: job %q is not async", c.Job)
+	}
+	st := j.Async
+	st.Assignments = slices.DeleteFunc(st.Assignments, func(a *pb.Assignment) bool { return slices.Contains(c.Release, a.Task) })
+	for _, a := range c.Assign {
+		if a.GetWorker() == "" {
+			return fmt.Errorf("assign tasks of %q: an assignment without a worker", c.Job)
+		}
+		if a.GetTask() != max(st.NextTask, 1) {
+			return fmt.Errorf("assign task %d of %q: next task is %d: %w", a.GetTask(), c.Job, max(st.NextTask, 1), ErrStaleRound)
+		}
+		if slices.ContainsFunc(st.Assignments, func(o *pb.Assignment) bool { return o.Worker == a.Worker }) {
+			return fmt.Errorf("assign task %d of %q: worker %q is already training for it", a.Task, c.Job, a.Worker)
+		}
+		st.NextTask = a.Task + 1
+		i, _ := slices.BinarySearchFunc(st.Assignments, a.Worker, func(x *pb.Assignment, w string) int { return cmpString(x.Worker, w) })
+		st.Assignments = slices.Insert(st.Assignments, i, a)
+	}
+	return nil
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// acceptAsync moves an update from its assignment to the buffer.
+func acceptAsync(j *pb.Job, c *pb.AcceptUpdate) error {
+	u := c.Update
+	if u == nil || j.Async == nil {
+		return fmt.Errorf("accept update of %q: no update", c.Job)
+	}
+	if err := checkAsyncUpdate(j, u.GetWorker(), c.Round, u.GetTask()); err != nil {
+		return fmt.Errorf("job %q: %w", c.Job, err)
+	}
+	u.BaseVersion = c.Round
+	j.Async.Assignments = slices.DeleteFunc(j.Async.Assignments, func(a *pb.Assignment) bool { return a.Task == u.Task })
+	j.Async.Buffer = append(j.Async.Buffer, u)
+	return nil
+}
+
+// commitAsync makes the next version from the buffer's oldest c.Buffered
+// updates.
+func commitAsync(j *pb.Job, c *pb.CommitRound, at int64) error {
+	st := j.Async
+	if st == nil {
+		return fmt.Errorf("commit version of %q: no async state", c.Job)
+	}
+	if want := Version(j) + 1; c.Round != want {
+		return fmt.Errorf("commit version %d of %q, next is %d: %w", c.Round, c.Job, want, ErrStaleRound)
+	}
+	if c.Buffered == 0 || int(c.Buffered) > len(st.Buffer) {
+		return fmt.Errorf("commit version %d of %q: %d buffered updates named, %d in the buffer", c.Round, c.Job, c.Buffered, len(st.Buffer))
+	}
+	used := st.Buffer[:c.Buffered]
+	rec := &pb.RoundRecord{Number: c.Round, Model: c.Model, Updates: c.Buffered, Metrics: c.Metrics, StartedUnixNano: st.VersionStartedUnixNano,
+		CommittedUnixNano: at, Accepted: used, Scores: c.Scores, OptimizerState: c.OptimizerState}
+	for _, u := range used {
+		rec.Samples += u.Samples
+		rec.Workers = append(rec.Workers, u.Worker)
+	}
+	st.Buffer = slices.Clone(st.Buffer[c.Buffered:])
+	st.VersionStartedUnixNano = at
+	j.History = append(j.History, rec)
+	j.CurrentModel = c.Model
+	if Version(j) >= j.Spec.GetRounds() {
+		j.Status = pb.JobStatus_JOB_STATUS_DONE
+		st.Assignments = nil
+	}
+	return nil
+}
+
+// asyncKey names an async update in an aggregation: one worker may have
+// several updates in a buffer.
+func asyncKey(u *pb.AcceptedUpdate) string { return fmt.Sprintf("%s#%d", u.Worker, u.Task) }
