@@ -43,9 +43,9 @@ var ErrTooStale = errors.New("update is too stale")
 // IsAsync reports whether a job runs in async mode.
 func IsAsync(spec *pb.JobSpec) bool { return spec.GetMode() == ModeAsync }
 
-// normalizeAsync fills an async spec's defaults and checks it, including
+// NormalizeAsync fills an async spec's defaults and checks it, including
 // that the job's rule can aggregate a buffer of its size.
-func normalizeAsync(spec *pb.JobSpec) error {
+func NormalizeAsync(spec *pb.JobSpec) error {
 	switch spec.Mode {
 	case "":
 		spec.Mode = ModeSync

@@ -131,7 +131,7 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if err := normalizeLoRA(spec, arch); err != nil {
 		return err
 	}
-	if err := normalizeAsync(spec); err != nil {
+	if err := NormalizeAsync(spec); err != nil {
 		return err
 	}
 	if spec.Train == nil {

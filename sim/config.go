@@ -8,11 +8,14 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 
 	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
 
@@ -66,6 +69,16 @@ var Keys = []Key{
 	{"dropout", "float", "0", "probability that a sampled worker's update never arrives"},
 	{"min_updates", "int", "1", "a round with fewer updates is aborted and planned again (as the coordinator does)"},
 	{"worker_momentum", "float", "0", "workers send their momentum over rounds (centered clipping's companion)"},
+	{"mode", "string", "sync", "sync (rounds wait for their slowest worker) or async (FedBuff: versions of buffer_size updates; rounds counts versions)"},
+	{"buffer_size", "int", "10", "async: updates aggregated into each version"},
+	{"concurrency", "int", "0", "async: workers training at once (0: 2 × buffer_size)"},
+	{"staleness", "string", "polynomial", "async: staleness weighting: polynomial ((1+τ)^-a), constant or hinge"},
+	{"staleness_a", "float", "0", "async: polynomial exponent or hinge slope (0: 0.5 / 10)"},
+	{"staleness_b", "int", "0", "async: hinge: staleness weighted fully (0: 4)"},
+	{"max_staleness", "int", "0", "async: updates staler than this are refused (0: 20)"},
+	{"max_per_worker", "int", "1", "async: updates one worker may have in a buffer"},
+	{"speed", "string", "1", "workers' slowness: 1 (all equal), uniform:LO,HI, lognormal:SIGMA or tiers:NAME=FACTOR,…"},
+	{"seconds_per_example", "float", "0.001", "simulated seconds a worker of speed 1 spends per example"},
 	{"seed", "int", "1", "seed of everything random"},
 	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
 	{"test_examples", "int", "0", "evaluate on the first n test examples (0: all)"},
@@ -270,6 +283,11 @@ func (r Point) Config() (Config, error) {
 			Beta2: r.float("server_beta2"), Eps: r.float("server_epsilon")},
 		Codec: r["codec"], NoErrorFeedback: !r.bool("error_feedback"), Attack: r["attack"], Byzantine: r.float("byzantine"),
 		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
+		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"),
+	}
+	if c.Mode == "async" {
+		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
+			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker"))}
 	}
 	switch {
 	case r["dataset"] != "mnist" && r["dataset"] != "words":
@@ -294,6 +312,32 @@ func (r Point) Config() (Config, error) {
 		return c, keyErr("min_updates", "%d, want 1 to the %d clients per round", c.MinUpdates, perRound(c))
 	case c.EvalEvery < 1:
 		return c, keyErr("eval_every", "%d, want at least 1", c.EvalEvery)
+	case c.Mode != "sync" && c.Mode != "async":
+		return c, keyErr("mode", "%q, want sync or async", c.Mode)
+	case !(c.SecondsPerExample > 0):
+		return c, keyErr("seconds_per_example", "%v, want > 0", c.SecondsPerExample)
+	}
+	if _, err := ParseSpeeds(c.Speed, c.Workers, c.Seed); err != nil {
+		return c, keyErr("speed", "%v", err)
+	}
+	if c.Mode == "async" {
+		switch {
+		case r.int("buffer_size") < 1 || r.int("buffer_size") > c.Workers:
+			return c, keyErr("buffer_size", "%d, want 1 to the %d workers", r.int("buffer_size"), c.Workers)
+		case r.int("concurrency") < 0 || r.int("concurrency") > c.Workers:
+			return c, keyErr("concurrency", "%d, want 0 (default) to the %d workers", r.int("concurrency"), c.Workers)
+		case r.int("max_per_worker") < 1:
+			return c, keyErr("max_per_worker", "%d, want at least 1", r.int("max_per_worker"))
+		case c.Attack != "none" || c.Dropout > 0 || c.WorkerMomentum > 0:
+			return c, keyErr("mode", "async simulates no attack, dropout or worker momentum")
+		}
+		spec := &pb.JobSpec{Mode: "async", Async: proto.Clone(c.Async).(*pb.AsyncSpec), Aggregator: c.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(c.Params.F), TrimFraction: c.Params.TrimFraction}}
+		if err := coordinator.NormalizeAsync(spec); err != nil {
+			return c, keyErr("buffer_size", "%v", err)
+		}
+		if spec.Async.Concurrency > uint32(c.Workers) {
+			c.Async.Concurrency = uint32(c.Workers) // the default 2 × buffer_size, capped
+		}
 	}
 	arch, err := model.Lookup(c.Model)
 	if err != nil {

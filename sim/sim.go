@@ -70,6 +70,15 @@ type Config struct {
 	// centered clipping tell attackers from honest workers). Each worker
 	// that has taken part keeps one model-sized vector for it.
 	WorkerMomentum float64
+	// Mode is "sync" (rounds; the default) or "async" (FedBuff, scheduled
+	// by the coordinator's PlanAssignments; Rounds then counts versions).
+	Mode  string
+	Async *pb.AsyncSpec // async parameters (defaults as the coordinator's)
+	// Speed is the workers' slowness distribution (ParseSpeeds), and
+	// SecondsPerExample the simulated time a worker of factor 1 spends on
+	// one example (default 0.001).
+	Speed             string
+	SecondsPerExample float64
 }
 
 // RoundResult is the model after one round.
@@ -81,6 +90,11 @@ type RoundResult struct {
 	Loss         float64
 	Bytes        int64 // encoded updates received this round
 	Seconds      float64
+	// SimTime is the simulated time at the end of the round (or version):
+	// rounds last as long as their slowest worker (see ParseSpeeds).
+	SimTime float64
+	// MeanStaleness is the mean staleness of an async version's updates.
+	MeanStaleness float64
 }
 
 // Run simulates cfg on train and evaluates on test. progress, if set, is
@@ -118,6 +132,26 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	if cfg.Dropout < 0 || cfg.Dropout >= 1 || cfg.Byzantine < 0 || cfg.Byzantine > 1 {
 		return nil, fmt.Errorf("sim: dropout %v and Byzantine fraction %v, want [0, 1)", cfg.Dropout, cfg.Byzantine)
 	}
+	if cfg.SecondsPerExample == 0 {
+		cfg.SecondsPerExample = 0.001
+	}
+	speeds, err := ParseSpeeds(cfg.Speed, cfg.Workers, cfg.Seed)
+	if err != nil {
+		return nil, err
+	}
+	async := cfg.Mode == coordinator.ModeAsync
+	if async {
+		if (cfg.Attack != "" && cfg.Attack != "none") || cfg.Dropout > 0 || cfg.WorkerMomentum > 0 {
+			return nil, fmt.Errorf("sim: async mode simulates no attack, dropout or worker momentum")
+		}
+		spec := &pb.JobSpec{Mode: coordinator.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
+		if err := coordinator.NormalizeAsync(spec); err != nil {
+			return nil, fmt.Errorf("sim: %w", err)
+		}
+		cfg.Async = spec.Async
+	} else if cfg.Mode != "" && cfg.Mode != coordinator.ModeSync {
+		return nil, fmt.Errorf("sim: mode %q: want sync or async", cfg.Mode)
+	}
 	// Workers hold index lists into the one shared training set; a
 	// worker's examples are gathered only while it trains.
 	var parts [][]int
@@ -148,6 +182,13 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	defer ev.Close()
 	pool := newTrainerPool(arch)
 	defer pool.close()
+	if async {
+		rc, lossy := cd.(codec.ResidualCodec)
+		e := &env{arch: arch, train: train, test: test, parts: parts, speeds: speeds, global: global, rule: rule, opt: opt, codec: cd,
+			lossy: lossy && rc != nil && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, pool: pool, evalEvery: cfg.EvalEvery}
+		return runAsync(ctx, cfg, e, progress)
+	}
+	var simTime float64
 	var (
 		state     tensor.Set
 		results   []RoundResult
@@ -170,6 +211,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		}
 		res := RoundResult{Round: round, Participants: len(sampled), Attempts: attempts, Accuracy: math.NaN(), Loss: math.NaN()}
 		deltas := make([]tensor.Set, len(sampled))
+		took := make([]float64, len(sampled)) // simulated seconds
 		err = pool.run(ctx, len(sampled), func(tr *model.Trainer, i int) error {
 			w := sampled[i]
 			if w < byz && cfg.Attack == "free-rider" {
@@ -182,10 +224,11 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			}
 			tc := cfg.Train
 			tc.Seed = cfg.Seed ^ uint64(round)<<32 ^ uint64(w)<<8
-			trained, _, err := tr.Train(ctx, global, src.Subset(parts[w]), tc)
+			trained, met, err := tr.Train(ctx, global, src.Subset(parts[w]), tc)
 			if err != nil {
 				return fmt.Errorf("worker %d round %d: %w", w, round, err)
 			}
+			took[i] = speeds[w] * float64(met.Seen) * cfg.SecondsPerExample
 			deltas[i], err = tensor.Diff(trained, global)
 			return err
 		})
@@ -214,6 +257,12 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 				deltas[i] = m.Clone()
 			}
 		}
+		// The round waits for its slowest worker.
+		for _, s := range took {
+			res.SimTime = max(res.SimTime, s)
+		}
+		simTime += res.SimTime
+		res.SimTime = simTime
 		nb := 0
 		for nb < len(sampled) && sampled[nb] < byz {
 			nb++

@@ -43,6 +43,7 @@ type RunSummary struct {
 	RoundsPerMin   float64           `json:"rounds_per_minute"`
 	MeanPerRound   int               `json:"mean_participants"`
 	DivergedAtDone bool              `json:"diverged"`
+	SimTime        float64           `json:"sim_time"` // simulated seconds at the end
 }
 
 // Summary is summary.json.
@@ -76,7 +77,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	defer f.Close()
 	w := csv.NewWriter(f)
 	swept := e.Swept()
-	header := append(append([]string{"run"}, swept...), "round", "participants", "attempts", "accuracy", "loss", "bytes", "cum_bytes")
+	header := append(append([]string{"run"}, swept...), "round", "participants", "attempts", "accuracy", "loss", "bytes", "cum_bytes", "sim_time", "staleness")
 	if opts.Timings {
 		header = append(header, "seconds")
 	}
@@ -125,11 +126,12 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 				row = append(row, r[k])
 			}
 			row = append(row, strconv.Itoa(res.Round), strconv.Itoa(res.Participants), strconv.Itoa(res.Attempts), num(res.Accuracy), num(res.Loss),
-				strconv.FormatInt(res.Bytes, 10), strconv.FormatInt(cum, 10))
+				strconv.FormatInt(res.Bytes, 10), strconv.FormatInt(cum, 10), strconv.FormatFloat(res.SimTime, 'f', 3, 64), strconv.FormatFloat(res.MeanStaleness, 'f', 3, 64))
 			if opts.Timings {
 				row = append(row, strconv.FormatFloat(res.Seconds, 'f', 3, 64))
 			}
 			w.Write(row)
+			rs.SimTime = res.SimTime
 			if !math.IsNaN(res.Accuracy) {
 				rs.FinalAccuracy = res.Accuracy
 				rs.BestAccuracy = max(rs.BestAccuracy, res.Accuracy)

@@ -1,7 +1,7 @@
 // Package plots draws the PNGs of `fedtune plot` from a `fedtune sim`
 // results CSV with gonum/plot: accuracy and loss per round for every run,
-// accuracy against bytes on the wire, and final accuracy by aggregator ×
-// attack.
+// accuracy against bytes on the wire and against simulated time, and final
+// accuracy by aggregator × attack.
 package plots
 
 import (
@@ -30,6 +30,7 @@ type series struct {
 	acc    []float64 // NaN-free: only evaluated rounds
 	accX   []float64 // round of each acc value
 	accMB  []float64 // cumulative MB at each acc value
+	accT   []float64 // simulated time at each acc value (sim_time column, if any)
 	loss   []float64
 	final  float64
 }
@@ -38,6 +39,7 @@ type series struct {
 type Results struct {
 	Swept []string
 	Runs  []*series
+	timed bool // the CSV has simulated times
 }
 
 // Read parses a results CSV written by fedtune sim.
@@ -84,6 +86,11 @@ func Read(r io.Reader) (*Results, error) {
 			return nil, fmt.Errorf("results: row %d: round %q", n+2, row[col["round"]])
 		}
 		cum, _ := strconv.ParseFloat(row[col["cum_bytes"]], 64)
+		var simT float64
+		if i, ok := col["sim_time"]; ok {
+			simT, _ = strconv.ParseFloat(row[i], 64)
+			res.timed = res.timed || simT > 0
+		}
 		s.round = append(s.round, round)
 		if a := row[col["accuracy"]]; a != "" {
 			v, err := strconv.ParseFloat(a, 64)
@@ -93,6 +100,7 @@ func Read(r io.Reader) (*Results, error) {
 			s.acc = append(s.acc, 100*v)
 			s.accX = append(s.accX, round)
 			s.accMB = append(s.accMB, cum/1e6)
+			s.accT = append(s.accT, simT)
 			s.final = 100 * v
 			l, _ := strconv.ParseFloat(row[col["loss"]], 64)
 			s.loss = append(s.loss, l)
@@ -228,6 +236,12 @@ func Draw(res *Results, dir string) ([]string, error) {
 	if err := saveTiled(lines("Test accuracy against bytes on the wire", "updates received (MB, cumulative)", "test accuracy (%)",
 		func(s *series) []float64 { return s.accMB }, func(s *series) []float64 { return s.acc }), "accuracy_vs_bytes.png", "Test accuracy against bytes on the wire"); err != nil {
 		return nil, err
+	}
+	if res.timed {
+		if err := saveTiled(lines("Test accuracy against simulated time", "simulated time (s)", "test accuracy (%)",
+			func(s *series) []float64 { return s.accT }, func(s *series) []float64 { return s.acc }), "accuracy_vs_time.png", "Test accuracy against simulated time"); err != nil {
+			return nil, err
+		}
 	}
 	width := 8 * vg.Inch
 	bars, err := finalBars(res)

@@ -1,0 +1,307 @@
+package sim
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/tensor/codec"
+)
+
+// Time is simulated: a worker needs speed × examples × SecondsPerExample
+// simulated seconds for a task (examples processed, counting epochs), so a
+// fleet whose speeds differ tenfold runs in seconds of real time and gives
+// the same numbers on every machine. Sync rounds last as long as their
+// slowest sampled worker; async jobs finish tasks in order of simulated
+// time.
+
+// ParseSpeeds gives each of n workers its slowness factor (1: the fastest
+// class; 10: ten times slower) from a distribution:
+//
+//	""  or "1"               all equal
+//	"uniform:LO,HI"          uniform in [LO, HI]
+//	"lognormal:SIGMA"        exp(SIGMA·z), z standard normal, scaled so the fastest is 1
+//	"tiers:gpu=1,cpu=10"     named tiers, dealt to the workers in turn
+//
+// The factors are a function of the spec, n and seed.
+func ParseSpeeds(spec string, n int, seed uint64) ([]float64, error) {
+	out := make([]float64, n)
+	r := rand.New(rand.NewPCG(seed, 0x5bee0))
+	kind, arg, _ := strings.Cut(spec, ":")
+	bad := func(format string, a ...any) ([]float64, error) {
+		return nil, fmt.Errorf("speed %q: %s (want uniform:LO,HI, lognormal:SIGMA or tiers:NAME=FACTOR,…)", spec, fmt.Sprintf(format, a...))
+	}
+	switch kind {
+	case "", "1":
+		for i := range out {
+			out[i] = 1
+		}
+	case "uniform":
+		lo, hi, ok := strings.Cut(arg, ",")
+		a, err1 := strconv.ParseFloat(lo, 64)
+		b, err2 := strconv.ParseFloat(hi, 64)
+		if !ok || err1 != nil || err2 != nil || !(a > 0) || b < a {
+			return bad("bounds %q", arg)
+		}
+		for i := range out {
+			out[i] = a + (b-a)*r.Float64()
+		}
+	case "lognormal":
+		sigma, err := strconv.ParseFloat(arg, 64)
+		if err != nil || sigma < 0 || sigma > 5 {
+			return bad("sigma %q", arg)
+		}
+		least := math.Inf(1)
+		for i := range out {
+			out[i] = math.Exp(sigma * r.NormFloat64())
+			least = min(least, out[i])
+		}
+		for i := range out {
+			out[i] /= least
+		}
+	case "tiers":
+		var factors []float64
+		for _, t := range strings.Split(arg, ",") {
+			name, f, ok := strings.Cut(t, "=")
+			v, err := strconv.ParseFloat(f, 64)
+			if !ok || name == "" || err != nil || !(v > 0) {
+				return bad("tier %q", t)
+			}
+			factors = append(factors, v)
+		}
+		for i := range out {
+			out[i] = factors[i%len(factors)]
+		}
+	default:
+		return bad("unknown distribution %q", kind)
+	}
+	return out, nil
+}
+
+// inflight is a task being trained, done at simulated time at.
+type inflight struct {
+	at      float64
+	task    uint64
+	worker  int
+	version uint32
+	delta   tensor.Set
+	samples uint64
+}
+
+type eventQueue []*inflight
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].task < q[j].task
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(*inflight)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	x := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return x
+}
+
+// runAsync simulates an async job (FedBuff) in simulated time, scheduled by
+// the coordinator's own PlanAssignments and weighted by its
+// StalenessWeight: Rounds counts versions, each aggregating BufferSize
+// updates. A RoundResult is one version.
+func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult)) ([]RoundResult, error) {
+	spec := &pb.JobSpec{Name: "sim", Mode: coordinator.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, Seed: cfg.Seed,
+		RoundTimeoutSeconds: 1e9, Rounds: uint32(cfg.Rounds), AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
+	job := &pb.Job{Spec: spec, CurrentModel: "v0", Async: &pb.AsyncState{NextTask: 1}}
+	live := make([]*pb.WorkerInfo, cfg.Workers)
+	for w := range live {
+		live[w] = &pb.WorkerInfo{Id: WorkerID(w)}
+	}
+	index := func(id string) int { w, _ := strconv.Atoi(strings.TrimPrefix(id, "w")); return w }
+	var (
+		queue    eventQueue
+		pending  = map[uint64]*inflight{}
+		payloads = map[uint64][]byte{} // buffered updates, encoded
+		now      float64
+		results  []RoundResult
+		bytes    int64
+		global   = e.global
+		state    tensor.Set
+	)
+	clock := func() time.Time { return time.Unix(0, 0).Add(time.Duration(now * float64(time.Second))) }
+	// schedule applies PlanAssignments at the current simulated time:
+	// withdrawn tasks are dropped, new ones trained (in parallel) from the
+	// current version and queued to finish after their worker's time.
+	schedule := func() error {
+		assign, release := coordinator.PlanAssignments(job, live, clock())
+		for _, t := range release {
+			delete(pending, t)
+		}
+		job.Async.Assignments = slicesDelete(job.Async.Assignments, release)
+		if len(assign) == 0 {
+			return nil
+		}
+		tasks := make([]*inflight, len(assign))
+		err := e.pool.run(ctx, len(assign), func(tr *model.Trainer, i int) error {
+			a := assign[i]
+			w := index(a.Worker)
+			tc := cfg.Train
+			tc.Seed = cfg.Seed ^ a.Task<<20 ^ uint64(w)<<8
+			trained, met, err := tr.Train(ctx, global, e.train.Subset(e.parts[w]), tc)
+			if err != nil {
+				return fmt.Errorf("worker %d task %d: %w", w, a.Task, err)
+			}
+			d, err := tensor.Diff(trained, global)
+			tasks[i] = &inflight{at: now + e.speeds[w]*float64(met.Seen)*cfg.SecondsPerExample, task: a.Task, worker: w, version: a.Version, delta: d, samples: uint64(len(e.parts[w]))}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for i, a := range assign {
+			job.Async.Assignments = append(job.Async.Assignments, a)
+			job.Async.NextTask = a.Task + 1
+			pending[a.Task] = tasks[i]
+			heap.Push(&queue, tasks[i])
+		}
+		return nil
+	}
+	if err := schedule(); err != nil {
+		return nil, err
+	}
+	k := int(cfg.Async.BufferSize)
+	for len(results) < cfg.Rounds {
+		if queue.Len() == 0 {
+			return results, fmt.Errorf("sim: async: nothing in flight at version %d (concurrency %d, %d workers)", len(results), cfg.Async.Concurrency, cfg.Workers)
+		}
+		t := heap.Pop(&queue).(*inflight)
+		if _, ok := pending[t.task]; !ok {
+			continue // withdrawn as too stale: its update is refused
+		}
+		delete(pending, t.task)
+		now = t.at
+		job.Async.Assignments = slicesDelete(job.Async.Assignments, []uint64{t.task})
+		payload, err := e.encode(t.worker, t.delta)
+		if err != nil {
+			return results, err
+		}
+		bytes += int64(len(payload))
+		payloads[t.task] = payload
+		job.Async.Buffer = append(job.Async.Buffer, &pb.AcceptedUpdate{Worker: WorkerID(t.worker), Task: t.task, BaseVersion: t.version, Samples: t.samples})
+		if len(job.Async.Buffer) >= k {
+			version := uint32(len(results))
+			ups := make([]aggregation.Update, k)
+			var stale float64
+			for i, u := range job.Async.Buffer[:k] {
+				v, err := codec.DecodeVector(e.codec, payloads[u.Task], global.Len())
+				if err != nil {
+					return results, err
+				}
+				tau := version - u.BaseVersion
+				stale += float64(tau)
+				ups[i] = aggregation.Update{Worker: fmt.Sprintf("%s#%d", u.Worker, u.Task), Source: tensor.Scaled(v, float32(coordinator.StalenessWeight(cfg.Async, tau))), Samples: u.Samples}
+				delete(payloads, u.Task)
+			}
+			agg, _, err := e.rule.Aggregate(ups)
+			if err != nil {
+				return results, fmt.Errorf("version %d: %w", version+1, err)
+			}
+			if global, state, err = e.opt.Step(global, agg, state); err != nil {
+				return results, err
+			}
+			job.Async.Buffer = job.Async.Buffer[k:]
+			job.History = append(job.History, &pb.RoundRecord{Number: version + 1})
+			job.CurrentModel = fmt.Sprintf("v%d", version+1)
+			res := RoundResult{Round: int(version) + 1, Participants: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now, MeanStaleness: stale / float64(k)}
+			bytes = 0
+			if err := e.evaluate(&res, global, len(results)+1 == cfg.Rounds); err != nil {
+				return results, err
+			}
+			results = append(results, res)
+			if progress != nil {
+				progress(res)
+			}
+			if global.CheckFinite() != nil {
+				break
+			}
+		}
+		if err := schedule(); err != nil {
+			return results, err
+		}
+	}
+	return results, nil
+}
+
+// slicesDelete drops the assignments of the given tasks.
+func slicesDelete(as []*pb.Assignment, tasks []uint64) []*pb.Assignment {
+	out := as[:0]
+	for _, a := range as {
+		drop := false
+		for _, t := range tasks {
+			drop = drop || a.Task == t
+		}
+		if !drop {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// env is what a simulated run shares between its sync and async drivers.
+type env struct {
+	arch      model.MLP
+	train     *dataset.Examples
+	test      *dataset.Examples
+	parts     [][]int
+	speeds    []float64
+	global    tensor.Set
+	rule      aggregation.Aggregator
+	opt       aggregation.ServerOptimizer
+	codec     codec.Codec
+	lossy     bool
+	residuals map[int]tensor.Set
+	ev        *model.Evaluator
+	pool      *trainerPool
+	evalEvery int
+	evals     int
+}
+
+// encode encodes worker w's delta as the worker would (error feedback for
+// lossy codecs).
+func (e *env) encode(w int, d tensor.Set) ([]byte, error) {
+	if e.lossy {
+		payload, next, err := e.codec.(codec.ResidualCodec).EncodeResidual(d, e.residuals[w])
+		e.residuals[w] = next
+		return payload, err
+	}
+	return e.codec.Encode(d)
+}
+
+// evaluate scores the model into res every evalEvery results and at the end.
+func (e *env) evaluate(res *RoundResult, global tensor.Set, last bool) error {
+	e.evals++
+	if e.evalEvery > 1 && e.evals%e.evalEvery != 0 && !last && global.CheckFinite() == nil {
+		return nil
+	}
+	ev, err := e.ev.Evaluate(global, e.test)
+	if err != nil {
+		return err
+	}
+	res.Accuracy, res.Loss = ev.Accuracy, ev.Loss
+	if global.CheckFinite() != nil {
+		res.Accuracy, res.Loss = 0.1, math.Inf(1)
+	}
+	return nil
+}

@@ -1,0 +1,100 @@
+package sim
+
+import (
+	"context"
+	"math"
+	"testing"
+
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+func TestParseSpeeds(t *testing.T) {
+	for _, c := range []struct {
+		spec     string
+		lo, hi   float64
+		distinct bool
+	}{
+		{"", 1, 1, false},
+		{"1", 1, 1, false},
+		{"uniform:1,10", 1, 10, true},
+		{"lognormal:1", 1, math.Inf(1), true},
+		{"tiers:gpu=1,cpu=10", 1, 10, true},
+	} {
+		s, err := ParseSpeeds(c.spec, 20, 1)
+		if err != nil {
+			t.Fatalf("%q: %v", c.spec, err)
+		}
+		least, most := math.Inf(1), 0.0
+		for _, v := range s {
+			least, most = min(least, v), max(most, v)
+		}
+		if least < c.lo-1e-9 || most > c.hi || (most > least) != c.distinct {
+			t.Errorf("%q: factors in [%v, %v]", c.spec, least, most)
+		}
+		again, _ := ParseSpeeds(c.spec, 20, 1)
+		for i := range s {
+			if s[i] != again[i] {
+				t.Fatalf("%q: not a function of its seed", c.spec)
+			}
+		}
+	}
+	if s, _ := ParseSpeeds("tiers:gpu=1,cpu=10", 4, 1); s[0] != 1 || s[1] != 10 || s[2] != 1 {
+		t.Errorf("tiers dealt %v", s)
+	}
+	for _, bad := range []string{"uniform:10,1", "uniform:0,1", "lognormal:x", "tiers:gpu", "warp:9"} {
+		if _, err := ParseSpeeds(bad, 4, 1); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestSimAsync: async mode in simulated time is reproducible, aggregates
+// buffer_size updates per version with staleness within its bound, and
+// with speeds differing tenfold gets through the same number of updates in
+// less simulated time than sync rounds, which wait for their slowest
+// worker, while learning as well.
+func TestSimAsync(t *testing.T) {
+	train, test := data(t)
+	base := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 8, ClientsPerRound: 5, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+		Train: model.TrainConfig{Steps: 15, BatchSize: 32, LR: 0.1, Momentum: 0.5}, Rule: "fedavg", Seed: 3, Speed: "uniform:1,10"}
+	async := base
+	async.Mode, async.Async = "async", &pb.AsyncSpec{BufferSize: 5, Concurrency: 10, MaxStaleness: 3}
+	a, err := Run(context.Background(), async, train, test, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := Run(context.Background(), async, train, test, nil)
+	sync, err := Run(context.Background(), base, train, test, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var staleness float64
+	for i, r := range a {
+		if r.Accuracy != again[i].Accuracy || r.SimTime != again[i].SimTime {
+			t.Fatalf("version %d differs between two runs: %+v vs %+v", i+1, r, again[i])
+		}
+		if r.Participants != 5 || r.MeanStaleness > 3 || (i > 0 && r.SimTime < a[i-1].SimTime) {
+			t.Errorf("version %d: %+v", i+1, r)
+		}
+		staleness += r.MeanStaleness
+	}
+	la, ls := a[len(a)-1], sync[len(sync)-1]
+	t.Logf("8 versions/rounds of 5 updates: async %.1f s (accuracy %.3f, mean staleness %.2f), sync %.1f s (accuracy %.3f)",
+		la.SimTime, la.Accuracy, staleness/float64(len(a)), ls.SimTime, ls.Accuracy)
+	if la.SimTime > 0.7*ls.SimTime {
+		t.Errorf("async took %.1f simulated s, sync %.1f: async should not wait for stragglers", la.SimTime, ls.SimTime)
+	}
+	if staleness == 0 {
+		t.Error("no update was stale: the simulation ran in lockstep")
+	}
+	if la.Accuracy < ls.Accuracy-0.05 {
+		t.Errorf("async accuracy %.3f, sync %.3f", la.Accuracy, ls.Accuracy)
+	}
+	bad := async
+	bad.Attack, bad.Byzantine = "ipm", 0.2
+	if _, err := Run(context.Background(), bad, train, test, nil); err == nil {
+		t.Error("an attack in async mode was accepted")
+	}
+}
