@@ -248,6 +248,11 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"job", "submit", "--name", "x", "--lora-rank", "80", "--model", "mnist-mlp-small", "--coordinator", "127.0.0.1:1"}, "would not be low-rank"},
 		{[]string{"job", "submit", "--name", "x", "--lora-rank", "2", "--lora-aggregation", "exact", "--aggregator", "median", "--coordinator", "127.0.0.1:1"}, "cannot be combined"},
 		{[]string{"model", "eval", "--model", "mnist-mlp-small", corrupt}, "invalid safetensors"},
+		{[]string{"job", "submit", "--name", "x", "--buffer-size", "4", "--coordinator", "127.0.0.1:1"}, "is for --mode async"},
+		{[]string{"job", "submit", "--name", "x", "--mode", "turbo", "--coordinator", "127.0.0.1:1"}, `mode "turbo"`},
+		{[]string{"job", "submit", "--name", "x", "--mode", "async", "--buffer-size", "4", "--aggregator", "krum", "--byzantine", "1", "--coordinator", "127.0.0.1:1"}, "buffer_size 4"},
+		{[]string{"job", "submit", "--name", "x", "--mode", "async", "--staleness", "linear", "--coordinator", "127.0.0.1:1"}, "staleness"},
+		{[]string{"sim", "--set", "mode=async", "--set", "speed=warp:9", "--dry-run"}, `key "speed"`},
 		{[]string{"model", "pretrain", "--dataset", "words-xx", "-o", filepath.Join(t.TempDir(), "x")}, "unknown language"},
 	}
 	for _, c := range cases {

@@ -68,6 +68,11 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 			case "sim":
 			case "grpc":
 				opts.Runner = cluster.Run
+				for _, p := range points {
+					if s := p["speed"]; s != "1" && s != "" {
+						return fmt.Errorf("--transport grpc runs in real time: key \"speed\" (%s) only shapes simulated time (--transport sim)", s)
+					}
+				}
 			default:
 				return fmt.Errorf("--transport %q: want sim or grpc", c.String("transport"))
 			}

@@ -82,6 +82,9 @@ func TestDashboard(t *testing.T) {
 		Name: "regional-digits", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 200, ClientsPerRound: 3, RoundTimeoutSeconds: 60, Evaluate: true,
 		Aggregator: "trimmed-mean", Train: &pb.TrainConfig{LocalEpochs: 1, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5},
 	}, arch.Init(3))
+	// An async job waiting for workers it selects (none match yet).
+	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{Name: "async-waiting", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 5, RoundTimeoutSeconds: 60,
+		Mode: coordinator.ModeAsync, Async: &pb.AsyncSpec{BufferSize: 4}, Selector: map[string]string{"region": "mars"}}, arch.Init(3))
 	rounds := func() int { j, _ := c.FSM().Job("regional-digits"); return len(j.History) }
 	WaitFor(t, 2*time.Minute, "8 committed rounds", func() bool { return rounds() >= 8 })
 	base := "http://" + c.HTTPAddr()
@@ -109,13 +112,21 @@ func TestDashboard(t *testing.T) {
 			}
 			var st struct {
 				Jobs []struct {
+					Spec struct {
+						Name string `json:"name"`
+					} `json:"spec"`
 					History []json.RawMessage `json:"history"`
 				} `json:"jobs"`
 			}
-			if err := json.Unmarshal([]byte(line), &st); err != nil || len(st.Jobs) != 1 {
+			if err := json.Unmarshal([]byte(line), &st); err != nil || len(st.Jobs) != 2 {
 				t.Fatalf("event is not the state: %v %.200s", err, line)
 			}
-			return len(st.Jobs[0].History)
+			for _, j := range st.Jobs {
+				if j.Spec.Name == "regional-digits" {
+					return len(j.History)
+				}
+			}
+			t.Fatalf("the state lacks the job: %.300s", line)
 		}
 		t.Fatalf("event stream ended: %v", sc.Err())
 		return 0
@@ -135,7 +146,8 @@ func TestDashboard(t *testing.T) {
 		"eu-1", "eu-2", "us-1", "region=us", // the workers
 		`data-job="regional-digits"`, "running", "trimmed-mean", // the job
 		`<polyline class="acc"`, `<polyline class="loss"`, // its curves
-		`class="ledger"`, // the ledger
+		`class="ledger"`,                                                                                    // the ledger
+		`data-job="async-waiting"`, "async, versions of 4", "async: version <b>0</b>, buffer <b>0</b> of 4", // an async job
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered page lacks %q", want)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/local"
@@ -92,6 +93,10 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 		ServerOptimizer: &pb.ServerOptimizer{Name: cfg.Server.Name, Lr: cfg.Server.LR, Beta1: cfg.Server.Beta1, Beta2: cfg.Server.Beta2, Epsilon: cfg.Server.Eps},
 		Train: &pb.TrainConfig{LocalEpochs: uint32(cfg.Train.Epochs), LocalSteps: uint32(cfg.Train.Steps), BatchSize: uint32(cfg.Train.BatchSize),
 			LearningRate: cfg.Train.LR, Momentum: cfg.Train.Momentum, ProxMu: cfg.Train.ProxMu},
+	}
+	if cfg.Mode == coordinator.ModeAsync {
+		// The real async path: versions of buffer_size updates, in real time.
+		spec.Mode, spec.Async = coordinator.ModeAsync, cfg.Async
 	}
 	admin := pb.NewAdminClient(conn)
 	if _, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec}); err != nil {

@@ -42,10 +42,19 @@ function job(j, ledger, now) {
   const h = j.history || [];
   const status = statusName(j.status);
   const cls = status === "done" ? "ok" : status === "failed" ? "bad" : "lead";
+  const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}, ${esc(s.async.staleness)} staleness` : "";
   const lora = s.lora ? ` · LoRA rank ${esc(s.lora.rank)} α ${esc(s.lora.alpha)} (${esc(s.lora.aggregation)})` : "";
   const sel = Object.entries(s.selector || {}).map(([k, v]) => `<span class="label">${esc(k)}=${esc(v)}</span>`).join("");
   const last = h.length ? h[h.length - 1].metrics || {} : {};
   let open = "";
+  const a = s.async, st = j.async;
+  if (a && st && status === "running") {
+    const buf = (st.buffer || []).length, k = num(a.buffer_size) || 1;
+    const training = (st.assignments || []).map((x) => `<span class="label">${esc(x.worker)} ← v${esc(x.version ?? 0)}</span>`).join("");
+    open = `<p>async: version <b>${h.length}</b>, buffer <b>${buf}</b> of ${k} updates
+      <div class="bar"><div style="width:${(100 * Math.min(1, buf / k)).toFixed(1)}%"></div></div>
+      training now (${(st.assignments || []).length} of ${esc(a.concurrency)}): ${training || '<span class="muted">none</span>'}</p>`;
+  }
   const r = j.open_round;
   if (r) {
     const start = num(r.started_unix_nano) / 1e6, end = num(r.deadline_unix_nano) / 1e6;
@@ -63,7 +72,7 @@ function job(j, ledger, now) {
   return `<div class="job" data-job="${esc(s.name)}">
     <div>
       <h3>${esc(s.name)} <span class="pill ${cls}">${esc(status)}</span></h3>
-      <div class="meta">${esc(s.model)} on ${esc(s.dataset)} · ${esc(s.aggregator)} · ${esc(s.codec)}${lora} · ${h.length}/${esc(s.rounds)} rounds of ${esc(s.clients_per_round)} ${sel}</div>
+      <div class="meta">${esc(s.model)} on ${esc(s.dataset)} · ${esc(s.aggregator)} · ${esc(s.codec)}${mode}${lora} · ${h.length}/${esc(s.rounds)} ${s.async ? "versions" : "rounds of " + esc(s.clients_per_round)} ${sel}</div>
       <div class="bar"><div style="width:${(100 * h.length / Math.max(1, num(s.rounds))).toFixed(1)}%"></div></div>
       <p>test accuracy <b>${pct(last.test_accuracy)}</b> (base ${pct((j.base_metrics || {}).test_accuracy)})${j.error ? ` · <span class="pill bad">${esc(j.error)}</span>` : ""}</p>
       ${open}
