@@ -77,7 +77,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	defer f.Close()
 	w := csv.NewWriter(f)
 	swept := e.Swept()
-	header := append(append([]string{"run"}, swept...), "round", "participants", "attempts", "accuracy", "loss", "bytes", "cum_bytes", "sim_time", "staleness")
+	header := append(append([]string{"run"}, swept...), "round", "participants", "attempts", "accuracy", "loss", "bytes", "cum_bytes", "sim_time", "mean_staleness")
 	if opts.Timings {
 		header = append(header, "seconds")
 	}
