@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -119,10 +120,10 @@ func TestLoRAJob(t *testing.T) {
 			}
 			want, _ := l.Merge(arch, base, ad)
 			for k, tt := range merged.Tensors {
-				if strings.HasSuffix(tt.Name, ".bias") && !equal(tt.Data, base.Tensors[k].Data) {
+				if strings.HasSuffix(tt.Name, ".bias") && !slices.Equal(tt.Data, base.Tensors[k].Data) {
 					t.Errorf("frozen %s changed", tt.Name)
 				}
-				if !equal(tt.Data, want.Tensors[k].Data) {
+				if !slices.Equal(tt.Data, want.Tensors[k].Data) {
 					t.Errorf("merged %s differs from base + exported adapters", tt.Name)
 				}
 			}
@@ -197,15 +198,3 @@ func (blockingTrainer) Train(ctx context.Context, _ worker.Input, _ *pb.Task) (w
 }
 
 func (blockingTrainer) Close() {}
-
-func equal(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
