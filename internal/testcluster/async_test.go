@@ -79,8 +79,9 @@ func checkAsyncHistory(t *testing.T, j *pb.Job, n, k, maxPer int) map[uint64]int
 
 // TestAsyncJob runs an async job on one coordinator with six workers whose
 // uplinks differ up to 1 s: versions of 3 updates, 4 training at once, at
-// most one update per worker per version. Every version verifies, the slow
-// workers contribute, and the model learns.
+// most one update per worker per version, updates compressed to top-10% +
+// int8 with error feedback. Every version verifies, the slow workers
+// contribute, and the model learns.
 func TestAsyncJob(t *testing.T) {
 	c := StartCoordinator(t, coordinator.Config{})
 	startSlowWorkers(t, []string{c.GossipAddr()}, []time.Duration{0, 0, 100 * time.Millisecond, 300 * time.Millisecond, 600 * time.Millisecond, time.Second})
@@ -89,7 +90,9 @@ func TestAsyncJob(t *testing.T) {
 	defer pool.Close()
 	arch, _ := model.Lookup("mnist-mlp-small")
 	const versions, k = 10, 3
-	SubmitJob(t, pool, c.GRPCAddr(), asyncJob("async", versions, k, 4), arch.Init(1))
+	spec := asyncJob("async", versions, k, 4)
+	spec.Codec = "topk=0.1+int8"
+	SubmitJob(t, pool, c.GRPCAddr(), spec, arch.Init(1))
 	WaitFor(t, 2*time.Minute, "the async job", func() bool {
 		j, _ := c.FSM().Job("async")
 		return j.Status != pb.JobStatus_JOB_STATUS_RUNNING
