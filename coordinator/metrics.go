@@ -30,6 +30,7 @@ type metrics struct {
 	roundDuration    prometheus.Histogram
 	blobSent         *prometheus.CounterVec
 	dashboardStreams prometheus.Counter
+	asyncTasks       *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -59,7 +60,8 @@ func newMetrics() *metrics {
 		Buckets: prometheus.ExponentialBuckets(0.1, 2, 14)})
 	m.blobSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_blob_sent_bytes_total", Help: "Bytes of models and updates sent from this node's blob store, by caller role (worker, coordinator, admin)."}, []string{"to"})
 	m.dashboardStreams = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_dashboard_streams_total", Help: "Dashboard event streams opened (browsers showing the live dashboard)."})
-	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation, m.roundDuration, m.blobSent, m.dashboardStreams)
+	m.asyncTasks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_async_tasks_total", Help: "Async jobs' tasks this node handed out as leader, or withdrawn (past the deadline or too stale)."}, []string{"event"})
+	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation, m.roundDuration, m.blobSent, m.dashboardStreams, m.asyncTasks)
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())
 	return m

@@ -199,13 +199,13 @@ func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*
 		return fmt.Errorf("assign tasks: %w", err)
 	}
 	if len(release) > 0 {
-		s.c.metrics.roundsAborted.Add(float64(len(release)))
+		s.c.metrics.asyncTasks.WithLabelValues("withdrawn").Add(float64(len(release)))
 		s.log.Warn("assignments withdrawn", "job", name, "version", Version(j), "tasks", release)
 	}
 	for _, a := range assign {
 		s.log.Info("task assigned", "job", name, "version", a.Version, "round", a.Version, "worker", a.Worker, "task", a.Task)
 	}
-	s.c.metrics.roundsStarted.Add(float64(len(assign)))
+	s.c.metrics.asyncTasks.WithLabelValues("assigned").Add(float64(len(assign)))
 	return nil
 }
 
