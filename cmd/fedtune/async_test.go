@@ -1,0 +1,39 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	tc "github.com/fedtune/fedtune/internal/testcluster"
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// TestAsyncProcesses submits an async job with the CLI to a coordinator
+// process with three worker processes (one with a slow uplink): the job
+// runs to its last version, `job status` and `verify` work on versions,
+// and the ledger credits every aggregated update.
+func TestAsyncProcesses(t *testing.T) {
+	pc := tc.NewProcCluster(t, binary, 1)
+	n := pc.Nodes[0]
+	startWorkers(pc, 3, 2000, nil, nil, []string{"--submit-delay", "1s"})
+	waitWorkers(t, pc, 3)
+	out := run(t, submitArgs(n.GRPC, "async-cli", 4, 1, "--mode", "async", "--buffer-size", "2", "--concurrency", "3", "--max-staleness", "5", "--steps", "30")...)
+	if !strings.Contains(out, "async: versions of 2 updates, 3 training at once, polynomial staleness weighting, max staleness 5") {
+		t.Errorf("submit printed %q", out)
+	}
+	j := waitJob(t, pc, "async-cli", 2*time.Minute, func(j *pb.Job) bool { return j.Status != pb.JobStatus_JOB_STATUS_RUNNING })
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 4 {
+		t.Fatalf("job ended %v after %d versions: %s", j.Status, len(j.History), j.Error)
+	}
+	if v := run(t, "verify", "--coordinator", n.GRPC, "--job", "async-cli"); strings.Count(v, ": OK") != 4 {
+		t.Errorf("verify:\n%s", v)
+	}
+	ledger := run(t, "ledger", "--coordinator", n.GRPC, "--job", "async-cli")
+	if !strings.Contains(ledger, "4 committed rounds") {
+		t.Errorf("ledger:\n%s", ledger)
+	}
+	if acc := j.History[3].Metrics["test_accuracy"]; acc < j.BaseMetrics["test_accuracy"]+0.3 {
+		t.Errorf("accuracy %.3f -> %.3f", j.BaseMetrics["test_accuracy"], acc)
+	}
+}
