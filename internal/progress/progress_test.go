@@ -46,4 +46,9 @@ func TestOpenRoundLine(t *testing.T) {
 	if got := OpenRoundLine(j, t0); got != "job j: running, 1/5 rounds committed" {
 		t.Errorf("between rounds: %q", got)
 	}
+	j.Spec.Async = &pb.AsyncSpec{BufferSize: 4}
+	j.Async = &pb.AsyncState{Buffer: []*pb.AcceptedUpdate{{}, {}}, Assignments: []*pb.Assignment{{}, {}, {}}}
+	if got := OpenRoundLine(j, t0); got != "version 1: buffer [#####-----] 2/4 updates, 3 training, test accuracy 90.00%" {
+		t.Errorf("async: %q", got)
+	}
 }
