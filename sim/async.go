@@ -289,7 +289,8 @@ func (e *env) encode(w int, d tensor.Set) ([]byte, error) {
 	return e.codec.Encode(d)
 }
 
-// evaluate scores the model into res every evalEvery results and at the end.
+// evaluate scores the model into res every evalEvery results, at the end,
+// and once it diverged (recorded at chance accuracy).
 func (e *env) evaluate(res *RoundResult, global tensor.Set, last bool) error {
 	e.evals++
 	if e.evalEvery > 1 && e.evals%e.evalEvery != 0 && !last && global.CheckFinite() == nil {

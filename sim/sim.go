@@ -182,21 +182,18 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	defer ev.Close()
 	pool := newTrainerPool(arch)
 	defer pool.close()
+	_, lossy := cd.(codec.ResidualCodec)
+	e := &env{arch: arch, train: train, test: test, parts: parts, speeds: speeds, global: global, rule: rule, opt: opt, codec: cd,
+		lossy: lossy && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, pool: pool, evalEvery: cfg.EvalEvery}
 	if async {
-		rc, lossy := cd.(codec.ResidualCodec)
-		e := &env{arch: arch, train: train, test: test, parts: parts, speeds: speeds, global: global, rule: rule, opt: opt, codec: cd,
-			lossy: lossy && rc != nil && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, pool: pool, evalEvery: cfg.EvalEvery}
 		return runAsync(ctx, cfg, e, progress)
 	}
 	var simTime float64
 	var (
-		state     tensor.Set
-		results   []RoundResult
-		momentum  = map[int]tensor.Set{} // per worker that has taken part
-		residuals = map[int]tensor.Set{} // error feedback, likewise
+		state    tensor.Set
+		results  []RoundResult
+		momentum = map[int]tensor.Set{} // per worker that has taken part
 	)
-	rc, lossy := cd.(codec.ResidualCodec)
-	lossy = lossy && !cfg.NoErrorFeedback
 	// Rounds are planned by the coordinator's own scheduler functions:
 	// PlanRound samples the workers (a seeded shuffle of the worker ids, so
 	// the cluster path with the same seed picks the same workers), and
@@ -270,14 +267,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		attack(cfg.Attack, deltas, nb, cfg.Seed^uint64(round))
 		ups := make([]aggregation.Update, len(sampled))
 		for i, w := range sampled {
-			var payload []byte
-			if lossy {
-				var next tensor.Set
-				payload, next, err = rc.EncodeResidual(deltas[i], residuals[w])
-				residuals[w] = next
-			} else {
-				payload, err = cd.Encode(deltas[i])
-			}
+			payload, err := e.encode(w, deltas[i])
 			if err != nil {
 				return results, fmt.Errorf("round %d: worker %d: encode: %w", round, w, err)
 			}
@@ -295,15 +285,8 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		if global, state, err = opt.Step(global, agg, state); err != nil {
 			return results, err
 		}
-		if cfg.EvalEvery <= 1 || round%cfg.EvalEvery == 0 || round == cfg.Rounds || global.CheckFinite() != nil {
-			e, err := ev.Evaluate(global, test)
-			if err != nil {
-				return results, err
-			}
-			res.Accuracy, res.Loss = e.Accuracy, e.Loss
-		}
-		if global.CheckFinite() != nil {
-			res.Accuracy, res.Loss = 0.1, math.Inf(1) // diverged: chance accuracy
+		if err := e.evaluate(&res, global, round == cfg.Rounds); err != nil { // diverged: chance accuracy
+			return results, err
 		}
 		res.Seconds = time.Since(start).Seconds()
 		results = append(results, res)
