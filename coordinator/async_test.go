@@ -1,0 +1,146 @@
+package coordinator
+
+import (
+	"errors"
+	"math"
+	"slices"
+	"testing"
+	"time"
+
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+func asyncTestJob() *pb.Job {
+	spec := &pb.JobSpec{Name: "a", Mode: ModeAsync, Seed: 7, RoundTimeoutSeconds: 60, Aggregator: "fedavg",
+		Async: &pb.AsyncSpec{BufferSize: 2, Concurrency: 3, MaxStaleness: 2, MaxPerWorker: 1}}
+	if err := NormalizeAsync(spec); err != nil {
+		panic(err)
+	}
+	return &pb.Job{Spec: spec, CurrentModel: "m3", History: make([]*pb.RoundRecord, 3), Async: &pb.AsyncState{NextTask: 10}}
+}
+
+func workers(ids ...string) []*pb.WorkerInfo {
+	var ws []*pb.WorkerInfo
+	for _, id := range ids {
+		ws = append(ws, &pb.WorkerInfo{Id: id})
+	}
+	return ws
+}
+
+// TestPlanAssignments: the async scheduling step withdraws expired and
+// too-stale assignments, fills the concurrency limit from the newest
+// version with numbered tasks, skips workers already training or capped in
+// the buffer, and prefers idle workers.
+func TestPlanAssignments(t *testing.T) {
+	now := t0.Add(time.Hour)
+	j := asyncTestJob()
+	j.Async.Assignments = []*pb.Assignment{
+		{Worker: "a", Task: 7, Version: 3, DeadlineUnixNano: now.Add(time.Minute).UnixNano()},  // fine
+		{Worker: "b", Task: 8, Version: 0, DeadlineUnixNano: now.Add(time.Minute).UnixNano()},  // 3 versions stale > 2
+		{Worker: "c", Task: 9, Version: 3, DeadlineUnixNano: now.Add(-time.Second).UnixNano()}, // past its deadline
+	}
+	j.Async.Buffer = []*pb.AcceptedUpdate{{Worker: "d", Task: 6}} // d is at its cap of 1
+	live := workers("a", "b", "c", "d", "e", "f")
+	live[5].Labels = map[string]string{"idle": "false"} // f is busy
+	assign, release := PlanAssignments(j, live, now)
+	slices.Sort(release)
+	if !slices.Equal(release, []uint64{8, 9}) {
+		t.Errorf("released %v, want tasks 8 (too stale) and 9 (expired)", release)
+	}
+	// One assignment stays (a), so 2 slots: candidates b, c, e (idle) and f (busy).
+	if len(assign) != 2 {
+		t.Fatalf("assigned %d, want the 2 free slots", len(assign))
+	}
+	for i, a := range assign {
+		if a.Task != uint64(10+i) || a.Version != 3 || a.BaseModel != "m3" || a.DeadlineUnixNano != now.Add(time.Minute).UnixNano() {
+			t.Errorf("assignment %+v: want task %d from version 3 (m3), deadline a minute on", a, 10+i)
+		}
+		if a.Worker == "a" || a.Worker == "d" || a.Worker == "f" {
+			t.Errorf("assigned %s: already training, capped, or busy while idle workers wait", a.Worker)
+		}
+	}
+	again, _ := PlanAssignments(j, live, now)
+	if !slices.EqualFunc(again, assign, func(x, y *pb.Assignment) bool { return x.Worker == y.Worker && x.Task == y.Task }) {
+		t.Error("planning is not a function of its inputs")
+	}
+	j.Async.Assignments = append(j.Async.Assignments[:1], assign...)
+	if more, rel := PlanAssignments(j, live, now); len(more) != 0 || len(rel) != 0 {
+		t.Errorf("at the concurrency limit: assigned %d, released %v", len(more), rel)
+	}
+}
+
+// TestAsyncFSM: the replicated side of async jobs — tasks numbered in
+// order, one per worker, accepted only against an open assignment and
+// within max_staleness, each at most once; a version aggregates the
+// buffer's oldest updates.
+func TestAsyncFSM(t *testing.T) {
+	h := &fsmHarness{t: t, f: NewFSM()}
+	f := h.f
+	j := asyncTestJob()
+	j.Spec.Rounds = 5
+	h.must(cRegister, &pb.RegisterJob{Spec: j.Spec})
+	assign := func(tasks ...*pb.Assignment) error {
+		return h.apply(pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS, &pb.AssignTasks{Job: "a", Assign: tasks})
+	}
+	if err := assign(&pb.Assignment{Worker: "w1", Task: 2}); !errors.Is(err, ErrStaleRound) {
+		t.Errorf("task 2 before task 1: %v", err)
+	}
+	if err := assign(&pb.Assignment{Worker: "w1", Task: 1}, &pb.Assignment{Worker: "w2", Task: 2}, &pb.Assignment{Worker: "w3", Task: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := assign(&pb.Assignment{Worker: "w1", Task: 4}); err == nil {
+		t.Error("a second task for a worker already training")
+	}
+	accept := func(worker string, version uint32, task uint64) error {
+		return h.apply(cAccept, &pb.AcceptUpdate{Job: "a", Round: version, Update: &pb.AcceptedUpdate{Worker: worker, Task: task, Samples: 1}})
+	}
+	if err := accept("w2", 0, 1); !errors.Is(err, ErrStaleRound) {
+		t.Errorf("another worker's task: %v", err)
+	}
+	if err := accept("w1", 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := accept("w1", 0, 1); !errors.Is(err, ErrDuplicate) {
+		t.Errorf("the same task again: %v", err)
+	}
+	if err := accept("w2", 0, 2); err != nil {
+		t.Fatal(err)
+	}
+	commit := func(version, n uint32) error {
+		return h.apply(cCommit, &pb.CommitRound{Job: "a", Round: version, Model: "m", Buffered: n})
+	}
+	if err := commit(1, 3); err == nil {
+		t.Error("a version of 3 updates from a buffer of 2")
+	}
+	if err := commit(2, 2); !errors.Is(err, ErrStaleRound) {
+		t.Errorf("version 2 before version 1: %v", err)
+	}
+	for v := uint32(1); v <= 3; v++ {
+		if v > 1 {
+			next := uint64(2 * v)
+			if err := assign(&pb.Assignment{Worker: "w1", Task: next, Version: v - 1}, &pb.Assignment{Worker: "w2", Task: next + 1, Version: v - 1}); err != nil {
+				t.Fatal(err)
+			}
+			if err := accept("w1", v-1, next); err != nil {
+				t.Fatal(err)
+			}
+			if err := accept("w2", v-1, next+1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := commit(v, 2); err != nil {
+			t.Fatalf("version %d: %v", v, err)
+		}
+	}
+	// w3's task 3, from version 0, is now 3 versions old: max_staleness is 2.
+	if err := accept("w3", 0, 3); !errors.Is(err, ErrTooStale) {
+		t.Errorf("an update 3 versions stale: %v", err)
+	}
+	got, _ := f.Job("a")
+	if len(got.History) != 3 || len(got.Async.Buffer) != 0 || got.History[0].Accepted[0].Task != 1 || got.History[0].Accepted[1].BaseVersion != 0 {
+		t.Errorf("history %v, buffer %v", got.History, got.Async.Buffer)
+	}
+	if w := StalenessWeight(got.Spec.Async, 3); math.Abs(w-0.5) > 1e-12 {
+		t.Errorf("(1+3)^-0.5 = %v", w)
+	}
+}
