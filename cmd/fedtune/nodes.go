@@ -28,8 +28,12 @@ func coordinatorCommand() *cli.Command {
 		Usage: "run a coordinator node (Raft-replicated state, scheduler, gRPC services)",
 		Description: `Starts a coordinator. The first coordinator of a cluster bootstraps a
 one-node Raft cluster in --data-dir; restarted with the same --data-dir it
-recovers every committed round and resumes open jobs.`,
+recovers every committed round and resumes open jobs.
+
+Flags may also come from a YAML file (--config), keys named as the flags.`,
+		Before: applyConfig,
 		Flags: []cli.Flag{
+			configFlag(),
 			&cli.StringFlag{Name: "id", Value: hostname(), Usage: "unique node name", EnvVars: []string{"FEDTUNE_ID"}},
 			&cli.StringFlag{Name: "data-dir", Value: "fedtune-data", Usage: "directory for the Raft log, snapshots and blobs", EnvVars: []string{"FEDTUNE_DATA_DIR"}},
 			&cli.StringFlag{Name: "grpc-addr", Value: "127.0.0.1:7070", Usage: "gRPC listen address (workers and the CLI connect here)", EnvVars: []string{"FEDTUNE_GRPC_ADDR"}},
@@ -88,8 +92,12 @@ trains the rounds it is selected for on its own data, and submits updates.
 
 Local data: --dataset names the data set; --partition, --num-partitions and
 --partition-index pick this worker's share of it, so several workers on one
-machine can stand in for sites holding different data.`,
+machine can stand in for sites holding different data.
+
+Flags may also come from a YAML file (--config), keys named as the flags.`,
+		Before: applyConfig,
 		Flags: []cli.Flag{
+			configFlag(),
 			&cli.StringFlag{Name: "id", Value: hostname() + "-worker", Usage: "unique worker name", EnvVars: []string{"FEDTUNE_ID"}},
 			&cli.StringSliceFlag{Name: "join", Value: cli.NewStringSlice("127.0.0.1:7946"), Usage: "gossip address of any cluster node (repeatable)", EnvVars: []string{"FEDTUNE_JOIN"}},
 			&cli.StringFlag{Name: "gossip-addr", Value: "127.0.0.1:0", Usage: "gossip listen address (port 0: any free port)", EnvVars: []string{"FEDTUNE_GOSSIP_ADDR"}},
