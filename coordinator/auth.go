@@ -188,8 +188,9 @@ type submitLimits struct {
 	by    map[string]*rate.Limiter
 }
 
-// allow reports whether worker may submit now.
-func (l *submitLimits) allow(worker string) bool {
+// allow reports whether worker may submit now, and if not, how long until
+// it may.
+func (l *submitLimits) allow(worker string) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.by == nil {
@@ -200,5 +201,10 @@ func (l *submitLimits) allow(worker string) bool {
 		lim = rate.NewLimiter(l.rate, l.burst)
 		l.by[worker] = lim
 	}
-	return lim.Allow()
+	r := lim.Reserve()
+	if d := r.Delay(); d > 0 {
+		r.Cancel() // a refused call takes no token
+		return false, d
+	}
+	return true, 0
 }

@@ -7,8 +7,10 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -176,9 +178,16 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 	if !c.IsLeader() {
 		return &pb.SubmitUpdateResponse{LeaderAddr: c.leaderGRPC(), NotLeader: true}, nil
 	}
-	if !c.submits.allow(req.WorkerId) {
+	if ok, wait := c.submits.allow(req.WorkerId); !ok {
 		c.metrics.updatesRejected.WithLabelValues("RateLimited").Inc()
-		return nil, status.Errorf(codes.ResourceExhausted, "worker %s: more than %.0f updates per second (burst %d)", req.WorkerId, c.cfg.SubmitRate, c.cfg.SubmitBurst)
+		// RetryInfo tells the worker this refusal is temporary: it keeps
+		// the update and sends it again after the delay.
+		st, err := status.New(codes.ResourceExhausted, fmt.Sprintf("worker %s: more than %g updates per second (burst %d); retry in %v",
+			req.WorkerId, c.cfg.SubmitRate, c.cfg.SubmitBurst, wait.Round(time.Millisecond))).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+		if err != nil {
+			return nil, status.Errorf(codes.ResourceExhausted, "worker %s: more than %g updates per second", req.WorkerId, c.cfg.SubmitRate)
+		}
+		return nil, st.Err()
 	}
 	if err := c.validateUpdate(req); err != nil {
 		if errors.Is(err, ErrDuplicate) {

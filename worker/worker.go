@@ -296,11 +296,11 @@ func (w *Worker) once(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pctx, cancel := context.WithTimeout(ctx, w.cfg.PollWait+10*time.Second)
+	pctx, cancel := w.callCtx(ctx, w.cfg.PollWait+10*time.Second)
 	defer cancel()
 	resp, err := pb.NewWorkerClient(conn).PollTask(pctx, &pb.PollTaskRequest{WorkerId: w.cfg.ID, WaitSeconds: w.cfg.PollWait.Seconds(), Done: w.done})
 	if err != nil {
-		return fmt.Errorf("poll %s: %w", w.target, err)
+		return fmt.Errorf("poll %s: %w", w.target, callErr(pctx, err))
 	}
 	w.followKeyring(resp.GossipKeys)
 	if resp.Task == nil {
@@ -384,9 +384,22 @@ func (w *Worker) submit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	sctx, cancel := w.callCtx(ctx, 60*time.Second)
 	defer cancel()
 	resp, err := pb.NewWorkerClient(conn).SubmitUpdate(sctx, p)
+	err = callErr(sctx, err)
+	if wait, ok := retryAfter(err); ok {
+		// Refused for now (a rate limit): the update stays pending and is
+		// sent again after the delay the coordinator asked for.
+		w.log.Info("update deferred", "job", p.Job, "round", p.Round, "retry_in", wait)
+		w.metrics.updates.WithLabelValues("deferred").Inc()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		return nil
+	}
 	switch status.Code(err) {
 	case codes.OK:
 	case codes.FailedPrecondition, codes.NotFound, codes.PermissionDenied, codes.InvalidArgument, codes.ResourceExhausted:
@@ -527,9 +540,11 @@ func (w *Worker) model(ctx context.Context, hash string) (tensor.Set, error) {
 	if err != nil {
 		return tensor.Set{}, err
 	}
-	b, err := client.GetBlob(ctx, conn, hash, client.MaxMessage)
+	gctx, cancel := w.callCtx(ctx, time.Hour) // a model may be large; gossip or keepalive end a stalled download
+	defer cancel()
+	b, err := client.GetBlob(gctx, conn, hash, client.MaxMessage)
 	if err != nil {
-		return tensor.Set{}, err
+		return tensor.Set{}, fmt.Errorf("model %.12s from %s: %w", hash, w.target, callErr(gctx, err))
 	}
 	s, err := tensor.Unmarshal(b)
 	if err != nil {

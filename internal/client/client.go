@@ -8,10 +8,12 @@ import (
 	"crypto/tls"
 	"fmt"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/fedtune/fedtune/internal/blobstream"
 	pb "github.com/fedtune/fedtune/protocol"
@@ -19,6 +21,17 @@ import (
 
 // MaxMessage bounds a gRPC message this client sends or receives.
 const MaxMessage = 1 << 30
+
+// Connections ping a peer they have heard nothing from for KeepaliveTime
+// and drop it when no answer comes within KeepaliveTimeout. A node cut off
+// by the network stalls a connection without resetting it; the calls in
+// flight on it then fail within about the sum of the two, and the caller
+// moves to another node instead of waiting out each call's own deadline.
+// Servers must accept pings this often (the coordinator does).
+const (
+	KeepaliveTime    = 10 * time.Second // grpc-go's floor for clients
+	KeepaliveTimeout = 3 * time.Second
+)
 
 // Pool holds one gRPC connection per address. Safe for concurrent use.
 type Pool struct {
@@ -49,6 +62,7 @@ func (p *Pool) Conn(addr string) (*grpc.ClientConn, error) {
 	}
 	c, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(p.creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessage), grpc.MaxCallSendMsgSize(MaxMessage)))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)

@@ -4,12 +4,15 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -263,6 +266,18 @@ func TestSubmitRateLimit(t *testing.T) {
 	if codesSeen[codes.ResourceExhausted] < 5 || codesSeen[codes.NotFound] != 3 {
 		t.Errorf("8 rapid submissions answered %v: want 3 judged on their merits (unknown job) and the rest rate-limited", codesSeen)
 	}
+	// A refusal says when to come back (gRPC RetryInfo): at 0.5 per second,
+	// within 2 s.
+	_, err = pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "flood", Job: "nope", Round: 1})
+	var wait time.Duration
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			wait = ri.GetRetryDelay().AsDuration()
+		}
+	}
+	if status.Code(err) != codes.ResourceExhausted || wait <= 0 || wait > 2*time.Second || !strings.Contains(err.Error(), "retry in") {
+		t.Errorf("a rate-limited submission: %v, retry delay %v; want ResourceExhausted with RetryInfo in (0, 2s]", err, wait)
+	}
 	_, err = pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "other", Job: "nope", Round: 1})
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("another worker was limited too: %v", err)
@@ -270,6 +285,69 @@ func TestSubmitRateLimit(t *testing.T) {
 	if got := counterWith(t, c, "fedtune_updates_rejected_total", "RateLimited"); got < 5 {
 		t.Errorf("rate-limited submissions counted %v times", got)
 	}
+}
+
+// TestRateLimitedWorkerDefers: workers whose rounds come faster than the
+// coordinator's submit rate keep each refused update and send it again
+// after the delay the refusal names, rather than dropping it and training
+// the round again: every round gets both updates, each worker trains once
+// per round, and no update is refused for good.
+func TestRateLimitedWorkerDefers(t *testing.T) {
+	c := StartCoordinator(t, coordinator.Config{SubmitRate: 0.5, SubmitBurst: 1})
+	hs := startWorkers(t, []string{c.GossipAddr()}, 2)
+	WaitFor(t, 10*time.Second, "2 workers", func() bool { return len(c.FSM().Workers()) == 2 })
+	pool := client.NewPool()
+	defer pool.Close()
+	arch, _ := model.Lookup("mnist-mlp-small")
+	const rounds = 4
+	spec := haJob("limited", rounds, 2)
+	spec.Train.LocalSteps = 3
+	SubmitJob(t, pool, c.GRPCAddr(), spec, arch.Init(1))
+	var j *pb.Job
+	WaitFor(t, time.Minute, "the job", func() bool { j, _ = c.FSM().Job("limited"); return j.Status != pb.JobStatus_JOB_STATUS_RUNNING })
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("job ended %v: %s", j.Status, j.Error)
+	}
+	for _, r := range j.History {
+		if len(r.Accepted) != 2 {
+			t.Errorf("round %d aggregated %d updates, want 2", r.Number, len(r.Accepted))
+		}
+	}
+	var deferred float64
+	for _, h := range hs {
+		m := gather(t, h.W.Registry())
+		if m[`fedtune_worker_updates_total{outcome="refused"}`] != 0 || m[`fedtune_worker_tasks_total{result="trained"}`] != rounds {
+			t.Errorf("%s: %v refused, %v trained for %d rounds", h.ID, m[`fedtune_worker_updates_total{outcome="refused"}`], m[`fedtune_worker_tasks_total{result="trained"}`], rounds)
+		}
+		deferred += m[`fedtune_worker_updates_total{outcome="deferred"}`]
+	}
+	if deferred == 0 || counterWith(t, c, "fedtune_updates_rejected_total", "RateLimited") == 0 {
+		t.Errorf("no update was deferred (%v): the test did not exercise the rate limit", deferred)
+	}
+}
+
+// gather returns a registry's series as name{labels} → value.
+func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			key := mf.GetName()
+			if len(labels) > 0 {
+				key += "{" + strings.Join(labels, ",") + "}"
+			}
+			out[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return out
 }
 
 // counterWith returns the value of a counter family's series whose label

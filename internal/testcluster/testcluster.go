@@ -76,6 +76,7 @@ func StartCoordinator(t testing.TB, cfg coordinator.Config) *coordinator.Coordin
 // WorkerHandle stops a worker started by StartWorker.
 type WorkerHandle struct {
 	ID     string
+	W      *worker.Worker
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -118,7 +119,7 @@ func StartWorkerWith(t testing.TB, cfg worker.Config, tr interface {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &WorkerHandle{ID: id, cancel: cancel, done: make(chan struct{})}
+	h := &WorkerHandle{ID: id, W: w, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
 		defer tr.Close()
