@@ -173,7 +173,7 @@ func (r *serverReconciler) isCaughtUp(ctx context.Context, m gossip.Member) bool
 }
 
 // observeLeadership counts leader changes seen by this node and remembers
-// when the leader was lost, to measure failover.
+// when it last heard from a leader that is gone, to measure failover.
 func (c *Coordinator) observeLeadership() {
 	defer c.wg.Done()
 	ch := make(chan raft.Observation, 16)
@@ -191,9 +191,15 @@ func (c *Coordinator) observeLeadership() {
 		case o := <-ch:
 			lo := o.Data.(raft.LeaderObservation)
 			if lo.LeaderID == "" {
+				// The leader was gone since this node last heard from it;
+				// its heartbeat timeout only noticed it now.
+				lost := c.raft.LastContact()
+				if lost.IsZero() {
+					lost = time.Now()
+				}
 				c.mu.Lock()
 				if c.leaderLostAt.IsZero() {
-					c.leaderLostAt = time.Now()
+					c.leaderLostAt = lost
 				}
 				c.mu.Unlock()
 				continue

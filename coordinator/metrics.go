@@ -40,7 +40,7 @@ func newMetrics() *metrics {
 			Help: "Times this node observed a change of Raft leader."}),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "fedtune_raft_is_leader", Help: "1 while this node leads."}),
 		failover: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedtune_failover_seconds",
-			Help:    "Time from this node's Raft noticing it has no leader (after its heartbeat timeout) to this node's scheduler running as the new leader.",
+			Help:    "Time from this node last hearing from the previous leader to its scheduler running as the new leader: detection (heartbeat timeout), election and barrier.",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 10)}),
 		replicationLag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedtune_blob_replication_seconds",
 			Help:    "Time for a blob to reach a quorum of coordinators.",

@@ -102,6 +102,12 @@ func TestMetricsThreeCoordinators(t *testing.T) {
 				t.Errorf("new leader %s: is_leader %v, rounds committed %v, failovers timed %v", n.Name, m["fedtune_raft_is_leader"],
 					m["fedtune_rounds_committed_total"], m["fedtune_failover_seconds_count"])
 			}
+			// The failover it timed starts when it last heard from the old
+			// leader, so it includes noticing the loss (a heartbeat timeout,
+			// 300 ms with --fast).
+			if f := m["fedtune_failover_seconds_sum"]; f < 0.3 || f > 30 {
+				t.Errorf("new leader timed its failover at %.3fs: want the heartbeat timeout (0.3 s) at least", f)
+			}
 			t.Logf("new leader: %v rounds committed, failover %.2fs", m["fedtune_rounds_committed_total"], m["fedtune_failover_seconds_sum"])
 		}
 	}
