@@ -65,52 +65,45 @@ func committed(j *pb.Job) []*pb.RoundRecord {
 	return j.History
 }
 
-// TestNetworkPartition runs three coordinators and three workers, each in
-// a network namespace of its own, with real addresses on one bridge, and
-// cuts the leader's link during a job: every protocol (Raft, gossip, gRPC
-// from the workers) loses it at once, with no connection reset. The two
-// others elect a leader and, with the workers, commit further rounds; the
-// cut-off node steps down and commits nothing; the others' gossip marks it
-// failed. Healed, it rejoins as a follower, the three hold one history,
-// and the job ends with every round committed once, numbered without a
-// gap.
-func TestNetworkPartition(t *testing.T) {
+// labCluster is three coordinator and three worker processes, each on a
+// host of a network lab, and an observer host for the test's own calls.
+type labCluster struct {
+	lab   *netlab.Lab
+	obs   *netlab.Host
+	nodes []*labNode
+}
+
+// startLabCluster starts the coordinators and workers, waits for a leader
+// and for the three workers in its roster, and submits job name with
+// extra job flags.
+func startLabCluster(t *testing.T, name string, rounds int, extra ...string) *labCluster {
+	t.Helper()
 	lab := netlab.New(t, "c1", "c2", "c3", "w1", "w2", "w3", "obs")
-	obs := lab.Host("obs")
-	var nodes []*labNode
+	lc := &labCluster{lab: lab, obs: lab.Host("obs")}
 	for i := 1; i <= 3; i++ {
-		h := lab.Host(fmt.Sprint("c", i))
-		nodes = append(nodes, &labNode{host: h, name: fmt.Sprint("coord-", i)})
+		lc.nodes = append(lc.nodes, &labNode{host: lab.Host(fmt.Sprint("c", i)), name: fmt.Sprint("coord-", i)})
 	}
-	for _, n := range nodes {
+	for _, n := range lc.nodes {
 		args := []string{"netns", "exec", n.host.NS, binary, "coordinator", "--id", n.name, "--data-dir", t.TempDir(),
 			"--grpc-addr", n.grpcAddr(), "--raft-addr", n.host.Addr(7071), "--gossip-addr", n.host.Addr(7946),
-			"--bootstrap-expect", "3", "--fast"}
-		for _, o := range nodes {
+			"--bootstrap-expect", "3", "--fast", "--worker-grace", "1h"}
+		for _, o := range lc.nodes {
 			if o != n {
 				args = append(args, "--join", o.host.Addr(7946))
 			}
 		}
 		n.proc = tc.StartProc(t, "ip", n.name, args...)
-		n.admin = adminFrom(t, obs, n.grpcAddr())
+		n.admin = adminFrom(t, lc.obs, n.grpcAddr())
 		n.self = adminFrom(t, n.host, n.grpcAddr())
 	}
-	leaderOf := func(among []*labNode) *labNode {
-		for _, n := range among {
-			if st, err := raftStatus(n.admin); err == nil && st.State == "Leader" {
-				return n
-			}
-		}
-		return nil
-	}
 	var leader *labNode
-	tc.WaitFor(t, 30*time.Second, "a leader", func() bool { leader = leaderOf(nodes); return leader != nil })
+	tc.WaitFor(t, 30*time.Second, "a leader", func() bool { leader = lc.leader(lc.nodes); return leader != nil })
 	for i := 1; i <= 3; i++ {
 		h := lab.Host(fmt.Sprint("w", i))
-		args := []string{"netns", "exec", h.NS, binary, "worker", "--id", fmt.Sprint("w", i), "--gossip-addr", h.Addr(7946),
+		args := []string{"netns", "exec", h.NS, binary, "worker", "--id", h.Name, "--gossip-addr", h.Addr(7946),
 			"--fast", "--poll-wait", "2s", "--state-dir", t.TempDir(), "--num-partitions", "3", "--partition-index", fmt.Sprint(i - 1),
 			"--partition", "dirichlet", "--alpha", "1", "--max-examples", "2000"}
-		for _, n := range nodes {
+		for _, n := range lc.nodes {
 			args = append(args, "--join", n.host.Addr(7946))
 		}
 		tc.StartProc(t, "ip", h.Name, args...)
@@ -121,11 +114,92 @@ func TestNetworkPartition(t *testing.T) {
 		resp, err := leader.admin.ListWorkers(ctx, &pb.ListWorkersRequest{})
 		return err == nil && len(resp.Alive) == 3
 	})
-	const rounds = 24
-	submit := obs.Command(binary, submitArgs(leader.grpcAddr(), "part", rounds, 3, "--min-updates", "2", "--steps", "20", "--round-timeout", "10s", "--seed", "3")...)
+	submit := lc.obs.Command(binary, submitArgs(leader.grpcAddr(), name, rounds, 3, extra...)...)
 	if out, err := submit.CombinedOutput(); err != nil {
 		t.Fatalf("job submit: %v\n%s", err, out)
 	}
+	return lc
+}
+
+// leader returns the node among the given ones that says it leads, asked
+// from the observer.
+func (lc *labCluster) leader(among []*labNode) *labNode {
+	for _, n := range among {
+		if st, err := raftStatus(n.admin); err == nil && st.State == "Leader" {
+			return n
+		}
+	}
+	return nil
+}
+
+// job returns a job as the current leader sees it, or nil.
+func (lc *labCluster) job(name string) *pb.Job {
+	if l := lc.leader(lc.nodes); l != nil {
+		return jobOf(l.admin, name)
+	}
+	return nil
+}
+
+// waitDone waits for job name to end and checks it committed every round
+// once, numbered without a gap, each with at least minUpdates updates.
+func (lc *labCluster) waitDone(t *testing.T, name string, rounds, minUpdates int) *pb.Job {
+	t.Helper()
+	var final *pb.Job
+	tc.WaitFor(t, 3*time.Minute, "job "+name, func() bool {
+		final = lc.job(name)
+		return final != nil && final.Status != pb.JobStatus_JOB_STATUS_RUNNING
+	})
+	if final.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("job ended %v: %s", final.Status, final.Error)
+	}
+	if len(final.History) != rounds {
+		t.Fatalf("%d rounds committed, want %d", len(final.History), rounds)
+	}
+	for i, r := range final.History {
+		if r.Number != uint32(i+1) {
+			t.Errorf("round %d is numbered %d", i+1, r.Number)
+		}
+		if len(r.Accepted) < minUpdates {
+			t.Errorf("round %d aggregated %d updates", r.Number, len(r.Accepted))
+		}
+		seen := map[string]bool{}
+		for _, u := range r.Accepted {
+			if seen[u.Worker] {
+				t.Errorf("round %d counts %s twice", r.Number, u.Worker)
+			}
+			seen[u.Worker] = true
+		}
+	}
+	tc.WaitFor(t, 30*time.Second, "every coordinator holding the final history", func() bool {
+		for _, n := range lc.nodes {
+			j := jobOf(n.admin, name)
+			if j == nil || j.Status != final.Status || !slices.EqualFunc(j.History, final.History, func(a, b *pb.RoundRecord) bool { return proto.Equal(a, b) }) {
+				return false
+			}
+		}
+		return true
+	})
+	if acc, base := final.History[rounds-1].Metrics["test_accuracy"], final.BaseMetrics["test_accuracy"]; acc < base+0.3 {
+		t.Errorf("accuracy %.3f -> %.3f", base, acc)
+	}
+	return final
+}
+
+// TestNetworkPartition runs three coordinators and three workers, each in
+// a network namespace of its own, with real addresses on one bridge, and
+// cuts the leader's link during a job: every protocol (Raft, gossip, gRPC
+// from the workers) loses it at once, with no connection reset. The two
+// others elect a leader and, with the workers, commit further rounds; the
+// cut-off node steps down and commits nothing; the others' gossip marks it
+// failed. Healed after 20 s, it rejoins as a follower and as a gossip
+// member, the three hold one history, and the job ends with every round
+// committed once, numbered without a gap.
+func TestNetworkPartition(t *testing.T) {
+	const rounds = 24
+	lc := startLabCluster(t, "part", rounds, "--min-updates", "2", "--steps", "20", "--round-timeout", "10s", "--seed", "3")
+	nodes, lab := lc.nodes, lc.lab
+	leader := lc.leader(nodes)
+	leaderOf := lc.leader
 	tc.WaitFor(t, time.Minute, "2 committed rounds", func() bool { return len(committed(jobOf(leader.admin, "part"))) >= 2 })
 
 	old := leader
@@ -166,6 +240,10 @@ func TestNetworkPartition(t *testing.T) {
 	t.Logf("cut %s off: %s elected in %v; in %v the majority went from %d to %d rounds, the minority stayed at %d",
 		old.name, nl.name, elected.Round(time.Millisecond), time.Since(cut).Round(time.Second), len(minority), majority, len(minority))
 
+	// Longer than memberlist gossips to the dead (15 s with --fast): past
+	// that, both sides have given up on each other, and only gossip's
+	// reconnect loop mends the pool (Raft heals by itself).
+	time.Sleep(time.Until(cut.Add(20 * time.Second)))
 	lab.Heal(old.host)
 	healed := time.Now()
 	tc.WaitFor(t, 30*time.Second, old.name+" following again", func() bool {
@@ -174,45 +252,87 @@ func TestNetworkPartition(t *testing.T) {
 		return err == nil && l != nil && st.State == "Follower" && st.LeaderId == l.name
 	})
 	t.Logf("healed: %s follows again after %v", old.name, time.Since(healed).Round(time.Millisecond))
-
-	var final *pb.Job
-	tc.WaitFor(t, 3*time.Minute, "the job", func() bool {
-		l := leaderOf(nodes)
-		if l == nil {
-			return false
+	// Gossip heals too: both sides had declared the other dead, and only
+	// rejoining mends that (autopilot would otherwise remove a healthy
+	// server after --server-grace).
+	tc.WaitFor(t, 20*time.Second, "every coordinator alive in every coordinator's gossip again", func() bool {
+		for _, n := range nodes {
+			st, err := raftStatus(n.admin)
+			if err != nil || len(st.Servers) != 3 {
+				return false
+			}
+			for _, s := range st.Servers {
+				if !s.Alive {
+					return false
+				}
+			}
 		}
-		final = jobOf(l.admin, "part")
-		return final != nil && final.Status != pb.JobStatus_JOB_STATUS_RUNNING
+		return true
 	})
-	if final.Status != pb.JobStatus_JOB_STATUS_DONE {
-		t.Fatalf("job ended %v: %s", final.Status, final.Error)
-	}
-	if len(final.History) != rounds {
-		t.Fatalf("%d rounds committed, want %d", len(final.History), rounds)
-	}
-	for i, r := range final.History {
-		if r.Number != uint32(i+1) {
-			t.Errorf("round %d is numbered %d", i+1, r.Number)
-		}
-		if len(r.Accepted) < 2 {
-			t.Errorf("round %d aggregated %d updates", r.Number, len(r.Accepted))
-		}
-	}
+	t.Logf("healed: gossip whole again after %v", time.Since(healed).Round(time.Millisecond))
+
+	final := lc.waitDone(t, "part", rounds, 2)
 	for i, r := range minority {
 		if !proto.Equal(r, final.History[i]) {
 			t.Errorf("round %d, committed before the cut, changed", r.Number)
 		}
 	}
-	tc.WaitFor(t, 30*time.Second, "every coordinator holding the final history", func() bool {
-		for _, n := range nodes {
-			j := jobOf(n.admin, "part")
-			if j == nil || j.Status != final.Status || !slices.EqualFunc(j.History, final.History, func(a, b *pb.RoundRecord) bool { return proto.Equal(a, b) }) {
-				return false
+}
+
+// TestWorkerPartition cuts one worker's link mid-job for 20 s. The other
+// two carry the rounds on (the cluster's gossip marks the cut worker failed
+// and the planner stops choosing it); an update it trained but could not
+// deliver is never counted; healed, it rejoins the gossip pool, is chosen
+// and contributes again, and the job commits every round once.
+func TestWorkerPartition(t *testing.T) {
+	const rounds = 80
+	lc := startLabCluster(t, "wpart", rounds, "--min-updates", "2", "--steps", "20", "--round-timeout", "6s", "--seed", "5")
+	tc.WaitFor(t, time.Minute, "2 committed rounds", func() bool { return len(committed(lc.job("wpart"))) >= 2 })
+	w1 := lc.lab.Host("w1")
+	lc.lab.Cut(w1)
+	cutAt := time.Now()
+	atCut := len(committed(lc.job("wpart")))
+	tc.WaitFor(t, 20*time.Second, "the cluster seeing w1 gone", func() bool {
+		l := lc.leader(lc.nodes)
+		if l == nil {
+			return false
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := l.admin.ListWorkers(ctx, &pb.ListWorkersRequest{})
+		return err == nil && len(resp.Alive) == 2 && !slices.Contains(resp.Alive, "w1")
+	})
+	tc.WaitFor(t, 45*time.Second, "3 more rounds without w1", func() bool { return len(committed(lc.job("wpart"))) >= atCut+4 })
+	// Longer than memberlist gossips to the dead (15 s with --fast): past
+	// that, only rejoining (gossip's reconnect loop) mends the pool.
+	time.Sleep(time.Until(cutAt.Add(20 * time.Second)))
+	lc.lab.Heal(w1)
+	healed := time.Now()
+	atHeal := len(committed(lc.job("wpart")))
+	var (
+		back      uint32
+		backAfter time.Duration
+	)
+	tc.WaitFor(t, 20*time.Second, "w1 contributing again", func() bool {
+		j := lc.job("wpart")
+		for _, r := range committed(j) {
+			if int(r.Number) > atHeal && slices.ContainsFunc(r.Accepted, func(u *pb.AcceptedUpdate) bool { return u.Worker == "w1" }) {
+				back, backAfter = r.Number, time.Since(healed)
+				return true
 			}
 		}
-		return true
+		return j != nil && j.Status != pb.JobStatus_JOB_STATUS_RUNNING
 	})
-	if acc, base := final.History[rounds-1].Metrics["test_accuracy"], final.BaseMetrics["test_accuracy"]; acc < base+0.3 {
-		t.Errorf("accuracy %.3f -> %.3f", base, acc)
+	final := lc.waitDone(t, "wpart", rounds, 2)
+	if back == 0 {
+		t.Errorf("w1 contributed to no round after it was healed (rounds %d..%d)", atHeal+1, rounds)
 	}
+	// The round open at the cut may hold w1's update; none started after it
+	// and committed before the heal can.
+	for _, r := range final.History[min(atCut+1, len(final.History)):min(atHeal, len(final.History))] {
+		if slices.ContainsFunc(r.Accepted, func(u *pb.AcceptedUpdate) bool { return u.Worker == "w1" }) {
+			t.Errorf("round %d, planned while w1 was cut off, counts an update of w1", r.Number)
+		}
+	}
+	t.Logf("w1 cut after round %d, healed after round %d, back in round %d, %v after the heal", atCut, atHeal, back, backAfter.Round(time.Millisecond))
 }

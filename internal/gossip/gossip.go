@@ -96,9 +96,12 @@ var Profiles = []string{"local", "lan", "wan"}
 
 // Node is a running gossip member.
 type Node struct {
-	ml  *memberlist.Memberlist
-	del *delegate
-	kr  *memberlist.Keyring // nil: gossip is not encrypted
+	ml     *memberlist.Memberlist
+	del    *delegate
+	kr     *memberlist.Keyring // nil: gossip is not encrypted
+	failed *failed             // members seen to fail, tried again (reconnect.go)
+	done   chan struct{}
+	stop   sync.Once
 }
 
 // ErrNoKeyring means the node started without a gossip key: encryption
@@ -228,6 +231,8 @@ func Start(cfg Config) (*Node, error) {
 	mc.AdvertisePort = port
 	del := &delegate{meta: meta}
 	mc.Delegate = del
+	fl := &failed{}
+	mc.Events = fl
 	out := cfg.LogOutput
 	if out == nil {
 		out = io.Discard
@@ -245,7 +250,9 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
-	return &Node{ml: ml, del: del, kr: mc.Keyring}, nil
+	n := &Node{ml: ml, del: del, kr: mc.Keyring, failed: fl, done: make(chan struct{})}
+	go n.reconnect(reconnectInterval(cfg.Profile))
+	return n, nil
 }
 
 // Addr returns the address other nodes reach this one's gossip at.
@@ -293,6 +300,7 @@ func (n *Node) WithRole(role string) []Member {
 
 // Leave tells the pool this node is going, then stops it.
 func (n *Node) Leave(timeout time.Duration) error {
+	n.stop.Do(func() { close(n.done) })
 	err := n.ml.Leave(timeout)
 	if serr := n.ml.Shutdown(); err == nil {
 		err = serr
@@ -301,4 +309,7 @@ func (n *Node) Leave(timeout time.Duration) error {
 }
 
 // Shutdown stops the node without telling the pool, as a crash would.
-func (n *Node) Shutdown() error { return n.ml.Shutdown() }
+func (n *Node) Shutdown() error {
+	n.stop.Do(func() { close(n.done) })
+	return n.ml.Shutdown()
+}
