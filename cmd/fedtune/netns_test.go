@@ -336,3 +336,71 @@ func TestWorkerPartition(t *testing.T) {
 	}
 	t.Logf("w1 cut after round %d, healed after round %d, back in round %d, %v after the heal", atCut, atHeal, back, backAfter.Round(time.Millisecond))
 }
+
+// TestSplitWithWorkers splits the lab in two mid-job for 20 s: the leader
+// with one worker on one side, the two other coordinators with two workers
+// on the other. The minority side commits nothing, so its worker's
+// training counts for nothing; the majority elects a leader and commits
+// rounds with its own workers. Joined again, the old leader follows, the
+// gossip pool is whole, the minority's worker contributes again, and the
+// replicas agree on one history.
+func TestSplitWithWorkers(t *testing.T) {
+	const rounds = 80
+	lc := startLabCluster(t, "split", rounds, "--min-updates", "2", "--steps", "20", "--round-timeout", "6s", "--seed", "9")
+	tc.WaitFor(t, time.Minute, "2 committed rounds", func() bool { return len(committed(lc.job("split"))) >= 2 })
+	old := lc.leader(lc.nodes)
+	others := slices.DeleteFunc(slices.Clone(lc.nodes), func(n *labNode) bool { return n == old })
+	lc.lab.Split(old.host, lc.lab.Host("w1"))
+	cut := time.Now()
+	var nl *labNode
+	tc.WaitFor(t, 20*time.Second, "a leader on the majority side", func() bool { nl = lc.leader(others); return nl != nil })
+	tc.WaitFor(t, 20*time.Second, old.name+" stepping down", func() bool {
+		st, err := raftStatus(old.self)
+		return err == nil && st.State != "Leader"
+	})
+	minority := committed(jobOf(old.self, "split"))
+	tc.WaitFor(t, 30*time.Second, "3 more rounds on the majority side", func() bool {
+		return len(committed(jobOf(nl.admin, "split"))) >= len(minority)+3
+	})
+	time.Sleep(time.Until(cut.Add(20 * time.Second)))
+	if got := committed(jobOf(old.self, "split")); len(got) != len(minority) {
+		t.Errorf("the minority side committed rounds: %d -> %d", len(minority), len(got))
+	}
+	lc.lab.Join()
+	joined := time.Now()
+	atJoin := len(committed(jobOf(nl.admin, "split")))
+	tc.WaitFor(t, 20*time.Second, "one leader, every coordinator alive in every coordinator's gossip", func() bool {
+		l := lc.leader(lc.nodes)
+		if l == nil {
+			return false
+		}
+		for _, n := range lc.nodes {
+			st, err := raftStatus(n.admin)
+			if err != nil || st.LeaderId != l.name || len(st.Servers) != 3 {
+				return false
+			}
+			for _, s := range st.Servers {
+				if !s.Alive {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	t.Logf("split %s and w1 off: %s led after the split; minority stayed at %d rounds; joined after %v, whole again in %v",
+		old.name, nl.name, len(minority), joined.Sub(cut).Round(time.Second), time.Since(joined).Round(time.Millisecond))
+	tc.WaitFor(t, 30*time.Second, "w1 contributing again", func() bool {
+		for _, r := range committed(lc.job("split")) {
+			if int(r.Number) > atJoin && slices.ContainsFunc(r.Accepted, func(u *pb.AcceptedUpdate) bool { return u.Worker == "w1" }) {
+				return true
+			}
+		}
+		return false
+	})
+	final := lc.waitDone(t, "split", rounds, 2)
+	for _, r := range final.History[min(len(minority)+1, len(final.History)):min(atJoin, len(final.History))] {
+		if slices.ContainsFunc(r.Accepted, func(u *pb.AcceptedUpdate) bool { return u.Worker == "w1" }) {
+			t.Errorf("round %d, planned while w1 was on the minority side, counts an update of w1", r.Number)
+		}
+	}
+}

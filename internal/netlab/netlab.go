@@ -3,7 +3,8 @@
 // lives in a hub namespace of its own, so that the lab touches nothing
 // of the machine's own network. A host can be cut off from the others
 // (its link on the bridge goes down: every connection to and from it
-// stalls, as in a real partition, with no reset) and healed again.
+// stalls, as in a real partition, with no reset) and healed again, or the
+// lab split in two groups that reach only their own side.
 // Processes run in a host with `ip netns exec`; the test process itself
 // dials into a host's namespace with Host.Dial.
 //
@@ -39,6 +40,7 @@ type Lab struct {
 	t     testing.TB
 	name  string // namespace name prefix, unique per lab
 	hub   string
+	split bool // the second bridge exists
 	Hosts []*Host
 }
 
@@ -97,6 +99,28 @@ func (l *Lab) Cut(h *Host) { l.must("-n", l.hub, "link", "set", h.link, "down") 
 
 // Heal brings h's link back.
 func (l *Lab) Heal(h *Host) { l.must("-n", l.hub, "link", "set", h.link, "up") }
+
+// Split moves the given hosts onto a bridge of their own: they reach each
+// other, and none of the rest, until Join. The rest stay connected.
+func (l *Lab) Split(side ...*Host) {
+	l.t.Helper()
+	if !l.split {
+		l.must("-n", l.hub, "link", "add", "br1", "type", "bridge")
+		l.must("-n", l.hub, "link", "set", "br1", "up")
+		l.split = true
+	}
+	for _, h := range side {
+		l.must("-n", l.hub, "link", "set", h.link, "master", "br1")
+	}
+}
+
+// Join puts every host back on the one bridge.
+func (l *Lab) Join() {
+	l.t.Helper()
+	for _, h := range l.Hosts {
+		l.must("-n", l.hub, "link", "set", h.link, "master", "br0")
+	}
+}
 
 // Addr returns h's address with port.
 func (h *Host) Addr(port int) string { return net.JoinHostPort(h.IP, strconv.Itoa(port)) }
