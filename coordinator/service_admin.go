@@ -294,7 +294,8 @@ func (s *adminService) RevokeWorker(ctx context.Context, req *pb.RevokeWorkerReq
 // next poll.
 func (s *adminService) Keyring(ctx context.Context, req *pb.KeyringRequest) (*pb.KeyringResponse, error) {
 	if req.Change == nil {
-		return nil, status.Error(codes.InvalidArgument, "keyring: no change")
+		// A listing: the keys this node's gossip uses, primary first.
+		return &pb.KeyringResponse{Keys: s.c.gossip.Keys()}, nil
 	}
 	if !s.c.IsLeader() {
 		return nil, status.Errorf(codes.FailedPrecondition, "not the leader; ask %s", s.c.leaderGRPC())

@@ -1649,7 +1649,7 @@ func (x *RevokeWorkerResponse) GetLeaderAddr() string {
 
 type KeyringRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Change        *Keyring               `protobuf:"bytes,1,opt,name=change,proto3" json:"change,omitempty"` // op and key; current is ignored
+	Change        *Keyring               `protobuf:"bytes,1,opt,name=change,proto3" json:"change,omitempty"` // op and key (current is ignored); absent: list the keyring
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -109,6 +109,34 @@ Nodes must have been started with --gossip-key.`,
 					return nil
 				},
 			},
+			{
+				Name:  "list",
+				Usage: "print the gossip keys the leader uses, the one that encrypts first (secrets: admin certificate only)",
+				Flags: []cli.Flag{coordinatorFlag()},
+				Action: func(c *cli.Context) error {
+					pool, conn, err := dialLeader(c)
+					if err != nil {
+						return err
+					}
+					defer pool.Close()
+					resp, err := pb.NewAdminClient(conn).Keyring(c.Context, &pb.KeyringRequest{})
+					if err != nil {
+						return fmt.Errorf("keyring list: %w", err)
+					}
+					if len(resp.Keys) == 0 {
+						fmt.Fprintln(c.App.Writer, "gossip is not encrypted (the cluster started without --gossip-key)")
+						return nil
+					}
+					for i, k := range resp.Keys {
+						role := "accepted"
+						if i == 0 {
+							role = "encrypts"
+						}
+						fmt.Fprintf(c.App.Writer, "%s  %s\n", k, role)
+					}
+					return nil
+				},
+			},
 			change("install", pb.Keyring_OP_INSTALL, "add a key to every node's keyring"),
 			change("use", pb.Keyring_OP_USE, "make an installed key the one every node encrypts with"),
 			change("remove", pb.Keyring_OP_REMOVE, "remove a key that is no longer in use"),

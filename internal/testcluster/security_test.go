@@ -420,6 +420,10 @@ func TestKeyringRotation(t *testing.T) {
 	if _, err := admin.Keyring(ctx, &pb.KeyringRequest{Change: &pb.Keyring{Op: pb.Keyring_OP_REMOVE, Key: k2}}); err == nil {
 		t.Error("removing the key in use was accepted")
 	}
+	// No change: the keyring as it is (fedtune keyring list).
+	if resp, err := admin.Keyring(ctx, &pb.KeyringRequest{}); err != nil || !slices.Equal(resp.Keys, []string{k2}) {
+		t.Errorf("keyring list: %v %v, want [%s]", resp.GetKeys(), err, k2)
+	}
 	// w1 is still a live member: it switched keys with the cluster.
 	time.Sleep(2 * time.Second)
 	if alive := c.AliveWorkers(); !slices.Contains(alive, "w1") {
