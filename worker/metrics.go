@@ -22,7 +22,7 @@ func newMetrics() *metrics {
 		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_worker_tasks_total",
 			Help: "Tasks this worker took, by result (trained, failed)."}, []string{"result"}),
 		updates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_worker_updates_total",
-			Help: "Updates this worker sent, by outcome (accepted, duplicate, refused)."}, []string{"outcome"}),
+			Help: "Updates this worker sent, by outcome (accepted, duplicate, refused, deferred: rate-limited, sent again later)."}, []string{"outcome"}),
 		updateBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_worker_update_bytes_total",
 			Help: "Bytes of encoded updates sent, by codec."}, []string{"codec"}),
 		trainSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "fedtune_worker_training_seconds",
