@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"slices"
 	"testing"
@@ -15,6 +16,11 @@ import (
 	"github.com/fedtune/fedtune/internal/netlab"
 	tc "github.com/fedtune/fedtune/internal/testcluster"
 	pb "github.com/fedtune/fedtune/protocol"
+)
+
+var (
+	netnsCut     = flag.Duration("chaos.netns-cut", 20*time.Second, "how long the network-namespace tests keep a host cut off or the network split")
+	netnsProfile = flag.String("chaos.netns-profile", "local", "timing profile (local, lan, wan) of the nodes in the network-namespace tests")
 )
 
 // labNode is a coordinator process on a host of a network lab.
@@ -86,7 +92,7 @@ func startLabCluster(t *testing.T, name string, rounds int, extra ...string) *la
 	for _, n := range lc.nodes {
 		args := []string{"netns", "exec", n.host.NS, binary, "coordinator", "--id", n.name, "--data-dir", t.TempDir(),
 			"--grpc-addr", n.grpcAddr(), "--raft-addr", n.host.Addr(7071), "--gossip-addr", n.host.Addr(7946),
-			"--bootstrap-expect", "3", "--fast", "--worker-grace", "1h"}
+			"--bootstrap-expect", "3", "--profile", *netnsProfile, "--worker-grace", "1h"}
 		for _, o := range lc.nodes {
 			if o != n {
 				args = append(args, "--join", o.host.Addr(7946))
@@ -101,7 +107,7 @@ func startLabCluster(t *testing.T, name string, rounds int, extra ...string) *la
 	for i := 1; i <= 3; i++ {
 		h := lab.Host(fmt.Sprint("w", i))
 		args := []string{"netns", "exec", h.NS, binary, "worker", "--id", h.Name, "--gossip-addr", h.Addr(7946),
-			"--fast", "--poll-wait", "2s", "--state-dir", t.TempDir(), "--num-partitions", "3", "--partition-index", fmt.Sprint(i - 1),
+			"--profile", *netnsProfile, "--poll-wait", "2s", "--state-dir", t.TempDir(), "--num-partitions", "3", "--partition-index", fmt.Sprint(i - 1),
 			"--partition", "dirichlet", "--alpha", "1", "--max-examples", "2000"}
 		for _, n := range lc.nodes {
 			args = append(args, "--join", n.host.Addr(7946))
@@ -243,7 +249,7 @@ func TestNetworkPartition(t *testing.T) {
 	// Longer than memberlist gossips to the dead (15 s with --fast): past
 	// that, both sides have given up on each other, and only gossip's
 	// reconnect loop mends the pool (Raft heals by itself).
-	time.Sleep(time.Until(cut.Add(20 * time.Second)))
+	time.Sleep(time.Until(cut.Add(*netnsCut)))
 	lab.Heal(old.host)
 	healed := time.Now()
 	tc.WaitFor(t, 30*time.Second, old.name+" following again", func() bool {
@@ -285,7 +291,8 @@ func TestNetworkPartition(t *testing.T) {
 // deliver is never counted; healed, it rejoins the gossip pool, is chosen
 // and contributes again, and the job commits every round once.
 func TestWorkerPartition(t *testing.T) {
-	const rounds = 80
+	// Enough rounds to outlast the cut (about 2.5 a second here).
+	rounds := 40 + 4*int(netnsCut.Seconds())
 	lc := startLabCluster(t, "wpart", rounds, "--min-updates", "2", "--steps", "20", "--round-timeout", "6s", "--seed", "5")
 	tc.WaitFor(t, time.Minute, "2 committed rounds", func() bool { return len(committed(lc.job("wpart"))) >= 2 })
 	w1 := lc.lab.Host("w1")
@@ -305,7 +312,7 @@ func TestWorkerPartition(t *testing.T) {
 	tc.WaitFor(t, 45*time.Second, "3 more rounds without w1", func() bool { return len(committed(lc.job("wpart"))) >= atCut+4 })
 	// Longer than memberlist gossips to the dead (15 s with --fast): past
 	// that, only rejoining (gossip's reconnect loop) mends the pool.
-	time.Sleep(time.Until(cutAt.Add(20 * time.Second)))
+	time.Sleep(time.Until(cutAt.Add(*netnsCut)))
 	lc.lab.Heal(w1)
 	healed := time.Now()
 	atHeal := len(committed(lc.job("wpart")))
@@ -345,7 +352,7 @@ func TestWorkerPartition(t *testing.T) {
 // gossip pool is whole, the minority's worker contributes again, and the
 // replicas agree on one history.
 func TestSplitWithWorkers(t *testing.T) {
-	const rounds = 80
+	rounds := 40 + 4*int(netnsCut.Seconds())
 	lc := startLabCluster(t, "split", rounds, "--min-updates", "2", "--steps", "20", "--round-timeout", "6s", "--seed", "9")
 	tc.WaitFor(t, time.Minute, "2 committed rounds", func() bool { return len(committed(lc.job("split"))) >= 2 })
 	old := lc.leader(lc.nodes)
@@ -362,7 +369,7 @@ func TestSplitWithWorkers(t *testing.T) {
 	tc.WaitFor(t, 30*time.Second, "3 more rounds on the majority side", func() bool {
 		return len(committed(jobOf(nl.admin, "split"))) >= len(minority)+3
 	})
-	time.Sleep(time.Until(cut.Add(20 * time.Second)))
+	time.Sleep(time.Until(cut.Add(*netnsCut)))
 	if got := committed(jobOf(old.self, "split")); len(got) != len(minority) {
 		t.Errorf("the minority side committed rounds: %d -> %d", len(minority), len(got))
 	}
