@@ -146,6 +146,46 @@ func (lc *labCluster) job(name string) *pb.Job {
 	return nil
 }
 
+// losesLeadership waits, after old was cut off from others, for a leader
+// among others and for old to step down; it returns the new leader and
+// old's committed rounds once it stepped down.
+func (lc *labCluster) losesLeadership(t *testing.T, job string, old *labNode, others []*labNode) (*labNode, []*pb.RoundRecord) {
+	t.Helper()
+	var nl *labNode
+	tc.WaitFor(t, 20*time.Second, "a leader on the majority side", func() bool { nl = lc.leader(others); return nl != nil })
+	tc.WaitFor(t, 20*time.Second, old.name+" stepping down", func() bool {
+		st, err := raftStatus(old.self)
+		return err == nil && st.State != "Leader"
+	})
+	return nl, committed(jobOf(old.self, job))
+}
+
+// waitWhole waits until every coordinator names one leader and sees every
+// coordinator alive in its gossip: after a partition, Raft heals by itself,
+// gossip only by rejoining (autopilot would otherwise remove a healthy
+// server after --server-grace).
+func (lc *labCluster) waitWhole(t *testing.T) {
+	t.Helper()
+	tc.WaitFor(t, 30*time.Second, "one leader, every coordinator alive in every coordinator's gossip", func() bool {
+		l := lc.leader(lc.nodes)
+		if l == nil {
+			return false
+		}
+		for _, n := range lc.nodes {
+			st, err := raftStatus(n.admin)
+			if err != nil || st.LeaderId != l.name || len(st.Servers) != 3 {
+				return false
+			}
+			for _, s := range st.Servers {
+				if !s.Alive {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
 // waitDone waits for job name to end and checks it committed every round
 // once, numbered without a gap, each with at least minUpdates updates.
 func (lc *labCluster) waitDone(t *testing.T, name string, rounds, minUpdates int) *pb.Job {
@@ -205,21 +245,14 @@ func TestNetworkPartition(t *testing.T) {
 	lc := startLabCluster(t, "part", rounds, "--min-updates", "2", "--steps", "20", "--round-timeout", "10s", "--seed", "3")
 	nodes, lab := lc.nodes, lc.lab
 	leader := lc.leader(nodes)
-	leaderOf := lc.leader
 	tc.WaitFor(t, time.Minute, "2 committed rounds", func() bool { return len(committed(jobOf(leader.admin, "part"))) >= 2 })
 
 	old := leader
 	others := slices.DeleteFunc(slices.Clone(nodes), func(n *labNode) bool { return n == old })
 	lab.Cut(old.host)
 	cut := time.Now()
-	var nl *labNode
-	tc.WaitFor(t, 20*time.Second, "a leader on the majority side", func() bool { nl = leaderOf(others); return nl != nil })
+	nl, minority := lc.losesLeadership(t, "part", old, others)
 	elected := time.Since(cut)
-	tc.WaitFor(t, 20*time.Second, old.name+" stepping down", func() bool {
-		st, err := raftStatus(old.self)
-		return err == nil && st.State != "Leader"
-	})
-	minority := committed(jobOf(old.self, "part"))
 	// Workers must notice on their own that their coordinator is gone: its
 	// connections stall with no reset. Before they watched it in gossip,
 	// they waited out their calls (and the new leader rescheduled round
@@ -243,8 +276,8 @@ func TestNetworkPartition(t *testing.T) {
 	if got := committed(jobOf(old.self, "part")); len(got) != len(minority) {
 		t.Errorf("the cut-off node's history moved from %d to %d rounds", len(minority), len(got))
 	}
-	t.Logf("cut %s off: %s elected in %v; in %v the majority went from %d to %d rounds, the minority stayed at %d",
-		old.name, nl.name, elected.Round(time.Millisecond), time.Since(cut).Round(time.Second), len(minority), majority, len(minority))
+	t.Logf("cut %s off: %s led and %s had stepped down %v after the cut; in %v the majority went from %d to %d rounds, the minority stayed at %d",
+		old.name, nl.name, old.name, elected.Round(time.Millisecond), time.Since(cut).Round(time.Second), len(minority), majority, len(minority))
 
 	// Longer than memberlist gossips to the dead (15 s with --fast): past
 	// that, both sides have given up on each other, and only gossip's
@@ -252,30 +285,8 @@ func TestNetworkPartition(t *testing.T) {
 	time.Sleep(time.Until(cut.Add(*netnsCut)))
 	lab.Heal(old.host)
 	healed := time.Now()
-	tc.WaitFor(t, 30*time.Second, old.name+" following again", func() bool {
-		st, err := raftStatus(old.self)
-		l := leaderOf(nodes)
-		return err == nil && l != nil && st.State == "Follower" && st.LeaderId == l.name
-	})
-	t.Logf("healed: %s follows again after %v", old.name, time.Since(healed).Round(time.Millisecond))
-	// Gossip heals too: both sides had declared the other dead, and only
-	// rejoining mends that (autopilot would otherwise remove a healthy
-	// server after --server-grace).
-	tc.WaitFor(t, 20*time.Second, "every coordinator alive in every coordinator's gossip again", func() bool {
-		for _, n := range nodes {
-			st, err := raftStatus(n.admin)
-			if err != nil || len(st.Servers) != 3 {
-				return false
-			}
-			for _, s := range st.Servers {
-				if !s.Alive {
-					return false
-				}
-			}
-		}
-		return true
-	})
-	t.Logf("healed: gossip whole again after %v", time.Since(healed).Round(time.Millisecond))
+	lc.waitWhole(t)
+	t.Logf("healed: %s follows, gossip whole, after %v", old.name, time.Since(healed).Round(time.Millisecond))
 
 	final := lc.waitDone(t, "part", rounds, 2)
 	for i, r := range minority {
@@ -359,13 +370,7 @@ func TestSplitWithWorkers(t *testing.T) {
 	others := slices.DeleteFunc(slices.Clone(lc.nodes), func(n *labNode) bool { return n == old })
 	lc.lab.Split(old.host, lc.lab.Host("w1"))
 	cut := time.Now()
-	var nl *labNode
-	tc.WaitFor(t, 20*time.Second, "a leader on the majority side", func() bool { nl = lc.leader(others); return nl != nil })
-	tc.WaitFor(t, 20*time.Second, old.name+" stepping down", func() bool {
-		st, err := raftStatus(old.self)
-		return err == nil && st.State != "Leader"
-	})
-	minority := committed(jobOf(old.self, "split"))
+	nl, minority := lc.losesLeadership(t, "split", old, others)
 	tc.WaitFor(t, 30*time.Second, "3 more rounds on the majority side", func() bool {
 		return len(committed(jobOf(nl.admin, "split"))) >= len(minority)+3
 	})
@@ -376,24 +381,7 @@ func TestSplitWithWorkers(t *testing.T) {
 	lc.lab.Join()
 	joined := time.Now()
 	atJoin := len(committed(jobOf(nl.admin, "split")))
-	tc.WaitFor(t, 20*time.Second, "one leader, every coordinator alive in every coordinator's gossip", func() bool {
-		l := lc.leader(lc.nodes)
-		if l == nil {
-			return false
-		}
-		for _, n := range lc.nodes {
-			st, err := raftStatus(n.admin)
-			if err != nil || st.LeaderId != l.name || len(st.Servers) != 3 {
-				return false
-			}
-			for _, s := range st.Servers {
-				if !s.Alive {
-					return false
-				}
-			}
-		}
-		return true
-	})
+	lc.waitWhole(t)
 	t.Logf("split %s and w1 off: %s led after the split; minority stayed at %d rounds; joined after %v, whole again in %v",
 		old.name, nl.name, len(minority), joined.Sub(cut).Round(time.Second), time.Since(joined).Round(time.Millisecond))
 	tc.WaitFor(t, 30*time.Second, "w1 contributing again", func() bool {
