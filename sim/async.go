@@ -224,7 +224,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			job.Async.Buffer = job.Async.Buffer[k:]
 			job.History = append(job.History, &pb.RoundRecord{Number: version + 1})
 			job.CurrentModel = fmt.Sprintf("v%d", version+1)
-			res := RoundResult{Round: int(version) + 1, Participants: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now, MeanStaleness: stale / float64(k)}
+			res := RoundResult{Round: int(version) + 1, Participants: k, Trained: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now, MeanStaleness: stale / float64(k)}
 			bytes = 0
 			if err := e.evaluate(&res, global, len(results)+1 == cfg.Rounds); err != nil {
 				return results, err

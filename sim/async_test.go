@@ -98,3 +98,30 @@ func TestSimAsync(t *testing.T) {
 		t.Error("an attack in async mode was accepted")
 	}
 }
+
+// TestSimOverSelect: sync rounds that over-select sample more workers,
+// train them all, keep the first clients_per_round to arrive, and so wait
+// less than rounds that wait for every sampled worker.
+func TestSimOverSelect(t *testing.T) {
+	train, test := data(t)
+	base := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 4, ClientsPerRound: 5, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+		Train: model.TrainConfig{Steps: 10, BatchSize: 32, LR: 0.1, Momentum: 0.5}, Rule: "fedavg", Seed: 3, Speed: "uniform:1,10"}
+	over := base
+	over.OverSelect = 0.4
+	plain, err := Run(context.Background(), base, train, test, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Run(context.Background(), over, train, test, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range got {
+		if r.Participants != 5 || r.Trained != 7 || plain[i].Trained != 5 {
+			t.Errorf("round %d: %d kept of %d trained (plain: %d of %d), want 5 of 7 (5 of 5)", r.Round, r.Participants, r.Trained, plain[i].Participants, plain[i].Trained)
+		}
+	}
+	if last, p := got[len(got)-1], plain[len(plain)-1]; !(last.SimTime < p.SimTime) {
+		t.Errorf("over-selected rounds took %.1f simulated s, plain ones %.1f: keeping the first arrivals should wait less", last.SimTime, p.SimTime)
+	}
+}

@@ -68,6 +68,7 @@ var Keys = []Key{
 	{"byzantine", "float", "0", "fraction of workers that attack"},
 	{"dropout", "float", "0", "probability that a sampled worker's update never arrives"},
 	{"min_updates", "int", "1", "a round with fewer updates is aborted and planned again (as the coordinator does)"},
+	{"over_select", "float", "0", "sync: fraction of extra workers sampled; a round keeps the first clients_per_round updates to arrive and the others' training is wasted (the coordinator's --over-select)"},
 	{"worker_momentum", "float", "0", "workers send their momentum over rounds (centered clipping's companion)"},
 	{"mode", "string", "sync", "sync (rounds wait for their slowest worker) or async (FedBuff: versions of buffer_size updates; rounds counts versions)"},
 	{"buffer_size", "int", "10", "async: updates aggregated into each version"},
@@ -282,7 +283,7 @@ func (r Point) Config() (Config, error) {
 		Server: aggregation.ServerOptimizer{Name: r["server_optimizer"], LR: r.float("server_lr"), Beta1: r.float("server_beta1"),
 			Beta2: r.float("server_beta2"), Eps: r.float("server_epsilon")},
 		Codec: r["codec"], NoErrorFeedback: !r.bool("error_feedback"), Attack: r["attack"], Byzantine: r.float("byzantine"),
-		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
+		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), OverSelect: r.float("over_select"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
 		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"),
 	}
 	if c.Mode == "async" {
@@ -310,6 +311,10 @@ func (r Point) Config() (Config, error) {
 		return c, keyErr("worker_momentum", "%v, want [0, 1)", c.WorkerMomentum)
 	case c.MinUpdates < 1 || c.MinUpdates > perRound(c):
 		return c, keyErr("min_updates", "%d, want 1 to the %d clients per round", c.MinUpdates, perRound(c))
+	case c.OverSelect < 0 || c.OverSelect > 10:
+		return c, keyErr("over_select", "%v, want 0 to 10", c.OverSelect)
+	case c.OverSelect > 0 && (c.ClientsPerRound == 0 || c.Mode == "async"):
+		return c, keyErr("over_select", "over-selection needs sync rounds with clients_per_round set")
 	case c.EvalEvery < 1:
 		return c, keyErr("eval_every", "%d, want at least 1", c.EvalEvery)
 	case c.Mode != "sync" && c.Mode != "async":

@@ -34,6 +34,9 @@ func TestBadExperiments(t *testing.T) {
 		{"dataset: words\nmodel: words-mlp\nlanguages: en+tlh", `"languages"`},
 		{"partition: groups", `"partition"`},
 		{"dataset: words\nmodel: words-mlp\npartition: groups\nworkers: 3", `"workers"`},
+		{"over_select: 0.3", `"over_select"`},
+		{"over_select: 0.3\nclients_per_round: 10\nmode: async", `"over_select"`},
+		{"over_select: -1\nclients_per_round: 10", `"over_select"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {

@@ -60,6 +60,11 @@ type Config struct {
 	// MinUpdates: a round in which fewer updates arrive is aborted and
 	// planned again, as the coordinator does (default 1).
 	MinUpdates int
+	// OverSelect samples ClientsPerRound·(1+OverSelect) workers (rounded
+	// up) and keeps the ClientsPerRound updates that arrive first in
+	// simulated time, as the coordinator's --over-select does; the others
+	// trained for nothing (counted in RoundResult.Trained).
+	OverSelect float64
 	Seed       uint64
 	Base       tensor.Set // starting model; default: a fresh initialisation
 	// EvalEvery evaluates every this many rounds (and always the last); 0: every round.
@@ -86,6 +91,7 @@ type RoundResult struct {
 	Round        int
 	Participants int     // updates aggregated (sampled minus dropped)
 	Attempts     int     // plans it took (more than 1 when dropouts left fewer than MinUpdates)
+	Trained      int     // local trainings the round cost (more than Participants with over-selection)
 	Accuracy     float64 // on the test set; NaN when not evaluated this round
 	Loss         float64
 	Bytes        int64 // encoded updates received this round
@@ -254,7 +260,14 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 				deltas[i] = m.Clone()
 			}
 		}
-		// The round waits for its slowest worker.
+		res.Trained = len(sampled)
+		if keep := cfg.ClientsPerRound; cfg.OverSelect > 0 && len(sampled) > keep {
+			// Over-selection: the round commits with the first updates to
+			// arrive; the stragglers' training is wasted.
+			sampled, deltas, took = firstArrivals(sampled, deltas, took, keep)
+			res.Participants = len(sampled)
+		}
+		// The round waits for its slowest (kept) worker.
 		for _, s := range took {
 			res.SimTime = max(res.SimTime, s)
 		}
@@ -378,6 +391,27 @@ func attack(kind string, deltas []tensor.Set, byz int, seed uint64) {
 	}
 }
 
+// firstArrivals keeps the k updates that took the least simulated time
+// (ties to the lower worker), in worker order.
+func firstArrivals(workers []int, deltas []tensor.Set, took []float64, k int) ([]int, []tensor.Set, []float64) {
+	idx := make([]int, len(workers))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool { return took[idx[a]] < took[idx[b]] })
+	idx = idx[:k]
+	sort.Ints(idx)
+	var (
+		w []int
+		d []tensor.Set
+		t []float64
+	)
+	for _, i := range idx {
+		w, d, t = append(w, workers[i]), append(d, deltas[i]), append(t, took[i])
+	}
+	return w, d, t
+}
+
 // scheduler plans rounds with the coordinator's PlanRound and DecideRound.
 type scheduler struct {
 	cfg   Config
@@ -392,7 +426,7 @@ func newScheduler(cfg Config) *scheduler {
 		k = cfg.Workers
 	}
 	s := &scheduler{cfg: cfg, index: make(map[string]int, cfg.Workers),
-		job: &pb.Job{Spec: &pb.JobSpec{Name: "sim", Seed: cfg.Seed, ClientsPerRound: uint32(k), MinUpdates: uint32(max(cfg.MinUpdates, 1)), RoundTimeoutSeconds: 1}}}
+		job: &pb.Job{Spec: &pb.JobSpec{Name: "sim", Seed: cfg.Seed, ClientsPerRound: uint32(k), MinUpdates: uint32(max(cfg.MinUpdates, 1)), OverSelect: cfg.OverSelect, RoundTimeoutSeconds: 1}}}
 	for w := range cfg.Workers {
 		id := WorkerID(w)
 		s.live = append(s.live, &pb.WorkerInfo{Id: id})

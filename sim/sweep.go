@@ -77,7 +77,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	defer f.Close()
 	w := csv.NewWriter(f)
 	swept := e.Swept()
-	header := append(append([]string{"run"}, swept...), "round", "participants", "attempts", "accuracy", "loss", "bytes", "cum_bytes", "sim_time", "mean_staleness")
+	header := append(append([]string{"run"}, swept...), "round", "participants", "attempts", "accuracy", "loss", "bytes", "cum_bytes", "sim_time", "mean_staleness", "trained")
 	if opts.Timings {
 		header = append(header, "seconds")
 	}
@@ -126,7 +126,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 				row = append(row, r[k])
 			}
 			row = append(row, strconv.Itoa(res.Round), strconv.Itoa(res.Participants), strconv.Itoa(res.Attempts), num(res.Accuracy), num(res.Loss),
-				strconv.FormatInt(res.Bytes, 10), strconv.FormatInt(cum, 10), strconv.FormatFloat(res.SimTime, 'f', 3, 64), strconv.FormatFloat(res.MeanStaleness, 'f', 3, 64))
+				strconv.FormatInt(res.Bytes, 10), strconv.FormatInt(cum, 10), strconv.FormatFloat(res.SimTime, 'f', 3, 64), strconv.FormatFloat(res.MeanStaleness, 'f', 3, 64), strconv.Itoa(res.Trained))
 			if opts.Timings {
 				row = append(row, strconv.FormatFloat(res.Seconds, 'f', 3, 64))
 			}
