@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sort"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -59,15 +61,24 @@ func callErr(ctx context.Context, err error) error {
 	return err
 }
 
+// liveCoordinators returns the gRPC addresses of the coordinators gossip
+// sees alive, sorted. It only reads gossip, so calls in flight may use it
+// from their own goroutines.
+func (w *Worker) liveCoordinators() []string {
+	var addrs []string
+	for _, m := range w.gossip.WithRole(gossip.RoleCoordinator) {
+		if m.Meta.GRPC != "" {
+			addrs = append(addrs, m.Meta.GRPC)
+		}
+	}
+	sort.Strings(addrs)
+	return addrs
+}
+
 // coordinatorAlive reports whether gossip sees a live coordinator serving
 // gRPC at addr.
 func (w *Worker) coordinatorAlive(addr string) bool {
-	for _, m := range w.gossip.WithRole(gossip.RoleCoordinator) {
-		if m.Meta.GRPC == addr {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(w.liveCoordinators(), addr)
 }
 
 // maxRetryAfter bounds the delay a coordinator may ask a worker to wait

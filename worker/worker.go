@@ -228,16 +228,10 @@ func (w *Worker) joinCluster(ctx context.Context) error {
 // refreshCoordinators reads coordinator addresses from gossip. It keeps the
 // last known list when gossip shows none (a coordinator restarting).
 func (w *Worker) refreshCoordinators() bool {
-	var addrs []string
-	for _, m := range w.gossip.WithRole(gossip.RoleCoordinator) {
-		if m.Meta.GRPC != "" {
-			addrs = append(addrs, m.Meta.GRPC)
-		}
-	}
+	addrs := w.liveCoordinators()
 	if len(addrs) == 0 {
 		return false
 	}
-	sort.Strings(addrs)
 	w.known = addrs
 	if w.target == "" {
 		w.target = addrs[0]
