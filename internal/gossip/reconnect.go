@@ -14,8 +14,7 @@ import (
 // pool stays split after the network heals: workers are never offered
 // rounds again, and coordinators' autopilot would eventually remove a
 // healthy server. As Serf does, each node therefore remembers the members
-// it saw fail (not those that left) and every reconnect interval tries to
-// join them again; joining exchanges full state, the other side refutes
+// it saw go and every reconnect interval tries to join them again; joining exchanges full state, the other side refutes
 // its death, and the pool is whole. memberlist does not tell a member that
 // failed from one that left in its leave event (the state it passes is
 // stale), so both are tried: a node that left for good refuses the
@@ -86,10 +85,11 @@ func (f *failed) NotifyUpdate(*memberlist.Node) {}
 func (f *failed) pick(n int) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	now := f.clock()
 	var coords, others []string
 	for name, fn := range f.nodes {
 		switch {
-		case f.clock().Sub(fn.since) > reconnectTimeout:
+		case now.Sub(fn.since) > reconnectTimeout:
 			delete(f.nodes, name)
 		case fn.coordinator:
 			coords = append(coords, fn.addr)

@@ -50,7 +50,6 @@ type Host struct {
 	NS   string // namespace name (ip netns)
 	IP   string
 	link string // its veth end on the bridge, in the hub namespace
-	lab  *Lab
 }
 
 // New builds a lab with one host per name (at most 250), or skips t if
@@ -70,7 +69,7 @@ func New(t testing.TB, names ...string) *Lab {
 	l.must("-n", l.hub, "link", "add", "br0", "type", "bridge")
 	l.must("-n", l.hub, "link", "set", "br0", "up")
 	for i, name := range names {
-		h := &Host{Name: name, NS: l.name + name, IP: fmt.Sprintf("%s.%d", Subnet, i+1), link: fmt.Sprintf("v%d", i+1), lab: l}
+		h := &Host{Name: name, NS: l.name + name, IP: fmt.Sprintf("%s.%d", Subnet, i+1), link: fmt.Sprintf("v%d", i+1)}
 		l.must("netns", "add", h.NS)
 		l.must("link", "add", h.link, "netns", l.hub, "type", "veth", "peer", "name", "eth0", "netns", h.NS)
 		l.must("-n", l.hub, "link", "set", h.link, "master", "br0", "up")
