@@ -41,6 +41,7 @@ var Keys = []Key{
 	{"workers", "int", "100", "virtual workers"},
 	{"clients_per_round", "int", "0", "workers sampled each round (0: all)"},
 	{"rounds", "int", "20", "rounds"},
+	{"updates", "int", "0", "aggregated updates per run instead of rounds: sync runs updates / clients_per_round rounds, async updates / buffer_size versions (0: use rounds), so runs of both modes compare at the same compute"},
 	{"partition", "string", "iid", "iid, shards, dirichlet, or groups (words: one language per worker group)"},
 	{"alpha", "float", "0.5", "dirichlet concentration"},
 	{"shards", "int", "2", "label shards per worker (partition: shards)"},
@@ -285,6 +286,16 @@ func (r Point) Config() (Config, error) {
 		Codec: r["codec"], NoErrorFeedback: !r.bool("error_feedback"), Attack: r["attack"], Byzantine: r.float("byzantine"),
 		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), OverSelect: r.float("over_select"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
 		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"),
+	}
+	if u := r.int("updates"); u != 0 {
+		per := perRound(c)
+		if c.Mode == "async" {
+			per = r.int("buffer_size")
+		}
+		if u < 0 || per < 1 || u%per != 0 {
+			return c, keyErr("updates", "%d is not a whole number of rounds of %d updates", u, per)
+		}
+		c.Rounds = u / per
 	}
 	if c.Mode == "async" {
 		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],

@@ -37,6 +37,9 @@ func TestBadExperiments(t *testing.T) {
 		{"over_select: 0.3", `"over_select"`},
 		{"over_select: 0.3\nclients_per_round: 10\nmode: async", `"over_select"`},
 		{"over_select: -1\nclients_per_round: 10", `"over_select"`},
+		{"updates: 805\nclients_per_round: 10", `"updates"`},
+		{"updates: 800\nmode: async\nbuffer_size: 7", `"updates"`},
+		{"updates: -10\nclients_per_round: 10", `"updates"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {
@@ -44,6 +47,29 @@ func TestBadExperiments(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%q: err = %v, want it to name %s", tc.yaml, err, tc.key)
+		}
+	}
+}
+
+// TestUpdatesKey: updates sets the rounds of each mode from its
+// aggregated updates per round, so one file compares sync and async at
+// the same compute.
+func TestUpdatesKey(t *testing.T) {
+	e, err := ParseExperiment([]byte("workers: 50\nclients_per_round: 10\nbuffer_size: 5\nmode: [sync, async]\nupdates: 800\nrounds: 3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := e.Points()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []int{80, 160} {
+		c, err := ps[i].Config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Rounds != want {
+			t.Errorf("%s: %d rounds, want %d (800 updates)", c.Mode, c.Rounds, want)
 		}
 	}
 }
