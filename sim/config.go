@@ -266,6 +266,15 @@ func perRound(c Config) int {
 	return c.ClientsPerRound
 }
 
+// updatesPerRound is how many updates a round (sync) or version (async)
+// aggregates as planned.
+func updatesPerRound(c Config) int {
+	if c.Mode == "async" && c.Async != nil {
+		return int(c.Async.BufferSize)
+	}
+	return perRound(c)
+}
+
 func keyErr(k, format string, a ...any) error {
 	return fmt.Errorf("key %q: %s", k, fmt.Sprintf(format, a...))
 }
@@ -290,7 +299,7 @@ func (r Point) Config() (Config, error) {
 	if u := r.int("updates"); u != 0 {
 		per := perRound(c)
 		if c.Mode == "async" {
-			per = r.int("buffer_size")
+			per = r.int("buffer_size") // c.Async is made below
 		}
 		if u < 0 || per < 1 || u%per != 0 {
 			return c, keyErr("updates", "%d is not a whole number of rounds of %d updates", u, per)

@@ -132,3 +132,31 @@ func TestSweepCSVReproducible(t *testing.T) {
 		t.Fatalf("two runs of one experiment differ:\n%s\n---\n%s", csvs[0], csvs[1])
 	}
 }
+
+// TestSweepProgressUpdates: with updates in place of rounds, each mode runs
+// its own number of rounds and the sweep's ETA never runs out before the
+// work does (it counts planned updates, not the rounds key).
+func TestSweepProgressUpdates(t *testing.T) {
+	train, test := data(t)
+	load := func(name string, _ []string, split dataset.Split) (*dataset.Examples, error) {
+		if split == dataset.Train {
+			return train, nil
+		}
+		return test, nil
+	}
+	e, err := ParseExperiment([]byte("workers: 10\nclients_per_round: 5\nbuffer_size: 2\nconcurrency: 4\nmode: [sync, async]\nupdates: 20\nlocal_steps: 2\ntest_examples: 200\nspeed: uniform:1,4\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sum, err := Sweep(context.Background(), e, SweepOptions{Out: filepath.Join(t.TempDir(), "out"), Data: load, Progress: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Runs[0].Rounds != 4 || sum.Runs[1].Rounds != 10 {
+		t.Errorf("rounds %d (sync) and %d (async), want 4 and 10 for 20 updates", sum.Runs[0].Rounds, sum.Runs[1].Rounds)
+	}
+	if strings.Contains(out.String(), "ETA -") {
+		t.Errorf("negative ETA in the progress output:\n%s", out.String())
+	}
+}

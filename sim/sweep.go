@@ -85,9 +85,12 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 
 	type data struct{ train, test *dataset.Examples }
 	loaded := map[string]data{}
-	totalRounds, doneRounds := 0, 0
+	// Progress counts planned updates (a round's or version's worth each),
+	// so an ETA over runs of both modes weighs them by their training work.
+	totalWork, doneWork := 0, 0
 	for _, r := range runs {
-		totalRounds += r.int("rounds")
+		cfg, _ := r.Config()
+		totalWork += cfg.Rounds * updatesPerRound(cfg)
 	}
 	start := time.Now()
 	sum := &Summary{Swept: swept}
@@ -118,7 +121,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		rs := RunSummary{Run: i + 1, Label: label, Params: r}
 		participants := 0
 		report := func(res RoundResult) {
-			doneRounds++
+			doneWork += updatesPerRound(cfg)
 			cum += res.Bytes
 			participants += res.Participants
 			row := []string{strconv.Itoa(i + 1)}
@@ -138,7 +141,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 			}
 			if opts.Progress != nil {
 				elapsed := time.Since(start)
-				eta := time.Duration(float64(elapsed) / float64(doneRounds) * float64(totalRounds-doneRounds))
+				eta := time.Duration(float64(elapsed) / float64(doneWork) * float64(totalWork-doneWork))
 				acc := "-"
 				if !math.IsNaN(res.Accuracy) {
 					acc = fmt.Sprintf("%.2f%%", 100*res.Accuracy)
@@ -153,7 +156,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		}
 		// A run that diverged stops early: the remaining rounds count as done.
 		if left := cfg.Rounds - len(results); left > 0 {
-			doneRounds += left
+			doneWork += left * updatesPerRound(cfg)
 			rs.DivergedAtDone = true
 		}
 		rs.Rounds, rs.TotalBytes = len(results), cum
