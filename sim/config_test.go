@@ -144,7 +144,7 @@ func TestSweepProgressUpdates(t *testing.T) {
 		}
 		return test, nil
 	}
-	e, err := ParseExperiment([]byte("workers: 10\nclients_per_round: 5\nbuffer_size: 2\nconcurrency: 4\nmode: [sync, async]\nupdates: 20\nlocal_steps: 2\ntest_examples: 200\nspeed: uniform:1,4\n"))
+	e, err := ParseExperiment([]byte("workers: 10\nclients_per_round: 5\nbuffer_size: 2\nconcurrency: 4\nmode: [sync, async]\nrounds: 1\nupdates: 20\nlocal_steps: 2\ntest_examples: 200\nspeed: uniform:1,4\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
