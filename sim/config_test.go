@@ -148,6 +148,13 @@ func TestSweepProgressUpdates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ps, err := e.Points()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := plannedUpdates(ps); n != 40 {
+		t.Errorf("planned work %d updates, want 40 (20 per run)", n)
+	}
 	var out bytes.Buffer
 	sum, err := Sweep(context.Background(), e, SweepOptions{Out: filepath.Join(t.TempDir(), "out"), Data: load, Progress: &out})
 	if err != nil {

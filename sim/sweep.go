@@ -85,13 +85,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 
 	type data struct{ train, test *dataset.Examples }
 	loaded := map[string]data{}
-	// Progress counts planned updates (a round's or version's worth each),
-	// so an ETA over runs of both modes weighs them by their training work.
-	totalWork, doneWork := 0, 0
-	for _, r := range runs {
-		cfg, _ := r.Config()
-		totalWork += cfg.Rounds * updatesPerRound(cfg)
-	}
+	totalWork, doneWork := plannedUpdates(runs), 0
 	start := time.Now()
 	sum := &Summary{Swept: swept}
 	for i, r := range runs {
@@ -199,4 +193,16 @@ func num(x float64) string {
 		return ""
 	}
 	return strconv.FormatFloat(x, 'g', -1, 64)
+}
+
+// plannedUpdates is the work of a sweep for its progress and ETA: the
+// updates its runs' rounds or versions aggregate as planned, so runs of
+// both modes weigh by their training work.
+func plannedUpdates(runs []Point) int {
+	n := 0
+	for _, r := range runs {
+		cfg, _ := r.Config() // validated by Points
+		n += cfg.Rounds * updatesPerRound(cfg)
+	}
+	return n
 }
