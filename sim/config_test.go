@@ -167,3 +167,25 @@ func TestSweepProgressUpdates(t *testing.T) {
 		t.Errorf("negative ETA in the progress output:\n%s", out.String())
 	}
 }
+
+// TestExampleExperiments: every committed experiment file parses and every
+// run of it is valid, so the examples' commands do not fail on a key.
+func TestExampleExperiments(t *testing.T) {
+	files, err := filepath.Glob("../examples/*/*.yaml")
+	if err != nil || len(files) < 5 {
+		t.Fatalf("%d experiment files (%v), want the examples' five or more", len(files), err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := ParseExperiment(b)
+		if err == nil {
+			_, err = e.Points()
+		}
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
