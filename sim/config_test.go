@@ -94,13 +94,7 @@ func TestSweepGrid(t *testing.T) {
 // TestSweepCSVReproducible: the same experiment gives byte-identical CSVs,
 // with client sampling, dropout, an attack and a lossy codec in play.
 func TestSweepCSVReproducible(t *testing.T) {
-	train, test := data(t)
-	load := func(name string, _ []string, split dataset.Split) (*dataset.Examples, error) {
-		if split == dataset.Train {
-			return train, nil
-		}
-		return test, nil
-	}
+	load := loader(t)
 	exp := []byte("workers: 30\nclients_per_round: 10\nrounds: 3\nlocal_steps: 10\ndropout: 0.2\n" +
 		"aggregator: [fedavg, trimmed-mean]\ntrim_fraction: 0.2\nattack: sign-flip\nbyzantine: 0.1\ncodec: topk=0.1+int8\n")
 	var csvs [][]byte
@@ -137,13 +131,7 @@ func TestSweepCSVReproducible(t *testing.T) {
 // its own number of rounds and the sweep's ETA never runs out before the
 // work does (it counts planned updates, not the rounds key).
 func TestSweepProgressUpdates(t *testing.T) {
-	train, test := data(t)
-	load := func(name string, _ []string, split dataset.Split) (*dataset.Examples, error) {
-		if split == dataset.Train {
-			return train, nil
-		}
-		return test, nil
-	}
+	load := loader(t)
 	e, err := ParseExperiment([]byte("workers: 10\nclients_per_round: 5\nbuffer_size: 2\nconcurrency: 4\nmode: [sync, async]\nrounds: 1\nupdates: 20\nlocal_steps: 2\ntest_examples: 200\nspeed: uniform:1,4\n"))
 	if err != nil {
 		t.Fatal(err)
@@ -187,5 +175,16 @@ func TestExampleExperiments(t *testing.T) {
 		if err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+// loader serves the test data set's two splits to Sweep.
+func loader(t *testing.T) func(string, []string, dataset.Split) (*dataset.Examples, error) {
+	train, test := data(t)
+	return func(_ string, _ []string, split dataset.Split) (*dataset.Examples, error) {
+		if split == dataset.Train {
+			return train, nil
+		}
+		return test, nil
 	}
 }
