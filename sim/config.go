@@ -296,19 +296,16 @@ func (r Point) Config() (Config, error) {
 		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), OverSelect: r.float("over_select"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
 		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"),
 	}
+	if c.Mode == "async" {
+		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
+			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker"))}
+	}
 	if u := r.int("updates"); u != 0 {
-		per := perRound(c)
-		if c.Mode == "async" {
-			per = r.int("buffer_size") // c.Async is made below
-		}
+		per := updatesPerRound(c)
 		if u < 0 || per < 1 || u%per != 0 {
 			return c, keyErr("updates", "%d is not a whole number of rounds of %d updates", u, per)
 		}
 		c.Rounds = u / per
-	}
-	if c.Mode == "async" {
-		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
-			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker"))}
 	}
 	switch {
 	case r["dataset"] != "mnist" && r["dataset"] != "words":
