@@ -14,8 +14,9 @@ import (
 // pool stays split after the network heals: workers are never offered
 // rounds again, and coordinators' autopilot would eventually remove a
 // healthy server. As Serf does, each node therefore remembers the members
-// it saw go and every reconnect interval tries to join them again; joining exchanges full state, the other side refutes
-// its death, and the pool is whole. memberlist does not tell a member that
+// it saw go and every reconnect interval tries to join them again; joining
+// exchanges full state, the other side refutes its death, and the pool is
+// whole. memberlist does not tell a member that
 // failed from one that left in its leave event (the state it passes is
 // stale), so both are tried: a node that left for good refuses the
 // connection at once, and is forgotten after reconnectTimeout.
