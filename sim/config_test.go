@@ -55,14 +55,7 @@ func TestBadExperiments(t *testing.T) {
 // aggregated updates per round, so one file compares sync and async at
 // the same compute.
 func TestUpdatesKey(t *testing.T) {
-	e, err := ParseExperiment([]byte("workers: 50\nclients_per_round: 10\nbuffer_size: 5\nmode: [sync, async]\nupdates: 800\nrounds: 3"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := e.Points()
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ps := points(t, "workers: 50\nclients_per_round: 10\nbuffer_size: 5\nmode: [sync, async]\nupdates: 800\nrounds: 3")
 	for i, want := range []int{80, 160} {
 		c, err := ps[i].Config()
 		if err != nil {
@@ -75,14 +68,7 @@ func TestUpdatesKey(t *testing.T) {
 }
 
 func TestSweepGrid(t *testing.T) {
-	e, err := ParseExperiment([]byte("aggregator: [fedavg, median, krum]\nattack: [none, ipm]\nbyzantine: 0.1\nworkers: 20"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := e.Points()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, ps := points(t, "aggregator: [fedavg, median, krum]\nattack: [none, ipm]\nbyzantine: 0.1\nworkers: 20")
 	if len(ps) != 6 || strings.Join(e.Swept(), ",") != "aggregator,attack" {
 		t.Fatalf("%d points swept over %v, want 6 over aggregator,attack", len(ps), e.Swept())
 	}
@@ -132,14 +118,7 @@ func TestSweepCSVReproducible(t *testing.T) {
 // work does (it counts planned updates, not the rounds key).
 func TestSweepProgressUpdates(t *testing.T) {
 	load := loader(t)
-	e, err := ParseExperiment([]byte("workers: 10\nclients_per_round: 5\nbuffer_size: 2\nconcurrency: 4\nmode: [sync, async]\nrounds: 1\nupdates: 20\nlocal_steps: 2\ntest_examples: 200\nspeed: uniform:1,4\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := e.Points()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, ps := points(t, "workers: 10\nclients_per_round: 5\nbuffer_size: 2\nconcurrency: 4\nmode: [sync, async]\nrounds: 1\nupdates: 20\nlocal_steps: 2\ntest_examples: 200\nspeed: uniform:1,4\n")
 	if n := plannedUpdates(ps); n != 40 {
 		t.Errorf("planned work %d updates, want 40 (20 per run)", n)
 	}
@@ -187,4 +166,18 @@ func loader(t *testing.T) func(string, []string, dataset.Split) (*dataset.Exampl
 		}
 		return test, nil
 	}
+}
+
+// points parses a valid experiment and lists its runs.
+func points(t *testing.T, yaml string) (*Experiment, []Point) {
+	t.Helper()
+	e, err := ParseExperiment([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := e.Points()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, ps
 }
