@@ -73,6 +73,9 @@ func NormalizeAsync(spec *pb.JobSpec) error {
 	if a.MaxPerWorker == 0 {
 		a.MaxPerWorker = 1
 	}
+	if a.FairWindow == 0 {
+		a.FairWindow = 1
+	}
 	if a.MaxStaleness == 0 {
 		a.MaxStaleness = 20
 	}
@@ -141,9 +144,11 @@ func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 // assigns the newest version to as many free workers as the concurrency
 // limit allows. A worker is free when it matches the job, has no
 // assignment in it, and has fewer than max_per_worker updates in the
-// buffer (so that fast workers cannot fill a version alone); among free
-// workers, idle ones first, then those with the fewest buffered updates,
-// then a seeded shuffle.
+// fairness window — the buffer and the last fair_window−1 versions — so
+// that fast workers cannot fill versions alone; among free workers, idle
+// ones first, then those with the fewest updates in the window, then a
+// seeded shuffle. The window never stalls a job: when it would leave no
+// one training, only the buffer counts.
 func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []*pb.Assignment, release []uint64) {
 	spec, st := j.GetSpec(), j.GetAsync()
 	a := spec.GetAsync()
@@ -164,9 +169,13 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 			assigned[as.Worker] = true
 		}
 	}
-	buffered := map[string]int{}
-	for _, u := range st.GetBuffer() {
-		buffered[u.Worker]++
+	counts := WindowCounts(j, a.GetFairWindow())
+	eligible := func(w *pb.WorkerInfo) bool {
+		return Matches(spec.Selector, w.Labels) && Allowed(spec, w.Id) && !assigned[w.Id]
+	}
+	capped := func(w *pb.WorkerInfo) bool { return counts[w.Id] >= int(max(a.GetMaxPerWorker(), 1)) }
+	if inFlight == 0 && a.GetFairWindow() > 1 && !slices.ContainsFunc(live, func(w *pb.WorkerInfo) bool { return eligible(w) && !capped(w) }) {
+		counts = WindowCounts(j, 1)
 	}
 	type cand struct {
 		id   string
@@ -174,7 +183,7 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 	}
 	var cands []cand
 	for _, w := range live {
-		if Matches(spec.Selector, w.Labels) && Allowed(spec, w.Id) && !assigned[w.Id] && buffered[w.Id] < int(max(a.GetMaxPerWorker(), 1)) {
+		if eligible(w) && !capped(w) {
 			cands = append(cands, cand{w.Id, Busy(w.Labels)})
 		}
 	}
@@ -185,7 +194,7 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 		if cands[x].busy != cands[y].busy {
 			return !cands[x].busy
 		}
-		return buffered[cands[x].id] < buffered[cands[y].id]
+		return counts[cands[x].id] < counts[cands[y].id]
 	})
 	deadline := now.Add(time.Duration(spec.RoundTimeoutSeconds * float64(time.Second))).UnixNano()
 	next := max(st.GetNextTask(), 1)
@@ -194,6 +203,23 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 		next++
 	}
 	return assign, release
+}
+
+// WindowCounts counts each worker's updates in an async job's fairness
+// window of the given number of versions: the buffer (the version being
+// built) and the updates of the last window−1 committed versions.
+func WindowCounts(j *pb.Job, window uint32) map[string]int {
+	counts := map[string]int{}
+	for _, u := range j.GetAsync().GetBuffer() {
+		counts[u.Worker]++
+	}
+	h := j.GetHistory()
+	for _, r := range h[len(h)-min(len(h), int(max(window, 1))-1):] {
+		for _, w := range r.Workers {
+			counts[w]++
+		}
+	}
+	return counts
 }
 
 // assignment returns the job's open assignment with this task id.

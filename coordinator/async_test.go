@@ -69,6 +69,51 @@ func TestPlanAssignments(t *testing.T) {
 	}
 }
 
+// TestFairWindow: max_per_worker counts a worker's updates over the
+// buffer and the last fair_window−1 versions; workers at the cap wait, the
+// rest are preferred by fewest updates in the window, and a window that
+// would leave no one training shrinks to the buffer.
+func TestFairWindow(t *testing.T) {
+	now := t0.Add(time.Hour)
+	history := []*pb.RoundRecord{{Workers: []string{"a", "b"}}, {Workers: []string{"a", "c"}}, {Workers: []string{"a", "d"}}}
+	for _, c := range []struct {
+		name      string
+		window    uint32
+		perWorker uint32
+		live      []string
+		inFlight  []string
+		want      []string // assigned workers, sorted
+	}{
+		{"buffer only", 1, 1, []string{"a", "b", "c", "d"}, nil, []string{"a", "b", "c"}},
+		{"last version", 2, 1, []string{"a", "b", "c", "d", "e"}, nil, []string{"b", "c", "e"}},
+		{"two versions", 3, 1, []string{"a", "b", "c", "d", "e"}, nil, []string{"b", "e"}},
+		{"cap of two", 3, 2, []string{"a", "b", "c", "d", "e"}, nil, []string{"b", "c", "e"}},
+		{"fewest first", 4, 3, []string{"a", "b", "c", "d", "e"}, nil, []string{"b", "c", "e"}},
+		{"window wider than the history", 9, 1, []string{"a", "b", "c", "d", "e"}, nil, []string{"e"}},
+		{"all capped, nothing in flight: the buffer counts", 3, 1, []string{"a", "c", "d"}, nil, []string{"a", "c"}},
+		{"all capped, one in flight: wait", 3, 1, []string{"a", "c", "d", "e"}, []string{"e"}, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			j := asyncTestJob()
+			j.History = history
+			j.Spec.Async.FairWindow, j.Spec.Async.MaxPerWorker = c.window, c.perWorker
+			j.Async.Buffer = []*pb.AcceptedUpdate{{Worker: "d", Task: 6}}
+			for i, w := range c.inFlight {
+				j.Async.Assignments = append(j.Async.Assignments, &pb.Assignment{Worker: w, Task: uint64(i + 1), Version: 3, DeadlineUnixNano: now.Add(time.Minute).UnixNano()})
+			}
+			assign, _ := PlanAssignments(j, workers(c.live...), now)
+			var got []string
+			for _, a := range assign {
+				got = append(got, a.Worker)
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("assigned %v, want %v (window counts %v)", got, c.want, WindowCounts(j, c.window))
+			}
+		})
+	}
+}
+
 // TestAsyncFSM: the replicated side of async jobs — tasks numbered in
 // order, one per worker, accepted only against an open assignment and
 // within max_staleness, each at most once; a version aggregates the

@@ -599,7 +599,8 @@ type AsyncSpec struct {
 	StalenessA    float64                `protobuf:"fixed64,4,opt,name=staleness_a,json=stalenessA,proto3" json:"staleness_a,omitempty"`        // polynomial exponent or hinge slope (default 0.5 / 10)
 	StalenessB    uint32                 `protobuf:"varint,5,opt,name=staleness_b,json=stalenessB,proto3" json:"staleness_b,omitempty"`         // hinge: staleness weighted fully (default 4)
 	MaxStaleness  uint32                 `protobuf:"varint,6,opt,name=max_staleness,json=maxStaleness,proto3" json:"max_staleness,omitempty"`   // updates staler than this are refused (default 20)
-	MaxPerWorker  uint32                 `protobuf:"varint,7,opt,name=max_per_worker,json=maxPerWorker,proto3" json:"max_per_worker,omitempty"` // fairness: updates one worker may have in a buffer (default 1)
+	MaxPerWorker  uint32                 `protobuf:"varint,7,opt,name=max_per_worker,json=maxPerWorker,proto3" json:"max_per_worker,omitempty"` // fairness: updates one worker may have in a fairness window (default 1)
+	FairWindow    uint32                 `protobuf:"varint,8,opt,name=fair_window,json=fairWindow,proto3" json:"fair_window,omitempty"`         // versions the max_per_worker cap counts over: the buffer and the last fair_window−1 versions (default 1: the buffer)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -679,6 +680,13 @@ func (x *AsyncSpec) GetMaxStaleness() uint32 {
 func (x *AsyncSpec) GetMaxPerWorker() uint32 {
 	if x != nil {
 		return x.MaxPerWorker
+	}
+	return 0
+}
+
+func (x *AsyncSpec) GetFairWindow() uint32 {
+	if x != nil {
+		return x.FairWindow
 	}
 	return 0
 }
@@ -2478,7 +2486,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf9\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x02\n" +
 	"\tAsyncSpec\x12\x1f\n" +
 	"\vbuffer_size\x18\x01 \x01(\rR\n" +
 	"bufferSize\x12 \n" +
@@ -2489,7 +2497,9 @@ const file_fedtune_proto_rawDesc = "" +
 	"\vstaleness_b\x18\x05 \x01(\rR\n" +
 	"stalenessB\x12#\n" +
 	"\rmax_staleness\x18\x06 \x01(\rR\fmaxStaleness\x12$\n" +
-	"\x0emax_per_worker\x18\a \x01(\rR\fmaxPerWorker\"\x9f\x01\n" +
+	"\x0emax_per_worker\x18\a \x01(\rR\fmaxPerWorker\x12\x1f\n" +
+	"\vfair_window\x18\b \x01(\rR\n" +
+	"fairWindow\"\x9f\x01\n" +
 	"\n" +
 	"Assignment\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +

@@ -203,8 +203,12 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 		if len(job.Async.Buffer) >= k {
 			version := uint32(len(results))
 			ups := make([]aggregation.Update, k)
+			rec := &pb.RoundRecord{Number: version + 1}
+			res := RoundResult{Round: int(version) + 1, Participants: k, Trained: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now}
 			var stale float64
 			for i, u := range job.Async.Buffer[:k] {
+				rec.Workers = append(rec.Workers, u.Worker)
+				res.Workers = append(res.Workers, index(u.Worker))
 				v, err := codec.DecodeVector(e.codec, payloads[u.Task], global.Len())
 				if err != nil {
 					return results, err
@@ -222,9 +226,9 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 				return results, err
 			}
 			job.Async.Buffer = job.Async.Buffer[k:]
-			job.History = append(job.History, &pb.RoundRecord{Number: version + 1})
+			job.History = append(job.History, rec)
 			job.CurrentModel = fmt.Sprintf("v%d", version+1)
-			res := RoundResult{Round: int(version) + 1, Participants: k, Trained: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now, MeanStaleness: stale / float64(k)}
+			res.MeanStaleness = stale / float64(k)
 			bytes = 0
 			if err := e.evaluate(&res, global, len(results)+1 == cfg.Rounds); err != nil {
 				return results, err

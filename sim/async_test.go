@@ -125,3 +125,61 @@ func TestSimOverSelect(t *testing.T) {
 		t.Errorf("over-selected rounds took %.1f simulated s, plain ones %.1f: keeping the first arrivals should wait less", last.SimTime, p.SimTime)
 	}
 }
+
+// TestSimFairWindow: with fair_window W and max_per_worker 1, no worker
+// has two updates within W consecutive versions, so the slow half of an
+// uneven fleet gets a larger share of the versions than with the cap on
+// the buffer alone, and Jain's index of the per-worker updates rises.
+func TestSimFairWindow(t *testing.T) {
+	train, test := data(t)
+	cfg := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 20, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+		Train: model.TrainConfig{Steps: 3, BatchSize: 16, LR: 0.1}, Rule: "fedavg", Seed: 5, Speed: "tiers:gpu=1,cpu=10", Mode: "async", EvalEvery: 20}
+	run := func(window uint32) (slowShare, jain float64) {
+		c := cfg
+		c.Async = &pb.AsyncSpec{BufferSize: 4, Concurrency: 8, MaxPerWorker: 1, FairWindow: window}
+		res, err := Run(context.Background(), c, train, test, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts := make([]int, c.Workers)
+		last := map[int]int{} // worker → last version with its update
+		slow, total := 0, 0
+		for _, r := range res {
+			for _, w := range r.Workers {
+				if v, ok := last[w]; ok && r.Round-v < int(window) {
+					t.Errorf("window %d: worker %d in versions %d and %d", window, w, v, r.Round)
+				}
+				last[w] = r.Round
+				counts[w]++
+				total++
+				if w%2 == 1 { // tiers are dealt in turn: odd workers are the slow tier
+					slow++
+				}
+			}
+		}
+		return float64(slow) / float64(total), Jain(counts)
+	}
+	s1, j1 := run(1)
+	s5, j5 := run(5)
+	t.Logf("slow tier's share of updates: %.2f (buffer only), %.2f (window of 5 versions); Jain's index %.2f → %.2f", s1, s5, j1, j5)
+	if !(s5 > s1+0.1) || !(j5 > j1) {
+		t.Errorf("window of 5 versions: slow share %.2f (buffer only %.2f), Jain %.2f (%.2f): want both higher", s5, s1, j5, j1)
+	}
+}
+
+func TestJain(t *testing.T) {
+	for _, c := range []struct {
+		counts []int
+		want   float64
+	}{
+		{[]int{3, 3, 3}, 1},
+		{[]int{4, 0, 0, 0}, 0.25},
+		{[]int{1, 0}, 0.5},
+		{[]int{0, 0}, 1},
+		{[]int{2, 1, 1}, 16.0 / 18},
+	} {
+		if got := Jain(c.counts); math.Abs(got-c.want) > 1e-12 {
+			t.Errorf("Jain(%v) = %v, want %v", c.counts, got, c.want)
+		}
+	}
+}

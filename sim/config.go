@@ -78,7 +78,8 @@ var Keys = []Key{
 	{"staleness_a", "float", "0", "async: polynomial exponent or hinge slope (0: 0.5 / 10)"},
 	{"staleness_b", "int", "0", "async: hinge: staleness weighted fully (0: 4)"},
 	{"max_staleness", "int", "0", "async: updates staler than this are refused (0: 20)"},
-	{"max_per_worker", "int", "1", "async: updates one worker may have in a buffer"},
+	{"max_per_worker", "int", "1", "async: updates one worker may have in the fairness window"},
+	{"fair_window", "int", "1", "async: versions max_per_worker counts over: the buffer and the last fair_window−1 versions"},
 	{"speed", "string", "1", "workers' slowness: 1 (all equal), uniform:LO,HI, lognormal:SIGMA or tiers:NAME=FACTOR,…"},
 	{"seconds_per_example", "float", "0.001", "simulated seconds a worker of speed 1 spends per example"},
 	{"seed", "int", "1", "seed of everything random"},
@@ -298,7 +299,8 @@ func (r Point) Config() (Config, error) {
 	}
 	if c.Mode == "async" {
 		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
-			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker"))}
+			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker")),
+			FairWindow: uint32(r.int("fair_window"))}
 	}
 	if u := r.int("updates"); u != 0 {
 		per := updatesPerRound(c)
@@ -350,6 +352,8 @@ func (r Point) Config() (Config, error) {
 			return c, keyErr("concurrency", "%d, want 0 (default) to the %d workers", r.int("concurrency"), c.Workers)
 		case r.int("max_per_worker") < 1:
 			return c, keyErr("max_per_worker", "%d, want at least 1", r.int("max_per_worker"))
+		case r.int("fair_window") < 1:
+			return c, keyErr("fair_window", "%d, want at least 1", r.int("fair_window"))
 		case c.Attack != "none" || c.Dropout > 0 || c.WorkerMomentum > 0:
 			return c, keyErr("mode", "async simulates no attack, dropout or worker momentum")
 		}

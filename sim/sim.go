@@ -12,6 +12,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -101,6 +102,9 @@ type RoundResult struct {
 	SimTime float64
 	// MeanStaleness is the mean staleness of an async version's updates.
 	MeanStaleness float64
+	// Workers are the indexes of the workers whose updates were
+	// aggregated (one entry per update).
+	Workers []int
 }
 
 // Run simulates cfg on train and evaluates on test. progress, if set, is
@@ -267,6 +271,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			sampled, deltas, took = firstArrivals(sampled, deltas, took, keep)
 			res.Participants = len(sampled)
 		}
+		res.Workers = slices.Clone(sampled)
 		// The round waits for its slowest (kept) worker.
 		for _, s := range took {
 			res.SimTime = max(res.SimTime, s)

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,12 @@ type RunSummary struct {
 	MeanPerRound   int               `json:"mean_participants"`
 	DivergedAtDone bool              `json:"diverged"`
 	SimTime        float64           `json:"sim_time"` // simulated seconds at the end
+	// Fairness is Jain's index of the workers' aggregated updates, from
+	// 1/workers (one worker did everything) to 1 (all the same); MinUpdates
+	// and MaxUpdates are the fewest and most of one worker.
+	Fairness   float64 `json:"fairness"`
+	MinUpdates int     `json:"min_updates_per_worker"`
+	MaxUpdates int     `json:"max_updates_per_worker"`
 }
 
 // Summary is summary.json.
@@ -114,8 +121,12 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		var cum int64
 		rs := RunSummary{Run: i + 1, Label: label, Params: r}
 		participants := 0
+		perWorker := make([]int, cfg.Workers)
 		report := func(res RoundResult) {
 			doneWork += updatesPerRound(cfg)
+			for _, w := range res.Workers {
+				perWorker[w]++
+			}
 			cum += res.Bytes
 			participants += res.Participants
 			row := []string{strconv.Itoa(i + 1)}
@@ -157,14 +168,15 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		rs.Seconds = time.Since(runStart).Seconds()
 		rs.RoundsPerMin = float64(len(results)) / rs.Seconds * 60
 		rs.MeanPerRound = participants / max(len(results), 1)
+		rs.Fairness, rs.MinUpdates, rs.MaxUpdates = Jain(perWorker), slices.Min(perWorker), slices.Max(perWorker)
 		sum.Runs = append(sum.Runs, rs)
 		w.Flush()
 		if err := w.Error(); err != nil {
 			return nil, err
 		}
 		if opts.Progress != nil {
-			fmt.Fprintf(opts.Progress, "\rrun %d/%d %s: final accuracy %.2f%%, %.1f rounds/min%s\n", i+1, len(runs), label,
-				100*rs.FinalAccuracy, rs.RoundsPerMin, strings.Repeat(" ", 20))
+			fmt.Fprintf(opts.Progress, "\rrun %d/%d %s: final accuracy %.2f%%, %.1f rounds/min, updates per worker %d–%d (fairness %.2f)%s\n", i+1, len(runs), label,
+				100*rs.FinalAccuracy, rs.RoundsPerMin, rs.MinUpdates, rs.MaxUpdates, rs.Fairness, strings.Repeat(" ", 20))
 		}
 	}
 	sum.Seconds = time.Since(start).Seconds()
@@ -205,4 +217,18 @@ func plannedUpdates(runs []Point) int {
 		n += cfg.Rounds * updatesPerRound(cfg)
 	}
 	return n
+}
+
+// Jain is Jain's fairness index of per-worker counts, (Σx)² / (n·Σx²): 1
+// when all are equal, 1/n when one worker has them all (1 for no counts).
+func Jain(counts []int) float64 {
+	var sum, sq float64
+	for _, c := range counts {
+		sum += float64(c)
+		sq += float64(c) * float64(c)
+	}
+	if sq == 0 {
+		return 1
+	}
+	return sum * sum / (float64(len(counts)) * sq)
 }

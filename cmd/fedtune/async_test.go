@@ -12,14 +12,16 @@ import (
 // TestAsyncProcesses submits an async job with the CLI to a coordinator
 // process with three worker processes (one with a slow uplink): the job
 // runs to its last version, `job status` and `verify` work on versions,
-// and the ledger credits every aggregated update.
+// and the ledger credits every aggregated update. Its fairness window of 2
+// versions is wider than three workers can fill (the last version's two
+// workers wait), so the job also shows that the window never stalls it.
 func TestAsyncProcesses(t *testing.T) {
 	pc := tc.NewProcCluster(t, binary, 1)
 	n := pc.Nodes[0]
 	startWorkers(pc, 3, 2000, nil, nil, []string{"--submit-delay", "1s"})
 	waitWorkers(t, pc, 3)
-	out := run(t, submitArgs(n.GRPC, "async-cli", 4, 1, "--mode", "async", "--buffer-size", "2", "--concurrency", "3", "--max-staleness", "5", "--steps", "30")...)
-	if !strings.Contains(out, "async: versions of 2 updates, 3 training at once, polynomial staleness weighting, max staleness 5") {
+	out := run(t, submitArgs(n.GRPC, "async-cli", 4, 1, "--mode", "async", "--buffer-size", "2", "--concurrency", "3", "--max-staleness", "5", "--fair-window", "2", "--steps", "30")...)
+	if !strings.Contains(out, "async: versions of 2 updates, 3 training at once, polynomial staleness weighting, max staleness 5, at most 1 per worker in 2 versions") {
 		t.Errorf("submit printed %q", out)
 	}
 	j := waitJob(t, pc, "async-cli", 2*time.Minute, func(j *pb.Job) bool { return j.Status != pb.JobStatus_JOB_STATUS_RUNNING })

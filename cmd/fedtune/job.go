@@ -126,7 +126,8 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "staleness-a", Usage: "async: polynomial exponent or hinge slope (default 0.5 / 10)", EnvVars: []string{"FEDTUNE_STALENESS_A"}},
 					&cli.UintFlag{Name: "staleness-b", Usage: "async: hinge: staleness weighted fully (default 4)", EnvVars: []string{"FEDTUNE_STALENESS_B"}},
 					&cli.UintFlag{Name: "max-staleness", Usage: "async: refuse updates more than this many versions old (default 20)", EnvVars: []string{"FEDTUNE_MAX_STALENESS"}},
-					&cli.UintFlag{Name: "max-per-worker", Usage: "async: updates one worker may have in a buffer, so fast workers do not drown out slow ones (default 1)", EnvVars: []string{"FEDTUNE_MAX_PER_WORKER"}},
+					&cli.UintFlag{Name: "max-per-worker", Usage: "async: updates one worker may have in the fairness window, so fast workers do not drown out slow ones (default 1)", EnvVars: []string{"FEDTUNE_MAX_PER_WORKER"}},
+					&cli.UintFlag{Name: "fair-window", Usage: "async: versions --max-per-worker counts over: the buffer and the last N−1 versions (default 1: the buffer)", EnvVars: []string{"FEDTUNE_FAIR_WINDOW"}},
 					&cli.UintFlag{Name: "lora-rank", Usage: "train LoRA adapters of this rank on the frozen --base instead of the whole model (0: full fine-tuning)", EnvVars: []string{"FEDTUNE_LORA_RANK"}},
 					&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator: adapters apply as (alpha/rank)·B·A (default 2·rank)", EnvVars: []string{"FEDTUNE_LORA_ALPHA"}},
 					&cli.StringFlag{Name: "lora-aggregation", Value: "naive", Usage: "LoRA: naive (the --aggregator on A and B apart) or exact (rank-r SVD of the mean B·A; fedavg only)", EnvVars: []string{"FEDTUNE_LORA_AGGREGATION"}},
@@ -209,9 +210,10 @@ func submitJob(c *cli.Context) error {
 	spec.Mode = c.String("mode")
 	if spec.Mode == "async" {
 		spec.Async = &pb.AsyncSpec{BufferSize: uint32(c.Uint("buffer-size")), Concurrency: uint32(c.Uint("concurrency")), Staleness: c.String("staleness"),
-			StalenessA: c.Float64("staleness-a"), StalenessB: uint32(c.Uint("staleness-b")), MaxStaleness: uint32(c.Uint("max-staleness")), MaxPerWorker: uint32(c.Uint("max-per-worker"))}
+			StalenessA: c.Float64("staleness-a"), StalenessB: uint32(c.Uint("staleness-b")), MaxStaleness: uint32(c.Uint("max-staleness")), MaxPerWorker: uint32(c.Uint("max-per-worker")),
+			FairWindow: uint32(c.Uint("fair-window"))}
 	} else {
-		for _, f := range []string{"buffer-size", "concurrency", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker"} {
+		for _, f := range []string{"buffer-size", "concurrency", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker", "fair-window"} {
 			if c.IsSet(f) {
 				return fmt.Errorf("job submit: --%s is for --mode async", f)
 			}
@@ -270,7 +272,12 @@ func submitJob(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, ", LoRA rank %d alpha %g (%s aggregation)", l.Rank, l.Alpha, l.Aggregation)
 	}
 	if a := resp.Job.Spec.GetAsync(); a != nil {
-		fmt.Fprintf(c.App.Writer, ", async: versions of %d updates, %d training at once, %s staleness weighting, max staleness %d", a.BufferSize, a.Concurrency, a.Staleness, a.MaxStaleness)
+		window := "a buffer"
+		if a.FairWindow > 1 {
+			window = fmt.Sprintf("%d versions", a.FairWindow)
+		}
+		fmt.Fprintf(c.App.Writer, ", async: versions of %d updates, %d training at once, %s staleness weighting, max staleness %d, at most %d per worker in %s",
+			a.BufferSize, a.Concurrency, a.Staleness, a.MaxStaleness, a.MaxPerWorker, window)
 	}
 	if acc, ok := resp.Job.BaseMetrics["test_accuracy"]; ok {
 		fmt.Fprintf(c.App.Writer, " (test accuracy %.2f%%)", 100*acc)
