@@ -115,8 +115,9 @@ func TestSweepCSVReproducible(t *testing.T) {
 }
 
 // TestSweepProgressUpdates: with updates in place of rounds, each mode runs
-// its own number of rounds and the sweep's ETA never runs out before the
-// work does (it counts planned updates, not the rounds key).
+// its own number of rounds, the sweep's ETA never runs out before the work
+// does (it counts planned updates, not the rounds key), and the summary
+// counts every aggregated update to its worker.
 func TestSweepProgressUpdates(t *testing.T) {
 	load := loader(t)
 	e, ps := points(t, "workers: 10\nclients_per_round: 5\nbuffer_size: 2\nconcurrency: 4\nmode: [sync, async]\nrounds: 1\nupdates: 20\nlocal_steps: 2\ntest_examples: 200\nspeed: uniform:1,4\n")
@@ -130,6 +131,15 @@ func TestSweepProgressUpdates(t *testing.T) {
 	}
 	if sum.Runs[0].Rounds != 4 || sum.Runs[1].Rounds != 10 {
 		t.Errorf("rounds %d (sync) and %d (async), want 4 and 10 for 20 updates", sum.Runs[0].Rounds, sum.Runs[1].Rounds)
+	}
+	for _, r := range sum.Runs {
+		total := 0
+		for _, n := range r.UpdatesPerWorker {
+			total += n
+		}
+		if len(r.UpdatesPerWorker) != 10 || total != 20 || r.Fairness != Jain(r.UpdatesPerWorker) || r.MaxUpdates < r.MinUpdates {
+			t.Errorf("run %d: %d updates over %d workers (%d–%d, Jain %.3f), want 20 over 10", r.Run, total, len(r.UpdatesPerWorker), r.MinUpdates, r.MaxUpdates, r.Fairness)
+		}
 	}
 	if strings.Contains(out.String(), "ETA -") {
 		t.Errorf("negative ETA in the progress output:\n%s", out.String())

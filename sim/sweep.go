@@ -51,6 +51,8 @@ type RunSummary struct {
 	Fairness   float64 `json:"fairness"`
 	MinUpdates int     `json:"min_updates_per_worker"`
 	MaxUpdates int     `json:"max_updates_per_worker"`
+	// UpdatesPerWorker is each worker's aggregated updates, by index.
+	UpdatesPerWorker []int `json:"updates_per_worker"`
 }
 
 // Summary is summary.json.
@@ -168,7 +170,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		rs.Seconds = time.Since(runStart).Seconds()
 		rs.RoundsPerMin = float64(len(results)) / rs.Seconds * 60
 		rs.MeanPerRound = participants / max(len(results), 1)
-		rs.Fairness, rs.MinUpdates, rs.MaxUpdates = Jain(perWorker), slices.Min(perWorker), slices.Max(perWorker)
+		rs.Fairness, rs.MinUpdates, rs.MaxUpdates, rs.UpdatesPerWorker = Jain(perWorker), slices.Min(perWorker), slices.Max(perWorker), perWorker
 		sum.Runs = append(sum.Runs, rs)
 		w.Flush()
 		if err := w.Error(); err != nil {
