@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/fedtune/fedtune/internal/blobstream"
@@ -25,7 +26,8 @@ var ErrBlobCorrupt = errors.New("blob corrupt")
 // go to a temporary file that is synced and renamed, so a crash leaves
 // either the whole blob or none. Safe for concurrent use.
 type BlobStore struct {
-	dir string
+	dir   string
+	bytes atomic.Int64 // held, counted at open and kept by Put and Delete
 }
 
 // OpenBlobStore opens (creating if needed) a blob store in dir.
@@ -33,8 +35,19 @@ func OpenBlobStore(dir string) (*BlobStore, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("blob store: %w", err)
 	}
-	return &BlobStore{dir: dir}, nil
+	s := &BlobStore{dir: dir}
+	infos, err := s.List()
+	if err != nil {
+		return nil, fmt.Errorf("blob store: %w", err)
+	}
+	for _, b := range infos {
+		s.bytes.Add(b.Size)
+	}
+	return s, nil
 }
+
+// Bytes returns the bytes the store holds, without reading the directory.
+func (s *BlobStore) Bytes() int64 { return s.bytes.Load() }
 
 // HashOf returns the hex SHA-256 of b.
 func HashOf(b []byte) string { return blobstream.HashOf(b) }
@@ -77,9 +90,17 @@ func (s *BlobStore) Put(b []byte) (string, error) {
 	if err := tmp.Close(); err != nil {
 		return "", fmt.Errorf("put blob %s: %w", h[:12], err)
 	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return "", fmt.Errorf("put blob %s: %w", h[:12], err)
+	// A hard link fails if another Put stored the blob meanwhile, so each
+	// blob is counted once; a file system without links gets a rename.
+	switch err := os.Link(tmp.Name(), p); {
+	case errors.Is(err, os.ErrExist):
+		return h, nil
+	case err != nil:
+		if err := os.Rename(tmp.Name(), p); err != nil {
+			return "", fmt.Errorf("put blob %s: %w", h[:12], err)
+		}
 	}
+	s.bytes.Add(int64(len(b)))
 	return h, nil
 }
 
@@ -202,8 +223,16 @@ func (s *BlobStore) Delete(hash string) error {
 	if !validHash(hash) {
 		return fmt.Errorf("delete blob %q: not a SHA-256 hex hash", hash)
 	}
-	if err := os.Remove(s.path(hash)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	fi, err := os.Stat(s.path(hash))
+	if err == nil {
+		err = os.Remove(s.path(hash))
+	}
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil // not held, or deleted meanwhile and counted there
+	case err != nil:
 		return fmt.Errorf("delete blob %.12s: %w", hash, err)
 	}
+	s.bytes.Add(-fi.Size())
 	return nil
 }

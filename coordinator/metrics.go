@@ -89,14 +89,7 @@ func (c *Coordinator) registerState() {
 		gauge("fedtune_raft_term", "Current Raft term.", stat("term")),
 		gauge("fedtune_raft_commit_index", "Raft commit index.", stat("commit_index")),
 		gauge("fedtune_raft_applied_index", "Raft index applied to the state machine.", stat("applied_index")),
-		gauge("fedtune_blob_store_bytes", "Bytes held in this node's blob store.", func() float64 {
-			infos, _ := c.blobs.List()
-			var n int64
-			for _, b := range infos {
-				n += b.Size
-			}
-			return float64(n)
-		}),
+		gauge("fedtune_blob_store_bytes", "Bytes held in this node's blob store.", func() float64 { return float64(c.blobs.Bytes()) }),
 	)
 	for _, st := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
 		c.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedtune_raft_state", Help: "1 for this node's Raft state, 0 for the others.",
