@@ -25,7 +25,6 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/internal/client"
@@ -230,13 +229,8 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, fmt.Errorf("coordinator: gRPC listen: %w", err)
 	}
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(int(min(cfg.MaxBlobBytes+(1<<20), 1<<31-1))), grpc.MaxSendMsgSize(64 << 20),
-		grpc.UnaryInterceptor(c.unaryAuth), grpc.StreamInterceptor(c.streamAuth),
-		// Clients ping every client.KeepaliveTime to notice a partitioned
-		// node (grpc-go refuses pings more often than every 5 minutes by
-		// default); the server pings idle clients likewise, so that the
-		// long polls of a worker cut off by the network end.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: client.KeepaliveTime / 2, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: client.KeepaliveTime, Timeout: client.KeepaliveTimeout})}
+		grpc.UnaryInterceptor(c.unaryAuth), grpc.StreamInterceptor(c.streamAuth)}
+	opts = append(opts, client.ServerKeepalive()...)
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.ServerTLS())))
 	}

@@ -33,6 +33,17 @@ const (
 	KeepaliveTimeout = 3 * time.Second
 )
 
+// ServerKeepalive is what a server of these clients needs: it accepts
+// their pings every KeepaliveTime (grpc-go refuses pings more often than
+// every 5 minutes by default) and pings idle clients likewise, so that the
+// long polls of a client cut off by the network end on its side too.
+func ServerKeepalive() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveTime / 2, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+	}
+}
+
 // Pool holds one gRPC connection per address. Safe for concurrent use.
 type Pool struct {
 	mu    sync.Mutex
