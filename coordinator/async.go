@@ -140,8 +140,10 @@ func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 
 // PlanAssignments is the async leader's scheduling step, a pure function of
 // its arguments (tested, and used by the simulator): it withdraws
-// assignments past their deadline or already too stale to be accepted, and
-// assigns the newest version to as many free workers as the concurrency
+// assignments past their deadline, already too stale to be accepted, or
+// held by a worker no longer live (it left, or gossip lost it: its slot
+// goes to someone else now rather than at the deadline, as a sync round
+// stops waiting for it), and assigns the newest version to as many free workers as the concurrency
 // limit allows. A worker is free when it matches the job, has no
 // assignment in it, and has fewer than max_per_worker updates in the
 // fairness window — the buffer and the last fair_window−1 versions — so
@@ -153,8 +155,12 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 	spec, st := j.GetSpec(), j.GetAsync()
 	a := spec.GetAsync()
 	version := Version(j)
+	isLive := make(map[string]bool, len(live))
+	for _, w := range live {
+		isLive[w.Id] = true
+	}
 	for _, as := range st.GetAssignments() {
-		if now.UnixNano() >= as.DeadlineUnixNano || version-min(as.Version, version) > a.GetMaxStaleness() {
+		if now.UnixNano() >= as.DeadlineUnixNano || version-min(as.Version, version) > a.GetMaxStaleness() || !isLive[as.Worker] {
 			release = append(release, as.Task)
 		}
 	}

@@ -28,7 +28,7 @@ func workers(ids ...string) []*pb.WorkerInfo {
 }
 
 // TestPlanAssignments: the async scheduling step withdraws expired and
-// too-stale assignments, fills the concurrency limit from the newest
+// too-stale assignments and those of workers that left, fills the concurrency limit from the newest
 // version with numbered tasks, skips workers already training or capped in
 // the buffer, and prefers idle workers.
 func TestPlanAssignments(t *testing.T) {
@@ -38,14 +38,15 @@ func TestPlanAssignments(t *testing.T) {
 		{Worker: "a", Task: 7, Version: 3, DeadlineUnixNano: now.Add(time.Minute).UnixNano()},  // fine
 		{Worker: "b", Task: 8, Version: 0, DeadlineUnixNano: now.Add(time.Minute).UnixNano()},  // 3 versions stale > 2
 		{Worker: "c", Task: 9, Version: 3, DeadlineUnixNano: now.Add(-time.Second).UnixNano()}, // past its deadline
+		{Worker: "g", Task: 5, Version: 3, DeadlineUnixNano: now.Add(time.Minute).UnixNano()},  // g is not live: it left
 	}
 	j.Async.Buffer = []*pb.AcceptedUpdate{{Worker: "d", Task: 6}} // d is at its cap of 1
 	live := workers("a", "b", "c", "d", "e", "f")
 	live[5].Labels = map[string]string{"idle": "false"} // f is busy
 	assign, release := PlanAssignments(j, live, now)
 	slices.Sort(release)
-	if !slices.Equal(release, []uint64{8, 9}) {
-		t.Errorf("released %v, want tasks 8 (too stale) and 9 (expired)", release)
+	if !slices.Equal(release, []uint64{5, 8, 9}) {
+		t.Errorf("released %v, want tasks 5 (its worker left), 8 (too stale) and 9 (expired)", release)
 	}
 	// One assignment stays (a), so 2 slots: candidates b, c, e (idle) and f (busy).
 	if len(assign) != 2 {

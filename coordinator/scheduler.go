@@ -195,7 +195,7 @@ func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*
 	if len(assign)+len(release) == 0 {
 		return nil
 	}
-	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS, &pb.AssignTasks{Job: name, Assign: assign, Release: release, Reason: "past the deadline or too stale"}); err != nil {
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS, &pb.AssignTasks{Job: name, Assign: assign, Release: release, Reason: "past the deadline, too stale, or the worker left"}); err != nil {
 		return fmt.Errorf("assign tasks: %w", err)
 	}
 	if len(release) > 0 {

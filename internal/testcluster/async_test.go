@@ -206,6 +206,58 @@ func TestAsyncStaleAndDuplicate(t *testing.T) {
 	}
 }
 
+// TestAsyncWorkerLeaves: a worker that vanishes mid-task (a crash: no
+// leave message) loses its assignment as soon as gossip finds it gone, not
+// at the task's deadline five minutes on, and its slot goes to the others.
+// The job trains one worker at a time and the vanishing worker holds that
+// one slot, so the job can only finish once the slot is released.
+func TestAsyncWorkerLeaves(t *testing.T) {
+	c := StartCoordinator(t, coordinator.Config{})
+	gone := StartWorkerWith(t, worker.Config{ID: "gone", Join: []string{c.GossipAddr()}, Crash: true}, blockingTrainer{})
+	WaitFor(t, 10*time.Second, "the worker", func() bool { return len(c.FSM().Workers()) == 1 })
+	pool := client.NewPool()
+	defer pool.Close()
+	arch, _ := model.Lookup("mnist-mlp-small")
+	spec := asyncJob("leave", 3, 2, 1)
+	spec.RoundTimeoutSeconds = 300
+	SubmitJob(t, pool, c.GRPCAddr(), spec, arch.Init(1))
+	WaitFor(t, 10*time.Second, "the one slot assigned to the worker that will leave", func() bool {
+		j, _ := c.FSM().Job("leave")
+		as := j.Async.GetAssignments()
+		return len(as) == 1 && as[0].Worker == "gone"
+	})
+	startSlowWorkers(t, []string{c.GossipAddr()}, []time.Duration{0, 0})
+	WaitFor(t, 10*time.Second, "3 workers", func() bool { return len(c.FSM().Workers()) == 3 })
+	gone.Stop()
+	left := time.Now()
+	WaitFor(t, 30*time.Second, "the assignment of the worker that left withdrawn", func() bool {
+		j, _ := c.FSM().Job("leave")
+		for _, a := range j.Async.GetAssignments() {
+			if a.Worker == "gone" {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("assignment withdrawn %v after the worker vanished (deadline: %g s)", time.Since(left).Round(100*time.Millisecond), spec.RoundTimeoutSeconds)
+	WaitFor(t, time.Minute, "the job", func() bool {
+		j, _ := c.FSM().Job("leave")
+		return j.Status != pb.JobStatus_JOB_STATUS_RUNNING
+	})
+	j, _ := c.FSM().Job("leave")
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("job ended %s: %s", j.Status, j.Error)
+	}
+	checkAsyncHistory(t, j, 3, 2, 1)
+	for _, r := range j.History {
+		for _, w := range r.Workers {
+			if w == "gone" {
+				t.Errorf("version %d aggregates an update of the worker that left", r.Number)
+			}
+		}
+	}
+}
+
 // TestAsyncLeaderKill runs an async job on three coordinators with workers
 // whose uplinks differ, kills the leader while the buffer holds accepted
 // updates not yet aggregated, and checks that every one of them is
