@@ -89,7 +89,9 @@ func ParseSpeeds(spec string, n int, seed uint64) ([]float64, error) {
 	return out, nil
 }
 
-// inflight is a task being trained, done at simulated time at.
+// inflight is a simulated event at time at: a task's update arriving, or
+// (with dropout) its worker vanishing mid-task (leave) and coming back
+// when the task would have ended (back).
 type inflight struct {
 	at      float64
 	task    uint64
@@ -97,7 +99,16 @@ type inflight struct {
 	version uint32
 	delta   tensor.Set
 	samples uint64
+	kind    eventKind
 }
+
+type eventKind int
+
+const (
+	arrive eventKind = iota
+	leave
+	back
+)
 
 type eventQueue []*inflight
 
@@ -120,14 +131,31 @@ func (q *eventQueue) Pop() any {
 // runAsync simulates an async job (FedBuff) in simulated time, scheduled by
 // the coordinator's own PlanAssignments and weighted by its
 // StalenessWeight: Rounds counts versions, each aggregating BufferSize
-// updates. A RoundResult is one version.
+// updates. A RoundResult is one version. With Dropout, a task's worker
+// vanishes with that probability at a uniform point of the task, its update
+// lost; the coordinator, seeing it gone from the live workers, withdraws
+// the assignment then, and the worker is back when the task would have
+// ended.
 func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult)) ([]RoundResult, error) {
 	spec := &pb.JobSpec{Name: "sim", Mode: coordinator.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, Seed: cfg.Seed,
 		RoundTimeoutSeconds: 1e9, Rounds: uint32(cfg.Rounds), AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
 	job := &pb.Job{Spec: spec, CurrentModel: "v0", Async: &pb.AsyncState{NextTask: 1}}
-	live := make([]*pb.WorkerInfo, cfg.Workers)
-	for w := range live {
-		live[w] = &pb.WorkerInfo{Id: WorkerID(w)}
+	fleet := make([]*pb.WorkerInfo, cfg.Workers)
+	for w := range fleet {
+		fleet[w] = &pb.WorkerInfo{Id: WorkerID(w)}
+	}
+	away := map[int]bool{} // workers that vanished and are not back yet
+	live := func() []*pb.WorkerInfo {
+		if len(away) == 0 {
+			return fleet
+		}
+		var l []*pb.WorkerInfo
+		for w, info := range fleet {
+			if !away[w] {
+				l = append(l, info)
+			}
+		}
+		return l
 	}
 	index := func(id string) int { w, _ := strconv.Atoi(strings.TrimPrefix(id, "w")); return w }
 	var (
@@ -145,7 +173,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 	// withdrawn tasks are dropped, new ones trained (in parallel) from the
 	// current version and queued to finish after their worker's time.
 	schedule := func() error {
-		assign, release := coordinator.PlanAssignments(job, live, clock())
+		assign, release := coordinator.PlanAssignments(job, live(), clock())
 		for _, t := range release {
 			delete(pending, t)
 		}
@@ -173,8 +201,17 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 		for i, a := range assign {
 			job.Async.Assignments = append(job.Async.Assignments, a)
 			job.Async.NextTask = a.Task + 1
-			pending[a.Task] = tasks[i]
-			heap.Push(&queue, tasks[i])
+			t := tasks[i]
+			pending[a.Task] = t
+			if cfg.Dropout > 0 {
+				r := rand.New(rand.NewPCG(cfg.Seed^0xd209, a.Task))
+				if r.Float64() < cfg.Dropout {
+					// Vanishes at a uniform point of the task; back when it would have ended.
+					heap.Push(&queue, &inflight{at: t.at, task: a.Task, worker: t.worker, kind: back})
+					t = &inflight{at: now + r.Float64()*(t.at-now), task: a.Task, worker: t.worker, kind: leave}
+				}
+			}
+			heap.Push(&queue, t)
 		}
 		return nil
 	}
@@ -187,6 +224,21 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			return results, fmt.Errorf("sim: async: nothing in flight at version %d (concurrency %d, %d workers)", len(results), cfg.Async.Concurrency, cfg.Workers)
 		}
 		t := heap.Pop(&queue).(*inflight)
+		switch t.kind {
+		case leave:
+			now, away[t.worker] = t.at, true
+			if err := schedule(); err != nil { // withdraws its assignment
+				return results, err
+			}
+			continue
+		case back:
+			now = t.at
+			delete(away, t.worker)
+			if err := schedule(); err != nil {
+				return results, err
+			}
+			continue
+		}
 		if _, ok := pending[t.task]; !ok {
 			continue // withdrawn as too stale: its update is refused
 		}

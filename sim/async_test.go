@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/fedtune/fedtune/dataset"
@@ -182,4 +183,45 @@ func TestJain(t *testing.T) {
 			t.Errorf("Jain(%v) = %v, want %v", c.counts, got, c.want)
 		}
 	}
+}
+
+// TestSimAsyncDropout: in async mode a worker that vanishes mid-task frees
+// its slot at once (the coordinator's PlanAssignments withdraws the
+// assignments of workers no longer live): with a third of the tasks lost
+// and eight slots, the job would stall within a few versions if lost tasks
+// kept theirs. It still makes every version of buffer_size updates,
+// reproducibly, and the losses change the run.
+func TestSimAsyncDropout(t *testing.T) {
+	train, test := data(t)
+	cfg := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 15, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+		Train: model.TrainConfig{Steps: 3, BatchSize: 16, LR: 0.1}, Rule: "fedavg", Seed: 5, Speed: "uniform:1,10", Mode: "async", EvalEvery: 15,
+		Async: &pb.AsyncSpec{BufferSize: 4, Concurrency: 8}}
+	plain, err := Run(context.Background(), cfg, train, test, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Dropout = 0.33
+	var runs [2][]RoundResult
+	for i := range runs {
+		if runs[i], err = Run(context.Background(), cfg, train, test, nil); err != nil {
+			t.Fatalf("with dropout: %v", err)
+		}
+	}
+	if len(runs[0]) != 15 {
+		t.Fatalf("%d versions, want 15", len(runs[0]))
+	}
+	same := true
+	for i, r := range runs[0] {
+		if r.Participants != 4 || len(r.Workers) != 4 {
+			t.Errorf("version %d aggregates %d updates, want 4", r.Round, r.Participants)
+		}
+		if r.SimTime != runs[1][i].SimTime || r.Accuracy != runs[1][i].Accuracy && !math.IsNaN(r.Accuracy) {
+			t.Fatalf("version %d differs between two runs", r.Round)
+		}
+		same = same && slices.Equal(r.Workers, plain[i].Workers) && r.SimTime == plain[i].SimTime
+	}
+	if same {
+		t.Error("dropout 0.33 changed nothing: no task was lost")
+	}
+	t.Logf("15 versions: %.1f simulated s without dropout, %.1f s with a third of the tasks lost", plain[14].SimTime, runs[0][14].SimTime)
 }

@@ -67,7 +67,7 @@ var Keys = []Key{
 	{"error_feedback", "bool", "true", "error feedback for lossy codecs"},
 	{"attack", "string", "none", "Byzantine behaviour (" + strings.Join(Attacks, ", ") + ")"},
 	{"byzantine", "float", "0", "fraction of workers that attack"},
-	{"dropout", "float", "0", "probability that a sampled worker's update never arrives"},
+	{"dropout", "float", "0", "probability that a sampled worker's update never arrives (async: the worker vanishes mid-task, its slot is freed, and it is back when the task would have ended)"},
 	{"min_updates", "int", "1", "a round with fewer updates is aborted and planned again (as the coordinator does)"},
 	{"over_select", "float", "0", "sync: fraction of extra workers sampled; a round keeps the first clients_per_round updates to arrive and the others' training is wasted (the coordinator's --over-select)"},
 	{"worker_momentum", "float", "0", "workers send their momentum over rounds (centered clipping's companion)"},
@@ -354,8 +354,8 @@ func (r Point) Config() (Config, error) {
 			return c, keyErr("max_per_worker", "%d, want at least 1", r.int("max_per_worker"))
 		case r.int("fair_window") < 1:
 			return c, keyErr("fair_window", "%d, want at least 1", r.int("fair_window"))
-		case c.Attack != "none" || c.Dropout > 0 || c.WorkerMomentum > 0:
-			return c, keyErr("mode", "async simulates no attack, dropout or worker momentum")
+		case c.Attack != "none" || c.WorkerMomentum > 0:
+			return c, keyErr("mode", "async simulates no attack or worker momentum")
 		}
 		spec := &pb.JobSpec{Mode: "async", Async: proto.Clone(c.Async).(*pb.AsyncSpec), Aggregator: c.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(c.Params.F), TrimFraction: c.Params.TrimFraction}}
 		if err := coordinator.NormalizeAsync(spec); err != nil {

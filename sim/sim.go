@@ -56,7 +56,9 @@ type Config struct {
 	Attack    string
 	Byzantine float64
 	// Dropout is the probability that a sampled worker's update never
-	// arrives (a straggler past the deadline, or a crash).
+	// arrives (a straggler past the deadline, or a crash). In async mode
+	// the worker vanishes mid-task and is back when the task would have
+	// ended (see runAsync).
 	Dropout float64
 	// MinUpdates: a round in which fewer updates arrive is aborted and
 	// planned again, as the coordinator does (default 1).
@@ -151,8 +153,8 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	}
 	async := cfg.Mode == coordinator.ModeAsync
 	if async {
-		if (cfg.Attack != "" && cfg.Attack != "none") || cfg.Dropout > 0 || cfg.WorkerMomentum > 0 {
-			return nil, fmt.Errorf("sim: async mode simulates no attack, dropout or worker momentum")
+		if (cfg.Attack != "" && cfg.Attack != "none") || cfg.WorkerMomentum > 0 {
+			return nil, fmt.Errorf("sim: async mode simulates no attack or worker momentum")
 		}
 		spec := &pb.JobSpec{Mode: coordinator.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
 		if err := coordinator.NormalizeAsync(spec); err != nil {
