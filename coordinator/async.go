@@ -143,10 +143,10 @@ func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 // assignments past their deadline, already too stale to be accepted, or
 // held by a worker no longer live (it left, or gossip lost it: its slot
 // goes to someone else now rather than at the deadline, as a sync round
-// stops waiting for it), and assigns the newest version to as many free workers as the concurrency
-// limit allows. A worker is free when it matches the job, has no
-// assignment in it, and has fewer than max_per_worker updates in the
-// fairness window — the buffer and the last fair_window−1 versions — so
+// stops waiting for it), and assigns the newest version to as many free
+// workers as the concurrency limit allows. A worker is free when it
+// matches the job, has no assignment in it, and has fewer than
+// max_per_worker updates in the fairness window — the buffer and the last fair_window−1 versions — so
 // that fast workers cannot fill versions alone; among free workers, idle
 // ones first, then those with the fewest updates in the window, then a
 // seeded shuffle. The window never stalls a job: when it would leave no
