@@ -128,35 +128,37 @@ func TestKeepaliveEndsStalledCall(t *testing.T) {
 
 	proxy.stall()
 	start := time.Now()
-	ended := make(chan error, 1)
-	go func() {
-		_, err := stalled.Recv()
-		ended <- err
-	}()
-	select {
-	case err := <-ended:
-		took := time.Since(start)
-		t.Logf("stalled call ended after %v: %v", took.Round(100*time.Millisecond), err)
-		if status.Code(err) != codes.Unavailable {
-			t.Errorf("stalled call ended with %v, want Unavailable (keepalive)", err)
-		}
-		if took > KeepaliveTime+KeepaliveTimeout+5*time.Second {
-			t.Errorf("stalled call took %v to end, want about %v", took, KeepaliveTime+KeepaliveTimeout)
-		}
-	case <-time.After(KeepaliveTime + KeepaliveTimeout + 10*time.Second):
-		t.Fatalf("stalled call still open after %v", time.Since(start))
+	ended, err := recvWithin(stalled, KeepaliveTime+KeepaliveTimeout+10*time.Second)
+	took := time.Since(start)
+	switch {
+	case !ended:
+		t.Fatalf("stalled call still open after %v", took)
+	case status.Code(err) != codes.Unavailable:
+		t.Errorf("stalled call ended with %v, want Unavailable (keepalive)", err)
+	case took > KeepaliveTime+KeepaliveTimeout+5*time.Second:
+		t.Errorf("stalled call took %v to end, want about %v", took, KeepaliveTime+KeepaliveTimeout)
 	}
+	t.Logf("stalled call ended after %v: %v", took.Round(100*time.Millisecond), err)
 
 	// The healthy connection has been as idle and was pinged as well: its
 	// call is still open, since its pings were answered.
-	alive := make(chan error, 1)
+	if ended, err := recvWithin(healthy, time.Second); ended {
+		t.Errorf("healthy idle call ended: %v", err)
+	}
+}
+
+// recvWithin waits up to d for the stream's next message or error; ended
+// is false if neither came.
+func recvWithin(s healthpb.Health_WatchClient, d time.Duration) (ended bool, err error) {
+	got := make(chan error, 1)
 	go func() {
-		_, err := healthy.Recv()
-		alive <- err
+		_, err := s.Recv()
+		got <- err
 	}()
 	select {
-	case err := <-alive:
-		t.Errorf("healthy idle call ended: %v", err)
-	case <-time.After(time.Second):
+	case err := <-got:
+		return true, err
+	case <-time.After(d):
+		return false, nil
 	}
 }
