@@ -137,7 +137,7 @@ func TestSweepProgressUpdates(t *testing.T) {
 		for _, n := range r.UpdatesPerWorker {
 			total += n
 		}
-		if len(r.UpdatesPerWorker) != 10 || total != 20 || r.Fairness != Jain(r.UpdatesPerWorker) || r.MaxUpdates < r.MinUpdates {
+		if len(r.UpdatesPerWorker) != 10 || len(r.Speeds) != 10 || total != 20 || r.Fairness != Jain(r.UpdatesPerWorker) || r.MaxUpdates < r.MinUpdates {
 			t.Errorf("run %d: %d updates over %d workers (%d–%d, Jain %.3f), want 20 over 10", r.Run, total, len(r.UpdatesPerWorker), r.MinUpdates, r.MaxUpdates, r.Fairness)
 		}
 	}

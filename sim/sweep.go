@@ -51,8 +51,10 @@ type RunSummary struct {
 	Fairness   float64 `json:"fairness"`
 	MinUpdates int     `json:"min_updates_per_worker"`
 	MaxUpdates int     `json:"max_updates_per_worker"`
-	// UpdatesPerWorker is each worker's aggregated updates, by index.
-	UpdatesPerWorker []int `json:"updates_per_worker"`
+	// UpdatesPerWorker is each worker's aggregated updates, by index, and
+	// Speeds each worker's slowness factor (see ParseSpeeds).
+	UpdatesPerWorker []int     `json:"updates_per_worker"`
+	Speeds           []float64 `json:"speeds"`
 }
 
 // Summary is summary.json.
@@ -171,6 +173,7 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		rs.RoundsPerMin = float64(len(results)) / rs.Seconds * 60
 		rs.MeanPerRound = participants / max(len(results), 1)
 		rs.Fairness, rs.MinUpdates, rs.MaxUpdates, rs.UpdatesPerWorker = Jain(perWorker), slices.Min(perWorker), slices.Max(perWorker), perWorker
+		rs.Speeds, _ = ParseSpeeds(cfg.Speed, cfg.Workers, cfg.Seed) // validated by Points
 		sum.Runs = append(sum.Runs, rs)
 		w.Flush()
 		if err := w.Error(); err != nil {
