@@ -84,7 +84,7 @@ func TestDashboard(t *testing.T) {
 	}, arch.Init(3))
 	// An async job waiting for workers it selects (none match yet).
 	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{Name: "async-waiting", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 5, RoundTimeoutSeconds: 60,
-		Mode: coordinator.ModeAsync, Async: &pb.AsyncSpec{BufferSize: 4}, Selector: map[string]string{"region": "mars"}}, arch.Init(3))
+		Mode: coordinator.ModeAsync, Async: &pb.AsyncSpec{BufferSize: 4, FairWindow: 5}, Selector: map[string]string{"region": "mars"}}, arch.Init(3))
 	rounds := func() int { j, _ := c.FSM().Job("regional-digits"); return len(j.History) }
 	WaitFor(t, 2*time.Minute, "8 committed rounds", func() bool { return rounds() >= 8 })
 	base := "http://" + c.HTTPAddr()
@@ -147,7 +147,7 @@ func TestDashboard(t *testing.T) {
 		`data-job="regional-digits"`, "running", "trimmed-mean", // the job
 		`<polyline class="acc"`, `<polyline class="loss"`, // its curves
 		`class="ledger"`,                                                                                    // the ledger
-		`data-job="async-waiting"`, "async, versions of 4", "async: version <b>0</b>, buffer <b>0</b> of 4", // an async job
+		`data-job="async-waiting"`, "async, versions of 4, polynomial staleness, ≤ 1 per worker in 5 versions", "async: version <b>0</b>, buffer <b>0</b> of 4", // an async job
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered page lacks %q", want)

@@ -42,7 +42,8 @@ function job(j, ledger, now) {
   const h = j.history || [];
   const status = statusName(j.status);
   const cls = status === "done" ? "ok" : status === "failed" ? "bad" : "lead";
-  const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}, ${esc(s.async.staleness)} staleness` : "";
+  const win = s.async && num(s.async.fair_window) > 1 ? `, ≤ ${esc(s.async.max_per_worker)} per worker in ${esc(s.async.fair_window)} versions` : "";
+  const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}, ${esc(s.async.staleness)} staleness${win}` : "";
   const lora = s.lora ? ` · LoRA rank ${esc(s.lora.rank)} α ${esc(s.lora.alpha)} (${esc(s.lora.aggregation)})` : "";
   const sel = Object.entries(s.selector || {}).map(([k, v]) => `<span class="label">${esc(k)}=${esc(v)}</span>`).join("");
   const last = h.length ? h[h.length - 1].metrics || {} : {};
