@@ -329,6 +329,7 @@ type env struct {
 	lossy     bool
 	residuals map[int]tensor.Set
 	ev        *model.Evaluator
+	groups    []*dataset.Examples // the test set by group (words: by language), when it has several
 	pool      *trainerPool
 	evalEvery int
 	evals     int
@@ -359,6 +360,37 @@ func (e *env) evaluate(res *RoundResult, global tensor.Set, last bool) error {
 	res.Accuracy, res.Loss = ev.Accuracy, ev.Loss
 	if global.CheckFinite() != nil {
 		res.Accuracy, res.Loss = 0.1, math.Inf(1)
+		return nil
+	}
+	for _, g := range e.groups {
+		ev, err := e.ev.Evaluate(global, g)
+		if err != nil {
+			return err
+		}
+		res.GroupAccuracy = append(res.GroupAccuracy, ev.Accuracy)
 	}
 	return nil
+}
+
+// byGroup splits a test set by its examples' groups, or returns nil when
+// it has fewer than two.
+func byGroup(test *dataset.Examples) []*dataset.Examples {
+	if test.Group == nil {
+		return nil
+	}
+	var idx [][]int
+	for i, g := range test.Group {
+		for int(g) >= len(idx) {
+			idx = append(idx, nil)
+		}
+		idx[g] = append(idx[g], i)
+	}
+	if len(idx) < 2 {
+		return nil
+	}
+	out := make([]*dataset.Examples, len(idx))
+	for g, ix := range idx {
+		out[g] = test.Subset(ix)
+	}
+	return out
 }

@@ -3,8 +3,12 @@ package sim
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
+	"errors"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -191,4 +195,50 @@ func points(t *testing.T, yaml string) (*Experiment, []Point) {
 		t.Fatal(err)
 	}
 	return e, ps
+}
+
+// TestGroupAccuracy: a sweep on the words data set writes each language's
+// test accuracy beside the overall one, and the overall accuracy is their
+// mean weighted by each language's test examples.
+func TestGroupAccuracy(t *testing.T) {
+	langs := []string{"en", "fr"}
+	test, err := dataset.Words(langs, dataset.Test)
+	if errors.Is(err, dataset.ErrNoWordList) {
+		t.Skipf("word lists not installed (make words installs them): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := make([]float64, len(langs))
+	for _, g := range test.Group {
+		sizes[g]++
+	}
+	e, _ := points(t, "dataset: words\nmodel: words-mlp\nlanguages: en+fr\nworkers: 4\nclients_per_round: 2\nrounds: 2\npartition: groups\nlocal_steps: 5\nlr: 0.5\n")
+	dir := filepath.Join(t.TempDir(), "out")
+	if _, err := Sweep(context.Background(), e, SweepOptions{Out: dir}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, "results.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	if _, ok := col["accuracy_fr"]; !ok || len(rows) != 3 {
+		t.Fatalf("header %v and %d rows, want accuracy_en and accuracy_fr columns and 2 rounds", rows[0], len(rows)-1)
+	}
+	for _, row := range rows[1:] {
+		get := func(k string) float64 { v, _ := strconv.ParseFloat(row[col[k]], 64); return v }
+		en, fr, all := get("accuracy_en"), get("accuracy_fr"), get("accuracy")
+		if want := (en*sizes[0] + fr*sizes[1]) / (sizes[0] + sizes[1]); en <= 0 || fr <= 0 || math.Abs(all-want) > 1e-9 {
+			t.Errorf("round %s: en %.4f fr %.4f, overall %.4f; the weighted mean is %.4f", row[col["round"]], en, fr, all, want)
+		}
+	}
 }

@@ -107,6 +107,10 @@ type RoundResult struct {
 	// Workers are the indexes of the workers whose updates were
 	// aggregated (one entry per update).
 	Workers []int
+	// GroupAccuracy is the test accuracy on each group of a test set with
+	// several (words: by language, in the order of the experiment's
+	// languages key); nil when not evaluated.
+	GroupAccuracy []float64
 }
 
 // Run simulates cfg on train and evaluates on test. progress, if set, is
@@ -196,7 +200,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	defer pool.close()
 	_, lossy := cd.(codec.ResidualCodec)
 	e := &env{arch: arch, train: train, test: test, parts: parts, speeds: speeds, global: global, rule: rule, opt: opt, codec: cd,
-		lossy: lossy && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, pool: pool, evalEvery: cfg.EvalEvery}
+		lossy: lossy && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, groups: byGroup(test), pool: pool, evalEvery: cfg.EvalEvery}
 	if async {
 		return runAsync(ctx, cfg, e, progress)
 	}

@@ -92,6 +92,10 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	if opts.Timings {
 		header = append(header, "seconds")
 	}
+	langs := groupColumns(runs)
+	for _, l := range langs {
+		header = append(header, "accuracy_"+l)
+	}
 	w.Write(header)
 
 	type data struct{ train, test *dataset.Examples }
@@ -141,6 +145,13 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 				strconv.FormatInt(res.Bytes, 10), strconv.FormatInt(cum, 10), strconv.FormatFloat(res.SimTime, 'f', 3, 64), strconv.FormatFloat(res.MeanStaleness, 'f', 3, 64), strconv.Itoa(res.Trained))
 			if opts.Timings {
 				row = append(row, strconv.FormatFloat(res.Seconds, 'f', 3, 64))
+			}
+			for _, l := range langs {
+				acc := ""
+				if g := slices.Index(r.Languages(), l); r["dataset"] == "words" && g >= 0 && g < len(res.GroupAccuracy) {
+					acc = num(res.GroupAccuracy[g])
+				}
+				row = append(row, acc)
 			}
 			w.Write(row)
 			rs.SimTime = res.SimTime
@@ -236,4 +247,21 @@ func Jain(counts []int) float64 {
 		return 1
 	}
 	return sum * sum / (float64(len(counts)) * sq)
+}
+
+// groupColumns lists the languages of a sweep's words runs, in order of
+// first appearance: the CSV has a column of test accuracy for each.
+func groupColumns(runs []Point) []string {
+	var langs []string
+	for _, r := range runs {
+		if r["dataset"] != "words" || len(r.Languages()) < 2 {
+			continue
+		}
+		for _, l := range r.Languages() {
+			if !slices.Contains(langs, l) {
+				langs = append(langs, l)
+			}
+		}
+	}
+	return langs
 }
