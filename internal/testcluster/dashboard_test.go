@@ -146,8 +146,10 @@ func TestDashboard(t *testing.T) {
 		"eu-1", "eu-2", "us-1", "region=us", // the workers
 		`data-job="regional-digits"`, "running", "trimmed-mean", // the job
 		`<polyline class="acc"`, `<polyline class="loss"`, // its curves
-		`class="ledger"`,                                                                                                                                        // the ledger
-		`data-job="async-waiting"`, "async, versions of 4, polynomial staleness, ≤ 1 per worker in 5 versions", "async: version <b>0</b>, buffer <b>0</b> of 4", // an async job
+		`class="ledger"`, // the ledger
+		// an async job
+		`data-job="async-waiting"`, "async, versions of 4, polynomial staleness, ≤ 1 per worker in 5 versions",
+		"async: version <b>0</b>, buffer <b>0</b> of 4",
 	} {
 		if !strings.Contains(dom, want) {
 			t.Errorf("the rendered page lacks %q", want)
