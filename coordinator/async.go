@@ -148,9 +148,11 @@ func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 // matches the job, has no assignment in it, and has fewer than
 // max_per_worker updates in the fairness window — the buffer and the last fair_window−1 versions — so
 // that fast workers cannot fill versions alone; among free workers, idle
-// ones first, then those with the fewest updates in the window, then a
-// seeded shuffle. The window never stalls a job: when it would leave no
-// one training, only the buffer counts.
+// ones first, then (with fair_by, a worker label such as region) those of
+// the group with the fewest updates in the window, then those
+// with the fewest updates in the window, then a seeded shuffle. The window
+// never stalls a job: when it would leave no one training, only the buffer
+// counts.
 func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []*pb.Assignment, release []uint64) {
 	spec, st := j.GetSpec(), j.GetAsync()
 	a := spec.GetAsync()
@@ -184,27 +186,52 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 		counts = WindowCounts(j, 1)
 	}
 	type cand struct {
-		id   string
-		busy bool
+		id, group string
+		busy      bool
 	}
 	var cands []cand
 	for _, w := range live {
 		if eligible(w) && !capped(w) {
-			cands = append(cands, cand{w.Id, Busy(w.Labels)})
+			cands = append(cands, cand{w.Id, w.Labels[a.GetFairBy()], Busy(w.Labels)})
+		}
+	}
+	// Updates per group in the window; this plan's assignments count too,
+	// so that it spreads its slots over the groups. Tasks in flight do not:
+	// a slow group always has more of them, and counting them would favour
+	// the fast groups this is meant to balance.
+	groups := map[string]int{}
+	if a.GetFairBy() != "" {
+		label := map[string]string{}
+		for _, w := range live {
+			label[w.Id] = w.Labels[a.GetFairBy()]
+		}
+		for id, n := range counts {
+			if g, ok := label[id]; ok {
+				groups[g] += n
+			}
 		}
 	}
 	sort.Slice(cands, func(x, y int) bool { return cands[x].id < cands[y].id })
 	r := rand.New(rand.NewPCG(spec.Seed, st.GetNextTask()))
 	r.Shuffle(len(cands), func(x, y int) { cands[x], cands[y] = cands[y], cands[x] })
-	sort.SliceStable(cands, func(x, y int) bool {
+	order := func(x, y int) bool {
 		if cands[x].busy != cands[y].busy {
 			return !cands[x].busy
 		}
+		if gx, gy := groups[cands[x].group], groups[cands[y].group]; gx != gy {
+			return gx < gy
+		}
 		return counts[cands[x].id] < counts[cands[y].id]
-	})
+	}
 	deadline := now.Add(time.Duration(spec.RoundTimeoutSeconds * float64(time.Second))).UnixNano()
 	next := max(st.GetNextTask(), 1)
-	for _, c := range cands[:min(free, len(cands))] {
+	for range min(free, len(cands)) {
+		sort.SliceStable(cands, order)
+		c := cands[0]
+		cands = cands[1:]
+		if a.GetFairBy() != "" {
+			groups[c.group]++
+		}
 		assign = append(assign, &pb.Assignment{Worker: c.id, Task: next, Version: version, BaseModel: j.CurrentModel, DeadlineUnixNano: deadline})
 		next++
 	}

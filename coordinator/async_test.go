@@ -115,6 +115,40 @@ func TestFairWindow(t *testing.T) {
 	}
 }
 
+// TestFairBy: with fair_by, free workers of the group with the fewest
+// updates in the window go first, and one plan spreads its
+// slots over the groups; without it, the same fleet is planned by worker.
+func TestFairBy(t *testing.T) {
+	now := t0.Add(time.Hour)
+	live := workers("a1", "a2", "a3", "a4", "b1", "b2", "c1")
+	for _, w := range live {
+		w.Labels = map[string]string{"region": w.Id[:1]}
+	}
+	for _, c := range []struct {
+		name   string
+		fairBy string
+		check  func(regions map[string]int) bool
+	}{
+		// Every worker has one update in the window: region a 4, b 2, c 0.
+		{"by region", "region", func(r map[string]int) bool { return r["c"] == 1 && r["b"] == 2 && r["a"] == 1 }},
+		{"by worker", "", func(r map[string]int) bool { return r["c"] == 1 && r["a"]+r["b"] == 3 }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			j := asyncTestJob()
+			j.Spec.Async.Concurrency, j.Spec.Async.MaxPerWorker, j.Spec.Async.FairWindow, j.Spec.Async.FairBy = 4, 5, 3, c.fairBy
+			j.History = []*pb.RoundRecord{{Workers: []string{"a1", "a2", "b1"}}, {Workers: []string{"a3", "a4", "b2"}}}
+			assign, _ := PlanAssignments(j, live, now)
+			regions := map[string]int{}
+			for _, a := range assign {
+				regions[a.Worker[:1]]++
+			}
+			if !c.check(regions) {
+				t.Errorf("assigned by region %v", regions)
+			}
+		})
+	}
+}
+
 // TestAsyncFSM: the replicated side of async jobs — tasks numbered in
 // order, one per worker, accepted only against an open assignment and
 // within max_staleness, each at most once; a version aggregates the

@@ -601,6 +601,7 @@ type AsyncSpec struct {
 	MaxStaleness  uint32                 `protobuf:"varint,6,opt,name=max_staleness,json=maxStaleness,proto3" json:"max_staleness,omitempty"`   // updates staler than this are refused (default 20)
 	MaxPerWorker  uint32                 `protobuf:"varint,7,opt,name=max_per_worker,json=maxPerWorker,proto3" json:"max_per_worker,omitempty"` // fairness: updates one worker may have in a fairness window (default 1)
 	FairWindow    uint32                 `protobuf:"varint,8,opt,name=fair_window,json=fairWindow,proto3" json:"fair_window,omitempty"`         // versions the max_per_worker cap counts over: the buffer and the last fair_window−1 versions (default 1: the buffer)
+	FairBy        string                 `protobuf:"bytes,9,opt,name=fair_by,json=fairBy,proto3" json:"fair_by,omitempty"`                      // fairness between groups: a worker label (e.g. "region"); free workers of the group with the fewest updates in the window go first
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,6 +690,13 @@ func (x *AsyncSpec) GetFairWindow() uint32 {
 		return x.FairWindow
 	}
 	return 0
+}
+
+func (x *AsyncSpec) GetFairBy() string {
+	if x != nil {
+		return x.FairBy
+	}
+	return ""
 }
 
 // Assignment is a worker training for an async job now.
@@ -2486,7 +2494,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb3\x02\n" +
 	"\tAsyncSpec\x12\x1f\n" +
 	"\vbuffer_size\x18\x01 \x01(\rR\n" +
 	"bufferSize\x12 \n" +
@@ -2499,7 +2507,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\rmax_staleness\x18\x06 \x01(\rR\fmaxStaleness\x12$\n" +
 	"\x0emax_per_worker\x18\a \x01(\rR\fmaxPerWorker\x12\x1f\n" +
 	"\vfair_window\x18\b \x01(\rR\n" +
-	"fairWindow\"\x9f\x01\n" +
+	"fairWindow\x12\x17\n" +
+	"\afair_by\x18\t \x01(\tR\x06fairBy\"\x9f\x01\n" +
 	"\n" +
 	"Assignment\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +

@@ -141,8 +141,12 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 		RoundTimeoutSeconds: 1e9, Rounds: uint32(cfg.Rounds), AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
 	job := &pb.Job{Spec: spec, CurrentModel: "v0", Async: &pb.AsyncState{NextTask: 1}}
 	fleet := make([]*pb.WorkerInfo, cfg.Workers)
+	groups := 0
+	for _, x := range e.train.Group {
+		groups = max(groups, int(x)+1)
+	}
 	for w := range fleet {
-		fleet[w] = &pb.WorkerInfo{Id: WorkerID(w)}
+		fleet[w] = &pb.WorkerInfo{Id: WorkerID(w), Labels: workerLabels(cfg, groups, w)}
 	}
 	away := map[int]bool{} // workers that vanished and are not back yet
 	live := func() []*pb.WorkerInfo {
@@ -393,4 +397,20 @@ func byGroup(test *dataset.Examples) []*dataset.Examples {
 		out[g] = test.Subset(ix)
 	}
 	return out
+}
+
+// workerLabels are a simulated worker's labels, for fair_by: its speed
+// tier's name (speed: tiers:NAME=FACTOR,…, dealt in turn) as "tier", and
+// with partition: groups its group (language) index as "group" (of groups).
+func workerLabels(cfg Config, groups, w int) map[string]string {
+	labels := map[string]string{}
+	if kind, arg, _ := strings.Cut(cfg.Speed, ":"); kind == "tiers" {
+		tiers := strings.Split(arg, ",")
+		name, _, _ := strings.Cut(tiers[w%len(tiers)], "=")
+		labels["tier"] = name
+	}
+	if cfg.Partition.Kind == "groups" && groups > 0 {
+		labels["group"] = strconv.Itoa(w % groups) // as dataset.SplitGroups deals them
+	}
+	return labels
 }

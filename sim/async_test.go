@@ -130,14 +130,15 @@ func TestSimOverSelect(t *testing.T) {
 // TestSimFairWindow: with fair_window W and max_per_worker 1, no worker
 // has two updates within W consecutive versions, so the slow half of an
 // uneven fleet gets a larger share of the versions than with the cap on
-// the buffer alone, and Jain's index of the per-worker updates rises.
+// the buffer alone, and Jain's index of the per-worker updates rises; so
+// does the slow tier's share with fair_by tier (groups before workers).
 func TestSimFairWindow(t *testing.T) {
 	train, test := data(t)
 	cfg := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 20, Partition: dataset.Partition{Kind: "iid", Seed: 1},
 		Train: model.TrainConfig{Steps: 3, BatchSize: 16, LR: 0.1}, Rule: "fedavg", Seed: 5, Speed: "tiers:gpu=1,cpu=10", Mode: "async", EvalEvery: 20}
-	run := func(window uint32) (slowShare, jain float64) {
+	run := func(window uint32, fairBy string) (slowShare, jain float64) {
 		c := cfg
-		c.Async = &pb.AsyncSpec{BufferSize: 4, Concurrency: 8, MaxPerWorker: 1, FairWindow: window}
+		c.Async = &pb.AsyncSpec{BufferSize: 4, Concurrency: 8, MaxPerWorker: 1, FairWindow: window, FairBy: fairBy}
 		res, err := Run(context.Background(), c, train, test, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -160,11 +161,15 @@ func TestSimFairWindow(t *testing.T) {
 		}
 		return float64(slow) / float64(total), Jain(counts)
 	}
-	s1, j1 := run(1)
-	s5, j5 := run(5)
-	t.Logf("slow tier's share of updates: %.2f (buffer only), %.2f (window of 5 versions); Jain's index %.2f → %.2f", s1, s5, j1, j5)
+	s1, j1 := run(1, "")
+	s5, j5 := run(5, "")
+	sb, _ := run(1, "tier")
+	t.Logf("slow tier's share of updates: %.2f (buffer only), %.2f (window of 5 versions), %.2f (buffer only, fair by tier); Jain's index %.2f → %.2f", s1, s5, sb, j1, j5)
 	if !(s5 > s1+0.1) || !(j5 > j1) {
 		t.Errorf("window of 5 versions: slow share %.2f (buffer only %.2f), Jain %.2f (%.2f): want both higher", s5, s1, j5, j1)
+	}
+	if !(sb > s1+0.05) {
+		t.Errorf("fair by tier: slow share %.2f, buffer only %.2f: want it higher", sb, s1)
 	}
 }
 

@@ -80,6 +80,7 @@ var Keys = []Key{
 	{"max_staleness", "int", "0", "async: updates staler than this are refused (0: 20)"},
 	{"max_per_worker", "int", "1", "async: updates one worker may have in the fairness window"},
 	{"fair_window", "int", "1", "async: versions max_per_worker counts over: the buffer and the last fair_window−1 versions"},
+	{"fair_by", "string", "", "async: fairness between groups of workers: tier (the speed tier's name) or group (partition: groups); free workers of the group with the fewest updates in the window go first"},
 	{"speed", "string", "1", "workers' slowness: 1 (all equal), uniform:LO,HI, lognormal:SIGMA or tiers:NAME=FACTOR,…"},
 	{"seconds_per_example", "float", "0.001", "simulated seconds a worker of speed 1 spends per example"},
 	{"seed", "int", "1", "seed of everything random"},
@@ -300,7 +301,7 @@ func (r Point) Config() (Config, error) {
 	if c.Mode == "async" {
 		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
 			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker")),
-			FairWindow: uint32(r.int("fair_window"))}
+			FairWindow: uint32(r.int("fair_window")), FairBy: r["fair_by"]}
 	}
 	if u := r.int("updates"); u != 0 {
 		per := updatesPerRound(c)
@@ -354,6 +355,8 @@ func (r Point) Config() (Config, error) {
 			return c, keyErr("max_per_worker", "%d, want at least 1", r.int("max_per_worker"))
 		case r.int("fair_window") < 1:
 			return c, keyErr("fair_window", "%d, want at least 1", r.int("fair_window"))
+		case r["fair_by"] != "" && r["fair_by"] != "tier" && r["fair_by"] != "group":
+			return c, keyErr("fair_by", "%q, want tier or group (the simulated workers' labels)", r["fair_by"])
 		case c.Attack != "none" || c.WorkerMomentum > 0:
 			return c, keyErr("mode", "async simulates no attack or worker momentum")
 		}

@@ -45,6 +45,7 @@ func TestBadExperiments(t *testing.T) {
 		{"updates: 800\nmode: async\nbuffer_size: 7", `"updates"`},
 		{"updates: -10\nclients_per_round: 10", `"updates"`},
 		{"mode: async\nfair_window: 0", `"fair_window"`},
+		{"mode: async\nfair_by: region", `"fair_by"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {

@@ -128,6 +128,7 @@ func jobCommand() *cli.Command {
 					&cli.UintFlag{Name: "max-staleness", Usage: "async: refuse updates more than this many versions old (default 20)", EnvVars: []string{"FEDTUNE_MAX_STALENESS"}},
 					&cli.UintFlag{Name: "max-per-worker", Usage: "async: updates one worker may have in the fairness window, so fast workers do not drown out slow ones (default 1)", EnvVars: []string{"FEDTUNE_MAX_PER_WORKER"}},
 					&cli.UintFlag{Name: "fair-window", Usage: "async: versions --max-per-worker counts over: the buffer and the last N−1 versions (default 1: the buffer)", EnvVars: []string{"FEDTUNE_FAIR_WINDOW"}},
+					&cli.StringFlag{Name: "fair-by", Usage: "async: fairness between groups of workers: a worker label (e.g. region); free workers of the group with the fewest updates in the fairness window go first", EnvVars: []string{"FEDTUNE_FAIR_BY"}},
 					&cli.UintFlag{Name: "lora-rank", Usage: "train LoRA adapters of this rank on the frozen --base instead of the whole model (0: full fine-tuning)", EnvVars: []string{"FEDTUNE_LORA_RANK"}},
 					&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator: adapters apply as (alpha/rank)·B·A (default 2·rank)", EnvVars: []string{"FEDTUNE_LORA_ALPHA"}},
 					&cli.StringFlag{Name: "lora-aggregation", Value: "naive", Usage: "LoRA: naive (the --aggregator on A and B apart) or exact (rank-r SVD of the mean B·A; fedavg only)", EnvVars: []string{"FEDTUNE_LORA_AGGREGATION"}},
@@ -211,9 +212,9 @@ func submitJob(c *cli.Context) error {
 	if spec.Mode == "async" {
 		spec.Async = &pb.AsyncSpec{BufferSize: uint32(c.Uint("buffer-size")), Concurrency: uint32(c.Uint("concurrency")), Staleness: c.String("staleness"),
 			StalenessA: c.Float64("staleness-a"), StalenessB: uint32(c.Uint("staleness-b")), MaxStaleness: uint32(c.Uint("max-staleness")), MaxPerWorker: uint32(c.Uint("max-per-worker")),
-			FairWindow: uint32(c.Uint("fair-window"))}
+			FairWindow: uint32(c.Uint("fair-window")), FairBy: c.String("fair-by")}
 	} else {
-		for _, f := range []string{"buffer-size", "concurrency", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker", "fair-window"} {
+		for _, f := range []string{"buffer-size", "concurrency", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker", "fair-window", "fair-by"} {
 			if c.IsSet(f) {
 				return fmt.Errorf("job submit: --%s is for --mode async", f)
 			}
@@ -278,6 +279,9 @@ func submitJob(c *cli.Context) error {
 		}
 		fmt.Fprintf(c.App.Writer, ", async: versions of %d updates, %d training at once, %s staleness weighting, max staleness %d, at most %d per worker in %s",
 			a.BufferSize, a.Concurrency, a.Staleness, a.MaxStaleness, a.MaxPerWorker, window)
+		if a.FairBy != "" {
+			fmt.Fprintf(c.App.Writer, ", fair by %s", a.FairBy)
+		}
 	}
 	if acc, ok := resp.Job.BaseMetrics["test_accuracy"]; ok {
 		fmt.Fprintf(c.App.Writer, " (test accuracy %.2f%%)", 100*acc)
