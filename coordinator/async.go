@@ -147,12 +147,12 @@ func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 // workers as the concurrency limit allows. A worker is free when it
 // matches the job, has no assignment in it, and has fewer than
 // max_per_worker updates in the fairness window — the buffer and the last fair_window−1 versions — so
-// that fast workers cannot fill versions alone; among free workers, idle
-// ones first, then (with fair_by, a worker label such as region) those of
-// the group with the fewest updates in the window, then those
-// with the fewest updates in the window, then a seeded shuffle. The window
-// never stalls a job: when it would leave no one training, only the buffer
-// counts.
+// that fast workers cannot fill versions alone. Among free workers: idle
+// ones first; then, with fair_by (a worker label such as region; workers
+// without it make one group), those of the group with the fewest updates in
+// the window; then those with the fewest updates of their own in it; then a
+// seeded shuffle. The window never stalls a job: when it would leave no one
+// training, only the buffer counts.
 func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []*pb.Assignment, release []uint64) {
 	spec, st := j.GetSpec(), j.GetAsync()
 	a := spec.GetAsync()
@@ -195,22 +195,7 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 			cands = append(cands, cand{w.Id, w.Labels[a.GetFairBy()], Busy(w.Labels)})
 		}
 	}
-	// Updates per group in the window; this plan's assignments count too,
-	// so that it spreads its slots over the groups. Tasks in flight do not:
-	// a slow group always has more of them, and counting them would favour
-	// the fast groups this is meant to balance.
-	groups := map[string]int{}
-	if a.GetFairBy() != "" {
-		label := map[string]string{}
-		for _, w := range live {
-			label[w.Id] = w.Labels[a.GetFairBy()]
-		}
-		for id, n := range counts {
-			if g, ok := label[id]; ok {
-				groups[g] += n
-			}
-		}
-	}
+	groups := groupCounts(live, counts, a.GetFairBy())
 	sort.Slice(cands, func(x, y int) bool { return cands[x].id < cands[y].id })
 	r := rand.New(rand.NewPCG(spec.Seed, st.GetNextTask()))
 	r.Shuffle(len(cands), func(x, y int) { cands[x], cands[y] = cands[y], cands[x] })
@@ -229,13 +214,29 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 		sort.SliceStable(cands, order)
 		c := cands[0]
 		cands = cands[1:]
-		if a.GetFairBy() != "" {
+		if groups != nil {
 			groups[c.group]++
 		}
 		assign = append(assign, &pb.Assignment{Worker: c.id, Task: next, Version: version, BaseModel: j.CurrentModel, DeadlineUnixNano: deadline})
 		next++
 	}
 	return assign, release
+}
+
+// groupCounts sums the window's updates by the workers' value of label (nil
+// without one). This plan's assignments are added as it makes them, so that
+// it spreads its slots over the groups; tasks in flight are not counted: a
+// slow group always has more of them, and counting them would favour the
+// fast groups this is meant to balance.
+func groupCounts(live []*pb.WorkerInfo, counts map[string]int, label string) map[string]int {
+	if label == "" {
+		return nil
+	}
+	groups := map[string]int{}
+	for _, w := range live {
+		groups[w.Labels[label]] += counts[w.Id]
+	}
+	return groups
 }
 
 // WindowCounts counts each worker's updates in an async job's fairness
