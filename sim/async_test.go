@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"maps"
 	"math"
 	"slices"
 	"testing"
@@ -229,4 +230,26 @@ func TestSimAsyncDropout(t *testing.T) {
 		t.Error("dropout 0.33 changed nothing: no task was lost")
 	}
 	t.Logf("15 versions: %.1f simulated s without dropout, %.1f s with a third of the tasks lost", plain[14].SimTime, runs[0][14].SimTime)
+}
+
+// TestWorkerLabels: simulated workers carry the labels fair_by can name —
+// their speed tier, dealt in turn as ParseSpeeds deals the factors, and
+// their language group, dealt as dataset.SplitGroups deals them.
+func TestWorkerLabels(t *testing.T) {
+	for _, c := range []struct {
+		cfg    Config
+		groups int
+		w      int
+		want   map[string]string
+	}{
+		{Config{Speed: "uniform:1,10"}, 0, 3, map[string]string{}},
+		{Config{Speed: "tiers:gpu=1,cpu=10"}, 0, 0, map[string]string{"tier": "gpu"}},
+		{Config{Speed: "tiers:gpu=1,cpu=10"}, 0, 3, map[string]string{"tier": "cpu"}},
+		{Config{Speed: "tiers:a=1,b=2,c=4", Partition: dataset.Partition{Kind: "groups"}}, 2, 5, map[string]string{"tier": "c", "group": "1"}},
+		{Config{Partition: dataset.Partition{Kind: "iid"}}, 2, 5, map[string]string{}},
+	} {
+		if got := workerLabels(c.cfg, c.groups, c.w); !maps.Equal(got, c.want) {
+			t.Errorf("%+v, worker %d: labels %v, want %v", c.cfg, c.w, got, c.want)
+		}
+	}
 }
