@@ -125,6 +125,17 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 	return out, met, nil
 }
 
+// PlannedSteps is the number of minibatch steps Train takes on n examples:
+// the epochs' full batches, capped at cfg.Steps. A simulator uses it to time
+// a task it does not run.
+func PlannedSteps(n int, cfg TrainConfig) int {
+	total := max(cfg.Epochs, 1) * (n / max(cfg.BatchSize, 1))
+	if cfg.Steps > 0 {
+		total = min(total, cfg.Steps)
+	}
+	return total
+}
+
 // sgd runs minibatch SGD with heavy-ball momentum on params (whose values
 // are weights, momentum buffers vel) over data as cfg says — epochs of a
 // seeded shuffle, capped at cfg.Steps — filling met's steps, examples
@@ -132,10 +143,7 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 func sgd(ctx context.Context, gr *graph, params []*G.Node, weights, vel [][]float32, data *dataset.Examples, cfg TrainConfig, met *TrainMetrics) error {
 	n := data.Len()
 	perEpoch := n / cfg.BatchSize
-	total := max(cfg.Epochs, 1) * perEpoch
-	if cfg.Steps > 0 {
-		total = min(total, cfg.Steps)
-	}
+	total := PlannedSteps(n, cfg)
 	r := rand.New(rand.NewPCG(cfg.Seed, 0x7a11))
 	lr, mom := float32(cfg.LR), float32(cfg.Momentum)
 	var lossSum float64

@@ -210,9 +210,12 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			if cfg.Dropout > 0 {
 				r := rand.New(rand.NewPCG(cfg.Seed^0xd209, a.Task))
 				if r.Float64() < cfg.Dropout {
-					// Vanishes at a uniform point of the task; back when it would have ended.
-					heap.Push(&queue, &inflight{at: t.at, task: a.Task, worker: t.worker, kind: back})
-					t = &inflight{at: now + r.Float64()*(t.at-now), task: a.Task, worker: t.worker, kind: leave}
+					// Vanishes at a uniform point of the task and is noticed
+					// DetectSeconds later; back when the task would have
+					// ended, or once noticed.
+					gone := now + r.Float64()*(t.at-now) + cfg.DetectSeconds
+					heap.Push(&queue, &inflight{at: max(t.at, gone), task: a.Task, worker: t.worker, kind: back})
+					t = &inflight{at: gone, task: a.Task, worker: t.worker, kind: leave}
 				}
 			}
 			heap.Push(&queue, t)
@@ -321,22 +324,33 @@ func slicesDelete(as []*pb.Assignment, tasks []uint64) []*pb.Assignment {
 
 // env is what a simulated run shares between its sync and async drivers.
 type env struct {
-	arch      model.MLP
-	train     *dataset.Examples
-	test      *dataset.Examples
-	parts     [][]int
-	speeds    []float64
-	global    tensor.Set
-	rule      aggregation.Aggregator
-	opt       aggregation.ServerOptimizer
-	codec     codec.Codec
-	lossy     bool
-	residuals map[int]tensor.Set
-	ev        *model.Evaluator
-	groups    []*dataset.Examples // the test set by group (words: by language), when it has several
-	pool      *trainerPool
-	evalEvery int
-	evals     int
+	arch              model.MLP
+	train             *dataset.Examples
+	test              *dataset.Examples
+	parts             [][]int
+	speeds            []float64
+	global            tensor.Set
+	rule              aggregation.Aggregator
+	opt               aggregation.ServerOptimizer
+	codec             codec.Codec
+	lossy             bool
+	residuals         map[int]tensor.Set
+	ev                *model.Evaluator
+	groups            []*dataset.Examples // the test set by group (words: by language), when it has several
+	train0            model.TrainConfig   // the local recipe, to time tasks not run
+	secondsPerExample float64
+	pool              *trainerPool
+	evalEvery         int
+	evals             int
+}
+
+// vanish is when, in simulated seconds from its start, worker w vanishes
+// from a task it was going to lose: at a uniform point of the task (timed
+// as Train would take it), drawn from key.
+func (e *env) vanish(w int, key uint64) float64 {
+	steps := model.PlannedSteps(len(e.parts[w]), e.train0)
+	d := e.speeds[w] * float64(steps*e.train0.BatchSize) * e.secondsPerExample
+	return rand.New(rand.NewPCG(0x7a5c, key)).Float64() * d
 }
 
 // encode encodes worker w's delta as the worker would (error feedback for

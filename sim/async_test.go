@@ -253,3 +253,50 @@ func TestWorkerLabels(t *testing.T) {
 		}
 	}
 }
+
+// TestDetectSeconds: a worker that vanishes holds a sync round until the
+// coordinator notices (detect_seconds after it vanished), and an async slot
+// as long; learning is unchanged, only time moves.
+func TestDetectSeconds(t *testing.T) {
+	train, test := data(t)
+	base := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 6, ClientsPerRound: 5, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+		Train: model.TrainConfig{Steps: 3, BatchSize: 16, LR: 0.1}, Rule: "fedavg", Seed: 5, Speed: "uniform:1,10", Dropout: 0.3, EvalEvery: 6}
+	async := base
+	async.Mode, async.Async = "async", &pb.AsyncSpec{BufferSize: 4, Concurrency: 8}
+	for _, c := range []struct {
+		name string
+		cfg  Config
+	}{{"sync", base}, {"async", async}} {
+		t.Run(c.name, func(t *testing.T) {
+			var runs [2][]RoundResult
+			for i, detect := range []float64{0, 10} {
+				cfg := c.cfg
+				cfg.DetectSeconds = detect
+				res, err := Run(context.Background(), cfg, train, test, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				runs[i] = res
+			}
+			at, slow := runs[0][len(runs[0])-1], runs[1][len(runs[1])-1]
+			t.Logf("%d rounds/versions: %.1f simulated s noticed at once, %.1f s noticed after 10 s", len(runs[0]), at.SimTime, slow.SimTime)
+			// A sync round waits 10 s more for each loss; async loses the
+			// slot for 10 s while the other slots go on.
+			if want := at.SimTime + 10; c.name == "sync" && !(slow.SimTime > want) || !(slow.SimTime > at.SimTime) {
+				t.Errorf("noticing vanished workers 10 s late took %.1f s, at once %.1f s", slow.SimTime, at.SimTime)
+			}
+			if c.name == "sync" {
+				if at.Accuracy != slow.Accuracy {
+					t.Errorf("accuracy %v and %v: detection changed what sync rounds learn", at.Accuracy, slow.Accuracy)
+				}
+				prev := 0.0
+				for _, r := range runs[1] {
+					if r.Participants < base.ClientsPerRound && r.SimTime-prev < 10 {
+						t.Errorf("round %d lost a worker and lasted %.1f s, less than the 10 s to notice", r.Round, r.SimTime-prev)
+					}
+					prev = r.SimTime
+				}
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package sim
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -83,6 +84,7 @@ var Keys = []Key{
 	{"fair_by", "string", "", "async: fairness between groups of workers: tier (the speed tier's name) or group (partition: groups); free workers of the group with the fewest updates in the window go first"},
 	{"speed", "string", "1", "workers' slowness: 1 (all equal), uniform:LO,HI, lognormal:SIGMA or tiers:NAME=FACTOR,…"},
 	{"seconds_per_example", "float", "0.001", "simulated seconds a worker of speed 1 spends per example"},
+	{"detect_seconds", "float", "0", "simulated seconds until the coordinator notices a worker that vanished (dropout; gossip's suspicion timeout): a sync round waits that long for it, an async slot stays held"},
 	{"seed", "int", "1", "seed of everything random"},
 	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
 	{"test_examples", "int", "0", "evaluate on the first n test examples (0: all)"},
@@ -296,7 +298,7 @@ func (r Point) Config() (Config, error) {
 			Beta2: r.float("server_beta2"), Eps: r.float("server_epsilon")},
 		Codec: r["codec"], NoErrorFeedback: !r.bool("error_feedback"), Attack: r["attack"], Byzantine: r.float("byzantine"),
 		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), OverSelect: r.float("over_select"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
-		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"),
+		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"), DetectSeconds: r.float("detect_seconds"),
 	}
 	if c.Mode == "async" {
 		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
@@ -341,6 +343,8 @@ func (r Point) Config() (Config, error) {
 		return c, keyErr("mode", "%q, want sync or async", c.Mode)
 	case !(c.SecondsPerExample > 0):
 		return c, keyErr("seconds_per_example", "%v, want > 0", c.SecondsPerExample)
+	case !(c.DetectSeconds >= 0) || math.IsInf(c.DetectSeconds, 0):
+		return c, keyErr("detect_seconds", "%v, want a finite value ≥ 0", c.DetectSeconds)
 	}
 	if _, err := ParseSpeeds(c.Speed, c.Workers, c.Seed); err != nil {
 		return c, keyErr("speed", "%v", err)

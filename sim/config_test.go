@@ -46,6 +46,7 @@ func TestBadExperiments(t *testing.T) {
 		{"updates: -10\nclients_per_round: 10", `"updates"`},
 		{"mode: async\nfair_window: 0", `"fair_window"`},
 		{"mode: async\nfair_by: region", `"fair_by"`},
+		{"detect_seconds: -1", `"detect_seconds"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {

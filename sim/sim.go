@@ -87,6 +87,10 @@ type Config struct {
 	// one example (default 0.001).
 	Speed             string
 	SecondsPerExample float64
+	// DetectSeconds is the simulated time the coordinator takes to notice
+	// a worker that vanished (gossip's suspicion timeout; 0: at once): a
+	// sync round waits for it, an async slot stays held that long.
+	DetectSeconds float64
 }
 
 // RoundResult is the model after one round.
@@ -200,7 +204,8 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	defer pool.close()
 	_, lossy := cd.(codec.ResidualCodec)
 	e := &env{arch: arch, train: train, test: test, parts: parts, speeds: speeds, global: global, rule: rule, opt: opt, codec: cd,
-		lossy: lossy && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, groups: byGroup(test), pool: pool, evalEvery: cfg.EvalEvery}
+		lossy: lossy && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, groups: byGroup(test), pool: pool, evalEvery: cfg.EvalEvery,
+		train0: cfg.Train, secondsPerExample: cfg.SecondsPerExample}
 	if async {
 		return runAsync(ctx, cfg, e, progress)
 	}
@@ -218,7 +223,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	sched := newScheduler(cfg)
 	for round := 1; round <= cfg.Rounds; round++ {
 		start := time.Now()
-		sampled, attempts, err := sched.plan(round)
+		sampled, dropped, attempts, err := sched.plan(round)
 		if err != nil {
 			return results, err
 		}
@@ -278,9 +283,16 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			res.Participants = len(sampled)
 		}
 		res.Workers = slices.Clone(sampled)
-		// The round waits for its slowest (kept) worker.
+		// The round waits for its slowest (kept) worker, and unless it
+		// filled by over-selection, until every worker that vanished is
+		// noticed gone: it was training, and so awaited, until it vanished.
 		for _, s := range took {
 			res.SimTime = max(res.SimTime, s)
+		}
+		if res.Participants < cfg.ClientsPerRound || cfg.OverSelect == 0 {
+			for _, w := range dropped {
+				res.SimTime = max(res.SimTime, e.vanish(w, cfg.Seed^uint64(round)<<32^uint64(w))+cfg.DetectSeconds)
+			}
 		}
 		simTime += res.SimTime
 		res.SimTime = simTime
@@ -449,9 +461,10 @@ func newScheduler(cfg Config) *scheduler {
 // WorkerID is virtual worker w's id (the cluster path uses the same ids).
 func WorkerID(w int) string { return fmt.Sprintf("w%06d", w) }
 
-// plan returns the workers whose updates arrive in round, sorted, and the
+// plan returns the workers whose updates arrive in round, sorted, those
+// sampled whose updates never arrive (the attempt that committed), and the
 // attempts it took.
-func (s *scheduler) plan(round int) ([]int, int, error) {
+func (s *scheduler) plan(round int) (arrived, dropped []int, attempts int, err error) {
 	for len(s.job.History) < round-1 {
 		s.job.History = append(s.job.History, &pb.RoundRecord{})
 	}
@@ -459,25 +472,27 @@ func (s *scheduler) plan(round int) ([]int, int, error) {
 	for attempt := uint32(0); attempt < 100; attempt++ {
 		r, err := coordinator.PlanRound(s.job, s.live, t0, attempt)
 		if err != nil {
-			return nil, 0, err
+			return nil, nil, 0, err
 		}
 		drop := rand.New(rand.NewPCG(s.cfg.Seed^0xd209, uint64(round)<<32|uint64(attempt)))
-		var arrived []int
+		arrived, dropped = nil, nil
 		alive := map[string]bool{}
 		for _, id := range r.Selected {
 			alive[id] = true
 			if drop.Float64() >= s.cfg.Dropout {
 				arrived = append(arrived, s.index[id])
 				r.Updates = append(r.Updates, &pb.AcceptedUpdate{Worker: id})
+			} else {
+				dropped = append(dropped, s.index[id])
 			}
 		}
 		// At the deadline (simulated time), with what arrived.
 		if coordinator.DecideRound(s.job.Spec, r, alive, time.Unix(0, r.DeadlineUnixNano)) == coordinator.Commit {
 			sort.Ints(arrived)
-			return arrived, int(attempt) + 1, nil
+			return arrived, dropped, int(attempt) + 1, nil
 		}
 	}
-	return nil, 0, fmt.Errorf("sim: round %d: fewer than %d updates arrived in 100 attempts (dropout %v)", round, s.cfg.MinUpdates, s.cfg.Dropout)
+	return nil, nil, 0, fmt.Errorf("sim: round %d: fewer than %d updates arrived in 100 attempts (dropout %v)", round, s.cfg.MinUpdates, s.cfg.Dropout)
 }
 
 // trainerPool runs per-worker work on one model.Trainer per core.
