@@ -146,8 +146,9 @@ func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 // stops waiting for it), and assigns the newest version to as many free
 // workers as the concurrency limit allows. A worker is free when it
 // matches the job, has no assignment in it, and has fewer than
-// max_per_worker updates in the fairness window — the buffer and the last fair_window−1 versions — so
-// that fast workers cannot fill versions alone. Among free workers: idle
+// max_per_worker updates in the fairness window — the buffer and the last
+// fair_window−1 versions — so that fast workers cannot fill versions
+// alone. Among free workers: idle
 // ones first; then, with fair_by (a worker label such as region; workers
 // without it make one group), those of the group with the fewest updates in
 // the window; then those with the fewest updates of their own in it; then a
@@ -210,12 +211,13 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 	}
 	deadline := now.Add(time.Duration(spec.RoundTimeoutSeconds * float64(time.Second))).UnixNano()
 	next := max(st.GetNextTask(), 1)
+	sort.SliceStable(cands, order)
 	for range min(free, len(cands)) {
-		sort.SliceStable(cands, order)
 		c := cands[0]
 		cands = cands[1:]
-		if groups != nil {
+		if groups != nil { // its group now counts one more: order again
 			groups[c.group]++
+			sort.SliceStable(cands, order)
 		}
 		assign = append(assign, &pb.Assignment{Worker: c.id, Task: next, Version: version, BaseModel: j.CurrentModel, DeadlineUnixNano: deadline})
 		next++
