@@ -196,7 +196,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 				return fmt.Errorf("worker %d task %d: %w", w, a.Task, err)
 			}
 			d, err := tensor.Diff(trained, global)
-			tasks[i] = &inflight{at: now + e.speeds[w]*float64(met.Seen)*cfg.SecondsPerExample, task: a.Task, worker: w, version: a.Version, delta: d, samples: uint64(len(e.parts[w]))}
+			tasks[i] = &inflight{at: now + e.taskSeconds(w, met.Seen), task: a.Task, worker: w, version: a.Version, delta: d, samples: uint64(len(e.parts[w]))}
 			return err
 		})
 		if err != nil {
@@ -231,16 +231,14 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			return results, fmt.Errorf("sim: async: nothing in flight at version %d (concurrency %d, %d workers)", len(results), cfg.Async.Concurrency, cfg.Workers)
 		}
 		t := heap.Pop(&queue).(*inflight)
-		switch t.kind {
-		case leave:
-			now, away[t.worker] = t.at, true
-			if err := schedule(); err != nil { // withdraws its assignment
-				return results, err
-			}
-			continue
-		case back:
+		if t.kind != arrive {
+			// A worker noticed gone (its assignment is withdrawn) or back.
 			now = t.at
-			delete(away, t.worker)
+			if t.kind == leave {
+				away[t.worker] = true
+			} else {
+				delete(away, t.worker)
+			}
 			if err := schedule(); err != nil {
 				return results, err
 			}
@@ -337,20 +335,24 @@ type env struct {
 	residuals         map[int]tensor.Set
 	ev                *model.Evaluator
 	groups            []*dataset.Examples // the test set by group (words: by language), when it has several
-	train0            model.TrainConfig   // the local recipe, to time tasks not run
 	secondsPerExample float64
 	pool              *trainerPool
 	evalEvery         int
 	evals             int
 }
 
+// taskSeconds is the simulated time worker w needs to process seen
+// examples (see ParseSpeeds).
+func (e *env) taskSeconds(w, seen int) float64 {
+	return e.speeds[w] * float64(seen) * e.secondsPerExample
+}
+
 // vanish is when, in simulated seconds from its start, worker w vanishes
-// from a task it was going to lose: at a uniform point of the task (timed
-// as Train would take it), drawn from key.
-func (e *env) vanish(w int, key uint64) float64 {
-	steps := model.PlannedSteps(len(e.parts[w]), e.train0)
-	d := e.speeds[w] * float64(steps*e.train0.BatchSize) * e.secondsPerExample
-	return rand.New(rand.NewPCG(0x7a5c, key)).Float64() * d
+// from a task of recipe tc it was going to lose: at a uniform point of the
+// task (timed as Train would take it), drawn from key.
+func (e *env) vanish(w int, tc model.TrainConfig, key uint64) float64 {
+	steps := model.PlannedSteps(len(e.parts[w]), tc)
+	return rand.New(rand.NewPCG(0x7a5c, key)).Float64() * e.taskSeconds(w, steps*tc.BatchSize)
 }
 
 // encode encodes worker w's delta as the worker would (error feedback for

@@ -205,7 +205,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	_, lossy := cd.(codec.ResidualCodec)
 	e := &env{arch: arch, train: train, test: test, parts: parts, speeds: speeds, global: global, rule: rule, opt: opt, codec: cd,
 		lossy: lossy && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, groups: byGroup(test), pool: pool, evalEvery: cfg.EvalEvery,
-		train0: cfg.Train, secondsPerExample: cfg.SecondsPerExample}
+		secondsPerExample: cfg.SecondsPerExample}
 	if async {
 		return runAsync(ctx, cfg, e, progress)
 	}
@@ -246,7 +246,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			if err != nil {
 				return fmt.Errorf("worker %d round %d: %w", w, round, err)
 			}
-			took[i] = speeds[w] * float64(met.Seen) * cfg.SecondsPerExample
+			took[i] = e.taskSeconds(w, met.Seen)
 			deltas[i], err = tensor.Diff(trained, global)
 			return err
 		})
@@ -284,14 +284,14 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		}
 		res.Workers = slices.Clone(sampled)
 		// The round waits for its slowest (kept) worker, and unless it
-		// filled by over-selection, until every worker that vanished is
+		// filled (over-selection), until every worker that vanished is
 		// noticed gone: it was training, and so awaited, until it vanished.
 		for _, s := range took {
 			res.SimTime = max(res.SimTime, s)
 		}
-		if res.Participants < cfg.ClientsPerRound || cfg.OverSelect == 0 {
+		if res.Participants < int(sched.job.Spec.ClientsPerRound) {
 			for _, w := range dropped {
-				res.SimTime = max(res.SimTime, e.vanish(w, cfg.Seed^uint64(round)<<32^uint64(w))+cfg.DetectSeconds)
+				res.SimTime = max(res.SimTime, e.vanish(w, cfg.Train, cfg.Seed^uint64(round)<<32^uint64(w))+cfg.DetectSeconds)
 			}
 		}
 		simTime += res.SimTime
