@@ -130,6 +130,13 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		rs := RunSummary{Run: i + 1, Label: label, Params: r}
 		participants := 0
 		perWorker := make([]int, cfg.Workers)
+		groupOf := make([]int, len(langs)) // each language column's group in this run, or −1
+		for k, l := range langs {
+			groupOf[k] = -1
+			if r["dataset"] == "words" {
+				groupOf[k] = slices.Index(r.Languages(), l)
+			}
+		}
 		report := func(res RoundResult) {
 			doneWork += updatesPerRound(cfg)
 			for _, w := range res.Workers {
@@ -146,9 +153,9 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 			if opts.Timings {
 				row = append(row, strconv.FormatFloat(res.Seconds, 'f', 3, 64))
 			}
-			for _, l := range langs {
+			for _, g := range groupOf {
 				acc := ""
-				if g := slices.Index(r.Languages(), l); r["dataset"] == "words" && g >= 0 && g < len(res.GroupAccuracy) {
+				if g >= 0 && g < len(res.GroupAccuracy) {
 					acc = num(res.GroupAccuracy[g])
 				}
 				row = append(row, acc)
