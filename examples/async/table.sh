@@ -23,9 +23,8 @@ awk -F, -v what="$1" -v target=0.97 -v tail_updates=100 -v fair="$fair" '
 NR == 1 { for (i = 1; i <= NF; i++) { col[$i] = i; name[i] = $i; if ($i ~ /^accuracy_/) groups[++ng] = i }; next }
 {
   lbl = ""; for (i = 2; i < col["round"]; i++) lbl = lbl (i > 2 ? " " : "") name[i] "=" ($i == "" ? "none" : $i); label[$1] = lbl
-  t[$1, n[$1] + 1] = $col["sim_time"]
   r = $1; mode[r] = $col["mode"]; seed[r] = ("seed" in col) ? $col["seed"] : 1
-  n[r]++; acc[r, n[r]] = $col["accuracy"]; ups[r, n[r]] = $col["participants"]
+  n[r]++; acc[r, n[r]] = $col["accuracy"]; ups[r, n[r]] = $col["participants"]; t[r, n[r]] = $col["sim_time"]
   for (g = 1; g <= ng; g++) gacc[r, g, n[r]] = $groups[g]
   updates[r] += $col["participants"]; last_t[r] = $col["sim_time"]; stale[r] += $col["mean_staleness"]
   if (!(r in hit) && $col["accuracy"] + 0 >= target) { hit[r] = $col["sim_time"]; hit_n[r] = $col["round"] }
