@@ -135,6 +135,23 @@ func StalenessWeight(a *pb.AsyncSpec, tau uint32) float64 {
 	return math.Pow(1+t, -a.GetStalenessA())
 }
 
+// ConcurrencyAt is how many workers an async job may have training while it
+// builds version+1: concurrency, or with concurrency_final a limit that
+// moves linearly from concurrency at version 0 to concurrency_final at the
+// job's last version (rounded to the nearest worker, at least 1). Many
+// workers at once make versions quickly but stale; few make them slowly but
+// fresh, which is what the end of a job needs — so a schedule from many to
+// few buys speed early without the staleness at the end.
+func ConcurrencyAt(j *pb.Job) int {
+	a := j.GetSpec().GetAsync()
+	c0, cf, last := float64(a.GetConcurrency()), float64(a.GetConcurrencyFinal()), j.GetSpec().GetRounds()
+	if cf == 0 || last <= 1 {
+		return int(c0)
+	}
+	f := min(float64(Version(j))/float64(last-1), 1)
+	return max(int(math.Round(c0+f*(cf-c0))), 1)
+}
+
 // Version is an async job's current model version: its committed records.
 func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 
@@ -144,7 +161,7 @@ func Version(j *pb.Job) uint32 { return uint32(len(j.History)) }
 // held by a worker no longer live (it left, or gossip lost it: its slot
 // goes to someone else now rather than at the deadline, as a sync round
 // stops waiting for it), and assigns the newest version to as many free
-// workers as the concurrency limit allows. A worker is free when it
+// workers as the concurrency limit (ConcurrencyAt) allows. A worker is free when it
 // matches the job, has no assignment in it, and has fewer than
 // max_per_worker updates in the fairness window — the buffer and the last
 // fair_window−1 versions — so that fast workers cannot fill versions
@@ -168,7 +185,7 @@ func PlanAssignments(j *pb.Job, live []*pb.WorkerInfo, now time.Time) (assign []
 		}
 	}
 	inFlight := len(st.GetAssignments()) - len(release)
-	free := int(a.GetConcurrency()) - inFlight
+	free := ConcurrencyAt(j) - inFlight
 	if free <= 0 {
 		return nil, release
 	}

@@ -224,3 +224,42 @@ func TestAsyncFSM(t *testing.T) {
 		t.Errorf("(1+3)^-0.5 = %v", w)
 	}
 }
+
+// TestConcurrencyAt: concurrency_final moves the limit linearly over the
+// job's versions, rounded, and PlanAssignments fills only the current limit.
+func TestConcurrencyAt(t *testing.T) {
+	cases := []struct {
+		name           string
+		c0, cf, rounds uint32
+		version, want  int
+	}{
+		{"constant without a schedule", 14, 0, 200, 150, 14},
+		{"first version", 14, 6, 200, 0, 14},
+		{"half way, rounded", 14, 6, 200, 100, 10}, // 14 − 8·100/199 = 9.98
+		{"last version", 14, 6, 200, 199, 6},
+		{"past the last (a job extended)", 14, 6, 200, 400, 6},
+		{"upwards", 2, 10, 5, 2, 6},
+		{"one-version job", 14, 6, 1, 0, 14},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			j := &pb.Job{Spec: &pb.JobSpec{Rounds: c.rounds, Async: &pb.AsyncSpec{Concurrency: c.c0, ConcurrencyFinal: c.cf}}, History: make([]*pb.RoundRecord, c.version)}
+			if got := ConcurrencyAt(j); got != c.want {
+				t.Errorf("ConcurrencyAt = %d, want %d", got, c.want)
+			}
+		})
+	}
+
+	now := t0.Add(time.Hour)
+	j := asyncTestJob() // version 3
+	j.Spec.Rounds, j.Spec.Async.Concurrency, j.Spec.Async.ConcurrencyFinal, j.Spec.Async.MaxStaleness = 7, 6, 3, 20
+	// At version 3 of 7 the limit is 6 − 3·3/6 = 4.5 → 5 (math.Round rounds half away from zero).
+	j.Async.Assignments = []*pb.Assignment{{Worker: "a", Task: 1, Version: 3, DeadlineUnixNano: now.Add(time.Minute).UnixNano()}}
+	if assign, _ := PlanAssignments(j, workers("a", "b", "c", "d", "e", "f", "g", "h"), now); len(assign) != 4 {
+		t.Errorf("assigned %d with 1 in flight, want 4 up to the scheduled limit of 5 (not the 6 of concurrency)", len(assign))
+	}
+	j.History = make([]*pb.RoundRecord, 6) // the last version: limit 3
+	if assign, _ := PlanAssignments(j, workers("a", "b", "c", "d", "e", "f", "g", "h"), now); len(assign) != 2 {
+		t.Errorf("assigned %d with 1 in flight at the last version, want 2 up to concurrency_final 3", len(assign))
+	}
+}

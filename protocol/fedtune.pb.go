@@ -592,18 +592,19 @@ func (x *JobSpec) GetAsync() *AsyncSpec {
 // trained from version v and aggregated into version t+1 has staleness
 // τ = t − v and is weighted by s(τ).
 type AsyncSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BufferSize    uint32                 `protobuf:"varint,1,opt,name=buffer_size,json=bufferSize,proto3" json:"buffer_size,omitempty"`         // K: updates aggregated into each new version (default 10)
-	Concurrency   uint32                 `protobuf:"varint,2,opt,name=concurrency,proto3" json:"concurrency,omitempty"`                         // workers training at once (default 2·K)
-	Staleness     string                 `protobuf:"bytes,3,opt,name=staleness,proto3" json:"staleness,omitempty"`                              // s(τ): "polynomial" (default, (1+τ)^-a), "constant" (1), "hinge" (1 up to b, then 1/(a(τ−b)+1))
-	StalenessA    float64                `protobuf:"fixed64,4,opt,name=staleness_a,json=stalenessA,proto3" json:"staleness_a,omitempty"`        // polynomial exponent or hinge slope (default 0.5 / 10)
-	StalenessB    uint32                 `protobuf:"varint,5,opt,name=staleness_b,json=stalenessB,proto3" json:"staleness_b,omitempty"`         // hinge: staleness weighted fully (default 4)
-	MaxStaleness  uint32                 `protobuf:"varint,6,opt,name=max_staleness,json=maxStaleness,proto3" json:"max_staleness,omitempty"`   // updates staler than this are refused (default 20)
-	MaxPerWorker  uint32                 `protobuf:"varint,7,opt,name=max_per_worker,json=maxPerWorker,proto3" json:"max_per_worker,omitempty"` // fairness: updates one worker may have in a fairness window (default 1)
-	FairWindow    uint32                 `protobuf:"varint,8,opt,name=fair_window,json=fairWindow,proto3" json:"fair_window,omitempty"`         // versions the max_per_worker cap counts over: the buffer and the last fair_window−1 versions (default 1: the buffer)
-	FairBy        string                 `protobuf:"bytes,9,opt,name=fair_by,json=fairBy,proto3" json:"fair_by,omitempty"`                      // fairness between groups: a worker label (e.g. "region"); free workers of the group with the fewest updates in the window go first
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	BufferSize       uint32                 `protobuf:"varint,1,opt,name=buffer_size,json=bufferSize,proto3" json:"buffer_size,omitempty"`                    // K: updates aggregated into each new version (default 10)
+	Concurrency      uint32                 `protobuf:"varint,2,opt,name=concurrency,proto3" json:"concurrency,omitempty"`                                    // workers training at once (default 2·K)
+	Staleness        string                 `protobuf:"bytes,3,opt,name=staleness,proto3" json:"staleness,omitempty"`                                         // s(τ): "polynomial" (default, (1+τ)^-a), "constant" (1), "hinge" (1 up to b, then 1/(a(τ−b)+1))
+	StalenessA       float64                `protobuf:"fixed64,4,opt,name=staleness_a,json=stalenessA,proto3" json:"staleness_a,omitempty"`                   // polynomial exponent or hinge slope (default 0.5 / 10)
+	StalenessB       uint32                 `protobuf:"varint,5,opt,name=staleness_b,json=stalenessB,proto3" json:"staleness_b,omitempty"`                    // hinge: staleness weighted fully (default 4)
+	MaxStaleness     uint32                 `protobuf:"varint,6,opt,name=max_staleness,json=maxStaleness,proto3" json:"max_staleness,omitempty"`              // updates staler than this are refused (default 20)
+	MaxPerWorker     uint32                 `protobuf:"varint,7,opt,name=max_per_worker,json=maxPerWorker,proto3" json:"max_per_worker,omitempty"`            // fairness: updates one worker may have in a fairness window (default 1)
+	FairWindow       uint32                 `protobuf:"varint,8,opt,name=fair_window,json=fairWindow,proto3" json:"fair_window,omitempty"`                    // versions the max_per_worker cap counts over: the buffer and the last fair_window−1 versions (default 1: the buffer)
+	FairBy           string                 `protobuf:"bytes,9,opt,name=fair_by,json=fairBy,proto3" json:"fair_by,omitempty"`                                 // fairness between groups: a worker label (e.g. "region"); free workers of the group with the fewest updates in the window go first
+	ConcurrencyFinal uint32                 `protobuf:"varint,10,opt,name=concurrency_final,json=concurrencyFinal,proto3" json:"concurrency_final,omitempty"` // concurrency schedule: the limit moves linearly from concurrency at version 0 to this at the job's last version (default 0: constant)
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AsyncSpec) Reset() {
@@ -697,6 +698,13 @@ func (x *AsyncSpec) GetFairBy() string {
 		return x.FairBy
 	}
 	return ""
+}
+
+func (x *AsyncSpec) GetConcurrencyFinal() uint32 {
+	if x != nil {
+		return x.ConcurrencyFinal
+	}
+	return 0
 }
 
 // Assignment is a worker training for an async job now.
@@ -2494,7 +2502,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb3\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe0\x02\n" +
 	"\tAsyncSpec\x12\x1f\n" +
 	"\vbuffer_size\x18\x01 \x01(\rR\n" +
 	"bufferSize\x12 \n" +
@@ -2508,7 +2516,9 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x0emax_per_worker\x18\a \x01(\rR\fmaxPerWorker\x12\x1f\n" +
 	"\vfair_window\x18\b \x01(\rR\n" +
 	"fairWindow\x12\x17\n" +
-	"\afair_by\x18\t \x01(\tR\x06fairBy\"\x9f\x01\n" +
+	"\afair_by\x18\t \x01(\tR\x06fairBy\x12+\n" +
+	"\x11concurrency_final\x18\n" +
+	" \x01(\rR\x10concurrencyFinal\"\x9f\x01\n" +
 	"\n" +
 	"Assignment\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +

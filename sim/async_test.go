@@ -300,3 +300,34 @@ func TestDetectSeconds(t *testing.T) {
 		})
 	}
 }
+
+// TestSimConcurrencySchedule: with concurrency_final the simulator keeps
+// fewer workers training as the job goes on (it plans with
+// coordinator.PlanAssignments), so the last versions are fresher than the
+// first, while a constant limit keeps them as stale throughout.
+func TestSimConcurrencySchedule(t *testing.T) {
+	train, test := data(t)
+	cfg := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 20, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+		Train: model.TrainConfig{Steps: 3, BatchSize: 16, LR: 0.1}, Rule: "fedavg", Seed: 5, Speed: "uniform:1,10", Mode: "async", EvalEvery: 20}
+	staleness := func(final uint32) (first, last float64) {
+		cfg.Async = &pb.AsyncSpec{BufferSize: 2, Concurrency: 10, ConcurrencyFinal: final, MaxStaleness: 20}
+		res, err := Run(context.Background(), cfg, train, test, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			first += res[i+2].MeanStaleness / 5 // from the third version: the first ones cannot be stale yet
+			last += res[len(res)-5+i].MeanStaleness / 5
+		}
+		return first, last
+	}
+	cFirst, cLast := staleness(0)
+	sFirst, sLast := staleness(1)
+	t.Logf("mean staleness of versions 3–7 and 16–20: constant 10 training %.2f and %.2f, 10 → 1 %.2f and %.2f", cFirst, cLast, sFirst, sLast)
+	if sLast > 1 || sLast > sFirst/3 {
+		t.Errorf("10 → 1 training at once: staleness %.2f early, %.2f late; want the late versions (≤ 3 training) nearly fresh", sFirst, sLast)
+	}
+	if cLast < cFirst/2 {
+		t.Errorf("constant concurrency: staleness %.2f early, %.2f late; want it steady", cFirst, cLast)
+	}
+}

@@ -47,6 +47,7 @@ func TestBadExperiments(t *testing.T) {
 		{"mode: async\nfair_window: 0", `"fair_window"`},
 		{"mode: async\nfair_by: region", `"fair_by"`},
 		{"detect_seconds: -1", `"detect_seconds"`},
+		{"mode: async\nworkers: 10\nconcurrency_final: 11", `"concurrency_final"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {

@@ -14,14 +14,15 @@ import (
 // runs to its last version, `job status` and `verify` work on versions,
 // and the ledger credits every aggregated update. Its fairness window of 2
 // versions is wider than three workers can fill (the last version's two
-// workers wait), so the job also shows that the window never stalls it.
+// workers wait), so the job also shows that the window never stalls it;
+// its concurrency falls from 3 to 2 over the job (--concurrency-final).
 func TestAsyncProcesses(t *testing.T) {
 	pc := tc.NewProcCluster(t, binary, 1)
 	n := pc.Nodes[0]
 	startWorkers(pc, 3, 2000, nil, nil, []string{"--submit-delay", "1s"})
 	waitWorkers(t, pc, 3)
-	out := run(t, submitArgs(n.GRPC, "async-cli", 4, 1, "--mode", "async", "--buffer-size", "2", "--concurrency", "3", "--max-staleness", "5", "--fair-window", "2", "--steps", "30")...)
-	if !strings.Contains(out, "async: versions of 2 updates, 3 training at once, polynomial staleness weighting, max staleness 5, at most 1 per worker in 2 versions") {
+	out := run(t, submitArgs(n.GRPC, "async-cli", 4, 1, "--mode", "async", "--buffer-size", "2", "--concurrency", "3", "--concurrency-final", "2", "--max-staleness", "5", "--fair-window", "2", "--steps", "30")...)
+	if !strings.Contains(out, "async: versions of 2 updates, 3 → 2 training at once, polynomial staleness weighting, max staleness 5, at most 1 per worker in 2 versions") {
 		t.Errorf("submit printed %q", out)
 	}
 	j := waitJob(t, pc, "async-cli", 2*time.Minute, func(j *pb.Job) bool { return j.Status != pb.JobStatus_JOB_STATUS_RUNNING })

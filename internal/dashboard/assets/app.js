@@ -37,13 +37,22 @@ function render(st) {
   if (jobs.length) $("#jobs").innerHTML = jobs.map((j) => job(j, (st.ledgers || {})[j.spec.name] || [], now)).join("");
 }
 
+// concurrencyAt is coordinator.ConcurrencyAt: an async job's limit on
+// workers training at once while it builds the version after `version`.
+function concurrencyAt(s, version) {
+  const c0 = num(s.async.concurrency), cf = num(s.async.concurrency_final), last = num(s.rounds);
+  if (!cf || last <= 1) return c0;
+  return Math.max(Math.round(c0 + Math.min(version / (last - 1), 1) * (cf - c0)), 1);
+}
+
 function job(j, ledger, now) {
   const s = j.spec || {};
   const h = j.history || [];
   const status = statusName(j.status);
   const cls = status === "done" ? "ok" : status === "failed" ? "bad" : "lead";
   const win = s.async && num(s.async.fair_window) > 1 ? `, ≤ ${esc(s.async.max_per_worker)} per worker in ${esc(s.async.fair_window)} versions` : "";
-  const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}, ${esc(s.async.staleness)} staleness${win}` : "";
+  const sched = s.async && num(s.async.concurrency_final) ? `, ${esc(s.async.concurrency)} → ${esc(s.async.concurrency_final)} training at once` : "";
+  const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}${sched}, ${esc(s.async.staleness)} staleness${win}` : "";
   const lora = s.lora ? ` · LoRA rank ${esc(s.lora.rank)} α ${esc(s.lora.alpha)} (${esc(s.lora.aggregation)})` : "";
   const sel = Object.entries(s.selector || {}).map(([k, v]) => `<span class="label">${esc(k)}=${esc(v)}</span>`).join("");
   const last = h.length ? h[h.length - 1].metrics || {} : {};
@@ -54,7 +63,7 @@ function job(j, ledger, now) {
     const training = (st.assignments || []).map((x) => `<span class="label">${esc(x.worker)} ← v${esc(x.version ?? 0)}</span>`).join("");
     open = `<p>async: version <b>${h.length}</b>, buffer <b>${buf}</b> of ${k} updates
       <div class="bar"><div style="width:${(100 * Math.min(1, buf / k)).toFixed(1)}%"></div></div>
-      training now (${(st.assignments || []).length} of ${esc(a.concurrency)}): ${training || '<span class="muted">none</span>'}</p>`;
+      training now (${(st.assignments || []).length} of ${concurrencyAt(s, h.length)}): ${training || '<span class="muted">none</span>'}</p>`;
   }
   const r = j.open_round;
   if (r) {
