@@ -40,3 +40,48 @@ func TestAsyncProcesses(t *testing.T) {
 		t.Errorf("accuracy %.3f -> %.3f", j.BaseMetrics["test_accuracy"], acc)
 	}
 }
+
+// TestAsyncWorkerRestarts: a worker process killed mid-task and started
+// again at once, under its id and gossip address, before gossip could
+// find it gone, is handed its assignment again (the coordinator keeps it;
+// the new process has not done it) and finishes it: the job does not wait
+// for the assignment's deadline, and the task is counted once.
+func TestAsyncWorkerRestarts(t *testing.T) {
+	pc := tc.NewProcCluster(t, binary, 1)
+	n := pc.Nodes[0]
+	gossip := tc.FreeAddr(t)
+	args := []string{"--gossip-addr", gossip, "--max-examples", "2000"}
+	w := pc.StartWorker("w1", append(args, "--submit-delay", "1h")...) // trains, then holds its update
+	waitWorkers(t, pc, 1)
+	run(t, submitArgs(n.GRPC, "restart", 2, 1, "--mode", "async", "--buffer-size", "1", "--concurrency", "1", "--steps", "20", "--round-timeout", "300s")...)
+	var task uint64
+	waitJob(t, pc, "restart", 30*time.Second, func(j *pb.Job) bool {
+		if as := j.Async.GetAssignments(); len(as) == 1 {
+			task = as[0].Task
+		}
+		return task != 0
+	})
+	time.Sleep(2 * time.Second) // w1 is training or holding its update
+	w.Kill()
+	restarted := time.Now()
+	pc.StartWorker("w1", args...)
+	j := waitJob(t, pc, "restart", time.Minute, func(j *pb.Job) bool { return j.Status != pb.JobStatus_JOB_STATUS_RUNNING })
+	t.Logf("job done %v after the restart (deadline 300 s)", time.Since(restarted).Round(100*time.Millisecond))
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 2 {
+		t.Fatalf("job ended %v after %d versions: %s", j.Status, len(j.History), j.Error)
+	}
+	seen := map[uint64]int{}
+	for _, r := range j.History {
+		for _, u := range r.Accepted {
+			seen[u.Task]++
+		}
+	}
+	for task, count := range seen {
+		if count != 1 {
+			t.Errorf("task %d counted %d times", task, count)
+		}
+	}
+	if seen[task] != 1 {
+		t.Errorf("tasks aggregated %v: the restarted worker did not finish its assignment (task %d)", seen, task)
+	}
+}
