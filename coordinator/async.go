@@ -101,6 +101,9 @@ func NormalizeAsync(spec *pb.JobSpec) error {
 	if a.StalenessA < 0 || math.IsNaN(a.StalenessA) || math.IsInf(a.StalenessA, 0) {
 		return fmt.Errorf("async: staleness_a %v: want a finite value ≥ 0", a.StalenessA)
 	}
+	if !(a.DriftCorrection >= 0 && a.DriftCorrection <= 1) {
+		return fmt.Errorf("async: drift_correction %v: want 0 (off) to 1", a.DriftCorrection)
+	}
 	// A dry run of the rule on a buffer of zero updates: Krum, Bulyan and
 	// the like refuse a buffer too small for their f.
 	rule, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams))

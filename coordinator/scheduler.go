@@ -250,7 +250,7 @@ func (s *scheduler) withLoad(job string, alive map[string]*pb.WorkerInfo) []*pb.
 func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	start := time.Now()
 	aggStart := time.Now()
-	newModel, metrics, scores, state, err := s.c.aggregateRound(ctx, j.Spec, r, optimizerState(j, r.Number))
+	newModel, metrics, scores, state, err := s.c.aggregateRound(ctx, j.Spec, r, optimizerState(j, r.Number), func(v uint32) string { return VersionModel(j, v) })
 	if err != nil {
 		return err
 	}
@@ -303,7 +303,9 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 
 // aggregateRound recomputes a round's new model from its base and accepted
 // updates. It is deterministic, so any node can verify a committed round.
-func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round, stateHash string) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
+// versionModel names an async job's model versions (VersionModel), for the
+// drift of a stale update's base version.
+func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round, stateHash string, versionModel func(uint32) string) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
 	fail := func(err error) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
 		return tensor.Set{}, nil, nil, tensor.Set{}, err
 	}
@@ -324,7 +326,8 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	// demand from their payloads — so memory stays near one model plus a
 	// block per update, whatever the number of updates.
 	var ups []aggregation.Update
-	var lossSum, weight, staleSum float64
+	var lossSum, weight, staleSum, driftSum float64
+	drifts := map[uint32]tensor.Set{} // base version → the model's drift since
 	for _, u := range r.Updates {
 		src, closeFn, err := c.updateVector(ctx, u, base.Len())
 		if err != nil {
@@ -337,6 +340,20 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 			// (FedBuff); one worker may have several in a buffer.
 			tau := r.Number - 1 - min(u.BaseVersion, r.Number-1)
 			staleSum += float64(tau)
+			if beta := spec.Async.GetDriftCorrection(); beta > 0 && tau > 0 {
+				drift, ok := drifts[u.BaseVersion]
+				if !ok {
+					if drift, err = c.drift(ctx, base, versionModel(u.BaseVersion)); err != nil {
+						return fail(fmt.Errorf("update of %s: drift since version %d: %w", u.Worker, u.BaseVersion, err))
+					}
+					drifts[u.BaseVersion] = drift
+				}
+				var coef float64
+				if src, coef, err = CorrectDrift(src, drift, beta); err != nil {
+					return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
+				}
+				driftSum += coef
+			}
 			src, key = tensor.Scaled(src, float32(StalenessWeight(spec.Async, tau))), asyncKey(u)
 		}
 		ups = append(ups, aggregation.Update{Worker: key, Source: src, Samples: u.Samples})
@@ -351,6 +368,9 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	}
 	if IsAsync(spec) && len(r.Updates) > 0 {
 		metrics["mean_staleness"] = staleSum / float64(len(r.Updates))
+		if spec.Async.GetDriftCorrection() > 0 {
+			metrics["mean_drift_removed"] = driftSum / float64(len(r.Updates))
+		}
 	}
 	if spec.GetLora().GetAggregation() == LoRAExact {
 		next, sc, err := aggregateExact(base, ups)
@@ -381,6 +401,19 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 		return fail(err)
 	}
 	return base, metrics, pbScores(sc, IsAsync(spec)), state, nil
+}
+
+// drift returns current minus the model stored as hash.
+func (c *Coordinator) drift(ctx context.Context, current tensor.Set, hash string) (tensor.Set, error) {
+	b, err := c.blob(ctx, hash)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	old, err := tensor.Unmarshal(b)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	return tensor.Diff(current, old)
 }
 
 // pbScores converts scores for the ledger, by worker id (an async key

@@ -32,7 +32,7 @@ func (s *adminService) VerifyRound(ctx context.Context, req *pb.VerifyRoundReque
 			return nil, status.Errorf(codes.FailedPrecondition, "round %d: update of %s is no longer stored (kept for the last rounds only): %v", req.Round, u.Worker, err)
 		}
 	}
-	model, _, _, _, err := s.c.aggregateRound(ctx, j.Spec, &pb.Round{Number: rec.Number, BaseModel: base, Updates: rec.Accepted}, optimizerState(j, rec.Number))
+	model, _, _, _, err := s.c.aggregateRound(ctx, j.Spec, &pb.Round{Number: rec.Number, BaseModel: base, Updates: rec.Accepted}, optimizerState(j, rec.Number), func(v uint32) string { return VersionModel(j, v) })
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("recompute round %d: %w", req.Round, err))
 	}

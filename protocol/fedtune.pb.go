@@ -603,6 +603,7 @@ type AsyncSpec struct {
 	FairWindow       uint32                 `protobuf:"varint,8,opt,name=fair_window,json=fairWindow,proto3" json:"fair_window,omitempty"`                    // versions the max_per_worker cap counts over: the buffer and the last fair_window−1 versions (default 1: the buffer)
 	FairBy           string                 `protobuf:"bytes,9,opt,name=fair_by,json=fairBy,proto3" json:"fair_by,omitempty"`                                 // fairness between groups: a worker label (e.g. "region"); free workers of the group with the fewest updates in the window go first
 	ConcurrencyFinal uint32                 `protobuf:"varint,10,opt,name=concurrency_final,json=concurrencyFinal,proto3" json:"concurrency_final,omitempty"` // concurrency schedule: the limit moves linearly from concurrency at version 0 to this at the job's last version (default 0: constant)
+	DriftCorrection  float64                `protobuf:"fixed64,11,opt,name=drift_correction,json=driftCorrection,proto3" json:"drift_correction,omitempty"`   // β in [0, 1]: a stale update loses the share β of its component along the model's drift since its base version, when it points the way the model already moved (default 0: off)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -703,6 +704,13 @@ func (x *AsyncSpec) GetFairBy() string {
 func (x *AsyncSpec) GetConcurrencyFinal() uint32 {
 	if x != nil {
 		return x.ConcurrencyFinal
+	}
+	return 0
+}
+
+func (x *AsyncSpec) GetDriftCorrection() float64 {
+	if x != nil {
+		return x.DriftCorrection
 	}
 	return 0
 }
@@ -2502,7 +2510,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe0\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x03\n" +
 	"\tAsyncSpec\x12\x1f\n" +
 	"\vbuffer_size\x18\x01 \x01(\rR\n" +
 	"bufferSize\x12 \n" +
@@ -2518,7 +2526,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"fairWindow\x12\x17\n" +
 	"\afair_by\x18\t \x01(\tR\x06fairBy\x12+\n" +
 	"\x11concurrency_final\x18\n" +
-	" \x01(\rR\x10concurrencyFinal\"\x9f\x01\n" +
+	" \x01(\rR\x10concurrencyFinal\x12)\n" +
+	"\x10drift_correction\x18\v \x01(\x01R\x0fdriftCorrection\"\x9f\x01\n" +
 	"\n" +
 	"Assignment\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +

@@ -171,6 +171,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 		bytes    int64
 		global   = e.global
 		state    tensor.Set
+		models   = map[uint32]tensor.Set{0: e.global} // the versions a stale update may come from, for drift correction
 	)
 	clock := func() time.Time { return time.Unix(0, 0).Add(time.Duration(now * float64(time.Second))) }
 	// schedule applies PlanAssignments at the current simulated time:
@@ -272,6 +273,15 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 				}
 				tau := version - u.BaseVersion
 				stale += float64(tau)
+				if beta := cfg.Async.GetDriftCorrection(); beta > 0 && tau > 0 {
+					drift, err := tensor.Diff(global, models[u.BaseVersion])
+					if err != nil {
+						return results, err
+					}
+					if v, _, err = coordinator.CorrectDrift(v, drift, beta); err != nil {
+						return results, err
+					}
+				}
 				ups[i] = aggregation.Update{Worker: fmt.Sprintf("%s#%d", u.Worker, u.Task), Source: tensor.Scaled(v, float32(coordinator.StalenessWeight(cfg.Async, tau))), Samples: u.Samples}
 				delete(payloads, u.Task)
 			}
@@ -281,6 +291,12 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			}
 			if global, state, err = e.opt.Step(global, agg, state); err != nil {
 				return results, err
+			}
+			if cfg.Async.GetDriftCorrection() > 0 {
+				models[version+1] = global
+				if old := int(version) - int(cfg.Async.GetMaxStaleness()); old >= 0 {
+					delete(models, uint32(old)) // updates from it are refused from now on
+				}
 			}
 			job.Async.Buffer = job.Async.Buffer[k:]
 			job.History = append(job.History, rec)

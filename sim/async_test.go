@@ -331,3 +331,32 @@ func TestSimConcurrencySchedule(t *testing.T) {
 		t.Errorf("constant concurrency: staleness %.2f early, %.2f late; want it steady", cFirst, cLast)
 	}
 }
+
+// TestSimDriftCorrection: drift_correction changes what stale updates add
+// (the simulator corrects them with coordinator.CorrectDrift, from the
+// versions it keeps), reproducibly, and the job still learns.
+func TestSimDriftCorrection(t *testing.T) {
+	train, test := data(t)
+	cfg := Config{Model: "mnist-mlp-small", Workers: 20, Rounds: 10, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+		Train: model.TrainConfig{Steps: 15, BatchSize: 32, LR: 0.1, Momentum: 0.5}, Rule: "fedavg", Seed: 3, Speed: "uniform:1,10", Mode: "async", EvalEvery: 5}
+	run := func(beta float64) []RoundResult {
+		cfg.Async = &pb.AsyncSpec{BufferSize: 3, Concurrency: 8, MaxStaleness: 4, DriftCorrection: beta}
+		res, err := Run(context.Background(), cfg, train, test, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	plain, corrected, again := run(0), run(0.5), run(0.5)
+	last := len(plain) - 1
+	t.Logf("accuracy after %d versions: %.4f plain, %.4f drift-corrected", last+1, plain[last].Accuracy, corrected[last].Accuracy)
+	if corrected[last].Accuracy != again[last].Accuracy {
+		t.Errorf("two drift-corrected runs differ: %.4f and %.4f", corrected[last].Accuracy, again[last].Accuracy)
+	}
+	if corrected[last].Accuracy == plain[last].Accuracy {
+		t.Error("drift correction changed nothing")
+	}
+	if corrected[last].Accuracy < plain[last].Accuracy-0.05 || corrected[last].Accuracy < 0.6 {
+		t.Errorf("drift-corrected accuracy %.4f against %.4f without", corrected[last].Accuracy, plain[last].Accuracy)
+	}
+}

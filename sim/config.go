@@ -75,6 +75,7 @@ var Keys = []Key{
 	{"mode", "string", "sync", "sync (rounds wait for their slowest worker) or async (FedBuff: versions of buffer_size updates; rounds counts versions)"},
 	{"buffer_size", "int", "10", "async: updates aggregated into each version"},
 	{"concurrency", "int", "0", "async: workers training at once (0: 2 × buffer_size)"},
+	{"drift_correction", "float", "0", "async: β in [0, 1]: a stale update loses the share β of its component along the model's drift since its base version (0: off)"},
 	{"concurrency_final", "int", "0", "async: concurrency schedule: the limit moves linearly from concurrency at the first version to this at the last (0: constant)"},
 	{"staleness", "string", "polynomial", "async: staleness weighting: polynomial ((1+τ)^-a), constant or hinge"},
 	{"staleness_a", "float", "0", "async: polynomial exponent or hinge slope (0: 0.5 / 10)"},
@@ -304,7 +305,8 @@ func (r Point) Config() (Config, error) {
 	if c.Mode == "async" {
 		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
 			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker")),
-			FairWindow: uint32(r.int("fair_window")), FairBy: r["fair_by"], ConcurrencyFinal: uint32(r.int("concurrency_final"))}
+			FairWindow: uint32(r.int("fair_window")), FairBy: r["fair_by"], ConcurrencyFinal: uint32(r.int("concurrency_final")),
+			DriftCorrection: r.float("drift_correction")}
 	}
 	if u := r.int("updates"); u != 0 {
 		per := updatesPerRound(c)
@@ -356,6 +358,8 @@ func (r Point) Config() (Config, error) {
 			return c, keyErr("buffer_size", "%d, want 1 to the %d workers", r.int("buffer_size"), c.Workers)
 		case r.int("concurrency") < 0 || r.int("concurrency") > c.Workers:
 			return c, keyErr("concurrency", "%d, want 0 (default) to the %d workers", r.int("concurrency"), c.Workers)
+		case !(c.Async.DriftCorrection >= 0 && c.Async.DriftCorrection <= 1):
+			return c, keyErr("drift_correction", "%v, want 0 (off) to 1", c.Async.DriftCorrection)
 		case r.int("concurrency_final") < 0 || r.int("concurrency_final") > c.Workers:
 			return c, keyErr("concurrency_final", "%d, want 0 (constant) to the %d workers", r.int("concurrency_final"), c.Workers)
 		case r.int("max_per_worker") < 1:

@@ -48,6 +48,7 @@ func TestBadExperiments(t *testing.T) {
 		{"mode: async\nfair_by: region", `"fair_by"`},
 		{"detect_seconds: -1", `"detect_seconds"`},
 		{"mode: async\nworkers: 10\nconcurrency_final: 11", `"concurrency_final"`},
+		{"mode: async\ndrift_correction: 1.5", `"drift_correction"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {

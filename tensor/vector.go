@@ -172,3 +172,65 @@ func (s scaledVector) Block(lo, hi int, buf []float32) ([]float32, error) {
 	Scale(s.f, out)
 	return out, nil
 }
+
+// Plus returns v + alpha·x, read block by block like v (x is a Set of v's
+// layout, held in memory); v's own memory is never written.
+func Plus(v Vector, alpha float32, x Set) (Vector, error) {
+	if err := v.Layout().Check(x.Layout()); err != nil {
+		return nil, err
+	}
+	return plusVector{v: v, x: SetVector(x).(*setVector), alpha: alpha}, nil
+}
+
+type plusVector struct {
+	v     Vector
+	x     *setVector
+	alpha float32
+}
+
+func (p plusVector) Layout() Layout { return p.v.Layout() }
+
+func (p plusVector) Block(lo, hi int, buf []float32) ([]float32, error) {
+	b, err := p.v.Block(lo, hi, buf)
+	if err != nil {
+		return nil, err
+	}
+	out := buf[:hi-lo]
+	if len(b) > 0 && &b[0] != &out[0] {
+		copy(out, b)
+	}
+	xb, ok := p.x.View(lo, hi)
+	if !ok && hi > lo {
+		if xb, err = p.x.Block(lo, hi, make([]float32, hi-lo)); err != nil {
+			return nil, err
+		}
+	}
+	Axpy(p.alpha, xb, out)
+	return out, nil
+}
+
+// DotSet returns the dot product of v and x (of v's layout) as flat
+// vectors, reading v block by block.
+func DotSet(v Vector, x Set) (float64, error) {
+	if err := v.Layout().Check(x.Layout()); err != nil {
+		return 0, err
+	}
+	xv := SetVector(x).(*setVector)
+	const step = 1 << 16
+	n := v.Layout().Len()
+	buf, xbuf := make([]float32, min(step, n)), make([]float32, min(step, n))
+	var sum float64
+	for lo := 0; lo < n; lo += step {
+		hi := min(lo+step, n)
+		b, err := v.Block(lo, hi, buf[:hi-lo])
+		if err != nil {
+			return 0, err
+		}
+		xb, err := xv.Block(lo, hi, xbuf[:hi-lo])
+		if err != nil {
+			return 0, err
+		}
+		sum += Dot(b, xb)
+	}
+	return sum, nil
+}

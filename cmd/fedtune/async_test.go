@@ -15,22 +15,36 @@ import (
 // and the ledger credits every aggregated update. Its fairness window of 2
 // versions is wider than three workers can fill (the last version's two
 // workers wait), so the job also shows that the window never stalls it;
-// its concurrency falls from 3 to 2 over the job (--concurrency-final).
+// its concurrency falls from 3 to 2 over the job (--concurrency-final), and
+// stale updates are drift-corrected (--drift-correction).
 func TestAsyncProcesses(t *testing.T) {
 	pc := tc.NewProcCluster(t, binary, 1)
 	n := pc.Nodes[0]
 	startWorkers(pc, 3, 2000, nil, nil, []string{"--submit-delay", "1s"})
 	waitWorkers(t, pc, 3)
-	out := run(t, submitArgs(n.GRPC, "async-cli", 4, 1, "--mode", "async", "--buffer-size", "2", "--concurrency", "3", "--concurrency-final", "2", "--max-staleness", "5", "--fair-window", "2", "--steps", "30")...)
-	if !strings.Contains(out, "async: versions of 2 updates, 3 → 2 training at once, polynomial staleness weighting, max staleness 5, at most 1 per worker in 2 versions") {
+	out := run(t, submitArgs(n.GRPC, "async-cli", 4, 1, "--mode", "async", "--buffer-size", "2", "--concurrency", "3", "--concurrency-final", "2", "--drift-correction", "0.5", "--max-staleness", "5", "--fair-window", "2", "--steps", "30")...)
+	if !strings.Contains(out, "async: versions of 2 updates, 3 → 2 training at once, polynomial staleness weighting, max staleness 5, at most 1 per worker in 2 versions, drift correction 0.5") {
 		t.Errorf("submit printed %q", out)
 	}
 	j := waitJob(t, pc, "async-cli", 2*time.Minute, func(j *pb.Job) bool { return j.Status != pb.JobStatus_JOB_STATUS_RUNNING })
 	if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 4 {
 		t.Fatalf("job ended %v after %d versions: %s", j.Status, len(j.History), j.Error)
 	}
+	// Verification recomputes each version with its stale updates' drift
+	// correction, from the committed models.
 	if v := run(t, "verify", "--coordinator", n.GRPC, "--job", "async-cli"); strings.Count(v, ": OK") != 4 {
 		t.Errorf("verify:\n%s", v)
+	}
+	removed := 0.0
+	for _, r := range j.History {
+		d, ok := r.Metrics["mean_drift_removed"]
+		if !ok {
+			t.Errorf("version %d: no mean_drift_removed metric with --drift-correction", r.Number)
+		}
+		removed += d
+	}
+	if removed <= 0 {
+		t.Errorf("no stale update lost anything to drift correction (with 3 training for versions of 2, some are stale)")
 	}
 	ledger := run(t, "ledger", "--coordinator", n.GRPC, "--job", "async-cli")
 	if !strings.Contains(ledger, "4 committed rounds") {

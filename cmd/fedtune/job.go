@@ -122,6 +122,7 @@ func jobCommand() *cli.Command {
 					&cli.StringFlag{Name: "mode", Value: "sync", Usage: "sync (rounds: wait for the selected workers) or async (FedBuff: workers train whenever free, every --buffer-size updates make a version; --rounds counts versions)", EnvVars: []string{"FEDTUNE_MODE"}},
 					&cli.UintFlag{Name: "buffer-size", Usage: "async: updates aggregated into each new model version (default 10)", EnvVars: []string{"FEDTUNE_BUFFER_SIZE"}},
 					&cli.UintFlag{Name: "concurrency", Usage: "async: workers training at once (default 2 × --buffer-size)", EnvVars: []string{"FEDTUNE_CONCURRENCY"}},
+					&cli.Float64Flag{Name: "drift-correction", Usage: "async: β in [0, 1]: a stale update loses the share β of its component along the model's drift since its base version, the progress other updates already made (default 0: off)", EnvVars: []string{"FEDTUNE_DRIFT_CORRECTION"}},
 					&cli.UintFlag{Name: "concurrency-final", Usage: "async: concurrency schedule: the limit moves linearly from --concurrency at the first version to this at the last, e.g. many early for speed, few late for fresh updates (default: constant)", EnvVars: []string{"FEDTUNE_CONCURRENCY_FINAL"}},
 					&cli.StringFlag{Name: "staleness", Usage: "async: weight of an update τ versions stale: polynomial ((1+τ)^-a, default), constant or hinge", EnvVars: []string{"FEDTUNE_STALENESS"}},
 					&cli.Float64Flag{Name: "staleness-a", Usage: "async: polynomial exponent or hinge slope (default 0.5 / 10)", EnvVars: []string{"FEDTUNE_STALENESS_A"}},
@@ -213,9 +214,10 @@ func submitJob(c *cli.Context) error {
 	if spec.Mode == "async" {
 		spec.Async = &pb.AsyncSpec{BufferSize: uint32(c.Uint("buffer-size")), Concurrency: uint32(c.Uint("concurrency")), Staleness: c.String("staleness"),
 			StalenessA: c.Float64("staleness-a"), StalenessB: uint32(c.Uint("staleness-b")), MaxStaleness: uint32(c.Uint("max-staleness")), MaxPerWorker: uint32(c.Uint("max-per-worker")),
-			FairWindow: uint32(c.Uint("fair-window")), FairBy: c.String("fair-by"), ConcurrencyFinal: uint32(c.Uint("concurrency-final"))}
+			FairWindow: uint32(c.Uint("fair-window")), FairBy: c.String("fair-by"), ConcurrencyFinal: uint32(c.Uint("concurrency-final")),
+			DriftCorrection: c.Float64("drift-correction")}
 	} else {
-		for _, f := range []string{"buffer-size", "concurrency", "concurrency-final", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker", "fair-window", "fair-by"} {
+		for _, f := range []string{"buffer-size", "concurrency", "concurrency-final", "drift-correction", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker", "fair-window", "fair-by"} {
 			if c.IsSet(f) {
 				return fmt.Errorf("job submit: --%s is for --mode async", f)
 			}
@@ -286,6 +288,9 @@ func submitJob(c *cli.Context) error {
 			a.BufferSize, training, a.Staleness, a.MaxStaleness, a.MaxPerWorker, window)
 		if a.FairBy != "" {
 			fmt.Fprintf(c.App.Writer, ", fair by %s", a.FairBy)
+		}
+		if a.DriftCorrection > 0 {
+			fmt.Fprintf(c.App.Writer, ", drift correction %g", a.DriftCorrection)
 		}
 	}
 	if acc, ok := resp.Job.BaseMetrics["test_accuracy"]; ok {

@@ -1,0 +1,62 @@
+package coordinator
+
+import (
+	"fmt"
+	"math"
+
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// Drift correction for stale async updates. An update trained from
+// version v and aggregated into version t+1 was computed where the model
+// was, not where it is: the versions in between moved the model by
+// d = w_t − w_v, mostly the way the buffered updates of that time pointed —
+// which is also the way this update points, since it learned from the same
+// kind of data at the same place. Adding it in full counts that progress
+// twice; the staleness weight s(τ) shrinks the whole update to make up for
+// it, the useful part with the duplicate. With drift_correction β the
+// duplicate is removed instead: the update loses the share β of its
+// component along d when that component is positive,
+//
+//	Δ' = Δ − β · max(0, ⟨Δ, d⟩ / ‖d‖²) · d,
+//
+// and keeps everything the model has not done yet. s(τ) still applies to
+// Δ'. d comes from committed models, so verification recomputes it.
+
+// VersionModel is the hash of an async job's model version v: its initial
+// model for 0, else version v's committed model.
+func VersionModel(j *pb.Job, v uint32) string {
+	if v == 0 || int(v) > len(j.GetHistory()) {
+		return InitialModel(j.GetSpec())
+	}
+	return j.History[v-1].Model
+}
+
+// CorrectDrift returns update with the share beta of its component along
+// drift (the model now minus the update's base version) removed when that
+// component is positive, and the coefficient c subtracted as c·drift. A
+// zero drift or beta leaves the update as it is.
+func CorrectDrift(update tensor.Vector, drift tensor.Set, beta float64) (tensor.Vector, float64, error) {
+	if beta == 0 {
+		return update, 0, nil
+	}
+	dd := drift.Norm()
+	dd *= dd
+	if dd == 0 || math.IsInf(dd, 0) || math.IsNaN(dd) {
+		return update, 0, nil
+	}
+	dot, err := tensor.DotSet(update, drift)
+	if err != nil {
+		return nil, 0, fmt.Errorf("drift correction: %w", err)
+	}
+	c := beta * max(dot/dd, 0)
+	if c == 0 {
+		return update, 0, nil
+	}
+	out, err := tensor.Plus(update, float32(-c), drift)
+	if err != nil {
+		return nil, 0, fmt.Errorf("drift correction: %w", err)
+	}
+	return out, c, nil
+}
