@@ -83,9 +83,9 @@ func TestDashboard(t *testing.T) {
 		Aggregator: "trimmed-mean", Train: &pb.TrainConfig{LocalEpochs: 1, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5},
 	}, arch.Init(3))
 	// An async job waiting for workers it selects (none match yet), with a
-	// concurrency schedule.
+	// concurrency schedule and drift correction.
 	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{Name: "async-waiting", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 5, RoundTimeoutSeconds: 60,
-		Mode: coordinator.ModeAsync, Async: &pb.AsyncSpec{BufferSize: 4, FairWindow: 5, ConcurrencyFinal: 2}, Selector: map[string]string{"region": "mars"}}, arch.Init(3))
+		Mode: coordinator.ModeAsync, Async: &pb.AsyncSpec{BufferSize: 4, FairWindow: 5, ConcurrencyFinal: 2, DriftCorrection: 0.5}, Selector: map[string]string{"region": "mars"}}, arch.Init(3))
 	rounds := func() int { j, _ := c.FSM().Job("regional-digits"); return len(j.History) }
 	WaitFor(t, 2*time.Minute, "8 committed rounds", func() bool { return rounds() >= 8 })
 	base := "http://" + c.HTTPAddr()
@@ -149,7 +149,7 @@ func TestDashboard(t *testing.T) {
 		`<polyline class="acc"`, `<polyline class="loss"`, // its curves
 		`class="ledger"`, // the ledger
 		// an async job
-		`data-job="async-waiting"`, "async, versions of 4, 8 → 2 training at once, polynomial staleness, ≤ 1 per worker in 5 versions",
+		`data-job="async-waiting"`, "async, versions of 4, 8 → 2 training at once, polynomial staleness, ≤ 1 per worker in 5 versions, drift correction 0.5",
 		"async: version <b>0</b>, buffer <b>0</b> of 4", "training now (0 of 8)",
 	} {
 		if !strings.Contains(dom, want) {

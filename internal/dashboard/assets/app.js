@@ -52,7 +52,8 @@ function job(j, ledger, now) {
   const cls = status === "done" ? "ok" : status === "failed" ? "bad" : "lead";
   const win = s.async && num(s.async.fair_window) > 1 ? `, ≤ ${esc(s.async.max_per_worker)} per worker in ${esc(s.async.fair_window)} versions` : "";
   const sched = s.async && num(s.async.concurrency_final) ? `, ${esc(s.async.concurrency)} → ${esc(s.async.concurrency_final)} training at once` : "";
-  const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}${sched}, ${esc(s.async.staleness)} staleness${win}` : "";
+  const drift = s.async && num(s.async.drift_correction) ? `, drift correction ${esc(s.async.drift_correction)}` : "";
+  const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}${sched}, ${esc(s.async.staleness)} staleness${win}${drift}` : "";
   const lora = s.lora ? ` · LoRA rank ${esc(s.lora.rank)} α ${esc(s.lora.alpha)} (${esc(s.lora.aggregation)})` : "";
   const sel = Object.entries(s.selector || {}).map(([k, v]) => `<span class="label">${esc(k)}=${esc(v)}</span>`).join("");
   const last = h.length ? h[h.length - 1].metrics || {} : {};
