@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	"github.com/fedtune/fedtune/tensor"
@@ -121,9 +122,31 @@ func aggregationBench(tw *tabwriter.Writer) {
 			}
 		}
 	})
+	// Async drift correction: every update stale, corrected against one
+	// drift (a dot product with it, then read as update − c·drift).
+	drift := arch.Layout()
+	for _, t := range drift.Tensors {
+		copy(t.Data, randVec(r, len(t.Data)))
+	}
+	corrected := testing.Benchmark(func(b *testing.B) {
+		cu := make([]aggregation.Update, len(ups))
+		for b.Loop() {
+			for i, u := range ups {
+				src, _, err := coordinator.CorrectDrift(tensor.SetVector(u.Delta), drift, 0.5)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cu[i] = aggregation.Update{Worker: u.Worker, Source: src, Samples: u.Samples}
+			}
+			if _, _, err := (aggregation.FedAvg{}).Aggregate(cu); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	fmt.Fprintln(tw, "aggregation, 16 updates x 203,530 params\tMB\tms/op\tx copy()\t")
 	fmt.Fprintf(tw, "copy() of the same bytes (baseline)\t%.1f\t%.3f\t1.00\t\n", float64(bytes)/1e6, float64(cp.NsPerOp())/1e6)
 	fmt.Fprintf(tw, "FedAvg with scores\t%.1f\t%.3f\t%.2f\t\n", float64(bytes)/1e6, float64(agg.NsPerOp())/1e6, float64(agg.NsPerOp())/float64(cp.NsPerOp()))
+	fmt.Fprintf(tw, "FedAvg, every update drift-corrected (async)\t%.1f\t%.3f\t%.2f\t\n", float64(bytes)/1e6, float64(corrected.NsPerOp())/1e6, float64(corrected.NsPerOp())/float64(cp.NsPerOp()))
 }
 
 // kernels reports each flat kernel's throughput as a fraction of copy()'s
