@@ -161,7 +161,18 @@ type scaledVector struct {
 func (s scaledVector) Layout() Layout { return s.v.Layout() }
 
 func (s scaledVector) Block(lo, hi int, buf []float32) ([]float32, error) {
-	b, err := s.v.Block(lo, hi, buf)
+	out, err := blockInto(s.v, lo, hi, buf)
+	if err != nil {
+		return nil, err
+	}
+	Scale(s.f, out)
+	return out, nil
+}
+
+// blockInto reads elements [lo, hi) of v into buf (a copy when v returned a
+// view of its own memory), for a vector that computes on the block.
+func blockInto(v Vector, lo, hi int, buf []float32) ([]float32, error) {
+	b, err := v.Block(lo, hi, buf)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +180,6 @@ func (s scaledVector) Block(lo, hi int, buf []float32) ([]float32, error) {
 	if len(b) > 0 && &b[0] != &out[0] {
 		copy(out, b)
 	}
-	Scale(s.f, out)
 	return out, nil
 }
 
@@ -191,13 +201,9 @@ type plusVector struct {
 func (p plusVector) Layout() Layout { return p.v.Layout() }
 
 func (p plusVector) Block(lo, hi int, buf []float32) ([]float32, error) {
-	b, err := p.v.Block(lo, hi, buf)
+	out, err := blockInto(p.v, lo, hi, buf)
 	if err != nil {
 		return nil, err
-	}
-	out := buf[:hi-lo]
-	if len(b) > 0 && &b[0] != &out[0] {
-		copy(out, b)
 	}
 	xb, ok := p.x.View(lo, hi)
 	if !ok && hi > lo {
