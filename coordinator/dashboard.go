@@ -29,6 +29,9 @@ type dashboardState struct {
 	Workers   []dashboardWorker      `json:"workers"`
 	Jobs      []json.RawMessage      `json:"jobs"`
 	Ledgers   map[string][]LedgerRow `json:"ledgers"`
+	// Concurrency is each async job's current limit on workers training
+	// at once (ConcurrencyAt: its schedule, if it has one).
+	Concurrency map[string]int `json:"concurrency"`
 }
 
 var dashboardJSON = protojson.MarshalOptions{UseProtoNames: true}
@@ -41,7 +44,8 @@ func (v dashboardView) State() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: %w", err)
 	}
-	st := dashboardState{NowUnixMs: c.clock.Now().UnixMilli(), Cluster: cluster, Workers: []dashboardWorker{}, Jobs: []json.RawMessage{}, Ledgers: map[string][]LedgerRow{}}
+	st := dashboardState{NowUnixMs: c.clock.Now().UnixMilli(), Cluster: cluster, Workers: []dashboardWorker{}, Jobs: []json.RawMessage{}, Ledgers: map[string][]LedgerRow{},
+		Concurrency: map[string]int{}}
 	alive := map[string]string{}
 	for _, m := range c.gossip.WithRole(gossip.RoleWorker) {
 		alive[m.Name] = m.Addr
@@ -52,6 +56,9 @@ func (v dashboardView) State() ([]byte, error) {
 	}
 	for _, j := range c.fsm.Jobs() {
 		st.Ledgers[j.Spec.Name] = Ledger(j)
+		if IsAsync(j.Spec) {
+			st.Concurrency[j.Spec.Name] = ConcurrencyAt(j)
+		}
 		slim := proto.Clone(j).(*pb.Job)
 		for _, r := range slim.History {
 			r.Accepted, r.Scores = nil, nil

@@ -118,9 +118,15 @@ func TestDashboard(t *testing.T) {
 					} `json:"spec"`
 					History []json.RawMessage `json:"history"`
 				} `json:"jobs"`
+				Concurrency map[string]int `json:"concurrency"`
 			}
 			if err := json.Unmarshal([]byte(line), &st); err != nil || len(st.Jobs) != 2 {
 				t.Fatalf("event is not the state: %v %.200s", err, line)
+			}
+			// The async job's current limit, from the server's schedule
+			// (the page shows it): 8 at version 0; none for a sync job.
+			if c, ok := st.Concurrency["async-waiting"]; !ok || c != 8 || len(st.Concurrency) != 1 {
+				t.Fatalf("the state's concurrency limits are %v, want async-waiting 8 only", st.Concurrency)
 			}
 			for _, j := range st.Jobs {
 				if j.Spec.Name == "regional-digits" {

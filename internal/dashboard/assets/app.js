@@ -34,18 +34,12 @@ function render(st) {
   }).join("");
 
   const jobs = st.jobs || [];
-  if (jobs.length) $("#jobs").innerHTML = jobs.map((j) => job(j, (st.ledgers || {})[j.spec.name] || [], now)).join("");
+  if (jobs.length) $("#jobs").innerHTML = jobs.map((j) => job(j, (st.ledgers || {})[j.spec.name] || [], now, (st.concurrency || {})[j.spec.name])).join("");
 }
 
-// concurrencyAt is coordinator.ConcurrencyAt: an async job's limit on
-// workers training at once while it builds the version after `version`.
-function concurrencyAt(s, version) {
-  const c0 = num(s.async.concurrency), cf = num(s.async.concurrency_final), last = num(s.rounds);
-  if (!cf || last <= 1) return c0;
-  return Math.max(Math.round(c0 + Math.min(version / (last - 1), 1) * (cf - c0)), 1);
-}
-
-function job(j, ledger, now) {
+// limit: an async job's current limit on workers training at once (the
+// server's coordinator.ConcurrencyAt).
+function job(j, ledger, now, limit) {
   const s = j.spec || {};
   const h = j.history || [];
   const status = statusName(j.status);
@@ -64,7 +58,7 @@ function job(j, ledger, now) {
     const training = (st.assignments || []).map((x) => `<span class="label">${esc(x.worker)} ← v${esc(x.version ?? 0)}</span>`).join("");
     open = `<p>async: version <b>${h.length}</b>, buffer <b>${buf}</b> of ${k} updates
       <div class="bar"><div style="width:${(100 * Math.min(1, buf / k)).toFixed(1)}%"></div></div>
-      training now (${(st.assignments || []).length} of ${concurrencyAt(s, h.length)}): ${training || '<span class="muted">none</span>'}</p>`;
+      training now (${(st.assignments || []).length} of ${esc(limit ?? a.concurrency)}): ${training || '<span class="muted">none</span>'}</p>`;
   }
   const r = j.open_round;
   if (r) {
