@@ -33,28 +33,40 @@ func VersionModel(j *pb.Job, v uint32) string {
 	return j.History[v-1].Model
 }
 
-// CorrectDrift returns update with the share beta of its component along
-// drift (the model now minus the update's base version) removed when that
-// component is positive, and the coefficient c subtracted as c·drift. A
-// zero drift or beta leaves the update as it is.
-func CorrectDrift(update tensor.Vector, drift tensor.Set, beta float64) (tensor.Vector, float64, error) {
-	if beta == 0 {
+// Drift is the model's movement since a stale update's base version,
+// d = w_now − w_base, with its squared norm: computed once per base version
+// and applied to each update trained from it.
+type Drift struct {
+	d     tensor.Set
+	norm2 float64
+}
+
+// NewDrift returns the drift from base to current.
+func NewDrift(current, base tensor.Set) (*Drift, error) {
+	d, err := tensor.Diff(current, base)
+	if err != nil {
+		return nil, fmt.Errorf("drift: %w", err)
+	}
+	n := d.Norm()
+	return &Drift{d: d, norm2: n * n}, nil
+}
+
+// Correct returns update with the share beta of its component along the
+// drift removed when that component is positive, and the coefficient c
+// subtracted as c·drift. A zero drift or beta leaves the update as it is.
+func (d *Drift) Correct(update tensor.Vector, beta float64) (tensor.Vector, float64, error) {
+	if beta == 0 || d.norm2 == 0 || math.IsInf(d.norm2, 0) || math.IsNaN(d.norm2) {
 		return update, 0, nil
 	}
-	dd := drift.Norm()
-	dd *= dd
-	if dd == 0 || math.IsInf(dd, 0) || math.IsNaN(dd) {
-		return update, 0, nil
-	}
-	dot, err := tensor.DotSet(update, drift)
+	dot, err := tensor.DotSet(update, d.d)
 	if err != nil {
 		return nil, 0, fmt.Errorf("drift correction: %w", err)
 	}
-	c := beta * max(dot/dd, 0)
+	c := beta * max(dot/d.norm2, 0)
 	if c == 0 {
 		return update, 0, nil
 	}
-	out, err := tensor.Plus(update, float32(-c), drift)
+	out, err := tensor.Plus(update, float32(-c), d.d)
 	if err != nil {
 		return nil, 0, fmt.Errorf("drift correction: %w", err)
 	}

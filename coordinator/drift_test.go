@@ -33,7 +33,11 @@ func TestCorrectDrift(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			out, coef, err := CorrectDrift(tensor.SetVector(c.update), c.drift, c.beta)
+			drift, err := NewDrift(c.drift, tensor.ZerosLike(c.drift))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, coef, err := drift.Correct(tensor.SetVector(c.update), c.beta)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,8 +56,15 @@ func TestCorrectDrift(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err := CorrectDrift(tensor.SetVector(vec(1, 2)), vec(1, 2, 3), 0.5); err == nil {
+	other, err := NewDrift(vec(1, 2, 3), vec(0, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := other.Correct(tensor.SetVector(vec(1, 2)), 0.5); err == nil {
 		t.Error("a drift of another shape was accepted")
+	}
+	if _, err := NewDrift(vec(1, 2, 3), vec(1, 2)); err == nil {
+		t.Error("a drift between models of different shapes was accepted")
 	}
 	for _, bad := range []float64{-0.1, 1.5, math.NaN()} {
 		spec := &pb.JobSpec{Mode: ModeAsync, Aggregator: "fedavg", Async: &pb.AsyncSpec{DriftCorrection: bad}}

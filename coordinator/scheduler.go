@@ -250,7 +250,7 @@ func (s *scheduler) withLoad(job string, alive map[string]*pb.WorkerInfo) []*pb.
 func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	start := time.Now()
 	aggStart := time.Now()
-	newModel, metrics, scores, state, err := s.c.aggregateRound(ctx, j.Spec, r, optimizerState(j, r.Number), func(v uint32) string { return VersionModel(j, v) })
+	newModel, metrics, scores, state, err := s.c.aggregateRound(ctx, j, r)
 	if err != nil {
 		return err
 	}
@@ -301,11 +301,12 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 	return nil
 }
 
-// aggregateRound recomputes a round's new model from its base and accepted
-// updates. It is deterministic, so any node can verify a committed round.
-// versionModel names an async job's model versions (VersionModel), for the
-// drift of a stale update's base version.
-func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *pb.Round, stateHash string, versionModel func(uint32) string) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
+// aggregateRound recomputes round r of job j — its new model from its base
+// and accepted updates, with the server optimizer's state after the round
+// before and, async, the versions its stale updates were trained from. It
+// is deterministic, so any node can verify a committed round.
+func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
+	spec, stateHash := j.Spec, optimizerState(j, r.Number)
 	fail := func(err error) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
 		return tensor.Set{}, nil, nil, tensor.Set{}, err
 	}
@@ -327,7 +328,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	// block per update, whatever the number of updates.
 	var ups []aggregation.Update
 	var lossSum, weight, staleSum, driftSum float64
-	drifts := map[uint32]tensor.Set{} // base version → the model's drift since
+	drifts := map[uint32]*Drift{} // base version → the model's drift since
 	for _, u := range r.Updates {
 		src, closeFn, err := c.updateVector(ctx, u, base.Len())
 		if err != nil {
@@ -343,13 +344,13 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 			if beta := spec.Async.GetDriftCorrection(); beta > 0 && tau > 0 {
 				drift, ok := drifts[u.BaseVersion]
 				if !ok {
-					if drift, err = c.drift(ctx, base, versionModel(u.BaseVersion)); err != nil {
+					if drift, err = c.drift(ctx, base, VersionModel(j, u.BaseVersion)); err != nil {
 						return fail(fmt.Errorf("update of %s: drift since version %d: %w", u.Worker, u.BaseVersion, err))
 					}
 					drifts[u.BaseVersion] = drift
 				}
 				var coef float64
-				if src, coef, err = CorrectDrift(src, drift, beta); err != nil {
+				if src, coef, err = drift.Correct(src, beta); err != nil {
 					return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
 				}
 				driftSum += coef
@@ -403,17 +404,17 @@ func (c *Coordinator) aggregateRound(ctx context.Context, spec *pb.JobSpec, r *p
 	return base, metrics, pbScores(sc, IsAsync(spec)), state, nil
 }
 
-// drift returns current minus the model stored as hash.
-func (c *Coordinator) drift(ctx context.Context, current tensor.Set, hash string) (tensor.Set, error) {
+// drift returns the drift from the model stored as hash to current.
+func (c *Coordinator) drift(ctx context.Context, current tensor.Set, hash string) (*Drift, error) {
 	b, err := c.blob(ctx, hash)
 	if err != nil {
-		return tensor.Set{}, err
+		return nil, err
 	}
 	old, err := tensor.Unmarshal(b)
 	if err != nil {
-		return tensor.Set{}, err
+		return nil, err
 	}
-	return tensor.Diff(current, old)
+	return NewDrift(current, old)
 }
 
 // pbScores converts scores for the ledger, by worker id (an async key

@@ -23,16 +23,12 @@ func (s *adminService) VerifyRound(ctx context.Context, req *pb.VerifyRoundReque
 		return nil, status.Errorf(codes.NotFound, "job %q has %d committed rounds, no round %d", req.Job, len(j.History), req.Round)
 	}
 	rec := j.History[req.Round-1]
-	base := InitialModel(j.Spec)
-	if req.Round > 1 {
-		base = j.History[req.Round-2].Model
-	}
 	for _, u := range rec.Accepted {
 		if _, err := s.c.blob(ctx, u.Blob); err != nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "round %d: update of %s is no longer stored (kept for the last rounds only): %v", req.Round, u.Worker, err)
 		}
 	}
-	model, _, _, _, err := s.c.aggregateRound(ctx, j.Spec, &pb.Round{Number: rec.Number, BaseModel: base, Updates: rec.Accepted}, optimizerState(j, rec.Number), func(v uint32) string { return VersionModel(j, v) })
+	model, _, _, _, err := s.c.aggregateRound(ctx, j, &pb.Round{Number: rec.Number, BaseModel: VersionModel(j, req.Round-1), Updates: rec.Accepted})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("recompute round %d: %w", req.Round, err))
 	}

@@ -264,6 +264,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			rec := &pb.RoundRecord{Number: version + 1}
 			res := RoundResult{Round: int(version) + 1, Participants: k, Trained: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now}
 			var stale float64
+			drifts := map[uint32]*coordinator.Drift{} // base version → the model's drift since, for drift correction
 			for i, u := range job.Async.Buffer[:k] {
 				rec.Workers = append(rec.Workers, u.Worker)
 				res.Workers = append(res.Workers, index(u.Worker))
@@ -274,11 +275,14 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 				tau := version - u.BaseVersion
 				stale += float64(tau)
 				if beta := cfg.Async.GetDriftCorrection(); beta > 0 && tau > 0 {
-					drift, err := tensor.Diff(global, models[u.BaseVersion])
-					if err != nil {
-						return results, err
+					drift, ok := drifts[u.BaseVersion]
+					if !ok {
+						if drift, err = coordinator.NewDrift(global, models[u.BaseVersion]); err != nil {
+							return results, err
+						}
+						drifts[u.BaseVersion] = drift
 					}
-					if v, _, err = coordinator.CorrectDrift(v, drift, beta); err != nil {
+					if v, _, err = drift.Correct(v, beta); err != nil {
 						return results, err
 					}
 				}

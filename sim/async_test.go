@@ -333,7 +333,7 @@ func TestSimConcurrencySchedule(t *testing.T) {
 }
 
 // TestSimDriftCorrection: drift_correction changes what stale updates add
-// (the simulator corrects them with coordinator.CorrectDrift, from the
+// (the simulator corrects them with coordinator.Drift, from the
 // versions it keeps), reproducibly, and the job still learns.
 func TestSimDriftCorrection(t *testing.T) {
 	train, test := data(t)

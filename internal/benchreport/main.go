@@ -124,15 +124,19 @@ func aggregationBench(tw *tabwriter.Writer) {
 	})
 	// Async drift correction: every update stale, corrected against one
 	// drift (a dot product with it, then read as update − c·drift).
-	drift := arch.Layout()
-	for _, t := range drift.Tensors {
+	moved := arch.Layout()
+	for _, t := range moved.Tensors {
 		copy(t.Data, randVec(r, len(t.Data)))
+	}
+	drift, err := coordinator.NewDrift(moved, tensor.ZerosLike(moved))
+	if err != nil {
+		fail(err)
 	}
 	corrected := testing.Benchmark(func(b *testing.B) {
 		cu := make([]aggregation.Update, len(ups))
 		for b.Loop() {
 			for i, u := range ups {
-				src, _, err := coordinator.CorrectDrift(tensor.SetVector(u.Delta), drift, 0.5)
+				src, _, err := drift.Correct(tensor.SetVector(u.Delta), 0.5)
 				if err != nil {
 					b.Fatal(err)
 				}
