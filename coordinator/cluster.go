@@ -42,13 +42,100 @@ func (c *Coordinator) Status() *pb.ClusterStatusResponse {
 		resp.Members = append(resp.Members, &pb.Member{Name: m.Name, Addr: m.Addr, Role: m.Meta.Role, GrpcAddr: m.Meta.GRPC, RaftAddr: m.Meta.Raft, Labels: m.Meta.Labels})
 	}
 	if f := c.raft.GetConfiguration(); f.Error() == nil {
+		grpcOf := c.grpcAddrs()
 		for _, s := range f.Configuration().Servers {
-			m, ok := alive[string(s.ID)]
-			resp.Servers = append(resp.Servers, &pb.RaftServer{Id: string(s.ID), Address: string(s.Address), Suffrage: s.Suffrage.String(), GrpcAddr: m.Meta.GRPC, Alive: ok})
+			_, ok := alive[string(s.ID)]
+			resp.Servers = append(resp.Servers, &pb.RaftServer{Id: string(s.ID), Address: string(s.Address), Suffrage: s.Suffrage.String(), GrpcAddr: grpcOf[string(s.ID)], Alive: ok})
 		}
 	}
 	sort.Slice(resp.Servers, func(i, j int) bool { return resp.Servers[i].Id < resp.Servers[j].Id })
 	return resp
+}
+
+// TransferLeadership hands this node's leadership to the voter id, or, if
+// id is "", to the most up-to-date follower (before maintenance on this
+// node), and waits until it has gone.
+func (c *Coordinator) TransferLeadership(id string) error {
+	if !c.IsLeader() {
+		return fmt.Errorf("transfer leadership: %s does not lead", c.cfg.NodeID)
+	}
+	if id == "" {
+		return c.raft.LeadershipTransfer().Error()
+	}
+	f := c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("transfer leadership: raft configuration: %w", err)
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == id && s.Suffrage == raft.Voter {
+			if err := c.raft.LeadershipTransferToServer(s.ID, s.Address).Error(); err != nil {
+				return fmt.Errorf("transfer leadership to %s: %w", id, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("transfer leadership: %q is not a voter of the configuration", id)
+}
+
+// joinRetryMax caps the wait between two tries of joinLoop.
+const joinRetryMax = 10 * time.Second
+
+// joinLoop keeps trying the --join addresses while this node's gossip shows
+// no other coordinator: at start when it came up before the nodes it joins
+// (three coordinators started at once, in any order), and later if it lost
+// them all. Without it such a node waited to be found, and nobody looks for
+// a node that never joined. The wait doubles from a second to joinRetryMax
+// and starts again once it sees another coordinator.
+func (c *Coordinator) joinLoop() {
+	defer c.wg.Done()
+	if len(c.cfg.Join) == 0 {
+		return
+	}
+	wait, logged := time.Second, false
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-time.After(wait):
+		}
+		if len(c.gossip.WithRole(gossip.RoleCoordinator)) > 1 {
+			wait, logged = time.Second, false
+			continue
+		}
+		if err := c.gossip.Join(c.cfg.Join); err != nil {
+			if !logged {
+				c.log.Warn("no other coordinator in gossip; trying --join again until one answers", "join", c.cfg.Join, "err", err)
+				logged = true
+			}
+			wait = min(2*wait, joinRetryMax)
+			continue
+		}
+		c.log.Info("joined gossip", "join", c.cfg.Join)
+		wait, logged = time.Second, false
+	}
+}
+
+// votersInGossip counts the Raft voters this node's gossip sees alive,
+// itself included, and the voters there are.
+func (c *Coordinator) votersInGossip() (seen, voters int, err error) {
+	f := c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return 0, 0, fmt.Errorf("raft configuration: %w", err)
+	}
+	alive := map[string]bool{}
+	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
+		alive[m.Name] = true
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		if alive[string(s.ID)] {
+			seen++
+		}
+	}
+	return seen, voters, nil
 }
 
 // serverReconciler is the leader's autopilot: it adds coordinators seen in
@@ -90,6 +177,11 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
 		alive[m.Name] = m
 		s, ok := in[m.Name]
+		if ok && m.Meta.GRPC != "" && string(s.Address) == m.Meta.Raft {
+			if err := c.recordServer(&pb.ServerAddrs{Id: m.Name, RaftAddr: m.Meta.Raft, GrpcAddr: m.Meta.GRPC}); err != nil {
+				c.log.Warn("record coordinator addresses", "server", m.Name, "err", err)
+			}
+		}
 		switch {
 		case !ok:
 			if err := c.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.Raft), 0, 10*time.Second).Error(); err != nil {
@@ -150,6 +242,9 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 		if err := c.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err == nil {
 			c.log.Info("dead coordinator removed from the configuration", "server", id, "gone_for", now.Sub(since).Round(time.Second))
 			delete(r.goneSince, id)
+			if _, ok := c.fsm.Servers()[id]; ok {
+				_ = c.apply(pb.CommandType_COMMAND_TYPE_SERVER_ADDRS, &pb.ServerAddrs{Id: id, Removed: true})
+			}
 			if s.Suffrage == raft.Voter {
 				voters--
 			}

@@ -256,7 +256,7 @@ func New(cfg Config) (*Coordinator, error) {
 		return nil, err
 	}
 	if err := c.gossip.Join(cfg.Join); err != nil {
-		c.log.Warn("gossip join failed; will be found by others", "err", err)
+		c.log.Warn("gossip join failed; trying again in the background", "err", err)
 	}
 	c.registerState()
 	if cfg.HTTPAddr != "" {
@@ -277,7 +277,8 @@ func New(cfg Config) (*Coordinator, error) {
 			}
 		}()
 	}
-	c.wg.Add(5)
+	c.wg.Add(6)
+	go c.joinLoop()
 	go c.observeLeadership()
 	go c.watchLeadership()
 	go c.bootstrapLoop()
@@ -374,21 +375,39 @@ func (c *Coordinator) WaitLeader(ctx context.Context) error {
 }
 
 // leaderGRPC returns the gRPC address of the current leader, from gossip
-// meta, or "" when unknown.
+// meta, else from the addresses the leader recorded (recordServer), or ""
+// when unknown.
 func (c *Coordinator) leaderGRPC() string {
-	addr, _ := c.raft.LeaderWithID()
+	addr, id := c.raft.LeaderWithID()
 	if addr == "" {
 		return ""
 	}
 	if addr == c.trans.LocalAddr() {
 		return c.GRPCAddr()
 	}
-	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
-		if m.Meta.Raft == string(addr) {
-			return m.Meta.GRPC
-		}
+	return c.grpcAddrs()[string(id)]
+}
+
+// grpcAddrs maps coordinators' ids to their gRPC addresses: those gossip
+// shows, else those recorded in the replicated state.
+func (c *Coordinator) grpcAddrs() map[string]string {
+	out := map[string]string{}
+	for id, s := range c.fsm.Servers() {
+		out[id] = s.GrpcAddr
 	}
-	return ""
+	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
+		out[m.Name] = m.Meta.GRPC
+	}
+	return out
+}
+
+// recordServer writes a coordinator's addresses into the replicated state
+// unless they are there already (leader only).
+func (c *Coordinator) recordServer(a *pb.ServerAddrs) error {
+	if old, ok := c.fsm.Servers()[a.Id]; ok && old.RaftAddr == a.RaftAddr && old.GrpcAddr == a.GrpcAddr {
+		return nil
+	}
+	return c.apply(pb.CommandType_COMMAND_TYPE_SERVER_ADDRS, a)
 }
 
 // apply commits one command through Raft and returns the FSM's verdict.

@@ -33,13 +33,18 @@ var (
 // CommandVersion is the Command envelope version this build writes and reads.
 const CommandVersion = 1
 
+// advisory are the command types a node may skip without diverging (they
+// inform, they decide nothing): written with ignore_unknown, so that a node
+// of an older build replays past them.
+var advisory = map[pb.CommandType]bool{pb.CommandType_COMMAND_TYPE_SERVER_ADDRS: true}
+
 // EncodeCommand wraps msg in a versioned Command envelope.
 func EncodeCommand(t pb.CommandType, msg proto.Message, now time.Time) ([]byte, error) {
 	payload, err := proto.Marshal(msg)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", t, err)
 	}
-	return proto.Marshal(&pb.Command{Version: CommandVersion, Type: t, Payload: payload, ProposedUnixNano: now.UnixNano()})
+	return proto.Marshal(&pb.Command{Version: CommandVersion, Type: t, Payload: payload, ProposedUnixNano: now.UnixNano(), IgnoreUnknown: advisory[t]})
 }
 
 // FSM is the replicated state machine: jobs with their rounds and model
@@ -51,13 +56,15 @@ type FSM struct {
 	jobs    map[string]*pb.Job
 	workers map[string]*pb.WorkerInfo
 	revoked map[string]*pb.RevokedWorker
-	keyring []string      // gossip keys (base64), primary first; nil: as the nodes started
-	changed chan struct{} // closed and replaced after every applied command
+	keyring []string                   // gossip keys (base64), primary first; nil: as the nodes started
+	servers map[string]*pb.ServerAddrs // coordinators' addresses by id (advisory)
+	changed chan struct{}              // closed and replaced after every applied command
 }
 
 // NewFSM returns an empty FSM.
 func NewFSM() *FSM {
-	return &FSM{jobs: map[string]*pb.Job{}, workers: map[string]*pb.WorkerInfo{}, revoked: map[string]*pb.RevokedWorker{}, changed: make(chan struct{})}
+	return &FSM{jobs: map[string]*pb.Job{}, workers: map[string]*pb.WorkerInfo{}, revoked: map[string]*pb.RevokedWorker{},
+		servers: map[string]*pb.ServerAddrs{}, changed: make(chan struct{})}
 }
 
 type applyFn func(f *FSM, payload []byte, at int64) error
@@ -75,6 +82,7 @@ var appliers = map[pb.CommandType]applyFn{
 	pb.CommandType_COMMAND_TYPE_REVOKE_WORKER: applyRevokeWorker,
 	pb.CommandType_COMMAND_TYPE_KEYRING:       applyKeyring,
 	pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS:  applyAssignTasks,
+	pb.CommandType_COMMAND_TYPE_SERVER_ADDRS:  applyServerAddrs,
 }
 
 // Apply applies one committed log entry. It returns nil or an error
@@ -367,6 +375,36 @@ func applyKeyring(f *FSM, payload []byte, _ int64) error {
 	return nil
 }
 
+func applyServerAddrs(f *FSM, payload []byte, _ int64) error {
+	var c pb.ServerAddrs
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	switch {
+	case c.Id == "":
+		return fmt.Errorf("server addresses need the server's id")
+	case c.Removed:
+		delete(f.servers, c.Id)
+	case c.RaftAddr == "" || c.GrpcAddr == "":
+		return fmt.Errorf("server %q: addresses need both a Raft and a gRPC address", c.Id)
+	default:
+		f.servers[c.Id] = &c
+	}
+	return nil
+}
+
+// Servers returns the coordinators' addresses as the leader recorded them,
+// by id.
+func (f *FSM) Servers() map[string]*pb.ServerAddrs {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make(map[string]*pb.ServerAddrs, len(f.servers))
+	for id, s := range f.servers {
+		out[id] = proto.Clone(s).(*pb.ServerAddrs)
+	}
+	return out
+}
+
 // Keyring returns the cluster's gossip keyring (primary first), or nil if
 // it was never changed at run time.
 func (f *FSM) Keyring() []string {
@@ -438,6 +476,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	sort.Slice(s.Revoked, func(a, b int) bool { return s.Revoked[a].Name < s.Revoked[b].Name })
 	s.GossipKeys = slices.Clone(f.keyring)
+	for _, a := range f.servers {
+		s.Servers = append(s.Servers, proto.Clone(a).(*pb.ServerAddrs))
+	}
+	sort.Slice(s.Servers, func(a, b int) bool { return s.Servers[a].Id < s.Servers[b].Id })
 	sort.Slice(s.Jobs, func(a, b int) bool { return s.Jobs[a].Spec.Name < s.Jobs[b].Spec.Name })
 	sort.Slice(s.Workers, func(a, b int) bool { return s.Workers[a].Id < s.Workers[b].Id })
 	return fsmSnapshot{s}, nil
@@ -472,8 +514,12 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	for _, r := range s.Revoked {
 		revoked[r.Name] = r
 	}
+	servers := make(map[string]*pb.ServerAddrs, len(s.Servers))
+	for _, a := range s.Servers {
+		servers[a.Id] = a
+	}
 	f.mu.Lock()
-	f.jobs, f.workers, f.revoked, f.keyring = jobs, workers, revoked, s.GossipKeys
+	f.jobs, f.workers, f.revoked, f.keyring, f.servers = jobs, workers, revoked, s.GossipKeys, servers
 	ch := f.changed
 	f.changed = make(chan struct{})
 	f.mu.Unlock()

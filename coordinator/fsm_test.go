@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"maps"
 	"testing"
 	"time"
 
@@ -260,5 +261,62 @@ func TestRevokeWorkerFSM(t *testing.T) {
 	}
 	if reason, ok := g.Revoked("w1"); !ok || reason != "leak" {
 		t.Errorf("after restore: revoked %v (%q)", ok, reason)
+	}
+}
+
+// TestServerAddrsFSM: the leader's record of coordinators' addresses is
+// set, replaced and forgotten, refuses incomplete entries, survives a
+// snapshot, and is written as a command older builds may skip.
+func TestServerAddrsFSM(t *testing.T) {
+	const cAddrs = pb.CommandType_COMMAND_TYPE_SERVER_ADDRS
+	h := &fsmHarness{t: t, f: NewFSM()}
+	steps := []struct {
+		name    string
+		msg     *pb.ServerAddrs
+		wantErr bool
+		want    map[string]string // id -> gRPC address after the step
+	}{
+		{"first", &pb.ServerAddrs{Id: "c1", RaftAddr: "r1", GrpcAddr: "g1"}, false, map[string]string{"c1": "g1"}},
+		{"second", &pb.ServerAddrs{Id: "c2", RaftAddr: "r2", GrpcAddr: "g2"}, false, map[string]string{"c1": "g1", "c2": "g2"}},
+		{"moved", &pb.ServerAddrs{Id: "c1", RaftAddr: "r1b", GrpcAddr: "g1b"}, false, map[string]string{"c1": "g1b", "c2": "g2"}},
+		{"no id", &pb.ServerAddrs{RaftAddr: "r3", GrpcAddr: "g3"}, true, map[string]string{"c1": "g1b", "c2": "g2"}},
+		{"no gRPC address", &pb.ServerAddrs{Id: "c3", RaftAddr: "r3"}, true, map[string]string{"c1": "g1b", "c2": "g2"}},
+		{"removed", &pb.ServerAddrs{Id: "c2", Removed: true}, false, map[string]string{"c1": "g1b"}},
+		{"removed twice", &pb.ServerAddrs{Id: "c2", Removed: true}, false, map[string]string{"c1": "g1b"}},
+	}
+	for _, st := range steps {
+		if err := h.apply(cAddrs, st.msg); (err != nil) != st.wantErr {
+			t.Errorf("%s: error %v, want error %v", st.name, err, st.wantErr)
+		}
+		got := map[string]string{}
+		for id, s := range h.f.Servers() {
+			got[id] = s.GrpcAddr
+		}
+		if !maps.Equal(got, st.want) {
+			t.Errorf("%s: servers %v, want %v", st.name, got, st.want)
+		}
+	}
+	snap, err := h.f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := NewFSM()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if s := g.Servers()["c1"]; len(g.Servers()) != 1 || s.GetRaftAddr() != "r1b" || s.GetGrpcAddr() != "g1b" {
+		t.Errorf("restored servers %v", g.Servers())
+	}
+	b, err := EncodeCommand(cAddrs, &pb.ServerAddrs{Id: "c1", RaftAddr: "r", GrpcAddr: "g"}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmd pb.Command
+	if err := proto.Unmarshal(b, &cmd); err != nil || !cmd.IgnoreUnknown {
+		t.Errorf("server addresses written without ignore_unknown (%v): an older build would stop on them", err)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/fedtune/fedtune/internal/client"
-	"github.com/fedtune/fedtune/internal/gossip"
 )
 
 // ErrNoQuorum means a blob could not be stored on a quorum of voters, so no
@@ -26,16 +25,13 @@ type peer struct {
 }
 
 // peers returns the other servers of the current Raft configuration, with
-// their gRPC addresses from gossip.
+// their gRPC addresses (grpcAddrs: gossip's, else the recorded ones).
 func (c *Coordinator) peers() ([]peer, int, error) {
 	f := c.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil, 0, err
 	}
-	grpcOf := map[string]string{}
-	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
-		grpcOf[m.Name] = m.Meta.GRPC
-	}
+	grpcOf := c.grpcAddrs()
 	var out []peer
 	voters := 0
 	for _, s := range f.Configuration().Servers {

@@ -42,6 +42,9 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	} else {
 		log.Info("leading: scheduler started")
 	}
+	if err := c.recordServer(&pb.ServerAddrs{Id: c.cfg.NodeID, RaftAddr: string(c.trans.LocalAddr()), GrpcAddr: c.GRPCAddr()}); err != nil {
+		log.Warn("could not record this leader's addresses; followers find it by gossip only", "err", err)
+	}
 	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{},
 		servers: &serverReconciler{c: c, goneSince: map[string]time.Time{}, caughtUp: map[string]int{}}}
 	t := time.NewTicker(c.cfg.TickInterval)
@@ -67,6 +70,7 @@ type scheduler struct {
 	goneSince  map[string]time.Time // worker -> when gossip stopped seeing it
 	waitLogged map[string]bool
 	servers    *serverReconciler
+	cutOff     bool // gossip sees too few voters to be believed (reconcile)
 }
 
 func (s *scheduler) tick(ctx context.Context) {
@@ -87,8 +91,26 @@ func (s *scheduler) tick(ctx context.Context) {
 
 // reconcile writes gossip's view of workers into the roster (Consul's
 // reconcileMember) and returns the ids of live, rostered workers.
+//
+// Absence from gossip means a worker is gone only if this node's gossip is
+// part of the pool. A leader whose gossip sees fewer than a majority of the
+// Raft voters — its gossip port blocked while Raft's is open, or a gossip
+// key the others do not hold — is cut off from it, and would otherwise
+// withdraw every assignment, abort every round and, after the grace
+// period, empty the roster while the workers are fine. Cut off, it takes
+// every rostered worker as live (deadlines still end the work of those
+// truly gone) and removes none, until gossip sees a majority again.
 func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 	now := s.c.clock.Now()
+	seen, voters, err := s.c.votersInGossip()
+	if cut := err == nil && seen < voters/2+1; cut != s.cutOff {
+		s.cutOff = cut
+		if cut {
+			s.log.Warn("gossip sees too few coordinators to be believed: taking every rostered worker as live", "voters_seen", seen, "voters", voters)
+		} else {
+			s.log.Info("gossip sees a majority of coordinators again", "voters_seen", seen, "voters", voters)
+		}
+	}
 	roster := map[string]*pb.WorkerInfo{}
 	for _, w := range s.c.fsm.Workers() {
 		roster[w.Id] = w
@@ -111,8 +133,15 @@ func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 		}
 		alive[m.Name] = cur
 	}
-	for id := range roster {
+	for id, w := range roster {
 		if _, ok := alive[id]; ok {
+			continue
+		}
+		if s.cutOff {
+			delete(s.goneSince, id) // its grace starts when gossip can see it again
+			if _, revoked := s.c.fsm.Revoked(id); !revoked {
+				alive[id] = w
+			}
 			continue
 		}
 		since, ok := s.goneSince[id]

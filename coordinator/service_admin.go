@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"time"
 
+	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -306,4 +308,26 @@ func (s *adminService) Keyring(ctx context.Context, req *pb.KeyringRequest) (*pb
 	}
 	s.c.log.Info("gossip keyring changed", "op", req.Change.Op, "by", callerIdentity(ctx).Name)
 	return &pb.KeyringResponse{Keys: s.c.fsm.Keyring()}, nil
+}
+
+// TransferLeadership hands this node's leadership to another voter and
+// answers with who leads then.
+func (s *adminService) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
+	if !s.c.IsLeader() {
+		return nil, status.Errorf(codes.FailedPrecondition, "not the leader; ask %s", s.c.leaderGRPC())
+	}
+	if err := s.c.TransferLeadership(req.To); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	var id raft.ServerID
+	for id == "" || string(id) == s.c.cfg.NodeID {
+		select {
+		case <-ctx.Done():
+			return nil, status.Errorf(codes.DeadlineExceeded, "leadership handed over, but no new leader seen yet: %v", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+		_, id = s.c.raft.LeaderWithID()
+	}
+	s.c.log.Info("leadership transferred", "to", string(id), "by", callerIdentity(ctx).Name)
+	return &pb.TransferLeadershipResponse{LeaderId: string(id), LeaderGrpc: s.c.leaderGRPC()}, nil
 }

@@ -43,6 +43,7 @@ const (
 	CommandType_COMMAND_TYPE_REVOKE_WORKER CommandType = 9
 	CommandType_COMMAND_TYPE_KEYRING       CommandType = 10
 	CommandType_COMMAND_TYPE_ASSIGN_TASKS  CommandType = 11
+	CommandType_COMMAND_TYPE_SERVER_ADDRS  CommandType = 12 // advisory: written with ignore_unknown
 )
 
 // Enum value maps for CommandType.
@@ -60,6 +61,7 @@ var (
 		9:  "COMMAND_TYPE_REVOKE_WORKER",
 		10: "COMMAND_TYPE_KEYRING",
 		11: "COMMAND_TYPE_ASSIGN_TASKS",
+		12: "COMMAND_TYPE_SERVER_ADDRS",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":   0,
@@ -74,6 +76,7 @@ var (
 		"COMMAND_TYPE_REVOKE_WORKER": 9,
 		"COMMAND_TYPE_KEYRING":       10,
 		"COMMAND_TYPE_ASSIGN_TASKS":  11,
+		"COMMAND_TYPE_SERVER_ADDRS":  12,
 	}
 )
 
@@ -206,7 +209,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{25, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{26, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -2220,6 +2223,7 @@ type Snapshot struct {
 	Workers       []*WorkerInfo          `protobuf:"bytes,2,rep,name=workers,proto3" json:"workers,omitempty"`                         // sorted by id
 	Revoked       []*RevokedWorker       `protobuf:"bytes,3,rep,name=revoked,proto3" json:"revoked,omitempty"`                         // sorted by name
 	GossipKeys    []string               `protobuf:"bytes,4,rep,name=gossip_keys,json=gossipKeys,proto3" json:"gossip_keys,omitempty"` // the cluster's gossip keyring (base64), primary first; empty: as started
+	Servers       []*ServerAddrs         `protobuf:"bytes,5,rep,name=servers,proto3" json:"servers,omitempty"`                         // coordinators' addresses, sorted by id
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2282,6 +2286,87 @@ func (x *Snapshot) GetGossipKeys() []string {
 	return nil
 }
 
+func (x *Snapshot) GetServers() []*ServerAddrs {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
+// ServerAddrs is a coordinator's addresses as the leader recorded them
+// (itself when it starts to lead, the others as gossip shows them), so that
+// a node can reach the others, and followers name the leader to workers,
+// even when gossip does not show them: a leader whose gossip port is
+// blocked, or whose gossip key is not the others', still serves the
+// cluster. Advisory: Raft's configuration says who the servers are.
+type ServerAddrs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddr      string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	GrpcAddr      string                 `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	Removed       bool                   `protobuf:"varint,4,opt,name=removed,proto3" json:"removed,omitempty"` // forget the entry (the server left the configuration)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerAddrs) Reset() {
+	*x = ServerAddrs{}
+	mi := &file_fedtune_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerAddrs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerAddrs) ProtoMessage() {}
+
+func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerAddrs.ProtoReflect.Descriptor instead.
+func (*ServerAddrs) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ServerAddrs) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ServerAddrs) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *ServerAddrs) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *ServerAddrs) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
 // Keyring changes the cluster's gossip keyring (fedtune keyring).
 type Keyring struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2294,7 +2379,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2391,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2404,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{25}
+	return file_fedtune_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -2355,7 +2440,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2452,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2465,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{26}
+	return file_fedtune_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -2409,7 +2494,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2421,7 +2506,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2434,7 +2519,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{27}
+	return file_fedtune_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -2671,13 +2756,19 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fUpsertWorker\x12.\n" +
 	"\x06worker\x18\x01 \x01(\v2\x16.fedtune.v1.WorkerInfoR\x06worker\"\x1e\n" +
 	"\fRemoveWorker\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xb7\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xea\x01\n" +
 	"\bSnapshot\x12#\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x0f.fedtune.v1.JobR\x04jobs\x120\n" +
 	"\aworkers\x18\x02 \x03(\v2\x16.fedtune.v1.WorkerInfoR\aworkers\x123\n" +
 	"\arevoked\x18\x03 \x03(\v2\x19.fedtune.v1.RevokedWorkerR\arevoked\x12\x1f\n" +
 	"\vgossip_keys\x18\x04 \x03(\tR\n" +
-	"gossipKeys\"\xa2\x01\n" +
+	"gossipKeys\x121\n" +
+	"\aservers\x18\x05 \x03(\v2\x17.fedtune.v1.ServerAddrsR\aservers\"q\n" +
+	"\vServerAddrs\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
+	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\x12\x18\n" +
+	"\aremoved\x18\x04 \x01(\bR\aremoved\"\xa2\x01\n" +
 	"\aKeyring\x12&\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x16.fedtune.v1.Keyring.OpR\x02op\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x18\n" +
@@ -2695,7 +2786,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\rRevokedWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xfb\x02\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\x9a\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -2709,7 +2800,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_REVOKE_WORKER\x10\t\x12\x18\n" +
 	"\x14COMMAND_TYPE_KEYRING\x10\n" +
 	"\x12\x1d\n" +
-	"\x19COMMAND_TYPE_ASSIGN_TASKS\x10\v*k\n" +
+	"\x19COMMAND_TYPE_ASSIGN_TASKS\x10\v\x12\x1d\n" +
+	"\x19COMMAND_TYPE_SERVER_ADDRS\x10\f*k\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
@@ -2729,7 +2821,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -2759,20 +2851,21 @@ var file_fedtune_proto_goTypes = []any{
 	(*UpsertWorker)(nil),     // 25: fedtune.v1.UpsertWorker
 	(*RemoveWorker)(nil),     // 26: fedtune.v1.RemoveWorker
 	(*Snapshot)(nil),         // 27: fedtune.v1.Snapshot
-	(*Keyring)(nil),          // 28: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 29: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 30: fedtune.v1.RevokedWorker
-	nil,                      // 31: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 32: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 33: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 34: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 35: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 36: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 37: fedtune.v1.CommitRound.MetricsEntry
+	(*ServerAddrs)(nil),      // 28: fedtune.v1.ServerAddrs
+	(*Keyring)(nil),          // 29: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 30: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 31: fedtune.v1.RevokedWorker
+	nil,                      // 32: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 33: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 34: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 35: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 36: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 37: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 38: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	31, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	32, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
 	11, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
 	10, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
@@ -2780,36 +2873,37 @@ var file_fedtune_proto_depIdxs = []int32{
 	6,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
 	7,  // 7: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
 	13, // 8: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
-	32, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	33, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
 	13, // 10: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	33, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	34, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
 	13, // 12: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
 	12, // 13: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
 	5,  // 14: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
 	1,  // 15: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
 	15, // 16: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
 	14, // 17: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	34, // 18: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	35, // 18: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
 	8,  // 19: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
-	35, // 20: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	36, // 20: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
 	5,  // 21: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	36, // 22: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	37, // 22: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
 	14, // 23: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
 	13, // 24: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	37, // 25: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	38, // 25: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
 	12, // 26: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
 	7,  // 27: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
 	1,  // 28: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
 	17, // 29: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
 	16, // 30: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
 	17, // 31: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	30, // 32: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	2,  // 33: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	31, // 32: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	28, // 33: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
+	2,  // 34: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -2823,7 +2917,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1135,7 +1135,7 @@ type RaftServer struct {
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`                   // Raft address
 	Suffrage      string                 `protobuf:"bytes,3,opt,name=suffrage,proto3" json:"suffrage,omitempty"`                 // Voter, Nonvoter, Staging
-	GrpcAddr      string                 `protobuf:"bytes,4,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"` // from gossip, if known
+	GrpcAddr      string                 `protobuf:"bytes,4,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"` // from gossip, else as the leader recorded it; "" if unknown
 	Alive         bool                   `protobuf:"varint,5,opt,name=alive,proto3" json:"alive,omitempty"`                      // seen alive by this node's gossip
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1735,6 +1735,102 @@ func (x *KeyringResponse) GetKeys() []string {
 	return nil
 }
 
+type TransferLeadershipRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	To            string                 `protobuf:"bytes,1,opt,name=to,proto3" json:"to,omitempty"` // a voter's id; "": the most up-to-date follower
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_service_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *TransferLeadershipRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type TransferLeadershipResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LeaderId      string                 `protobuf:"bytes,1,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"` // who leads after the transfer, as this node sees it
+	LeaderGrpc    string                 `protobuf:"bytes,2,opt,name=leader_grpc,json=leaderGrpc,proto3" json:"leader_grpc,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_service_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_service_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_service_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TransferLeadershipResponse) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *TransferLeadershipResponse) GetLeaderGrpc() string {
+	if x != nil {
+		return x.LeaderGrpc
+	}
+	return ""
+}
+
 var File_service_proto protoreflect.FileDescriptor
 
 const file_service_proto_rawDesc = "" +
@@ -1875,13 +1971,19 @@ const file_service_proto_rawDesc = "" +
 	"\x0eKeyringRequest\x12+\n" +
 	"\x06change\x18\x01 \x01(\v2\x13.fedtune.v1.KeyringR\x06change\"%\n" +
 	"\x0fKeyringResponse\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys2\xa2\x01\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\"+\n" +
+	"\x19TransferLeadershipRequest\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\tR\x02to\"Z\n" +
+	"\x1aTransferLeadershipResponse\x12\x1b\n" +
+	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12\x1f\n" +
+	"\vleader_grpc\x18\x02 \x01(\tR\n" +
+	"leaderGrpc2\xa2\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
 	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
-	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xb7\x05\n" +
+	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\x9c\x06\n" +
 	"\x05Admin\x12H\n" +
 	"\tSubmitJob\x12\x1c.fedtune.v1.SubmitJobRequest\x1a\x1d.fedtune.v1.SubmitJobResponse\x12H\n" +
 	"\tJobStatus\x12\x1c.fedtune.v1.JobStatusRequest\x1a\x1d.fedtune.v1.JobStatusResponse\x12E\n" +
@@ -1891,7 +1993,8 @@ const file_service_proto_rawDesc = "" +
 	"\vVerifyRound\x12\x1e.fedtune.v1.VerifyRoundRequest\x1a\x1f.fedtune.v1.VerifyRoundResponse\x12T\n" +
 	"\rClusterStatus\x12 .fedtune.v1.ClusterStatusRequest\x1a!.fedtune.v1.ClusterStatusResponse\x12Q\n" +
 	"\fRevokeWorker\x12\x1f.fedtune.v1.RevokeWorkerRequest\x1a .fedtune.v1.RevokeWorkerResponse\x12B\n" +
-	"\aKeyring\x12\x1a.fedtune.v1.KeyringRequest\x1a\x1b.fedtune.v1.KeyringResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
+	"\aKeyring\x12\x1a.fedtune.v1.KeyringRequest\x1a\x1b.fedtune.v1.KeyringResponse\x12c\n" +
+	"\x12TransferLeadership\x12%.fedtune.v1.TransferLeadershipRequest\x1a&.fedtune.v1.TransferLeadershipResponseB.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
 
 var (
 	file_service_proto_rawDescOnce sync.Once
@@ -1905,61 +2008,63 @@ func file_service_proto_rawDescGZIP() []byte {
 	return file_service_proto_rawDescData
 }
 
-var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_service_proto_goTypes = []any{
-	(*ModelRef)(nil),              // 0: fedtune.v1.ModelRef
-	(*Task)(nil),                  // 1: fedtune.v1.Task
-	(*PollTaskRequest)(nil),       // 2: fedtune.v1.PollTaskRequest
-	(*PollTaskResponse)(nil),      // 3: fedtune.v1.PollTaskResponse
-	(*SubmitUpdateRequest)(nil),   // 4: fedtune.v1.SubmitUpdateRequest
-	(*SubmitUpdateResponse)(nil),  // 5: fedtune.v1.SubmitUpdateResponse
-	(*GetBlobRequest)(nil),        // 6: fedtune.v1.GetBlobRequest
-	(*BlobChunk)(nil),             // 7: fedtune.v1.BlobChunk
-	(*PutBlobResponse)(nil),       // 8: fedtune.v1.PutBlobResponse
-	(*SubmitJobRequest)(nil),      // 9: fedtune.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),     // 10: fedtune.v1.SubmitJobResponse
-	(*JobStatusRequest)(nil),      // 11: fedtune.v1.JobStatusRequest
-	(*JobStatusResponse)(nil),     // 12: fedtune.v1.JobStatusResponse
-	(*ListJobsRequest)(nil),       // 13: fedtune.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 14: fedtune.v1.ListJobsResponse
-	(*ListWorkersRequest)(nil),    // 15: fedtune.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),   // 16: fedtune.v1.ListWorkersResponse
-	(*ExportModelRequest)(nil),    // 17: fedtune.v1.ExportModelRequest
-	(*ClusterStatusRequest)(nil),  // 18: fedtune.v1.ClusterStatusRequest
-	(*RaftServer)(nil),            // 19: fedtune.v1.RaftServer
-	(*Member)(nil),                // 20: fedtune.v1.Member
-	(*ClusterStatusResponse)(nil), // 21: fedtune.v1.ClusterStatusResponse
-	(*VerifyRoundRequest)(nil),    // 22: fedtune.v1.VerifyRoundRequest
-	(*VerifyRoundResponse)(nil),   // 23: fedtune.v1.VerifyRoundResponse
-	(*RevokeWorkerRequest)(nil),   // 24: fedtune.v1.RevokeWorkerRequest
-	(*RevokeWorkerResponse)(nil),  // 25: fedtune.v1.RevokeWorkerResponse
-	(*KeyringRequest)(nil),        // 26: fedtune.v1.KeyringRequest
-	(*KeyringResponse)(nil),       // 27: fedtune.v1.KeyringResponse
-	nil,                           // 28: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                           // 29: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),           // 30: fedtune.v1.TrainConfig
-	(*LoRASpec)(nil),              // 31: fedtune.v1.LoRASpec
-	(*JobSpec)(nil),               // 32: fedtune.v1.JobSpec
-	(*Job)(nil),                   // 33: fedtune.v1.Job
-	(*WorkerInfo)(nil),            // 34: fedtune.v1.WorkerInfo
-	(*Keyring)(nil),               // 35: fedtune.v1.Keyring
+	(*ModelRef)(nil),                   // 0: fedtune.v1.ModelRef
+	(*Task)(nil),                       // 1: fedtune.v1.Task
+	(*PollTaskRequest)(nil),            // 2: fedtune.v1.PollTaskRequest
+	(*PollTaskResponse)(nil),           // 3: fedtune.v1.PollTaskResponse
+	(*SubmitUpdateRequest)(nil),        // 4: fedtune.v1.SubmitUpdateRequest
+	(*SubmitUpdateResponse)(nil),       // 5: fedtune.v1.SubmitUpdateResponse
+	(*GetBlobRequest)(nil),             // 6: fedtune.v1.GetBlobRequest
+	(*BlobChunk)(nil),                  // 7: fedtune.v1.BlobChunk
+	(*PutBlobResponse)(nil),            // 8: fedtune.v1.PutBlobResponse
+	(*SubmitJobRequest)(nil),           // 9: fedtune.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),          // 10: fedtune.v1.SubmitJobResponse
+	(*JobStatusRequest)(nil),           // 11: fedtune.v1.JobStatusRequest
+	(*JobStatusResponse)(nil),          // 12: fedtune.v1.JobStatusResponse
+	(*ListJobsRequest)(nil),            // 13: fedtune.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),           // 14: fedtune.v1.ListJobsResponse
+	(*ListWorkersRequest)(nil),         // 15: fedtune.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),        // 16: fedtune.v1.ListWorkersResponse
+	(*ExportModelRequest)(nil),         // 17: fedtune.v1.ExportModelRequest
+	(*ClusterStatusRequest)(nil),       // 18: fedtune.v1.ClusterStatusRequest
+	(*RaftServer)(nil),                 // 19: fedtune.v1.RaftServer
+	(*Member)(nil),                     // 20: fedtune.v1.Member
+	(*ClusterStatusResponse)(nil),      // 21: fedtune.v1.ClusterStatusResponse
+	(*VerifyRoundRequest)(nil),         // 22: fedtune.v1.VerifyRoundRequest
+	(*VerifyRoundResponse)(nil),        // 23: fedtune.v1.VerifyRoundResponse
+	(*RevokeWorkerRequest)(nil),        // 24: fedtune.v1.RevokeWorkerRequest
+	(*RevokeWorkerResponse)(nil),       // 25: fedtune.v1.RevokeWorkerResponse
+	(*KeyringRequest)(nil),             // 26: fedtune.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 27: fedtune.v1.KeyringResponse
+	(*TransferLeadershipRequest)(nil),  // 28: fedtune.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 29: fedtune.v1.TransferLeadershipResponse
+	nil,                                // 30: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                                // 31: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),                // 32: fedtune.v1.TrainConfig
+	(*LoRASpec)(nil),                   // 33: fedtune.v1.LoRASpec
+	(*JobSpec)(nil),                    // 34: fedtune.v1.JobSpec
+	(*Job)(nil),                        // 35: fedtune.v1.Job
+	(*WorkerInfo)(nil),                 // 36: fedtune.v1.WorkerInfo
+	(*Keyring)(nil),                    // 37: fedtune.v1.Keyring
 }
 var file_service_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	30, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	32, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	0,  // 2: fedtune.v1.Task.frozen:type_name -> fedtune.v1.ModelRef
-	31, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
+	33, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
 	1,  // 4: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	28, // 5: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	32, // 6: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	33, // 7: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	33, // 8: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	33, // 9: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	34, // 10: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	29, // 11: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	30, // 5: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	34, // 6: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	35, // 7: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	35, // 8: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	35, // 9: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	36, // 10: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	31, // 11: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
 	19, // 12: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
 	20, // 13: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
-	35, // 14: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
+	37, // 14: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
 	2,  // 15: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
 	4,  // 16: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
 	6,  // 17: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
@@ -1973,21 +2078,23 @@ var file_service_proto_depIdxs = []int32{
 	18, // 25: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
 	24, // 26: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
 	26, // 27: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
-	3,  // 28: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	5,  // 29: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	7,  // 30: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	8,  // 31: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	10, // 32: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	12, // 33: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	14, // 34: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	16, // 35: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	7,  // 36: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	23, // 37: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	21, // 38: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	25, // 39: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
-	27, // 40: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
-	28, // [28:41] is the sub-list for method output_type
-	15, // [15:28] is the sub-list for method input_type
+	28, // 28: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
+	3,  // 29: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	5,  // 30: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	7,  // 31: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	8,  // 32: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	10, // 33: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	12, // 34: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	14, // 35: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	16, // 36: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	7,  // 37: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	23, // 38: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	21, // 39: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	25, // 40: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	27, // 41: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
+	29, // 42: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
+	29, // [29:43] is the sub-list for method output_type
+	15, // [15:29] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -2005,7 +2112,7 @@ func file_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_service_proto_rawDesc), len(file_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -309,15 +309,16 @@ var Blob_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_SubmitJob_FullMethodName     = "/fedtune.v1.Admin/SubmitJob"
-	Admin_JobStatus_FullMethodName     = "/fedtune.v1.Admin/JobStatus"
-	Admin_ListJobs_FullMethodName      = "/fedtune.v1.Admin/ListJobs"
-	Admin_ListWorkers_FullMethodName   = "/fedtune.v1.Admin/ListWorkers"
-	Admin_ExportModel_FullMethodName   = "/fedtune.v1.Admin/ExportModel"
-	Admin_VerifyRound_FullMethodName   = "/fedtune.v1.Admin/VerifyRound"
-	Admin_ClusterStatus_FullMethodName = "/fedtune.v1.Admin/ClusterStatus"
-	Admin_RevokeWorker_FullMethodName  = "/fedtune.v1.Admin/RevokeWorker"
-	Admin_Keyring_FullMethodName       = "/fedtune.v1.Admin/Keyring"
+	Admin_SubmitJob_FullMethodName          = "/fedtune.v1.Admin/SubmitJob"
+	Admin_JobStatus_FullMethodName          = "/fedtune.v1.Admin/JobStatus"
+	Admin_ListJobs_FullMethodName           = "/fedtune.v1.Admin/ListJobs"
+	Admin_ListWorkers_FullMethodName        = "/fedtune.v1.Admin/ListWorkers"
+	Admin_ExportModel_FullMethodName        = "/fedtune.v1.Admin/ExportModel"
+	Admin_VerifyRound_FullMethodName        = "/fedtune.v1.Admin/VerifyRound"
+	Admin_ClusterStatus_FullMethodName      = "/fedtune.v1.Admin/ClusterStatus"
+	Admin_RevokeWorker_FullMethodName       = "/fedtune.v1.Admin/RevokeWorker"
+	Admin_Keyring_FullMethodName            = "/fedtune.v1.Admin/Keyring"
+	Admin_TransferLeadership_FullMethodName = "/fedtune.v1.Admin/TransferLeadership"
 )
 
 // AdminClient is the client API for Admin service.
@@ -341,6 +342,9 @@ type AdminClient interface {
 	RevokeWorker(ctx context.Context, in *RevokeWorkerRequest, opts ...grpc.CallOption) (*RevokeWorkerResponse, error)
 	// Keyring installs, uses or removes a gossip key cluster-wide (leader only).
 	Keyring(ctx context.Context, in *KeyringRequest, opts ...grpc.CallOption) (*KeyringResponse, error)
+	// TransferLeadership hands leadership to another voter, as before
+	// maintenance on the leader (leader only).
+	TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error)
 }
 
 type adminClient struct {
@@ -450,6 +454,16 @@ func (c *adminClient) Keyring(ctx context.Context, in *KeyringRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) TransferLeadership(ctx context.Context, in *TransferLeadershipRequest, opts ...grpc.CallOption) (*TransferLeadershipResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferLeadershipResponse)
+	err := c.cc.Invoke(ctx, Admin_TransferLeadership_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -471,6 +485,9 @@ type AdminServer interface {
 	RevokeWorker(context.Context, *RevokeWorkerRequest) (*RevokeWorkerResponse, error)
 	// Keyring installs, uses or removes a gossip key cluster-wide (leader only).
 	Keyring(context.Context, *KeyringRequest) (*KeyringResponse, error)
+	// TransferLeadership hands leadership to another voter, as before
+	// maintenance on the leader (leader only).
+	TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -507,6 +524,9 @@ func (UnimplementedAdminServer) RevokeWorker(context.Context, *RevokeWorkerReque
 }
 func (UnimplementedAdminServer) Keyring(context.Context, *KeyringRequest) (*KeyringResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Keyring not implemented")
+}
+func (UnimplementedAdminServer) TransferLeadership(context.Context, *TransferLeadershipRequest) (*TransferLeadershipResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TransferLeadership not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -684,6 +704,24 @@ func _Admin_Keyring_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_TransferLeadership_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferLeadershipRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).TransferLeadership(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_TransferLeadership_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).TransferLeadership(ctx, req.(*TransferLeadershipRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -722,6 +760,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Keyring",
 			Handler:    _Admin_Keyring_Handler,
+		},
+		{
+			MethodName: "TransferLeadership",
+			Handler:    _Admin_TransferLeadership_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

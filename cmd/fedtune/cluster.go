@@ -1,12 +1,16 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
+	grpcstatus "google.golang.org/grpc/status"
 
 	pb "github.com/fedtune/fedtune/protocol"
 )
@@ -70,6 +74,30 @@ func clusterCommand() *cli.Command {
 						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Id, s.Suffrage, s.Address, dash(s.GrpcAddr), gossip, leader)
 					}
 					return tw.Flush()
+				},
+			},
+			{
+				Name:  "transfer-leader",
+				Usage: "hand leadership to another coordinator (before maintenance on the leader)",
+				Description: "Asks the leader (found through --coordinator) to hand its leadership to the voter --to,\n" +
+					"or without --to to the most up-to-date follower, and prints who leads then. Jobs go on:\n" +
+					"the new leader resumes open rounds and async buffers from the replicated state.",
+				Flags: []cli.Flag{coordinatorFlag(),
+					&cli.StringFlag{Name: "to", Usage: "id of the voter to lead (fedtune cluster raft lists them); empty: the most up-to-date follower", EnvVars: []string{"FEDTUNE_TRANSFER_TO"}}},
+				Action: func(c *cli.Context) error {
+					pool, conn, err := dialLeader(c)
+					if err != nil {
+						return err
+					}
+					defer pool.Close()
+					ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+					defer cancel()
+					resp, err := pb.NewAdminClient(conn).TransferLeadership(ctx, &pb.TransferLeadershipRequest{To: c.String("to")})
+					if err != nil {
+						return errors.New(grpcstatus.Convert(err).Message()) // the coordinator's words, without gRPC's wrapping
+					}
+					fmt.Fprintf(c.App.Writer, "leader: %s (%s)\n", resp.LeaderId, dash(resp.LeaderGrpc))
+					return nil
 				},
 			},
 		},

@@ -40,7 +40,25 @@ func TestClusterMembershipCLI(t *testing.T) {
 	if strings.Count(members, "coordinator") != 4 {
 		t.Errorf("cluster members:\n%s", members)
 	}
+	// Leadership handed to the newcomer, asked through a follower (the
+	// CLI finds the leader); a name that is no voter is refused.
 	leader := pc.WaitForLeader(10 * time.Second)
+	var follower *tc.ProcNode
+	for _, nd := range pc.Up() {
+		if nd != leader && nd != n4 {
+			follower = nd
+		}
+	}
+	if out, err := pc.Run("cluster", "transfer-leader", "--coordinator", follower.GRPC, "--to", "nobody"); err == nil || !strings.Contains(out, `"nobody" is not a voter`) {
+		t.Errorf("transfer to a non-voter: err %v, output:\n%s", err, out)
+	}
+	if out, err := pc.Run("cluster", "transfer-leader", "--coordinator", follower.GRPC, "--to", n4.Name); err != nil || !strings.Contains(out, "leader: "+n4.Name+" ("+n4.GRPC+")") {
+		t.Fatalf("transfer to %s: err %v, output:\n%s", n4.Name, err, out)
+	}
+	if l := pc.WaitForLeader(10 * time.Second); l != n4 {
+		t.Fatalf("%s leads after the transfer, want %s", l.Name, n4.Name)
+	}
+	leader = n4
 	var victim *tc.ProcNode
 	for _, nd := range pc.Up() {
 		if nd != leader && nd != n4 {

@@ -129,8 +129,9 @@ func TestMutualTLS(t *testing.T) {
 	}
 }
 
-// counter sums a counter family of c's registry.
-func counter(t *testing.T, c *coordinator.Coordinator, name string) float64 {
+// counter sums a counter family of c's registry, over the series with
+// every one of labelValues among their label values (all without any).
+func counter(t *testing.T, c *coordinator.Coordinator, name string, labelValues ...string) float64 {
 	t.Helper()
 	mfs, err := c.Registry().Gather()
 	if err != nil {
@@ -138,8 +139,15 @@ func counter(t *testing.T, c *coordinator.Coordinator, name string) float64 {
 	}
 	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var values []string
+			for _, l := range m.GetLabel() {
+				values = append(values, l.GetValue())
+			}
+			if !slices.ContainsFunc(labelValues, func(v string) bool { return !slices.Contains(values, v) }) {
 				sum += m.GetCounter().GetValue()
 			}
 		}
