@@ -82,13 +82,15 @@ words:
 
 ## testdeps: what the tests need from Debian, installed in one go if
 ## missing: the word lists, NumPy (external trainer), Chromium (the
-## dashboard's browser test) and iproute2 (network-namespace partitions). A test whose tool cannot be installed skips
+## dashboard's browser test), iproute2 (network-namespace partitions) and
+## nftables (a port blocked in a namespace). A test whose tool cannot be installed skips
 ## with a message.
 testdeps:
 	@pkgs=; for f in $(WORDLISTS); do [ -f /usr/share/dict/$$f ] || pkgs="wamerican wfrench wngerman wspanish"; done; \
 	/usr/bin/python3 -c 'import numpy' 2>/dev/null || pkgs="$$pkgs python3-numpy"; \
 	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
 	command -v ip >/dev/null || pkgs="$$pkgs iproute2"; \
+	command -v nft >/dev/null || pkgs="$$pkgs nftables"; \
 	if [ -n "$$pkgs" ]; then \
 		echo "installing test dependencies (Debian):$$pkgs"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; } || \

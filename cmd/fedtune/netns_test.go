@@ -399,3 +399,69 @@ func TestSplitWithWorkers(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaderGossipBlocked blocks the leader's gossip port (TCP and UDP,
+// both ways, as a firewall rule would) mid-job for 20 s while its Raft and
+// gRPC ports stay open. The leader keeps leading and the job goes on:
+// the others' gossip marks it failed, so workers reach it through the
+// followers, which name it from the addresses recorded in the replicated
+// state; and it takes its rostered workers as live rather than gone (its
+// own gossip sees none of them), so it keeps planning rounds with all
+// three. Unblocked, gossip is whole again and the job ends with every
+// round committed once. Before, the leader saw no live worker and planned
+// no round until gossip healed.
+func TestLeaderGossipBlocked(t *testing.T) {
+	rounds := 40 + 4*int(netnsCut.Seconds())
+	lc := startLabCluster(t, "gblock", rounds, "--min-updates", "2", "--steps", "20", "--round-timeout", "6s", "--seed", "11")
+	tc.WaitFor(t, time.Minute, "2 committed rounds", func() bool { return len(committed(lc.job("gblock"))) >= 2 })
+	leader := lc.leader(lc.nodes)
+	lc.lab.Block(leader.host, 7946)
+	blocked := time.Now()
+	tc.WaitFor(t, 20*time.Second, "the followers' gossip marking "+leader.name+" failed", func() bool {
+		for _, n := range lc.nodes {
+			if n == leader {
+				continue
+			}
+			st, err := raftStatus(n.admin)
+			if err != nil || slices.ContainsFunc(st.Servers, func(s *pb.RaftServer) bool { return s.Id == leader.name && s.Alive }) {
+				return false
+			}
+		}
+		return true
+	})
+	seen := time.Since(blocked)
+	// Its own gossip declares the others dead more slowly (Lifeguard slows
+	// a node that misses acks): until it sees neither workers nor another
+	// coordinator, it may take some workers for gone and plan without them.
+	tc.WaitFor(t, 30*time.Second, leader.name+"'s gossip seeing no other member", func() bool {
+		st, err := raftStatus(leader.admin)
+		return err == nil && len(st.Members) == 1
+	})
+	alone := time.Since(blocked)
+	atSeen := len(committed(jobOf(leader.admin, "gblock")))
+	tc.WaitFor(t, 45*time.Second, "5 more rounds with the leader's gossip blocked", func() bool {
+		return len(committed(jobOf(leader.admin, "gblock"))) >= atSeen+5
+	})
+	if l := lc.leader(lc.nodes); l != leader {
+		t.Fatalf("leadership moved from %s to %v while only gossip was blocked", leader.name, l)
+	}
+	contributed := map[string]bool{}
+	var sizes []int
+	for _, r := range committed(jobOf(leader.admin, "gblock"))[atSeen:] {
+		sizes = append(sizes, len(r.Accepted))
+		for _, u := range r.Accepted {
+			contributed[u.Worker] = true
+		}
+	}
+	if len(contributed) != 3 {
+		t.Errorf("while its gossip was blocked the leader's rounds counted workers %v, want all three", contributed)
+	}
+	t.Logf("%s's gossip port blocked: the followers saw it failed after %v, it saw no other member after %v; it went on leading, with rounds of %v updates after that",
+		leader.name, seen.Round(time.Millisecond), alone.Round(time.Millisecond), sizes)
+	time.Sleep(time.Until(blocked.Add(*netnsCut)))
+	lc.lab.Unblock(leader.host)
+	unblocked := time.Now()
+	lc.waitWhole(t)
+	t.Logf("unblocked: gossip whole again after %v", time.Since(unblocked).Round(time.Millisecond))
+	lc.waitDone(t, "gblock", rounds, 2)
+}

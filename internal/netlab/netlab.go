@@ -99,6 +99,45 @@ func (l *Lab) Cut(h *Host) { l.must("-n", l.hub, "link", "set", h.link, "down") 
 // Heal brings h's link back.
 func (l *Lab) Heal(h *Host) { l.must("-n", l.hub, "link", "set", h.link, "up") }
 
+// blockTable is the nftables table Block adds rules to in a host.
+const blockTable = "netlab_block"
+
+// Block drops every TCP and UDP packet from or to port on h's link, in both
+// directions, as a firewall rule on one service's port would: the host
+// stays reachable on its other ports. It needs nft (Debian nftables); the
+// test is skipped when it is missing. Unblock removes every such rule.
+func (l *Lab) Block(h *Host, port int) {
+	l.t.Helper()
+	if _, err := exec.LookPath("nft"); err != nil {
+		l.t.Skip("netlab: no nft command (Debian package nftables) to block a port")
+	}
+	var rules strings.Builder
+	fmt.Fprintf(&rules, "table inet %s {\n", blockTable)
+	for _, hook := range []struct{ chain, hook, dev string }{{"in", "input", "iifname"}, {"out", "output", "oifname"}} {
+		fmt.Fprintf(&rules, "  chain %s { type filter hook %s priority 0;\n", hook.chain, hook.hook)
+		for _, proto := range []string{"tcp", "udp"} {
+			for _, dir := range []string{"sport", "dport"} {
+				fmt.Fprintf(&rules, "    %s \"eth0\" %s %s %d drop\n", hook.dev, proto, dir, port)
+			}
+		}
+		rules.WriteString("  }\n")
+	}
+	rules.WriteString("}\n")
+	cmd := exec.Command("ip", "netns", "exec", h.NS, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		l.t.Fatalf("netlab: block port %d on %s: %v: %s", port, h.Name, err, out)
+	}
+}
+
+// Unblock removes the rules Block added on h.
+func (l *Lab) Unblock(h *Host) {
+	l.t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", h.NS, "nft", "delete", "table", "inet", blockTable).CombinedOutput(); err != nil {
+		l.t.Fatalf("netlab: unblock %s: %v: %s", h.Name, err, out)
+	}
+}
+
 // Split moves the given hosts onto a bridge of their own: they reach each
 // other, and none of the rest, until Join. The rest stay connected.
 func (l *Lab) Split(side ...*Host) {

@@ -30,10 +30,44 @@ func TestCutAndHeal(t *testing.T) {
 	}
 }
 
+// TestBlockPort: with port 9000 blocked on a, b reaches a on another
+// port but not on 9000, nor a b on 9000 (both directions); a still reaches
+// itself; unblocked, b reaches a on 9000 again.
+func TestBlockPort(t *testing.T) {
+	l := New(t, "a", "b")
+	a, b := l.Host("a"), l.Host("b")
+	serve(t, a)
+	serve(t, b)
+	serveOn(t, a, 9001)
+	l.Block(a, 9000)
+	for _, tt := range []struct {
+		name     string
+		from, to *Host
+		port     int
+		want     bool
+	}{
+		{"b to a's blocked port", b, a, 9000, false},
+		{"a to b's port of the same number", a, b, 9000, false},
+		{"b to a's other port", b, a, 9001, true},
+		{"a to itself", a, a, 9000, true},
+	} {
+		if got := reachesOn(tt.from, tt.to, tt.port); got != tt.want {
+			t.Errorf("%s: reaches %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	l.Unblock(a)
+	if !reaches(b, a) {
+		t.Error("b cannot reach a's port 9000 after unblocking")
+	}
+}
+
 // serve accepts connections on h's port 9000 and writes "hi" on each.
-func serve(t *testing.T, h *Host) {
+func serve(t *testing.T, h *Host) { serveOn(t, h, 9000) }
+
+// serveOn accepts connections on h's port and writes "hi" on each.
+func serveOn(t *testing.T, h *Host, port int) {
 	t.Helper()
-	ln, err := h.Listen(h.Addr(9000))
+	ln, err := h.Listen(h.Addr(port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,10 +86,14 @@ func serve(t *testing.T, h *Host) {
 
 // reaches reports whether from can connect to to's port 9000 and read
 // its greeting.
-func reaches(from, to *Host) bool {
+func reaches(from, to *Host) bool { return reachesOn(from, to, 9000) }
+
+// reachesOn reports whether from can connect to to's port and read its
+// greeting.
+func reachesOn(from, to *Host, port int) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	c, err := from.Dial(ctx, to.Addr(9000))
+	c, err := from.Dial(ctx, to.Addr(port))
 	if err != nil {
 		return false
 	}
