@@ -197,7 +197,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 				return fmt.Errorf("worker %d task %d: %w", w, a.Task, err)
 			}
 			d, err := tensor.Diff(trained, global)
-			tasks[i] = &inflight{at: now + e.taskSeconds(w, met.Seen), task: a.Task, worker: w, version: a.Version, delta: d, samples: uint64(len(e.parts[w]))}
+			tasks[i] = &inflight{at: now + e.taskSeconds(w, met.Seen, cfg.Seed^a.Task<<20), task: a.Task, worker: w, version: a.Version, delta: d, samples: uint64(len(e.parts[w]))}
 			return err
 		})
 		if err != nil {
@@ -356,15 +356,28 @@ type env struct {
 	ev                *model.Evaluator
 	groups            []*dataset.Examples // the test set by group (words: by language), when it has several
 	secondsPerExample float64
+	jitter            float64 // Config.SpeedJitter
 	pool              *trainerPool
 	evalEvery         int
 	evals             int
 }
 
 // taskSeconds is the simulated time worker w needs to process seen
-// examples (see ParseSpeeds).
-func (e *env) taskSeconds(w, seen int) float64 {
-	return e.speeds[w] * float64(seen) * e.secondsPerExample
+// examples in the task named by key (see ParseSpeeds and
+// Config.SpeedJitter).
+func (e *env) taskSeconds(w, seen int, key uint64) float64 {
+	return e.speeds[w] * float64(seen) * e.secondsPerExample * jitterFactor(e.jitter, key)
+}
+
+// jitterFactor is a task's time multiplier for jitter σ: exp(σz − σ²/2),
+// z standard normal drawn from key (its own stream: other draws from the
+// same key are unaffected), so its mean is 1. 1 when σ is 0.
+func jitterFactor(sigma float64, key uint64) float64 {
+	if sigma == 0 {
+		return 1
+	}
+	z := rand.New(rand.NewPCG(0x717e4, key)).NormFloat64()
+	return math.Exp(sigma*z - sigma*sigma/2)
 }
 
 // vanish is when, in simulated seconds from its start, worker w vanishes
@@ -372,7 +385,7 @@ func (e *env) taskSeconds(w, seen int) float64 {
 // task (timed as Train would take it), drawn from key.
 func (e *env) vanish(w int, tc model.TrainConfig, key uint64) float64 {
 	steps := model.PlannedSteps(len(e.parts[w]), tc)
-	return rand.New(rand.NewPCG(0x7a5c, key)).Float64() * e.taskSeconds(w, steps*tc.BatchSize)
+	return rand.New(rand.NewPCG(0x7a5c, key)).Float64() * e.taskSeconds(w, steps*tc.BatchSize, key)
 }
 
 // encode encodes worker w's delta as the worker would (error feedback for

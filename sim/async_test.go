@@ -360,3 +360,63 @@ func TestSimDriftCorrection(t *testing.T) {
 		t.Errorf("drift-corrected accuracy %.4f against %.4f without", corrected[last].Accuracy, plain[last].Accuracy)
 	}
 }
+
+// TestSimSpeedJitter: a task's jitter factor has mean 1 and the log-spread
+// σ asked for, and none at σ 0; with jitter, sync rounds take other times
+// but train the same models (their time decides nothing in sync), async
+// runs change (arrival order does), and both are reproducible.
+func TestSimSpeedJitter(t *testing.T) {
+	for _, sigma := range []float64{0, 0.25, 0.5, 1} {
+		var sum, sumLog, sumLog2 float64
+		const n = 20000
+		for k := range uint64(n) {
+			f := jitterFactor(sigma, k)
+			sum += f
+			sumLog += math.Log(f)
+			sumLog2 += math.Log(f) * math.Log(f)
+		}
+		mean, sd := sum/n, math.Sqrt(sumLog2/n-(sumLog/n)*(sumLog/n))
+		if math.Abs(mean-1) > 0.03*(1+sigma) || math.Abs(sd-sigma) > 0.02 {
+			t.Errorf("σ %.2f: factors of mean %.3f and log-spread %.3f, want 1 and %.2f", sigma, mean, sd, sigma)
+		}
+	}
+	train, test := data(t)
+	run := func(mode string, jitter float64) []RoundResult {
+		cfg := Config{Model: "mnist-mlp-small", Workers: 12, Rounds: 6, ClientsPerRound: 4, Partition: dataset.Partition{Kind: "iid", Seed: 1},
+			Train: model.TrainConfig{Steps: 5, BatchSize: 16, LR: 0.1}, Rule: "fedavg", Seed: 4, Speed: "uniform:1,10", Mode: mode, EvalEvery: 3,
+			SpeedJitter: jitter, Async: &pb.AsyncSpec{BufferSize: 2, Concurrency: 4, MaxStaleness: 10}}
+		res, err := Run(context.Background(), cfg, train, test, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	same := func(a, b []RoundResult, time bool) bool {
+		for i := range a {
+			if a[i].Accuracy != b[i].Accuracy && !(math.IsNaN(a[i].Accuracy) && math.IsNaN(b[i].Accuracy)) {
+				return false
+			}
+			if time && a[i].SimTime != b[i].SimTime {
+				return false
+			}
+		}
+		return len(a) == len(b)
+	}
+	syncPlain, syncJit := run("sync", 0), run("sync", 0.5)
+	if !same(syncPlain, syncJit, false) {
+		t.Error("sync: jitter changed what was trained")
+	}
+	if same(syncPlain, syncJit, true) {
+		t.Error("sync: jitter changed no round's time")
+	}
+	if !same(syncJit, run("sync", 0.5), true) {
+		t.Error("sync with jitter is not reproducible")
+	}
+	asyncJit := run("async", 0.5)
+	if !same(asyncJit, run("async", 0.5), true) {
+		t.Error("async with jitter is not reproducible")
+	}
+	if same(run("async", 0), asyncJit, true) {
+		t.Error("async: jitter changed nothing")
+	}
+}

@@ -86,6 +86,7 @@ var Keys = []Key{
 	{"fair_by", "string", "", "async: fairness between groups of workers: tier (the speed tier's name) or group (partition: groups); free workers of the group with the fewest updates in the window go first"},
 	{"speed", "string", "1", "workers' slowness: 1 (all equal), uniform:LO,HI, lognormal:SIGMA or tiers:NAME=FACTOR,…"},
 	{"seconds_per_example", "float", "0.001", "simulated seconds a worker of speed 1 spends per example"},
+	{"speed_jitter", "float", "0", "σ of each task's time around its worker's speed: time × exp(σz − σ²/2), z normal per task (mean 1); 0: a worker's tasks all take the same time"},
 	{"detect_seconds", "float", "0", "simulated seconds until the coordinator notices a worker that vanished (dropout; gossip's suspicion timeout): a sync round waits that long for it, an async slot stays held"},
 	{"seed", "int", "1", "seed of everything random"},
 	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
@@ -300,7 +301,7 @@ func (r Point) Config() (Config, error) {
 			Beta2: r.float("server_beta2"), Eps: r.float("server_epsilon")},
 		Codec: r["codec"], NoErrorFeedback: !r.bool("error_feedback"), Attack: r["attack"], Byzantine: r.float("byzantine"),
 		Dropout: r.float("dropout"), MinUpdates: r.int("min_updates"), OverSelect: r.float("over_select"), WorkerMomentum: r.float("worker_momentum"), Seed: uint64(r.int("seed")), EvalEvery: r.int("eval_every"),
-		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"), DetectSeconds: r.float("detect_seconds"),
+		Mode: r["mode"], Speed: r["speed"], SecondsPerExample: r.float("seconds_per_example"), SpeedJitter: r.float("speed_jitter"), DetectSeconds: r.float("detect_seconds"),
 	}
 	if c.Mode == "async" {
 		c.Async = &pb.AsyncSpec{BufferSize: uint32(r.int("buffer_size")), Concurrency: uint32(r.int("concurrency")), Staleness: r["staleness"],
@@ -346,6 +347,8 @@ func (r Point) Config() (Config, error) {
 		return c, keyErr("mode", "%q, want sync or async", c.Mode)
 	case !(c.SecondsPerExample > 0):
 		return c, keyErr("seconds_per_example", "%v, want > 0", c.SecondsPerExample)
+	case !(c.SpeedJitter >= 0 && c.SpeedJitter <= 3):
+		return c, keyErr("speed_jitter", "%v, want 0 (none) to 3", c.SpeedJitter)
 	case !(c.DetectSeconds >= 0) || math.IsInf(c.DetectSeconds, 0):
 		return c, keyErr("detect_seconds", "%v, want a finite value ≥ 0", c.DetectSeconds)
 	}

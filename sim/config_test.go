@@ -48,6 +48,8 @@ func TestBadExperiments(t *testing.T) {
 		{"mode: async\nfair_by: region", `"fair_by"`},
 		{"detect_seconds: -1", `"detect_seconds"`},
 		{"mode: async\nworkers: 10\nconcurrency_final: 11", `"concurrency_final"`},
+		{"speed_jitter: -0.1", `"speed_jitter"`},
+		{"speed_jitter: 4", `"speed_jitter"`},
 		{"mode: async\ndrift_correction: 1.5", `"drift_correction"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))

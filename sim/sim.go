@@ -87,6 +87,11 @@ type Config struct {
 	// one example (default 0.001).
 	Speed             string
 	SecondsPerExample float64
+	// SpeedJitter varies each task's time around its worker's speed: a
+	// task takes the worker's time times exp(σz − σ²/2), z standard normal
+	// drawn per task from the seed (mean 1; 0: every task of a worker takes
+	// the same time). Real stragglers are not the same workers every round.
+	SpeedJitter float64
 	// DetectSeconds is the simulated time the coordinator takes to notice
 	// a worker that vanished (gossip's suspicion timeout; 0: at once): a
 	// sync round waits for it, an async slot stays held that long.
@@ -205,7 +210,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	_, lossy := cd.(codec.ResidualCodec)
 	e := &env{arch: arch, train: train, test: test, parts: parts, speeds: speeds, global: global, rule: rule, opt: opt, codec: cd,
 		lossy: lossy && !cfg.NoErrorFeedback, residuals: map[int]tensor.Set{}, ev: ev, groups: byGroup(test), pool: pool, evalEvery: cfg.EvalEvery,
-		secondsPerExample: cfg.SecondsPerExample}
+		secondsPerExample: cfg.SecondsPerExample, jitter: cfg.SpeedJitter}
 	if async {
 		return runAsync(ctx, cfg, e, progress)
 	}
@@ -246,7 +251,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			if err != nil {
 				return fmt.Errorf("worker %d round %d: %w", w, round, err)
 			}
-			took[i] = e.taskSeconds(w, met.Seen)
+			took[i] = e.taskSeconds(w, met.Seen, cfg.Seed^uint64(round)<<32^uint64(w))
 			deltas[i], err = tensor.Diff(trained, global)
 			return err
 		})
