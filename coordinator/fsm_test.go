@@ -247,18 +247,7 @@ func TestRevokeWorkerFSM(t *testing.T) {
 	if err := h.apply(pb.CommandType_COMMAND_TYPE_UPSERT_WORKER, &pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "w1"}}); err == nil {
 		t.Error("a revoked worker was put back in the roster")
 	}
-	snap, err := h.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sink memSink
-	if err := snap.Persist(&sink); err != nil {
-		t.Fatal(err)
-	}
-	g := NewFSM()
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := restored(t, h.f)
 	if reason, ok := g.Revoked("w1"); !ok || reason != "leak" {
 		t.Errorf("after restore: revoked %v (%q)", ok, reason)
 	}
@@ -296,18 +285,7 @@ func TestServerAddrsFSM(t *testing.T) {
 			t.Errorf("%s: servers %v, want %v", st.name, got, st.want)
 		}
 	}
-	snap, err := h.f.Snapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sink memSink
-	if err := snap.Persist(&sink); err != nil {
-		t.Fatal(err)
-	}
-	g := NewFSM()
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	g := restored(t, h.f)
 	if s := g.Servers()["c1"]; len(g.Servers()) != 1 || s.GetRaftAddr() != "r1b" || s.GetGrpcAddr() != "g1b" {
 		t.Errorf("restored servers %v", g.Servers())
 	}
@@ -319,4 +297,22 @@ func TestServerAddrsFSM(t *testing.T) {
 	if err := proto.Unmarshal(b, &cmd); err != nil || !cmd.IgnoreUnknown {
 		t.Errorf("server addresses written without ignore_unknown (%v): an older build would stop on them", err)
 	}
+}
+
+// restored returns a new FSM restored from a snapshot of f.
+func restored(t *testing.T, f *FSM) *FSM {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := NewFSM()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	return g
 }
