@@ -28,6 +28,7 @@ func (c *Coordinator) Status() *pb.ClusterStatusResponse {
 		LeaderId:     string(lid),
 		LeaderGrpc:   c.leaderGRPC(),
 		LastIndex:    c.raft.LastIndex(),
+		GossipHealth: uint32(c.gossip.HealthScore()),
 		AppliedIndex: c.raft.AppliedIndex(),
 		CommitIndex:  c.raft.CommitIndex(),
 	}

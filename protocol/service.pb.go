@@ -1305,6 +1305,7 @@ type ClusterStatusResponse struct {
 	Members           []*Member              `protobuf:"bytes,10,rep,name=members,proto3" json:"members,omitempty"`
 	LastContactMs     uint64                 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"` // since the leader was last heard from (followers)
 	LastSnapshotIndex uint64                 `protobuf:"varint,12,opt,name=last_snapshot_index,json=lastSnapshotIndex,proto3" json:"last_snapshot_index,omitempty"`
+	GossipHealth      uint32                 `protobuf:"varint,13,opt,name=gossip_health,json=gossipHealth,proto3" json:"gossip_health,omitempty"` // memberlist's local health score: 0 healthy, up to 7 (its own network at fault)
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1419,6 +1420,13 @@ func (x *ClusterStatusResponse) GetLastContactMs() uint64 {
 func (x *ClusterStatusResponse) GetLastSnapshotIndex() uint64 {
 	if x != nil {
 		return x.LastSnapshotIndex
+	}
+	return 0
+}
+
+func (x *ClusterStatusResponse) GetGossipHealth() uint32 {
+	if x != nil {
+		return x.GossipHealth
 	}
 	return 0
 }
@@ -1936,7 +1944,7 @@ const file_service_proto_rawDesc = "" +
 	"\x06labels\x18\x06 \x03(\v2\x1e.fedtune.v1.Member.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x03\n" +
 	"\x15ClusterStatusResponse\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
@@ -1952,7 +1960,8 @@ const file_service_proto_rawDesc = "" +
 	"\amembers\x18\n" +
 	" \x03(\v2\x12.fedtune.v1.MemberR\amembers\x12&\n" +
 	"\x0flast_contact_ms\x18\v \x01(\x04R\rlastContactMs\x12.\n" +
-	"\x13last_snapshot_index\x18\f \x01(\x04R\x11lastSnapshotIndex\"<\n" +
+	"\x13last_snapshot_index\x18\f \x01(\x04R\x11lastSnapshotIndex\x12#\n" +
+	"\rgossip_health\x18\r \x01(\rR\fgossipHealth\"<\n" +
 	"\x12VerifyRoundRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\"\xad\x01\n" +

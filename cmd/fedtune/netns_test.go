@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -417,7 +418,19 @@ func TestLeaderGossipBlocked(t *testing.T) {
 	leader := lc.leader(lc.nodes)
 	lc.lab.Block(leader.host, 7946)
 	blocked := time.Now()
+	// memberlist's health score on the leader and the members its gossip
+	// shows, at each change until it sees no one (logged).
+	var health []string
+	last := ""
+	sample := func() {
+		if st, err := raftStatus(leader.admin); err == nil {
+			if now := fmt.Sprintf("%d/%d", st.GossipHealth, len(st.Members)); now != last {
+				health, last = append(health, fmt.Sprintf("%.1fs %s", time.Since(blocked).Seconds(), now)), now
+			}
+		}
+	}
 	tc.WaitFor(t, 20*time.Second, "the followers' gossip marking "+leader.name+" failed", func() bool {
+		sample()
 		for _, n := range lc.nodes {
 			if n == leader {
 				continue
@@ -430,18 +443,26 @@ func TestLeaderGossipBlocked(t *testing.T) {
 		return true
 	})
 	seen := time.Since(blocked)
+	atFollowers := len(committed(jobOf(leader.admin, "gblock")))
 	// Its own gossip declares the others dead more slowly (Lifeguard slows
 	// a node that misses acks): until it sees neither workers nor another
 	// coordinator, it may take some workers for gone and plan without them.
 	tc.WaitFor(t, 30*time.Second, leader.name+"'s gossip seeing no other member", func() bool {
+		sample()
 		st, err := raftStatus(leader.admin)
 		return err == nil && len(st.Members) == 1
 	})
 	alone := time.Since(blocked)
+	inWindow := len(committed(jobOf(leader.admin, "gblock"))) - atFollowers
+	t.Logf("%s's gossip health score/members shown, after the block: %v", leader.name, health)
+	if out, err := lc.obs.Command(binary, "cluster", "raft", "--coordinator", leader.grpcAddr()).CombinedOutput(); err != nil || !strings.Contains(string(out), "warning: "+leader.name+"'s gossip sees 1 of 3 voters") {
+		t.Errorf("cluster raft on the cut-off leader does not warn (err %v):\n%s", err, out)
+	}
 	atSeen := len(committed(jobOf(leader.admin, "gblock")))
 	tc.WaitFor(t, 45*time.Second, "5 more rounds with the leader's gossip blocked", func() bool {
 		return len(committed(jobOf(leader.admin, "gblock"))) >= atSeen+5
 	})
+	t.Logf("rounds committed between the followers' verdict and its own (%v): %d", (alone - seen).Round(time.Millisecond), inWindow)
 	if l := lc.leader(lc.nodes); l != leader {
 		t.Fatalf("leadership moved from %s to %v while only gossip was blocked", leader.name, l)
 	}

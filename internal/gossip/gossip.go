@@ -287,6 +287,12 @@ func (n *Node) Members() []Member {
 	return out
 }
 
+// HealthScore is memberlist's local health (Lifeguard's awareness): 0
+// while this node's probes of others are answered, rising to 7 as they go
+// unanswered with no other member vouching that the target is down — a
+// sign that the trouble is this node's own network rather than the others.
+func (n *Node) HealthScore() int { return n.ml.GetHealthScore() }
+
 // WithRole returns the live members of one role.
 func (n *Node) WithRole(role string) []Member {
 	var out []Member
