@@ -96,13 +96,13 @@ func NormalizeAsync(spec *pb.JobSpec) error {
 		}
 	case StalenessConstant:
 	default:
-		return fmt.Errorf("async: staleness %q: want %s, %s or %s", a.Staleness, StalenessPolynomial, StalenessConstant, StalenessHinge)
+		return &ParamError{"staleness", fmt.Errorf("%q: want %s, %s or %s", a.Staleness, StalenessPolynomial, StalenessConstant, StalenessHinge)}
 	}
 	if a.StalenessA < 0 || math.IsNaN(a.StalenessA) || math.IsInf(a.StalenessA, 0) {
-		return fmt.Errorf("async: staleness_a %v: want a finite value ≥ 0", a.StalenessA)
+		return &ParamError{"staleness_a", fmt.Errorf("%v: want a finite value ≥ 0", a.StalenessA)}
 	}
 	if !(a.DriftCorrection >= 0 && a.DriftCorrection <= 1) {
-		return fmt.Errorf("async: drift_correction %v: want 0 (off) to 1", a.DriftCorrection)
+		return &ParamError{"drift_correction", fmt.Errorf("%v: want 0 (off) to 1", a.DriftCorrection)}
 	}
 	// A dry run of the rule on a buffer of zero updates: Krum, Bulyan and
 	// the like refuse a buffer too small for their f.
@@ -115,13 +115,26 @@ func NormalizeAsync(spec *pb.JobSpec) error {
 		ups[i] = aggregation.Update{Worker: fmt.Sprint(i), Delta: tensor.MustNew(tensor.Tensor{Name: "x", Shape: []int{1}, Data: []float32{0}}), Samples: 1}
 	}
 	if _, _, err := rule.Aggregate(ups); err != nil {
-		return fmt.Errorf("async: buffer_size %d: %w", a.BufferSize, err)
+		return &ParamError{"buffer_size", fmt.Errorf("%d: %w", a.BufferSize, err)}
 	}
 	if spec.Lora.GetAggregation() == LoRAExact {
 		return fmt.Errorf("async: lora aggregation %q replaces the adapters; async versions add weighted deltas (use %q)", LoRAExact, LoRANaive)
 	}
 	return nil
 }
+
+// ParamError is an async parameter NormalizeAsync refuses, named as the
+// AsyncSpec field (and the simulator's key) is: staleness, staleness_a,
+// drift_correction, buffer_size.
+type ParamError struct {
+	Param string
+	Err   error
+}
+
+func (e *ParamError) Error() string { return "async: " + e.Param + " " + e.Err.Error() }
+
+// Unwrap returns the reason.
+func (e *ParamError) Unwrap() error { return e.Err }
 
 // StalenessWeight is s(τ), the weight of an update τ versions stale.
 func StalenessWeight(a *pb.AsyncSpec, tau uint32) float64 {

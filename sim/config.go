@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -361,8 +362,6 @@ func (r Point) Config() (Config, error) {
 			return c, keyErr("buffer_size", "%d, want 1 to the %d workers", r.int("buffer_size"), c.Workers)
 		case r.int("concurrency") < 0 || r.int("concurrency") > c.Workers:
 			return c, keyErr("concurrency", "%d, want 0 (default) to the %d workers", r.int("concurrency"), c.Workers)
-		case !(c.Async.DriftCorrection >= 0 && c.Async.DriftCorrection <= 1):
-			return c, keyErr("drift_correction", "%v, want 0 (off) to 1", c.Async.DriftCorrection)
 		case r.int("concurrency_final") < 0 || r.int("concurrency_final") > c.Workers:
 			return c, keyErr("concurrency_final", "%d, want 0 (constant) to the %d workers", r.int("concurrency_final"), c.Workers)
 		case r.int("max_per_worker") < 1:
@@ -376,7 +375,11 @@ func (r Point) Config() (Config, error) {
 		}
 		spec := &pb.JobSpec{Mode: "async", Async: proto.Clone(c.Async).(*pb.AsyncSpec), Aggregator: c.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(c.Params.F), TrimFraction: c.Params.TrimFraction}}
 		if err := coordinator.NormalizeAsync(spec); err != nil {
-			return c, keyErr("buffer_size", "%v", err)
+			key := "buffer_size" // the rule's dry run on a buffer of that size
+			if pe, ok := errors.AsType[*coordinator.ParamError](err); ok {
+				key = pe.Param
+			}
+			return c, keyErr(key, "%v", err)
 		}
 		if spec.Async.Concurrency > uint32(c.Workers) {
 			c.Async.Concurrency = uint32(c.Workers) // the default 2 × buffer_size, capped

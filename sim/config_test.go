@@ -49,6 +49,10 @@ func TestBadExperiments(t *testing.T) {
 		{"detect_seconds: -1", `"detect_seconds"`},
 		{"mode: async\nworkers: 10\nconcurrency_final: 11", `"concurrency_final"`},
 		{"speed_jitter: -0.1", `"speed_jitter"`},
+		{"mode: async\nstaleness: cubic", `"staleness"`},
+		{"mode: async\nstaleness_a: -1", `"staleness_a"`},
+		{"mode: async\ndrift_correction: 1.5", `"drift_correction"`},
+		{"mode: async\nworkers: 10\nbuffer_size: 2\naggregator: krum\nf: 3", `"buffer_size"`},
 		{"speed_jitter: 4", `"speed_jitter"`},
 		{"mode: async\ndrift_correction: 1.5", `"drift_correction"`},
 	} {
