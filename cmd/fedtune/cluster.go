@@ -61,9 +61,10 @@ func clusterCommand() *cli.Command {
 					fmt.Fprintf(c.App.Writer, "node %s: %s, term %d, last index %d, commit index %d, applied index %d, last snapshot %d\n",
 						st.Node, st.State, st.Term, st.LastIndex, st.CommitIndex, st.AppliedIndex, st.LastSnapshotIndex)
 					fmt.Fprintf(c.App.Writer, "leader: %s (%s)\n", dash(st.LeaderId), dash(st.LeaderGrpc))
-					if seen, voters := aliveVoters(st); seen < voters/2+1 {
-						fmt.Fprintf(c.App.Writer, "warning: %s's gossip sees %d of %d voters (health score %d of 7): it is cut off from gossip (port blocked, other gossip key?)\n",
-							st.Node, seen, voters, st.GossipHealth)
+					seen, voters := aliveVoters(st)
+					fmt.Fprintf(c.App.Writer, "gossip: sees %d of %d voters, health score %d of 7\n", seen, voters, st.GossipHealth)
+					if seen < voters/2+1 {
+						fmt.Fprintf(c.App.Writer, "warning: %s's gossip sees %d of %d voters: it is cut off from gossip (port blocked, other gossip key?)\n", st.Node, seen, voters)
 					}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "ID\tSUFFRAGE\tRAFT\tGRPC\tGOSSIP\tLEADER")

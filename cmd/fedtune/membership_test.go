@@ -24,8 +24,8 @@ func TestClusterMembershipCLI(t *testing.T) {
 	}
 	out := raftOut()
 	t.Logf("three coordinators:\n%s", out)
-	if strings.Count(out, "Voter") != 3 {
-		t.Fatalf("want 3 voters:\n%s", out)
+	if strings.Count(out, "Voter") != 3 || !strings.Contains(out, "gossip: sees 3 of 3 voters") || strings.Contains(out, "warning") {
+		t.Fatalf("want 3 voters, all seen by gossip:\n%s", out)
 	}
 	n4 := pc.Add()
 	var seenNonvoter bool
