@@ -116,27 +116,34 @@ func (c *Coordinator) joinLoop() {
 	}
 }
 
-// votersInGossip counts the Raft voters this node's gossip sees alive,
-// itself included, and the voters there are.
-func (c *Coordinator) votersInGossip() (seen, voters int, err error) {
+// votersInGossip counts the Raft voters among the given gossip members
+// (this node's view: itself included), and the voters there are.
+func (c *Coordinator) votersInGossip(members []gossip.Member) (seen, voters int, err error) {
 	f := c.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return 0, 0, fmt.Errorf("raft configuration: %w", err)
 	}
 	alive := map[string]bool{}
-	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
-		alive[m.Name] = true
+	for _, m := range members {
+		alive[m.Name] = m.Meta.Role == gossip.RoleCoordinator
 	}
-	for _, s := range f.Configuration().Servers {
+	seen, voters = countVoters(f.Configuration().Servers, func(id string) bool { return alive[id] })
+	return seen, voters, nil
+}
+
+// countVoters counts the voters among servers, and those of them alive
+// says are alive.
+func countVoters(servers []raft.Server, alive func(id string) bool) (seen, voters int) {
+	for _, s := range servers {
 		if s.Suffrage != raft.Voter {
 			continue
 		}
 		voters++
-		if alive[string(s.ID)] {
+		if alive(string(s.ID)) {
 			seen++
 		}
 	}
-	return seen, voters, nil
+	return seen, voters
 }
 
 // serverReconciler is the leader's autopilot: it adds coordinators seen in
@@ -178,6 +185,8 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 	for _, m := range c.gossip.WithRole(gossip.RoleCoordinator) {
 		alive[m.Name] = m
 		s, ok := in[m.Name]
+		// Every server's addresses, this leader's included (its own gossip
+		// always shows it), recorded on its first tick.
 		if ok && m.Meta.GRPC != "" && string(s.Address) == m.Meta.Raft {
 			if err := c.recordServer(&pb.ServerAddrs{Id: m.Name, RaftAddr: m.Meta.Raft, GrpcAddr: m.Meta.GRPC}); err != nil {
 				c.log.Warn("record coordinator addresses", "server", m.Name, "err", err)
@@ -209,15 +218,7 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 			}
 		}
 	}
-	voters, liveVoters := 0, 0
-	for _, s := range servers {
-		if s.Suffrage == raft.Voter {
-			voters++
-			if _, ok := alive[string(s.ID)]; ok {
-				liveVoters++
-			}
-		}
-	}
+	liveVoters, voters := countVoters(servers, func(id string) bool { _, ok := alive[id]; return ok })
 	for _, s := range servers {
 		id := string(s.ID)
 		if _, ok := alive[id]; ok || id == c.cfg.NodeID {

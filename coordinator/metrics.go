@@ -91,7 +91,7 @@ func (c *Coordinator) registerState() {
 		gauge("fedtune_raft_applied_index", "Raft index applied to the state machine.", stat("applied_index")),
 		gauge("fedtune_blob_store_bytes", "Bytes held in this node's blob store.", func() float64 { return float64(c.blobs.Bytes()) }),
 		gauge("fedtune_gossip_voters_seen", "Raft voters this node's gossip sees alive, itself included; below a majority a leader takes rostered workers as live (cut off from gossip).",
-			func() float64 { seen, _, _ := c.votersInGossip(); return float64(seen) }),
+			func() float64 { seen, _, _ := c.votersInGossip(c.gossip.Members()); return float64(seen) }),
 		gauge("fedtune_gossip_health_score", "memberlist's local health score (0 healthy, up to 7): probes of others going unanswered with nobody vouching they are down, the node's own network at fault.",
 			func() float64 { return float64(c.gossip.HealthScore()) }),
 	)

@@ -42,9 +42,6 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	} else {
 		log.Info("leading: scheduler started")
 	}
-	if err := c.recordServer(&pb.ServerAddrs{Id: c.cfg.NodeID, RaftAddr: string(c.trans.LocalAddr()), GrpcAddr: c.GRPCAddr()}); err != nil {
-		log.Warn("could not record this leader's addresses; followers find it by gossip only", "err", err)
-	}
 	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{},
 		servers: &serverReconciler{c: c, goneSince: map[string]time.Time{}, caughtUp: map[string]int{}}}
 	t := time.NewTicker(c.cfg.TickInterval)
@@ -102,7 +99,8 @@ func (s *scheduler) tick(ctx context.Context) {
 // truly gone) and removes none, until gossip sees a majority again.
 func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 	now := s.c.clock.Now()
-	seen, voters, err := s.c.votersInGossip()
+	members := s.c.gossip.Members() // read once: coordinators for the check, workers for the roster
+	seen, voters, err := s.c.votersInGossip(members)
 	if cut := err == nil && seen < voters/2+1; cut != s.cutOff {
 		s.cutOff = cut
 		if cut {
@@ -116,7 +114,10 @@ func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 		roster[w.Id] = w
 	}
 	alive := map[string]*pb.WorkerInfo{}
-	for _, m := range s.c.gossip.WithRole(gossip.RoleWorker) {
+	for _, m := range members {
+		if m.Meta.Role != gossip.RoleWorker {
+			continue
+		}
 		delete(s.goneSince, m.Name)
 		if _, revoked := s.c.fsm.Revoked(m.Name); revoked {
 			continue // never back in the roster

@@ -2294,11 +2294,12 @@ func (x *Snapshot) GetServers() []*ServerAddrs {
 }
 
 // ServerAddrs is a coordinator's addresses as the leader recorded them
-// (itself when it starts to lead, the others as gossip shows them), so that
-// a node can reach the others, and followers name the leader to workers,
-// even when gossip does not show them: a leader whose gossip port is
-// blocked, or whose gossip key is not the others', still serves the
-// cluster. Advisory: Raft's configuration says who the servers are.
+// (each server of the configuration as its gossip shows it, itself
+// included), so that a node can reach the others, and followers name the
+// leader to workers, even when gossip does not show them: a leader whose
+// gossip port is blocked, or whose gossip key is not the others', still
+// serves the cluster. Advisory: Raft's configuration says who the servers
+// are.
 type ServerAddrs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
