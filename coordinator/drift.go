@@ -51,6 +51,49 @@ func NewDrift(current, base tensor.Set) (*Drift, error) {
 	return &Drift{d: d, norm2: n * n}, nil
 }
 
+// Drifts corrects the stale updates of one version against the model
+// current, building each base version's Drift once (a buffer may hold
+// several updates trained from one version), and sums the coefficients it
+// removed. The coordinator and the simulator aggregate through it alike.
+type Drifts struct {
+	current tensor.Set
+	beta    float64
+	model   func(v uint32) (tensor.Set, error) // the committed model of version v
+	byBase  map[uint32]*Drift
+	removed float64
+}
+
+// NewDrifts returns a corrector with share beta against current, which
+// reads base versions' models with model.
+func NewDrifts(current tensor.Set, beta float64, model func(v uint32) (tensor.Set, error)) *Drifts {
+	return &Drifts{current: current, beta: beta, model: model, byBase: map[uint32]*Drift{}}
+}
+
+// Correct returns update, trained from version base, corrected
+// (Drift.Correct).
+func (ds *Drifts) Correct(update tensor.Vector, base uint32) (tensor.Vector, error) {
+	d, ok := ds.byBase[base]
+	if !ok {
+		m, err := ds.model(base)
+		if err != nil {
+			return nil, fmt.Errorf("drift since version %d: %w", base, err)
+		}
+		if d, err = NewDrift(ds.current, m); err != nil {
+			return nil, fmt.Errorf("drift since version %d: %w", base, err)
+		}
+		ds.byBase[base] = d
+	}
+	out, c, err := d.Correct(update, ds.beta)
+	if err != nil {
+		return nil, err
+	}
+	ds.removed += c
+	return out, nil
+}
+
+// Removed is the sum of the coefficients Correct removed.
+func (ds *Drifts) Removed() float64 { return ds.removed }
+
 // Correct returns update with the share beta of its component along the
 // drift removed when that component is positive, and the coefficient c
 // subtracted as c·drift. A zero drift or beta leaves the update as it is.

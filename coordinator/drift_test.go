@@ -1,7 +1,9 @@
 package coordinator
 
 import (
+	"errors"
 	"math"
+	"strings"
 	"testing"
 
 	pb "github.com/fedtune/fedtune/protocol"
@@ -82,5 +84,50 @@ func TestVersionModel(t *testing.T) {
 		if got := VersionModel(j, uint32(v)); got != want {
 			t.Errorf("version %d: %q, want %q", v, got, want)
 		}
+	}
+}
+
+// TestDrifts: a version's corrector reads each base version's model once,
+// however many updates come from it, corrects each against its own base,
+// sums the coefficients it removed, and names the version it cannot read.
+func TestDrifts(t *testing.T) {
+	models := map[uint32]tensor.Set{1: vec(0, 0), 2: vec(1, 0)}
+	reads := map[uint32]int{}
+	ds := NewDrifts(vec(2, 0), 0.5, func(v uint32) (tensor.Set, error) {
+		reads[v]++
+		m, ok := models[v]
+		if !ok {
+			return tensor.Set{}, errors.New("not stored")
+		}
+		return m, nil
+	})
+	for _, c := range []struct {
+		base uint32
+		want []float32
+	}{
+		{1, []float32{1, 1}}, // drift (2, 0): ⟨(2,1), d⟩/‖d‖² = 1, half of d removed
+		{1, []float32{1, 1}},
+		{2, []float32{1, 1}}, // drift (1, 0): coefficient 2 × 0.5 = 1
+	} {
+		out, err := ds.Correct(tensor.SetVector(vec(2, 1)), c.base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := tensor.Materialize(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g := got.Tensors[0].Data; g[0] != c.want[0] || g[1] != c.want[1] {
+			t.Errorf("update from version %d corrected to %v, want %v", c.base, g, c.want)
+		}
+	}
+	if reads[1] != 1 || reads[2] != 1 {
+		t.Errorf("base models read %v times, want once each", reads)
+	}
+	if got := ds.Removed(); math.Abs(got-(0.5+0.5+1)) > 1e-9 {
+		t.Errorf("removed %v, want 2", got)
+	}
+	if _, err := ds.Correct(tensor.SetVector(vec(2, 1)), 7); err == nil || !strings.Contains(err.Error(), "version 7") {
+		t.Errorf("a base version that cannot be read: %v", err)
 	}
 }

@@ -176,11 +176,8 @@ func (f *frozenCache) get(ctx context.Context, c *Coordinator, hash string) (ten
 	if ok {
 		return s, nil
 	}
-	b, err := c.blob(ctx, hash)
+	s, err := c.blobSet(ctx, hash)
 	if err != nil {
-		return tensor.Set{}, err
-	}
-	if s, err = tensor.Unmarshal(b); err != nil {
 		return tensor.Set{}, err
 	}
 	f.mu.Lock()

@@ -340,11 +340,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	fail := func(err error) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
 		return tensor.Set{}, nil, nil, tensor.Set{}, err
 	}
-	baseBytes, err := c.blob(ctx, r.BaseModel)
-	if err != nil {
-		return fail(fmt.Errorf("base model: %w", err))
-	}
-	base, err := tensor.Unmarshal(baseBytes)
+	base, err := c.blobSet(ctx, r.BaseModel)
 	if err != nil {
 		return fail(fmt.Errorf("base model: %w", err))
 	}
@@ -357,8 +353,8 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	// demand from their payloads — so memory stays near one model plus a
 	// block per update, whatever the number of updates.
 	var ups []aggregation.Update
-	var lossSum, weight, staleSum, driftSum float64
-	drifts := map[uint32]*Drift{} // base version → the model's drift since
+	var lossSum, weight, staleSum float64
+	drifts := NewDrifts(base, spec.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return c.blobSet(ctx, VersionModel(j, v)) })
 	for _, u := range r.Updates {
 		src, closeFn, err := c.updateVector(ctx, u, base.Len())
 		if err != nil {
@@ -371,19 +367,10 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 			// (FedBuff); one worker may have several in a buffer.
 			tau := r.Number - 1 - min(u.BaseVersion, r.Number-1)
 			staleSum += float64(tau)
-			if beta := spec.Async.GetDriftCorrection(); beta > 0 && tau > 0 {
-				drift, ok := drifts[u.BaseVersion]
-				if !ok {
-					if drift, err = c.drift(ctx, base, VersionModel(j, u.BaseVersion)); err != nil {
-						return fail(fmt.Errorf("update of %s: drift since version %d: %w", u.Worker, u.BaseVersion, err))
-					}
-					drifts[u.BaseVersion] = drift
-				}
-				var coef float64
-				if src, coef, err = drift.Correct(src, beta); err != nil {
+			if spec.Async.GetDriftCorrection() > 0 && tau > 0 {
+				if src, err = drifts.Correct(src, u.BaseVersion); err != nil {
 					return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
 				}
-				driftSum += coef
 			}
 			src, key = tensor.Scaled(src, float32(StalenessWeight(spec.Async, tau))), asyncKey(u)
 		}
@@ -400,7 +387,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	if IsAsync(spec) && len(r.Updates) > 0 {
 		metrics["mean_staleness"] = staleSum / float64(len(r.Updates))
 		if spec.Async.GetDriftCorrection() > 0 {
-			metrics["mean_drift_removed"] = driftSum / float64(len(r.Updates))
+			metrics["mean_drift_removed"] = drifts.Removed() / float64(len(r.Updates))
 		}
 	}
 	if spec.GetLora().GetAggregation() == LoRAExact {
@@ -420,11 +407,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	}
 	var state tensor.Set
 	if stateHash != "" {
-		sb, err := c.blob(ctx, stateHash)
-		if err != nil {
-			return fail(fmt.Errorf("server optimizer state: %w", err))
-		}
-		if state, err = tensor.Unmarshal(sb); err != nil {
+		if state, err = c.blobSet(ctx, stateHash); err != nil {
 			return fail(fmt.Errorf("server optimizer state: %w", err))
 		}
 	}
@@ -434,17 +417,14 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	return base, metrics, pbScores(sc, IsAsync(spec)), state, nil
 }
 
-// drift returns the drift from the model stored as hash to current.
-func (c *Coordinator) drift(ctx context.Context, current tensor.Set, hash string) (*Drift, error) {
+// blobSet reads the blob hash as a parameter set (a model, an optimizer
+// state), fetching it from a peer if this node lacks it.
+func (c *Coordinator) blobSet(ctx context.Context, hash string) (tensor.Set, error) {
 	b, err := c.blob(ctx, hash)
 	if err != nil {
-		return nil, err
+		return tensor.Set{}, err
 	}
-	old, err := tensor.Unmarshal(b)
-	if err != nil {
-		return nil, err
-	}
-	return NewDrift(current, old)
+	return tensor.Unmarshal(b)
 }
 
 // pbScores converts scores for the ledger, by worker id (an async key

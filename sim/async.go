@@ -264,7 +264,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			rec := &pb.RoundRecord{Number: version + 1}
 			res := RoundResult{Round: int(version) + 1, Participants: k, Trained: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now}
 			var stale float64
-			drifts := map[uint32]*coordinator.Drift{} // base version → the model's drift since, for drift correction
+			drifts := coordinator.NewDrifts(global, cfg.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return models[v], nil })
 			for i, u := range job.Async.Buffer[:k] {
 				rec.Workers = append(rec.Workers, u.Worker)
 				res.Workers = append(res.Workers, index(u.Worker))
@@ -274,15 +274,8 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 				}
 				tau := version - u.BaseVersion
 				stale += float64(tau)
-				if beta := cfg.Async.GetDriftCorrection(); beta > 0 && tau > 0 {
-					drift, ok := drifts[u.BaseVersion]
-					if !ok {
-						if drift, err = coordinator.NewDrift(global, models[u.BaseVersion]); err != nil {
-							return results, err
-						}
-						drifts[u.BaseVersion] = drift
-					}
-					if v, _, err = drift.Correct(v, beta); err != nil {
+				if cfg.Async.GetDriftCorrection() > 0 && tau > 0 {
+					if v, err = drifts.Correct(v, u.BaseVersion); err != nil {
 						return results, err
 					}
 				}
