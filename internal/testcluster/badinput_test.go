@@ -152,12 +152,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, bu := range badUpdates {
-		rejected := counter(t, c, "fedtune_updates_rejected_total")
+		rejected := metric(t, c, "fedtune_updates_rejected_total")
 		_, err := wk.SubmitUpdate(ctx, bu.req)
 		if status.Code(err) != bu.code || !strings.Contains(err.Error(), bu.want) {
 			t.Errorf("%s: err %v, want %v mentioning %q", bu.name, err, bu.code, bu.want)
 		}
-		if got := counter(t, c, "fedtune_updates_rejected_total"); got != rejected+1 {
+		if got := metric(t, c, "fedtune_updates_rejected_total"); got != rejected+1 {
 			t.Errorf("%s: fedtune_updates_rejected_total went %v -> %v, want +1", bu.name, rejected, got)
 		}
 	}

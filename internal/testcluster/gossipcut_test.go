@@ -85,27 +85,11 @@ func TestLeaderCutOffFromGossip(t *testing.T) {
 	if n := len(cut.C.FSM().Workers()); n != workers {
 		t.Errorf("roster has %d workers after the cut-off leader's versions, want %d", n, workers)
 	}
-	if g := gauge(t, cut.C, "fedtune_gossip_voters_seen"); g != 1 {
+	if g := metric(t, cut.C, "fedtune_gossip_voters_seen"); g != 1 {
 		t.Errorf("fedtune_gossip_voters_seen = %v on the cut-off leader, want 1 (itself)", g)
 	}
-	if w := counter(t, cut.C, "fedtune_async_tasks_total", "withdrawn"); w != 0 {
+	if w := metric(t, cut.C, "fedtune_async_tasks_total", "withdrawn"); w != 0 {
 		t.Errorf("the cut-off leader withdrew %v assignments from workers it could not see", w)
 	}
 	checkReplicas(t, cl, j)
-}
-
-// gauge reads a gauge without labels of c's registry.
-func gauge(t *testing.T, c *coordinator.Coordinator, name string) float64 {
-	t.Helper()
-	mfs, err := c.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no gauge %s", name)
-	return 0
 }

@@ -124,14 +124,14 @@ func TestMutualTLS(t *testing.T) {
 	if err == nil {
 		t.Error("a worker certificate held a Raft connection open")
 	}
-	if got := counter(t, c, "fedtune_auth_refused_total"); got < 6 {
+	if got := metric(t, c, "fedtune_auth_refused_total"); got < 6 {
 		t.Errorf("fedtune_auth_refused_total = %v, want every refusal counted", got)
 	}
 }
 
-// counter sums a counter family of c's registry, over the series with
-// every one of labelValues among their label values (all without any).
-func counter(t *testing.T, c *coordinator.Coordinator, name string, labelValues ...string) float64 {
+// metric sums a counter or gauge family of c's registry, over the series
+// with every one of labelValues among their label values (all without any).
+func metric(t *testing.T, c *coordinator.Coordinator, name string, labelValues ...string) float64 {
 	t.Helper()
 	mfs, err := c.Registry().Gather()
 	if err != nil {
@@ -148,7 +148,7 @@ func counter(t *testing.T, c *coordinator.Coordinator, name string, labelValues 
 				values = append(values, l.GetValue())
 			}
 			if !slices.ContainsFunc(labelValues, func(v string) bool { return !slices.Contains(values, v) }) {
-				sum += m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue() // the other is nil: 0
 			}
 		}
 	}
