@@ -128,12 +128,15 @@ func (v *setVector) Block(lo, hi int, buf []float32) ([]float32, error) {
 	return out, nil
 }
 
+// readStep is how many elements the whole-vector readers here (Materialize,
+// DotSet) ask of a vector per Block call.
+const readStep = 1 << 16
+
 // Materialize reads all of v into a new Set (one model in memory).
 func Materialize(v Vector) (Set, error) {
 	s, flat := v.Layout().Zeros()
-	const step = 1 << 16
-	for lo := 0; lo < len(flat); lo += step {
-		hi := min(lo+step, len(flat))
+	for lo := 0; lo < len(flat); lo += readStep {
+		hi := min(lo+readStep, len(flat))
 		b, err := v.Block(lo, hi, flat[lo:hi])
 		if err != nil {
 			return Set{}, err
@@ -222,12 +225,11 @@ func DotSet(v Vector, x Set) (float64, error) {
 		return 0, err
 	}
 	xv := SetVector(x).(*setVector)
-	const step = 1 << 16
 	n := v.Layout().Len()
-	buf, xbuf := make([]float32, min(step, n)), make([]float32, min(step, n))
+	buf, xbuf := make([]float32, min(readStep, n)), make([]float32, min(readStep, n))
 	var sum float64
-	for lo := 0; lo < n; lo += step {
-		hi := min(lo+step, n)
+	for lo := 0; lo < n; lo += readStep {
+		hi := min(lo+readStep, n)
 		b, err := v.Block(lo, hi, buf[:hi-lo])
 		if err != nil {
 			return 0, err
