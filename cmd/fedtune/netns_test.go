@@ -445,8 +445,7 @@ func TestLeaderGossipBlocked(t *testing.T) {
 	seen := time.Since(blocked)
 	atFollowers := len(committed(jobOf(leader.admin, "gblock")))
 	// Its own gossip declares the others dead more slowly (Lifeguard slows
-	// a node that misses acks): until it sees neither workers nor another
-	// coordinator, it may take some workers for gone and plan without them.
+	// a node that misses acks); the rounds it commits meanwhile are logged.
 	tc.WaitFor(t, 30*time.Second, leader.name+"'s gossip seeing no other member", func() bool {
 		sample()
 		st, err := raftStatus(leader.admin)
@@ -455,6 +454,7 @@ func TestLeaderGossipBlocked(t *testing.T) {
 	alone := time.Since(blocked)
 	inWindow := len(committed(jobOf(leader.admin, "gblock"))) - atFollowers
 	t.Logf("%s's gossip health score/members shown, after the block: %v", leader.name, health)
+	t.Logf("rounds committed between the followers' verdict and its own (%v): %d", (alone - seen).Round(time.Millisecond), inWindow)
 	if out, err := lc.obs.Command(binary, "cluster", "raft", "--coordinator", leader.grpcAddr()).CombinedOutput(); err != nil || !strings.Contains(string(out), "warning: "+leader.name+"'s gossip sees 1 of 3 voters") {
 		t.Errorf("cluster raft on the cut-off leader does not warn (err %v):\n%s", err, out)
 	}
@@ -462,7 +462,6 @@ func TestLeaderGossipBlocked(t *testing.T) {
 	tc.WaitFor(t, 45*time.Second, "5 more rounds with the leader's gossip blocked", func() bool {
 		return len(committed(jobOf(leader.admin, "gblock"))) >= atSeen+5
 	})
-	t.Logf("rounds committed between the followers' verdict and its own (%v): %d", (alone - seen).Round(time.Millisecond), inWindow)
 	if l := lc.leader(lc.nodes); l != leader {
 		t.Fatalf("leadership moved from %s to %v while only gossip was blocked", leader.name, l)
 	}
