@@ -2,6 +2,9 @@ package model
 
 import (
 	"context"
+	"errors"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,4 +54,67 @@ func seq(n int) []int {
 		s[i] = i
 	}
 	return s
+}
+
+// TestDivergedTaskLeavesTrainerClean: a task whose loss diverges fails with
+// ErrDiverged, and the next task on the same trainer (same graph) trains
+// normally: no NaN gradient is carried over.
+func TestDivergedTaskLeavesTrainerClean(t *testing.T) {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := train.Subset(seq(512))
+	m := MLP{Sizes: []int{784, 32, 10}}
+	tr, err := NewTrainer(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	base := m.Init(1)
+	_, _, err = tr.Train(context.Background(), base, sub, TrainConfig{Epochs: 1, Steps: 4, BatchSize: 64, LR: 1e30, Seed: 1})
+	if !errors.Is(err, ErrDiverged) {
+		t.Fatalf("lr 1e30: err %v, want ErrDiverged", err)
+	}
+	local, met, err := tr.Train(context.Background(), base, sub, TrainConfig{Epochs: 1, Steps: 4, BatchSize: 64, LR: 0.05, Seed: 1})
+	if err != nil {
+		t.Fatalf("task after a diverged one: %v", err)
+	}
+	if err := local.CheckFinite(); err != nil || math.IsNaN(met.Loss) {
+		t.Fatalf("task after a diverged one: loss %v, %v", met.Loss, err)
+	}
+}
+
+func TestTrainConfigRefused(t *testing.T) {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := train.Subset(seq(128))
+	m := MLP{Sizes: []int{784, 8, 10}}
+	tr, _ := NewTrainer(m)
+	defer tr.Close()
+	ok := TrainConfig{Epochs: 1, BatchSize: 64, LR: 0.1}
+	for _, tc := range []struct {
+		name string
+		edit func(*TrainConfig)
+		want string
+	}{
+		{"lr inf", func(c *TrainConfig) { c.LR = math.Inf(1) }, "learning rate"},
+		{"lr nan", func(c *TrainConfig) { c.LR = math.NaN() }, "learning rate"},
+		{"lr zero", func(c *TrainConfig) { c.LR = 0 }, "learning rate"},
+		{"momentum nan", func(c *TrainConfig) { c.Momentum = math.NaN() }, "momentum"},
+		{"momentum 1", func(c *TrainConfig) { c.Momentum = 1 }, "momentum"},
+		{"batch 0", func(c *TrainConfig) { c.BatchSize = 0 }, "batch size"},
+		{"prox inf", func(c *TrainConfig) { c.ProxMu = math.Inf(1) }, "proximal"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ok
+			tc.edit(&cfg)
+			_, _, err := tr.Train(context.Background(), m.Init(1), sub, cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want one naming %q", err, tc.want)
+			}
+		})
+	}
 }

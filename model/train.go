@@ -94,8 +94,8 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 	if data.Dim != t.m.Sizes[0] {
 		return tensor.Set{}, met, fmt.Errorf("train: data has %d features, model takes %d", data.Dim, t.m.Sizes[0])
 	}
-	if cfg.BatchSize <= 0 || !(cfg.LR > 0) {
-		return tensor.Set{}, met, fmt.Errorf("train: batch size %d and learning rate %v must be positive", cfg.BatchSize, cfg.LR)
+	if err := cfg.check(); err != nil {
+		return tensor.Set{}, met, fmt.Errorf("train: %w", err)
 	}
 	n := data.Len()
 	if n < cfg.BatchSize {
@@ -125,6 +125,24 @@ func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Exam
 	return out, met, nil
 }
 
+// check refuses a recipe local SGD cannot run or that would diverge by
+// construction: a non-positive batch, a learning rate that is not a
+// positive finite number, momentum outside [0, 1), a negative or
+// non-finite FedProx weight.
+func (cfg TrainConfig) check() error {
+	switch {
+	case cfg.BatchSize <= 0:
+		return fmt.Errorf("batch size %d must be positive", cfg.BatchSize)
+	case !(cfg.LR > 0) || math.IsInf(cfg.LR, 0):
+		return fmt.Errorf("learning rate %v must be a positive finite number", cfg.LR)
+	case !(cfg.Momentum >= 0 && cfg.Momentum < 1):
+		return fmt.Errorf("momentum %v must be in [0, 1)", cfg.Momentum)
+	case !(cfg.ProxMu >= 0) || math.IsInf(cfg.ProxMu, 0):
+		return fmt.Errorf("proximal weight %v must be a non-negative finite number", cfg.ProxMu)
+	}
+	return nil
+}
+
 // PlannedSteps is the number of minibatch steps Train takes on n examples:
 // the epochs' full batches, capped at cfg.Steps. A simulator uses it to time
 // a task it does not run.
@@ -140,7 +158,13 @@ func PlannedSteps(n int, cfg TrainConfig) int {
 // are weights, momentum buffers vel) over data as cfg says — epochs of a
 // seeded shuffle, capped at cfg.Steps — filling met's steps, examples
 // seen and mean loss. Gradients come from the graph's tape.
+//
+// However it returns (done, cancelled, diverged), it leaves every bound
+// gradient zero: the graph is reused by the next task, and Gorgonia adds
+// into bound gradients, so one diverged step would otherwise carry NaN into
+// every later task of the trainer.
 func sgd(ctx context.Context, gr *graph, params []*G.Node, weights, vel [][]float32, data *dataset.Examples, cfg TrainConfig, met *TrainMetrics) error {
+	defer zeroGrads(params)
 	n := data.Len()
 	perEpoch := n / cfg.BatchSize
 	total := PlannedSteps(n, cfg)
@@ -184,6 +208,7 @@ func sgd(ctx context.Context, gr *graph, params []*G.Node, weights, vel [][]floa
 			// next step (as its own solvers do).
 			clear(g)
 		}
+
 		met.Steps++
 		met.Seen += cfg.BatchSize
 		if cfg.Progress != nil {
@@ -191,7 +216,24 @@ func sgd(ctx context.Context, gr *graph, params []*G.Node, weights, vel [][]floa
 		}
 	}
 	met.Loss = lossSum / float64(max(met.Steps, 1))
+	for k, w := range weights {
+		if i := tensor.FirstNonFinite(w); i >= 0 {
+			return fmt.Errorf("train: %s[%d] = %v after %d steps; lower the learning rate: %w", params[k].Name(), i, w[i], met.Steps, ErrDiverged)
+		}
+	}
 	return nil
+}
+
+// zeroGrads zeroes the gradients bound to params (those Gorgonia has
+// allocated; a node never run has none).
+func zeroGrads(params []*G.Node) {
+	for _, p := range params {
+		if gv, err := p.Grad(); err == nil && gv != nil {
+			if g, ok := gv.Data().([]float32); ok {
+				clear(g)
+			}
+		}
+	}
 }
 
 // Eval is a model's quality on a data set.

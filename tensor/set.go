@@ -160,14 +160,15 @@ func equalShape(a, b []int) bool {
 // and index holding a NaN or infinity.
 func (s Set) CheckFinite() error {
 	for _, t := range s.Tensors {
-		if i := firstNonFinite(t.Data); i >= 0 {
+		if i := FirstNonFinite(t.Data); i >= 0 {
 			return fmt.Errorf("tensor %q index %d = %v: %w", t.Name, i, t.Data[i], ErrNotFinite)
 		}
 	}
 	return nil
 }
 
-func firstNonFinite(x []float32) int {
+// FirstNonFinite returns the index of the first NaN or infinity in x, or -1.
+func FirstNonFinite(x []float32) int {
 	for i, v := range x {
 		// v-v is NaN for both NaN and ±Inf, and 0 otherwise.
 		if v-v != 0 {

@@ -115,7 +115,7 @@ func (v *StreamVector) Block(lo, hi int, buf []float32) ([]float32, error) {
 		}
 		pos = end
 	}
-	if j := firstNonFinite(out); j >= 0 {
+	if j := FirstNonFinite(out); j >= 0 {
 		return nil, fmt.Errorf("element %d is %v: %w", lo+j, out[j], ErrNotFinite)
 	}
 	return out, nil
