@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/fedtune/fedtune/aggregation"
@@ -60,8 +61,8 @@ func normalizeLoRA(spec *pb.JobSpec, arch model.MLP) error {
 	if l.Alpha == 0 {
 		l.Alpha = 2 * float64(l.Rank)
 	}
-	if !(l.Alpha > 0) {
-		return fmt.Errorf("lora: alpha %v must be positive", l.Alpha)
+	if !(l.Alpha > 0) || math.IsInf(l.Alpha, 0) {
+		return fieldErr("lora.alpha", "%v must be a positive finite number", l.Alpha)
 	}
 	switch l.Aggregation {
 	case "":

@@ -4,22 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/blobstream"
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
-	"github.com/fedtune/fedtune/tensor/codec"
 )
 
 type blobService struct {
@@ -68,91 +64,6 @@ func (s *blobService) Put(stream pb.Blob_PutServer) error {
 type adminService struct {
 	pb.UnimplementedAdminServer
 	c *Coordinator
-}
-
-var jobName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
-// NormalizeSpec fills a job spec's defaults and checks every field, naming
-// the bad one in its error.
-func NormalizeSpec(spec *pb.JobSpec) error {
-	if spec == nil {
-		return errors.New("job spec is missing")
-	}
-	if !jobName.MatchString(spec.Name) {
-		return fmt.Errorf("job name %q: use 1-63 letters, digits, '.', '_' or '-'", spec.Name)
-	}
-	arch, err := model.Lookup(spec.Model)
-	if err != nil {
-		return fmt.Errorf("model: %w", err)
-	}
-	if spec.Dataset == "" {
-		return errors.New("dataset: missing")
-	}
-	if _, err := dataset.Load(spec.Dataset, dataset.Test); err != nil {
-		return fmt.Errorf("dataset: %w", err)
-	}
-	if spec.Rounds == 0 {
-		return errors.New("rounds: must be at least 1")
-	}
-	if spec.ClientsPerRound == 0 {
-		spec.ClientsPerRound = 1
-	}
-	if spec.MinUpdates == 0 {
-		spec.MinUpdates = spec.ClientsPerRound
-	}
-	if n := len(spec.Allow); n > 0 && uint32(n) < spec.MinUpdates {
-		return fmt.Errorf("allow lists %d workers, fewer than min_updates %d", n, spec.MinUpdates)
-	}
-	if spec.MinUpdates > spec.ClientsPerRound {
-		return fmt.Errorf("min_updates %d exceeds clients_per_round %d", spec.MinUpdates, spec.ClientsPerRound)
-	}
-	if spec.RoundTimeoutSeconds <= 0 {
-		spec.RoundTimeoutSeconds = 300
-	}
-	if spec.MaxUpdateNorm < 0 {
-		return fmt.Errorf("max_update_norm %v: want >= 0", spec.MaxUpdateNorm)
-	}
-	if spec.OverSelect < 0 || spec.OverSelect > 10 {
-		return fmt.Errorf("over_select %v: want 0..10", spec.OverSelect)
-	}
-	if spec.Aggregator == "" {
-		spec.Aggregator = "fedavg"
-	}
-	if _, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams)); err != nil {
-		return err
-	}
-	if _, err := NewOptimizer(spec.ServerOptimizer); err != nil {
-		return err
-	}
-	if spec.Codec == "" {
-		spec.Codec = "fp32"
-	}
-	if _, err := codec.New(spec.Codec); err != nil {
-		return err
-	}
-	if err := normalizeLoRA(spec, arch); err != nil {
-		return err
-	}
-	if err := NormalizeAsync(spec); err != nil {
-		return err
-	}
-	if spec.Train == nil {
-		spec.Train = &pb.TrainConfig{}
-	}
-	t := spec.Train
-	if t.BatchSize == 0 {
-		t.BatchSize = 64
-	}
-	if t.LocalEpochs == 0 && t.LocalSteps == 0 {
-		t.LocalEpochs = 1
-	}
-	if t.LearningRate == 0 {
-		t.LearningRate = 0.05
-	}
-	if t.LearningRate < 0 || t.Momentum < 0 || t.Momentum >= 1 || t.ProxMu < 0 {
-		return fmt.Errorf("train: learning_rate %v, momentum %v, prox_mu %v out of range", t.LearningRate, t.Momentum, t.ProxMu)
-	}
-	return nil
 }
 
 // SubmitJob validates a job, checks its base model (uploaded beforehand

@@ -396,11 +396,13 @@ type JobSpec struct {
 	Evaluate            bool                   `protobuf:"varint,15,opt,name=evaluate,proto3" json:"evaluate,omitempty"`                        // coordinator evaluates each new model on the dataset's test split
 	AggregatorParams    *AggregatorParams      `protobuf:"bytes,16,opt,name=aggregator_params,json=aggregatorParams,proto3" json:"aggregator_params,omitempty"`
 	ServerOptimizer     *ServerOptimizer       `protobuf:"bytes,17,opt,name=server_optimizer,json=serverOptimizer,proto3" json:"server_optimizer,omitempty"`
-	MaxUpdateNorm       float64                `protobuf:"fixed64,18,opt,name=max_update_norm,json=maxUpdateNorm,proto3" json:"max_update_norm,omitempty"` // > 0: refuse updates whose L2 norm exceeds it
-	Allow               []string               `protobuf:"bytes,19,rep,name=allow,proto3" json:"allow,omitempty"`                                          // if set: only these workers (certificate names) take part
-	Lora                *LoRASpec              `protobuf:"bytes,20,opt,name=lora,proto3" json:"lora,omitempty"`                                            // set: train LoRA adapters on the frozen base_model; only adapters travel
-	Mode                string                 `protobuf:"bytes,21,opt,name=mode,proto3" json:"mode,omitempty"`                                            // "sync" (default: rounds) or "async" (buffered asynchronous aggregation)
-	Async               *AsyncSpec             `protobuf:"bytes,22,opt,name=async,proto3" json:"async,omitempty"`                                          // async mode's parameters; rounds then counts model versions
+	MaxUpdateNorm       float64                `protobuf:"fixed64,18,opt,name=max_update_norm,json=maxUpdateNorm,proto3" json:"max_update_norm,omitempty"`    // > 0: refuse updates whose L2 norm exceeds it
+	Allow               []string               `protobuf:"bytes,19,rep,name=allow,proto3" json:"allow,omitempty"`                                             // if set: only these workers (certificate names) take part
+	Lora                *LoRASpec              `protobuf:"bytes,20,opt,name=lora,proto3" json:"lora,omitempty"`                                               // set: train LoRA adapters on the frozen base_model; only adapters travel
+	Mode                string                 `protobuf:"bytes,21,opt,name=mode,proto3" json:"mode,omitempty"`                                               // "sync" (default: rounds) or "async" (buffered asynchronous aggregation)
+	Async               *AsyncSpec             `protobuf:"bytes,22,opt,name=async,proto3" json:"async,omitempty"`                                             // async mode's parameters; rounds then counts model versions
+	MaxUpdateRatio      float64                `protobuf:"fixed64,23,opt,name=max_update_ratio,json=maxUpdateRatio,proto3" json:"max_update_ratio,omitempty"` // refuse updates whose L2 norm exceeds this multiple of their base model's (0: default 10)
+	MaxSamples          uint64                 `protobuf:"varint,24,opt,name=max_samples,json=maxSamples,proto3" json:"max_samples,omitempty"`                // cap on the examples an update may claim, its FedAvg weight (0: local_steps × batch_size, or 1,000,000)
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -587,6 +589,20 @@ func (x *JobSpec) GetAsync() *AsyncSpec {
 		return x.Async
 	}
 	return nil
+}
+
+func (x *JobSpec) GetMaxUpdateRatio() float64 {
+	if x != nil {
+		return x.MaxUpdateRatio
+	}
+	return 0
+}
+
+func (x *JobSpec) GetMaxSamples() uint64 {
+	if x != nil {
+		return x.MaxSamples
+	}
+	return 0
 }
 
 // AsyncSpec is buffered asynchronous aggregation (FedBuff, Nguyen et al.
@@ -2564,7 +2580,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"batch_size\x18\x03 \x01(\rR\tbatchSize\x12#\n" +
 	"\rlearning_rate\x18\x04 \x01(\x01R\flearningRate\x12\x1a\n" +
 	"\bmomentum\x18\x05 \x01(\x01R\bmomentum\x12\x17\n" +
-	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xf3\x06\n" +
+	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xbe\a\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -2593,7 +2609,10 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05allow\x18\x13 \x03(\tR\x05allow\x12(\n" +
 	"\x04lora\x18\x14 \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\x12\x12\n" +
 	"\x04mode\x18\x15 \x01(\tR\x04mode\x12+\n" +
-	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x1a;\n" +
+	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x12(\n" +
+	"\x10max_update_ratio\x18\x17 \x01(\x01R\x0emaxUpdateRatio\x12\x1f\n" +
+	"\vmax_samples\x18\x18 \x01(\x04R\n" +
+	"maxSamples\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x03\n" +

@@ -111,6 +111,8 @@ func jobCommand() *cli.Command {
 					&cli.UintFlag{Name: "byzantine", Aliases: []string{"f"}, Usage: "krum/multi-krum/bulyan: Byzantine updates tolerated (default: the most n allows)", EnvVars: []string{"FEDTUNE_BYZANTINE"}},
 					&cli.UintFlag{Name: "multi-krum-m", Usage: "multi-krum: updates averaged (default n - f)", EnvVars: []string{"FEDTUNE_MULTI_KRUM_M"}},
 					&cli.Float64Flag{Name: "max-update-norm", Usage: "refuse updates whose L2 norm exceeds this (0: no bound)", EnvVars: []string{"FEDTUNE_MAX_UPDATE_NORM"}},
+					&cli.Float64Flag{Name: "max-update-ratio", Usage: "refuse updates whose L2 norm exceeds this multiple of their base model's (default 10)", EnvVars: []string{"FEDTUNE_MAX_UPDATE_RATIO"}},
+					&cli.Uint64Flag{Name: "max-samples", Usage: "cap on the examples one update may claim, its FedAvg weight; larger claims count as this (default: --steps × --batch-size, or 1000000 without --steps)", EnvVars: []string{"FEDTUNE_MAX_SAMPLES"}},
 					&cli.Float64Flag{Name: "clip-norm", Usage: "clip every update to this L2 norm before aggregating (0: off)", EnvVars: []string{"FEDTUNE_CLIP_NORM"}},
 					&cli.Float64Flag{Name: "tau", Usage: "centered-clip radius (default 10)", EnvVars: []string{"FEDTUNE_TAU"}},
 					&cli.StringFlag{Name: "server-optimizer", Value: "plain", Usage: "server optimizer: " + strings.Join(aggregation.Optimizers, ", "), EnvVars: []string{"FEDTUNE_SERVER_OPTIMIZER"}},
@@ -198,23 +200,26 @@ func submitJob(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	flags := &uint32Flags{c: c}
+	u32 := flags.get
 	spec := &pb.JobSpec{
-		Name: c.String("name"), Model: c.String("model"), Dataset: c.String("dataset"), Rounds: uint32(c.Uint("rounds")),
-		ClientsPerRound: uint32(c.Uint("clients")), MinUpdates: uint32(c.Uint("min-updates")), OverSelect: c.Float64("over-select"),
+		Name: c.String("name"), Model: c.String("model"), Dataset: c.String("dataset"), Rounds: u32("rounds"),
+		ClientsPerRound: u32("clients"), MinUpdates: u32("min-updates"), OverSelect: c.Float64("over-select"),
 		RoundTimeoutSeconds: c.Duration("round-timeout").Seconds(), Selector: selector, Allow: c.StringSlice("allow"), Aggregator: c.String("aggregator"),
 		Codec: c.String("codec"), Seed: c.Uint64("seed"), Evaluate: c.Bool("evaluate"), MaxUpdateNorm: c.Float64("max-update-norm"),
-		AggregatorParams: &pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("byzantine")), M: uint32(c.Uint("multi-krum-m")),
-			ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: uint32(c.Uint("agg-iterations"))},
+		MaxUpdateRatio: c.Float64("max-update-ratio"), MaxSamples: c.Uint64("max-samples"),
+		AggregatorParams: &pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: u32("byzantine"), M: u32("multi-krum-m"),
+			ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: u32("agg-iterations")},
 		ServerOptimizer: &pb.ServerOptimizer{Name: c.String("server-optimizer"), Lr: c.Float64("server-lr"), Beta1: c.Float64("server-beta1"),
 			Beta2: c.Float64("server-beta2"), Epsilon: c.Float64("server-epsilon")},
-		Train: &pb.TrainConfig{LocalEpochs: uint32(c.Uint("epochs")), LocalSteps: uint32(c.Uint("steps")), BatchSize: uint32(c.Uint("batch-size")),
+		Train: &pb.TrainConfig{LocalEpochs: u32("epochs"), LocalSteps: u32("steps"), BatchSize: u32("batch-size"),
 			LearningRate: c.Float64("lr"), Momentum: c.Float64("momentum"), ProxMu: c.Float64("prox-mu")},
 	}
 	spec.Mode = c.String("mode")
 	if spec.Mode == "async" {
-		spec.Async = &pb.AsyncSpec{BufferSize: uint32(c.Uint("buffer-size")), Concurrency: uint32(c.Uint("concurrency")), Staleness: c.String("staleness"),
-			StalenessA: c.Float64("staleness-a"), StalenessB: uint32(c.Uint("staleness-b")), MaxStaleness: uint32(c.Uint("max-staleness")), MaxPerWorker: uint32(c.Uint("max-per-worker")),
-			FairWindow: uint32(c.Uint("fair-window")), FairBy: c.String("fair-by"), ConcurrencyFinal: uint32(c.Uint("concurrency-final")),
+		spec.Async = &pb.AsyncSpec{BufferSize: u32("buffer-size"), Concurrency: u32("concurrency"), Staleness: c.String("staleness"),
+			StalenessA: c.Float64("staleness-a"), StalenessB: u32("staleness-b"), MaxStaleness: u32("max-staleness"), MaxPerWorker: u32("max-per-worker"),
+			FairWindow: u32("fair-window"), FairBy: c.String("fair-by"), ConcurrencyFinal: u32("concurrency-final"),
 			DriftCorrection: c.Float64("drift-correction")}
 	} else {
 		for _, f := range []string{"buffer-size", "concurrency", "concurrency-final", "drift-correction", "staleness", "staleness-a", "staleness-b", "max-staleness", "max-per-worker", "fair-window", "fair-by"} {
@@ -223,13 +228,19 @@ func submitJob(c *cli.Context) error {
 			}
 		}
 	}
-	if r := c.Uint("lora-rank"); r > 0 {
-		spec.Lora = &pb.LoRASpec{Rank: uint32(r), Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation")}
+	if r := u32("lora-rank"); r > 0 {
+		spec.Lora = &pb.LoRASpec{Rank: r, Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation")}
 	} else if c.IsSet("lora-alpha") || c.IsSet("lora-aggregation") || c.IsSet("lora-adapter") {
 		return fmt.Errorf("job submit: --lora-alpha, --lora-aggregation and --lora-adapter need --lora-rank")
 	}
-	if err := coordinator.NormalizeSpec(spec); err != nil {
+	if flags.err != nil {
+		return fmt.Errorf("job submit: %w", flags.err)
+	}
+	if err := checkExplicitFlags(c); err != nil {
 		return fmt.Errorf("job submit: %w", err)
+	}
+	if err := coordinator.NormalizeSpec(spec); err != nil {
+		return fmt.Errorf("job submit: %w", specFlagError(err))
 	}
 	var base tensor.Set
 	if p := c.String("base"); p != "" {

@@ -71,6 +71,13 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"impossible codec", func(s *pb.JobSpec) { s.Codec = "topk=3+int8" }, "top-k fraction"},
 		{"unknown server optimizer", func(s *pb.JobSpec) { s.ServerOptimizer = &pb.ServerOptimizer{Name: "sgdx"} }, "server optimizer"},
 		{"bad name", func(s *pb.JobSpec) { s.Name = "../etc" }, "job name"},
+		{"infinite learning rate", func(s *pb.JobSpec) { s.Train = &pb.TrainConfig{LearningRate: math.Inf(1)} }, "train.learning_rate"},
+		{"NaN momentum", func(s *pb.JobSpec) { s.Train = &pb.TrainConfig{Momentum: math.NaN()} }, "train.momentum"},
+		{"absurd batch", func(s *pb.JobSpec) { s.Train = &pb.TrainConfig{BatchSize: 1e9} }, "train.batch_size"},
+		{"absurd rounds", func(s *pb.JobSpec) { s.Rounds = math.MaxUint32 }, "rounds"},
+		{"absurd clients", func(s *pb.JobSpec) { s.ClientsPerRound = 100000 }, "clients_per_round"},
+		{"negative timeout", func(s *pb.JobSpec) { s.RoundTimeoutSeconds = -1 }, "round_timeout_seconds"},
+		{"NaN norm bound", func(s *pb.JobSpec) { s.MaxUpdateNorm = math.NaN() }, "max_update_norm"},
 	}
 	for _, bj := range badJobs {
 		s := good()
