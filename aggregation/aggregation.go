@@ -183,7 +183,56 @@ func (j *job) combine(weights []float64, f fill) (tensor.Set, []Score, error) {
 			ua[i] += pua[c*n+i]
 		}
 	}
+	if !allFinite(uu) || !allFinite(ua) || !allFinite([]float64{aa}) {
+		// The float32 lanes overflowed (values near 1e19): the scores'
+		// dot products again, in float64.
+		if uu, ua, aa, err = j.dotsFloat64(flat); err != nil {
+			return tensor.Set{}, nil, err
+		}
+	}
 	return out, j.scoresFrom(weights, uu, ua, aa), nil
+}
+
+// dotsFloat64 returns ‖u_i‖², u_i·a and ‖a‖² for the aggregate a (flat)
+// with float64 products and sums, which cannot overflow for float32 data.
+func (j *job) dotsFloat64(a []float32) (uu, ua []float64, aa float64, err error) {
+	uu, ua = make([]float64, j.n), make([]float64, j.n)
+	aa = tensor.Dot(a, a)
+	buf := make([]float32, min(j.d, 1<<16))
+	for i, v := range j.vs {
+		for lo := 0; lo < j.d; lo += len(buf) {
+			hi := min(lo+len(buf), j.d)
+			b, err := v.Block(lo, hi, buf)
+			if err != nil {
+				return nil, nil, 0, fmt.Errorf("aggregation: %w", err)
+			}
+			uu[i] += tensor.Dot(b, b)
+			ua[i] += tensor.Dot(b, a[lo:hi])
+		}
+	}
+	return uu, ua, aa, nil
+}
+
+// weightedSumFinite is weightedSum (dst = Σ w_i·xs_i, dst zero on entry),
+// whose float32 sums can overflow at the float32 limit when the rounded
+// weights add up to a little over 1: such elements are summed again in
+// float64 and clamped to the largest float32 (the exact weighted mean of
+// finite values cannot exceed it). Others keep weightedSum's bits.
+func weightedSumFinite(dst []float32, w []float32, xs [][]float32) {
+	weightedSum(dst, w, xs)
+	if tensor.FirstNonFinite(dst) < 0 {
+		return
+	}
+	for k, v := range dst {
+		if v-v == 0 {
+			continue
+		}
+		var sum float64
+		for i, x := range xs {
+			sum += float64(w[i]) * float64(x[k])
+		}
+		dst[k] = float32(max(min(sum, math.MaxFloat32), -math.MaxFloat32))
+	}
 }
 
 // scoresFrom turns ‖u_i‖², u_i·a and ‖a‖² into scores.
@@ -224,7 +273,7 @@ func (j *job) linear(weights, g []float64) (tensor.Set, []Score, error) {
 		if err != nil {
 			return err
 		}
-		weightedSum(flat[lo:hi], w32, blocks)
+		weightedSumFinite(flat[lo:hi], w32, blocks)
 		return nil
 	})
 	if err != nil {
@@ -258,6 +307,6 @@ func (j *job) average(weights []float64) (tensor.Set, []Score, error) {
 		for a, i := range idx {
 			xs[a] = blocks[i]
 		}
-		weightedSum(dst, w32, xs)
+		weightedSumFinite(dst, w32, xs)
 	})
 }

@@ -16,13 +16,74 @@ import (
 // updates, and the distances of Krum and Bulyan (‖a‖² + ‖b‖² − 2a·b) and
 // the iterations of the geometric median and centered clipping all come
 // from it.
+//
+// The products are summed in float32 lanes for speed; updates with values
+// near 1e19 would overflow them. Then, and only then, the Gram matrix is
+// computed again from the updates scaled by a power of two (exact) that
+// brings their largest value near 2^40, and scaled back in float64 — so
+// ordinary updates get exactly the fast path's bits, and huge ones a
+// finite matrix.
 func (j *job) gram() ([]float64, error) {
-	n := j.n
-	chunks := numChunks(j.d)
+	g, err := gramOf(j.vs, j.d)
+	if err != nil || allFinite(g) {
+		return g, err
+	}
+	m, err := maxAbs(j.vs, j.d)
+	if err != nil {
+		return nil, err
+	}
+	_, e := math.Frexp(m)
+	k := e - 40
+	by := float32(math.Ldexp(1, -k))
+	scaledVs := make([]tensor.Vector, len(j.vs))
+	for i, v := range j.vs {
+		scaledVs[i] = scaled{v: v, by: by}
+	}
+	if g, err = gramOf(scaledVs, j.d); err != nil {
+		return nil, err
+	}
+	back := math.Ldexp(1, 2*k)
+	for i := range g {
+		g[i] *= back
+	}
+	return g, nil
+}
+
+// maxAbs returns the largest absolute value in the vectors (of length d).
+func maxAbs(vs []tensor.Vector, d int) (float64, error) {
+	var m float64
+	buf := make([]float32, min(d, 1<<16))
+	for _, v := range vs {
+		for lo := 0; lo < d; lo += len(buf) {
+			b, err := v.Block(lo, min(lo+len(buf), d), buf)
+			if err != nil {
+				return 0, fmt.Errorf("aggregation: %w", err)
+			}
+			for _, x := range b {
+				m = max(m, math.Abs(float64(x)))
+			}
+		}
+	}
+	return m, nil
+}
+
+func allFinite(x []float64) bool {
+	for _, v := range x {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// gramOf is gram's pass over the vectors vs of length d.
+func gramOf(vs []tensor.Vector, d int) ([]float64, error) {
+	n := len(vs)
+	chunks := numChunks(d)
 	partial := make([]float64, chunks*n*n)
-	rd := newReader(j.vs, j.d)
-	subs := make([][][]float32, workers(j.d))
-	err := forChunks(j.d, func(w, c, lo, hi int) error {
+	rd := newReader(vs, d)
+	subs := make([][][]float32, workers(d))
+	err := forChunks(d, func(w, c, lo, hi int) error {
 		blocks, err := rd.chunk(w, lo, hi, nil)
 		if err != nil {
 			return err
@@ -263,6 +324,14 @@ func (r Bulyan) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 				sum += s[w*lanes+l]
 			}
 			out[l] = sum / float32(beta)
+			if math.IsInf(float64(out[l]), 0) {
+				// float32 overflow near its limit: sum again in float64.
+				var sum64 float64
+				for w := best; w < best+beta; w++ {
+					sum64 += float64(s[w*lanes+l])
+				}
+				out[l] = float32(sum64 / float64(beta))
+			}
 		}
 	})
 	out, s, err := j.combine(weights, func(blocks [][]float32, dst, scratch []float32) {

@@ -50,7 +50,7 @@ func NewRule(name string, p Params) (Aggregator, error) {
 	case "geomedian":
 		it, nu := p.Iterations, p.Smoothing
 		if it == 0 {
-			it = 10
+			it = DefaultGeoMedianIterations
 		}
 		if nu == 0 {
 			nu = 1e-6
@@ -101,7 +101,7 @@ func (Median) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	mid := func(n int) (int, int) { return (n - 1) / 2, n/2 + 1 } // the middle one or two
 	return coordinateRule(updates, mid, func(s []float32, n int, out *[lanes]float32) {
 		lo, hi := mid(n)
-		meanRows(s, lo, hi, out)
+		meanRowsFinite(s, lo, hi, out)
 	})
 }
 
@@ -116,8 +116,26 @@ func (TrimmedMean) Name() string { return "trimmed-mean" }
 func (r TrimmedMean) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	k := func(n int) int { return int(r.Beta * float64(n)) }
 	return coordinateRule(updates, func(n int) (int, int) { return k(n), n - k(n) }, func(s []float32, n int, out *[lanes]float32) {
-		meanRows(s, k(n), n-k(n), out)
+		meanRowsFinite(s, k(n), n-k(n), out)
 	})
+}
+
+// meanRowsFinite is meanRows, whose float32 sums overflow for values near
+// the float32 limit (the mean of two 3.4e38 is +Inf there): a lane that
+// overflowed is summed again in float64, so the mean of finite values is
+// finite. Other lanes keep meanRows' bits.
+func meanRowsFinite(s []float32, a, b int, out *[lanes]float32) {
+	meanRows(s, a, b, out)
+	for l, v := range out {
+		if !math.IsInf(float64(v), 0) {
+			continue
+		}
+		var sum float64
+		for r := a; r < b; r++ {
+			sum += float64(s[r*lanes+l])
+		}
+		out[l] = float32(sum / float64(b-a))
+	}
 }
 
 // maxNetwork is the largest column a sorting network sorts; longer ones
@@ -175,11 +193,24 @@ func sortColumnsSlow(rows [][]float32, g, m int, s, col []float32) {
 }
 
 // GeoMedian is the sample-weighted geometric median by smoothed Weiszfeld
-// iterations (RFA, Pillutla et al. 2022).
+// iterations (RFA, Pillutla et al. 2022), run until the weights move by
+// less than GeoMedianTolerance or Iterations are done.
 type GeoMedian struct {
-	Iterations int
+	Iterations int // most iterations
 	Nu         float64
 }
+
+// GeoMedianTolerance ends the Weiszfeld iterations: the iterate moved by
+// less than this fraction of its norm plus its mean distance to the
+// updates (the objective, so the test keeps its scale when the median is
+// near zero). A weight change alone is no test: a weight of 1e-10 on an
+// update of 1e19 still moves the median by 1e9.
+const GeoMedianTolerance = 1e-7
+
+// DefaultGeoMedianIterations caps the iterations when a job sets none.
+// Converging takes a few dozen with one far outlier; the cap only bounds
+// the time of a degenerate case.
+const DefaultGeoMedianIterations = 1000
 
 // Name returns "geomedian".
 func (GeoMedian) Name() string { return "geomedian" }
@@ -212,18 +243,42 @@ func (r GeoMedian) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
+	next := make([]float64, n)
 	for it := 0; it < r.Iterations; it++ {
 		d := distancesToCombination(g, c)
 		var sum float64
 		for i := range c {
-			c[i] = alpha[i] / max(r.Nu, d[i])
-			sum += c[i]
+			next[i] = alpha[i] / max(r.Nu, d[i])
+			sum += next[i]
 		}
+		dc := make([]float64, n)
+		var objective float64
 		for i := range c {
-			c[i] /= sum
+			next[i] /= sum
+			dc[i] = next[i] - c[i]
+			objective += c[i] * d[i]
+		}
+		moved, norm := quadForm(g, dc), quadForm(g, next)
+		c, next = next, c
+		if math.Sqrt(moved) <= GeoMedianTolerance*(math.Sqrt(norm)+objective) {
+			break
 		}
 	}
 	return j.linear(c, g)
+}
+
+// quadForm returns xᵀGx for the n×n matrix g (row-major), at least 0.
+func quadForm(g, x []float64) float64 {
+	n := len(x)
+	var q float64
+	for i := range n {
+		var row float64
+		for k := range n {
+			row += g[i*n+k] * x[k]
+		}
+		q += x[i] * row
+	}
+	return max(q, 0)
 }
 
 // distancesToCombination returns ‖u_i − Σ_j c_j u_j‖ for every i from the

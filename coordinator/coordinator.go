@@ -194,6 +194,10 @@ type Coordinator struct {
 
 	layouts sync.Map    // model name -> tensor.Set layout, read-only once stored
 	frozen  frozenCache // LoRA jobs' frozen bases
+	norms   struct {    // model hash -> L2 norm (the bound on updates to it)
+		mu sync.Mutex
+		by map[string]float64
+	}
 
 	mu           sync.Mutex
 	stopLeader   context.CancelFunc

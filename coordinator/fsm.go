@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -139,6 +140,7 @@ func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 	if _, ok := f.jobs[name]; ok {
 		return fmt.Errorf("register %q: %w", name, ErrJobExists)
 	}
+	dropNonFinite(c.BaseMetrics)
 	f.jobs[name] = &pb.Job{
 		Spec:              c.Spec,
 		Status:            pb.JobStatus_JOB_STATUS_RUNNING,
@@ -150,6 +152,18 @@ func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 		f.jobs[name].Async = &pb.AsyncState{NextTask: 1, VersionStartedUnixNano: at}
 	}
 	return nil
+}
+
+// dropNonFinite deletes NaN and infinite values from m. The leader never
+// proposes them (updates with them are refused, aggregates checked); this
+// keeps the rule in the state even for a log written before, or by a
+// faulty leader, the same way on every node.
+func dropNonFinite(m map[string]float64) {
+	for k, v := range m {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			delete(m, k)
+		}
+	}
 }
 
 func (f *FSM) runningJob(name string) (*pb.Job, error) {
@@ -207,6 +221,7 @@ func applyAcceptUpdate(f *FSM, payload []byte, _ int64) error {
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
+	dropNonFinite(c.Update.GetMetrics())
 	if j, ok := f.jobs[c.Job]; ok && IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
 		return acceptAsync(j, &c)
 	}
@@ -238,6 +253,10 @@ func applyCommitRound(f *FSM, payload []byte, at int64) error {
 	var c pb.CommitRound
 	if err := decode(payload, &c); err != nil {
 		return err
+	}
+	dropNonFinite(c.Metrics)
+	for _, sc := range c.Scores {
+		sc.Weight, sc.Norm, sc.Distance, sc.Cosine = finiteOr0(sc.Weight), finiteOr0(sc.Norm), finiteOr0(sc.Distance), finiteOr0(sc.Cosine)
 	}
 	if j, ok := f.jobs[c.Job]; ok && IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
 		return commitAsync(j, &c, at)

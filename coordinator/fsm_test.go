@@ -2,9 +2,12 @@ package coordinator
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"maps"
+	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -315,4 +318,37 @@ func restored(t *testing.T, f *FSM) *FSM {
 		t.Fatal(err)
 	}
 	return g
+}
+
+// TestNonFiniteNeverInState: NaN and infinite metrics and scores in a
+// command (a log written by an older or faulty leader) never reach the
+// state, and the dashboard's ledger encodes whatever it is given.
+func TestNonFiniteNeverInState(t *testing.T) {
+	h := &fsmHarness{t: t, f: NewFSM()}
+	nan, inf := math.NaN(), math.Inf(1)
+	h.must(cRegister, &pb.RegisterJob{Spec: spec("j", 2), BaseMetrics: map[string]float64{"test_loss": nan, "test_accuracy": 0.1}})
+	h.must(cStart, &pb.StartRound{Job: "j", Round: round(1, "base", "a")})
+	u := upd("a")
+	u.Metrics = map[string]float64{"loss": inf, "seconds": 2}
+	h.must(cAccept, &pb.AcceptUpdate{Job: "j", Round: 1, Update: u})
+	h.must(cCommit, &pb.CommitRound{Job: "j", Round: 1, Model: "m1", Metrics: map[string]float64{"train_loss": nan, "test_accuracy": 0.5},
+		Scores: []*pb.Score{{Worker: "a", Weight: nan, Norm: inf, Cosine: nan, Distance: -inf}}})
+	j, _ := h.f.Job("j")
+	if _, ok := j.BaseMetrics["test_loss"]; ok || j.BaseMetrics["test_accuracy"] != 0.1 {
+		t.Errorf("base metrics %v", j.BaseMetrics)
+	}
+	r := j.History[0]
+	if _, ok := r.Metrics["train_loss"]; ok || r.Metrics["test_accuracy"] != 0.5 {
+		t.Errorf("round metrics %v", r.Metrics)
+	}
+	if _, ok := r.Accepted[0].Metrics["loss"]; ok {
+		t.Errorf("update metrics %v", r.Accepted[0].Metrics)
+	}
+	if s := r.Scores[0]; s.Weight != 0 || s.Norm != 0 || s.Cosine != 0 || s.Distance != 0 {
+		t.Errorf("score %v", s)
+	}
+	b, err := json.Marshal(map[string][]LedgerRow{"j": {{Worker: "a", Weight: nan, MeanCosine: inf}}})
+	if err != nil || !strings.Contains(string(b), `"weight":null`) {
+		t.Errorf("ledger JSON %s, %v", b, err)
+	}
 }

@@ -1,6 +1,8 @@
 package coordinator
 
 import (
+	"encoding/json"
+	"math"
 	"sort"
 
 	pb "github.com/fedtune/fedtune/protocol"
@@ -16,6 +18,33 @@ type LedgerRow struct {
 	Weight       float64 `json:"weight"`  // its total share of the aggregates
 	MeanCosine   float64 `json:"mean_cosine"`
 	MeanDistance float64 `json:"mean_distance"`
+}
+
+// MarshalJSON writes the row with NaN and infinities as null: the
+// dashboard's state is one JSON document, and encoding/json refuses a NaN
+// (which once made every page of the dashboard answer 500 for good).
+func (r LedgerRow) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Worker       string    `json:"worker"`
+		Rounds       int       `json:"rounds"`
+		Kept         int       `json:"kept"`
+		Samples      uint64    `json:"samples"`
+		Weight       JSONFloat `json:"weight"`
+		MeanCosine   JSONFloat `json:"mean_cosine"`
+		MeanDistance JSONFloat `json:"mean_distance"`
+	}{r.Worker, r.Rounds, r.Kept, r.Samples, JSONFloat(r.Weight), JSONFloat(r.MeanCosine), JSONFloat(r.MeanDistance)})
+}
+
+// JSONFloat is a float64 that encodes a NaN or an infinity as JSON null
+// instead of failing the whole document.
+type JSONFloat float64
+
+// MarshalJSON writes f, or null if it is not finite.
+func (f JSONFloat) MarshalJSON() ([]byte, error) {
+	if v := float64(f); math.IsNaN(v) || math.IsInf(v, 0) {
+		return []byte("null"), nil
+	}
+	return json.Marshal(float64(f))
 }
 
 // Ledger returns a job's contribution ledger, by worker id.

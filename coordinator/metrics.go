@@ -31,6 +31,8 @@ type metrics struct {
 	blobSent         *prometheus.CounterVec
 	dashboardStreams prometheus.Counter
 	asyncTasks       *prometheus.CounterVec
+	samplesCapped    prometheus.Counter
+	roundsRefused    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -61,6 +63,9 @@ func newMetrics() *metrics {
 	m.blobSent = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_blob_sent_bytes_total", Help: "Bytes of models and updates sent from this node's blob store, by caller role (worker, coordinator, admin)."}, []string{"to"})
 	m.dashboardStreams = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_dashboard_streams_total", Help: "Dashboard event streams opened (browsers showing the live dashboard)."})
 	m.asyncTasks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_async_tasks_total", Help: "Async jobs' tasks this node handed out as leader, or withdrawn (past the deadline or too stale)."}, []string{"event"})
+	m.samplesCapped = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_update_samples_capped_total", Help: "Accepted updates whose claimed example count (their FedAvg weight) exceeded the job's cap and was counted as the cap."})
+	m.roundsRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_rounds_refused_total", Help: "Rounds (or async versions) whose aggregate was not finite: not committed; a sync round is planned again, an async job fails."})
+	m.reg.MustRegister(m.samplesCapped, m.roundsRefused)
 	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation, m.roundDuration, m.blobSent, m.dashboardStreams, m.asyncTasks)
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -194,19 +195,33 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	}
 	switch DecideRound(j.Spec, r, isAlive, now) {
 	case Commit:
-		if err := s.commit(ctx, j, r); err != nil {
+		err := s.commit(ctx, j, r)
+		if errors.Is(err, ErrNotFinite) {
+			// The same updates would give the same aggregate: the round
+			// is planned again (its workers train afresh), with the
+			// reason in the log and the metrics.
+			s.c.metrics.roundsRefused.Inc()
+			return s.abort(j, r, fmt.Sprintf("not committed: %v", err))
+		}
+		if err != nil {
 			return fmt.Errorf("commit round %d: %w", r.Number, err)
 		}
 		delete(s.attempts, name)
 	case Abort:
-		reason := fmt.Sprintf("%d of %d updates by the deadline", len(r.Updates), max(j.Spec.MinUpdates, 1))
-		if err := s.c.apply(pb.CommandType_COMMAND_TYPE_ABORT_ROUND, &pb.AbortRound{Job: name, Round: r.Number, Reason: reason}); err != nil {
-			return fmt.Errorf("abort round %d: %w", r.Number, err)
-		}
-		s.attempts[name]++
-		s.c.metrics.roundsAborted.Inc()
-		s.log.Warn("round rescheduled", "job", name, "round", r.Number, "reason", reason)
+		return s.abort(j, r, fmt.Sprintf("%d of %d updates by the deadline", len(r.Updates), max(j.Spec.MinUpdates, 1)))
 	}
+	return nil
+}
+
+// abort ends round r of job j uncommitted and lets it be planned again.
+func (s *scheduler) abort(j *pb.Job, r *pb.Round, reason string) error {
+	name := j.Spec.Name
+	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_ABORT_ROUND, &pb.AbortRound{Job: name, Round: r.Number, Reason: reason}); err != nil {
+		return fmt.Errorf("abort round %d: %w", r.Number, err)
+	}
+	s.attempts[name]++
+	s.c.metrics.roundsAborted.Inc()
+	s.log.Warn("round rescheduled", "job", name, "round", r.Number, "reason", reason)
 	return nil
 }
 
@@ -216,7 +231,16 @@ func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*
 	name, k := j.Spec.Name, int(j.Spec.Async.GetBufferSize())
 	if buf := j.Async.GetBuffer(); len(buf) >= k {
 		r := &pb.Round{Number: Version(j) + 1, BaseModel: j.CurrentModel, Updates: buf[:k], StartedUnixNano: j.Async.VersionStartedUnixNano}
-		if err := s.commit(ctx, j, r); err != nil {
+		err := s.commit(ctx, j, r)
+		if errors.Is(err, ErrNotFinite) {
+			// An async buffer cannot be trained again: the job stops with
+			// the reason rather than commit a broken version.
+			s.c.metrics.roundsRefused.Inc()
+			s.log.Error("async version not committed; job failed", "job", name, "version", r.Number, "err", err)
+			return s.c.apply(pb.CommandType_COMMAND_TYPE_FINISH_JOB, &pb.FinishJob{Job: name, Status: pb.JobStatus_JOB_STATUS_FAILED,
+				Error: fmt.Sprintf("version %d not committed: %v", r.Number, err)})
+		}
+		if err != nil {
 			return fmt.Errorf("commit version %d: %w", r.Number, err)
 		}
 		return nil // assignments on the next tick, from the new version
@@ -414,7 +438,28 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	if base, state, err = opt.Step(base, delta, state); err != nil {
 		return fail(err)
 	}
+	if err := checkAggregate(base, metrics); err != nil {
+		return fail(err)
+	}
 	return base, metrics, pbScores(sc, IsAsync(spec)), state, nil
+}
+
+// ErrNotFinite refuses a round whose new model or metrics hold a NaN or an
+// infinity: it is never committed (the replicated state and every model
+// stay finite).
+var ErrNotFinite = errors.New("aggregate not finite")
+
+// checkAggregate refuses a new model or round metrics that are not finite.
+func checkAggregate(next tensor.Set, metrics map[string]float64) error {
+	if err := next.CheckFinite(); err != nil {
+		return fmt.Errorf("new model: %v: %w", err, ErrNotFinite)
+	}
+	for _, k := range slices.Sorted(maps.Keys(metrics)) {
+		if v := metrics[k]; math.IsNaN(v) || math.IsInf(v, 0) {
+			return fmt.Errorf("metric %s = %v: %w", k, v, ErrNotFinite)
+		}
+	}
+	return nil
 }
 
 // blobSet reads the blob hash as a parameter set (a model, an optimizer
@@ -427,6 +472,16 @@ func (c *Coordinator) blobSet(ctx context.Context, hash string) (tensor.Set, err
 	return tensor.Unmarshal(b)
 }
 
+// finiteOr0 returns v, or 0 for a NaN or an infinity: a score is a
+// description of an update (its cosine with an aggregate of zero norm is
+// undefined), and the replicated state holds finite numbers only.
+func finiteOr0(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
+}
+
 // pbScores converts scores for the ledger, by worker id (an async key
 // "worker#task" names its worker).
 func pbScores(sc []aggregation.Score, async bool) []*pb.Score {
@@ -436,7 +491,7 @@ func pbScores(sc []aggregation.Score, async bool) []*pb.Score {
 		if i := strings.LastIndexByte(w, '#'); async && i > 0 {
 			w = w[:i]
 		}
-		scores = append(scores, &pb.Score{Worker: w, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept})
+		scores = append(scores, &pb.Score{Worker: w, Weight: finiteOr0(s.Weight), Norm: finiteOr0(s.Norm), Distance: finiteOr0(s.Distance), Cosine: finiteOr0(s.Cosine), Kept: s.Kept})
 	}
 	return scores
 }

@@ -127,12 +127,15 @@ func (s *adminService) JobStatus(ctx context.Context, req *pb.JobStatusRequest) 
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "job %q: %v", req.Name, ErrUnknownJob)
 	}
-	return &pb.JobStatusResponse{Job: j, LeaderAddr: s.c.leaderGRPC()}, nil
+	total := uint32(len(j.History))
+	from := HistoryPage(j, req.FromRound, HistoryPageBytes)
+	return &pb.JobStatusResponse{Job: j, LeaderAddr: s.c.leaderGRPC(), HistoryFrom: from, HistoryTotal: total}, nil
 }
 
-// ListJobs returns every job.
-func (s *adminService) ListJobs(ctx context.Context, _ *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
-	return &pb.ListJobsResponse{Jobs: s.c.fsm.Jobs()}, nil
+// ListJobs returns a page of jobs, slim (see JobsPage).
+func (s *adminService) ListJobs(ctx context.Context, req *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
+	jobs, done, next := JobsPage(s.c.fsm.Jobs(), req.PageToken, req.PageSize)
+	return &pb.ListJobsResponse{Jobs: jobs, RoundsDone: done, NextPageToken: next}, nil
 }
 
 // ListWorkers returns the roster and which workers gossip sees alive.

@@ -203,8 +203,17 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 		return nil, status.Errorf(codes.Unavailable, "update %s/%d from %s: %v", req.Job, req.Round, req.WorkerId, err)
 	}
 	u := &pb.AcceptedUpdate{Worker: req.WorkerId, Blob: hash, Samples: req.Samples, Metrics: req.Metrics, Codec: req.Codec}
-	if j, ok := c.fsm.Job(req.Job); ok && IsAsync(j.Spec) {
-		u.Task, u.BaseVersion = uint64(req.Attempt), req.Round
+	if j, ok := c.fsm.Job(req.Job); ok {
+		if limit := SampleCap(j.Spec); u.Samples > limit {
+			// The claim is the update's FedAvg weight: a worker may not
+			// outweigh the rest by claiming more than the job allows.
+			c.log.Warn("update's samples capped", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "claimed", u.Samples, "cap", limit)
+			c.metrics.samplesCapped.Inc()
+			u.Samples = limit
+		}
+		if IsAsync(j.Spec) {
+			u.Task, u.BaseVersion = uint64(req.Attempt), req.Round
+		}
 	}
 	err = c.apply(pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE, &pb.AcceptUpdate{Job: req.Job, Round: req.Round, Update: u})
 	if errors.Is(err, ErrDuplicate) {
@@ -275,6 +284,9 @@ func (c *Coordinator) checkPayload(j *pb.Job, req *pb.SubmitUpdateRequest) error
 	if req.Samples == 0 {
 		return status.Error(codes.InvalidArgument, "samples is 0: an update must say how many examples it trained on")
 	}
+	if err := pb.CheckMetrics(req.Metrics); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	if int64(len(req.Payload)) > c.cfg.MaxBlobBytes {
 		return status.Errorf(codes.ResourceExhausted, "payload of %d bytes exceeds the limit of %d", len(req.Payload), c.cfg.MaxBlobBytes)
 	}
@@ -308,10 +320,36 @@ func (c *Coordinator) checkPayload(j *pb.Job, req *pb.SubmitUpdateRequest) error
 	if err := delta.CheckFinite(); err != nil {
 		return err
 	}
-	if b := j.Spec.MaxUpdateNorm; b > 0 {
-		if n := delta.Norm(); n > b {
-			return status.Errorf(codes.InvalidArgument, "update norm %.4g exceeds the job's bound %.4g", n, b)
-		}
+	baseNorm, err := c.modelNorm(req.BaseModel)
+	if err != nil {
+		return fmt.Errorf("base model %.12s: %w", req.BaseModel, err)
+	}
+	if b, n := UpdateNormBound(j.Spec, baseNorm), delta.Norm(); !(n <= b) {
+		return status.Errorf(codes.InvalidArgument, "update norm %.4g exceeds the job's bound %.4g (max_update_norm %g, max_update_ratio %g × base model norm %.4g)",
+			n, b, j.Spec.MaxUpdateNorm, j.Spec.MaxUpdateRatio, baseNorm)
 	}
 	return nil
+}
+
+// modelNorm returns the L2 norm of the model stored under hash, cached:
+// every update to a version is bounded relative to it.
+func (c *Coordinator) modelNorm(hash string) (float64, error) {
+	c.norms.mu.Lock()
+	n, ok := c.norms.by[hash]
+	c.norms.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	s, err := c.blobSet(context.Background(), hash)
+	if err != nil {
+		return 0, err
+	}
+	n = s.Norm()
+	c.norms.mu.Lock()
+	defer c.norms.mu.Unlock()
+	if c.norms.by == nil || len(c.norms.by) >= 64 {
+		c.norms.by = map[string]float64{} // versions move on; old ones are rarely asked again
+	}
+	c.norms.by[hash] = n
+	return n, nil
 }

@@ -770,8 +770,13 @@ func (x *SubmitJobResponse) GetJob() *Job {
 }
 
 type JobStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Paging of the job's history (its committed rounds), which a response
+	// carries as much of as fits in about 8 MB: from_round N sends the
+	// records from round N on; 0 sends the newest ones (all, for any job of
+	// ordinary size).
+	FromRound     uint32 `protobuf:"varint,2,opt,name=from_round,json=fromRound,proto3" json:"from_round,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -813,10 +818,19 @@ func (x *JobStatusRequest) GetName() string {
 	return ""
 }
 
+func (x *JobStatusRequest) GetFromRound() uint32 {
+	if x != nil {
+		return x.FromRound
+	}
+	return 0
+}
+
 type JobStatusResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"` // job.history holds rounds history_from .. history_from+len−1
 	LeaderAddr    string                 `protobuf:"bytes,2,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	HistoryFrom   uint32                 `protobuf:"varint,3,opt,name=history_from,json=historyFrom,proto3" json:"history_from,omitempty"`    // round number of job.history[0] (1 when it starts at the first)
+	HistoryTotal  uint32                 `protobuf:"varint,4,opt,name=history_total,json=historyTotal,proto3" json:"history_total,omitempty"` // rounds committed in all
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -865,8 +879,24 @@ func (x *JobStatusResponse) GetLeaderAddr() string {
 	return ""
 }
 
+func (x *JobStatusResponse) GetHistoryFrom() uint32 {
+	if x != nil {
+		return x.HistoryFrom
+	}
+	return 0
+}
+
+func (x *JobStatusResponse) GetHistoryTotal() uint32 {
+	if x != nil {
+		return x.HistoryTotal
+	}
+	return 0
+}
+
 type ListJobsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      uint32                 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`   // jobs per page (0: 100; at most 1000)
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"` // next_page_token of the previous page ("": the first)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -901,9 +931,28 @@ func (*ListJobsRequest) Descriptor() ([]byte, []int) {
 	return file_service_proto_rawDescGZIP(), []int{13}
 }
 
+func (x *ListJobsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListJobsResponse lists jobs in name order. Each job comes without its
+// history except the newest round's record (slim: no updates, no scores);
+// JobStatus gives a job's rounds.
 type ListJobsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"` // "" on the last page
+	RoundsDone    []uint32               `protobuf:"varint,3,rep,packed,name=rounds_done,json=roundsDone,proto3" json:"rounds_done,omitempty"`    // committed rounds of jobs[i]
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -941,6 +990,20 @@ func (*ListJobsResponse) Descriptor() ([]byte, []int) {
 func (x *ListJobsResponse) GetJobs() []*Job {
 	if x != nil {
 		return x.Jobs
+	}
+	return nil
+}
+
+func (x *ListJobsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListJobsResponse) GetRoundsDone() []uint32 {
+	if x != nil {
+		return x.RoundsDone
 	}
 	return nil
 }
@@ -1909,16 +1972,26 @@ const file_service_proto_rawDesc = "" +
 	"\x10SubmitJobRequest\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.fedtune.v1.JobSpecR\x04spec\"6\n" +
 	"\x11SubmitJobResponse\x12!\n" +
-	"\x03job\x18\x01 \x01(\v2\x0f.fedtune.v1.JobR\x03job\"&\n" +
+	"\x03job\x18\x01 \x01(\v2\x0f.fedtune.v1.JobR\x03job\"E\n" +
 	"\x10JobStatusRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"W\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"from_round\x18\x02 \x01(\rR\tfromRound\"\x9f\x01\n" +
 	"\x11JobStatusResponse\x12!\n" +
 	"\x03job\x18\x01 \x01(\v2\x0f.fedtune.v1.JobR\x03job\x12\x1f\n" +
 	"\vleader_addr\x18\x02 \x01(\tR\n" +
-	"leaderAddr\"\x11\n" +
-	"\x0fListJobsRequest\"7\n" +
+	"leaderAddr\x12!\n" +
+	"\fhistory_from\x18\x03 \x01(\rR\vhistoryFrom\x12#\n" +
+	"\rhistory_total\x18\x04 \x01(\rR\fhistoryTotal\"M\n" +
+	"\x0fListJobsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x80\x01\n" +
 	"\x10ListJobsResponse\x12#\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x0f.fedtune.v1.JobR\x04jobs\"\x14\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x0f.fedtune.v1.JobR\x04jobs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1f\n" +
+	"\vrounds_done\x18\x03 \x03(\rR\n" +
+	"roundsDone\"\x14\n" +
 	"\x12ListWorkersRequest\"]\n" +
 	"\x13ListWorkersResponse\x120\n" +
 	"\aworkers\x18\x01 \x03(\v2\x16.fedtune.v1.WorkerInfoR\aworkers\x12\x14\n" +

@@ -364,8 +364,14 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		case <-time.After(w.cfg.SubmitDelay):
 		}
 	}
+	metrics, dropped := pb.SanitizeMetrics(res.Metrics)
+	if len(dropped) > 0 {
+		// The coordinator refuses an update whose metrics break the bounds;
+		// the update itself is good, so it goes without them.
+		log.Warn("trainer reported metrics the coordinator would refuse; sending the update without them", "dropped", dropped, "max", pb.MaxMetrics)
+	}
 	w.pending = &pb.SubmitUpdateRequest{WorkerId: w.cfg.ID, Job: t.Job, Round: t.Round, BaseModel: t.Base.GetHash(),
-		Codec: cd.Name(), Payload: payload, Samples: res.Samples, Metrics: res.Metrics, Attempt: t.Attempt}
+		Codec: cd.Name(), Payload: payload, Samples: res.Samples, Metrics: metrics, Attempt: t.Attempt}
 	return w.submit(ctx)
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -113,4 +114,37 @@ func corruptFile(t *testing.T) string {
 	p := filepath.Join(t.TempDir(), "bad.safetensors")
 	os.WriteFile(p, []byte("\x08\x00\x00\x00\x00\x00\x00\x00{}      x"), 0o644)
 	return p
+}
+
+// TestAggregateNeverWritesNonFinite: ten files at the float32 limit
+// averaged to +Inf in float32 (each weight 1/10 rounds up) and were written
+// so, with +Inf and NaN scores; now the aggregate and the scores are
+// finite (the command refuses to write a non-finite aggregate, should one
+// ever come out of a rule).
+func TestAggregateNeverWritesNonFinite(t *testing.T) {
+	dir := t.TempDir()
+	var files []string
+	for i := range 10 {
+		x := make([]float32, 40)
+		for j := range x {
+			x[j] = math.MaxFloat32
+		}
+		f := filepath.Join(dir, fmt.Sprintf("u%d.safetensors", i))
+		if err := tensor.WriteFile(f, tensor.MustNew(tensor.Tensor{Name: "w", Shape: []int{40}, Data: x}), tensor.F32); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	out := filepath.Join(dir, "avg.safetensors")
+	res := run(t, append([]string{"aggregate", "-o", out}, files...)...)
+	if strings.Contains(res, "Inf") || strings.Contains(res, "NaN") {
+		t.Errorf("non-finite scores:\n%s", res)
+	}
+	agg, err := tensor.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agg.CheckFinite(); err != nil {
+		t.Errorf("wrote a non-finite aggregate: %v", err)
+	}
 }

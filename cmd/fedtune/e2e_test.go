@@ -250,7 +250,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"model", "eval", "--model", "mnist-mlp-small", corrupt}, "invalid safetensors"},
 		{[]string{"job", "submit", "--name", "x", "--buffer-size", "4", "--coordinator", "127.0.0.1:1"}, "is for --mode async"},
 		{[]string{"job", "submit", "--name", "x", "--mode", "turbo", "--coordinator", "127.0.0.1:1"}, `mode "turbo"`},
-		{[]string{"job", "submit", "--name", "x", "--mode", "async", "--buffer-size", "4", "--aggregator", "krum", "--byzantine", "1", "--coordinator", "127.0.0.1:1"}, "buffer_size 4"},
+		{[]string{"job", "submit", "--name", "x", "--mode", "async", "--buffer-size", "4", "--aggregator", "krum", "--byzantine", "1", "--coordinator", "127.0.0.1:1"}, "--buffer-size 4"},
 		{[]string{"job", "submit", "--name", "x", "--mode", "async", "--staleness", "linear", "--coordinator", "127.0.0.1:1"}, "staleness"},
 		{[]string{"sim", "--set", "mode=async", "--set", "speed=warp:9", "--dry-run"}, `key "speed"`},
 		{[]string{"model", "pretrain", "--dataset", "words-xx", "-o", filepath.Join(t.TempDir(), "x")}, "unknown language"},

@@ -169,24 +169,30 @@ func jobCommand() *cli.Command {
 				Usage: "list jobs",
 				Flags: []cli.Flag{coordinatorFlag()},
 				Action: func(c *cli.Context) error {
-					var resp *pb.ListJobsResponse
-					err := withAdmin(c, func(a pb.AdminClient) (err error) {
-						resp, err = a.ListJobs(c.Context, &pb.ListJobsRequest{})
-						return err
+					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "NAME\tSTATUS\tMODEL\tROUNDS\tTEST ACC")
+					err := withAdmin(c, func(a pb.AdminClient) error {
+						for token := ""; ; {
+							resp, err := a.ListJobs(c.Context, &pb.ListJobsRequest{PageToken: token})
+							if err != nil {
+								return err
+							}
+							for i, j := range resp.Jobs {
+								acc := "-"
+								if n := len(j.History); n > 0 {
+									if v, ok := j.History[n-1].Metrics["test_accuracy"]; ok {
+										acc = fmt.Sprintf("%.2f%%", 100*v)
+									}
+								}
+								fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", terminalSafe(j.Spec.Name), progress.Status(j), j.Spec.Model, resp.RoundsDone[i], j.Spec.Rounds, acc)
+							}
+							if token = resp.NextPageToken; token == "" {
+								return nil
+							}
+						}
 					})
 					if err != nil {
 						return err
-					}
-					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "NAME\tSTATUS\tMODEL\tROUNDS\tTEST ACC")
-					for _, j := range resp.Jobs {
-						acc := "-"
-						if n := len(j.History); n > 0 {
-							if v, ok := j.History[n-1].Metrics["test_accuracy"]; ok {
-								acc = fmt.Sprintf("%.2f%%", 100*v)
-							}
-						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\n", j.Spec.Name, progress.Status(j), j.Spec.Model, len(j.History), j.Spec.Rounds, acc)
 					}
 					return tw.Flush()
 				},
@@ -321,9 +327,10 @@ func watchJob(c *cli.Context, conn grpc.ClientConnInterface, name string, follow
 	out := c.App.Writer
 	tty := isTerminal(out)
 	printed := 0
+	var last *pb.RoundRecord
 	header := false
 	for {
-		resp, err := admin.JobStatus(c.Context, &pb.JobStatusRequest{Name: name})
+		resp, err := admin.JobStatus(c.Context, &pb.JobStatusRequest{Name: name, FromRound: uint32(printed) + 1})
 		if err != nil {
 			return err
 		}
@@ -343,8 +350,16 @@ func watchJob(c *cli.Context, conn grpc.ClientConnInterface, name string, follow
 		if tty && follow {
 			fmt.Fprint(out, "\r\033[K")
 		}
-		for ; printed < len(j.History); printed++ {
-			fmt.Fprintln(out, progress.RoundLine(j, j.History[printed]))
+		for _, rec := range j.History {
+			fmt.Fprintln(out, progress.RoundLine(j, rec))
+			printed++
+			last = rec
+		}
+		if uint32(printed) < resp.HistoryTotal {
+			continue // the next page of rounds
+		}
+		if len(j.History) == 0 && last != nil {
+			j.History = []*pb.RoundRecord{last} // the open round's line reads the newest round
 		}
 		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING || !follow {
 			if j.OpenRound != nil && !follow {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 )
@@ -22,18 +23,18 @@ func ledgerCommand() *cli.Command {
 		Usage: "show each worker's contribution to a job (from the committed rounds' scores)",
 		Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}}},
 		Action: func(c *cli.Context) error {
-			var resp *pb.JobStatusResponse
+			var job *pb.Job
 			err := withAdmin(c, func(a pb.AdminClient) (err error) {
-				resp, err = a.JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
+				job, err = client.JobHistory(c.Context, a, c.String("job"))
 				return err
 			})
 			if err != nil {
 				return err
 			}
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "job %s: %d committed rounds, rule %s\n", resp.Job.Spec.Name, len(resp.Job.History), resp.Job.Spec.Aggregator)
+			fmt.Fprintf(tw, "job %s: %d committed rounds, rule %s\n", job.Spec.Name, len(job.History), job.Spec.Aggregator)
 			fmt.Fprintln(tw, "WORKER\tROUNDS\tKEPT\tSAMPLES\tTOTAL WEIGHT\tMEAN COSINE\tMEAN DISTANCE")
-			for _, w := range coordinator.Ledger(resp.Job) {
+			for _, w := range coordinator.Ledger(job) {
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.4f\n", w.Worker, w.Rounds, w.Kept, w.Samples, w.Weight, w.MeanCosine, w.MeanDistance)
 			}
 			return tw.Flush()
@@ -57,12 +58,12 @@ func verifyCommand() *cli.Command {
 			admin := pb.NewAdminClient(conn)
 			rounds := []uint32{uint32(c.Uint("round"))}
 			if rounds[0] == 0 {
-				st, err := admin.JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
+				job, err := client.JobHistory(c.Context, admin, c.String("job"))
 				if err != nil {
 					return err
 				}
 				rounds = rounds[:0]
-				for _, r := range st.Job.History {
+				for _, r := range job.History {
 					rounds = append(rounds, r.Number)
 				}
 			}
@@ -161,6 +162,9 @@ func aggregateCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
+				if err := out.CheckFinite(); err != nil {
+					return fmt.Errorf("aggregate: the exact LoRA aggregate is not finite (%w); %s not written", err, c.String("output"))
+				}
 				out.Metadata = map[string]string{"fedtune.rule": "lora-exact", "fedtune.updates": fmt.Sprint(len(ups))}
 				if err := tensor.WriteFile(c.String("output"), out, tensor.F32); err != nil {
 					return err
@@ -171,6 +175,9 @@ func aggregateCommand() *cli.Command {
 			out, scores, err := rule.Aggregate(ups)
 			if err != nil {
 				return err
+			}
+			if err := out.CheckFinite(); err != nil {
+				return fmt.Errorf("aggregate: the %s aggregate is not finite (%w); %s not written", rule.Name(), err, c.String("output"))
 			}
 			out.Metadata = map[string]string{"fedtune.rule": rule.Name(), "fedtune.updates": fmt.Sprint(len(ups))}
 			if err := tensor.WriteFile(c.String("output"), out, tensor.F32); err != nil {

@@ -147,3 +147,24 @@ func PutBlob(ctx context.Context, conn grpc.ClientConnInterface, b []byte) (stri
 	}
 	return hash, nil
 }
+
+// JobHistory returns a job with its whole history, asked for page by page
+// (JobStatus sends about 8 MB of rounds at a time).
+func JobHistory(ctx context.Context, admin pb.AdminClient, name string) (*pb.Job, error) {
+	var job *pb.Job
+	for from := uint32(1); ; {
+		resp, err := admin.JobStatus(ctx, &pb.JobStatusRequest{Name: name, FromRound: from})
+		if err != nil {
+			return nil, err
+		}
+		if job == nil {
+			job = resp.Job
+		} else {
+			job.History = append(job.History, resp.Job.History...)
+		}
+		from = resp.HistoryFrom + uint32(len(resp.Job.History))
+		if len(resp.Job.History) == 0 || from > resp.HistoryTotal {
+			return job, nil
+		}
+	}
+}

@@ -31,20 +31,22 @@ func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
 }
 
 // OpenRoundLine describes a round in progress: updates in, a bar of the
-// time to its deadline, and the newest committed test accuracy.
+// time to its deadline, and the newest committed test accuracy. It reads
+// the newest round from the last record of j.History (which may be a page
+// of the history ending with it).
 func OpenRoundLine(j *pb.Job, now time.Time) string {
-	acc := pct(j.BaseMetrics, "test_accuracy")
+	acc, done := pct(j.BaseMetrics, "test_accuracy"), uint32(0)
 	if n := len(j.History); n > 0 {
-		acc = pct(j.History[n-1].Metrics, "test_accuracy")
+		acc, done = pct(j.History[n-1].Metrics, "test_accuracy"), j.History[n-1].Number
 	}
 	if a := j.Spec.GetAsync(); a != nil && j.Async != nil && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
 		k := int(max(a.BufferSize, 1))
-		return fmt.Sprintf("version %d: buffer %s %d/%d updates, %d training, test accuracy %s", len(j.History), Bar(len(j.Async.Buffer), k, 10),
+		return fmt.Sprintf("version %d: buffer %s %d/%d updates, %d training, test accuracy %s", done, Bar(len(j.Async.Buffer), k, 10),
 			len(j.Async.Buffer), k, len(j.Async.Assignments), acc)
 	}
 	r := j.OpenRound
 	if r == nil {
-		return fmt.Sprintf("job %s: %s, %d/%d rounds committed", j.Spec.Name, status(j), len(j.History), j.Spec.Rounds)
+		return fmt.Sprintf("job %s: %s, %d/%d rounds committed", j.Spec.Name, status(j), done, j.Spec.Rounds)
 	}
 	total := time.Duration(r.DeadlineUnixNano - r.StartedUnixNano)
 	elapsed := now.Sub(time.Unix(0, r.StartedUnixNano))

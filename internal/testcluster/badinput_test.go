@@ -16,7 +16,6 @@ import (
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
-	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -28,15 +27,7 @@ import (
 // state as it was.
 func TestBadInputChangesNothing(t *testing.T) {
 	c := StartCoordinator(t, coordinator.Config{SubmitBurst: 1000} /* validation, not rate limits (TestSubmitRateLimit) */)
-	// A gossip member with the worker role, driven by hand through gRPC.
-	g, err := gossip.Start(gossip.Config{Name: "w1", BindAddr: "127.0.0.1:0", Profile: "local", Meta: gossip.Meta{Role: gossip.RoleWorker}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Leave(time.Second)
-	if err := g.Join([]string{c.GossipAddr()}); err != nil {
-		t.Fatal(err)
-	}
+	handWorkers(t, c, "w1")
 	pool := client.NewPool()
 	defer pool.Close()
 	conn, _ := pool.Conn(c.GRPCAddr())

@@ -1,0 +1,148 @@
+package testcluster
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/gossip"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// handWorkers joins gossip members with the worker role to c, to be driven
+// by hand through gRPC; they leave when the test ends.
+func handWorkers(t *testing.T, c *coordinator.Coordinator, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		g, err := gossip.Start(gossip.Config{Name: id, BindAddr: "127.0.0.1:0", Profile: "local", Meta: gossip.Meta{Role: gossip.RoleWorker}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Leave(time.Second) })
+		if err := g.Join([]string{c.GossipAddr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestHostileUpdates: one worker of a geomedian job sends what once broke
+// the cluster — a finite delta of 1e19 (it committed a model with NaN
+// norm), 33,000 metrics (the job's state outgrew gRPC's message limit),
+// NaN metrics (every dashboard answered 500), and a claim of 1.8e19
+// samples (FedAvg weight 1.000 against the honest workers' 0.000). The
+// first three are refused with a reason, the claim counts as the job's cap,
+// and the round commits a finite model with the honest worker's update.
+func TestHostileUpdates(t *testing.T) {
+	c := StartCoordinator(t, coordinator.Config{SubmitBurst: 1000})
+	handWorkers(t, c, "w1", "w2")
+	pool := client.NewPool()
+	defer pool.Close()
+	conn, _ := pool.Conn(c.GRPCAddr())
+	admin, wk := pb.NewAdminClient(conn), pb.NewWorkerClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	arch, _ := model.Lookup("mnist-mlp-small")
+	base := arch.Init(1)
+	b, _ := tensor.Marshal(base, tensor.F32)
+	hash, err := client.PutBlob(ctx, conn, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := &pb.JobSpec{Name: "j", Model: "mnist-mlp-small", Dataset: "mnist", BaseModel: hash, Rounds: 1, ClientsPerRound: 2, RoundTimeoutSeconds: 60,
+		Aggregator: "geomedian", Train: &pb.TrainConfig{LocalSteps: 2, BatchSize: 64}}
+	if _, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, 10*time.Second, "round 1 to open", func() bool {
+		j, _ := c.FSM().Job("j")
+		return j.OpenRound != nil && len(j.OpenRound.Selected) == 2
+	})
+	j, _ := c.FSM().Job("j")
+	r := j.OpenRound
+	honest := tensor.ZerosLike(base)
+	for _, tt := range honest.Tensors {
+		for i := range tt.Data {
+			tt.Data[i] = 0.001
+		}
+	}
+	huge := tensor.ZerosLike(base)
+	for _, tt := range huge.Tensors {
+		for i := range tt.Data {
+			tt.Data[i] = 1e19
+		}
+	}
+	payload := func(s tensor.Set) []byte {
+		b, err := tensor.Marshal(s, tensor.F32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	req := func(worker string, delta tensor.Set, samples uint64, metrics map[string]float64) *pb.SubmitUpdateRequest {
+		return &pb.SubmitUpdateRequest{WorkerId: worker, Job: "j", Round: r.Number, BaseModel: r.BaseModel, Codec: "fp32", Payload: payload(delta), Samples: samples, Metrics: metrics}
+	}
+	many := map[string]float64{}
+	for i := range 33000 {
+		many[fmt.Sprintf("m%05d", i)] = 1
+	}
+	for _, bad := range []struct {
+		name string
+		req  *pb.SubmitUpdateRequest
+		want string
+	}{
+		{"delta of 1e19", req("w1", huge, 100, nil), "exceeds the job's bound"},
+		{"33000 metrics", req("w1", honest, 100, many), "33000 metrics"},
+		{"NaN metric", req("w1", honest, 100, map[string]float64{"loss": math.NaN()}), "must be finite"},
+		{"metric name with escapes", req("w1", honest, 100, map[string]float64{"\x1b[31mred": 1}), "metric name"},
+	} {
+		_, err := wk.SubmitUpdate(ctx, bad.req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: %v, want InvalidArgument mentioning %q", bad.name, err, bad.want)
+		}
+	}
+	if _, err := wk.SubmitUpdate(ctx, req("w1", honest, 18_000_000_000_000_000_000, map[string]float64{"loss": 1})); err != nil {
+		t.Fatalf("update claiming 1.8e19 samples: %v (accepted, counted as the cap)", err)
+	}
+	if _, err := wk.SubmitUpdate(ctx, req("w2", honest, 100, map[string]float64{"loss": 1})); err != nil {
+		t.Fatal(err)
+	}
+	WaitFor(t, 10*time.Second, "round 1 committed", func() bool {
+		j, _ := c.FSM().Job("j")
+		return len(j.History) == 1
+	})
+	j, _ = c.FSM().Job("j")
+	rec := j.History[0]
+	for _, u := range rec.Accepted {
+		if u.Worker == "w1" && u.Samples != coordinator.SampleCap(j.Spec) {
+			t.Errorf("w1's claim of 1.8e19 samples counted as %d, want the cap %d (steps × batch)", u.Samples, coordinator.SampleCap(j.Spec))
+		}
+	}
+	if got := metric(t, c, "fedtune_update_samples_capped_total"); got != 1 {
+		t.Errorf("fedtune_update_samples_capped_total = %v, want 1", got)
+	}
+	mb, err := client.GetBlob(ctx, conn, rec.Model, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := tensor.Unmarshal(mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.CheckFinite(); err != nil {
+		t.Fatalf("committed model: %v", err)
+	}
+	d, _ := tensor.Diff(next, base)
+	if n, want := d.Norm(), honest.Norm(); math.Abs(n-want) > 1e-3*want {
+		t.Errorf("committed model moved by %.6g, want the honest update's %.6g", n, want)
+	}
+}
