@@ -2,16 +2,12 @@ package coordinator
 
 import (
 	"context"
-	"crypto/tls"
-	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -127,57 +123,6 @@ func (c *Coordinator) workerMayFetch(worker, hash string) bool {
 		}
 	}
 	return false
-}
-
-// tlsStreamLayer is Raft's transport over mutual TLS: only peers with a
-// coordinator certificate of the cluster's CA are accepted.
-type tlsStreamLayer struct {
-	net.Listener
-	node    *pki.Node
-	advert  net.Addr
-	refused func()
-}
-
-func newTLSStreamLayer(addr string, node *pki.Node, refused func()) (*tlsStreamLayer, error) {
-	ln, err := tls.Listen("tcp", addr, node.ServerTLS())
-	if err != nil {
-		return nil, err
-	}
-	return &tlsStreamLayer{Listener: ln, node: node, advert: ln.Addr(), refused: refused}, nil
-}
-
-// Accept returns the next connection whose peer proves to be a coordinator.
-func (l *tlsStreamLayer) Accept() (net.Conn, error) {
-	for {
-		conn, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		tc := conn.(*tls.Conn)
-		tc.SetDeadline(time.Now().Add(10 * time.Second))
-		err = tc.Handshake()
-		tc.SetDeadline(time.Time{})
-		if err == nil {
-			var id pki.Identity
-			if id, err = pki.ConnIdentity(tc); err == nil && id.Role != pki.RoleCoordinator {
-				err = fmt.Errorf("%s %q is not a coordinator", id.Role, id.Name)
-			}
-		}
-		if err != nil {
-			l.refused()
-			conn.Close()
-			continue
-		}
-		return tc, nil
-	}
-}
-
-func (l *tlsStreamLayer) Addr() net.Addr { return l.advert }
-
-// Dial connects to another coordinator's Raft transport.
-func (l *tlsStreamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	d := &net.Dialer{Timeout: timeout}
-	return tls.DialWithDialer(d, "tcp", string(address), l.node.ClientTLS())
 }
 
 // submitLimits are the per-worker token buckets of SubmitUpdate.
