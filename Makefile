@@ -39,11 +39,13 @@ test: testdeps
 
 ## chaos: the long fault-injection runs: 20 leader kills (with a fault-free
 ## baseline for accuracy), LAN-profile failover, a 30 s partition, worker churn,
-## and the network-namespace partitions with LAN timings and 45 s cuts
+## the network-namespace partitions with LAN timings and 45 s cuts, and every
+## fuzz target for 10 minutes
 chaos:
 	$(GO) test -count=1 -v -timeout 30m -run 'TestChaos' ./cmd/fedtune -chaos.kills 20 -chaos.baseline -chaos.lan-kills 10 2>&1 | grep -E '^(chaos|  |---|ok|FAIL|PASS)|kill '
 	$(GO) test -count=1 -v -timeout 10m -run 'TestPartitionedLeader|TestWorkerChurn|TestWholeClusterRestart|TestMembershipChanges' ./internal/testcluster -chaos.partition 30s 2>&1 | grep -E '^(---|ok|FAIL|PASS)|_test.go'
 	$(GO) test -count=1 -v -timeout 15m -run 'TestNetworkPartition|TestWorkerPartition|TestSplitWithWorkers' ./cmd/fedtune -chaos.netns-profile lan -chaos.netns-cut 45s 2>&1 | grep -E '^(---|ok|FAIL|PASS)|_test.go'
+	$(MAKE) fuzz FUZZTIME=10m
 
 ## bench: throughput and speed ratios against baselines measured in the same run
 bench:

@@ -187,9 +187,17 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 		s, ok := in[m.Name]
 		// Every server's addresses, this leader's included (its own gossip
 		// always shows it), recorded on its first tick.
-		if ok && m.Meta.GRPC != "" && string(s.Address) == m.Meta.Raft {
+		if ok && m.Meta.GRPC != "" && string(s.Address) == m.Meta.Raft && c.verifier.verify(m) == nil {
 			if err := c.recordServer(&pb.ServerAddrs{Id: m.Name, RaftAddr: m.Meta.Raft, GrpcAddr: m.Meta.GRPC}); err != nil {
 				c.log.Warn("record coordinator addresses", "server", m.Name, "err", err)
+			}
+		}
+		if !ok || string(s.Address) != m.Meta.Raft {
+			// Joining or moving: only once the member proves, at the
+			// address it advertises, a coordinator certificate of its name.
+			if err := c.verifier.verify(m); err != nil {
+				c.logUnproven(m.Name, err)
+				continue
 			}
 		}
 		switch {

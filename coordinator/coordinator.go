@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -120,6 +121,9 @@ func (c *Config) defaults() error {
 		}
 		c.NodeID = h
 	}
+	if err := gossip.CheckName(c.NodeID); err != nil {
+		return fmt.Errorf("coordinator: id: %w", err)
+	}
 	if c.GRPCAddr == "" {
 		c.GRPCAddr = "127.0.0.1:7070"
 	}
@@ -129,7 +133,18 @@ func (c *Config) defaults() error {
 	if c.GossipAddr == "" {
 		c.GossipAddr = "127.0.0.1:7946"
 	}
-	if c.MaxBlobBytes <= 0 {
+	for _, n := range []struct {
+		name string
+		neg  bool
+	}{
+		{"max blob bytes", c.MaxBlobBytes < 0}, {"submit rate", c.SubmitRate < 0 || c.SubmitRate != c.SubmitRate}, {"submit burst", c.SubmitBurst < 0},
+		{"tick interval", c.TickInterval < 0}, {"worker grace", c.WorkerGrace < 0}, {"server grace", c.ServerGrace < 0}, {"keep update rounds", c.KeepUpdateRounds < 0},
+	} {
+		if n.neg {
+			return fmt.Errorf("coordinator: %s must not be negative (0: the default)", n.name)
+		}
+	}
+	if c.MaxBlobBytes == 0 {
 		c.MaxBlobBytes = 1 << 30
 	}
 	if c.SubmitRate <= 0 {
@@ -192,9 +207,15 @@ type Coordinator struct {
 	http     *http.Server
 	httpAddr string // where http listens ("" if off)
 
-	layouts sync.Map    // model name -> tensor.Set layout, read-only once stored
-	frozen  frozenCache // LoRA jobs' frozen bases
-	norms   struct {    // model hash -> L2 norm (the bound on updates to it)
+	layouts  sync.Map    // model name -> tensor.Set layout, read-only once stored
+	frozen   frozenCache // LoRA jobs' frozen bases
+	proofs   workerProofs
+	polls    pollLimits
+	verifier *peerVerifier
+
+	unprovenMu     sync.Mutex
+	unprovenLogged map[string]string // coordinator member -> last proof failure logged
+	norms          struct {          // model hash -> L2 norm (the bound on updates to it)
 		mu sync.Mutex
 		by map[string]float64
 	}
@@ -206,6 +227,13 @@ type Coordinator struct {
 	wg           sync.WaitGroup
 }
 
+// Limits of the gRPC server.
+const (
+	MaxGRPCConns      = 4096 // open connections; more wait to be accepted
+	MaxStreamsPerConn = 128  // concurrent calls on one connection
+	MaxPollsPerWorker = 4    // PollTask calls one worker may have waiting
+)
+
 // New starts a coordinator: opens its stores, starts Raft, gossip and gRPC.
 func New(cfg Config) (*Coordinator, error) {
 	if err := cfg.defaults(); err != nil {
@@ -216,6 +244,7 @@ func New(cfg Config) (*Coordinator, error) {
 		c.pool = client.NewPoolTLS(cfg.TLS.ClientTLS())
 	}
 	c.submits = &submitLimits{rate: rate.Limit(cfg.SubmitRate), burst: cfg.SubmitBurst}
+	c.verifier = newPeerVerifier(cfg.TLS)
 	ok := false
 	defer func() {
 		if !ok {
@@ -232,8 +261,13 @@ func New(cfg Config) (*Coordinator, error) {
 	if c.lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		return nil, fmt.Errorf("coordinator: gRPC listen: %w", err)
 	}
+	// Bounds against floods: open connections (idle ones without a
+	// certificate once took 18,000 of 20,000 descriptors), the time a
+	// connection has to finish its TLS handshake, streams per connection.
+	grpcLis := netutil.LimitListener(c.lis, MaxGRPCConns)
 	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(int(min(cfg.MaxBlobBytes+(1<<20), 1<<31-1))), grpc.MaxSendMsgSize(64 << 20),
-		grpc.UnaryInterceptor(c.unaryAuth), grpc.StreamInterceptor(c.streamAuth)}
+		grpc.UnaryInterceptor(c.unaryAuth), grpc.StreamInterceptor(c.streamAuth),
+		grpc.ConnectionTimeout(5 * time.Second), grpc.MaxConcurrentStreams(MaxStreamsPerConn)}
 	opts = append(opts, client.ServerKeepalive()...)
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.ServerTLS())))
@@ -245,7 +279,7 @@ func New(cfg Config) (*Coordinator, error) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := c.grpc.Serve(c.lis); err != nil {
+		if err := c.grpc.Serve(grpcLis); err != nil {
 			c.log.Error("gRPC server stopped", "err", err)
 		}
 	}()

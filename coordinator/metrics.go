@@ -52,7 +52,7 @@ func newMetrics() *metrics {
 		updatesAccepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_updates_accepted_total", Help: "Worker updates accepted."}),
 		updatesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_updates_rejected_total", Help: "Worker updates refused, by gRPC code."}, []string{"reason"}),
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_auth_refused_total",
-			Help: "Calls and Raft connections refused by mutual TLS checks, by reason (no-identity, role, impersonation, blob, raft, revoked)."}, []string{"reason"}),
+			Help: "Calls and Raft connections refused by mutual TLS checks, by reason (no-identity, role, impersonation, blob, raft, revoked, gossip: a member claiming the coordinator role without proving it)."}, []string{"reason"}),
 	}
 	m.roundsStarted = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_rounds_started_total", Help: "Rounds this node started as leader (attempts included)."})
 	m.updateBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_update_bytes_total", Help: "Bytes of accepted updates received, by codec."}, []string{"codec"})

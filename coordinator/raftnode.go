@@ -153,7 +153,7 @@ func (c *Coordinator) bootstrapLoop() {
 		if c.raft.LastIndex() > 0 {
 			return // joined by a leader, or bootstrapped
 		}
-		members := c.gossip.WithRole(gossip.RoleCoordinator)
+		members := c.provenCoordinators() // a rogue member neither counts nor blocks
 		if len(members) != c.cfg.BootstrapExpect {
 			if len(members) > c.cfg.BootstrapExpect {
 				c.log.Warn("more coordinators than --bootstrap-expect; waiting to be added by a leader", "seen", len(members), "expect", c.cfg.BootstrapExpect)

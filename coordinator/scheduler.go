@@ -16,7 +16,6 @@ import (
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
-	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -43,7 +42,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	} else {
 		log.Info("leading: scheduler started")
 	}
-	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{},
+	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{}, ignored: map[string]bool{},
 		servers: &serverReconciler{c: c, goneSince: map[string]time.Time{}, caughtUp: map[string]int{}}}
 	t := time.NewTicker(c.cfg.TickInterval)
 	defer t.Stop()
@@ -67,6 +66,7 @@ type scheduler struct {
 	attempts   map[string]uint32    // job -> aborted attempts of its current round
 	goneSince  map[string]time.Time // worker -> when gossip stopped seeing it
 	waitLogged map[string]bool
+	ignored    map[string]bool // gossip members not rostered (logged once)
 	servers    *serverReconciler
 	cutOff     bool // gossip sees too few voters to be believed (reconcile)
 }
@@ -85,80 +85,6 @@ func (s *scheduler) tick(ctx context.Context) {
 			s.log.Error("scheduling failed", "job", j.Spec.Name, "err", err)
 		}
 	}
-}
-
-// reconcile writes gossip's view of workers into the roster (Consul's
-// reconcileMember) and returns the ids of live, rostered workers.
-//
-// Absence from gossip means a worker is gone only if this node's gossip is
-// part of the pool. A leader whose gossip sees fewer than a majority of the
-// Raft voters — its gossip port blocked while Raft's is open, or a gossip
-// key the others do not hold — is cut off from it, and would otherwise
-// withdraw every assignment, abort every round and, after the grace
-// period, empty the roster while the workers are fine. Cut off, it takes
-// every rostered worker as live (deadlines still end the work of those
-// truly gone) and removes none, until gossip sees a majority again.
-func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
-	now := s.c.clock.Now()
-	members := s.c.gossip.Members() // read once: coordinators for the check, workers for the roster
-	seen, voters, err := s.c.votersInGossip(members)
-	if cut := err == nil && seen < voters/2+1; cut != s.cutOff {
-		s.cutOff = cut
-		if cut {
-			s.log.Warn("gossip sees too few coordinators to be believed: taking every rostered worker as live", "voters_seen", seen, "voters", voters)
-		} else {
-			s.log.Info("gossip sees a majority of coordinators again", "voters_seen", seen, "voters", voters)
-		}
-	}
-	roster := map[string]*pb.WorkerInfo{}
-	for _, w := range s.c.fsm.Workers() {
-		roster[w.Id] = w
-	}
-	alive := map[string]*pb.WorkerInfo{}
-	for _, m := range members {
-		if m.Meta.Role != gossip.RoleWorker {
-			continue
-		}
-		delete(s.goneSince, m.Name)
-		if _, revoked := s.c.fsm.Revoked(m.Name); revoked {
-			continue // never back in the roster
-		}
-		cur, ok := roster[m.Name]
-		if !ok || cur.GrpcAddr != m.Meta.GRPC || !maps.Equal(cur.Labels, m.Meta.Labels) {
-			w := &pb.WorkerInfo{Id: m.Name, GrpcAddr: m.Meta.GRPC, Labels: m.Meta.Labels, LastSeenUnixNano: now.UnixNano()}
-			if err := s.c.apply(pb.CommandType_COMMAND_TYPE_UPSERT_WORKER, &pb.UpsertWorker{Worker: w}); err != nil {
-				s.log.Warn("roster update failed", "worker", m.Name, "err", err)
-				continue
-			}
-			s.log.Info("worker joined", "worker", m.Name, "labels", m.Meta.Labels)
-			cur = w
-		}
-		alive[m.Name] = cur
-	}
-	for id, w := range roster {
-		if _, ok := alive[id]; ok {
-			continue
-		}
-		if s.cutOff {
-			delete(s.goneSince, id) // its grace starts when gossip can see it again
-			if _, revoked := s.c.fsm.Revoked(id); !revoked {
-				alive[id] = w
-			}
-			continue
-		}
-		since, ok := s.goneSince[id]
-		if !ok {
-			s.goneSince[id] = now
-			continue
-		}
-		if now.Sub(since) > s.c.cfg.WorkerGrace {
-			if err := s.c.apply(pb.CommandType_COMMAND_TYPE_REMOVE_WORKER, &pb.RemoveWorker{Id: id}); err == nil {
-				s.log.Info("worker removed after grace period", "worker", id)
-				delete(s.goneSince, id)
-			}
-		}
-	}
-	return alive
 }
 
 func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.WorkerInfo) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -12,6 +13,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/fedtune/fedtune/internal/gossip"
+	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
@@ -61,6 +64,18 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 	if err := s.c.checkWorkerID(ctx, req.WorkerId); err != nil {
 		return nil, err
 	}
+	if err := gossip.CheckLabels(req.Labels); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "poll task: %v", err)
+	}
+	if id := callerIdentity(ctx); s.c.cfg.TLS != nil && id.Role == pki.RoleWorker {
+		s.c.proofs.record(id.Name, req.Labels) // its certificate proved the name: it may be rostered
+	}
+	if !s.c.polls.acquire(req.WorkerId) {
+		// A waiting poll wakes at every change of the state; thousands of
+		// them from one certificate once starved Raft's heartbeats.
+		return nil, status.Errorf(codes.ResourceExhausted, "poll task: worker %s already has %d polls waiting", req.WorkerId, MaxPollsPerWorker)
+	}
+	defer s.c.polls.release(req.WorkerId)
 	wait := min(time.Duration(req.WaitSeconds*float64(time.Second)), MaxPollWait)
 	deadline := time.NewTimer(max(wait, 0))
 	defer deadline.Stop()
@@ -138,6 +153,33 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 		return t
 	}
 	return nil
+}
+
+// pollLimits counts each worker's waiting PollTask calls.
+type pollLimits struct {
+	mu sync.Mutex
+	by map[string]int
+}
+
+func (p *pollLimits) acquire(worker string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.by == nil {
+		p.by = map[string]int{}
+	}
+	if p.by[worker] >= MaxPollsPerWorker {
+		return false
+	}
+	p.by[worker]++
+	return true
+}
+
+func (p *pollLimits) release(worker string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.by[worker]--; p.by[worker] <= 0 {
+		delete(p.by, worker)
+	}
 }
 
 // asyncTask returns the task of worker's assignment in an async job, if it

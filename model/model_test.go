@@ -118,3 +118,20 @@ func TestTrainConfigRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestEvaluateRefusesNonFinite: a model with a NaN weight gets an error,
+// not an accuracy (it once scored 9.80% with loss NaN, unremarked).
+func TestEvaluateRefusesNonFinite(t *testing.T) {
+	test, err := dataset.MNIST(dataset.Test)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := MLP{Sizes: []int{784, 8, 10}}
+	ev, _ := NewEvaluator(m, 1000)
+	defer ev.Close()
+	p := m.Init(1)
+	p.Tensors[1].Data[5] = float32(math.NaN())
+	if _, err := ev.Evaluate(p, test); !errors.Is(err, tensor.ErrNotFinite) {
+		t.Fatalf("err %v, want ErrNotFinite", err)
+	}
+}

@@ -277,6 +277,10 @@ func (e *Evaluator) Evaluate(params tensor.Set, data *dataset.Examples) (Eval, e
 	if data.Dim != e.m.Sizes[0] {
 		return Eval{}, fmt.Errorf("evaluate: data has %d features, model takes %d", data.Dim, e.m.Sizes[0])
 	}
+	if err := params.CheckFinite(); err != nil {
+		// Its accuracy and loss would mean nothing (NaN logits pick class 0).
+		return Eval{}, fmt.Errorf("evaluate: the model's weights are not all finite: %w", err)
+	}
 	n := data.Len()
 	var correct int
 	var lossSum float64

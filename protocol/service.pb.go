@@ -215,7 +215,11 @@ type PollTaskRequest struct {
 	WaitSeconds float64                `protobuf:"fixed64,2,opt,name=wait_seconds,json=waitSeconds,proto3" json:"wait_seconds,omitempty"` // how long the server may hold the call
 	// Round attempts this worker is finished with (its update accepted, or
 	// its training failed); not offered again (protocol.AttemptKey).
-	Done          []string `protobuf:"bytes,3,rep,name=done,proto3" json:"done,omitempty"` // "job/round/attempt"
+	Done []string `protobuf:"bytes,3,rep,name=done,proto3" json:"done,omitempty"` // "job/round/attempt"
+	// The worker's labels. With mutual TLS they are what the roster and job
+	// selectors use (gossip only says who is alive): a poll is authenticated
+	// by the worker's certificate, gossip by a key every worker holds.
+	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -267,6 +271,13 @@ func (x *PollTaskRequest) GetWaitSeconds() float64 {
 func (x *PollTaskRequest) GetDone() []string {
 	if x != nil {
 		return x.Done
+	}
+	return nil
+}
+
+func (x *PollTaskRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
 	}
 	return nil
 }
@@ -1924,11 +1935,15 @@ const file_service_proto_rawDesc = "" +
 	"\aattempt\x18\n" +
 	" \x01(\rR\aattempt\x12,\n" +
 	"\x06frozen\x18\v \x01(\v2\x14.fedtune.v1.ModelRefR\x06frozen\x12(\n" +
-	"\x04lora\x18\f \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\"e\n" +
+	"\x04lora\x18\f \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\"\xe1\x01\n" +
 	"\x0fPollTaskRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12!\n" +
 	"\fwait_seconds\x18\x02 \x01(\x01R\vwaitSeconds\x12\x12\n" +
-	"\x04done\x18\x03 \x03(\tR\x04done\"\x99\x01\n" +
+	"\x04done\x18\x03 \x03(\tR\x04done\x12?\n" +
+	"\x06labels\x18\x04 \x03(\v2'.fedtune.v1.PollTaskRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x99\x01\n" +
 	"\x10PollTaskResponse\x12$\n" +
 	"\x04task\x18\x01 \x01(\v2\x10.fedtune.v1.TaskR\x04task\x12\x1f\n" +
 	"\vleader_addr\x18\x02 \x01(\tR\n" +
@@ -2090,7 +2105,7 @@ func file_service_proto_rawDescGZIP() []byte {
 	return file_service_proto_rawDescData
 }
 
-var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_service_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_service_proto_goTypes = []any{
 	(*ModelRef)(nil),                   // 0: fedtune.v1.ModelRef
 	(*Task)(nil),                       // 1: fedtune.v1.Task
@@ -2122,64 +2137,66 @@ var file_service_proto_goTypes = []any{
 	(*KeyringResponse)(nil),            // 27: fedtune.v1.KeyringResponse
 	(*TransferLeadershipRequest)(nil),  // 28: fedtune.v1.TransferLeadershipRequest
 	(*TransferLeadershipResponse)(nil), // 29: fedtune.v1.TransferLeadershipResponse
-	nil,                                // 30: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                                // 31: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),                // 32: fedtune.v1.TrainConfig
-	(*LoRASpec)(nil),                   // 33: fedtune.v1.LoRASpec
-	(*JobSpec)(nil),                    // 34: fedtune.v1.JobSpec
-	(*Job)(nil),                        // 35: fedtune.v1.Job
-	(*WorkerInfo)(nil),                 // 36: fedtune.v1.WorkerInfo
-	(*Keyring)(nil),                    // 37: fedtune.v1.Keyring
+	nil,                                // 30: fedtune.v1.PollTaskRequest.LabelsEntry
+	nil,                                // 31: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                                // 32: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),                // 33: fedtune.v1.TrainConfig
+	(*LoRASpec)(nil),                   // 34: fedtune.v1.LoRASpec
+	(*JobSpec)(nil),                    // 35: fedtune.v1.JobSpec
+	(*Job)(nil),                        // 36: fedtune.v1.Job
+	(*WorkerInfo)(nil),                 // 37: fedtune.v1.WorkerInfo
+	(*Keyring)(nil),                    // 38: fedtune.v1.Keyring
 }
 var file_service_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	32, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	33, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	0,  // 2: fedtune.v1.Task.frozen:type_name -> fedtune.v1.ModelRef
-	33, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
-	1,  // 4: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	30, // 5: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	34, // 6: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	35, // 7: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	35, // 8: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	35, // 9: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	36, // 10: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	31, // 11: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
-	19, // 12: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
-	20, // 13: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
-	37, // 14: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
-	2,  // 15: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
-	4,  // 16: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
-	6,  // 17: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
-	7,  // 18: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
-	9,  // 19: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
-	11, // 20: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
-	13, // 21: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
-	15, // 22: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
-	17, // 23: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
-	22, // 24: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
-	18, // 25: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
-	24, // 26: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
-	26, // 27: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
-	28, // 28: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
-	3,  // 29: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	5,  // 30: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	7,  // 31: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	8,  // 32: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	10, // 33: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	12, // 34: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	14, // 35: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	16, // 36: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	7,  // 37: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	23, // 38: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	21, // 39: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	25, // 40: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
-	27, // 41: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
-	29, // 42: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
-	29, // [29:43] is the sub-list for method output_type
-	15, // [15:29] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	34, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
+	30, // 4: fedtune.v1.PollTaskRequest.labels:type_name -> fedtune.v1.PollTaskRequest.LabelsEntry
+	1,  // 5: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
+	31, // 6: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	35, // 7: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	36, // 8: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	36, // 9: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	36, // 10: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	37, // 11: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	32, // 12: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	19, // 13: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
+	20, // 14: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
+	38, // 15: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
+	2,  // 16: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
+	4,  // 17: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
+	6,  // 18: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
+	7,  // 19: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
+	9,  // 20: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
+	11, // 21: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
+	13, // 22: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
+	15, // 23: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
+	17, // 24: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
+	22, // 25: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
+	18, // 26: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
+	24, // 27: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
+	26, // 28: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
+	28, // 29: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
+	3,  // 30: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	5,  // 31: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	7,  // 32: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	8,  // 33: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	10, // 34: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	12, // 35: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	14, // 36: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	16, // 37: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	7,  // 38: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	23, // 39: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	21, // 40: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	25, // 41: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	27, // 42: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
+	29, // 43: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
+	30, // [30:44] is the sub-list for method output_type
+	16, // [16:30] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_service_proto_init() }
@@ -2194,7 +2211,7 @@ func file_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_service_proto_rawDesc), len(file_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

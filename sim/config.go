@@ -21,6 +21,15 @@ import (
 	"github.com/fedtune/fedtune/tensor/codec"
 )
 
+
+// Bounds on a simulation's size: beyond them a configuration is a typo
+// (workers: 100000000 once spent 25 s and 4 GB validating), and MNIST's
+// 60,000 training images cannot give more workers a batch each.
+const (
+	MaxWorkers = 60_000
+	MaxRounds  = 1_000_000
+)
+
 // An experiment file is a flat YAML map of the keys below. Any key may be
 // given a list of values instead of one: the experiment is then the grid of
 // every combination (a sweep), run in the order of Keys, the last key
@@ -320,16 +329,18 @@ func (r Point) Config() (Config, error) {
 	switch {
 	case r["dataset"] != "mnist" && r["dataset"] != "words":
 		return c, keyErr("dataset", "unknown data set %q (known: mnist, words)", r["dataset"])
-	case c.Workers < 1:
-		return c, keyErr("workers", "%d, want at least 1", c.Workers)
-	case c.Rounds < 1:
-		return c, keyErr("rounds", "%d, want at least 1", c.Rounds)
+	case c.Workers < 1 || c.Workers > MaxWorkers:
+		return c, keyErr("workers", "%d, want 1 to %d", c.Workers, MaxWorkers)
+	case c.Rounds < 1 || c.Rounds > MaxRounds:
+		return c, keyErr("rounds", "%d, want 1 to %d", c.Rounds, MaxRounds)
 	case c.ClientsPerRound < 0 || c.ClientsPerRound > c.Workers:
 		return c, keyErr("clients_per_round", "%d clients per round of %d workers", c.ClientsPerRound, c.Workers)
 	case c.Train.BatchSize < 1:
 		return c, keyErr("batch_size", "%d, want at least 1", c.Train.BatchSize)
-	case !(c.Train.LR > 0):
-		return c, keyErr("lr", "%v, want > 0", c.Train.LR)
+	case c.Train.BatchSize > 1<<16:
+		return c, keyErr("batch_size", "%d, want at most %d", c.Train.BatchSize, 1<<16)
+	case !(c.Train.LR > 0) || c.Train.LR > 100:
+		return c, keyErr("lr", "%v, want > 0 and ≤ 100", c.Train.LR)
 	case c.Byzantine < 0 || c.Byzantine >= 1:
 		return c, keyErr("byzantine", "fraction %v, want [0, 1)", c.Byzantine)
 	case c.Dropout < 0 || c.Dropout >= 1:

@@ -106,6 +106,32 @@ type fileTensor struct {
 	begin, end uint64
 }
 
+// duplicateKey returns a key the top-level JSON object in header has more
+// than once. header is known to decode as an object.
+func duplicateKey(header []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(header))
+	if _, err := dec.Token(); err != nil { // {
+		return "", false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		key, _ := t.(string)
+		if seen[key] {
+			return key, true
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return "", false
+		}
+	}
+	return "", false
+}
+
 // parseHeader validates a safetensors JSON header against a data buffer of
 // bufLen bytes: supported dtypes, shapes matching byte ranges, ranges that
 // tile the buffer exactly. It returns the tensors sorted by name.
@@ -117,6 +143,11 @@ func parseHeader(header []byte, bufLen uint64) ([]fileTensor, map[string]string,
 	}
 	if raw == nil {
 		return nil, nil, bad("header is JSON null, want an object")
+	}
+	if name, ok := duplicateKey(header); ok {
+		// A JSON object decodes with its last duplicate winning; say so
+		// rather than report the bytes the lost entry leaves unclaimed.
+		return nil, nil, bad("tensor %q is named twice in the header", name)
 	}
 	var meta map[string]string
 	out := make([]fileTensor, 0, len(raw))

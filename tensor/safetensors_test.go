@@ -95,6 +95,7 @@ func TestRefuseBadFiles(t *testing.T) {
 		"bad_header_len.safetensors":      "header length",
 		"bad_shape_mismatch.safetensors":  "needs",
 		"bad_offset_past_end.safetensors": "past the",
+		"bad_duplicate_name.safetensors":  "named twice",
 	}
 	files, _ := filepath.Glob("testdata/safetensors/bad_*.safetensors")
 	if len(files) != len(want) {

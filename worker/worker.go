@@ -127,6 +127,12 @@ func New(cfg Config, trainer Trainer) (*Worker, error) {
 	if cfg.ID == "" {
 		return nil, errors.New("worker: an id is required")
 	}
+	if err := gossip.CheckName(cfg.ID); err != nil {
+		return nil, fmt.Errorf("worker: id: %w", err)
+	}
+	if err := gossip.CheckLabels(cfg.Labels); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
 	if len(cfg.Join) == 0 {
 		return nil, errors.New("worker: give at least one node's gossip address to join")
 	}
@@ -292,7 +298,7 @@ func (w *Worker) once(ctx context.Context) error {
 	}
 	pctx, cancel := w.callCtx(ctx, w.cfg.PollWait+10*time.Second)
 	defer cancel()
-	resp, err := pb.NewWorkerClient(conn).PollTask(pctx, &pb.PollTaskRequest{WorkerId: w.cfg.ID, WaitSeconds: w.cfg.PollWait.Seconds(), Done: w.done})
+	resp, err := pb.NewWorkerClient(conn).PollTask(pctx, &pb.PollTaskRequest{WorkerId: w.cfg.ID, WaitSeconds: w.cfg.PollWait.Seconds(), Done: w.done, Labels: w.labels})
 	if err != nil {
 		return fmt.Errorf("poll %s: %w", w.target, callErr(pctx, err))
 	}
@@ -456,9 +462,13 @@ func (w *Worker) probeLabels(ctx context.Context) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	next := maps.Clone(got)
-	if next == nil {
-		next = map[string]string{}
+	next := map[string]string{}
+	for k, v := range got {
+		if err := gossip.CheckLabels(map[string]string{k: v}); err != nil {
+			w.log.Warn("probed label dropped", "err", err) // the coordinators would refuse it
+			continue
+		}
+		next[k] = v
 	}
 	maps.Copy(next, w.cfg.Labels)
 	return next, nil

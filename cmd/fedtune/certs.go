@@ -49,6 +49,9 @@ func certsCommand() *cli.Command {
 						return fmt.Errorf("certs issue: give the node's name (its --id)")
 					}
 					name, out := c.Args().First(), c.String("out")
+					if err := gossip.CheckName(name); err != nil {
+						return fmt.Errorf("certs issue: %w", err) // the name is the node's --id and gossip name
+					}
 					if out == "" {
 						out = c.String("ca-dir")
 					}

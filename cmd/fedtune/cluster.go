@@ -44,7 +44,7 @@ func clusterCommand() *cli.Command {
 							ls = append(ls, k+"="+v)
 						}
 						sort.Strings(ls)
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.Addr, dash(m.GrpcAddr), strings.Join(ls, ","))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", terminalSafe(m.Name), terminalSafe(m.Role), m.Addr, terminalSafe(dash(m.GrpcAddr)), terminalSafe(strings.Join(ls, ",")))
 					}
 					return tw.Flush()
 				},
@@ -76,7 +76,7 @@ func clusterCommand() *cli.Command {
 						if s.Id == st.LeaderId {
 							leader = "*"
 						}
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Id, s.Suffrage, s.Address, dash(s.GrpcAddr), gossip, leader)
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", terminalSafe(s.Id), s.Suffrage, terminalSafe(s.Address), terminalSafe(dash(s.GrpcAddr)), gossip, leader)
 					}
 					return tw.Flush()
 				},

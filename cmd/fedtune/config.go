@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"sort"
@@ -25,6 +26,28 @@ import (
 // which wins over the defaults. Unknown keys are errors, so a typo is not
 // silently a default.
 
+// maxConfigBytes bounds a --config file: a few hundred flags fit in a few
+// kilobytes, and a huge file is a mistake (it was once read whole: 983 MB
+// of memory for a 200 MB file).
+const maxConfigBytes = 1 << 20
+
+// readSmallFile reads path if it holds at most limit bytes.
+func readSmallFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes: not a config file", path, limit)
+	}
+	return b, nil
+}
+
 // configFlag is the --config flag of the node commands.
 func configFlag() cli.Flag {
 	return &cli.StringFlag{Name: "config", Usage: "YAML file of flag values, keys named as the flags (data-dir: /var/lib/fedtune; join: [a:7946, b:7946]); the command line and FEDTUNE_* variables win over it", EnvVars: []string{"FEDTUNE_CONFIG"}}
@@ -38,7 +61,7 @@ func applyConfig(c *cli.Context) error {
 	if path == "" {
 		return nil
 	}
-	b, err := os.ReadFile(path)
+	b, err := readSmallFile(path, maxConfigBytes)
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}

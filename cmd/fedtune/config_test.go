@@ -131,6 +131,11 @@ log-format: json
 	if _, err := runWithConfig(t, "worker", "--config", filepath.Join(t.TempDir(), "absent.yaml")); err == nil || !strings.Contains(err.Error(), "absent.yaml") {
 		t.Errorf("a missing file: %v", err)
 	}
+	// A huge file is refused before it is read whole.
+	huge := writeFile(t, "id: c1\n# "+strings.Repeat("x", maxConfigBytes)+"\n")
+	if _, err := runWithConfig(t, "coordinator", "--config", huge); err == nil || !strings.Contains(err.Error(), "not a config file") {
+		t.Errorf("a file of %d bytes: %v", maxConfigBytes+10, err)
+	}
 }
 
 // TestConfigFileProcesses: a coordinator and a worker started with nothing

@@ -423,7 +423,7 @@ func workersCommand() *cli.Command {
 					ls = append(ls, k+"="+v)
 				}
 				sort.Strings(ls)
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", w.Id, state, strings.Join(ls, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", terminalSafe(w.Id), state, terminalSafe(strings.Join(ls, ",")))
 			}
 			return tw.Flush()
 		},

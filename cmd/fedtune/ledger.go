@@ -35,7 +35,7 @@ func ledgerCommand() *cli.Command {
 			fmt.Fprintf(tw, "job %s: %d committed rounds, rule %s\n", job.Spec.Name, len(job.History), job.Spec.Aggregator)
 			fmt.Fprintln(tw, "WORKER\tROUNDS\tKEPT\tSAMPLES\tTOTAL WEIGHT\tMEAN COSINE\tMEAN DISTANCE")
 			for _, w := range coordinator.Ledger(job) {
-				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.4f\n", w.Worker, w.Rounds, w.Kept, w.Samples, w.Weight, w.MeanCosine, w.MeanDistance)
+				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.4f\n", terminalSafe(w.Worker), w.Rounds, w.Kept, w.Samples, w.Weight, w.MeanCosine, w.MeanDistance)
 			}
 			return tw.Flush()
 		},

@@ -249,6 +249,9 @@ func nodeSecurity(c *cli.Context, log *slog.Logger) (*pki.Node, [][]byte, error)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (or pass --insecure for a local demo without TLS)", err)
 	}
+	if len(keys) == 0 {
+		log.Warn("TLS is on but gossip is not encrypted: anyone who reaches the gossip port can read the membership (names, addresses, labels) and join it; give every node the same --gossip-key (fedtune keyring generate)")
+	}
 	return n, keys, nil
 }
 

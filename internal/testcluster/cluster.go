@@ -25,6 +25,7 @@ type Cluster struct {
 	Net      *FaultNet
 	Nodes    []*Node
 	realRaft bool
+	join     []string
 }
 
 // ClusterOptions tunes NewCluster.
@@ -35,12 +36,15 @@ type ClusterOptions struct {
 	// TLS when the config has certificates) instead of the FaultNet:
 	// partitions are then unavailable.
 	RealRaft bool
+	// ExtraJoin are gossip addresses every node joins besides the others'
+	// (a rogue member present from the start).
+	ExtraJoin []string
 }
 
 // NewCluster starts n coordinators and waits for a leader.
 func NewCluster(t testing.TB, n int, opts ClusterOptions) *Cluster {
 	t.Helper()
-	cl := &Cluster{t: t, Net: NewFaultNet(), realRaft: opts.RealRaft}
+	cl := &Cluster{t: t, Net: NewFaultNet(), realRaft: opts.RealRaft, join: opts.ExtraJoin}
 	log := Logger(t)
 	for i := range n {
 		name := fmt.Sprintf("coord-%d", i+1)
@@ -117,7 +121,7 @@ func (cl *Cluster) Start(nd *Node) {
 		nd.Cfg.RaftAddr = layer.Addr().String()
 		nd.Cfg.RaftStreamLayer = layer
 	}
-	nd.Cfg.Join = nil
+	nd.Cfg.Join = append([]string(nil), cl.join...)
 	for _, o := range cl.Nodes {
 		if o != nd {
 			nd.Cfg.Join = append(nd.Cfg.Join, o.Cfg.GossipAddr)

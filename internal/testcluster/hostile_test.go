@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -144,5 +145,68 @@ func TestHostileUpdates(t *testing.T) {
 	d, _ := tensor.Diff(next, base)
 	if n, want := d.Norm(), honest.Norm(); math.Abs(n-want) > 1e-3*want {
 		t.Errorf("committed model moved by %.6g, want the honest update's %.6g", n, want)
+	}
+}
+
+// TestGossipNamesValidated: members whose names or labels could forge
+// lines or escapes in `fedtune workers` (a newline, ANSI codes, markup)
+// are not rostered; a valid one is.
+func TestGossipNamesValidated(t *testing.T) {
+	c := StartCoordinator(t, coordinator.Config{})
+	handWorkers(t, c, "‹img src=x›", "evil\nw9")
+	for name, labels := range map[string]map[string]string{"ok-1": {"device": "gpu"}, "colour": {"device": "\x1b[31mgpu"}} {
+		g, err := gossip.Start(gossip.Config{Name: name, BindAddr: "127.0.0.1:0", Profile: "local", Meta: gossip.Meta{Role: gossip.RoleWorker, Labels: labels}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Leave(time.Second) })
+		if err := g.Join([]string{c.GossipAddr()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	WaitFor(t, 10*time.Second, "ok-1 rostered", func() bool { return len(c.FSM().Workers()) > 0 })
+	time.Sleep(2 * time.Second)
+	for _, w := range c.FSM().Workers() {
+		if w.Id != "ok-1" {
+			t.Errorf("rostered %q %v", w.Id, w.Labels)
+		}
+	}
+}
+
+// TestPollFlood: one worker opening 60 long polls at once gets
+// MaxPollsPerWorker of them and ResourceExhausted for the rest (10,000 from
+// one certificate once made the leader step down); another worker polls as
+// usual and the node stays leader.
+func TestPollFlood(t *testing.T) {
+	c := StartCoordinator(t, coordinator.Config{})
+	pool := client.NewPool()
+	defer pool.Close()
+	conn, _ := pool.Conn(c.GRPCAddr())
+	wk := pb.NewWorkerClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	codesSeen := map[codes.Code]int{}
+	var wg sync.WaitGroup
+	for range 60 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := wk.PollTask(ctx, &pb.PollTaskRequest{WorkerId: "flooder", WaitSeconds: 3})
+			mu.Lock()
+			codesSeen[status.Code(err)]++
+			mu.Unlock()
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	if _, err := wk.PollTask(ctx, &pb.PollTaskRequest{WorkerId: "honest", WaitSeconds: 0.1}); err != nil {
+		t.Errorf("another worker's poll during the flood: %v", err)
+	}
+	wg.Wait()
+	if codesSeen[codes.OK] != coordinator.MaxPollsPerWorker || codesSeen[codes.ResourceExhausted] != 60-coordinator.MaxPollsPerWorker {
+		t.Errorf("60 polls from one worker answered %v, want %d OK and the rest ResourceExhausted", codesSeen, coordinator.MaxPollsPerWorker)
+	}
+	if !c.IsLeader() {
+		t.Error("the node lost its leadership")
 	}
 }
