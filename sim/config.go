@@ -21,7 +21,6 @@ import (
 	"github.com/fedtune/fedtune/tensor/codec"
 )
 
-
 // Bounds on a simulation's size: beyond them a configuration is a typo
 // (workers: 100000000 once spent 25 s and 4 GB validating), and MNIST's
 // 60,000 training images cannot give more workers a batch each.
