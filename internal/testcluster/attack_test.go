@@ -3,14 +3,18 @@ package testcluster
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/pki"
+	pb "github.com/fedtune/fedtune/protocol"
 )
 
 // connFlood opens TCP connections to addrs and leaves them silent: held
@@ -107,4 +111,41 @@ func TestRaftHandshakeFlood(t *testing.T) {
 	if next == leader || took > 10*time.Second {
 		t.Fatalf("failover under the connection flood took %v (usual: about a second)", took)
 	}
+}
+
+// TestGRPCIdleConnectionsDropped: TCP connections to a TLS coordinator's
+// gRPC port that never start a handshake are closed within seconds (they
+// were kept open: 19,500 of them used 18,000 descriptors), and a real
+// client is served meanwhile.
+func TestGRPCIdleConnectionsDropped(t *testing.T) {
+	ca := t.TempDir()
+	if err := pki.InitCA(ca, "test", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	c := StartCoordinator(t, coordinator.Config{TLS: node(t, ca, pki.RoleCoordinator, "coord-1", time.Time{})})
+	var conns []net.Conn
+	for range 200 {
+		conn, err := net.Dial("tcp", c.GRPCAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conns = append(conns, conn)
+	}
+	admin := client.NewPoolTLS(node(t, ca, pki.RoleAdmin, "alice", time.Time{}).ClientTLS())
+	defer admin.Close()
+	conn, _ := admin.Conn(c.GRPCAddr())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := pb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{}); err != nil {
+		t.Errorf("a real client during the idle connections: %v", err)
+	}
+	start := time.Now()
+	for i, conn := range conns {
+		conn.SetReadDeadline(start.Add(15 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("idle connection %d still open after %v", i, time.Since(start).Round(time.Second))
+		}
+	}
+	t.Logf("200 idle connections closed by the server within %v", time.Since(start).Round(100*time.Millisecond))
 }
