@@ -15,7 +15,6 @@ import (
 
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
-	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -28,20 +27,7 @@ import (
 func TestBadInputChangesNothing(t *testing.T) {
 	c := StartCoordinator(t, coordinator.Config{SubmitBurst: 1000} /* validation, not rate limits (TestSubmitRateLimit) */)
 	handWorkers(t, c, "w1")
-	pool := client.NewPool()
-	defer pool.Close()
-	conn, _ := pool.Conn(c.GRPCAddr())
-	admin, wk := pb.NewAdminClient(conn), pb.NewWorkerClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-
-	arch, _ := model.Lookup("mnist-mlp-small")
-	base := arch.Init(1)
-	b, _ := tensor.Marshal(base, tensor.F32)
-	hash, err := client.PutBlob(ctx, conn, b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, admin, wk, ctx, base, hash := handSession(t, c)
 	good := func() *pb.JobSpec {
 		return &pb.JobSpec{Name: "j", Model: "mnist-mlp-small", Dataset: "mnist", BaseModel: hash, Rounds: 2, ClientsPerRound: 1, RoundTimeoutSeconds: 60, MaxUpdateNorm: 10}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -36,6 +37,30 @@ func handWorkers(t *testing.T, c *coordinator.Coordinator, ids ...string) {
 	}
 }
 
+// handSession connects to c in plaintext (insecure mode) and uploads a
+// fresh mnist-mlp-small model, for tests that drive the services by hand:
+// the connection, its Admin and Worker clients, a context of a minute,
+// the model and its blob hash.
+func handSession(t *testing.T, c *coordinator.Coordinator) (*grpc.ClientConn, pb.AdminClient, pb.WorkerClient, context.Context, tensor.Set, string) {
+	t.Helper()
+	pool := client.NewPool()
+	t.Cleanup(pool.Close)
+	conn, err := pool.Conn(c.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	arch, _ := model.Lookup("mnist-mlp-small")
+	base := arch.Init(1)
+	b, _ := tensor.Marshal(base, tensor.F32)
+	hash, err := client.PutBlob(ctx, conn, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn, pb.NewAdminClient(conn), pb.NewWorkerClient(conn), ctx, base, hash
+}
+
 // TestHostileUpdates: one worker of a geomedian job sends what once broke
 // the cluster — a finite delta of 1e19 (it committed a model with NaN
 // norm), 33,000 metrics (the job's state outgrew gRPC's message limit),
@@ -46,19 +71,7 @@ func handWorkers(t *testing.T, c *coordinator.Coordinator, ids ...string) {
 func TestHostileUpdates(t *testing.T) {
 	c := StartCoordinator(t, coordinator.Config{SubmitBurst: 1000})
 	handWorkers(t, c, "w1", "w2")
-	pool := client.NewPool()
-	defer pool.Close()
-	conn, _ := pool.Conn(c.GRPCAddr())
-	admin, wk := pb.NewAdminClient(conn), pb.NewWorkerClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	arch, _ := model.Lookup("mnist-mlp-small")
-	base := arch.Init(1)
-	b, _ := tensor.Marshal(base, tensor.F32)
-	hash, err := client.PutBlob(ctx, conn, b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, admin, wk, ctx, base, hash := handSession(t, c)
 	spec := &pb.JobSpec{Name: "j", Model: "mnist-mlp-small", Dataset: "mnist", BaseModel: hash, Rounds: 1, ClientsPerRound: 2, RoundTimeoutSeconds: 60,
 		Aggregator: "geomedian", Train: &pb.TrainConfig{LocalSteps: 2, BatchSize: 64}}
 	if _, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec}); err != nil {
