@@ -7,7 +7,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 FUZZTIME  ?= 30s
 GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
-.PHONY: build release demo test bench chaos proto vet fuzz mnist-verify words pydeps chromium testdeps clean
+.PHONY: build release demo test bench chaos soak proto vet fuzz mnist-verify words pydeps chromium testdeps clean
 
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
@@ -46,6 +46,14 @@ chaos:
 	$(GO) test -count=1 -v -timeout 10m -run 'TestPartitionedLeader|TestWorkerChurn|TestWholeClusterRestart|TestMembershipChanges' ./internal/testcluster -chaos.partition 30s 2>&1 | grep -E '^(---|ok|FAIL|PASS)|_test.go'
 	$(GO) test -count=1 -v -timeout 15m -run 'TestNetworkPartition|TestWorkerPartition|TestSplitWithWorkers' ./cmd/fedtune -chaos.netns-profile lan -chaos.netns-cut 45s 2>&1 | grep -E '^(---|ok|FAIL|PASS)|_test.go'
 	$(MAKE) fuzz FUZZTIME=10m
+
+## soak: 10 minutes of jobs on 3 coordinator processes with a leader kill
+## every 40 s and verify calls; fails if a coordinator's resident memory
+## passes SOAK_RSS_MB; heap profiles in soak-out/
+SOAK_RSS_MB ?= 400
+soak:
+	@mkdir -p soak-out
+	$(GO) test -count=1 -v -timeout 40m -run 'TestSoak$$' ./cmd/fedtune -soak.duration 10m -soak.max-rss-mb $(SOAK_RSS_MB) -soak.profiles $(CURDIR)/soak-out 2>&1 | grep -E '^(---|ok|FAIL|PASS)|soak_test.go'
 
 ## bench: throughput and speed ratios against baselines measured in the same run
 bench:

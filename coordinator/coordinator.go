@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sort"
@@ -83,6 +84,10 @@ type Config struct {
 	// HTTPAddr, if set, serves Prometheus metrics on /metrics and the
 	// read-only web dashboard on /.
 	HTTPAddr string
+	// Pprof also serves Go's profiles (net/http/pprof) under /debug/pprof/
+	// on HTTPAddr: heap, goroutines, CPU. Off by default; they show the
+	// program's internals to anyone who can reach the address.
+	Pprof bool
 	// GossipKeys, if any, encrypt gossip (gossip.Config.Keys): nodes
 	// without them are not seen.
 	GossipKeys [][]byte
@@ -305,6 +310,13 @@ func New(cfg Config) (*Coordinator, error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
 		mux.Handle("/", dashboard.Handler(dashboardView{c}, c.done, c.metrics.dashboardStreams.Inc))
+		if cfg.Pprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		c.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		c.httpAddr = hl.Addr().String()
 		c.wg.Add(1)

@@ -76,6 +76,9 @@ func StartProc(t testing.TB, bin, name string, args ...string) *Proc {
 	return p
 }
 
+// PID returns the process id.
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
 // Output returns what the process printed so far (stdout and stderr).
 func (p *Proc) Output() string { return p.out.String() }
 

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	tc "github.com/fedtune/fedtune/internal/testcluster"
+	pb "github.com/fedtune/fedtune/protocol"
+)
+
+// `make soak` runs TestSoak for 10 minutes; `make test` skips it.
+var (
+	soakFor      = flag.Duration("soak.duration", 0, "how long TestSoak runs jobs with leader kills (0: skip)")
+	soakRSS      = flag.Int("soak.max-rss-mb", 400, "TestSoak: bound on every coordinator's resident memory, MB")
+	soakProfiles = flag.String("soak.profiles", "", "TestSoak: directory for the coordinators' heap profiles at the end")
+)
+
+// rssMB returns a process's resident and peak resident memory in MB.
+func rssMB(pid int) (rss, hwm int) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		switch k {
+		case "VmRSS":
+			rss = kb / 1024
+		case "VmHWM":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
+
+// TestSoak runs jobs on the 800 KB MNIST model on 3 coordinator processes
+// and 4 workers for -soak.duration, one after another, killing the leader
+// (kill -9, restarted at once) every 40 s and verifying every finished
+// job's rounds through a follower; it samples each coordinator's resident
+// memory every 10 s and fails if any exceeds -soak.max-rss-mb.
+func TestSoak(t *testing.T) {
+	if *soakFor == 0 {
+		t.Skip("soak test: run with -soak.duration (make soak)")
+	}
+	pc := tc.NewProcCluster(t, binary, 3, "--pprof")
+	startWorkers(pc, 4, 3000)
+	waitWorkers(t, pc, 4)
+	start := time.Now()
+	peak := map[string]int{}
+	sample := func() {
+		var line []string
+		for _, nd := range pc.Up() {
+			rss, hwm := rssMB(nd.P.PID())
+			peak[nd.Name] = max(peak[nd.Name], hwm)
+			line = append(line, fmt.Sprintf("%s %d MB (peak %d)", nd.Name, rss, hwm))
+			if rss > *soakRSS {
+				t.Errorf("%v: %s resident memory %d MB, bound %d MB", time.Since(start).Round(time.Second), nd.Name, rss, *soakRSS)
+			}
+		}
+		t.Logf("%v: %s", time.Since(start).Round(time.Second), strings.Join(line, ", "))
+	}
+	jobs, kills, verified := 0, 0, 0
+	lastKill, lastSample := time.Now(), time.Time{}
+	var running string
+	for time.Since(start) < *soakFor {
+		if time.Since(lastSample) >= 10*time.Second {
+			sample()
+			lastSample = time.Now()
+		}
+		l := pc.WaitForLeader(60 * time.Second)
+		if running == "" {
+			running = fmt.Sprintf("soak-%d", jobs)
+			if _, err := pc.Run(submitArgs(l.GRPC, running, 15, 4, "--model", "mnist-mlp", "--steps", "20", "--round-timeout", "20s", "--min-updates", "3")...); err != nil {
+				t.Logf("submit %s: %v (again after the election)", running, err)
+				running = ""
+				time.Sleep(time.Second)
+				continue
+			}
+			jobs++
+		}
+		if j := pc.Job(running); j != nil && j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+			for _, nd := range pc.Up() {
+				if nd != l {
+					out, err := pc.Run("verify", "--coordinator", nd.GRPC, "--job", running)
+					if err != nil || strings.Contains(out, "MISMATCH") {
+						t.Errorf("verify %s on %s: %v\n%s", running, nd.Name, err, out)
+					}
+					verified += strings.Count(out, ": OK")
+					break
+				}
+			}
+			running = ""
+		}
+		if time.Since(lastKill) >= 40*time.Second {
+			pc.Kill(l)
+			pc.Start(l)
+			kills++
+			lastKill = time.Now()
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	sample()
+	t.Logf("soak: %v, %d jobs, %d leader kills, %d rounds verified; peak resident memory %v (bound %d MB)",
+		time.Since(start).Round(time.Second), jobs, kills, verified, peak, *soakRSS)
+	if dir := *soakProfiles; dir != "" {
+		for _, nd := range pc.Up() {
+			resp, err := http.Get("http://" + nd.HTTP + "/debug/pprof/heap")
+			if err != nil {
+				t.Logf("heap profile of %s: %v", nd.Name, err)
+				continue
+			}
+			f, _ := os.Create(filepath.Join(dir, nd.Name+".heap"))
+			io.Copy(f, resp.Body)
+			f.Close()
+			resp.Body.Close()
+		}
+	}
+}
