@@ -137,7 +137,7 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "lora-alpha", Usage: "LoRA scale numerator: adapters apply as (alpha/rank)·B·A (default 2·rank)", EnvVars: []string{"FEDTUNE_LORA_ALPHA"}},
 					&cli.StringFlag{Name: "lora-aggregation", Value: "naive", Usage: "LoRA: naive (the --aggregator on A and B apart) or exact (rank-r SVD of the mean B·A; fedavg only)", EnvVars: []string{"FEDTUNE_LORA_AGGREGATION"}},
 					&cli.StringFlag{Name: "lora-adapter", Usage: "LoRA: initial adapters (safetensors, PEFT names); default: fresh (A random, B = 0)", EnvVars: []string{"FEDTUNE_LORA_ADAPTER"}},
-					&cli.StringFlag{Name: "codec", Value: "fp32", Usage: "update codec: fp32 or fp16", EnvVars: []string{"FEDTUNE_CODEC"}},
+					&cli.StringFlag{Name: "codec", Value: "fp32", Usage: "update codec: fp32, fp16, int8, or top-k with one of them (topk=0.1+int8: the largest 10% of entries, int8-quantised, with error feedback)", EnvVars: []string{"FEDTUNE_CODEC"}},
 					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed for worker sampling and initialisation", EnvVars: []string{"FEDTUNE_SEED"}},
 					&cli.BoolFlag{Name: "evaluate", Value: true, Usage: "evaluate each round's model on the data set's test split", EnvVars: []string{"FEDTUNE_EVALUATE"}},
 					&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}},

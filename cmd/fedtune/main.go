@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -31,7 +32,7 @@ func main() {
 
 // newApp returns the command tree.
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "fedtune",
 		Usage:                "federated fine-tuning of shared models on data that never leaves its owners",
 		Version:              version(),
@@ -67,6 +68,48 @@ func newApp() *cli.App {
 				},
 			},
 		},
+	}
+	for _, c := range app.Commands {
+		tidyDefaults(c)
+	}
+	return app
+}
+
+// usageDefault is a default written at the end of a flag's help text,
+// "(default 10)" or "(default 0: off)".
+var usageDefault = regexp.MustCompile(`\s*\(default:? ([^()]*)\)$`)
+
+// tidyDefaults moves a default written at the end of a flag's help text
+// into the flag's default text, so that help shows one default, the
+// meaningful one ("(default: 10)"), not that and the zero value that stands
+// for it ("(default 10) (default: 0)").
+func tidyDefaults(c *cli.Command) {
+	for _, f := range c.Flags {
+		var usage, text *string
+		switch f := f.(type) {
+		case *cli.Float64Flag:
+			usage, text = &f.Usage, &f.DefaultText
+		case *cli.UintFlag:
+			usage, text = &f.Usage, &f.DefaultText
+		case *cli.Uint64Flag:
+			usage, text = &f.Usage, &f.DefaultText
+		case *cli.IntFlag:
+			usage, text = &f.Usage, &f.DefaultText
+		case *cli.StringFlag:
+			usage, text = &f.Usage, &f.DefaultText
+		case *cli.DurationFlag:
+			usage, text = &f.Usage, &f.DefaultText
+		case *cli.BoolFlag:
+			usage, text = &f.Usage, &f.DefaultText
+		default:
+			continue
+		}
+		if m := usageDefault.FindStringSubmatch(*usage); m != nil && *text == "" {
+			*usage, *text = strings.TrimSuffix(*usage, m[0]), m[1]
+		}
+	}
+	for _, sub := range c.Subcommands {
+		tidyDefaults(sub)
 	}
 }
 

@@ -24,7 +24,7 @@ sized to the cores. An experiment file is a flat YAML map of keys (fedtune sim
 then the grid of all combinations. Writes OUT/results.csv (a row per run per
 round; the same file and seed give the same bytes) and OUT/summary.json.
 
-  fedtune sim --config examples/sim/byzantine.yaml --out results
+  fedtune sim --config examples/sim/byzantine-sweep.yaml --out results
   fedtune sim --set workers=1000 --set clients_per_round=100 --set rounds=10
   fedtune plot results/results.csv -o results/plots`,
 		Flags: []cli.Flag{
