@@ -339,21 +339,6 @@ func New(cfg Config) (*Coordinator, error) {
 	return c, nil
 }
 
-// slogWriter sends hclog's lines to slog at warn level.
-type slogWriter struct{ l *slog.Logger }
-
-func (w slogWriter) Write(p []byte) (int, error) {
-	w.l.Warn(string(trimNL(p)))
-	return len(p), nil
-}
-
-func trimNL(p []byte) []byte {
-	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
-		p = p[:len(p)-1]
-	}
-	return p
-}
-
 // GRPCAddr returns the address the gRPC services listen on.
 func (c *Coordinator) GRPCAddr() string { return c.lis.Addr().String() }
 

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
 
@@ -36,7 +35,7 @@ func (c *Coordinator) startRaft() error {
 	if err := os.MkdirAll(walDir, 0o755); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: slogWriter{c.log}})
+	hl := newHCLog(c.log, "raft")
 	// raft-wal v0.4.1 or later: v0.4.0 neither closed its meta store (its
 	// file lock outlived Close) nor truncated a log suffix safely (a node
 	// restarted after "clearing log suffix" failed with "sealed segment has

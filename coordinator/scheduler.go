@@ -27,7 +27,9 @@ import (
 // it reconciles gossip into the roster and drives each running job's rounds.
 // It stops the moment ctx is cancelled (leadership lost).
 func (c *Coordinator) leaderLoop(ctx context.Context) {
-	log := c.log.With("role", "leader")
+	// Every line of this leadership carries its term, so that a commit
+	// logged after "leadership lost" on the same node is told apart.
+	log := c.log.With("role", "leader", "term", c.raft.CurrentTerm())
 	if err := c.raft.Barrier(30 * time.Second).Error(); err != nil {
 		log.Error("barrier failed; not scheduling", "err", err)
 		return
@@ -38,7 +40,9 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	c.mu.Unlock()
 	if !lost.IsZero() {
 		c.metrics.failover.Observe(time.Since(lost).Seconds())
-		log.Info("leading: scheduler started", "failover", time.Since(lost).Round(time.Millisecond))
+		// Since this node last heard from a leader: the failover when the
+		// old leader just died; longer when this node was cut off.
+		log.Info("leading: scheduler started", "since_last_leader", time.Since(lost).Round(time.Millisecond))
 	} else {
 		log.Info("leading: scheduler started")
 	}
