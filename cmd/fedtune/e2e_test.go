@@ -237,7 +237,6 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"worker", "--join", "127.0.0.1:1", "--join-timeout", "1s", "--max-examples", "100"}, "cannot reach any node"},
 		{[]string{"worker", "--label", "novalue"}, "want key=value"},
 		{[]string{"coordinator", "--profile", "moon", "--data-dir", t.TempDir()}, "profile"},
-		{[]string{"job", "status", "x", "--watch"}, "flags go before the job name"},
 		{[]string{"sim", "--set", "workerz=10"}, `unknown key "workerz"`},
 		{[]string{"sim", "--set", "workers=10", "--set", "clients_per_round=20"}, `key "clients_per_round"`},
 		{[]string{"sim", "--set", "aggregator=bulyan", "--set", "attack=ipm", "--set", "byzantine=0.3", "--set", "workers=20"}, `key "byzantine"`},

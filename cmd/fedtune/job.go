@@ -151,9 +151,6 @@ func jobCommand() *cli.Command {
 				Flags:     []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						if c.NArg() > 1 && strings.HasPrefix(c.Args().Get(1), "-") {
-							return fmt.Errorf("job status: flags go before the job name: fedtune job status %s %s", c.Args().Get(1), c.Args().First())
-						}
 						return fmt.Errorf("job status: give one job name")
 					}
 					pool, conn, err := dial(c)
@@ -161,7 +158,7 @@ func jobCommand() *cli.Command {
 						return err
 					}
 					defer pool.Close()
-					return watchJob(c, conn, c.Args().First(), c.Bool("watch"))
+					return watchJob(c, pool, conn, c.Args().First(), c.Bool("watch"))
 				},
 			},
 			{
@@ -315,73 +312,9 @@ func submitJob(c *cli.Context) error {
 	}
 	fmt.Fprintln(c.App.Writer)
 	if c.Bool("watch") {
-		return watchJob(c, conn, spec.Name, true)
+		return watchJob(c, pool, conn, spec.Name, true)
 	}
 	return nil
-}
-
-// watchJob prints a job's committed rounds, and with follow, keeps
-// printing them, with the open round's progress, until the job ends.
-func watchJob(c *cli.Context, conn grpc.ClientConnInterface, name string, follow bool) error {
-	admin := pb.NewAdminClient(conn)
-	out := c.App.Writer
-	tty := isTerminal(out)
-	printed := 0
-	var last *pb.RoundRecord
-	header := false
-	for {
-		resp, err := admin.JobStatus(c.Context, &pb.JobStatusRequest{Name: name, FromRound: uint32(printed) + 1})
-		if err != nil {
-			return err
-		}
-		j := resp.Job
-		if !header {
-			fmt.Fprintf(out, "job %s: %s, model %s, %d rounds of %d workers", j.Spec.Name, progress.Status(j), j.Spec.Model, j.Spec.Rounds, j.Spec.ClientsPerRound)
-			if l := j.Spec.GetLora(); l != nil {
-				fmt.Fprintf(out, ", LoRA rank %d alpha %g (%s)", l.Rank, l.Alpha, l.Aggregation)
-			}
-			if acc, ok := j.BaseMetrics["test_accuracy"]; ok {
-				fmt.Fprintf(out, ", base test accuracy %.2f%%", 100*acc)
-			}
-			fmt.Fprintln(out)
-			fmt.Fprintln(out, progress.RoundHeader)
-			header = true
-		}
-		if tty && follow {
-			fmt.Fprint(out, "\r\033[K")
-		}
-		for _, rec := range j.History {
-			fmt.Fprintln(out, progress.RoundLine(j, rec))
-			printed++
-			last = rec
-		}
-		if uint32(printed) < resp.HistoryTotal {
-			continue // the next page of rounds
-		}
-		if len(j.History) == 0 && last != nil {
-			j.History = []*pb.RoundRecord{last} // the open round's line reads the newest round
-		}
-		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING || !follow {
-			if j.OpenRound != nil && !follow {
-				fmt.Fprintln(out, progress.OpenRoundLine(j, time.Now()))
-			}
-			if j.Error != "" {
-				fmt.Fprintln(out, "error:", j.Error)
-			}
-			if follow {
-				fmt.Fprintf(out, "job %s %s\n", name, progress.Status(j))
-			}
-			return nil
-		}
-		if tty {
-			fmt.Fprint(out, progress.OpenRoundLine(j, time.Now()))
-		}
-		select {
-		case <-c.Context.Done():
-			return nil
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
 }
 
 func isTerminal(w any) bool {

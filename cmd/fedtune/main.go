@@ -24,7 +24,7 @@ func main() {
 	app := newApp()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := app.RunContext(ctx, os.Args); err != nil {
+	if err := app.RunContext(ctx, hoistFlags(app, os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "fedtune:", err)
 		os.Exit(1)
 	}
