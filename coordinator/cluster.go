@@ -3,6 +3,8 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"sort"
 	"time"
 
@@ -51,6 +53,33 @@ func (c *Coordinator) Status() *pb.ClusterStatusResponse {
 	}
 	sort.Slice(resp.Servers, func(i, j int) bool { return resp.Servers[i].Id < resp.Servers[j].Id })
 	return resp
+}
+
+// notLeader is the error of a change asked of a node that does not lead:
+// where the leader is, or, with none, why ("no leader: 1 of 3 voters
+// reachable, last heard from one 40s ago": a majority is down or cut off).
+func (c *Coordinator) notLeader() error {
+	if addr := c.leaderGRPC(); addr != "" {
+		return status.Errorf(codes.FailedPrecondition, "not the leader; the leader is at %s", addr)
+	}
+	return status.Errorf(codes.Unavailable, "%s", c.noLeaderReason())
+}
+
+// noLeaderReason describes a node's view when it knows no leader.
+func (c *Coordinator) noLeaderReason() string {
+	seen, voters, err := c.votersInGossip(c.gossip.Members())
+	msg := "no leader"
+	switch {
+	case err != nil:
+	case seen < voters/2+1:
+		msg += fmt.Sprintf(": %d of %d voters reachable (electing one takes %d)", seen, voters, voters/2+1)
+	default:
+		msg += fmt.Sprintf(" yet: an election is under way (%d of %d voters alive in gossip)", seen, voters)
+	}
+	if lc := c.raft.LastContact(); !lc.IsZero() {
+		msg += fmt.Sprintf("; last heard from a leader %v ago", time.Since(lc).Round(time.Second))
+	}
+	return msg
 }
 
 // TransferLeadership hands this node's leadership to the voter id, or, if

@@ -72,7 +72,7 @@ type adminService struct {
 func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.SubmitJobResponse, error) {
 	c := s.c
 	if !c.IsLeader() {
-		return nil, status.Errorf(codes.FailedPrecondition, "not the leader; leader is at %q", c.leaderGRPC())
+		return nil, c.notLeader()
 	}
 	spec := req.Spec
 	if err := NormalizeSpec(spec); err != nil {
@@ -196,7 +196,7 @@ func (s *adminService) RevokeWorker(ctx context.Context, req *pb.RevokeWorkerReq
 		return nil, status.Error(codes.InvalidArgument, "revoke worker: name is empty")
 	}
 	if !s.c.IsLeader() {
-		return &pb.RevokeWorkerResponse{LeaderAddr: s.c.leaderGRPC()}, status.Errorf(codes.FailedPrecondition, "not the leader; ask %s", s.c.leaderGRPC())
+		return &pb.RevokeWorkerResponse{LeaderAddr: s.c.leaderGRPC()}, s.c.notLeader()
 	}
 	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_REVOKE_WORKER, &pb.RevokeWorker{Name: req.Name, Reason: req.Reason}); err != nil {
 		return nil, toStatus(err)
@@ -214,7 +214,7 @@ func (s *adminService) Keyring(ctx context.Context, req *pb.KeyringRequest) (*pb
 		return &pb.KeyringResponse{Keys: s.c.gossip.Keys()}, nil
 	}
 	if !s.c.IsLeader() {
-		return nil, status.Errorf(codes.FailedPrecondition, "not the leader; ask %s", s.c.leaderGRPC())
+		return nil, s.c.notLeader()
 	}
 	change := &pb.Keyring{Op: req.Change.Op, Key: req.Change.Key, Current: s.c.gossip.Keys()}
 	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_KEYRING, change); err != nil {
@@ -228,7 +228,7 @@ func (s *adminService) Keyring(ctx context.Context, req *pb.KeyringRequest) (*pb
 // answers with who leads then.
 func (s *adminService) TransferLeadership(ctx context.Context, req *pb.TransferLeadershipRequest) (*pb.TransferLeadershipResponse, error) {
 	if !s.c.IsLeader() {
-		return nil, status.Errorf(codes.FailedPrecondition, "not the leader; ask %s", s.c.leaderGRPC())
+		return nil, s.c.notLeader()
 	}
 	if err := s.c.TransferLeadership(req.To); err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())

@@ -63,8 +63,13 @@ func clusterCommand() *cli.Command {
 					fmt.Fprintf(c.App.Writer, "leader: %s (%s)\n", dash(st.LeaderId), dash(st.LeaderGrpc))
 					seen, voters := aliveVoters(st)
 					fmt.Fprintf(c.App.Writer, "gossip: sees %d of %d voters, health score %d of 7\n", seen, voters, st.GossipHealth)
-					if seen < voters/2+1 {
-						fmt.Fprintf(c.App.Writer, "warning: %s's gossip sees %d of %d voters: it is cut off from gossip (port blocked, other gossip key?)\n", st.Node, seen, voters)
+					switch {
+					case seen >= voters/2+1:
+					case st.LeaderId == "":
+						fmt.Fprintf(c.App.Writer, "warning: no leader: %d of %d voters are alive as %s sees them, and electing one takes %d; start the others (reads from this node may be behind)\n",
+							seen, voters, st.Node, voters/2+1)
+					default:
+						fmt.Fprintf(c.App.Writer, "warning: %s's gossip sees %d of %d voters while Raft has a leader: it is cut off from gossip (port blocked, other gossip key?)\n", st.Node, seen, voters)
 					}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "ID\tSUFFRAGE\tRAFT\tGRPC\tGOSSIP\tLEADER")

@@ -110,7 +110,7 @@ func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name str
 			fmt.Fprintf(out, "following job %s on %s again\n", name, cs.current())
 			lost = ""
 		}
-		if follow && resp.LeaderAddr == "" && !leaderless {
+		if resp.LeaderAddr == "" && !leaderless {
 			fmt.Fprintf(out, "the cluster has no leader (as %s sees it): no round can commit until a majority of coordinators is back; this copy of the job may be behind\n", cs.current())
 		}
 		if leaderless && resp.LeaderAddr != "" {
