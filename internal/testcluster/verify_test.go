@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"context"
+	"runtime"
 	"testing"
 	"time"
 
@@ -33,6 +34,20 @@ func TestVerifyCollectedRound(t *testing.T) {
 	}
 	pool := client.NewPool()
 	defer pool.Close()
+	goroutines := runtime.NumGoroutine()
+	var heap runtime.MemStats
+	runtime.ReadMemStats(&heap)
+	heapBefore := heap.HeapInuse
+	defer func() {
+		// The calls that bounced a missing blob between the nodes piled up
+		// goroutines and buffers hop by hop (coordinators grew to GBs).
+		runtime.GC()
+		runtime.ReadMemStats(&heap)
+		t.Logf("goroutines %d -> %d, heap in use %d -> %d MB", goroutines, runtime.NumGoroutine(), heapBefore>>20, heap.HeapInuse>>20)
+		if n := runtime.NumGoroutine(); n > goroutines+200 {
+			t.Errorf("goroutines %d -> %d after the verify calls", goroutines, n)
+		}
+	}()
 	for _, nd := range cl.Nodes {
 		conn, _ := pool.Conn(nd.C.GRPCAddr())
 		admin := pb.NewAdminClient(conn)
