@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fedtune/fedtune/dataset"
@@ -31,8 +32,11 @@ import (
 //	data_x.npy           the worker's local examples (float32, [n, features]) and
 //	data_y.npy           labels (uint8, [n]), when the worker holds the task's data set
 //
-// runs the command there (sh -c, with FEDTUNE_TASK set to task.json's path),
-// and expects it to write out.safetensors — the trained full weights, or in
+// runs the command in the worker's own working directory (sh -c, with
+// FEDTUNE_TASK set to task.json's path and FEDTUNE_TASK_DIR to the task
+// directory; task.json names every file by its absolute path, so a command
+// given with a relative path, such as python3 examples/external-trainer/train.py,
+// runs as written), and expects it to write out.safetensors — the trained full weights, or in
 // a LoRA job the trained adapters (the base stays frozen), same names and
 // shapes as it was given — and metrics.json ({"samples": n, "loss": x, …}).
 // The worker validates both and submits out − (base or adapters) as its
@@ -96,8 +100,15 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 		return Result{}, fmt.Errorf("%w: work dir: %v", ErrExternal, err)
 	}
 	defer os.RemoveAll(dir)
+	if dir, err = filepath.Abs(dir); err != nil {
+		return Result{}, fmt.Errorf("%w: work dir: %v", ErrExternal, err)
+	}
+	// task.json names its files by absolute path: the command runs in the
+	// worker's own working directory (so that a relative path in it, as
+	// the README writes it, resolves), not in the task directory.
+	in2 := func(name string) string { return filepath.Join(dir, name) }
 	t := ExecTask{Job: task.Job, Round: task.Round, Model: task.Model, Dataset: task.Dataset, Seed: task.Seed,
-		Base: "base.safetensors", Output: "out.safetensors", Metrics: "metrics.json"}
+		Base: in2("base.safetensors"), Output: in2("out.safetensors"), Metrics: in2("metrics.json")}
 	if tc := task.Train; tc != nil {
 		t.Train = ExecTrainRecipe{Epochs: tc.LocalEpochs, Steps: tc.LocalSteps, BatchSize: tc.BatchSize, LR: tc.LearningRate, Momentum: tc.Momentum, ProxMu: tc.ProxMu}
 	}
@@ -108,21 +119,21 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 	frozen := in.Base
 	if l := task.Lora; l != nil {
 		frozen = in.Frozen
-		t.Adapter, t.LoRA = "adapter.safetensors", &ExecLoRA{Rank: l.Rank, Alpha: l.Alpha}
-		if err := tensor.WriteFile(filepath.Join(dir, t.Adapter), in.Base, tensor.F32); err != nil {
+		t.Adapter, t.LoRA = in2("adapter.safetensors"), &ExecLoRA{Rank: l.Rank, Alpha: l.Alpha}
+		if err := tensor.WriteFile(t.Adapter, in.Base, tensor.F32); err != nil {
 			return Result{}, fmt.Errorf("%w: write adapters: %v", ErrExternal, err)
 		}
 	}
-	if err := tensor.WriteFile(filepath.Join(dir, t.Base), frozen, tensor.F32); err != nil {
+	if err := tensor.WriteFile(t.Base, frozen, tensor.F32); err != nil {
 		return Result{}, fmt.Errorf("%w: write base: %v", ErrExternal, err)
 	}
 	local, _ := localFor(e.Data, task.Dataset)
 	if local != nil {
-		t.DataX, t.DataY, t.Classes = "data_x.npy", "data_y.npy", local.Classes
-		if err := writeNPY(filepath.Join(dir, t.DataX), "<f4", []int{local.Len(), local.Dim}, tensor.F32Bytes(local.X)); err != nil {
+		t.DataX, t.DataY, t.Classes = in2("data_x.npy"), in2("data_y.npy"), local.Classes
+		if err := writeNPY(t.DataX, "<f4", []int{local.Len(), local.Dim}, tensor.F32Bytes(local.X)); err != nil {
 			return Result{}, fmt.Errorf("%w: write data: %v", ErrExternal, err)
 		}
-		if err := writeNPY(filepath.Join(dir, t.DataY), "|u1", []int{local.Len()}, local.Y); err != nil {
+		if err := writeNPY(t.DataY, "|u1", []int{local.Len()}, local.Y); err != nil {
 			return Result{}, fmt.Errorf("%w: write data: %v", ErrExternal, err)
 		}
 	}
@@ -139,8 +150,7 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 		defer cancel()
 	}
 	cmd := exec.CommandContext(rctx, "sh", "-c", e.Cmd)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "FEDTUNE_TASK="+taskPath)
+	cmd.Env = append(os.Environ(), "FEDTUNE_TASK="+taskPath, "FEDTUNE_TASK_DIR="+dir)
 	var stderr tail
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	cmd.WaitDelay = 2 * time.Second
@@ -152,7 +162,11 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 		return Result{}, fmt.Errorf("%w: %q failed: %v; its last output:\n%s", ErrExternal, e.Cmd, err, stderr.String())
 	}
 
-	out, err := tensor.ReadFile(filepath.Join(dir, t.Output))
+	if e.Log != nil && len(stderr.b) > 0 {
+		// Kept where the operator reads the worker's own log.
+		e.Log.Info("external trainer output", "job", task.Job, "round", task.Round, "output", strings.TrimSpace(stderr.String()))
+	}
+	out, err := tensor.ReadFile(t.Output)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: output %s: %v", ErrExternal, t.Output, err)
 	}
@@ -166,7 +180,7 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 		return Result{}, fmt.Errorf("%w: output: %v", ErrExternal, err)
 	}
 	metrics := map[string]float64{}
-	if b, err := os.ReadFile(filepath.Join(dir, t.Metrics)); err == nil {
+	if b, err := os.ReadFile(t.Metrics); err == nil {
 		if err := json.Unmarshal(b, &metrics); err != nil {
 			return Result{}, fmt.Errorf("%w: %s is not a JSON object of numbers: %v", ErrExternal, t.Metrics, err)
 		}

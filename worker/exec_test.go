@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"os"
 	"os/exec"
@@ -142,7 +143,7 @@ func TestExecTrainerLoRA(t *testing.T) {
 		t.Errorf("adapter training did not help: loss %.3f -> %.3f", before.Loss, after.Loss)
 	}
 
-	whole := &ExecTrainer{Cmd: "cp base.safetensors out.safetensors", Data: tr.Data}
+	whole := &ExecTrainer{Cmd: "cd $FEDTUNE_TASK_DIR && cp base.safetensors out.safetensors", Data: tr.Data}
 	if _, err := whole.Train(context.Background(), Input{Base: ad, Frozen: base}, task); !errors.Is(err, ErrExternal) || !strings.Contains(err.Error(), "adapters") {
 		t.Errorf("whole model returned for a LoRA task: %v", err)
 	}
@@ -166,11 +167,11 @@ func TestExecTrainerFailures(t *testing.T) {
 	}{
 		{"time-out", "sleep 10", "killed after", 300 * time.Millisecond},
 		{"crash", "echo boom >&2; exit 3", "exit status 3", 0},
-		{"no output", "true", "output out.safetensors", 0},
-		{"garbage output", "echo garbage > out.safetensors", "invalid safetensors", 0},
-		{"other layout", "cp " + other + " out.safetensors", "does not fit", 0},
-		{"NaN", "cp " + nanPath + " out.safetensors", "not finite", 0},
-		{"bad metrics", "cp base.safetensors out.safetensors; echo '[1,2]' > metrics.json", "metrics.json", 0},
+		{"no output", "true", "out.safetensors: open", 0},
+		{"garbage output", "echo garbage > $FEDTUNE_TASK_DIR/out.safetensors", "invalid safetensors", 0},
+		{"other layout", "cp " + other + " $FEDTUNE_TASK_DIR/out.safetensors", "does not fit", 0},
+		{"NaN", "cp " + nanPath + " $FEDTUNE_TASK_DIR/out.safetensors", "not finite", 0},
+		{"bad metrics", "cd $FEDTUNE_TASK_DIR && cp base.safetensors out.safetensors && echo '[1,2]' > metrics.json", "metrics.json", 0},
 	} {
 		tr := &ExecTrainer{Cmd: tc.cmd, Timeout: tc.timeout, Data: map[string]*dataset.Examples{"mnist": localMNIST(t, 64)}}
 		start := time.Now()
@@ -191,5 +192,28 @@ func TestExecTrainerFailures(t *testing.T) {
 	entries, _ := os.ReadDir(dir)
 	if len(entries) != 2 {
 		t.Errorf("work directories left behind: %d entries in %s", len(entries), dir)
+	}
+}
+
+// TestExecTrainerRelativeCommand: the command as the README writes it,
+// with a path relative to the worker's working directory, runs (it ran in
+// the task's temporary directory, where the script is not), and its output
+// reaches the worker's log when it succeeds.
+func TestExecTrainerRelativeCommand(t *testing.T) {
+	py := pythonWithNumpy()
+	if py == "" {
+		t.Skip("no Python with numpy (make pydeps installs Debian's python3-numpy)")
+	}
+	t.Chdir(filepath.Join(filepath.Dir(script(t)), "..", ".."))
+	var logged strings.Builder
+	arch, _ := model.Lookup("mnist-mlp-small")
+	tr := &ExecTrainer{Cmd: py + " examples/external-trainer/train.py", Data: map[string]*dataset.Examples{"mnist": localMNIST(t, 300)},
+		Log: slog.New(slog.NewTextHandler(&logged, nil))}
+	t.Setenv("FEDTUNE_TRAIN_NUMPY", "1")
+	if _, err := tr.Train(context.Background(), Input{Base: arch.Init(1)}, execTask()); err != nil {
+		t.Fatalf("relative command: %v", err)
+	}
+	if !strings.Contains(logged.String(), "trained job j round 1") {
+		t.Errorf("the trainer's output is not in the worker's log:\n%s", logged.String())
 	}
 }

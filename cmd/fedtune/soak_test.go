@@ -22,6 +22,8 @@ var (
 	soakFor      = flag.Duration("soak.duration", 0, "how long TestSoak runs jobs with leader kills (0: skip)")
 	soakRSS      = flag.Int("soak.max-rss-mb", 400, "TestSoak: bound on every coordinator's resident memory, MB")
 	soakProfiles = flag.String("soak.profiles", "", "TestSoak: directory for the coordinators' heap profiles at the end")
+	soakKill     = flag.Duration("soak.kill-every", 40*time.Second, "TestSoak: kill -9 the leader this often (0: never)")
+	soakLoad     = flag.Int("soak.load", 0, "TestSoak: goroutines spinning on the CPU beside the cluster (synthetic load)")
 )
 
 // rssMB returns a process's resident and peak resident memory in MB.
@@ -50,12 +52,31 @@ func rssMB(pid int) (rss, hwm int) {
 
 // TestSoak runs jobs on the 800 KB MNIST model on 3 coordinator processes
 // and 4 workers for -soak.duration, one after another, killing the leader
-// (kill -9, restarted at once) every 40 s and verifying every finished
-// job's rounds through a follower; it samples each coordinator's resident
-// memory every 10 s and fails if any exceeds -soak.max-rss-mb.
+// (kill -9, restarted at once) every -soak.kill-every and verifying every
+// finished job's rounds through a follower; it samples each coordinator's
+// resident memory every 10 s and fails if any exceeds -soak.max-rss-mb.
+// It counts the leader changes it did not cause, per hour, with
+// -soak.load goroutines spinning beside the cluster.
 func TestSoak(t *testing.T) {
 	if *soakFor == 0 {
 		t.Skip("soak test: run with -soak.duration (make soak)")
+	}
+	stopLoad := make(chan struct{})
+	defer close(stopLoad)
+	for range *soakLoad {
+		go func() {
+			x := 1.0
+			for {
+				select {
+				case <-stopLoad:
+					return
+				default:
+				}
+				for range 100000 {
+					x = x*1.0000001 + 1e-9
+				}
+			}
+		}()
 	}
 	pc := tc.NewProcCluster(t, binary, 3, "--pprof")
 	startWorkers(pc, 4, 3000)
@@ -76,13 +97,20 @@ func TestSoak(t *testing.T) {
 	}
 	jobs, kills, verified := 0, 0, 0
 	lastKill, lastSample := time.Now(), time.Time{}
-	var running string
+	var running, lastLeader string
+	changes, killedLeader := 0, false
 	for time.Since(start) < *soakFor {
 		if time.Since(lastSample) >= 10*time.Second {
 			sample()
 			lastSample = time.Now()
 		}
 		l := pc.WaitForLeader(60 * time.Second)
+		if l.Name != lastLeader {
+			if lastLeader != "" && !killedLeader {
+				changes++ // not one of ours
+			}
+			lastLeader, killedLeader = l.Name, false
+		}
 		if running == "" {
 			running = fmt.Sprintf("soak-%d", jobs)
 			if _, err := pc.Run(submitArgs(l.GRPC, running, 15, 4, "--model", "mnist-mlp", "--steps", "20", "--round-timeout", "20s", "--min-updates", "3")...); err != nil {
@@ -106,17 +134,19 @@ func TestSoak(t *testing.T) {
 			}
 			running = ""
 		}
-		if time.Since(lastKill) >= 40*time.Second {
+		if *soakKill > 0 && time.Since(lastKill) >= *soakKill {
 			pc.Kill(l)
 			pc.Start(l)
 			kills++
+			killedLeader = true
 			lastKill = time.Now()
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
 	sample()
-	t.Logf("soak: %v, %d jobs, %d leader kills, %d rounds verified; peak resident memory %v (bound %d MB)",
-		time.Since(start).Round(time.Second), jobs, kills, verified, peak, *soakRSS)
+	took := time.Since(start)
+	t.Logf("soak: %v, %d jobs, %d leader kills, %d rounds verified; peak resident memory %v (bound %d MB); %d leader changes not caused by a kill (%.0f per hour) with %d spinning goroutines beside the cluster",
+		took.Round(time.Second), jobs, kills, verified, peak, *soakRSS, changes, float64(changes)/took.Hours(), *soakLoad)
 	if dir := *soakProfiles; dir != "" {
 		for _, nd := range pc.Up() {
 			resp, err := http.Get("http://" + nd.HTTP + "/debug/pprof/heap")
