@@ -170,6 +170,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	w.probed = time.Now()
+	if w.cfg.StateDir != "" {
+		lock, err := lockStateDir(w.cfg.StateDir)
+		if err != nil {
+			return fmt.Errorf("worker %s: %w", w.cfg.ID, err)
+		}
+		defer lock.Close()
+	}
 	g, err := gossip.Start(gossip.Config{Name: w.cfg.ID, BindAddr: w.cfg.GossipAddr, Profile: w.cfg.Profile, Keys: w.cfg.GossipKeys,
 		Meta: gossip.Meta{Role: gossip.RoleWorker, Labels: w.labels}})
 	if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -116,7 +117,7 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 			&cli.DurationFlag{Name: "poll-wait", Value: 10 * time.Second, Usage: "how long one task poll may wait on the coordinator", EnvVars: []string{"FEDTUNE_POLL_WAIT"}},
 			&cli.StringFlag{Name: "profile", Value: "lan", Usage: "gossip timings: local (one machine), lan or wan", EnvVars: []string{"FEDTUNE_PROFILE"}},
 			&cli.BoolFlag{Name: "fast", Usage: "shorthand for --profile local", EnvVars: []string{"FEDTUNE_FAST"}},
-			&cli.StringFlag{Name: "state-dir", Value: "fedtune-worker", Usage: "directory for state kept across restarts (error-feedback residuals)", EnvVars: []string{"FEDTUNE_STATE_DIR"}},
+			&cli.StringFlag{Name: "state-dir", Usage: "directory for state kept across restarts (error-feedback residuals); one per worker, locked while it runs", DefaultText: "fedtune-worker-<id>", EnvVars: []string{"FEDTUNE_STATE_DIR"}},
 			&cli.BoolFlag{Name: "no-error-feedback", Usage: "send lossy updates without error feedback", EnvVars: []string{"FEDTUNE_NO_ERROR_FEEDBACK"}},
 			&cli.StringFlag{Name: "gossip-key", Usage: "base64 keys encrypting gossip, comma-separated, the first used to encrypt (fedtune keyring generate); nodes without them are not seen", EnvVars: []string{"FEDTUNE_GOSSIP_KEY"}},
 			&cli.StringFlag{Name: "device", Value: "auto", Usage: "auto (an NVIDIA GPU if nvidia-smi finds one, else the CPU), cpu or gpu; advertised as labels device=, gpu=, gpu_free_mb=", EnvVars: []string{"FEDTUNE_DEVICE"}},
@@ -200,7 +201,7 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 				return err
 			}
 			w, err := worker.New(worker.Config{ID: c.String("id"), TLS: tlsNode, GossipKeys: keys, Join: c.StringSlice("join"), GossipAddr: c.String("gossip-addr"), Labels: labels, Probe: probe, ProbeInterval: c.Duration("probe-interval"),
-				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: c.String("state-dir"), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: base}, tr)
+				JoinTimeout: c.Duration("join-timeout"), PollWait: c.Duration("poll-wait"), Profile: profile(c), StateDir: cmp.Or(c.String("state-dir"), "fedtune-worker-"+c.String("id")), NoErrorFeedback: c.Bool("no-error-feedback"), SubmitDelay: c.Duration("submit-delay"), Logger: base}, tr)
 			if err != nil {
 				return err
 			}
