@@ -1,6 +1,10 @@
 # fedtune: one static binary in an empty image, running as a non-root user.
 #   docker build -t fedtune .
 #   docker run --rm fedtune version
+# The default image has no shell and no Python, so a worker in it cannot
+# use --trainer exec; the exec-worker target adds Debian's python3 and
+# NumPy and the reference trainer (examples/external-trainer/train.py):
+#   docker build --target exec-worker -t fedtune-exec .
 # Coordinators keep their Raft log, snapshots and blobs in /data (a volume);
 # see examples/compose for a 3-coordinator, 4-worker cluster.
 
@@ -15,6 +19,21 @@ RUN CGO_ENABLED=0 go build -buildvcs=false -trimpath -ldflags "-s -w -X main.bui
  && /out/fedtune version \
  && mkdir -p /out/data /out/state /out/tmp && chown 65532:65532 /out/data /out/state /out/tmp
 
+# A worker image for --trainer exec: the same binary beside a shell,
+# Python 3 with NumPy and the reference script (a lab adds its own stack).
+FROM debian:bookworm-slim AS exec-worker
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-numpy && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 65532 --no-create-home fedtune && mkdir -p /state && chown 65532 /state
+COPY --from=build /out/fedtune /usr/local/bin/fedtune
+COPY examples/external-trainer/train.py /opt/fedtune/train.py
+USER 65532:65532
+WORKDIR /opt/fedtune
+ENV FEDTUNE_STATE_DIR=/state FEDTUNE_TRAINER=exec FEDTUNE_TRAINER_CMD="python3 /opt/fedtune/train.py"
+VOLUME ["/state"]
+ENTRYPOINT ["/usr/local/bin/fedtune"]
+CMD ["worker", "--help"]
+
+# The default image (the last stage).
 FROM scratch
 COPY --from=build /out/fedtune /fedtune
 # Writable directories owned by the runtime user: the coordinator's data

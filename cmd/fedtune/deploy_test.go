@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -111,5 +112,56 @@ func TestSystemdEnvFiles(t *testing.T) {
 		if n == 0 {
 			t.Errorf("%s sets nothing", file)
 		}
+	}
+}
+
+// TestDeploymentFilesWork checks what made the deployment examples fail as
+// written: systemd units running as a DynamicUser, which cannot read the
+// 0600 keys `certs issue` writes; a compose service publishing a port with
+// only internal networks (Docker publishes nothing then); a Dockerfile
+// whose default image has no shell for --trainer exec and no other image
+// that has one, or whose default target is not the static image.
+func TestDeploymentFilesWork(t *testing.T) {
+	root := filepath.Join("..", "..")
+	for _, unit := range []string{"fedtune-coordinator.service", "fedtune-worker.service"} {
+		b, err := os.ReadFile(filepath.Join(root, "examples", "systemd", unit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "\nDynamicUser=yes") || !strings.Contains(string(b), "\nUser=fedtune") {
+			t.Errorf("%s: want a fixed User=fedtune that owns the certificates, not DynamicUser", unit)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(root, "examples", "compose", "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Services map[string]struct {
+			Ports    []string `yaml:"ports"`
+			Networks []string `yaml:"networks"`
+		} `yaml:"services"`
+		Networks map[string]struct {
+			Internal bool `yaml:"internal"`
+		} `yaml:"networks"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range doc.Services {
+		if len(s.Ports) > 0 && !slices.ContainsFunc(s.Networks, func(n string) bool { return !doc.Networks[n].Internal }) {
+			t.Errorf("compose: %s publishes %v but is only on internal networks %v", name, s.Ports, s.Networks)
+		}
+	}
+	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	froms := regexp.MustCompile(`(?m)^FROM (\S+)(?: AS (\S+))?`).FindAllStringSubmatch(string(df), -1)
+	if len(froms) == 0 || froms[len(froms)-1][1] != "scratch" {
+		t.Errorf("Dockerfile: the default (last) stage is %v, want the static image FROM scratch", froms[len(froms)-1])
+	}
+	if !slices.ContainsFunc(froms, func(f []string) bool { return f[2] == "exec-worker" }) || !strings.Contains(string(df), "python3") {
+		t.Error("Dockerfile: no exec-worker target with Python for --trainer exec")
 	}
 }
