@@ -199,6 +199,7 @@ type Coordinator struct {
 	fsm      *FSM
 	raft     *raft.Raft
 	wal      *raftwal.WAL
+	walMark  *markedLog
 	hasState bool // Raft state existed at start
 	trans    *raft.NetworkTransport
 	blobs    *BlobStore
@@ -533,6 +534,9 @@ func (c *Coordinator) stop(graceful bool) error {
 	c.wg.Wait()
 	if c.trans != nil {
 		_ = c.trans.Close()
+	}
+	if c.walMark != nil {
+		_ = c.walMark.Close()
 	}
 	if c.wal != nil {
 		_ = c.wal.Close()

@@ -49,6 +49,11 @@ func (c *Coordinator) startRaft() error {
 		return fmt.Errorf("coordinator: open raft log: %w", err)
 	}
 	c.wal = wal
+	logs, err := openMarkedLog(wal, filepath.Join(dir, "wal-last-index"), c.log)
+	if err != nil {
+		return fmt.Errorf("coordinator: %w", err)
+	}
+	c.walMark = logs
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hl)
 	if err != nil {
 		return fmt.Errorf("coordinator: snapshot store: %w", err)
@@ -90,17 +95,17 @@ func (c *Coordinator) startRaft() error {
 	if rc.LeaderLeaseTimeout >= rc.HeartbeatTimeout {
 		return fmt.Errorf("coordinator: leader lease %v must be shorter than the heartbeat timeout %v", rc.LeaderLeaseTimeout, rc.HeartbeatTimeout)
 	}
-	if c.hasState, err = raft.HasExistingState(wal, wal, snaps); err != nil {
+	if c.hasState, err = raft.HasExistingState(logs, wal, snaps); err != nil {
 		return fmt.Errorf("coordinator: read raft state: %w", err)
 	}
 	if !c.hasState && c.cfg.BootstrapExpect == 1 {
 		conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: c.trans.LocalAddr()}}}
-		if err := raft.BootstrapCluster(rc, wal, wal, snaps, c.trans, conf); err != nil {
+		if err := raft.BootstrapCluster(rc, logs, wal, snaps, c.trans, conf); err != nil {
 			return fmt.Errorf("coordinator: bootstrap: %w", err)
 		}
 		c.hasState = true
 	}
-	c.raft, err = raft.NewRaft(rc, c.fsm, wal, wal, snaps, c.trans)
+	c.raft, err = raft.NewRaft(rc, c.fsm, logs, wal, snaps, c.trans)
 	if err != nil {
 		return fmt.Errorf("coordinator: start raft: %w", err)
 	}
