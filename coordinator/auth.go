@@ -106,7 +106,7 @@ func (c *Coordinator) streamAuth(srv any, ss grpc.ServerStream, info *grpc.Strea
 // workerMayFetch reports whether a worker may read blob hash: only the
 // base model of an open round that selected it (and a LoRA job's frozen base).
 func (c *Coordinator) workerMayFetch(worker, hash string) bool {
-	for _, j := range c.fsm.Jobs() {
+	for _, j := range c.fsm.RunningJobs() {
 		for _, a := range j.Async.GetAssignments() {
 			if a.Worker == worker && (a.BaseModel == hash || (j.Spec.Lora != nil && j.Spec.BaseModel == hash)) {
 				return true

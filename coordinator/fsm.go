@@ -463,6 +463,34 @@ func (f *FSM) Jobs() []*pb.Job {
 	return out
 }
 
+// RunningJobs returns copies of the running jobs, sorted by name. The
+// leader's tick, task polls and blob checks read only these, and copying
+// every finished job's history at each of them cost the leader CPU and
+// garbage that grew with the cluster's age.
+func (f *FSM) RunningJobs() []*pb.Job {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*pb.Job, 0, len(f.jobs))
+	for _, j := range f.jobs {
+		if j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
+			out = append(out, proto.Clone(j).(*pb.Job))
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Spec.Name < out[b].Spec.Name })
+	return out
+}
+
+// ReadJobs calls fn for every job, in no order, under the FSM's read lock,
+// without copying: fn must neither keep nor change what it is given, and
+// must not call back into the FSM.
+func (f *FSM) ReadJobs(fn func(j *pb.Job)) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, j := range f.jobs {
+		fn(j)
+	}
+}
+
 // Workers returns copies of the roster, sorted by id.
 func (f *FSM) Workers() []*pb.WorkerInfo {
 	f.mu.RLock()

@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/fedtune/fedtune/internal/client"
+	pb "github.com/fedtune/fedtune/protocol"
 )
 
 // ErrNoQuorum means a blob could not be stored on a quorum of voters, so no
@@ -166,7 +167,7 @@ func (c *Coordinator) blob(ctx context.Context, hash string) ([]byte, error) {
 // the last KeepUpdateRounds committed rounds.
 func (c *Coordinator) referenced() map[string]bool {
 	ref := map[string]bool{}
-	for _, j := range c.fsm.Jobs() {
+	c.fsm.ReadJobs(func(j *pb.Job) {
 		ref[j.Spec.GetBaseModel()] = true
 		ref[InitialModel(j.Spec)] = true
 		ref[j.CurrentModel] = true
@@ -193,7 +194,7 @@ func (c *Coordinator) referenced() map[string]bool {
 				ref[u.Blob] = true
 			}
 		}
-	}
+	})
 	delete(ref, "")
 	return ref
 }

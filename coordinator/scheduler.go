@@ -78,12 +78,9 @@ type scheduler struct {
 func (s *scheduler) tick(ctx context.Context) {
 	s.servers.reconcile(ctx)
 	alive := s.reconcile()
-	for _, j := range s.c.fsm.Jobs() {
+	for _, j := range s.c.fsm.RunningJobs() {
 		if ctx.Err() != nil {
 			return
-		}
-		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
-			continue
 		}
 		if err := s.step(ctx, j, alive); err != nil && ctx.Err() == nil {
 			s.log.Error("scheduling failed", "job", j.Spec.Name, "err", err)
@@ -198,8 +195,8 @@ func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*
 // planning prefers workers with nothing to do.
 func (s *scheduler) withLoad(job string, alive map[string]*pb.WorkerInfo) []*pb.WorkerInfo {
 	training := map[string]bool{}
-	for _, j := range s.c.fsm.Jobs() {
-		if j.Spec.Name == job || j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+	for _, j := range s.c.fsm.RunningJobs() {
+		if j.Spec.Name == job {
 			continue
 		}
 		for _, a := range j.Async.GetAssignments() {

@@ -112,10 +112,7 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 
 // taskFor finds an open round selecting worker that has no update from it.
 func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
-	for _, j := range c.fsm.Jobs() {
-		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
-			continue
-		}
+	for _, j := range c.fsm.RunningJobs() {
 		if IsAsync(j.Spec) {
 			if t := asyncTask(j, worker, done); t != nil {
 				c.addLoRA(j, t)
