@@ -7,29 +7,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/fedtune/fedtune/coordinator"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestTornWALTailLogged: a coordinator whose Raft log lost its tail (the
 // last segment cut 300 bytes into its entries, as a torn write leaves it)
@@ -57,7 +39,7 @@ func TestTornWALTailLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var logged lockedBuffer
+	var logged syncBuffer
 	StartCoordinator(t, coordinator.Config{DataDir: dir, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
 	if out := logged.String(); !strings.Contains(out, "raft log lost its tail") || !strings.Contains(out, "entries_lost=") {
 		t.Errorf("restart after a torn tail logged nothing about it:\n%s", out)
