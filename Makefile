@@ -49,7 +49,7 @@ chaos:
 
 ## soak: 10 minutes of jobs on 3 coordinator processes with a leader kill
 ## every 40 s and verify calls, then 5 minutes without kills beside
-## SOAK_LOAD goroutines spinning on the CPU, counting leader changes; fails
+## SOAK_LOAD processes spinning on the CPU, counting leader changes; fails
 ## if a coordinator's resident memory passes SOAK_RSS_MB; heap profiles in
 ## soak-out/
 SOAK_RSS_MB ?= 400

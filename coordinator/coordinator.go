@@ -228,6 +228,7 @@ type Coordinator struct {
 
 	mu           sync.Mutex
 	stopLeader   context.CancelFunc
+	leaderDone   chan struct{} // closed when the running leader loop has returned
 	leaderLostAt time.Time // when this node last saw no leader (for failover time)
 	done         chan struct{}
 	wg           sync.WaitGroup
@@ -474,14 +475,16 @@ func (c *Coordinator) watchLeadership() {
 		case leader := <-ch:
 			c.metrics.isLeader.Set(map[bool]float64{true: 1}[leader])
 			if leader {
-				c.stepDown()
+				c.stepDown() // the previous loop has returned before a new one starts
 				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
 				c.mu.Lock()
-				c.stopLeader = cancel
+				c.stopLeader, c.leaderDone = cancel, done
 				c.mu.Unlock()
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
+					defer close(done)
 					c.leaderLoop(ctx)
 				}()
 			} else {
@@ -491,12 +494,17 @@ func (c *Coordinator) watchLeadership() {
 	}
 }
 
+// stepDown stops the leader loop, if one runs, and waits until it has
+// returned (as Consul's monitorLeadership does), so that two loops of one
+// node never overlap when leadership is lost and won again quickly.
 func (c *Coordinator) stepDown() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stopLeader != nil {
-		c.stopLeader()
-		c.stopLeader = nil
+	stop, done := c.stopLeader, c.leaderDone
+	c.stopLeader, c.leaderDone = nil, nil
+	c.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
 	}
 }
 

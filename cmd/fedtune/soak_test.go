@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,7 +24,7 @@ var (
 	soakRSS      = flag.Int("soak.max-rss-mb", 400, "TestSoak: bound on every coordinator's resident memory, MB")
 	soakProfiles = flag.String("soak.profiles", "", "TestSoak: directory for the coordinators' heap profiles at the end")
 	soakKill     = flag.Duration("soak.kill-every", 40*time.Second, "TestSoak: kill -9 the leader this often (0: never)")
-	soakLoad     = flag.Int("soak.load", 0, "TestSoak: goroutines spinning on the CPU beside the cluster (synthetic load)")
+	soakLoad     = flag.Int("soak.load", 0, "TestSoak: processes spinning on the CPU beside the cluster (synthetic load)")
 )
 
 // rssMB returns a process's resident and peak resident memory in MB.
@@ -50,33 +51,35 @@ func rssMB(pid int) (rss, hwm int) {
 	return rss, hwm
 }
 
+// loadAverage returns the machine's 1, 5 and 15 minute load averages.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
+}
+
 // TestSoak runs jobs on the 800 KB MNIST model on 3 coordinator processes
 // and 4 workers for -soak.duration, one after another, killing the leader
 // (kill -9, restarted at once) every -soak.kill-every and verifying every
 // finished job's rounds through a follower; it samples each coordinator's
 // resident memory every 10 s and fails if any exceeds -soak.max-rss-mb.
 // It counts the leader changes it did not cause, per hour, with
-// -soak.load goroutines spinning beside the cluster.
+// -soak.load processes spinning beside the cluster.
 func TestSoak(t *testing.T) {
 	if *soakFor == 0 {
 		t.Skip("soak test: run with -soak.duration (make soak)")
 	}
-	stopLoad := make(chan struct{})
-	defer close(stopLoad)
 	for range *soakLoad {
-		go func() {
-			x := 1.0
-			for {
-				select {
-				case <-stopLoad:
-					return
-				default:
-				}
-				for range 100000 {
-					x = x*1.0000001 + 1e-9
-				}
-			}
-		}()
+		// Processes, not goroutines: goroutines share this process's
+		// GOMAXPROCS and would load the machine by two cores at most.
+		spin := osexec.Command("sh", "-c", "while :; do :; done")
+		if err := spin.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { spin.Process.Kill(); spin.Wait() }()
 	}
 	pc := tc.NewProcCluster(t, binary, 3, "--pprof")
 	startWorkers(pc, 4, 3000)
@@ -155,8 +158,8 @@ func TestSoak(t *testing.T) {
 	}
 	sample()
 	took := time.Since(start)
-	t.Logf("soak: %v, %d jobs, %d leader kills, %d rounds verified (%d skipped: updates collected); peak resident memory %v (bound %d MB); %d leader changes not caused by a kill (%.0f per hour) with %d spinning goroutines beside the cluster",
-		took.Round(time.Second), jobs, kills, verified, skipped, peak, *soakRSS, changes, float64(changes)/took.Hours(), *soakLoad)
+	t.Logf("soak: %v, %d jobs, %d leader kills, %d rounds verified (%d skipped: updates collected); peak resident memory %v (bound %d MB); %d leader changes not caused by a kill (%.0f per hour) with %d spinning processes beside the cluster (load average %s)",
+		took.Round(time.Second), jobs, kills, verified, skipped, peak, *soakRSS, changes, float64(changes)/took.Hours(), *soakLoad, loadAverage())
 	if dir := *soakProfiles; dir != "" {
 		for _, nd := range pc.Up() {
 			resp, err := http.Get("http://" + nd.HTTP + "/debug/pprof/heap")
