@@ -229,7 +229,7 @@ type Coordinator struct {
 	mu           sync.Mutex
 	stopLeader   context.CancelFunc
 	leaderDone   chan struct{} // closed when the running leader loop has returned
-	leaderLostAt time.Time // when this node last saw no leader (for failover time)
+	leaderLostAt time.Time     // when this node last saw no leader (for failover time)
 	done         chan struct{}
 	wg           sync.WaitGroup
 }
