@@ -8,12 +8,13 @@ import (
 	"time"
 
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 )
 
 func asyncTestJob() *pb.Job {
-	spec := &pb.JobSpec{Name: "a", Mode: ModeAsync, Seed: 7, RoundTimeoutSeconds: 60, Aggregator: "fedavg",
+	spec := &pb.JobSpec{Name: "a", Mode: round.ModeAsync, Seed: 7, RoundTimeoutSeconds: 60, Aggregator: "fedavg",
 		Async: &pb.AsyncSpec{BufferSize: 2, Concurrency: 3, MaxStaleness: 2, MaxPerWorker: 1}}
-	if err := NormalizeAsync(spec); err != nil {
+	if err := round.NormalizeAsync(spec); err != nil {
 		panic(err)
 	}
 	return &pb.Job{Spec: spec, CurrentModel: "m3", History: make([]*pb.RoundRecord, 3), Async: &pb.AsyncState{NextTask: 10}}
@@ -43,7 +44,7 @@ func TestPlanAssignments(t *testing.T) {
 	j.Async.Buffer = []*pb.AcceptedUpdate{{Worker: "d", Task: 6}} // d is at its cap of 1
 	live := workers("a", "b", "c", "d", "e", "f")
 	live[5].Labels = map[string]string{"idle": "false"} // f is busy
-	assign, release := PlanAssignments(j, live, now)
+	assign, release := round.PlanAssignments(j, live, now)
 	slices.Sort(release)
 	if !slices.Equal(release, []uint64{5, 8, 9}) {
 		t.Errorf("released %v, want tasks 5 (its worker left), 8 (too stale) and 9 (expired)", release)
@@ -60,12 +61,12 @@ func TestPlanAssignments(t *testing.T) {
 			t.Errorf("assigned %s: already training, capped, or busy while idle workers wait", a.Worker)
 		}
 	}
-	again, _ := PlanAssignments(j, live, now)
+	again, _ := round.PlanAssignments(j, live, now)
 	if !slices.EqualFunc(again, assign, func(x, y *pb.Assignment) bool { return x.Worker == y.Worker && x.Task == y.Task }) {
 		t.Error("planning is not a function of its inputs")
 	}
 	j.Async.Assignments = append(j.Async.Assignments[:1], assign...)
-	if more, rel := PlanAssignments(j, live, now); len(more) != 0 || len(rel) != 0 {
+	if more, rel := round.PlanAssignments(j, live, now); len(more) != 0 || len(rel) != 0 {
 		t.Errorf("at the concurrency limit: assigned %d, released %v", len(more), rel)
 	}
 }
@@ -102,14 +103,14 @@ func TestFairWindow(t *testing.T) {
 			for i, w := range c.inFlight {
 				j.Async.Assignments = append(j.Async.Assignments, &pb.Assignment{Worker: w, Task: uint64(i + 1), Version: 3, DeadlineUnixNano: now.Add(time.Minute).UnixNano()})
 			}
-			assign, _ := PlanAssignments(j, workers(c.live...), now)
+			assign, _ := round.PlanAssignments(j, workers(c.live...), now)
 			var got []string
 			for _, a := range assign {
 				got = append(got, a.Worker)
 			}
 			slices.Sort(got)
 			if !slices.Equal(got, c.want) {
-				t.Errorf("assigned %v, want %v (window counts %v)", got, c.want, WindowCounts(j, c.window))
+				t.Errorf("assigned %v, want %v (window counts %v)", got, c.want, round.WindowCounts(j, c.window))
 			}
 		})
 	}
@@ -137,7 +138,7 @@ func TestFairBy(t *testing.T) {
 			j := asyncTestJob()
 			j.Spec.Async.Concurrency, j.Spec.Async.MaxPerWorker, j.Spec.Async.FairWindow, j.Spec.Async.FairBy = 4, 5, 3, c.fairBy
 			j.History = []*pb.RoundRecord{{Workers: []string{"a1", "a2", "b1"}}, {Workers: []string{"a3", "a4", "b2"}}}
-			assign, _ := PlanAssignments(j, live, now)
+			assign, _ := round.PlanAssignments(j, live, now)
 			regions := map[string]int{}
 			for _, a := range assign {
 				regions[a.Worker[:1]]++
@@ -213,14 +214,14 @@ func TestAsyncFSM(t *testing.T) {
 		}
 	}
 	// w3's task 3, from version 0, is now 3 versions old: max_staleness is 2.
-	if err := accept("w3", 0, 3); !errors.Is(err, ErrTooStale) {
+	if err := accept("w3", 0, 3); !errors.Is(err, round.ErrTooStale) {
 		t.Errorf("an update 3 versions stale: %v", err)
 	}
 	got, _ := f.Job("a")
 	if len(got.History) != 3 || len(got.Async.Buffer) != 0 || got.History[0].Accepted[0].Task != 1 || got.History[0].Accepted[1].BaseVersion != 0 {
 		t.Errorf("history %v, buffer %v", got.History, got.Async.Buffer)
 	}
-	if w := StalenessWeight(got.Spec.Async, 3); math.Abs(w-0.5) > 1e-12 {
+	if w := round.StalenessWeight(got.Spec.Async, 3); math.Abs(w-0.5) > 1e-12 {
 		t.Errorf("(1+3)^-0.5 = %v", w)
 	}
 }
@@ -244,8 +245,8 @@ func TestConcurrencyAt(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			j := &pb.Job{Spec: &pb.JobSpec{Rounds: c.rounds, Async: &pb.AsyncSpec{Concurrency: c.c0, ConcurrencyFinal: c.cf}}, History: make([]*pb.RoundRecord, c.version)}
-			if got := ConcurrencyAt(j); got != c.want {
-				t.Errorf("ConcurrencyAt = %d, want %d", got, c.want)
+			if got := round.ConcurrencyAt(j); got != c.want {
+				t.Errorf("round.ConcurrencyAt = %d, want %d", got, c.want)
 			}
 		})
 	}
@@ -255,11 +256,11 @@ func TestConcurrencyAt(t *testing.T) {
 	j.Spec.Rounds, j.Spec.Async.Concurrency, j.Spec.Async.ConcurrencyFinal, j.Spec.Async.MaxStaleness = 7, 6, 3, 20
 	// At version 3 of 7 the limit is 6 − 3·3/6 = 4.5 → 5 (math.Round rounds half away from zero).
 	j.Async.Assignments = []*pb.Assignment{{Worker: "a", Task: 1, Version: 3, DeadlineUnixNano: now.Add(time.Minute).UnixNano()}}
-	if assign, _ := PlanAssignments(j, workers("a", "b", "c", "d", "e", "f", "g", "h"), now); len(assign) != 4 {
+	if assign, _ := round.PlanAssignments(j, workers("a", "b", "c", "d", "e", "f", "g", "h"), now); len(assign) != 4 {
 		t.Errorf("assigned %d with 1 in flight, want 4 up to the scheduled limit of 5 (not the 6 of concurrency)", len(assign))
 	}
 	j.History = make([]*pb.RoundRecord, 6) // the last version: limit 3
-	if assign, _ := PlanAssignments(j, workers("a", "b", "c", "d", "e", "f", "g", "h"), now); len(assign) != 2 {
+	if assign, _ := round.PlanAssignments(j, workers("a", "b", "c", "d", "e", "f", "g", "h"), now); len(assign) != 2 {
 		t.Errorf("assigned %d with 1 in flight at the last version, want 2 up to concurrency_final 3", len(assign))
 	}
 }

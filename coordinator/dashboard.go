@@ -9,6 +9,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 )
 
 // dashboardView is what the web dashboard (internal/dashboard) reads:
@@ -56,8 +57,8 @@ func (v dashboardView) State() ([]byte, error) {
 	}
 	for _, j := range c.fsm.Jobs() {
 		st.Ledgers[j.Spec.Name] = Ledger(j)
-		if IsAsync(j.Spec) {
-			st.Concurrency[j.Spec.Name] = ConcurrencyAt(j)
+		if round.IsAsync(j.Spec) {
+			st.Concurrency[j.Spec.Name] = round.ConcurrencyAt(j)
 		}
 		slim := proto.Clone(j).(*pb.Job)
 		for _, r := range slim.History {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 )
 
 // Errors an FSM command may be refused with. They are returned as the
@@ -144,11 +145,11 @@ func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 	f.jobs[name] = &pb.Job{
 		Spec:              c.Spec,
 		Status:            pb.JobStatus_JOB_STATUS_RUNNING,
-		CurrentModel:      InitialModel(c.Spec),
+		CurrentModel:      round.InitialModel(c.Spec),
 		SubmittedUnixNano: at,
 		BaseMetrics:       c.BaseMetrics,
 	}
-	if IsAsync(c.Spec) {
+	if round.IsAsync(c.Spec) {
 		f.jobs[name].Async = &pb.AsyncState{NextTask: 1, VersionStartedUnixNano: at}
 	}
 	return nil
@@ -186,7 +187,7 @@ func applyStartRound(f *FSM, payload []byte, _ int64) error {
 	if err != nil {
 		return err
 	}
-	if IsAsync(j.Spec) {
+	if round.IsAsync(j.Spec) {
 		return fmt.Errorf("start round of %q: an async job has no rounds: %w", c.Job, ErrStaleRound)
 	}
 	if j.OpenRound != nil {
@@ -222,7 +223,7 @@ func applyAcceptUpdate(f *FSM, payload []byte, _ int64) error {
 		return err
 	}
 	dropNonFinite(c.Update.GetMetrics())
-	if j, ok := f.jobs[c.Job]; ok && IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
+	if j, ok := f.jobs[c.Job]; ok && round.IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
 		return acceptAsync(j, &c)
 	}
 	_, r, err := f.openRound(c.Job, c.Round)
@@ -258,7 +259,7 @@ func applyCommitRound(f *FSM, payload []byte, at int64) error {
 	for _, sc := range c.Scores {
 		sc.Weight, sc.Norm, sc.Distance, sc.Cosine = finiteOr0(sc.Weight), finiteOr0(sc.Norm), finiteOr0(sc.Distance), finiteOr0(sc.Cosine)
 	}
-	if j, ok := f.jobs[c.Job]; ok && IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
+	if j, ok := f.jobs[c.Job]; ok && round.IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
 		return commitAsync(j, &c, at)
 	}
 	j, r, err := f.openRound(c.Job, c.Round)

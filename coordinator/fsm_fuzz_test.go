@@ -18,7 +18,7 @@ func FuzzFSMCommands(f *testing.F) {
 	seeds := []proto.Message{
 		&pb.AcceptUpdate{Job: "j", Round: 1, Update: upd("w1")},
 		&pb.CommitRound{Job: "j", Round: 1, Model: "m1"},
-		&pb.StartRound{Job: "j", Round: round(2, "m1", "w1")},
+		&pb.StartRound{Job: "j", Round: roundAt(2, "m1", "w1")},
 		&pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "w9"}},
 		&pb.RevokeWorker{Name: "w1"},
 		&pb.RegisterJob{Spec: spec("k", 1)},
@@ -35,7 +35,7 @@ func FuzzFSMCommands(f *testing.F) {
 		}{
 			{cUpsert, &pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "w1"}}},
 			{cRegister, &pb.RegisterJob{Spec: spec("j", 3)}},
-			{cStart, &pb.StartRound{Job: "j", Round: round(1, "base", "w1")}},
+			{cStart, &pb.StartRound{Job: "j", Round: roundAt(1, "base", "w1")}},
 		} {
 			b, _ := EncodeCommand(c.typ, c.msg, t0)
 			h.idx++

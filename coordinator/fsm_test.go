@@ -62,7 +62,7 @@ func spec(name string, rounds uint32) *pb.JobSpec {
 	return &pb.JobSpec{Name: name, Model: "mnist-mlp-small", Dataset: "mnist", BaseModel: "base", Rounds: rounds, ClientsPerRound: 2, MinUpdates: 1}
 }
 
-func round(n uint32, base string, selected ...string) *pb.Round {
+func roundAt(n uint32, base string, selected ...string) *pb.Round {
 	return &pb.Round{Number: n, BaseModel: base, Selected: selected, StartedUnixNano: 1, DeadlineUnixNano: 2}
 }
 
@@ -86,8 +86,8 @@ func TestFSMLifecycle(t *testing.T) {
 		want error
 	}{
 		{"register twice", cRegister, &pb.RegisterJob{Spec: spec("j", 2)}, ErrJobExists},
-		{"start unknown job", cStart, &pb.StartRound{Job: "nope", Round: round(1, "base", "w1")}, ErrUnknownJob},
-		{"start round 2 first", cStart, &pb.StartRound{Job: "j", Round: round(2, "base", "w1")}, ErrStaleRound},
+		{"start unknown job", cStart, &pb.StartRound{Job: "nope", Round: roundAt(1, "base", "w1")}, ErrUnknownJob},
+		{"start round 2 first", cStart, &pb.StartRound{Job: "j", Round: roundAt(2, "base", "w1")}, ErrStaleRound},
 		{"accept with no round", cAccept, &pb.AcceptUpdate{Job: "j", Round: 1, Update: upd("w1")}, ErrStaleRound},
 		{"commit with no round", cCommit, &pb.CommitRound{Job: "j", Round: 1, Model: "m1"}, ErrStaleRound},
 	}
@@ -106,14 +106,14 @@ func TestFSMLifecycle(t *testing.T) {
 	}
 	check()
 
-	h.must(cStart, &pb.StartRound{Job: "j", Round: round(1, "base", "w1", "w2")})
+	h.must(cStart, &pb.StartRound{Job: "j", Round: roundAt(1, "base", "w1", "w2")})
 	refusals = []struct {
 		name string
 		typ  pb.CommandType
 		msg  proto.Message
 		want error
 	}{
-		{"second open round", cStart, &pb.StartRound{Job: "j", Round: round(1, "base", "w1")}, ErrRoundOpen},
+		{"second open round", cStart, &pb.StartRound{Job: "j", Round: roundAt(1, "base", "w1")}, ErrRoundOpen},
 		{"update for stale round", cAccept, &pb.AcceptUpdate{Job: "j", Round: 7, Update: upd("w1")}, ErrStaleRound},
 		{"update from unselected", cAccept, &pb.AcceptUpdate{Job: "j", Round: 1, Update: upd("w9")}, ErrNotSelected},
 	}
@@ -142,16 +142,16 @@ func TestFSMLifecycle(t *testing.T) {
 		t.Fatalf("job ended after 1 of 2 rounds")
 	}
 	// A round can be aborted and started again under the same number.
-	h.must(cStart, &pb.StartRound{Job: "j", Round: round(2, "m1", "w1")})
+	h.must(cStart, &pb.StartRound{Job: "j", Round: roundAt(2, "m1", "w1")})
 	h.must(cAbort, &pb.AbortRound{Job: "j", Round: 2, Reason: "too few"})
-	h.must(cStart, &pb.StartRound{Job: "j", Round: round(2, "m1", "w2")})
+	h.must(cStart, &pb.StartRound{Job: "j", Round: roundAt(2, "m1", "w2")})
 	h.must(cAccept, &pb.AcceptUpdate{Job: "j", Round: 2, Update: upd("w2")})
 	h.must(cCommit, &pb.CommitRound{Job: "j", Round: 2, Model: "m2"})
 	j, _ = h.f.Job("j")
 	if j.Status != pb.JobStatus_JOB_STATUS_DONE || j.CurrentModel != "m2" {
 		t.Fatalf("after the last round: status %v model %s", j.Status, j.CurrentModel)
 	}
-	if err := h.apply(cStart, &pb.StartRound{Job: "j", Round: round(3, "m2", "w1")}); !errors.Is(err, ErrJobNotActive) {
+	if err := h.apply(cStart, &pb.StartRound{Job: "j", Round: roundAt(3, "m2", "w1")}); !errors.Is(err, ErrJobNotActive) {
 		t.Errorf("round on a finished job: %v", err)
 	}
 	h.must(cRemove, &pb.RemoveWorker{Id: "w2"})
@@ -176,7 +176,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	h.must(cUpsert, &pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "w1", GrpcAddr: "a", Labels: map[string]string{"lang": "fr"}}})
 	for _, name := range []string{"b", "a"} {
 		h.must(cRegister, &pb.RegisterJob{Spec: spec(name, 3), BaseMetrics: map[string]float64{"test_accuracy": 0.5}})
-		h.must(cStart, &pb.StartRound{Job: name, Round: round(1, "base", "w1")})
+		h.must(cStart, &pb.StartRound{Job: name, Round: roundAt(1, "base", "w1")})
 		h.must(cAccept, &pb.AcceptUpdate{Job: name, Round: 1, Update: upd("w1")})
 	}
 	h.must(cCommit, &pb.CommitRound{Job: "a", Round: 1, Model: "m1"})
@@ -327,7 +327,7 @@ func TestNonFiniteNeverInState(t *testing.T) {
 	h := &fsmHarness{t: t, f: NewFSM()}
 	nan, inf := math.NaN(), math.Inf(1)
 	h.must(cRegister, &pb.RegisterJob{Spec: spec("j", 2), BaseMetrics: map[string]float64{"test_loss": nan, "test_accuracy": 0.1}})
-	h.must(cStart, &pb.StartRound{Job: "j", Round: round(1, "base", "a")})
+	h.must(cStart, &pb.StartRound{Job: "j", Round: roundAt(1, "base", "a")})
 	u := upd("a")
 	u.Metrics = map[string]float64{"loss": inf, "seconds": 2}
 	h.must(cAccept, &pb.AcceptUpdate{Job: "j", Round: 1, Update: u})

@@ -36,7 +36,7 @@ func TestGarbageCollection(t *testing.T) {
 	h.must(cRegister, &pb.RegisterJob{Spec: s})
 	for i, m := range []string{m1, m2} {
 		u := []string{u1, u2}[i]
-		h.must(cStart, &pb.StartRound{Job: "j", Round: round(uint32(i+1), base, "w1")})
+		h.must(cStart, &pb.StartRound{Job: "j", Round: roundAt(uint32(i+1), base, "w1")})
 		h.must(cAccept, &pb.AcceptUpdate{Job: "j", Round: uint32(i + 1), Update: &pb.AcceptedUpdate{Worker: "w1", Blob: u, Samples: 1}})
 		h.must(cCommit, &pb.CommitRound{Job: "j", Round: uint32(i + 1), Model: m})
 	}

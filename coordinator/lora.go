@@ -10,6 +10,7 @@ import (
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -18,21 +19,6 @@ import (
 // deltas of, what is aggregated and committed — are the adapters, and
 // spec.base_model is the frozen base they apply to. The coordinator merges
 // the two only to evaluate and, on request, to export.
-
-// LoRA aggregation modes.
-const (
-	LoRANaive = "naive" // the job's rule on the A and B tensors apart
-	LoRAExact = "exact" // rank-r SVD of the weighted mean of the workers' B·A
-)
-
-// InitialModel returns the hash a job's first round starts from: the base
-// model, or a LoRA job's initial adapters.
-func InitialModel(spec *pb.JobSpec) string {
-	if l := spec.GetLora(); l != nil {
-		return l.Adapter
-	}
-	return spec.GetBaseModel()
-}
 
 // loraOf returns the LoRA of a job spec, or false for a full fine-tuning job.
 func loraOf(spec *pb.JobSpec) (model.LoRA, bool) {
@@ -66,17 +52,17 @@ func normalizeLoRA(spec *pb.JobSpec, arch model.MLP) error {
 	}
 	switch l.Aggregation {
 	case "":
-		l.Aggregation = LoRANaive
-	case LoRANaive:
-	case LoRAExact:
+		l.Aggregation = round.LoRANaive
+	case round.LoRANaive:
+	case round.LoRAExact:
 		if spec.Aggregator != "fedavg" {
-			return fmt.Errorf("lora: aggregation %q averages the workers' products B·A; it cannot be combined with aggregator %q (use lora aggregation %q for robust rules)", LoRAExact, spec.Aggregator, LoRANaive)
+			return fmt.Errorf("lora: aggregation %q averages the workers' products B·A; it cannot be combined with aggregator %q (use lora aggregation %q for robust rules)", round.LoRAExact, spec.Aggregator, round.LoRANaive)
 		}
 		if n := spec.ServerOptimizer.GetName(); n != "" && n != "plain" {
-			return fmt.Errorf("lora: aggregation %q sets the adapters directly; server optimizer %q needs %q", LoRAExact, n, LoRANaive)
+			return fmt.Errorf("lora: aggregation %q sets the adapters directly; server optimizer %q needs %q", round.LoRAExact, n, round.LoRANaive)
 		}
 	default:
-		return fmt.Errorf("lora: aggregation %q: want %s or %s", l.Aggregation, LoRANaive, LoRAExact)
+		return fmt.Errorf("lora: aggregation %q: want %s or %s", l.Aggregation, round.LoRANaive, round.LoRAExact)
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 )
 
 // ErrNoQuorum means a blob could not be stored on a quorum of voters, so no
@@ -169,7 +170,7 @@ func (c *Coordinator) referenced() map[string]bool {
 	ref := map[string]bool{}
 	c.fsm.ReadJobs(func(j *pb.Job) {
 		ref[j.Spec.GetBaseModel()] = true
-		ref[InitialModel(j.Spec)] = true
+		ref[round.InitialModel(j.Spec)] = true
 		ref[j.CurrentModel] = true
 		for i, h := range j.History {
 			ref[h.Model] = true

@@ -18,6 +18,7 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
@@ -89,7 +90,7 @@ func (s *scheduler) tick(ctx context.Context) {
 }
 
 func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.WorkerInfo) error {
-	if IsAsync(j.Spec) {
+	if round.IsAsync(j.Spec) {
 		return s.stepAsync(ctx, j, alive)
 	}
 	name := j.Spec.Name
@@ -97,8 +98,8 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	r := j.OpenRound
 	if r == nil {
 		live := s.withLoad(name, alive)
-		plan, err := PlanRound(j, live, now, s.attempts[name])
-		if errors.Is(err, ErrNotEnoughWorkers) {
+		plan, err := round.PlanRound(j, live, now, s.attempts[name])
+		if errors.Is(err, round.ErrNotEnoughWorkers) {
 			if !s.waitLogged[name] {
 				s.log.Info("waiting for workers", "job", name, "err", err)
 				s.waitLogged[name] = true
@@ -120,8 +121,8 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	for id := range alive {
 		isAlive[id] = true
 	}
-	switch DecideRound(j.Spec, r, isAlive, now) {
-	case Commit:
+	switch round.DecideRound(j.Spec, r, isAlive, now) {
+	case round.Commit:
 		err := s.commit(ctx, j, r)
 		if errors.Is(err, ErrNotFinite) {
 			// The same updates would give the same aggregate: the round
@@ -134,7 +135,7 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 			return fmt.Errorf("commit round %d: %w", r.Number, err)
 		}
 		delete(s.attempts, name)
-	case Abort:
+	case round.Abort:
 		return s.abort(j, r, fmt.Sprintf("%d of %d updates by the deadline", len(r.Updates), max(j.Spec.MinUpdates, 1)))
 	}
 	return nil
@@ -157,7 +158,7 @@ func (s *scheduler) abort(j *pb.Job, r *pb.Round, reason string) error {
 func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*pb.WorkerInfo) error {
 	name, k := j.Spec.Name, int(j.Spec.Async.GetBufferSize())
 	if buf := j.Async.GetBuffer(); len(buf) >= k {
-		r := &pb.Round{Number: Version(j) + 1, BaseModel: j.CurrentModel, Updates: buf[:k], StartedUnixNano: j.Async.VersionStartedUnixNano}
+		r := &pb.Round{Number: round.Version(j) + 1, BaseModel: j.CurrentModel, Updates: buf[:k], StartedUnixNano: j.Async.VersionStartedUnixNano}
 		err := s.commit(ctx, j, r)
 		if errors.Is(err, ErrNotFinite) {
 			// An async buffer cannot be trained again: the job stops with
@@ -172,7 +173,7 @@ func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*
 		}
 		return nil // assignments on the next tick, from the new version
 	}
-	assign, release := PlanAssignments(j, s.withLoad(name, alive), s.c.clock.Now())
+	assign, release := round.PlanAssignments(j, s.withLoad(name, alive), s.c.clock.Now())
 	if len(assign)+len(release) == 0 {
 		return nil
 	}
@@ -181,7 +182,7 @@ func (s *scheduler) stepAsync(ctx context.Context, j *pb.Job, alive map[string]*
 	}
 	if len(release) > 0 {
 		s.c.metrics.asyncTasks.WithLabelValues("withdrawn").Add(float64(len(release)))
-		s.log.Warn("assignments withdrawn", "job", name, "version", Version(j), "tasks", release)
+		s.log.Warn("assignments withdrawn", "job", name, "version", round.Version(j), "tasks", release)
 	}
 	for _, a := range assign {
 		s.log.Info("task assigned", "job", name, "version", a.Version, "round", a.Version, "worker", a.Worker, "task", a.Task)
@@ -214,7 +215,7 @@ func (s *scheduler) withLoad(job string, alive map[string]*pb.WorkerInfo) []*pb.
 	}
 	live := make([]*pb.WorkerInfo, 0, len(alive))
 	for id, w := range alive {
-		if training[id] && !Busy(w.Labels) {
+		if training[id] && !round.Busy(w.Labels) {
 			w = proto.Clone(w).(*pb.WorkerInfo)
 			if w.Labels == nil {
 				w.Labels = map[string]string{}
@@ -269,7 +270,7 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 		return ctx.Err()
 	}
 	commit := &pb.CommitRound{Job: j.Spec.Name, Round: r.Number, Model: hash, Metrics: metrics, Scores: scores, OptimizerState: stateHash}
-	if IsAsync(j.Spec) {
+	if round.IsAsync(j.Spec) {
 		commit.Buffered = uint32(len(r.Updates))
 	}
 	if err := s.c.apply(pb.CommandType_COMMAND_TYPE_COMMIT_ROUND, commit); err != nil {
@@ -295,7 +296,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	if err != nil {
 		return fail(fmt.Errorf("base model: %w", err))
 	}
-	agg, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams))
+	agg, err := aggregation.NewRule(spec.Aggregator, round.RuleParams(spec.AggregatorParams))
 	if err != nil {
 		return fail(err)
 	}
@@ -305,7 +306,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	// block per update, whatever the number of updates.
 	var ups []aggregation.Update
 	var lossSum, weight, staleSum float64
-	drifts := NewDrifts(base, spec.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return c.blobSet(ctx, VersionModel(j, v)) })
+	drifts := round.NewDrifts(base, spec.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return c.blobSet(ctx, round.VersionModel(j, v)) })
 	for _, u := range r.Updates {
 		src, closeFn, err := c.updateVector(ctx, u, base.Len())
 		if err != nil {
@@ -313,7 +314,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 		}
 		defer closeFn()
 		key := u.Worker
-		if IsAsync(spec) {
+		if round.IsAsync(spec) {
 			// An update τ versions stale counts s(τ) times its delta
 			// (FedBuff); one worker may have several in a buffer.
 			tau := r.Number - 1 - min(u.BaseVersion, r.Number-1)
@@ -323,7 +324,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 					return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
 				}
 			}
-			src, key = tensor.Scaled(src, float32(StalenessWeight(spec.Async, tau))), asyncKey(u)
+			src, key = tensor.Scaled(src, float32(round.StalenessWeight(spec.Async, tau))), round.AsyncKey(u)
 		}
 		ups = append(ups, aggregation.Update{Worker: key, Source: src, Samples: u.Samples})
 		if l, ok := u.Metrics["loss"]; ok {
@@ -335,13 +336,13 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	if weight > 0 {
 		metrics["train_loss"] = lossSum / weight
 	}
-	if IsAsync(spec) && len(r.Updates) > 0 {
+	if round.IsAsync(spec) && len(r.Updates) > 0 {
 		metrics["mean_staleness"] = staleSum / float64(len(r.Updates))
 		if spec.Async.GetDriftCorrection() > 0 {
 			metrics["mean_drift_removed"] = drifts.Removed() / float64(len(r.Updates))
 		}
 	}
-	if spec.GetLora().GetAggregation() == LoRAExact {
+	if spec.GetLora().GetAggregation() == round.LoRAExact {
 		next, sc, err := aggregateExact(base, ups)
 		if err != nil {
 			return fail(err)
@@ -352,7 +353,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	if err != nil {
 		return fail(err)
 	}
-	opt, err := NewOptimizer(spec.ServerOptimizer)
+	opt, err := round.NewOptimizer(spec.ServerOptimizer)
 	if err != nil {
 		return fail(err)
 	}
@@ -368,7 +369,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	if err := checkAggregate(base, metrics); err != nil {
 		return fail(err)
 	}
-	return base, metrics, pbScores(sc, IsAsync(spec)), state, nil
+	return base, metrics, pbScores(sc, round.IsAsync(spec)), state, nil
 }
 
 // ErrNotFinite refuses a round whose new model or metrics hold a NaN or an
@@ -468,11 +469,6 @@ func (c *Coordinator) updateVector(ctx context.Context, u *pb.AcceptedUpdate, ma
 	return v, func() {}, nil
 }
 
-// NewOptimizer returns the server optimizer a job spec names.
-func NewOptimizer(p *pb.ServerOptimizer) (aggregation.ServerOptimizer, error) {
-	return aggregation.NewServerOptimizer(aggregation.ServerOptimizer{Name: p.GetName(), LR: p.GetLr(), Beta1: p.GetBeta1(), Beta2: p.GetBeta2(), Eps: p.GetEpsilon()})
-}
-
 // optimizerState returns the server optimizer state a round starts from:
 // the one committed with the previous round.
 func optimizerState(j *pb.Job, round uint32) string {
@@ -480,12 +476,6 @@ func optimizerState(j *pb.Job, round uint32) string {
 		return ""
 	}
 	return j.History[round-2].OptimizerState
-}
-
-// RuleParams converts a job's aggregator parameters.
-func RuleParams(p *pb.AggregatorParams) aggregation.Params {
-	return aggregation.Params{TrimFraction: p.GetTrimFraction(), F: int(p.GetF()), M: int(p.GetM()), ClipNorm: p.GetClipNorm(),
-		Tau: p.GetTau(), Iterations: int(p.GetIterations()), Smoothing: p.GetSmoothing()}
 }
 
 // evaluators evaluates models on their data set's test split, caching one

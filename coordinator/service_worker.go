@@ -16,6 +16,7 @@ import (
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
@@ -35,7 +36,7 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, ErrUnknownJob), errors.Is(err, ErrBlobNotFound):
 		code = codes.NotFound
-	case errors.Is(err, ErrStaleRound), errors.Is(err, ErrJobNotActive), errors.Is(err, ErrRoundOpen), errors.Is(err, ErrTooStale):
+	case errors.Is(err, ErrStaleRound), errors.Is(err, ErrJobNotActive), errors.Is(err, ErrRoundOpen), errors.Is(err, round.ErrTooStale):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrNotSelected):
 		code = codes.PermissionDenied
@@ -113,7 +114,7 @@ func (s *workerService) PollTask(ctx context.Context, req *pb.PollTaskRequest) (
 // taskFor finds an open round selecting worker that has no update from it.
 func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 	for _, j := range c.fsm.RunningJobs() {
-		if IsAsync(j.Spec) {
+		if round.IsAsync(j.Spec) {
 			if t := asyncTask(j, worker, done); t != nil {
 				c.addLoRA(j, t)
 				return t
@@ -250,7 +251,7 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 			c.metrics.samplesCapped.Inc()
 			u.Samples = limit
 		}
-		if IsAsync(j.Spec) {
+		if round.IsAsync(j.Spec) {
 			u.Task, u.BaseVersion = uint64(req.Attempt), req.Round
 		}
 	}
@@ -281,11 +282,11 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
 		return fmt.Errorf("job is %s: %w", j.Status, ErrJobNotActive)
 	}
-	if IsAsync(j.Spec) {
+	if round.IsAsync(j.Spec) {
 		if err := checkAsyncUpdate(j, req.WorkerId, req.Round, uint64(req.Attempt)); err != nil {
 			return err
 		}
-		if a, _ := assignment(j, uint64(req.Attempt)); req.BaseModel != a.BaseModel {
+		if a, _ := round.Assignment(j, uint64(req.Attempt)); req.BaseModel != a.BaseModel {
 			return fmt.Errorf("trained from model %.12s, task %d is from %.12s: %w", req.BaseModel, req.Attempt, a.BaseModel, ErrStaleRound)
 		}
 		return c.checkPayload(j, req)

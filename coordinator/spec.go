@@ -10,6 +10,7 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
 
@@ -134,7 +135,7 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if err := checkAggregatorParams(spec.AggregatorParams); err != nil {
 		return err
 	}
-	if _, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams)); err != nil {
+	if _, err := aggregation.NewRule(spec.Aggregator, round.RuleParams(spec.AggregatorParams)); err != nil {
 		return &FieldError{"aggregator", err}
 	}
 	if err := checkServerOptimizer(spec.ServerOptimizer); err != nil {
@@ -149,7 +150,7 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if err := normalizeLoRA(spec, arch); err != nil {
 		return err
 	}
-	if err := NormalizeAsync(spec); err != nil {
+	if err := round.NormalizeAsync(spec); err != nil {
 		return err
 	}
 	return normalizeTrain(spec)
@@ -217,7 +218,7 @@ func checkServerOptimizer(o *pb.ServerOptimizer) error {
 			return err
 		}
 	}
-	if _, err := NewOptimizer(o); err != nil {
+	if _, err := round.NewOptimizer(o); err != nil {
 		return &FieldError{"server_optimizer", err}
 	}
 	return nil

@@ -14,7 +14,7 @@ func TestTaskForRescheduledRound(t *testing.T) {
 	c := &Coordinator{fsm: NewFSM(), blobs: blobs}
 	h := &fsmHarness{t: t, f: c.fsm}
 	h.must(cRegister, &pb.RegisterJob{Spec: spec("j", 2)})
-	h.must(cStart, &pb.StartRound{Job: "j", Round: round(1, "base", "w1", "w2")})
+	h.must(cStart, &pb.StartRound{Job: "j", Round: roundAt(1, "base", "w1", "w2")})
 	h.must(cAccept, &pb.AcceptUpdate{Job: "j", Round: 1, Update: upd("w1")})
 	done := []string{pb.AttemptKey("j", 1, 0)}
 	if task := c.taskFor("w1", done); task != nil {
@@ -24,7 +24,7 @@ func TestTaskForRescheduledRound(t *testing.T) {
 		t.Fatalf("w2 not offered round 1: %v", task)
 	}
 	h.must(cAbort, &pb.AbortRound{Job: "j", Round: 1})
-	retry := round(1, "base", "w1", "w2")
+	retry := roundAt(1, "base", "w1", "w2")
 	retry.Attempt = 1
 	h.must(cStart, &pb.StartRound{Job: "j", Round: retry})
 	task := c.taskFor("w1", done)

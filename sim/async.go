@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
@@ -137,7 +137,7 @@ func (q *eventQueue) Pop() any {
 // the assignment then, and the worker is back when the task would have
 // ended.
 func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult)) ([]RoundResult, error) {
-	spec := &pb.JobSpec{Name: "sim", Mode: coordinator.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, Seed: cfg.Seed,
+	spec := &pb.JobSpec{Name: "sim", Mode: round.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, Seed: cfg.Seed,
 		RoundTimeoutSeconds: 1e9, Rounds: uint32(cfg.Rounds), AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
 	job := &pb.Job{Spec: spec, CurrentModel: "v0", Async: &pb.AsyncState{NextTask: 1}}
 	fleet := make([]*pb.WorkerInfo, cfg.Workers)
@@ -178,7 +178,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 	// withdrawn tasks are dropped, new ones trained (in parallel) from the
 	// current version and queued to finish after their worker's time.
 	schedule := func() error {
-		assign, release := coordinator.PlanAssignments(job, live(), clock())
+		assign, release := round.PlanAssignments(job, live(), clock())
 		for _, t := range release {
 			delete(pending, t)
 		}
@@ -264,7 +264,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			rec := &pb.RoundRecord{Number: version + 1}
 			res := RoundResult{Round: int(version) + 1, Participants: k, Trained: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now}
 			var stale float64
-			drifts := coordinator.NewDrifts(global, cfg.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return models[v], nil })
+			drifts := round.NewDrifts(global, cfg.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return models[v], nil })
 			for i, u := range job.Async.Buffer[:k] {
 				rec.Workers = append(rec.Workers, u.Worker)
 				res.Workers = append(res.Workers, index(u.Worker))
@@ -279,7 +279,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 						return results, err
 					}
 				}
-				ups[i] = aggregation.Update{Worker: fmt.Sprintf("%s#%d", u.Worker, u.Task), Source: tensor.Scaled(v, float32(coordinator.StalenessWeight(cfg.Async, tau))), Samples: u.Samples}
+				ups[i] = aggregation.Update{Worker: fmt.Sprintf("%s#%d", u.Worker, u.Task), Source: tensor.Scaled(v, float32(round.StalenessWeight(cfg.Async, tau))), Samples: u.Samples}
 				delete(payloads, u.Task)
 			}
 			agg, _, err := e.rule.Aggregate(ups)

@@ -303,7 +303,7 @@ func TestDetectSeconds(t *testing.T) {
 
 // TestSimConcurrencySchedule: with concurrency_final the simulator keeps
 // fewer workers training as the job goes on (it plans with
-// coordinator.PlanAssignments), so the last versions are fresher than the
+// round.PlanAssignments), so the last versions are fresher than the
 // first, while a constant limit keeps them as stale throughout.
 func TestSimConcurrencySchedule(t *testing.T) {
 	train, test := data(t)
@@ -333,7 +333,7 @@ func TestSimConcurrencySchedule(t *testing.T) {
 }
 
 // TestSimDriftCorrection: drift_correction changes what stale updates add
-// (the simulator corrects them with coordinator.Drift, from the
+// (the simulator corrects them with round.Drift, from the
 // versions it keeps), reproducibly, and the job still learns.
 func TestSimDriftCorrection(t *testing.T) {
 	train, test := data(t)

@@ -14,10 +14,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
 
@@ -384,9 +384,9 @@ func (r Point) Config() (Config, error) {
 			return c, keyErr("mode", "async simulates no attack or worker momentum")
 		}
 		spec := &pb.JobSpec{Mode: "async", Async: proto.Clone(c.Async).(*pb.AsyncSpec), Aggregator: c.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(c.Params.F), TrimFraction: c.Params.TrimFraction}}
-		if err := coordinator.NormalizeAsync(spec); err != nil {
+		if err := round.NormalizeAsync(spec); err != nil {
 			key := "buffer_size" // the rule's dry run on a buffer of that size
-			if pe, ok := errors.AsType[*coordinator.ParamError](err); ok {
+			if pe, ok := errors.AsType[*round.ParamError](err); ok {
 				key = pe.Param
 			}
 			return c, keyErr(key, "%v", err)

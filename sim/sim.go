@@ -20,10 +20,10 @@ import (
 	"gonum.org/v1/gonum/stat/distuv"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
@@ -164,17 +164,17 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	if err != nil {
 		return nil, err
 	}
-	async := cfg.Mode == coordinator.ModeAsync
+	async := cfg.Mode == round.ModeAsync
 	if async {
 		if (cfg.Attack != "" && cfg.Attack != "none") || cfg.WorkerMomentum > 0 {
 			return nil, fmt.Errorf("sim: async mode simulates no attack or worker momentum")
 		}
-		spec := &pb.JobSpec{Mode: coordinator.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
-		if err := coordinator.NormalizeAsync(spec); err != nil {
+		spec := &pb.JobSpec{Mode: round.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
+		if err := round.NormalizeAsync(spec); err != nil {
 			return nil, fmt.Errorf("sim: %w", err)
 		}
 		cfg.Async = spec.Async
-	} else if cfg.Mode != "" && cfg.Mode != coordinator.ModeSync {
+	} else if cfg.Mode != "" && cfg.Mode != round.ModeSync {
 		return nil, fmt.Errorf("sim: mode %q: want sync or async", cfg.Mode)
 	}
 	// Workers hold index lists into the one shared training set; a
@@ -469,17 +469,17 @@ func WorkerID(w int) string { return fmt.Sprintf("w%06d", w) }
 // plan returns the workers whose updates arrive in round, sorted, those
 // sampled whose updates never arrive (the attempt that committed), and the
 // attempts it took.
-func (s *scheduler) plan(round int) (arrived, dropped []int, attempts int, err error) {
-	for len(s.job.History) < round-1 {
+func (s *scheduler) plan(number int) (arrived, dropped []int, attempts int, err error) {
+	for len(s.job.History) < number-1 {
 		s.job.History = append(s.job.History, &pb.RoundRecord{})
 	}
 	t0 := time.Unix(0, 0)
 	for attempt := uint32(0); attempt < 100; attempt++ {
-		r, err := coordinator.PlanRound(s.job, s.live, t0, attempt)
+		r, err := round.PlanRound(s.job, s.live, t0, attempt)
 		if err != nil {
 			return nil, nil, 0, err
 		}
-		drop := rand.New(rand.NewPCG(s.cfg.Seed^0xd209, uint64(round)<<32|uint64(attempt)))
+		drop := rand.New(rand.NewPCG(s.cfg.Seed^0xd209, uint64(number)<<32|uint64(attempt)))
 		arrived, dropped = nil, nil
 		alive := map[string]bool{}
 		for _, id := range r.Selected {
@@ -492,12 +492,12 @@ func (s *scheduler) plan(round int) (arrived, dropped []int, attempts int, err e
 			}
 		}
 		// At the deadline (simulated time), with what arrived.
-		if coordinator.DecideRound(s.job.Spec, r, alive, time.Unix(0, r.DeadlineUnixNano)) == coordinator.Commit {
+		if round.DecideRound(s.job.Spec, r, alive, time.Unix(0, r.DeadlineUnixNano)) == round.Commit {
 			sort.Ints(arrived)
 			return arrived, dropped, int(attempt) + 1, nil
 		}
 	}
-	return nil, nil, 0, fmt.Errorf("sim: round %d: fewer than %d updates arrived in 100 attempts (dropout %v)", round, s.cfg.MinUpdates, s.cfg.Dropout)
+	return nil, nil, 0, fmt.Errorf("sim: round %d: fewer than %d updates arrived in 100 attempts (dropout %v)", number, s.cfg.MinUpdates, s.cfg.Dropout)
 }
 
 // trainerPool runs per-worker work on one model.Trainer per core.

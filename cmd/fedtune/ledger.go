@@ -14,6 +14,7 @@ import (
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -126,7 +127,7 @@ func aggregateCommand() *cli.Command {
 					return fmt.Errorf("--weights has %d values for %d files", len(weights), len(files))
 				}
 			}
-			params := coordinator.RuleParams(&pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("f")), M: uint32(c.Uint("m")),
+			params := round.RuleParams(&pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("f")), M: uint32(c.Uint("m")),
 				ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: uint32(c.Uint("iterations"))})
 			rule, err := aggregation.NewRule(c.String("rule"), params)
 			if err != nil {

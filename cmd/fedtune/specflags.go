@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/round"
 )
 
 // uint32Flags reads unsigned flags into the 32-bit fields of a job spec,
@@ -60,7 +61,7 @@ func specFlagError(err error) error {
 			return fmt.Errorf("--%s %w", flag, fe.Err)
 		}
 	}
-	if pe, ok := errors.AsType[*coordinator.ParamError](err); ok {
+	if pe, ok := errors.AsType[*round.ParamError](err); ok {
 		if flag, ok := specFlags[pe.Param]; ok {
 			return fmt.Errorf("--%s %w", flag, pe.Err)
 		}

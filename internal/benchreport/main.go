@@ -15,9 +15,9 @@ import (
 	"text/tabwriter"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -128,7 +128,7 @@ func aggregationBench(tw *tabwriter.Writer) {
 	for _, t := range moved.Tensors {
 		copy(t.Data, randVec(r, len(t.Data)))
 	}
-	drift, err := coordinator.NewDrift(moved, tensor.ZerosLike(moved))
+	drift, err := round.NewDrift(moved, tensor.ZerosLike(moved))
 	if err != nil {
 		fail(err)
 	}

@@ -15,13 +15,14 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/worker"
 )
 
 // asyncJob is a short async job: versions of k updates.
 func asyncJob(name string, versions, k, concurrency uint32) *pb.JobSpec {
 	spec := haJob(name, versions, 1)
-	spec.Mode = coordinator.ModeAsync
+	spec.Mode = round.ModeAsync
 	spec.Async = &pb.AsyncSpec{BufferSize: k, Concurrency: concurrency}
 	return spec
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/worker"
 )
 
@@ -85,7 +86,7 @@ func TestDashboard(t *testing.T) {
 	// An async job waiting for workers it selects (none match yet), with a
 	// concurrency schedule and drift correction.
 	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{Name: "async-waiting", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 5, RoundTimeoutSeconds: 60,
-		Mode: coordinator.ModeAsync, Async: &pb.AsyncSpec{BufferSize: 4, FairWindow: 5, ConcurrencyFinal: 2, DriftCorrection: 0.5}, Selector: map[string]string{"region": "mars"}}, arch.Init(3))
+		Mode: round.ModeAsync, Async: &pb.AsyncSpec{BufferSize: 4, FairWindow: 5, ConcurrencyFinal: 2, DriftCorrection: 0.5}, Selector: map[string]string{"region": "mars"}}, arch.Init(3))
 	rounds := func() int { j, _ := c.FSM().Job("regional-digits"); return len(j.History) }
 	WaitFor(t, 2*time.Minute, "8 committed rounds", func() bool { return rounds() >= 8 })
 	base := "http://" + c.HTTPAddr()

@@ -15,6 +15,7 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/worker"
 )
@@ -52,7 +53,7 @@ func TestLoRAJob(t *testing.T) {
 	}
 	admin := pb.NewAdminClient(conn)
 
-	for _, agg := range []string{coordinator.LoRANaive, coordinator.LoRAExact} {
+	for _, agg := range []string{round.LoRANaive, round.LoRAExact} {
 		t.Run(agg, func(t *testing.T) {
 			const rounds = 4
 			name := "lora-" + agg

@@ -14,12 +14,12 @@ import (
 	"os"
 	"time"
 
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/local"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/sim"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/worker"
@@ -94,9 +94,9 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 		Train: &pb.TrainConfig{LocalEpochs: uint32(cfg.Train.Epochs), LocalSteps: uint32(cfg.Train.Steps), BatchSize: uint32(cfg.Train.BatchSize),
 			LearningRate: cfg.Train.LR, Momentum: cfg.Train.Momentum, ProxMu: cfg.Train.ProxMu},
 	}
-	if cfg.Mode == coordinator.ModeAsync {
+	if cfg.Mode == round.ModeAsync {
 		// The real async path: versions of buffer_size updates, in real time.
-		spec.Mode, spec.Async = coordinator.ModeAsync, cfg.Async
+		spec.Mode, spec.Async = round.ModeAsync, cfg.Async
 	}
 	admin := pb.NewAdminClient(conn)
 	if _, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec}); err != nil {

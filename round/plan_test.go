@@ -1,4 +1,4 @@
-package coordinator
+package round
 
 import (
 	"errors"
@@ -8,6 +8,8 @@ import (
 
 	pb "github.com/fedtune/fedtune/protocol"
 )
+
+var t0 = time.Unix(1_700_000_000, 0)
 
 func TestPlanRound(t *testing.T) {
 	live := []*pb.WorkerInfo{
