@@ -55,6 +55,10 @@ func TestQuorumLossSaysSo(t *testing.T) {
 	leader := pc.WaitForLeader(10 * time.Second)
 	run(t, submitArgs(leader.GRPC, "q", 2, 1)...) // no workers: it stays in round 1
 	survivor := pc.Nodes[0]
+	tc.WaitFor(t, 10*time.Second, "the job on the survivor", func() bool {
+		_, err := pc.Run("--insecure", "job", "status", "q", "-c", survivor.GRPC)
+		return err == nil // it may not have been in the majority that committed it
+	})
 	for _, nd := range pc.Nodes[1:] {
 		pc.Kill(nd)
 	}

@@ -30,6 +30,10 @@ func TestVerifyCollectedRound(t *testing.T) {
 		t.Fatalf("job ended %v: %s", j.Status, j.Error)
 	}
 	for _, nd := range cl.Nodes {
+		WaitFor(t, 10*time.Second, nd.Name+" applied the last round", func() bool {
+			j, ok := nd.C.FSM().Job("gc")
+			return ok && len(j.History) == 4
+		})
 		nd.C.CollectGarbage(time.Now().Add(time.Hour)) // past the grace of fresh blobs
 	}
 	pool := client.NewPool()
