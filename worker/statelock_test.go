@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,7 +29,15 @@ func TestStateDirLocked(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mk("w1").Run(ctx) }()
-	time.Sleep(500 * time.Millisecond) // w1 holds the lock while it tries to join
+	// w1 holds the lock (its pid in LOCK) while it tries to join.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, _ := os.ReadFile(filepath.Join(dir, "LOCK")); strings.HasPrefix(string(b), "pid ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first worker never took the lock")
+		}
+	}
 	err := mk("w2").Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "in use by another running worker") {
 		t.Fatalf("second worker on the same state dir: %v", err)
