@@ -234,7 +234,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"job", "submit", "--name", "x", "--model", "gpt-17", "--coordinator", "127.0.0.1:1"}, "unknown model"},
 		{[]string{"job", "submit", "--name", "x", "--base", corrupt, "--coordinator", "127.0.0.1:1"}, "invalid safetensors"},
 		{[]string{"model", "inspect", corrupt}, "invalid safetensors"},
-		{[]string{"worker", "--join", "127.0.0.1:1", "--join-timeout", "1s", "--max-examples", "100"}, "cannot reach any node"},
+		{[]string{"worker", "--join", "127.0.0.1:1", "--join-timeout", "1s", "--max-examples", "100", "--state-dir", t.TempDir()}, "cannot reach any node"},
 		{[]string{"worker", "--label", "novalue"}, "want key=value"},
 		{[]string{"coordinator", "--profile", "moon", "--data-dir", t.TempDir()}, "profile"},
 		{[]string{"sim", "--set", "workerz=10"}, `unknown key "workerz"`},
