@@ -59,18 +59,27 @@ func newTLSStreamLayer(addr string, node *pki.Node, refused func()) (*tlsStreamL
 }
 
 // acceptLoop accepts TCP connections and starts their handshakes until
-// the listener is closed.
+// the listener is closed. Other accept errors (out of descriptors under a
+// flood) are waited out with a growing pause, as net/http's server does,
+// rather than ending Raft's listener for good.
 func (l *tlsStreamLayer) acceptLoop() {
+	var pause time.Duration
 	for {
 		conn, err := l.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				l.Close()
+				return
 			}
-			l.Close()
-			return
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			select {
+			case <-l.done:
+				return
+			case <-time.After(pause):
+			}
+			continue
 		}
+		pause = 0
 		ip := sourceIP(conn.RemoteAddr())
 		if !l.reserve(ip) {
 			l.refused()
