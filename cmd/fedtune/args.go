@@ -11,15 +11,17 @@ import (
 // to before them, so that `fedtune job status NAME -c ADDR --watch` means
 // what it says (urfave/cli stops reading flags at the first positional
 // argument). Flags of the command and the global ones are recognised, with
-// their values; "--" ends the flags as usual, and anything not recognised
-// stays where it was.
+// their values (a global one goes before the command, where the application
+// reads it); "--" ends the flags as usual, and anything not recognised stays
+// where it was.
 func hoistFlags(app *cli.App, args []string) []string {
 	if len(args) < 2 {
 		return args
 	}
-	out := []string{args[0]}
+	// Global flags, then the command path (global flags may stand between
+	// its words).
+	path := []string{args[0]}
 	i := 1
-	// Global flags, then the command path.
 	cmds, flags := app.Commands, app.Flags
 	for i < len(args) {
 		a := args[i]
@@ -28,7 +30,7 @@ func hoistFlags(app *cli.App, args []string) []string {
 			if n == 0 {
 				return args
 			}
-			out = append(out, args[i:i+n]...)
+			path = append(path, args[i:i+n]...)
 			i += n
 			continue
 		}
@@ -36,12 +38,14 @@ func hoistFlags(app *cli.App, args []string) []string {
 		if k < 0 {
 			break
 		}
-		out = append(out, a)
-		flags = append(slices.Clone(app.Flags), cmds[k].Flags...)
+		path = append(path, a)
+		flags = cmds[k].Flags
 		cmds = cmds[k].Subcommands
 		i++
 	}
-	var hoisted, positional []string
+	// The rest: the command's own flags go after the path; global ones,
+	// which only the application reads, before it.
+	var global, hoisted, positional []string
 	for i < len(args) {
 		a := args[i]
 		if a == "--" {
@@ -54,11 +58,17 @@ func hoistFlags(app *cli.App, args []string) []string {
 				i += n
 				continue
 			}
+			if n := flagWidth(app.Flags, a, args[i+1:]); n > 0 {
+				global = append(global, args[i:i+n]...)
+				i += n
+				continue
+			}
 		}
 		positional = append(positional, a)
 		i++
 	}
-	return append(append(out, hoisted...), positional...)
+	out := append([]string{args[0]}, global...)
+	return append(append(append(out, path[1:]...), hoisted...), positional...)
 }
 
 // flagWidth returns how many arguments the flag a takes up (1, or 2 with

@@ -19,6 +19,7 @@ func TestHoistFlags(t *testing.T) {
 		{"fedtune aggregate u1.st u2.st -o out.st --rule krum", "fedtune aggregate -o out.st --rule krum u1.st u2.st"},
 		{"fedtune aggregate -o out -- -odd-name.st", "fedtune aggregate -o out -- -odd-name.st"},
 		{"fedtune job status j --unknown", "fedtune job status j --unknown"},
+		{"fedtune job status j --insecure -c a:1", "fedtune --insecure job status -c a:1 j"},
 		{"fedtune", "fedtune"},
 	} {
 		got := strings.Join(hoistFlags(app, strings.Fields(tc.in)), " ")

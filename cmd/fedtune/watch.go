@@ -19,16 +19,20 @@ import (
 
 // coordinators is the set of coordinators a following command knows and
 // moves between when the one it asks goes away: the one it was given, and
-// those that one reported (Raft servers and gossip members).
+// the Raft servers that one reported.
 type coordinators struct {
 	pool  *client.Pool
 	addrs []string
 	cur   int
 }
 
-func newCoordinators(ctx context.Context, pool *client.Pool, conn *grpc.ClientConn) *coordinators {
+// newCoordinators starts from conn's coordinator and, to follow a job
+// through failures, learns the others from it.
+func newCoordinators(ctx context.Context, pool *client.Pool, conn *grpc.ClientConn, follow bool) *coordinators {
 	cs := &coordinators{pool: pool, addrs: []string{conn.Target()}}
-	cs.learn(ctx, conn)
+	if follow {
+		cs.learn(ctx, conn)
+	}
 	return cs
 }
 
@@ -79,7 +83,7 @@ func (cs *coordinators) current() string { return cs.addrs[cs.cur] }
 // it knows of and says so — and says when the coordinator answering has no
 // leader (its copy of the job may be behind).
 func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name string, follow bool) error {
-	cs := newCoordinators(c.Context, pool, conn)
+	cs := newCoordinators(c.Context, pool, conn, follow)
 	out := c.App.Writer
 	tty := isTerminal(out)
 	printed := 0
