@@ -193,8 +193,8 @@ func sortColumnsSlow(rows [][]float32, g, m int, s, col []float32) {
 }
 
 // GeoMedian is the sample-weighted geometric median by smoothed Weiszfeld
-// iterations (RFA, Pillutla et al. 2022), run until the weights move by
-// less than GeoMedianTolerance or Iterations are done.
+// iterations (RFA, Pillutla et al. 2022), run until the iterate moves by
+// less than GeoMedianTolerance of its scale or Iterations are done.
 type GeoMedian struct {
 	Iterations int // most iterations
 	Nu         float64
@@ -243,7 +243,7 @@ func (r GeoMedian) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 	if err != nil {
 		return tensor.Set{}, nil, err
 	}
-	next := make([]float64, n)
+	next, dc := make([]float64, n), make([]float64, n)
 	for it := 0; it < r.Iterations; it++ {
 		d := distancesToCombination(g, c)
 		var sum float64
@@ -251,7 +251,6 @@ func (r GeoMedian) Aggregate(updates []Update) (tensor.Set, []Score, error) {
 			next[i] = alpha[i] / max(r.Nu, d[i])
 			sum += next[i]
 		}
-		dc := make([]float64, n)
 		var objective float64
 		for i := range c {
 			next[i] /= sum

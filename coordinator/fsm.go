@@ -155,6 +155,16 @@ func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 	return nil
 }
 
+// finiteOr0 returns v, or 0 for a NaN or an infinity: a score is a
+// description of an update (its cosine with an aggregate of zero norm is
+// undefined), and the replicated state holds finite numbers only.
+func finiteOr0(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
+}
+
 // dropNonFinite deletes NaN and infinite values from m. The leader never
 // proposes them (updates with them are refused, aggregates checked); this
 // keeps the rule in the state even for a log written before, or by a

@@ -12,8 +12,9 @@ import (
 )
 
 // peerVerifier proves that a gossip member advertising the coordinator
-// role is one: a TLS handshake at the Raft address it advertises must show
-// a coordinator certificate of the cluster's CA under the member's name.
+// role is one: TLS handshakes at the Raft and gRPC addresses it advertises
+// must show a coordinator certificate of the cluster's CA under the
+// member's name.
 // Only proven members count for --bootstrap-expect and are added to (or
 // moved in) the Raft configuration. Without TLS every member passes (there
 // is nothing to prove with). Safe for concurrent use.
@@ -38,7 +39,7 @@ func newPeerVerifier(node *pki.Node) *peerVerifier {
 }
 
 // verify returns nil if m proved to be the coordinator it claims to be at
-// its advertised Raft address (once proven, the pair is remembered; a
+// its advertised addresses (once proven, name and addresses are remembered; a
 // failure is remembered for a few seconds, so the leader's loop does not
 // dial on every tick).
 func (v *peerVerifier) verify(m gossip.Member) error {

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"maps"
 	"sync"
@@ -84,17 +85,18 @@ func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 			continue // never back in the roster
 		}
 		cur, ok := roster[m.Name]
-		labels, why := s.memberLabels(m)
-		if why != "" {
-			if ok && s.c.cfg.TLS != nil && why == notProven {
+		labels, err := s.memberLabels(m)
+		if err != nil {
+			unproven := errors.Is(err, errNotProven)
+			if ok && unproven {
 				alive[m.Name] = cur // rostered by an earlier leader; it will poll this one
 			}
 			if !s.ignored[m.Name] {
 				level := slog.LevelWarn
-				if why == notProven {
+				if unproven {
 					level = slog.LevelInfo // a real worker's first poll is on its way
 				}
-				s.log.Log(context.Background(), level, "gossip member not rostered", "member", m.Name, "reason", why)
+				s.log.Log(context.Background(), level, "gossip member not rostered", "member", m.Name, "reason", err)
 				s.ignored[m.Name] = true
 			}
 			continue
@@ -137,23 +139,25 @@ func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
 	return alive
 }
 
-const notProven = "has not polled with a worker certificate of this name (gossip alone grants nothing)"
+// errNotProven: with TLS, a worker member that has not polled with a
+// worker certificate of its name.
+var errNotProven = errors.New("has not polled with a worker certificate of this name (gossip alone grants nothing)")
 
 // memberLabels returns the labels a worker member is rostered with, or why
-// it is not rostered.
-func (s *scheduler) memberLabels(m gossip.Member) (map[string]string, string) {
+// it is not rostered (errNotProven, or its name or labels are invalid).
+func (s *scheduler) memberLabels(m gossip.Member) (map[string]string, error) {
 	if err := gossip.CheckName(m.Name); err != nil {
-		return nil, err.Error()
+		return nil, err
 	}
 	if s.c.cfg.TLS == nil {
 		if err := gossip.CheckLabels(m.Meta.Labels); err != nil {
-			return nil, err.Error()
+			return nil, err
 		}
-		return m.Meta.Labels, ""
+		return m.Meta.Labels, nil
 	}
 	labels, ok := s.c.proofs.get(m.Name)
 	if !ok {
-		return nil, notProven
+		return nil, errNotProven
 	}
-	return labels, ""
+	return labels, nil
 }

@@ -400,16 +400,6 @@ func (c *Coordinator) blobSet(ctx context.Context, hash string) (tensor.Set, err
 	return tensor.Unmarshal(b)
 }
 
-// finiteOr0 returns v, or 0 for a NaN or an infinity: a score is a
-// description of an update (its cosine with an aggregate of zero norm is
-// undefined), and the replicated state holds finite numbers only.
-func finiteOr0(v float64) float64 {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return 0
-	}
-	return v
-}
-
 // pbScores converts scores for the ledger, by worker id (an async key
 // "worker#task" names its worker).
 func pbScores(sc []aggregation.Score, async bool) []*pb.Score {
@@ -419,7 +409,7 @@ func pbScores(sc []aggregation.Score, async bool) []*pb.Score {
 		if i := strings.LastIndexByte(w, '#'); async && i > 0 {
 			w = w[:i]
 		}
-		scores = append(scores, &pb.Score{Worker: w, Weight: finiteOr0(s.Weight), Norm: finiteOr0(s.Norm), Distance: finiteOr0(s.Distance), Cosine: finiteOr0(s.Cosine), Kept: s.Kept})
+		scores = append(scores, &pb.Score{Worker: w, Weight: s.Weight, Norm: s.Norm, Distance: s.Distance, Cosine: s.Cosine, Kept: s.Kept}) // the FSM zeroes non-finite ones
 	}
 	return scores
 }

@@ -106,9 +106,9 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 	// task.json names its files by absolute path: the command runs in the
 	// worker's own working directory (so that a relative path in it, as
 	// the README writes it, resolves), not in the task directory.
-	in2 := func(name string) string { return filepath.Join(dir, name) }
+	taskFile := func(name string) string { return filepath.Join(dir, name) }
 	t := ExecTask{Job: task.Job, Round: task.Round, Model: task.Model, Dataset: task.Dataset, Seed: task.Seed,
-		Base: in2("base.safetensors"), Output: in2("out.safetensors"), Metrics: in2("metrics.json")}
+		Base: taskFile("base.safetensors"), Output: taskFile("out.safetensors"), Metrics: taskFile("metrics.json")}
 	if tc := task.Train; tc != nil {
 		t.Train = ExecTrainRecipe{Epochs: tc.LocalEpochs, Steps: tc.LocalSteps, BatchSize: tc.BatchSize, LR: tc.LearningRate, Momentum: tc.Momentum, ProxMu: tc.ProxMu}
 	}
@@ -119,7 +119,7 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 	frozen := in.Base
 	if l := task.Lora; l != nil {
 		frozen = in.Frozen
-		t.Adapter, t.LoRA = in2("adapter.safetensors"), &ExecLoRA{Rank: l.Rank, Alpha: l.Alpha}
+		t.Adapter, t.LoRA = taskFile("adapter.safetensors"), &ExecLoRA{Rank: l.Rank, Alpha: l.Alpha}
 		if err := tensor.WriteFile(t.Adapter, in.Base, tensor.F32); err != nil {
 			return Result{}, fmt.Errorf("%w: write adapters: %v", ErrExternal, err)
 		}
@@ -129,7 +129,7 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 	}
 	local, _ := localFor(e.Data, task.Dataset)
 	if local != nil {
-		t.DataX, t.DataY, t.Classes = in2("data_x.npy"), in2("data_y.npy"), local.Classes
+		t.DataX, t.DataY, t.Classes = taskFile("data_x.npy"), taskFile("data_y.npy"), local.Classes
 		if err := writeNPY(t.DataX, "<f4", []int{local.Len(), local.Dim}, tensor.F32Bytes(local.X)); err != nil {
 			return Result{}, fmt.Errorf("%w: write data: %v", ErrExternal, err)
 		}
@@ -138,7 +138,7 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 		}
 	}
 	tj, _ := json.MarshalIndent(t, "", "  ")
-	taskPath := filepath.Join(dir, "task.json")
+	taskPath := taskFile("task.json")
 	if err := os.WriteFile(taskPath, tj, 0o644); err != nil {
 		return Result{}, fmt.Errorf("%w: write task: %v", ErrExternal, err)
 	}
