@@ -13,6 +13,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // ClusterStatus describes this node's view of the cluster: Raft state,
@@ -300,7 +301,7 @@ func (r *serverReconciler) isCaughtUp(ctx context.Context, m gossip.Member) bool
 	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := pb.NewAdminClient(conn).ClusterStatus(cctx, &pb.ClusterStatusRequest{})
+	st, err := rpcpb.NewAdminClient(conn).ClusterStatus(cctx, &pb.ClusterStatusRequest{})
 	if err != nil {
 		return false
 	}

@@ -34,6 +34,7 @@ import (
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // Clock tells the time; tests inject their own.
@@ -280,9 +281,9 @@ func New(cfg Config) (*Coordinator, error) {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.ServerTLS())))
 	}
 	c.grpc = grpc.NewServer(opts...)
-	pb.RegisterWorkerServer(c.grpc, &workerService{c: c})
-	pb.RegisterBlobServer(c.grpc, &blobService{c: c})
-	pb.RegisterAdminServer(c.grpc, &adminService{c: c})
+	rpcpb.RegisterWorkerServer(c.grpc, &workerService{c: c})
+	rpcpb.RegisterBlobServer(c.grpc, &blobService{c: c})
+	rpcpb.RegisterAdminServer(c.grpc, &adminService{c: c})
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

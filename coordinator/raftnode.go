@@ -13,6 +13,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // raftTiming is a set of Raft timeouts. The leader lease is kept shorter
@@ -127,7 +128,7 @@ func (c *Coordinator) peerHasState(members []gossip.Member) bool {
 			return true
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		st, err := pb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{})
+		st, err := rpcpb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{})
 		cancel()
 		if err != nil || st.LastIndex > 0 || st.LeaderId != "" {
 			return true

@@ -15,16 +15,17 @@ import (
 	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 )
 
 type blobService struct {
-	pb.UnimplementedBlobServer
+	rpcpb.UnimplementedBlobServer
 	c *Coordinator
 }
 
 // Get streams a blob in chunks; the first carries its hash and size.
-func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) error {
+func (s *blobService) Get(req *pb.GetBlobRequest, stream rpcpb.Blob_GetServer) error {
 	if id := callerIdentity(stream.Context()); id.Role == pki.RoleWorker && !s.c.workerMayFetch(id.Name, req.Hash) {
 		s.c.metrics.authRefused.WithLabelValues("blob").Inc()
 		return status.Errorf(codes.PermissionDenied, "worker %q may fetch only the base model of a round it is selected in", id.Name)
@@ -47,7 +48,7 @@ func (s *blobService) Get(req *pb.GetBlobRequest, stream pb.Blob_GetServer) erro
 
 // Put receives a blob; the first chunk must carry the hash and size, and
 // the bytes must match both.
-func (s *blobService) Put(stream pb.Blob_PutServer) error {
+func (s *blobService) Put(stream rpcpb.Blob_PutServer) error {
 	b, hash, err := blobstream.Recv(stream, "", s.c.cfg.MaxBlobBytes)
 	switch {
 	case errors.Is(err, blobstream.ErrTooLarge):
@@ -62,7 +63,7 @@ func (s *blobService) Put(stream pb.Blob_PutServer) error {
 }
 
 type adminService struct {
-	pb.UnimplementedAdminServer
+	rpcpb.UnimplementedAdminServer
 	c *Coordinator
 }
 
@@ -149,7 +150,7 @@ func (s *adminService) ListWorkers(ctx context.Context, _ *pb.ListWorkersRequest
 
 // ExportModel streams a job's newest model, or that of a given round, as
 // safetensors with the job and round in its metadata.
-func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream pb.Admin_ExportModelServer) error {
+func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream rpcpb.Admin_ExportModelServer) error {
 	j, ok := s.c.fsm.Job(req.Job)
 	if !ok {
 		return status.Errorf(codes.NotFound, "job %q: %v", req.Job, ErrUnknownJob)

@@ -16,6 +16,7 @@ import (
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
@@ -51,7 +52,7 @@ func toStatus(err error) error {
 }
 
 type workerService struct {
-	pb.UnimplementedWorkerServer
+	rpcpb.UnimplementedWorkerServer
 	c *Coordinator
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
@@ -305,7 +306,7 @@ func (w *Worker) once(ctx context.Context) error {
 	}
 	pctx, cancel := w.callCtx(ctx, w.cfg.PollWait+10*time.Second)
 	defer cancel()
-	resp, err := pb.NewWorkerClient(conn).PollTask(pctx, &pb.PollTaskRequest{WorkerId: w.cfg.ID, WaitSeconds: w.cfg.PollWait.Seconds(), Done: w.done, Labels: w.labels})
+	resp, err := rpcpb.NewWorkerClient(conn).PollTask(pctx, &pb.PollTaskRequest{WorkerId: w.cfg.ID, WaitSeconds: w.cfg.PollWait.Seconds(), Done: w.done, Labels: w.labels})
 	if err != nil {
 		return fmt.Errorf("poll %s: %w", w.target, callErr(pctx, err))
 	}
@@ -399,7 +400,7 @@ func (w *Worker) submit(ctx context.Context) error {
 	}
 	sctx, cancel := w.callCtx(ctx, 60*time.Second)
 	defer cancel()
-	resp, err := pb.NewWorkerClient(conn).SubmitUpdate(sctx, p)
+	resp, err := rpcpb.NewWorkerClient(conn).SubmitUpdate(sctx, p)
 	err = callErr(sctx, err)
 	if wait, ok := retryAfter(err); ok {
 		// Refused for now (a rate limit): the update stays pending and is

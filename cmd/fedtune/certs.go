@@ -10,6 +10,7 @@ import (
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 func certsCommand() *cli.Command {
@@ -83,7 +84,7 @@ func keyringCommand() *cli.Command {
 					return err
 				}
 				defer pool.Close()
-				resp, err := pb.NewAdminClient(conn).Keyring(c.Context, &pb.KeyringRequest{Change: &pb.Keyring{Op: op, Key: c.Args().First()}})
+				resp, err := rpcpb.NewAdminClient(conn).Keyring(c.Context, &pb.KeyringRequest{Change: &pb.Keyring{Op: op, Key: c.Args().First()}})
 				if err != nil {
 					return fmt.Errorf("keyring %s: %w", name, err)
 				}
@@ -122,7 +123,7 @@ Nodes must have been started with --gossip-key.`,
 						return err
 					}
 					defer pool.Close()
-					resp, err := pb.NewAdminClient(conn).Keyring(c.Context, &pb.KeyringRequest{})
+					resp, err := rpcpb.NewAdminClient(conn).Keyring(c.Context, &pb.KeyringRequest{})
 					if err != nil {
 						return fmt.Errorf("keyring list: %w", err)
 					}

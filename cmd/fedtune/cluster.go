@@ -13,11 +13,12 @@ import (
 	grpcstatus "google.golang.org/grpc/status"
 
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 func clusterCommand() *cli.Command {
 	status := func(c *cli.Context) (st *pb.ClusterStatusResponse, err error) {
-		err = withAdmin(c, func(a pb.AdminClient) error {
+		err = withAdmin(c, func(a rpcpb.AdminClient) error {
 			st, err = a.ClusterStatus(c.Context, &pb.ClusterStatusRequest{})
 			return err
 		})
@@ -102,7 +103,7 @@ func clusterCommand() *cli.Command {
 					defer pool.Close()
 					ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
 					defer cancel()
-					resp, err := pb.NewAdminClient(conn).TransferLeadership(ctx, &pb.TransferLeadershipRequest{To: c.String("to")})
+					resp, err := rpcpb.NewAdminClient(conn).TransferLeadership(ctx, &pb.TransferLeadershipRequest{To: c.String("to")})
 					if err != nil {
 						return errors.New(grpcstatus.Convert(err).Message()) // the coordinator's words, without gRPC's wrapping
 					}

@@ -19,6 +19,7 @@ import (
 	"github.com/fedtune/fedtune/internal/progress"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -33,7 +34,7 @@ func dialLeader(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := pb.NewAdminClient(conn).ClusterStatus(c.Context, &pb.ClusterStatusRequest{})
+	st, err := rpcpb.NewAdminClient(conn).ClusterStatus(c.Context, &pb.ClusterStatusRequest{})
 	if err != nil {
 		pool.Close()
 		return nil, nil, fmt.Errorf("ask %s for the leader: %w", c.String("coordinator"), err)
@@ -49,13 +50,13 @@ func dialLeader(c *cli.Context) (*client.Pool, *grpc.ClientConn, error) {
 }
 
 // withAdmin calls f with an Admin client on --coordinator.
-func withAdmin(c *cli.Context, f func(pb.AdminClient) error) error {
+func withAdmin(c *cli.Context, f func(rpcpb.AdminClient) error) error {
 	pool, conn, err := dial(c)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	return f(pb.NewAdminClient(conn))
+	return f(rpcpb.NewAdminClient(conn))
 }
 
 // dial returns a connection to --coordinator; the caller closes the pool.
@@ -168,7 +169,7 @@ func jobCommand() *cli.Command {
 				Action: func(c *cli.Context) error {
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "NAME\tSTATUS\tMODEL\tROUNDS\tTEST ACC")
-					err := withAdmin(c, func(a pb.AdminClient) error {
+					err := withAdmin(c, func(a rpcpb.AdminClient) error {
 						for token := ""; ; {
 							resp, err := a.ListJobs(c.Context, &pb.ListJobsRequest{PageToken: token})
 							if err != nil {
@@ -281,7 +282,7 @@ func submitJob(c *cli.Context) error {
 			return fmt.Errorf("job submit: upload adapters: %w", err)
 		}
 	}
-	resp, err := pb.NewAdminClient(conn).SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec})
+	resp, err := rpcpb.NewAdminClient(conn).SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec})
 	if err != nil {
 		return fmt.Errorf("job submit: %w", err)
 	}
@@ -333,7 +334,7 @@ func workersCommand() *cli.Command {
 		Flags: []cli.Flag{coordinatorFlag()},
 		Action: func(c *cli.Context) error {
 			var resp *pb.ListWorkersResponse
-			err := withAdmin(c, func(a pb.AdminClient) (err error) {
+			err := withAdmin(c, func(a rpcpb.AdminClient) (err error) {
 				resp, err = a.ListWorkers(c.Context, &pb.ListWorkersRequest{})
 				return err
 			})

@@ -14,6 +14,7 @@ import (
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
@@ -25,7 +26,7 @@ func ledgerCommand() *cli.Command {
 		Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}}},
 		Action: func(c *cli.Context) error {
 			var job *pb.Job
-			err := withAdmin(c, func(a pb.AdminClient) (err error) {
+			err := withAdmin(c, func(a rpcpb.AdminClient) (err error) {
 				job, err = client.JobHistory(c.Context, a, c.String("job"))
 				return err
 			})
@@ -56,7 +57,7 @@ func verifyCommand() *cli.Command {
 				return err
 			}
 			defer pool.Close()
-			admin := pb.NewAdminClient(conn)
+			admin := rpcpb.NewAdminClient(conn)
 			rounds := []uint32{uint32(c.Uint("round"))}
 			if rounds[0] == 0 {
 				job, err := client.JobHistory(c.Context, admin, c.String("job"))

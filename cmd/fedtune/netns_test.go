@@ -17,6 +17,7 @@ import (
 	"github.com/fedtune/fedtune/internal/netlab"
 	tc "github.com/fedtune/fedtune/internal/testcluster"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 var (
@@ -29,15 +30,15 @@ type labNode struct {
 	host  *netlab.Host
 	name  string
 	proc  *tc.Proc
-	admin pb.AdminClient // dialled from the observer host
-	self  pb.AdminClient // dialled from its own host (reachable while it is cut off)
+	admin rpcpb.AdminClient // dialled from the observer host
+	self  rpcpb.AdminClient // dialled from its own host (reachable while it is cut off)
 }
 
 func (n *labNode) grpcAddr() string { return n.host.Addr(7070) }
 
 // adminFrom returns an Admin client to n's gRPC address whose connections
 // are made from host's namespace.
-func adminFrom(t *testing.T, host *netlab.Host, addr string) pb.AdminClient {
+func adminFrom(t *testing.T, host *netlab.Host, addr string) rpcpb.AdminClient {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(host.Dial),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(client.MaxMessage)))
@@ -45,16 +46,16 @@ func adminFrom(t *testing.T, host *netlab.Host, addr string) pb.AdminClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return pb.NewAdminClient(conn)
+	return rpcpb.NewAdminClient(conn)
 }
 
-func raftStatus(a pb.AdminClient) (*pb.ClusterStatusResponse, error) {
+func raftStatus(a rpcpb.AdminClient) (*pb.ClusterStatusResponse, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	return a.ClusterStatus(ctx, &pb.ClusterStatusRequest{})
 }
 
-func jobOf(a pb.AdminClient, name string) *pb.Job {
+func jobOf(a rpcpb.AdminClient, name string) *pb.Job {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	resp, err := a.JobStatus(ctx, &pb.JobStatusRequest{Name: name})

@@ -20,6 +20,7 @@ import (
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/worker"
 )
 
@@ -146,7 +147,7 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 					return err
 				}
 				defer pool.Close()
-				if _, err := pb.NewAdminClient(conn).RevokeWorker(c.Context, &pb.RevokeWorkerRequest{Name: c.Args().First(), Reason: c.String("reason")}); err != nil {
+				if _, err := rpcpb.NewAdminClient(conn).RevokeWorker(c.Context, &pb.RevokeWorkerRequest{Name: c.Args().First(), Reason: c.String("reason")}); err != nil {
 					return fmt.Errorf("revoke %s: %w", c.Args().First(), err)
 				}
 				fmt.Fprintf(c.App.Writer, "worker %s revoked on every coordinator\n", c.Args().First())

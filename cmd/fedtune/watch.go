@@ -15,6 +15,7 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/progress"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // coordinators is the set of coordinators a following command knows and
@@ -40,7 +41,7 @@ func newCoordinators(ctx context.Context, pool *client.Pool, conn *grpc.ClientCo
 func (cs *coordinators) learn(ctx context.Context, conn grpc.ClientConnInterface) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := pb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{})
+	st, err := rpcpb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{})
 	if err != nil {
 		return
 	}
@@ -61,7 +62,7 @@ func (cs *coordinators) jobStatus(ctx context.Context, req *pb.JobStatusRequest)
 		if conn, err = cs.pool.Conn(cs.addrs[cs.cur]); err == nil {
 			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			var resp *pb.JobStatusResponse
-			resp, err = pb.NewAdminClient(conn).JobStatus(cctx, req)
+			resp, err = rpcpb.NewAdminClient(conn).JobStatus(cctx, req)
 			cancel()
 			if err == nil {
 				return resp, nil

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/blobstream"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // MaxMessage bounds a gRPC message this client sends or receives.
@@ -108,7 +109,7 @@ func GetLocalBlob(ctx context.Context, conn grpc.ClientConnInterface, hash strin
 
 func getBlob(ctx context.Context, conn grpc.ClientConnInterface, req *pb.GetBlobRequest, limit int64) ([]byte, error) {
 	hash := req.Hash
-	stream, err := pb.NewBlobClient(conn).Get(ctx, req)
+	stream, err := rpcpb.NewBlobClient(conn).Get(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("get blob %.12s: %w", hash, err)
 	}
@@ -122,7 +123,7 @@ func getBlob(ctx context.Context, conn grpc.ClientConnInterface, req *pb.GetBlob
 // ExportModel fetches a job's model (round 0: newest) as safetensors bytes;
 // merged asks a LoRA job for its base with the adapters folded in.
 func ExportModel(ctx context.Context, conn grpc.ClientConnInterface, job string, round uint32, merged bool) ([]byte, error) {
-	stream, err := pb.NewAdminClient(conn).ExportModel(ctx, &pb.ExportModelRequest{Job: job, Round: round, Merged: merged})
+	stream, err := rpcpb.NewAdminClient(conn).ExportModel(ctx, &pb.ExportModelRequest{Job: job, Round: round, Merged: merged})
 	if err != nil {
 		return nil, fmt.Errorf("export model of %s: %w", job, err)
 	}
@@ -136,7 +137,7 @@ func ExportModel(ctx context.Context, conn grpc.ClientConnInterface, job string,
 // PutBlob uploads b and returns its hash.
 func PutBlob(ctx context.Context, conn grpc.ClientConnInterface, b []byte) (string, error) {
 	hash := blobstream.HashOf(b)
-	stream, err := pb.NewBlobClient(conn).Put(ctx)
+	stream, err := rpcpb.NewBlobClient(conn).Put(ctx)
 	if err != nil {
 		return "", fmt.Errorf("put blob: %w", err)
 	}
@@ -150,7 +151,7 @@ func PutBlob(ctx context.Context, conn grpc.ClientConnInterface, b []byte) (stri
 
 // JobHistory returns a job with its whole history, asked for page by page
 // (JobStatus sends about 8 MB of rounds at a time).
-func JobHistory(ctx context.Context, admin pb.AdminClient, name string) (*pb.Job, error) {
+func JobHistory(ctx context.Context, admin rpcpb.AdminClient, name string) (*pb.Job, error) {
 	var job *pb.Job
 	for from := uint32(1); ; {
 		resp, err := admin.JobStatus(ctx, &pb.JobStatusRequest{Name: name, FromRound: from})

@@ -21,6 +21,7 @@ import (
 	"github.com/fedtune/fedtune/internal/progress"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/worker"
 )
@@ -183,7 +184,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		Evaluate: true, Seed: cfg.Seed, Codec: cfg.Codec,
 		Train: &pb.TrainConfig{LocalEpochs: uint32(cfg.LocalEpochs), BatchSize: uint32(cfg.BatchSize), LearningRate: cfg.LR, Momentum: cfg.Momentum},
 	}
-	admin := pb.NewAdminClient(conn)
+	admin := rpcpb.NewAdminClient(conn)
 	sub, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec})
 	if err != nil {
 		return res, err

@@ -15,6 +15,7 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/worker"
 )
@@ -126,7 +127,7 @@ func TestAsyncJob(t *testing.T) {
 	}
 	conn, _ := pool.Conn(c.GRPCAddr())
 	for _, r := range []uint32{1, versions / 2, versions} {
-		v, err := pb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "async", Round: r})
+		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "async", Round: r})
 		if err != nil || !v.Match {
 			t.Errorf("version %d does not verify: %v %v", r, v, err)
 		}
@@ -167,7 +168,7 @@ func TestAsyncStaleAndDuplicate(t *testing.T) {
 	})
 	WaitFor(t, time.Minute, "version 2", func() bool { j, _ := c.FSM().Job("stale"); return len(j.History) >= 2 })
 	conn, _ := pool.Conn(c.GRPCAddr())
-	wk := pb.NewWorkerClient(conn)
+	wk := rpcpb.NewWorkerClient(conn)
 	j, _ := c.FSM().Job("stale")
 	accepted := j.History[0].Accepted[0]
 	payload, err := client.GetBlob(t.Context(), conn, accepted.Blob, client.MaxMessage)

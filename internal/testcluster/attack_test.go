@@ -15,6 +15,7 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // connFlood opens TCP connections to addrs and leaves them silent: held
@@ -137,7 +138,7 @@ func TestGRPCIdleConnectionsDropped(t *testing.T) {
 	conn, _ := admin.Conn(c.GRPCAddr())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := pb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{}); err != nil {
+	if _, err := rpcpb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{}); err != nil {
 		t.Errorf("a real client during the idle connections: %v", err)
 	}
 	start := time.Now()

@@ -17,6 +17,7 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/worker"
 )
@@ -68,7 +69,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Fatalf("bad jobs registered %d jobs", n)
 	}
 	// A corrupt blob upload is refused.
-	stream, _ := pb.NewBlobClient(conn).Put(ctx)
+	stream, _ := rpcpb.NewBlobClient(conn).Put(ctx)
 	_ = stream.Send(&pb.BlobChunk{Hash: strings.Repeat("00", 32), Size: 5, Data: []byte("hello")})
 	if _, err := stream.CloseAndRecv(); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("blob with wrong hash: %v, want InvalidArgument", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // TestFederatedJobInProcess runs 1 coordinator and 3 gossip-discovered
@@ -94,7 +95,7 @@ func TestFederatedJobInProcess(t *testing.T) {
 	conn, _ := pool.Conn(c.GRPCAddr())
 	for _, j := range c.FSM().Jobs() {
 		for _, r := range j.History {
-			v, err := pb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: j.Spec.Name, Round: r.Number})
+			v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: j.Spec.Name, Round: r.Number})
 			if err != nil || !v.Match {
 				t.Errorf("verify %s round %d: %v %v", j.Spec.Name, r.Number, v, err)
 			}

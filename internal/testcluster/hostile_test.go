@@ -18,6 +18,7 @@ import (
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -41,7 +42,7 @@ func handWorkers(t *testing.T, c *coordinator.Coordinator, ids ...string) {
 // fresh mnist-mlp-small model, for tests that drive the services by hand:
 // the connection, its Admin and Worker clients, a context of a minute,
 // the model and its blob hash.
-func handSession(t *testing.T, c *coordinator.Coordinator) (*grpc.ClientConn, pb.AdminClient, pb.WorkerClient, context.Context, tensor.Set, string) {
+func handSession(t *testing.T, c *coordinator.Coordinator) (*grpc.ClientConn, rpcpb.AdminClient, rpcpb.WorkerClient, context.Context, tensor.Set, string) {
 	t.Helper()
 	pool := client.NewPool()
 	t.Cleanup(pool.Close)
@@ -58,7 +59,7 @@ func handSession(t *testing.T, c *coordinator.Coordinator) (*grpc.ClientConn, pb
 	if err != nil {
 		t.Fatal(err)
 	}
-	return conn, pb.NewAdminClient(conn), pb.NewWorkerClient(conn), ctx, base, hash
+	return conn, rpcpb.NewAdminClient(conn), rpcpb.NewWorkerClient(conn), ctx, base, hash
 }
 
 // TestHostileUpdates: one worker of a geomedian job sends what once broke
@@ -195,7 +196,7 @@ func TestPollFlood(t *testing.T) {
 	pool := client.NewPool()
 	defer pool.Close()
 	conn, _ := pool.Conn(c.GRPCAddr())
-	wk := pb.NewWorkerClient(conn)
+	wk := rpcpb.NewWorkerClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var mu sync.Mutex

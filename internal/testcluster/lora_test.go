@@ -15,6 +15,7 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/worker"
@@ -51,7 +52,7 @@ func TestLoRAJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := pb.NewAdminClient(conn)
+	admin := rpcpb.NewAdminClient(conn)
 
 	for _, agg := range []string{round.LoRANaive, round.LoRAExact} {
 		t.Run(agg, func(t *testing.T) {
@@ -162,7 +163,7 @@ func TestLoRAJob(t *testing.T) {
 		round = j.OpenRound
 		return round != nil
 	})
-	wk := pb.NewWorkerClient(conn)
+	wk := rpcpb.NewWorkerClient(conn)
 	for _, tc := range []struct {
 		name  string
 		delta tensor.Set

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // BuildBinary builds cmd/fedtune into dir and returns its path. pkg is the
@@ -181,7 +182,7 @@ func (pc *ProcCluster) Status(nd *ProcNode, timeout time.Duration) (*pb.ClusterS
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return pb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{})
+	return rpcpb.NewAdminClient(conn).ClusterStatus(ctx, &pb.ClusterStatusRequest{})
 }
 
 // Leader returns the running coordinator that says it leads, or nil.
@@ -219,12 +220,12 @@ func (pc *ProcCluster) WaitForLeader(timeout time.Duration) *ProcNode {
 func (pc *ProcCluster) Conn(nd *ProcNode) (*grpc.ClientConn, error) { return pc.pool.Conn(nd.GRPC) }
 
 // Admin returns an Admin client for a coordinator.
-func (pc *ProcCluster) Admin(nd *ProcNode) pb.AdminClient {
+func (pc *ProcCluster) Admin(nd *ProcNode) rpcpb.AdminClient {
 	conn, err := pc.pool.Conn(nd.GRPC)
 	if err != nil {
 		pc.t.Fatal(err)
 	}
-	return pb.NewAdminClient(conn)
+	return rpcpb.NewAdminClient(conn)
 }
 
 // Job returns a job as the first coordinator that answers sees it.

@@ -23,6 +23,7 @@ import (
 	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/worker"
 )
 
@@ -81,7 +82,7 @@ func TestMutualTLS(t *testing.T) {
 		"no cert, TLS":   client.NewPoolTLS(&tls.Config{RootCAs: node(t, ca, pki.RoleAdmin, "x", time.Time{}).Pool, ServerName: pki.CoordinatorServerName}),
 	} {
 		conn, _ := pool.Conn(c.GRPCAddr())
-		_, err := pb.NewAdminClient(conn).ListJobs(ctx, &pb.ListJobsRequest{})
+		_, err := rpcpb.NewAdminClient(conn).ListJobs(ctx, &pb.ListJobsRequest{})
 		if code := status.Code(err); code != codes.Unavailable && code != codes.Unauthenticated {
 			t.Errorf("%s: ListJobs err %v (code %v), want refused", name, err, code)
 		}
@@ -101,15 +102,15 @@ func TestMutualTLS(t *testing.T) {
 			t.Errorf("%s with a worker certificate: err %v, want PermissionDenied", what, err)
 		}
 	}
-	_, err = pb.NewAdminClient(conn).ListJobs(ctx, &pb.ListJobsRequest{})
+	_, err = rpcpb.NewAdminClient(conn).ListJobs(ctx, &pb.ListJobsRequest{})
 	denied("Admin.ListJobs", err)
 	_, err = client.PutBlob(ctx, conn, []byte("not a model"))
 	denied("Blob.Put", err)
 	_, err = client.GetBlob(ctx, conn, j.CurrentModel, 1<<30)
 	denied("Blob.Get of a model of no open round", err)
-	_, err = pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "w2", Job: "secure", Round: 3})
+	_, err = rpcpb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "w2", Job: "secure", Round: 3})
 	denied("SubmitUpdate as w2", err)
-	_, err = pb.NewWorkerClient(conn).PollTask(ctx, &pb.PollTaskRequest{WorkerId: "w2"})
+	_, err = rpcpb.NewWorkerClient(conn).PollTask(ctx, &pb.PollTaskRequest{WorkerId: "w2"})
 	denied("PollTask as w2", err)
 
 	// The Raft transport accepts coordinator certificates only.
@@ -220,7 +221,7 @@ func TestRevokeWorker(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		_, err = pb.NewWorkerClient(conn).PollTask(ctx, &pb.PollTaskRequest{WorkerId: "w1", WaitSeconds: 0.1})
+		_, err = rpcpb.NewWorkerClient(conn).PollTask(ctx, &pb.PollTaskRequest{WorkerId: "w1", WaitSeconds: 0.1})
 		return err
 	}
 	for _, nd := range cl.Nodes {
@@ -230,7 +231,7 @@ func TestRevokeWorker(t *testing.T) {
 	}
 	leader := cl.Leader()
 	conn, _ := admin.Conn(leader.C.GRPCAddr())
-	if _, err := pb.NewAdminClient(conn).RevokeWorker(ctx, &pb.RevokeWorkerRequest{Name: "w1", Reason: "key leaked"}); err != nil {
+	if _, err := rpcpb.NewAdminClient(conn).RevokeWorker(ctx, &pb.RevokeWorkerRequest{Name: "w1", Reason: "key leaked"}); err != nil {
 		t.Fatal(err)
 	}
 	refusedEverywhere := func(nodes []*Node) {
@@ -268,7 +269,7 @@ func TestSubmitRateLimit(t *testing.T) {
 	defer cancel()
 	codesSeen := map[codes.Code]int{}
 	for range 8 {
-		_, err := pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "flood", Job: "nope", Round: 1})
+		_, err := rpcpb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "flood", Job: "nope", Round: 1})
 		codesSeen[status.Code(err)]++
 	}
 	if codesSeen[codes.ResourceExhausted] < 5 || codesSeen[codes.NotFound] != 3 {
@@ -276,7 +277,7 @@ func TestSubmitRateLimit(t *testing.T) {
 	}
 	// A refusal says when to come back (gRPC RetryInfo): at 0.5 per second,
 	// within 2 s.
-	_, err = pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "flood", Job: "nope", Round: 1})
+	_, err = rpcpb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "flood", Job: "nope", Round: 1})
 	var wait time.Duration
 	for _, d := range status.Convert(err).Details() {
 		if ri, ok := d.(*errdetails.RetryInfo); ok {
@@ -286,7 +287,7 @@ func TestSubmitRateLimit(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted || wait <= 0 || wait > 2*time.Second || !strings.Contains(err.Error(), "retry in") {
 		t.Errorf("a rate-limited submission: %v, retry delay %v; want ResourceExhausted with RetryInfo in (0, 2s]", err, wait)
 	}
-	_, err = pb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "other", Job: "nope", Round: 1})
+	_, err = rpcpb.NewWorkerClient(conn).SubmitUpdate(ctx, &pb.SubmitUpdateRequest{WorkerId: "other", Job: "nope", Round: 1})
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("another worker was limited too: %v", err)
 	}
@@ -401,7 +402,7 @@ func TestKeyringRotation(t *testing.T) {
 	pool := client.NewPool()
 	defer pool.Close()
 	conn, _ := pool.Conn(c.GRPCAddr())
-	admin := pb.NewAdminClient(conn)
+	admin := rpcpb.NewAdminClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for _, step := range []struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/worker"
 )
@@ -149,7 +150,7 @@ func SubmitJob(t testing.TB, pool *client.Pool, addr string, spec *pb.JobSpec, b
 		t.Fatal(err)
 	}
 	spec.BaseModel = hash
-	resp, err := pb.NewAdminClient(conn).SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec})
+	resp, err := rpcpb.NewAdminClient(conn).SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec})
 	if err != nil {
 		t.Fatalf("submit job: %v", err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/internal/client"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 )
 
 // TestVerifyCollectedRound: on every coordinator of a 3-node cluster,
@@ -54,7 +55,7 @@ func TestVerifyCollectedRound(t *testing.T) {
 	}()
 	for _, nd := range cl.Nodes {
 		conn, _ := pool.Conn(nd.C.GRPCAddr())
-		admin := pb.NewAdminClient(conn)
+		admin := rpcpb.NewAdminClient(conn)
 		WaitFor(t, 20*time.Second, nd.Name+" collected round 1's updates", func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

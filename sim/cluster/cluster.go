@@ -19,6 +19,7 @@ import (
 	"github.com/fedtune/fedtune/internal/local"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/sim"
 	"github.com/fedtune/fedtune/tensor"
@@ -98,7 +99,7 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 		// The real async path: versions of buffer_size updates, in real time.
 		spec.Mode, spec.Async = round.ModeAsync, cfg.Async
 	}
-	admin := pb.NewAdminClient(conn)
+	admin := rpcpb.NewAdminClient(conn)
 	if _, err := admin.SubmitJob(ctx, &pb.SubmitJobRequest{Spec: spec}); err != nil {
 		return nil, err
 	}
