@@ -207,7 +207,7 @@ type Coordinator struct {
 	gossip   *gossip.Node
 	grpc     *grpc.Server
 	lis      net.Listener
-	eval     *evaluators
+	deps     Deps
 	pool     *client.Pool // connections to other coordinators
 	submits  *submitLimits
 	metrics  *metrics
@@ -243,11 +243,14 @@ const (
 )
 
 // New starts a coordinator: opens its stores, starts Raft, gossip and gRPC.
-func New(cfg Config) (*Coordinator, error) {
+func New(cfg Config, deps Deps) (*Coordinator, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: cfg.Clock, fsm: NewFSM(), done: make(chan struct{}), eval: newEvaluators(), pool: client.NewPool(), metrics: newMetrics()}
+	if err := deps.check(); err != nil {
+		return nil, err
+	}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: cfg.Clock, fsm: NewFSM(), done: make(chan struct{}), deps: deps, pool: client.NewPool(), metrics: newMetrics()}
 	if cfg.TLS != nil {
 		c.pool = client.NewPoolTLS(cfg.TLS.ClientTLS())
 	}
@@ -551,7 +554,6 @@ func (c *Coordinator) stop(graceful bool) error {
 		_ = c.wal.Close()
 	}
 
-	c.eval.close()
 	c.pool.Close()
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 )
 
@@ -15,7 +16,7 @@ import (
 func TestGarbageCollection(t *testing.T) {
 	dir := t.TempDir()
 	c, err := New(Config{DataDir: dir, GRPCAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0",
-		Bootstrap: true, Profile: "local", KeepUpdateRounds: 1})
+		Bootstrap: true, Profile: "local", KeepUpdateRounds: 1}, Deps{Models: model.Catalog{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,13 +2,11 @@ package coordinator
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math"
 	"sync"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/lora"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
@@ -21,102 +19,105 @@ import (
 // the two only to evaluate and, on request, to export.
 
 // loraOf returns the LoRA of a job spec, or false for a full fine-tuning job.
-func loraOf(spec *pb.JobSpec) (model.LoRA, bool) {
+func loraOf(spec *pb.JobSpec) (lora.Config, bool) {
 	l := spec.GetLora()
 	if l == nil {
-		return model.LoRA{}, false
+		return lora.Config{}, false
 	}
-	return model.LoRA{Rank: int(l.Rank), Alpha: l.Alpha}, true
+	return lora.Config{Rank: int(l.Rank), Alpha: l.Alpha}, true
 }
 
-// normalizeLoRA fills a LoRA spec's defaults and checks it against the
-// architecture and the job's rule.
-func normalizeLoRA(spec *pb.JobSpec, arch model.MLP) error {
-	l := spec.Lora
-	if l == nil {
-		return nil
+// loraBase returns what a job's adapters are built for: its
+// architecture's layout and LoRA targets, from the Models seam.
+func (c *Coordinator) loraBase(spec *pb.JobSpec) (lora.Base, error) {
+	layout, err := c.archLayout(spec.Model)
+	if err != nil {
+		return nil, err
 	}
-	if l.Rank == 0 {
-		return errors.New("lora: rank must be at least 1")
+	targets, err := c.deps.Models.LoRATargets(spec.Model)
+	if err != nil {
+		return nil, err
 	}
-	for i := 0; i < arch.Layers(); i++ {
-		if int(l.Rank) > min(arch.Sizes[i], arch.Sizes[i+1]) {
-			return fmt.Errorf("lora: rank %d exceeds layer fc%d's %d×%d: the adapter would not be low-rank", l.Rank, i+1, arch.Sizes[i+1], arch.Sizes[i])
-		}
+	return lora.Static{Params: layout, Targets: targets}, nil
+}
+
+// archLayout returns an architecture's zero-valued layout, asked of the
+// Models seam once per architecture.
+func (c *Coordinator) archLayout(name string) (tensor.Set, error) {
+	if s, ok := c.layouts.Load(name); ok {
+		return s.(tensor.Set), nil
 	}
-	if l.Alpha == 0 {
-		l.Alpha = 2 * float64(l.Rank)
+	s, err := c.deps.Models.Layout(name)
+	if err != nil {
+		return tensor.Set{}, err
 	}
-	if !(l.Alpha > 0) || math.IsInf(l.Alpha, 0) {
-		return fieldErr("lora.alpha", "%v must be a positive finite number", l.Alpha)
-	}
-	switch l.Aggregation {
-	case "":
-		l.Aggregation = round.LoRANaive
-	case round.LoRANaive:
-	case round.LoRAExact:
-		if spec.Aggregator != "fedavg" {
-			return fmt.Errorf("lora: aggregation %q averages the workers' products B·A; it cannot be combined with aggregator %q (use lora aggregation %q for robust rules)", round.LoRAExact, spec.Aggregator, round.LoRANaive)
-		}
-		if n := spec.ServerOptimizer.GetName(); n != "" && n != "plain" {
-			return fmt.Errorf("lora: aggregation %q sets the adapters directly; server optimizer %q needs %q", round.LoRAExact, n, round.LoRANaive)
-		}
-	default:
-		return fmt.Errorf("lora: aggregation %q: want %s or %s", l.Aggregation, round.LoRANaive, round.LoRAExact)
-	}
-	return nil
+	got, _ := c.layouts.LoadOrStore(name, s)
+	return got.(tensor.Set), nil
 }
 
 // prepareAdapter stores the initial adapters of a LoRA job: fresh ones
 // (A seeded from the job's seed, B = 0, so the adapted model starts as the
 // base) or, if the spec names a blob, those after checking them.
-func (c *Coordinator) prepareAdapter(ctx context.Context, spec *pb.JobSpec, arch model.MLP) error {
+// It returns the adapters.
+func (c *Coordinator) prepareAdapter(ctx context.Context, spec *pb.JobSpec) (tensor.Set, error) {
 	l, _ := loraOf(spec)
+	base, err := c.loraBase(spec)
+	if err != nil {
+		return tensor.Set{}, err
+	}
 	if spec.Lora.Adapter == "" {
-		b, err := tensor.Marshal(l.InitAdapter(arch, spec.Seed), tensor.F32)
+		ad, err := l.Init(base, spec.Seed)
 		if err != nil {
-			return err
+			return tensor.Set{}, err
+		}
+		b, err := tensor.Marshal(ad, tensor.F32)
+		if err != nil {
+			return tensor.Set{}, err
 		}
 		spec.Lora.Adapter, err = c.replicate(ctx, b)
-		return err
+		return ad, err
 	}
 	b, err := c.blob(ctx, spec.Lora.Adapter)
 	if err != nil {
-		return fmt.Errorf("lora adapter: %w (upload it with Blob.Put first)", err)
+		return tensor.Set{}, fmt.Errorf("lora adapter: %w (upload it with Blob.Put first)", err)
 	}
 	ad, err := tensor.Unmarshal(b)
 	if err != nil {
-		return fmt.Errorf("lora adapter: %w", err)
+		return tensor.Set{}, fmt.Errorf("lora adapter: %w", err)
 	}
-	if err := tensor.SameLayout(ad, l.AdapterLayout(arch)); err != nil {
-		return fmt.Errorf("lora adapter does not fit %s at rank %d: %w", spec.Model, l.Rank, err)
+	want, err := l.Layout(base)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	if err := tensor.SameLayout(ad, want); err != nil {
+		return tensor.Set{}, fmt.Errorf("lora adapter does not fit %s at rank %d: %w", spec.Model, l.Rank, err)
 	}
 	if err := ad.CheckFinite(); err != nil {
-		return fmt.Errorf("lora adapter: %w", err)
+		return tensor.Set{}, fmt.Errorf("lora adapter: %w", err)
 	}
 	_, err = c.replicate(ctx, b)
-	return err
+	return ad, err
 }
 
 // modelLayout returns the (zero-valued) layout of a job's model versions:
 // the architecture's parameters, or a LoRA job's adapters. Built once per
 // architecture and rank: validating an update must not allocate a model.
 func (c *Coordinator) modelLayout(spec *pb.JobSpec) (tensor.Set, error) {
-	key := spec.Model
 	l, isLoRA := loraOf(spec)
-	if isLoRA {
-		key = fmt.Sprintf("%s/lora-r%d", spec.Model, l.Rank)
+	if !isLoRA {
+		return c.archLayout(spec.Model)
 	}
+	key := fmt.Sprintf("%s/lora-r%d", spec.Model, l.Rank)
 	if s, ok := c.layouts.Load(key); ok {
 		return s.(tensor.Set), nil
 	}
-	arch, err := model.Lookup(spec.Model)
+	base, err := c.loraBase(spec)
 	if err != nil {
 		return tensor.Set{}, err
 	}
-	s := arch.Layout()
-	if isLoRA {
-		s = l.AdapterLayout(arch)
+	s, err := l.Layout(base)
+	if err != nil {
+		return tensor.Set{}, err
 	}
 	got, _ := c.layouts.LoadOrStore(key, s)
 	return got.(tensor.Set), nil
@@ -133,20 +134,26 @@ func (c *Coordinator) usable(ctx context.Context, spec *pb.JobSpec, params tenso
 	if err != nil {
 		return tensor.Set{}, fmt.Errorf("frozen base: %w", err)
 	}
-	arch, err := model.Lookup(spec.Model)
+	lb, err := c.loraBase(spec)
 	if err != nil {
 		return tensor.Set{}, err
 	}
-	return l.Merge(arch, base, params)
+	return l.Merge(lb, base, params)
 }
 
-// evaluate scores a job's model version on its data set's test split.
-func (c *Coordinator) evaluate(ctx context.Context, spec *pb.JobSpec, params tensor.Set) (model.Eval, error) {
+// evaluate scores a job's model version (a LoRA job's adapters are merged
+// into its frozen base first) with the evaluator the coordinator was
+// given. It is the one evaluation path: of the base at submit and of every
+// committed round.
+func (c *Coordinator) evaluate(ctx context.Context, spec *pb.JobSpec, params tensor.Set) (round.Eval, error) {
+	if c.deps.Evaluator == nil {
+		return round.Eval{}, errNoEvaluator
+	}
 	full, err := c.usable(ctx, spec, params)
 	if err != nil {
-		return model.Eval{}, err
+		return round.Eval{}, err
 	}
-	return c.eval.evaluate(spec, full)
+	return c.deps.Evaluator.Evaluate(ctx, spec.Model, spec.Dataset, full)
 }
 
 // frozenCache keeps the decoded frozen bases of LoRA jobs (a few, by hash):

@@ -9,14 +9,11 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/dataset"
-	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
@@ -466,42 +463,4 @@ func optimizerState(j *pb.Job, round uint32) string {
 		return ""
 	}
 	return j.History[round-2].OptimizerState
-}
-
-// evaluators evaluates models on their data set's test split, caching one
-// Evaluator per architecture. Safe for concurrent use.
-type evaluators struct {
-	mu sync.Mutex
-	by map[string]*model.Evaluator
-}
-
-func newEvaluators() *evaluators { return &evaluators{by: map[string]*model.Evaluator{}} }
-
-func (e *evaluators) evaluate(spec *pb.JobSpec, params tensor.Set) (model.Eval, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	ev, ok := e.by[spec.Model]
-	if !ok {
-		arch, err := model.Lookup(spec.Model)
-		if err != nil {
-			return model.Eval{}, err
-		}
-		if ev, err = model.NewEvaluator(arch, 1000); err != nil {
-			return model.Eval{}, err
-		}
-		e.by[spec.Model] = ev
-	}
-	test, err := dataset.Load(spec.Dataset, dataset.Test)
-	if err != nil {
-		return model.Eval{}, err
-	}
-	return ev.Evaluate(params, test)
-}
-
-func (e *evaluators) close() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, ev := range e.by {
-		ev.Close()
-	}
 }

@@ -13,9 +13,9 @@ import (
 	"github.com/fedtune/fedtune/internal/blobstream"
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
-	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -76,7 +76,11 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 		return nil, c.notLeader()
 	}
 	spec := req.Spec
-	if err := NormalizeSpec(spec); err != nil {
+	var checkDataset func(string) error
+	if c.deps.Evaluator != nil {
+		checkDataset = c.deps.Evaluator.CheckDataset
+	}
+	if err := round.NormalizeSpec(spec, c.deps.Models, checkDataset); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: %v", err)
 	}
 	if _, ok := c.fsm.Job(spec.Name); ok {
@@ -90,22 +94,28 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model: %v", err)
 	}
-	arch, _ := model.Lookup(spec.Model)
-	if err := tensor.SameLayout(base, arch.Layout()); err != nil {
+	layout, err := c.archLayout(spec.Model)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "submit job: %v", err)
+	}
+	if err := tensor.SameLayout(base, layout); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model does not fit %s: %v", spec.Model, err)
 	}
 	if err := base.CheckFinite(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model: %v", err)
 	}
+	if spec.Evaluate && c.deps.Evaluator == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "submit job: %v", errNoEvaluator)
+	}
+	first := base // the job's first model version: the base, or a LoRA job's adapters
 	if spec.Lora != nil {
-		if err := c.prepareAdapter(ctx, spec, arch); err != nil {
+		if first, err = c.prepareAdapter(ctx, spec); err != nil {
 			return nil, toStatus(fmt.Errorf("submit job: %w", err))
 		}
 	}
 	metrics := map[string]float64{}
 	if spec.Evaluate {
-		// A LoRA job's fresh adapters leave the base as it is (B = 0).
-		ev, err := c.eval.evaluate(spec, base)
+		ev, err := c.evaluate(ctx, spec, first)
 		if err != nil {
 			return nil, toStatus(err)
 		}

@@ -245,7 +245,7 @@ func (s *workerService) SubmitUpdate(ctx context.Context, req *pb.SubmitUpdateRe
 	}
 	u := &pb.AcceptedUpdate{Worker: req.WorkerId, Blob: hash, Samples: req.Samples, Metrics: req.Metrics, Codec: req.Codec}
 	if j, ok := c.fsm.Job(req.Job); ok {
-		if limit := SampleCap(j.Spec); u.Samples > limit {
+		if limit := round.SampleCap(j.Spec); u.Samples > limit {
 			// The claim is the update's FedAvg weight: a worker may not
 			// outweigh the rest by claiming more than the job allows.
 			c.log.Warn("update's samples capped", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "claimed", u.Samples, "cap", limit)
@@ -365,7 +365,7 @@ func (c *Coordinator) checkPayload(j *pb.Job, req *pb.SubmitUpdateRequest) error
 	if err != nil {
 		return fmt.Errorf("base model %.12s: %w", req.BaseModel, err)
 	}
-	if b, n := UpdateNormBound(j.Spec, baseNorm), delta.Norm(); !(n <= b) {
+	if b, n := round.UpdateNormBound(j.Spec, baseNorm), delta.Norm(); !(n <= b) {
 		return status.Errorf(codes.InvalidArgument, "update norm %.4g exceeds the job's bound %.4g (max_update_norm %g, max_update_ratio %g × base model norm %.4g)",
 			n, b, j.Spec.MaxUpdateNorm, j.Spec.MaxUpdateRatio, baseNorm)
 	}

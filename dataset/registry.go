@@ -12,18 +12,30 @@ import (
 //	words                    next character on the en, fr, de and es word lists
 //	words-fr, words-fr+de    the same on the languages named
 func Load(name string, split Split) (*Examples, error) {
+	if err := Check(name); err != nil {
+		return nil, err
+	}
 	if name == "mnist" {
 		return MNIST(split)
+	}
+	langs, _ := wordsLanguages(name)
+	return Words(langs, split)
+}
+
+// Check says whether name is a data set Load knows, without loading it.
+func Check(name string) error {
+	if name == "mnist" {
+		return nil
 	}
 	if langs, ok := wordsLanguages(name); ok {
 		for _, l := range langs {
 			if _, known := Languages[l]; !known {
-				return nil, fmt.Errorf("dataset %q: unknown language %q (known: %s)", name, l, strings.Join(LanguageCodes(), ", "))
+				return fmt.Errorf("dataset %q: unknown language %q (known: %s)", name, l, strings.Join(LanguageCodes(), ", "))
 			}
 		}
-		return Words(langs, split)
+		return nil
 	}
-	return nil, fmt.Errorf("unknown dataset %q (known: mnist, words, words-<lang>[+<lang>…] with languages %s)", name, strings.Join(LanguageCodes(), ", "))
+	return fmt.Errorf("unknown dataset %q (known: mnist, words, words-<lang>[+<lang>…] with languages %s)", name, strings.Join(LanguageCodes(), ", "))
 }
 
 // Family returns the data set family a name belongs to: "words" for

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/lora"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -18,15 +19,18 @@ func TestLoRATrainAdapter(t *testing.T) {
 	}
 	data := train.Subset(train.WithLabels(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)[:3000])
 	m := MLP{Sizes: []int{784, 64, 10}}
-	tr, _ := NewTrainer(m)
+	tr, _ := m.NewTrainer()
 	defer tr.Close()
 	// A base that knows digits 0-4 only.
 	base, _, err := tr.Train(context.Background(), m.Init(1), train.Subset(train.WithLabels(0, 1, 2, 3, 4)[:3000]), TrainConfig{Epochs: 1, BatchSize: 32, LR: 0.1, Momentum: 0.5, Seed: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := LoRA{Rank: 4, Alpha: 8}
-	ad := l.InitAdapter(m, 2)
+	l := lora.Config{Rank: 4, Alpha: 8}
+	ad, err := l.Init(m, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
 	merged0, err := l.Merge(m, base, ad)
 	if err != nil {
 		t.Fatal(err)
@@ -35,14 +39,14 @@ func TestLoRATrainAdapter(t *testing.T) {
 		t.Fatal("fresh adapters (B = 0) changed the model")
 	}
 	baseCopy := base.Clone()
-	trained, met, err := l.TrainAdapter(context.Background(), m, base, ad, data, TrainConfig{Epochs: 4, BatchSize: 32, LR: 0.02, Momentum: 0.9, Seed: 3})
+	trained, met, err := tr.TrainAdapter(context.Background(), l, base, ad, data, TrainConfig{Epochs: 4, BatchSize: 32, LR: 0.02, Momentum: 0.9, Seed: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !equal(base, baseCopy) {
 		t.Error("training the adapters changed the base")
 	}
-	ev, _ := NewEvaluator(m, 500)
+	ev, _ := m.NewEvaluator(500)
 	defer ev.Close()
 	before, _ := ev.Evaluate(base, data)
 	merged, _ := l.Merge(m, base, trained)
@@ -55,7 +59,8 @@ func TestLoRATrainAdapter(t *testing.T) {
 	if float64(trained.Len()) > 0.1*float64(base.Len()) {
 		t.Errorf("adapters hold %d of %d parameters", trained.Len(), base.Len())
 	}
-	if _, err := l.Merge(m, base, LoRA{Rank: 3, Alpha: 8}.AdapterLayout(m)); err == nil {
+	other, _ := lora.Config{Rank: 3, Alpha: 8}.Layout(m)
+	if _, err := l.Merge(m, base, other); err == nil {
 		t.Error("an adapter of another rank was merged")
 	}
 }

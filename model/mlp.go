@@ -26,6 +26,30 @@ type MLP struct {
 	Sizes []int
 }
 
+// String returns the layer widths, "[784 256 10]".
+func (m MLP) String() string { return fmt.Sprint(m.Sizes) }
+
+// LoRATargets names every dense layer's weight: "fc1.weight", "fc2.weight", ...
+func (m MLP) LoRATargets() []string {
+	ts := make([]string, m.Layers())
+	for i := range ts {
+		ts[i] = fmt.Sprintf("fc%d.weight", i+1)
+	}
+	return ts
+}
+
+// CheckData refuses examples whose width or label count differ from the
+// input and output layers.
+func (m MLP) CheckData(dim, classes int) error {
+	if err := m.validate(); err != nil {
+		return err
+	}
+	if in, out := m.Sizes[0], m.Sizes[len(m.Sizes)-1]; dim != in || classes > out {
+		return fmt.Errorf("model %v takes %d inputs to %d classes; the data has %d features and %d classes", m.Sizes, in, out, dim, classes)
+	}
+	return nil
+}
+
 // Layers returns the number of dense layers.
 func (m MLP) Layers() int { return len(m.Sizes) - 1 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/lora"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -19,12 +20,12 @@ func TestTrainImprovesMNIST(t *testing.T) {
 	}
 	test, _ := dataset.MNIST(dataset.Test)
 	m := MLP{Sizes: []int{784, 256, 10}}
-	tr, err := NewTrainer(m)
+	tr, err := m.NewTrainer()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	ev, _ := NewEvaluator(m, 1000)
+	ev, _ := m.NewEvaluator(1000)
 	defer ev.Close()
 	base := m.Init(1)
 	before, err := ev.Evaluate(base, test)
@@ -66,7 +67,7 @@ func TestDivergedTaskLeavesTrainerClean(t *testing.T) {
 	}
 	sub := train.Subset(seq(512))
 	m := MLP{Sizes: []int{784, 32, 10}}
-	tr, err := NewTrainer(m)
+	tr, err := m.NewTrainer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestTrainConfigRefused(t *testing.T) {
 	}
 	sub := train.Subset(seq(128))
 	m := MLP{Sizes: []int{784, 8, 10}}
-	tr, _ := NewTrainer(m)
+	tr, _ := m.NewTrainer()
 	defer tr.Close()
 	ok := TrainConfig{Epochs: 1, BatchSize: 64, LR: 0.1}
 	for _, tc := range []struct {
@@ -127,11 +128,35 @@ func TestEvaluateRefusesNonFinite(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := MLP{Sizes: []int{784, 8, 10}}
-	ev, _ := NewEvaluator(m, 1000)
+	ev, _ := m.NewEvaluator(1000)
 	defer ev.Close()
 	p := m.Init(1)
 	p.Tensors[1].Data[5] = float32(math.NaN())
 	if _, err := ev.Evaluate(p, test); !errors.Is(err, tensor.ErrNotFinite) {
 		t.Fatalf("err %v, want ErrNotFinite", err)
 	}
+}
+
+func TestRegistry(t *testing.T) {
+	for _, name := range Names() {
+		a, err := Lookup(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := (lora.Config{Rank: 1}).Check(a); err != nil {
+			t.Errorf("%s: its LoRA targets do not fit its layout: %v", name, err)
+		}
+		if err := tensor.SameLayout(a.Init(1), a.Layout()); err != nil {
+			t.Errorf("%s: Init does not fit Layout: %v", name, err)
+		}
+	}
+	if _, err := Lookup("llama-9000"); err == nil || !strings.Contains(err.Error(), "mnist-mlp") {
+		t.Errorf("unknown model: %v, want an error listing the known ones", err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a second registration under a taken name did not panic")
+		}
+	}()
+	Register("mnist-mlp", MLP{Sizes: []int{2, 2}})
 }

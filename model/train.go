@@ -39,10 +39,10 @@ type TrainMetrics struct {
 	Seconds float64
 }
 
-// Trainer runs local SGD on an MLP. It keeps its Gorgonia graph between
-// calls (rebuilt only when the batch size or FedProx weight change). A
-// Trainer is used by one goroutine at a time.
-type Trainer struct {
+// mlpTrainer runs local SGD on an MLP. It keeps its Gorgonia graph between
+// calls (rebuilt only when the batch size or FedProx weight change). It is
+// used by one goroutine at a time.
+type mlpTrainer struct {
 	m     MLP
 	gr    *graph
 	mu    float64
@@ -51,21 +51,21 @@ type Trainer struct {
 }
 
 // NewTrainer returns a Trainer for m.
-func NewTrainer(m MLP) (*Trainer, error) {
+func (m MLP) NewTrainer() (Trainer, error) {
 	if err := m.validate(); err != nil {
 		return nil, err
 	}
-	return &Trainer{m: m, clock: time.Now}, nil
+	return &mlpTrainer{m: m, clock: time.Now}, nil
 }
 
 // Close releases the Gorgonia machine.
-func (t *Trainer) Close() {
+func (t *mlpTrainer) Close() {
 	if t.gr != nil {
 		t.gr.close()
 	}
 }
 
-func (t *Trainer) graphFor(batch int, mu float64) (*graph, error) {
+func (t *mlpTrainer) graphFor(batch int, mu float64) (*graph, error) {
 	if t.gr != nil && t.gr.batch == batch && t.mu == mu {
 		return t.gr, nil
 	}
@@ -85,7 +85,7 @@ func (t *Trainer) graphFor(batch int, mu float64) (*graph, error) {
 // Train starts from base, runs minibatch SGD on data and returns the local
 // parameters (a new Set; base is not modified). The last partial batch of an
 // epoch is dropped; the order is reshuffled each epoch from cfg.Seed.
-func (t *Trainer) Train(ctx context.Context, base tensor.Set, data *dataset.Examples, cfg TrainConfig) (tensor.Set, TrainMetrics, error) {
+func (t *mlpTrainer) Train(ctx context.Context, base tensor.Set, data *dataset.Examples, cfg TrainConfig) (tensor.Set, TrainMetrics, error) {
 	start := t.clock()
 	var met TrainMetrics
 	if err := tensor.SameLayout(base, t.m.Layout()); err != nil {
@@ -236,41 +236,34 @@ func zeroGrads(params []*G.Node) {
 	}
 }
 
-// Eval is a model's quality on a data set.
-type Eval struct {
-	Accuracy float64 // fraction of examples classified correctly
-	Loss     float64 // mean cross-entropy
-	N        int
-}
-
-// Evaluator runs the forward pass of an MLP over data sets in batches.
+// mlpEvaluator runs the forward pass of an MLP over data sets in batches.
 // It is used by one goroutine at a time.
-type Evaluator struct {
+type mlpEvaluator struct {
 	m      MLP
 	batch  int
 	graphs map[int]*graph
 }
 
 // NewEvaluator returns an Evaluator for m using batches of up to batch examples.
-func NewEvaluator(m MLP, batch int) (*Evaluator, error) {
+func (m MLP) NewEvaluator(batch int) (Evaluator, error) {
 	if err := m.validate(); err != nil {
 		return nil, err
 	}
 	if batch <= 0 {
 		batch = 500
 	}
-	return &Evaluator{m: m, batch: batch, graphs: map[int]*graph{}}, nil
+	return &mlpEvaluator{m: m, batch: batch, graphs: map[int]*graph{}}, nil
 }
 
 // Close releases the Gorgonia machines.
-func (e *Evaluator) Close() {
+func (e *mlpEvaluator) Close() {
 	for _, g := range e.graphs {
 		g.close()
 	}
 }
 
 // Evaluate returns the accuracy and mean loss of params on every example of data.
-func (e *Evaluator) Evaluate(params tensor.Set, data *dataset.Examples) (Eval, error) {
+func (e *mlpEvaluator) Evaluate(params tensor.Set, data *dataset.Examples) (Eval, error) {
 	if err := tensor.SameLayout(params, e.m.Layout()); err != nil {
 		return Eval{}, fmt.Errorf("evaluate: model does not fit %v: %w", e.m.Sizes, err)
 	}

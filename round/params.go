@@ -30,3 +30,10 @@ func InitialModel(spec *pb.JobSpec) string {
 	}
 	return spec.GetBaseModel()
 }
+
+// Eval is a model's quality on a test set, as a round's metrics record it.
+type Eval struct {
+	Loss     float64 // mean loss per example
+	Accuracy float64 // fraction classified correctly
+	N        int     // examples scored
+}

@@ -187,7 +187,7 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			return nil
 		}
 		tasks := make([]*inflight, len(assign))
-		err := e.pool.run(ctx, len(assign), func(tr *model.Trainer, i int) error {
+		err := e.pool.run(ctx, len(assign), func(tr model.Trainer, i int) error {
 			a := assign[i]
 			w := index(a.Worker)
 			tc := cfg.Train
@@ -335,7 +335,7 @@ func slicesDelete(as []*pb.Assignment, tasks []uint64) []*pb.Assignment {
 
 // env is what a simulated run shares between its sync and async drivers.
 type env struct {
-	arch              model.MLP
+	arch              model.Architecture
 	train             *dataset.Examples
 	test              *dataset.Examples
 	parts             [][]int
@@ -346,7 +346,7 @@ type env struct {
 	codec             codec.Codec
 	lossy             bool
 	residuals         map[int]tensor.Set
-	ev                *model.Evaluator
+	ev                model.Evaluator
 	groups            []*dataset.Examples // the test set by group (words: by language), when it has several
 	secondsPerExample float64
 	jitter            float64 // Config.SpeedJitter

@@ -399,9 +399,9 @@ func (r Point) Config() (Config, error) {
 	if err != nil {
 		return c, keyErr("model", "%v", err)
 	}
-	dim := 784
+	dim, classes := 784, 10
 	if r["dataset"] == "words" {
-		dim = dataset.WordsDim
+		dim, classes = dataset.WordsDim, dataset.WordsClasses
 		langs := r.Languages()
 		for _, l := range langs {
 			if _, ok := dataset.Languages[l]; !ok {
@@ -414,8 +414,8 @@ func (r Point) Config() (Config, error) {
 	} else if r["partition"] == "groups" {
 		return c, keyErr("partition", "groups needs dataset: words (one language per group)")
 	}
-	if arch.Sizes[0] != dim {
-		return c, keyErr("model", "%s takes %d features, data set %s has %d (words needs words-mlp)", c.Model, arch.Sizes[0], r["dataset"], dim)
+	if err := arch.CheckData(dim, classes); err != nil {
+		return c, keyErr("model", "%s does not fit data set %s: %v (words needs words-mlp)", c.Model, r["dataset"], err)
 	}
 	if _, err := codec.New(c.Codec); err != nil {
 		return c, keyErr("codec", "%v", err)

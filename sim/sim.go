@@ -200,7 +200,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	if len(global.Tensors) == 0 {
 		global = arch.Init(cfg.Seed)
 	}
-	ev, err := model.NewEvaluator(arch, 1000)
+	ev, err := arch.NewEvaluator(1000)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +235,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		res := RoundResult{Round: round, Participants: len(sampled), Attempts: attempts, Accuracy: math.NaN(), Loss: math.NaN()}
 		deltas := make([]tensor.Set, len(sampled))
 		took := make([]float64, len(sampled)) // simulated seconds
-		err = pool.run(ctx, len(sampled), func(tr *model.Trainer, i int) error {
+		err = pool.run(ctx, len(sampled), func(tr model.Trainer, i int) error {
 			w := sampled[i]
 			if w < byz && cfg.Attack == "free-rider" {
 				deltas[i] = tensor.ZerosLike(global) // claims its samples, trains nothing
@@ -502,19 +502,19 @@ func (s *scheduler) plan(number int) (arrived, dropped []int, attempts int, err 
 
 // trainerPool runs per-worker work on one model.Trainer per core.
 type trainerPool struct {
-	trainers []*model.Trainer
+	trainers []model.Trainer
 }
 
-func newTrainerPool(arch model.MLP) *trainerPool {
+func newTrainerPool(arch model.Architecture) *trainerPool {
 	p := &trainerPool{}
 	for range runtime.GOMAXPROCS(0) {
-		tr, _ := model.NewTrainer(arch)
+		tr, _ := arch.NewTrainer()
 		p.trainers = append(p.trainers, tr)
 	}
 	return p
 }
 
-func (p *trainerPool) run(ctx context.Context, n int, f func(tr *model.Trainer, w int) error) error {
+func (p *trainerPool) run(ctx context.Context, n int, f func(tr model.Trainer, w int) error) error {
 	next := make(chan int, n)
 	for w := 0; w < n; w++ {
 		next <- w

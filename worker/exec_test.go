@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/lora"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -70,7 +71,7 @@ func TestExecTrainer(t *testing.T) {
 	if res.Samples != 1000 || math.IsNaN(res.Metrics["loss"]) {
 		t.Fatalf("result: %d samples, metrics %v", res.Samples, res.Metrics)
 	}
-	ev, _ := model.NewEvaluator(arch, 500)
+	ev, _ := arch.NewEvaluator(500)
 	defer ev.Close()
 	before, _ := ev.Evaluate(base, data)
 	after := base.Clone()
@@ -95,8 +96,8 @@ func TestExecTrainerLoRA(t *testing.T) {
 	t.Setenv("FEDTUNE_TRAIN_NUMPY", "1")
 	arch, _ := model.Lookup("mnist-mlp-small")
 	base := arch.Init(1)
-	l := model.LoRA{Rank: 3, Alpha: 6}
-	ad := l.InitAdapter(arch, 2)
+	l := lora.Config{Rank: 3, Alpha: 6}
+	ad, _ := l.Init(arch, 2)
 	for k := range ad.Tensors { // non-zero B, so that every gradient is exercised
 		if strings.HasSuffix(ad.Tensors[k].Name, "lora_B.weight") {
 			for e := range ad.Tensors[k].Data {
@@ -116,7 +117,9 @@ func TestExecTrainerLoRA(t *testing.T) {
 	if err := tensor.SameLayout(res.Delta, ad); err != nil {
 		t.Fatalf("a LoRA task's update is not the adapters': %v", err)
 	}
-	want, _, err := l.TrainAdapter(context.Background(), arch, base, ad, data, model.TrainConfig{Steps: 1, BatchSize: 256, LR: 0.5})
+	gt, _ := arch.NewTrainer()
+	defer gt.Close()
+	want, _, err := gt.TrainAdapter(context.Background(), l, base, ad, data, model.TrainConfig{Steps: 1, BatchSize: 256, LR: 0.5})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +135,7 @@ func TestExecTrainerLoRA(t *testing.T) {
 	}
 	trained := ad.Clone()
 	trained.AddScaled(1, res.Delta)
-	ev, _ := model.NewEvaluator(arch, 256)
+	ev, _ := arch.NewEvaluator(256)
 	defer ev.Close()
 	m0, _ := l.Merge(arch, base, ad)
 	m1, _ := l.Merge(arch, base, trained)

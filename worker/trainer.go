@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/lora"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -17,7 +18,7 @@ import (
 // model.Trainer per architecture. Used by one goroutine at a time.
 type GorgoniaTrainer struct {
 	data     map[string]*dataset.Examples
-	trainers map[string]*model.Trainer
+	trainers map[string]model.Trainer
 	log      *slog.Logger
 }
 
@@ -26,7 +27,7 @@ func NewGorgoniaTrainer(data map[string]*dataset.Examples, logger *slog.Logger) 
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &GorgoniaTrainer{data: data, trainers: map[string]*model.Trainer{}, log: logger}
+	return &GorgoniaTrainer{data: data, trainers: map[string]model.Trainer{}, log: logger}
 }
 
 // Train fine-tunes the task's model on the local data set it names and
@@ -49,24 +50,19 @@ func (g *GorgoniaTrainer) Train(ctx context.Context, in Input, task *pb.Task) (R
 			}
 		},
 	}
+	tr, err := g.trainer(task.Model)
+	if err != nil {
+		return Result{}, err
+	}
 	var local tensor.Set
 	var met model.TrainMetrics
 	if l := task.Lora; l != nil {
-		arch, err := model.Lookup(task.Model)
-		if err != nil {
-			return Result{}, err
-		}
-		if local, met, err = (model.LoRA{Rank: int(l.Rank), Alpha: l.Alpha}).TrainAdapter(ctx, arch, in.Frozen, in.Base, data, cfg); err != nil {
-			return Result{}, err
-		}
+		local, met, err = tr.TrainAdapter(ctx, lora.Config{Rank: int(l.Rank), Alpha: l.Alpha}, in.Frozen, in.Base, data, cfg)
 	} else {
-		tr, err := g.trainer(task.Model)
-		if err != nil {
-			return Result{}, err
-		}
-		if local, met, err = tr.Train(ctx, in.Base, data, cfg); err != nil {
-			return Result{}, err
-		}
+		local, met, err = tr.Train(ctx, in.Base, data, cfg)
+	}
+	if err != nil {
+		return Result{}, err
 	}
 	delta, err := tensor.Diff(local, in.Base)
 	if err != nil {
@@ -94,7 +90,7 @@ func localFor(data map[string]*dataset.Examples, name string) (*dataset.Examples
 }
 
 // trainer returns the model.Trainer of an architecture, built once.
-func (g *GorgoniaTrainer) trainer(name string) (*model.Trainer, error) {
+func (g *GorgoniaTrainer) trainer(name string) (model.Trainer, error) {
 	if tr, ok := g.trainers[name]; ok {
 		return tr, nil
 	}
@@ -102,7 +98,7 @@ func (g *GorgoniaTrainer) trainer(name string) (*model.Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr, err := model.NewTrainer(arch)
+	tr, err := arch.NewTrainer()
 	if err != nil {
 		return nil, err
 	}

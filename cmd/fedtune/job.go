@@ -13,13 +13,14 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/progress"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -243,7 +244,7 @@ func submitJob(c *cli.Context) error {
 	if err := checkExplicitFlags(c); err != nil {
 		return fmt.Errorf("job submit: %w", err)
 	}
-	if err := coordinator.NormalizeSpec(spec); err != nil {
+	if err := round.NormalizeSpec(spec, model.Catalog{}, dataset.Check); err != nil {
 		return fmt.Errorf("job submit: %w", specFlagError(err))
 	}
 	var base tensor.Set

@@ -92,14 +92,14 @@ func modelCommand() *cli.Command {
 						}
 						train = train.Subset(train.WithLabels(digits...))
 					}
-					if arch.Sizes[0] != train.Dim || arch.Sizes[len(arch.Sizes)-1] != train.Classes {
-						return fmt.Errorf("model %s takes %d inputs to %d classes; data set %s has %d to %d", c.String("model"), arch.Sizes[0], arch.Sizes[len(arch.Sizes)-1], name, train.Dim, train.Classes)
+					if err := arch.CheckData(train.Dim, train.Classes); err != nil {
+						return fmt.Errorf("model %s on data set %s: %w", c.String("model"), name, err)
 					}
 					params, err := demo.Pretrain(c.Context, arch, train, c.Int("epochs"), c.Float64("lr"), c.Uint64("seed"), c.App.Writer)
 					if err != nil {
 						return err
 					}
-					ev, err := model.NewEvaluator(arch, 1000)
+					ev, err := arch.NewEvaluator(1000)
 					if err != nil {
 						return err
 					}
@@ -137,7 +137,7 @@ func modelCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					ev, err := model.NewEvaluator(arch, 1000)
+					ev, err := arch.NewEvaluator(1000)
 					if err != nil {
 						return err
 					}

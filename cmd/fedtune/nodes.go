@@ -17,8 +17,10 @@ import (
 
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/central"
 	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/internal/pki"
+	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/worker"
@@ -74,7 +76,7 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 				HeartbeatTimeout: c.Duration("raft-heartbeat-timeout"), ElectionTimeout: c.Duration("raft-election-timeout"), LeaderLeaseTimeout: c.Duration("raft-lease-timeout"),
 				ServerGrace: c.Duration("server-grace"), SnapshotThreshold: c.Uint64("snapshot-threshold"), HTTPAddr: c.String("http-addr"), Pprof: c.Bool("pprof"),
 				MaxBlobBytes: c.Int64("max-blob-bytes"), WorkerGrace: c.Duration("worker-grace"), TLS: tlsNode, GossipKeys: keys, SubmitRate: c.Float64("submit-rate"), SubmitBurst: c.Int("submit-burst"), Logger: base,
-			})
+			}, coordinator.Deps{Models: model.Catalog{}, Evaluator: central.New()})
 			if err != nil {
 				return err
 			}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/round"
 )
 
@@ -56,7 +55,7 @@ var specFlags = map[string]string{
 // specFlagError rewrites a spec field's error to name the flag that sets
 // it: "--lr NaN: want …" rather than "train.learning_rate: NaN: want …".
 func specFlagError(err error) error {
-	if fe, ok := errors.AsType[*coordinator.FieldError](err); ok {
+	if fe, ok := errors.AsType[*round.FieldError](err); ok {
 		if flag, ok := specFlags[fe.Field]; ok {
 			return fmt.Errorf("--%s %w", flag, fe.Err)
 		}

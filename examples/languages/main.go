@@ -17,6 +17,7 @@ import (
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/lora"
 	"github.com/fedtune/fedtune/model"
 	"github.com/fedtune/fedtune/tensor"
 )
@@ -39,11 +40,11 @@ func main() {
 	check(err)
 
 	// 1. The base: central training on English words only.
-	tr, _ := model.NewTrainer(arch)
+	tr, _ := arch.NewTrainer()
 	base, _, err := tr.Train(ctx, arch.Init(1), en, model.TrainConfig{Epochs: 4, BatchSize: 64, LR: 0.5, Momentum: 0.9, Seed: 1})
 	check(err)
 	tr.Close()
-	ev, _ := model.NewEvaluator(arch, 1000)
+	ev, _ := arch.NewEvaluator(1000)
 	defer ev.Close()
 	bpc := func(params tensor.Set, g int) float64 {
 		e, err := ev.Evaluate(params, byGroup(test, g))
@@ -64,17 +65,18 @@ func main() {
 			workers = append(workers, worker{g, d.Subset(p)})
 		}
 	}
-	l := model.LoRA{Rank: *rank, Alpha: *alpha}
+	l := lora.Config{Rank: *rank, Alpha: *alpha}
 	cfg := model.TrainConfig{Epochs: 1, BatchSize: 32, LR: 0.1, Momentum: 0.9}
 	// federate trains one adapter over rounds with the given workers.
 	federate := func(members []worker, exact bool) tensor.Set {
-		ad := l.InitAdapter(arch, 5)
+		ad, err := l.Init(arch, 5)
+		check(err)
 		for r := 0; r < *rounds; r++ {
 			ups := make([]aggregation.Update, len(members))
 			for i, w := range members {
 				c := cfg
 				c.Seed = uint64(r*100 + i)
-				next, met, err := l.TrainAdapter(ctx, arch, base, ad, w.data, c)
+				next, met, err := tr.TrainAdapter(ctx, l, base, ad, w.data, c)
 				check(err)
 				ups[i] = aggregation.Update{Worker: fmt.Sprintf("w%02d", i), Delta: next, Samples: uint64(met.Samples)}
 			}
@@ -107,7 +109,9 @@ func main() {
 		per[g] = merge(federate(members, false))
 	}
 
-	adapterBytes, modelBytes := 4*l.AdapterLayout(arch).Len(), 4*arch.Layout().Len()
+	adLayout, err := l.Layout(arch)
+	check(err)
+	adapterBytes, modelBytes := 4*adLayout.Len(), 4*arch.Layout().Len()
 	fmt.Printf("| model | %s |\n|---|---|---|---|\n", join(langs))
 	row := func(name string, f func(g int) float64) {
 		fmt.Printf("| %s |", name)

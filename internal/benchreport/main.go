@@ -75,7 +75,7 @@ func training(tw *tabwriter.Writer) {
 	data := train.Subset(train.WithLabels(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)[:8192])
 	fmt.Fprintln(tw, "Gorgonia training, mnist-mlp 784-256-10\tbatch\tsamples/s\tms/step\t")
 	for _, batch := range []int{64, 256} {
-		tr, _ := model.NewTrainer(arch)
+		tr, _ := arch.NewTrainer()
 		base := arch.Init(1)
 		const steps = 8
 		res := testing.Benchmark(func(b *testing.B) {

@@ -125,7 +125,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}
 
 	// 1. The base model: trained centrally on a few digits only.
-	fmt.Fprintf(out, "fedtune demo: %d workers, %d rounds, model %s %v\n", cfg.Workers, cfg.Rounds, cfg.Model, arch.Sizes)
+	fmt.Fprintf(out, "fedtune demo: %d workers, %d rounds, model %s %v\n", cfg.Workers, cfg.Rounds, cfg.Model, arch)
 	fmt.Fprintf(out, "step 1/3  base model: central training on digits %v only (%d epoch)\n", cfg.BaseLabels, cfg.BaseEpochs)
 	baseData := train.Subset(train.WithLabels(cfg.BaseLabels...))
 	base, err := Pretrain(ctx, arch, baseData, cfg.BaseEpochs, 0.05, cfg.Seed, out)
@@ -255,8 +255,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 // Pretrain trains a fresh model centrally on data for epochs, printing a
 // line per epoch.
-func Pretrain(ctx context.Context, arch model.MLP, data *dataset.Examples, epochs int, lr float64, seed uint64, out io.Writer) (tensor.Set, error) {
-	tr, err := model.NewTrainer(arch)
+func Pretrain(ctx context.Context, arch model.Architecture, data *dataset.Examples, epochs int, lr float64, seed uint64, out io.Writer) (tensor.Set, error) {
+	tr, err := arch.NewTrainer()
 	if err != nil {
 		return tensor.Set{}, err
 	}

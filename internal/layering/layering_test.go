@@ -37,6 +37,8 @@ func TestDependencyRules(t *testing.T) {
 			"google.golang.org/grpc", "github.com/hashicorp/", "net/http",
 			module + "/coordinator", module + "/dataset",
 		}},
+		{module + "/coordinator", []string{module + "/model", module + "/dataset", "gorgonia.org/"}},
+		{module + "/lora", []string{module + "/model", "gorgonia.org/"}},
 		{module + "/tensor", []string{module + "/aggregation", module + "/model",
 			module + "/protocol", module + "/coordinator"}},
 	}

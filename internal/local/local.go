@@ -12,6 +12,8 @@ import (
 
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/central"
+	"github.com/fedtune/fedtune/model"
 	"github.com/fedtune/fedtune/worker"
 )
 
@@ -34,7 +36,7 @@ type Cluster struct {
 // and returns once every worker is in the coordinator's roster.
 func Start(ctx context.Context, dataDir string, workers []Worker, tmpl worker.Config, logger *slog.Logger) (*Cluster, error) {
 	coord, err := coordinator.New(coordinator.Config{NodeID: "coordinator-1", DataDir: dataDir, GRPCAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0",
-		GossipAddr: "127.0.0.1:0", Bootstrap: true, Profile: "local", Logger: logger})
+		GossipAddr: "127.0.0.1:0", Bootstrap: true, Profile: "local", Logger: logger}, coordinator.Deps{Models: model.Catalog{}, Evaluator: central.New()})
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/internal/central"
+	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 )
 
@@ -127,7 +129,7 @@ func (cl *Cluster) Start(nd *Node) {
 			nd.Cfg.Join = append(nd.Cfg.Join, o.Cfg.GossipAddr)
 		}
 	}
-	c, err := coordinator.New(nd.Cfg)
+	c, err := coordinator.New(nd.Cfg, coordinator.Deps{Models: model.Catalog{}, Evaluator: central.New()})
 	if err != nil {
 		cl.t.Fatalf("start %s: %v", nd.Name, err)
 	}

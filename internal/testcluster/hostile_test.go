@@ -19,6 +19,7 @@ import (
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
+	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -138,8 +139,8 @@ func TestHostileUpdates(t *testing.T) {
 	j, _ = c.FSM().Job("j")
 	rec := j.History[0]
 	for _, u := range rec.Accepted {
-		if u.Worker == "w1" && u.Samples != coordinator.SampleCap(j.Spec) {
-			t.Errorf("w1's claim of 1.8e19 samples counted as %d, want the cap %d (steps × batch)", u.Samples, coordinator.SampleCap(j.Spec))
+		if u.Worker == "w1" && u.Samples != round.SampleCap(j.Spec) {
+			t.Errorf("w1's claim of 1.8e19 samples counted as %d, want the cap %d (steps × batch)", u.Samples, round.SampleCap(j.Spec))
 		}
 	}
 	if got := metric(t, c, "fedtune_update_samples_capped_total"); got != 1 {

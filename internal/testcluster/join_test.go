@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/internal/central"
+	"github.com/fedtune/fedtune/model"
 )
 
 // TestCoordinatorsStartedInAnyOrder starts three coordinators that all
@@ -31,7 +33,7 @@ func TestCoordinatorsStartedInAnyOrder(t *testing.T) {
 		} else {
 			cfg.Join = []string{seed}
 		}
-		c, err := coordinator.New(cfg)
+		c, err := coordinator.New(cfg, coordinator.Deps{Models: model.Catalog{}, Evaluator: central.New()})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/lora"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
@@ -44,8 +45,9 @@ func TestLoRAJob(t *testing.T) {
 	WaitFor(t, 10*time.Second, "3 workers in the roster", func() bool { return len(c.FSM().Workers()) == 3 })
 	arch, _ := model.Lookup("mnist-mlp-small")
 	base := arch.Init(3)
-	l := model.LoRA{Rank: 4, Alpha: 8}
-	adapterBytes, modelBytes := 4*l.AdapterLayout(arch).Len(), 4*arch.Layout().Len()
+	l := lora.Config{Rank: 4, Alpha: 8}
+	adLayout, _ := l.Layout(arch)
+	adapterBytes, modelBytes := 4*adLayout.Len(), 4*arch.Layout().Len()
 	pool := client.NewPool()
 	defer pool.Close()
 	conn, err := pool.Conn(c.GRPCAddr())
@@ -104,7 +106,7 @@ func TestLoRAJob(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := tensor.SameLayout(ad, l.AdapterLayout(arch)); err != nil {
+			if err := tensor.SameLayout(ad, adLayout); err != nil {
 				t.Fatalf("exported adapters: %v", err)
 			}
 			if !strings.HasSuffix(ad.Tensors[0].Name, ".lora_A.weight") || ad.Metadata["fedtune.lora_rank"] != "4" {
@@ -129,7 +131,7 @@ func TestLoRAJob(t *testing.T) {
 					t.Errorf("merged %s differs from base + exported adapters", tt.Name)
 				}
 			}
-			ev, _ := model.NewEvaluator(arch, 1000)
+			ev, _ := arch.NewEvaluator(1000)
 			defer ev.Close()
 			res, err := ev.Evaluate(merged, test)
 			if err != nil {
@@ -164,6 +166,7 @@ func TestLoRAJob(t *testing.T) {
 		return round != nil
 	})
 	wk := rpcpb.NewWorkerClient(conn)
+	rank2, _ := lora.Config{Rank: 2}.Layout(arch)
 	for _, tc := range []struct {
 		name  string
 		delta tensor.Set
@@ -171,7 +174,7 @@ func TestLoRAJob(t *testing.T) {
 		want  string
 	}{
 		{"whole model", arch.Layout(), codes.ResourceExhausted, "rank-4 adapters"},
-		{"rank 2", model.LoRA{Rank: 2}.AdapterLayout(arch), codes.InvalidArgument, "rank-4 adapters"},
+		{"rank 2", rank2, codes.InvalidArgument, "rank-4 adapters"},
 	} {
 		payload, _ := tensor.Marshal(tc.delta, tensor.F32)
 		_, err := wk.SubmitUpdate(t.Context(), &pb.SubmitUpdateRequest{WorkerId: "idle", Job: "lora-shapes", Round: round.Number, BaseModel: round.BaseModel,
@@ -184,7 +187,7 @@ func TestLoRAJob(t *testing.T) {
 	if len(j.OpenRound.GetUpdates()) != 0 {
 		t.Errorf("refused updates were recorded: %v", j.OpenRound.Updates)
 	}
-	payload, _ := tensor.Marshal(l.AdapterLayout(arch), tensor.F32)
+	payload, _ := tensor.Marshal(adLayout, tensor.F32)
 	if _, err := wk.SubmitUpdate(t.Context(), &pb.SubmitUpdateRequest{WorkerId: "idle", Job: "lora-shapes", Round: round.Number, BaseModel: round.BaseModel,
 		Codec: "fp32", Payload: payload, Samples: 10, Attempt: round.Attempt}); err != nil {
 		t.Errorf("an update of the adapters' shape is refused: %v", err)

@@ -12,7 +12,9 @@ import (
 
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/central"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
@@ -61,7 +63,7 @@ func StartCoordinator(t testing.TB, cfg coordinator.Config) *coordinator.Coordin
 	if cfg.Logger == nil {
 		cfg.Logger = Logger(t)
 	}
-	c, err := coordinator.New(cfg)
+	c, err := coordinator.New(cfg, coordinator.Deps{Models: model.Catalog{}, Evaluator: central.New()})
 	if err != nil {
 		t.Fatalf("start coordinator: %v", err)
 	}

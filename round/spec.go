@@ -1,4 +1,4 @@
-package coordinator
+package round
 
 import (
 	"errors"
@@ -7,10 +7,9 @@ import (
 	"regexp"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/dataset"
-	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/lora"
 	pb "github.com/fedtune/fedtune/protocol"
-	"github.com/fedtune/fedtune/round"
+	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tensor/codec"
 )
 
@@ -79,25 +78,42 @@ func checkUint[T uint32 | uint64](field string, v, hi T) error {
 
 var jobName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
+// Models is what job spec normalisation (and the coordinator) needs to know
+// of the model families a job may name: their parameter layout and the 2-D
+// weights LoRA may adapt. The binary answers with the model registry
+// (model.Catalog), so that neither this package nor the coordinator
+// imports the models.
+type Models interface {
+	// Layout returns the named architecture's zero-valued parameters, or
+	// an error naming the known architectures.
+	Layout(model string) (tensor.Set, error)
+	// LoRATargets names the weights LoRA may adapt in the architecture.
+	LoRATargets(model string) ([]string, error)
+}
+
 // NormalizeSpec fills a job spec's defaults and checks every field, naming
 // the bad one in its error (a *FieldError for numbers, a *ParamError for
-// async parameters).
-func NormalizeSpec(spec *pb.JobSpec) error {
+// async parameters). models answers for the model name; checkDataset, if
+// not nil, refuses a data set name (a coordinator without an evaluator
+// leaves data sets to its workers).
+func NormalizeSpec(spec *pb.JobSpec, models Models, checkDataset func(string) error) error {
 	if spec == nil {
 		return errors.New("job spec is missing")
 	}
 	if !jobName.MatchString(spec.Name) {
 		return fieldErr("name", "%q is not a valid job name: use 1-63 letters, digits, '.', '_' or '-'", spec.Name)
 	}
-	arch, err := model.Lookup(spec.Model)
+	layout, err := models.Layout(spec.Model)
 	if err != nil {
 		return &FieldError{"model", err}
 	}
 	if spec.Dataset == "" {
 		return fieldErr("dataset", "missing")
 	}
-	if _, err := dataset.Load(spec.Dataset, dataset.Test); err != nil {
-		return &FieldError{"dataset", err}
+	if checkDataset != nil {
+		if err := checkDataset(spec.Dataset); err != nil {
+			return &FieldError{"dataset", err}
+		}
 	}
 	if spec.Rounds == 0 {
 		return fieldErr("rounds", "must be at least 1")
@@ -135,7 +151,7 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if err := checkAggregatorParams(spec.AggregatorParams); err != nil {
 		return err
 	}
-	if _, err := aggregation.NewRule(spec.Aggregator, round.RuleParams(spec.AggregatorParams)); err != nil {
+	if _, err := aggregation.NewRule(spec.Aggregator, RuleParams(spec.AggregatorParams)); err != nil {
 		return &FieldError{"aggregator", err}
 	}
 	if err := checkServerOptimizer(spec.ServerOptimizer); err != nil {
@@ -147,10 +163,16 @@ func NormalizeSpec(spec *pb.JobSpec) error {
 	if _, err := codec.New(spec.Codec); err != nil {
 		return &FieldError{"codec", err}
 	}
-	if err := normalizeLoRA(spec, arch); err != nil {
-		return err
+	if spec.Lora != nil {
+		targets, err := models.LoRATargets(spec.Model)
+		if err != nil {
+			return &FieldError{"model", err}
+		}
+		if err := normalizeLoRA(spec, lora.Static{Params: layout, Targets: targets}); err != nil {
+			return err
+		}
 	}
-	if err := round.NormalizeAsync(spec); err != nil {
+	if err := NormalizeAsync(spec); err != nil {
 		return err
 	}
 	return normalizeTrain(spec)
@@ -218,7 +240,7 @@ func checkServerOptimizer(o *pb.ServerOptimizer) error {
 			return err
 		}
 	}
-	if _, err := round.NewOptimizer(o); err != nil {
+	if _, err := NewOptimizer(o); err != nil {
 		return &FieldError{"server_optimizer", err}
 	}
 	return nil
@@ -253,4 +275,37 @@ func SampleCap(spec *pb.JobSpec) uint64 {
 		return uint64(t.LocalSteps) * uint64(max(t.BatchSize, 1))
 	}
 	return DefaultMaxSamples
+}
+
+// normalizeLoRA fills a LoRA spec's defaults and checks it against the
+// architecture and the job's rule.
+func normalizeLoRA(spec *pb.JobSpec, base lora.Base) error {
+	l := spec.Lora
+	if l == nil {
+		return nil
+	}
+	if err := (lora.Config{Rank: int(l.Rank)}).Check(base); err != nil {
+		return err
+	}
+	if l.Alpha == 0 {
+		l.Alpha = 2 * float64(l.Rank)
+	}
+	if !(l.Alpha > 0) || math.IsInf(l.Alpha, 0) {
+		return fieldErr("lora.alpha", "%v must be a positive finite number", l.Alpha)
+	}
+	switch l.Aggregation {
+	case "":
+		l.Aggregation = LoRANaive
+	case LoRANaive:
+	case LoRAExact:
+		if spec.Aggregator != "fedavg" {
+			return fmt.Errorf("lora: aggregation %q averages the workers' products B·A; it cannot be combined with aggregator %q (use lora aggregation %q for robust rules)", LoRAExact, spec.Aggregator, LoRANaive)
+		}
+		if n := spec.ServerOptimizer.GetName(); n != "" && n != "plain" {
+			return fmt.Errorf("lora: aggregation %q sets the adapters directly; server optimizer %q needs %q", LoRAExact, n, LoRANaive)
+		}
+	default:
+		return fmt.Errorf("lora: aggregation %q: want %s or %s", l.Aggregation, LoRANaive, LoRAExact)
+	}
+	return nil
 }
