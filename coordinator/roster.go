@@ -7,6 +7,7 @@ import (
 	"maps"
 	"sync"
 
+	"github.com/fedtune/fedtune/coordinator/roster"
 	"github.com/fedtune/fedtune/internal/gossip"
 	pb "github.com/fedtune/fedtune/protocol"
 )
@@ -44,107 +45,65 @@ func (p *workerProofs) get(worker string) (map[string]string, bool) {
 	return l, ok
 }
 
-// reconcile writes gossip's view of workers into the roster (Consul's
-// reconcileMember) and returns the ids of live, rostered workers.
+// reconcile writes gossip's view of workers into the roster (the pure
+// roster.Reconciler decides; this commits and logs) and returns the live,
+// rostered workers.
 //
-// A member whose name is not a valid node name is ignored, as is (without
-// TLS) one whose labels are not valid; with TLS a member is rostered only
-// once proven (workerProofs), with the labels it proved.
-//
-// Absence from gossip means a worker is gone only if this node's gossip is
-// part of the pool. A leader whose gossip sees fewer than a majority of the
-// Raft voters — its gossip port blocked while Raft's is open, or a gossip
-// key the others do not hold — is cut off from it, and would otherwise
-// withdraw every assignment, abort every round and, after the grace
-// period, empty the roster while the workers are fine. Cut off, it takes
-// every rostered worker as live (deadlines still end the work of those
-// truly gone) and removes none, until gossip sees a majority again.
+// A member whose name is not a valid node name is not rostered, nor
+// (without TLS) one whose labels are not valid; with TLS a member is
+// rostered only once proven (workerProofs), with the labels it proved.
 func (s *scheduler) reconcile() map[string]*pb.WorkerInfo {
-	now := s.c.clock.Now()
-	members := s.c.gossip.Members() // read once: coordinators for the check, workers for the roster
-	seen, voters, err := s.c.votersInGossip(members)
-	if cut := err == nil && seen < voters/2+1; cut != s.cutOff {
-		s.cutOff = cut
-		if cut {
-			s.log.Warn("gossip sees too few coordinators to be believed: taking every rostered worker as live", "voters_seen", seen, "voters", voters)
-		} else {
-			s.log.Info("gossip sees a majority of coordinators again", "voters_seen", seen, "voters", voters)
-		}
-	}
-	roster := map[string]*pb.WorkerInfo{}
+	members := s.c.gossip.Members() // read once: coordinators for the cut-off guard, workers for the roster
+	v := roster.View{Now: s.c.clock.Now(), Roster: map[string]*pb.WorkerInfo{}, Revoked: func(id string) bool {
+		_, revoked := s.c.fsm.Revoked(id)
+		return revoked
+	}}
+	var err error
+	v.VotersSeen, v.Voters, err = s.c.votersInGossip(members)
+	v.VotersKnown = err == nil
 	for _, w := range s.c.fsm.Workers() {
-		roster[w.Id] = w
+		v.Roster[w.Id] = w
 	}
-	alive := map[string]*pb.WorkerInfo{}
 	for _, m := range members {
-		if m.Meta.Role != gossip.RoleWorker {
-			continue
-		}
-		delete(s.goneSince, m.Name)
-		if _, revoked := s.c.fsm.Revoked(m.Name); revoked {
-			continue // never back in the roster
-		}
-		cur, ok := roster[m.Name]
-		labels, err := s.memberLabels(m)
-		if err != nil {
-			unproven := errors.Is(err, errNotProven)
-			if ok && unproven {
-				alive[m.Name] = cur // rostered by an earlier leader; it will poll this one
-			}
-			if !s.ignored[m.Name] {
-				level := slog.LevelWarn
-				if unproven {
-					level = slog.LevelInfo // a real worker's first poll is on its way
-				}
-				s.log.Log(context.Background(), level, "gossip member not rostered", "member", m.Name, "reason", err)
-				s.ignored[m.Name] = true
-			}
-			continue
-		}
-		delete(s.ignored, m.Name)
-		if !ok || cur.GrpcAddr != m.Meta.GRPC || !maps.Equal(cur.Labels, labels) {
-			w := &pb.WorkerInfo{Id: m.Name, GrpcAddr: m.Meta.GRPC, Labels: labels, LastSeenUnixNano: now.UnixNano()}
-			if err := s.c.apply(pb.CommandType_COMMAND_TYPE_UPSERT_WORKER, &pb.UpsertWorker{Worker: w}); err != nil {
-				s.log.Warn("roster update failed", "worker", m.Name, "err", err)
-				continue
-			}
-			s.log.Info("worker joined", "worker", m.Name, "labels", labels)
-			cur = w
-		}
-		alive[m.Name] = cur
-	}
-	for id, w := range roster {
-		if _, ok := alive[id]; ok {
-			continue
-		}
-		if s.cutOff {
-			delete(s.goneSince, id) // its grace starts when gossip can see it again
-			if _, revoked := s.c.fsm.Revoked(id); !revoked {
-				alive[id] = w
-			}
-			continue
-		}
-		since, ok := s.goneSince[id]
-		if !ok {
-			s.goneSince[id] = now
-			continue
-		}
-		if now.Sub(since) > s.c.cfg.WorkerGrace {
-			if err := s.c.apply(pb.CommandType_COMMAND_TYPE_REMOVE_WORKER, &pb.RemoveWorker{Id: id}); err == nil {
-				s.log.Info("worker removed after grace period", "worker", id)
-				delete(s.goneSince, id)
-			}
+		if m.Meta.Role == gossip.RoleWorker {
+			labels, err := s.memberLabels(m)
+			v.Members = append(v.Members, roster.Member{Name: m.Name, GRPC: m.Meta.GRPC, Labels: labels, Err: err})
 		}
 	}
-	return alive
+	res := s.roster.Reconcile(v)
+	if res.CutOffChanged {
+		if res.CutOff {
+			s.log.Warn("gossip sees too few coordinators to be believed: taking every rostered worker as live", "voters_seen", v.VotersSeen, "voters", v.Voters)
+		} else {
+			s.log.Info("gossip sees a majority of coordinators again", "voters_seen", v.VotersSeen, "voters", v.Voters)
+		}
+	}
+	for _, m := range res.Refused {
+		level := slog.LevelWarn
+		if errors.Is(m.Err, roster.ErrNotProven) {
+			level = slog.LevelInfo // a real worker's first poll is on its way
+		}
+		s.log.Log(context.Background(), level, "gossip member not rostered", "member", m.Name, "reason", m.Err)
+	}
+	for _, w := range res.Upserts {
+		if err := s.c.apply(pb.CommandType_COMMAND_TYPE_UPSERT_WORKER, &pb.UpsertWorker{Worker: w}); err != nil {
+			s.log.Warn("roster update failed", "worker", w.Id, "err", err)
+			delete(res.Alive, w.Id)
+			continue
+		}
+		s.log.Info("worker joined", "worker", w.Id, "labels", w.Labels)
+	}
+	for _, id := range res.Removes {
+		if err := s.c.apply(pb.CommandType_COMMAND_TYPE_REMOVE_WORKER, &pb.RemoveWorker{Id: id}); err == nil {
+			s.log.Info("worker removed after grace period", "worker", id)
+			s.roster.Removed(id)
+		}
+	}
+	return res.Alive
 }
 
-// errNotProven: with TLS, a worker member that has not polled with a
-// worker certificate of its name.
-var errNotProven = errors.New("has not polled with a worker certificate of this name (gossip alone grants nothing)")
-
 // memberLabels returns the labels a worker member is rostered with, or why
-// it is not rostered (errNotProven, or its name or labels are invalid).
+// it is not rostered (roster.ErrNotProven, or its name or labels are invalid).
 func (s *scheduler) memberLabels(m gossip.Member) (map[string]string, error) {
 	if err := gossip.CheckName(m.Name); err != nil {
 		return nil, err
@@ -157,7 +116,7 @@ func (s *scheduler) memberLabels(m gossip.Member) (map[string]string, error) {
 	}
 	labels, ok := s.c.proofs.get(m.Name)
 	if !ok {
-		return nil, errNotProven
+		return nil, roster.ErrNotProven
 	}
 	return labels, nil
 }

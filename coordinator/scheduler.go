@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/aggregation"
+	"github.com/fedtune/fedtune/coordinator/roster"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
@@ -44,7 +45,7 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	} else {
 		log.Info("leading: scheduler started")
 	}
-	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, goneSince: map[string]time.Time{}, waitLogged: map[string]bool{}, ignored: map[string]bool{},
+	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, waitLogged: map[string]bool{}, roster: roster.New(c.cfg.WorkerGrace),
 		servers: &serverReconciler{c: c, goneSince: map[string]time.Time{}, caughtUp: map[string]int{}}}
 	t := time.NewTicker(c.cfg.TickInterval)
 	defer t.Stop()
@@ -65,12 +66,10 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 type scheduler struct {
 	c          *Coordinator
 	log        *slog.Logger
-	attempts   map[string]uint32    // job -> aborted attempts of its current round
-	goneSince  map[string]time.Time // worker -> when gossip stopped seeing it
+	attempts   map[string]uint32 // job -> aborted attempts of its current round
 	waitLogged map[string]bool
-	ignored    map[string]bool // gossip members not rostered (logged once)
-	servers    *serverReconciler
-	cutOff     bool // gossip sees too few voters to be believed (reconcile)
+	roster     *roster.Reconciler // workers: gossip -> roster commands
+	servers    *serverReconciler  // coordinators: gossip -> Raft configuration
 }
 
 func (s *scheduler) tick(ctx context.Context) {
