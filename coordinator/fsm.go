@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -22,14 +21,15 @@ import (
 // Errors an FSM command may be refused with. They are returned as the
 // apply response (the log entry is kept, the state is unchanged), and the
 // gRPC layer maps them to status codes.
+// The round-level ones are the round core's.
 var (
 	ErrUnknownJob   = errors.New("unknown job")
 	ErrJobExists    = errors.New("job already exists")
-	ErrJobNotActive = errors.New("job is not running")
-	ErrStaleRound   = errors.New("round is not open")
-	ErrNotSelected  = errors.New("worker is not selected for this round")
-	ErrDuplicate    = errors.New("update already accepted")
-	ErrRoundOpen    = errors.New("a round is already open")
+	ErrJobNotActive = round.ErrJobNotActive
+	ErrStaleRound   = round.ErrStaleRound
+	ErrNotSelected  = round.ErrNotSelected
+	ErrDuplicate    = round.ErrDuplicate
+	ErrRoundOpen    = round.ErrRoundOpen
 )
 
 // CommandVersion is the Command envelope version this build writes and reads.
@@ -129,63 +129,32 @@ func decode(payload []byte, m proto.Message) error {
 	return nil
 }
 
+// The job commands decode their payload and call the round core's
+// transition on the job's state (round.Job).
+
 func applyRegisterJob(f *FSM, payload []byte, at int64) error {
 	var c pb.RegisterJob
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
-	name := c.GetSpec().GetName()
-	if name == "" {
-		return fmt.Errorf("register job: no spec or no name") // found by FuzzFSMCommands: a nil spec panicked
+	if _, ok := f.jobs[c.GetSpec().GetName()]; ok {
+		return fmt.Errorf("register %q: %w", c.Spec.Name, ErrJobExists)
 	}
-	if _, ok := f.jobs[name]; ok {
-		return fmt.Errorf("register %q: %w", name, ErrJobExists)
+	j, err := round.NewJob(c.Spec, c.BaseMetrics, at)
+	if err != nil {
+		return err
 	}
-	dropNonFinite(c.BaseMetrics)
-	f.jobs[name] = &pb.Job{
-		Spec:              c.Spec,
-		Status:            pb.JobStatus_JOB_STATUS_RUNNING,
-		CurrentModel:      round.InitialModel(c.Spec),
-		SubmittedUnixNano: at,
-		BaseMetrics:       c.BaseMetrics,
-	}
-	if round.IsAsync(c.Spec) {
-		f.jobs[name].Async = &pb.AsyncState{NextTask: 1, VersionStartedUnixNano: at}
-	}
+	f.jobs[c.Spec.Name] = j.Job
 	return nil
 }
 
-// finiteOr0 returns v, or 0 for a NaN or an infinity: a score is a
-// description of an update (its cosine with an aggregate of zero norm is
-// undefined), and the replicated state holds finite numbers only.
-func finiteOr0(v float64) float64 {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return 0
-	}
-	return v
-}
-
-// dropNonFinite deletes NaN and infinite values from m. The leader never
-// proposes them (updates with them are refused, aggregates checked); this
-// keeps the rule in the state even for a log written before, or by a
-// faulty leader, the same way on every node.
-func dropNonFinite(m map[string]float64) {
-	for k, v := range m {
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			delete(m, k)
-		}
-	}
-}
-
-func (f *FSM) runningJob(name string) (*pb.Job, error) {
+// job returns a job's state, or ErrUnknownJob.
+func (f *FSM) job(name string) (round.Job, error) {
 	j, ok := f.jobs[name]
 	if !ok {
-		return nil, fmt.Errorf("job %q: %w", name, ErrUnknownJob)
+		return round.Job{}, fmt.Errorf("job %q: %w", name, ErrUnknownJob)
 	}
-	if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
-		return nil, fmt.Errorf("job %q is %s: %w", name, j.Status, ErrJobNotActive)
-	}
-	return j, nil
+	return round.Job{Job: j}, nil
 }
 
 func applyStartRound(f *FSM, payload []byte, _ int64) error {
@@ -193,38 +162,11 @@ func applyStartRound(f *FSM, payload []byte, _ int64) error {
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
-	j, err := f.runningJob(c.Job)
+	j, err := f.job(c.Job)
 	if err != nil {
 		return err
 	}
-	if round.IsAsync(j.Spec) {
-		return fmt.Errorf("start round of %q: an async job has no rounds: %w", c.Job, ErrStaleRound)
-	}
-	if j.OpenRound != nil {
-		return fmt.Errorf("start round %d of %q: round %d: %w", c.Round.GetNumber(), c.Job, j.OpenRound.Number, ErrRoundOpen)
-	}
-	if want := uint32(len(j.History)) + 1; c.Round.GetNumber() != want {
-		return fmt.Errorf("start round %d of %q, next is %d: %w", c.Round.GetNumber(), c.Job, want, ErrStaleRound)
-	}
-	j.OpenRound = c.Round
-	return nil
-}
-
-// openRound returns job's open round if it is number round.
-func (f *FSM) openRound(job string, round uint32) (*pb.Job, *pb.Round, error) {
-	j, err := f.runningJob(job)
-	if err != nil {
-		return nil, nil, err
-	}
-	r := j.OpenRound
-	if r == nil || r.Number != round {
-		open := "none"
-		if r != nil {
-			open = fmt.Sprint(r.Number)
-		}
-		return nil, nil, fmt.Errorf("job %q round %d (open: %s): %w", job, round, open, ErrStaleRound)
-	}
-	return j, r, nil
+	return j.StartRound(c.Round)
 }
 
 func applyAcceptUpdate(f *FSM, payload []byte, _ int64) error {
@@ -232,32 +174,11 @@ func applyAcceptUpdate(f *FSM, payload []byte, _ int64) error {
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
-	dropNonFinite(c.Update.GetMetrics())
-	if j, ok := f.jobs[c.Job]; ok && round.IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
-		return acceptAsync(j, &c)
-	}
-	_, r, err := f.openRound(c.Job, c.Round)
+	j, err := f.job(c.Job)
 	if err != nil {
 		return err
 	}
-	u := c.Update
-	if _, ok := slices.BinarySearch(r.Selected, u.GetWorker()); !ok {
-		return fmt.Errorf("worker %q, job %q round %d: %w", u.GetWorker(), c.Job, c.Round, ErrNotSelected)
-	}
-	i, found := slices.BinarySearchFunc(r.Updates, u.GetWorker(), func(a *pb.AcceptedUpdate, w string) int {
-		switch {
-		case a.Worker < w:
-			return -1
-		case a.Worker > w:
-			return 1
-		}
-		return 0
-	})
-	if found {
-		return fmt.Errorf("worker %q, job %q round %d: %w", u.GetWorker(), c.Job, c.Round, ErrDuplicate)
-	}
-	r.Updates = slices.Insert(r.Updates, i, u)
-	return nil
+	return j.AcceptUpdate(c.Round, c.Update)
 }
 
 func applyCommitRound(f *FSM, payload []byte, at int64) error {
@@ -265,39 +186,11 @@ func applyCommitRound(f *FSM, payload []byte, at int64) error {
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
-	dropNonFinite(c.Metrics)
-	for _, sc := range c.Scores {
-		sc.Weight, sc.Norm, sc.Distance, sc.Cosine = finiteOr0(sc.Weight), finiteOr0(sc.Norm), finiteOr0(sc.Distance), finiteOr0(sc.Cosine)
-	}
-	if j, ok := f.jobs[c.Job]; ok && round.IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
-		return commitAsync(j, &c, at)
-	}
-	j, r, err := f.openRound(c.Job, c.Round)
+	j, err := f.job(c.Job)
 	if err != nil {
 		return err
 	}
-	rec := &pb.RoundRecord{
-		Number:            r.Number,
-		Model:             c.Model,
-		Updates:           uint32(len(r.Updates)),
-		Metrics:           c.Metrics,
-		StartedUnixNano:   r.StartedUnixNano,
-		CommittedUnixNano: at,
-	}
-	for _, u := range r.Updates {
-		rec.Samples += u.Samples
-		rec.Workers = append(rec.Workers, u.Worker)
-	}
-	rec.Accepted = r.Updates
-	rec.Scores = c.Scores
-	rec.OptimizerState = c.OptimizerState
-	j.History = append(j.History, rec)
-	j.CurrentModel = c.Model
-	j.OpenRound = nil
-	if uint32(len(j.History)) >= j.Spec.GetRounds() {
-		j.Status = pb.JobStatus_JOB_STATUS_DONE
-	}
-	return nil
+	return j.CommitRound(&c, at)
 }
 
 func applyAbortRound(f *FSM, payload []byte, _ int64) error {
@@ -305,12 +198,11 @@ func applyAbortRound(f *FSM, payload []byte, _ int64) error {
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
-	j, _, err := f.openRound(c.Job, c.Round)
+	j, err := f.job(c.Job)
 	if err != nil {
 		return err
 	}
-	j.OpenRound = nil
-	return nil
+	return j.AbortRound(c.Round)
 }
 
 func applyFinishJob(f *FSM, payload []byte, _ int64) error {
@@ -318,12 +210,23 @@ func applyFinishJob(f *FSM, payload []byte, _ int64) error {
 	if err := decode(payload, &c); err != nil {
 		return err
 	}
-	j, err := f.runningJob(c.Job)
+	j, err := f.job(c.Job)
 	if err != nil {
 		return err
 	}
-	j.Status, j.Error, j.OpenRound = c.Status, c.Error, nil
-	return nil
+	return j.Finish(c.Status, c.Error)
+}
+
+func applyAssignTasks(f *FSM, payload []byte, _ int64) error {
+	var c pb.AssignTasks
+	if err := decode(payload, &c); err != nil {
+		return err
+	}
+	j, err := f.job(c.Job)
+	if err != nil {
+		return err
+	}
+	return j.AssignTasks(c.Assign, c.Release)
 }
 
 func applyUpsertWorker(f *FSM, payload []byte, _ int64) error {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/lora"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/round"
@@ -181,35 +180,4 @@ func (f *frozenCache) get(ctx context.Context, c *Coordinator, hash string) (ten
 	}
 	f.by[hash] = s
 	return s, nil
-}
-
-// aggregateExact is a LoRA job's exact aggregation: every worker's adapters
-// (the round's adapters plus its delta) are multiplied out, averaged by
-// samples and factorised back to rank r (aggregation.LoRAExact). It returns
-// the new adapters and, for the ledger, the scores of the deltas against the
-// change the round made.
-func aggregateExact(base tensor.Set, ups []aggregation.Update) (tensor.Set, []aggregation.Score, error) {
-	full := make([]aggregation.Update, len(ups))
-	for i, u := range ups {
-		d, err := tensor.Materialize(u.Source)
-		if err != nil {
-			return tensor.Set{}, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
-		}
-		next := base.Clone()
-		if err := next.AddScaled(1, d); err != nil {
-			return tensor.Set{}, nil, fmt.Errorf("update of %s: %w", u.Worker, err)
-		}
-		full[i] = aggregation.Update{Worker: u.Worker, Delta: next, Samples: u.Samples}
-		ups[i] = aggregation.Update{Worker: u.Worker, Delta: d, Samples: u.Samples}
-	}
-	out, err := aggregation.LoRAExact(full)
-	if err != nil {
-		return tensor.Set{}, nil, err
-	}
-	change, err := tensor.Diff(out, base)
-	if err != nil {
-		return tensor.Set{}, nil, err
-	}
-	scores, err := aggregation.ScoreAgainst(ups, change)
-	return out, scores, err
 }

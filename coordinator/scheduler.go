@@ -281,91 +281,49 @@ func (s *scheduler) commit(ctx context.Context, j *pb.Job, r *pb.Round) error {
 
 // aggregateRound recomputes round r of job j — its new model from its base
 // and accepted updates, with the server optimizer's state after the round
-// before and, async, the versions its stale updates were trained from. It
-// is deterministic, so any node can verify a committed round.
+// before and, async, the versions its stale updates were trained from — by
+// the round core's pipeline over this node's blobs. It is deterministic,
+// so any node can verify a committed round.
 func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
-	spec, stateHash := j.Spec, optimizerState(j, r.Number)
 	fail := func(err error) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
 		return tensor.Set{}, nil, nil, tensor.Set{}, err
 	}
-	base, err := c.blobSet(ctx, r.BaseModel)
+	p, err := round.NewPipeline(j.Spec)
 	if err != nil {
+		return fail(err)
+	}
+	in := round.Inputs{Number: r.Number, Updates: r.Updates}
+	if in.Base, err = c.blobSet(ctx, r.BaseModel); err != nil {
 		return fail(fmt.Errorf("base model: %w", err))
 	}
-	agg, err := aggregation.NewRule(spec.Aggregator, round.RuleParams(spec.AggregatorParams))
-	if err != nil {
-		return fail(err)
-	}
-	// Updates are read block by block during aggregation — uncompressed
-	// ones straight from their blob files, compressed ones decoded on
-	// demand from their payloads — so memory stays near one model plus a
-	// block per update, whatever the number of updates.
-	var ups []aggregation.Update
-	var lossSum, weight, staleSum float64
-	drifts := round.NewDrifts(base, spec.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return c.blobSet(ctx, round.VersionModel(j, v)) })
-	for _, u := range r.Updates {
-		src, closeFn, err := c.updateVector(ctx, u, base.Len())
-		if err != nil {
-			return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
-		}
-		defer closeFn()
-		key := u.Worker
-		if round.IsAsync(spec) {
-			// An update τ versions stale counts s(τ) times its delta
-			// (FedBuff); one worker may have several in a buffer.
-			tau := r.Number - 1 - min(u.BaseVersion, r.Number-1)
-			staleSum += float64(tau)
-			if spec.Async.GetDriftCorrection() > 0 && tau > 0 {
-				if src, err = drifts.Correct(src, u.BaseVersion); err != nil {
-					return fail(fmt.Errorf("update of %s: %w", u.Worker, err))
-				}
-			}
-			src, key = tensor.Scaled(src, float32(round.StalenessWeight(spec.Async, tau))), round.AsyncKey(u)
-		}
-		ups = append(ups, aggregation.Update{Worker: key, Source: src, Samples: u.Samples})
-		if l, ok := u.Metrics["loss"]; ok {
-			lossSum += l * float64(u.Samples)
-			weight += float64(u.Samples)
-		}
-	}
-	metrics := map[string]float64{}
-	if weight > 0 {
-		metrics["train_loss"] = lossSum / weight
-	}
-	if round.IsAsync(spec) && len(r.Updates) > 0 {
-		metrics["mean_staleness"] = staleSum / float64(len(r.Updates))
-		if spec.Async.GetDriftCorrection() > 0 {
-			metrics["mean_drift_removed"] = drifts.Removed() / float64(len(r.Updates))
-		}
-	}
-	if spec.GetLora().GetAggregation() == round.LoRAExact {
-		next, sc, err := aggregateExact(base, ups)
-		if err != nil {
-			return fail(err)
-		}
-		return next, metrics, pbScores(sc, false), tensor.Set{}, nil
-	}
-	delta, sc, err := agg.Aggregate(ups)
-	if err != nil {
-		return fail(err)
-	}
-	opt, err := round.NewOptimizer(spec.ServerOptimizer)
-	if err != nil {
-		return fail(err)
-	}
-	var state tensor.Set
-	if stateHash != "" {
-		if state, err = c.blobSet(ctx, stateHash); err != nil {
+	if h := optimizerState(j, r.Number); h != "" && !p.LoRAExact {
+		if in.State, err = c.blobSet(ctx, h); err != nil {
 			return fail(fmt.Errorf("server optimizer state: %w", err))
 		}
 	}
-	if base, state, err = opt.Step(base, delta, state); err != nil {
+	res, err := p.Run(ctx, in, blobSource{c: c, job: j})
+	if err != nil {
 		return fail(err)
 	}
-	if err := checkAggregate(base, metrics); err != nil {
+	if err := checkAggregate(res.Model, res.Metrics); err != nil {
 		return fail(err)
 	}
-	return base, metrics, pbScores(sc, round.IsAsync(spec)), state, nil
+	return res.Model, res.Metrics, pbScores(res.Scores, p.Async != nil && !p.LoRAExact), res.State, nil
+}
+
+// blobSource is the round core's update source on a coordinator: updates
+// and model versions from the blob store (fetched from peers if missing).
+type blobSource struct {
+	c   *Coordinator
+	job *pb.Job
+}
+
+func (s blobSource) Update(ctx context.Context, u *pb.AcceptedUpdate, n int) (tensor.Vector, func(), error) {
+	return s.c.updateVector(ctx, u, n)
+}
+
+func (s blobSource) Version(ctx context.Context, v uint32) (tensor.Set, error) {
+	return s.c.blobSet(ctx, round.VersionModel(s.job, v))
 }
 
 // ErrNotFinite refuses a round whose new model or metrics hold a NaN or an

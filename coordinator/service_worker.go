@@ -145,7 +145,7 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			Train:            j.Spec.Train,
 			Codec:            j.Spec.Codec,
 			DeadlineUnixNano: r.DeadlineUnixNano,
-			Seed:             j.Spec.Seed ^ uint64(r.Number)<<20 ^ uint64(r.Attempt),
+			Seed:             round.TaskSeed(j.Spec.Seed, r.Number, r.Attempt),
 			Attempt:          r.Attempt,
 		}
 		c.addLoRA(j, t)
@@ -190,7 +190,7 @@ func asyncTask(j *pb.Job, worker string, done []string) *pb.Task {
 			continue
 		}
 		return &pb.Task{Job: j.Spec.Name, Round: a.Version, Base: &pb.ModelRef{Hash: a.BaseModel}, Model: j.Spec.Model, Dataset: j.Spec.Dataset,
-			Train: j.Spec.Train, Codec: j.Spec.Codec, DeadlineUnixNano: a.DeadlineUnixNano, Seed: j.Spec.Seed ^ a.Task<<20, Attempt: uint32(a.Task)}
+			Train: j.Spec.Train, Codec: j.Spec.Codec, DeadlineUnixNano: a.DeadlineUnixNano, Seed: round.AsyncTaskSeed(j.Spec.Seed, a.Task), Attempt: uint32(a.Task)}
 	}
 	return nil
 }
@@ -284,7 +284,7 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 		return fmt.Errorf("job is %s: %w", j.Status, ErrJobNotActive)
 	}
 	if round.IsAsync(j.Spec) {
-		if err := checkAsyncUpdate(j, req.WorkerId, req.Round, uint64(req.Attempt)); err != nil {
+		if err := (round.Job{Job: j}).CheckAsyncUpdate(req.WorkerId, req.Round, uint64(req.Attempt)); err != nil {
 			return err
 		}
 		if a, _ := round.Assignment(j, uint64(req.Attempt)); req.BaseModel != a.BaseModel {

@@ -304,3 +304,13 @@ func Assignment(j *pb.Job, task uint64) (*pb.Assignment, bool) {
 // AsyncKey names an async update in an aggregation: one worker may have
 // several updates in a buffer.
 func AsyncKey(u *pb.AcceptedUpdate) string { return fmt.Sprintf("%s#%d", u.Worker, u.Task) }
+
+// AsyncTaskSeed is the training seed of an async job's task: the job's
+// seed with the task number mixed in (the coordinator sends it with the
+// task; the simulator derives its virtual workers' seeds from it).
+func AsyncTaskSeed(seed, task uint64) uint64 { return seed ^ task<<20 }
+
+// TaskSeed is the training seed of a sync round's attempt.
+func TaskSeed(seed uint64, number, attempt uint32) uint64 {
+	return seed ^ uint64(number)<<20 ^ uint64(attempt)
+}

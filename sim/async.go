@@ -139,7 +139,11 @@ func (q *eventQueue) Pop() any {
 func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult)) ([]RoundResult, error) {
 	spec := &pb.JobSpec{Name: "sim", Mode: round.ModeAsync, Async: cfg.Async, Aggregator: cfg.Rule, Seed: cfg.Seed,
 		RoundTimeoutSeconds: 1e9, Rounds: uint32(cfg.Rounds), AggregatorParams: &pb.AggregatorParams{F: uint32(cfg.Params.F), TrimFraction: cfg.Params.TrimFraction}}
-	job := &pb.Job{Spec: spec, CurrentModel: "v0", Async: &pb.AsyncState{NextTask: 1}}
+	spec.BaseModel = "v0" // versions are named v<n>: the source below serves them from memory
+	job, err := round.NewJob(spec, nil, 0)
+	if err != nil {
+		return nil, err
+	}
 	fleet := make([]*pb.WorkerInfo, cfg.Workers)
 	groups := 0
 	for _, x := range e.train.Group {
@@ -174,15 +178,23 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 		models   = map[uint32]tensor.Set{0: e.global} // the versions a stale update may come from, for drift correction
 	)
 	clock := func() time.Time { return time.Unix(0, 0).Add(time.Duration(now * float64(time.Second))) }
-	// schedule applies PlanAssignments at the current simulated time:
-	// withdrawn tasks are dropped, new ones trained (in parallel) from the
-	// current version and queued to finish after their worker's time.
+	src := memSource{codec: e.codec, payloads: payloads, models: models}
+	pipe := round.Pipeline{Rule: e.rule, Optimizer: e.opt, Async: cfg.Async}
+	// schedule applies PlanAssignments at the current simulated time
+	// through the job's AssignTasks transition: withdrawn tasks are
+	// dropped, new ones trained (in parallel) from the current version and
+	// queued to finish after their worker's time.
 	schedule := func() error {
-		assign, release := round.PlanAssignments(job, live(), clock())
+		if job.Running() != nil {
+			return nil // the last version is made
+		}
+		assign, release := round.PlanAssignments(job.Job, live(), clock())
 		for _, t := range release {
 			delete(pending, t)
 		}
-		job.Async.Assignments = slicesDelete(job.Async.Assignments, release)
+		if err := job.AssignTasks(assign, release); err != nil {
+			return fmt.Errorf("sim: %w", err)
+		}
 		if len(assign) == 0 {
 			return nil
 		}
@@ -191,21 +203,19 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 			a := assign[i]
 			w := index(a.Worker)
 			tc := cfg.Train
-			tc.Seed = cfg.Seed ^ a.Task<<20 ^ uint64(w)<<8
+			tc.Seed = round.AsyncTaskSeed(cfg.Seed, a.Task) ^ uint64(w)<<8
 			trained, met, err := tr.Train(ctx, global, e.train.Subset(e.parts[w]), tc)
 			if err != nil {
 				return fmt.Errorf("worker %d task %d: %w", w, a.Task, err)
 			}
 			d, err := tensor.Diff(trained, global)
-			tasks[i] = &inflight{at: now + e.taskSeconds(w, met.Seen, cfg.Seed^a.Task<<20), task: a.Task, worker: w, version: a.Version, delta: d, samples: uint64(len(e.parts[w]))}
+			tasks[i] = &inflight{at: now + e.taskSeconds(w, met.Seen, round.AsyncTaskSeed(cfg.Seed, a.Task)), task: a.Task, worker: w, version: a.Version, delta: d, samples: uint64(len(e.parts[w]))}
 			return err
 		})
 		if err != nil {
 			return err
 		}
 		for i, a := range assign {
-			job.Async.Assignments = append(job.Async.Assignments, a)
-			job.Async.NextTask = a.Task + 1
 			t := tasks[i]
 			pending[a.Task] = t
 			if cfg.Dropout > 0 {
@@ -250,55 +260,40 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 		}
 		delete(pending, t.task)
 		now = t.at
-		job.Async.Assignments = slicesDelete(job.Async.Assignments, []uint64{t.task})
 		payload, err := e.encode(t.worker, t.delta)
 		if err != nil {
 			return results, err
 		}
 		bytes += int64(len(payload))
 		payloads[t.task] = payload
-		job.Async.Buffer = append(job.Async.Buffer, &pb.AcceptedUpdate{Worker: WorkerID(t.worker), Task: t.task, BaseVersion: t.version, Samples: t.samples})
+		if err := job.AcceptUpdate(t.version, &pb.AcceptedUpdate{Worker: WorkerID(t.worker), Task: t.task, Samples: t.samples}); err != nil {
+			return results, fmt.Errorf("sim: %w", err)
+		}
 		if len(job.Async.Buffer) >= k {
 			version := uint32(len(results))
-			ups := make([]aggregation.Update, k)
-			rec := &pb.RoundRecord{Number: version + 1}
 			res := RoundResult{Round: int(version) + 1, Participants: k, Trained: k, Attempts: 1, Accuracy: math.NaN(), Loss: math.NaN(), Bytes: bytes, SimTime: now}
-			var stale float64
-			drifts := round.NewDrifts(global, cfg.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return models[v], nil })
-			for i, u := range job.Async.Buffer[:k] {
-				rec.Workers = append(rec.Workers, u.Worker)
+			used := job.Async.Buffer[:k]
+			for _, u := range used {
 				res.Workers = append(res.Workers, index(u.Worker))
-				v, err := codec.DecodeVector(e.codec, payloads[u.Task], global.Len())
-				if err != nil {
-					return results, err
-				}
-				tau := version - u.BaseVersion
-				stale += float64(tau)
-				if cfg.Async.GetDriftCorrection() > 0 && tau > 0 {
-					if v, err = drifts.Correct(v, u.BaseVersion); err != nil {
-						return results, err
-					}
-				}
-				ups[i] = aggregation.Update{Worker: fmt.Sprintf("%s#%d", u.Worker, u.Task), Source: tensor.Scaled(v, float32(round.StalenessWeight(cfg.Async, tau))), Samples: u.Samples}
-				delete(payloads, u.Task)
 			}
-			agg, _, err := e.rule.Aggregate(ups)
+			out, err := pipe.Run(ctx, round.Inputs{Number: version + 1, Base: global, State: state, Updates: used}, src)
 			if err != nil {
 				return results, fmt.Errorf("version %d: %w", version+1, err)
 			}
-			if global, state, err = e.opt.Step(global, agg, state); err != nil {
-				return results, err
+			for _, u := range used {
+				delete(payloads, u.Task)
 			}
+			global, state = out.Model, out.State
 			if cfg.Async.GetDriftCorrection() > 0 {
 				models[version+1] = global
 				if old := int(version) - int(cfg.Async.GetMaxStaleness()); old >= 0 {
 					delete(models, uint32(old)) // updates from it are refused from now on
 				}
 			}
-			job.Async.Buffer = job.Async.Buffer[k:]
-			job.History = append(job.History, rec)
-			job.CurrentModel = fmt.Sprintf("v%d", version+1)
-			res.MeanStaleness = stale / float64(k)
+			if err := job.CommitRound(&pb.CommitRound{Job: spec.Name, Round: version + 1, Model: fmt.Sprintf("v%d", version+1), Buffered: uint32(k)}, clock().UnixNano()); err != nil {
+				return results, fmt.Errorf("sim: %w", err)
+			}
+			res.MeanStaleness = out.Metrics["mean_staleness"]
 			bytes = 0
 			if err := e.evaluate(&res, global, len(results)+1 == cfg.Rounds); err != nil {
 				return results, err
@@ -318,19 +313,25 @@ func runAsync(ctx context.Context, cfg Config, e *env, progress func(RoundResult
 	return results, nil
 }
 
-// slicesDelete drops the assignments of the given tasks.
-func slicesDelete(as []*pb.Assignment, tasks []uint64) []*pb.Assignment {
-	out := as[:0]
-	for _, a := range as {
-		drop := false
-		for _, t := range tasks {
-			drop = drop || a.Task == t
-		}
-		if !drop {
-			out = append(out, a)
-		}
+// memSource is the round core's update source in the simulator: encoded
+// updates by task, and the model versions drift correction may need.
+type memSource struct {
+	codec    codec.Codec
+	payloads map[uint64][]byte
+	models   map[uint32]tensor.Set
+}
+
+func (m memSource) Update(_ context.Context, u *pb.AcceptedUpdate, n int) (tensor.Vector, func(), error) {
+	v, err := codec.DecodeVector(m.codec, m.payloads[u.Task], n)
+	return v, func() {}, err
+}
+
+func (m memSource) Version(_ context.Context, v uint32) (tensor.Set, error) {
+	s, ok := m.models[v]
+	if !ok {
+		return tensor.Set{}, fmt.Errorf("version %d is no longer kept", v)
 	}
-	return out
+	return s, nil
 }
 
 // env is what a simulated run shares between its sync and async drivers.

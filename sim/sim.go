@@ -226,13 +226,14 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	// DecideRound aborts a round in which fewer than MinUpdates arrive (the
 	// round is then planned again as a new attempt).
 	sched := newScheduler(cfg)
-	for round := 1; round <= cfg.Rounds; round++ {
+	pipe := round.Pipeline{Rule: rule, Optimizer: opt}
+	for number := 1; number <= cfg.Rounds; number++ {
 		start := time.Now()
-		sampled, dropped, attempts, err := sched.plan(round)
+		sampled, dropped, attempts, err := sched.plan(number)
 		if err != nil {
 			return results, err
 		}
-		res := RoundResult{Round: round, Participants: len(sampled), Attempts: attempts, Accuracy: math.NaN(), Loss: math.NaN()}
+		res := RoundResult{Round: number, Participants: len(sampled), Attempts: attempts, Accuracy: math.NaN(), Loss: math.NaN()}
 		deltas := make([]tensor.Set, len(sampled))
 		took := make([]float64, len(sampled)) // simulated seconds
 		err = pool.run(ctx, len(sampled), func(tr model.Trainer, i int) error {
@@ -246,12 +247,12 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 				src = flipped
 			}
 			tc := cfg.Train
-			tc.Seed = cfg.Seed ^ uint64(round)<<32 ^ uint64(w)<<8
+			tc.Seed = cfg.Seed ^ uint64(number)<<32 ^ uint64(w)<<8
 			trained, met, err := tr.Train(ctx, global, src.Subset(parts[w]), tc)
 			if err != nil {
-				return fmt.Errorf("worker %d round %d: %w", w, round, err)
+				return fmt.Errorf("worker %d round %d: %w", w, number, err)
 			}
-			took[i] = e.taskSeconds(w, met.Seen, cfg.Seed^uint64(round)<<32^uint64(w))
+			took[i] = e.taskSeconds(w, met.Seen, cfg.Seed^uint64(number)<<32^uint64(w))
 			deltas[i], err = tensor.Diff(trained, global)
 			return err
 		})
@@ -296,7 +297,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		}
 		if res.Participants < int(sched.job.Spec.ClientsPerRound) {
 			for _, w := range dropped {
-				res.SimTime = max(res.SimTime, e.vanish(w, cfg.Train, cfg.Seed^uint64(round)<<32^uint64(w))+cfg.DetectSeconds)
+				res.SimTime = max(res.SimTime, e.vanish(w, cfg.Train, cfg.Seed^uint64(number)<<32^uint64(w))+cfg.DetectSeconds)
 			}
 		}
 		simTime += res.SimTime
@@ -305,28 +306,24 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		for nb < len(sampled) && sampled[nb] < byz {
 			nb++
 		}
-		attack(cfg.Attack, deltas, nb, cfg.Seed^uint64(round))
-		ups := make([]aggregation.Update, len(sampled))
+		attack(cfg.Attack, deltas, nb, cfg.Seed^uint64(number))
+		ups := make([]*pb.AcceptedUpdate, len(sampled))
+		payloads := make(map[uint64][]byte, len(sampled))
 		for i, w := range sampled {
 			payload, err := e.encode(w, deltas[i])
 			if err != nil {
-				return results, fmt.Errorf("round %d: worker %d: encode: %w", round, w, err)
+				return results, fmt.Errorf("round %d: worker %d: encode: %w", number, w, err)
 			}
 			res.Bytes += int64(len(payload))
-			v, err := codec.DecodeVector(cd, payload, global.Len())
-			if err != nil {
-				return results, fmt.Errorf("round %d: worker %d: decode: %w", round, w, err)
-			}
-			ups[i] = aggregation.Update{Worker: WorkerID(w), Source: v, Samples: uint64(len(parts[w]))}
+			payloads[uint64(i)] = payload
+			ups[i] = &pb.AcceptedUpdate{Worker: WorkerID(w), Task: uint64(i), Samples: uint64(len(parts[w]))}
 		}
-		agg, _, err := rule.Aggregate(ups)
+		out, err := pipe.Run(ctx, round.Inputs{Number: uint32(number), Base: global, State: state, Updates: ups}, memSource{codec: cd, payloads: payloads})
 		if err != nil {
-			return results, fmt.Errorf("round %d: %w", round, err)
+			return results, fmt.Errorf("round %d: %w", number, err)
 		}
-		if global, state, err = opt.Step(global, agg, state); err != nil {
-			return results, err
-		}
-		if err := e.evaluate(&res, global, round == cfg.Rounds); err != nil { // diverged: chance accuracy
+		global, state = out.Model, out.State
+		if err := e.evaluate(&res, global, number == cfg.Rounds); err != nil { // diverged: chance accuracy
 			return results, err
 		}
 		res.Seconds = time.Since(start).Seconds()
@@ -440,10 +437,12 @@ func firstArrivals(workers []int, deltas []tensor.Set, took []float64, k int) ([
 	return w, d, t
 }
 
-// scheduler plans rounds with the coordinator's PlanRound and DecideRound.
+// scheduler plans rounds with the round core's PlanRound and DecideRound,
+// and records them through the job's transitions as the FSM does (a round
+// started, its arrived updates accepted, then committed or aborted).
 type scheduler struct {
 	cfg   Config
-	job   *pb.Job
+	job   round.Job
 	live  []*pb.WorkerInfo
 	index map[string]int
 }
@@ -454,7 +453,8 @@ func newScheduler(cfg Config) *scheduler {
 		k = cfg.Workers
 	}
 	s := &scheduler{cfg: cfg, index: make(map[string]int, cfg.Workers),
-		job: &pb.Job{Spec: &pb.JobSpec{Name: "sim", Seed: cfg.Seed, ClientsPerRound: uint32(k), MinUpdates: uint32(max(cfg.MinUpdates, 1)), OverSelect: cfg.OverSelect, RoundTimeoutSeconds: 1}}}
+		job: round.Job{Job: &pb.Job{Status: pb.JobStatus_JOB_STATUS_RUNNING, Spec: &pb.JobSpec{Name: "sim", Seed: cfg.Seed, Rounds: uint32(cfg.Rounds),
+			ClientsPerRound: uint32(k), MinUpdates: uint32(max(cfg.MinUpdates, 1)), OverSelect: cfg.OverSelect, RoundTimeoutSeconds: 1}}}}
 	for w := range cfg.Workers {
 		id := WorkerID(w)
 		s.live = append(s.live, &pb.WorkerInfo{Id: id})
@@ -470,14 +470,14 @@ func WorkerID(w int) string { return fmt.Sprintf("w%06d", w) }
 // sampled whose updates never arrive (the attempt that committed), and the
 // attempts it took.
 func (s *scheduler) plan(number int) (arrived, dropped []int, attempts int, err error) {
-	for len(s.job.History) < number-1 {
-		s.job.History = append(s.job.History, &pb.RoundRecord{})
-	}
 	t0 := time.Unix(0, 0)
 	for attempt := uint32(0); attempt < 100; attempt++ {
-		r, err := round.PlanRound(s.job, s.live, t0, attempt)
+		r, err := round.PlanRound(s.job.Job, s.live, t0, attempt)
 		if err != nil {
 			return nil, nil, 0, err
+		}
+		if err := s.job.StartRound(r); err != nil {
+			return nil, nil, 0, fmt.Errorf("sim: %w", err)
 		}
 		drop := rand.New(rand.NewPCG(s.cfg.Seed^0xd209, uint64(number)<<32|uint64(attempt)))
 		arrived, dropped = nil, nil
@@ -486,15 +486,24 @@ func (s *scheduler) plan(number int) (arrived, dropped []int, attempts int, err 
 			alive[id] = true
 			if drop.Float64() >= s.cfg.Dropout {
 				arrived = append(arrived, s.index[id])
-				r.Updates = append(r.Updates, &pb.AcceptedUpdate{Worker: id})
+				if err := s.job.AcceptUpdate(r.Number, &pb.AcceptedUpdate{Worker: id}); err != nil {
+					return nil, nil, 0, fmt.Errorf("sim: %w", err)
+				}
 			} else {
 				dropped = append(dropped, s.index[id])
 			}
 		}
 		// At the deadline (simulated time), with what arrived.
 		if round.DecideRound(s.job.Spec, r, alive, time.Unix(0, r.DeadlineUnixNano)) == round.Commit {
+			// The model itself lives in the simulator; the record names it.
+			if err := s.job.CommitRound(&pb.CommitRound{Job: "sim", Round: r.Number, Model: fmt.Sprintf("r%d", r.Number)}, r.DeadlineUnixNano); err != nil {
+				return nil, nil, 0, fmt.Errorf("sim: %w", err)
+			}
 			sort.Ints(arrived)
 			return arrived, dropped, int(attempt) + 1, nil
+		}
+		if err := s.job.AbortRound(r.Number); err != nil {
+			return nil, nil, 0, fmt.Errorf("sim: %w", err)
 		}
 	}
 	return nil, nil, 0, fmt.Errorf("sim: round %d: fewer than %d updates arrived in 100 attempts (dropout %v)", number, s.cfg.MinUpdates, s.cfg.Dropout)
