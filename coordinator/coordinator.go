@@ -16,7 +16,6 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -348,54 +347,11 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 // GRPCAddr returns the address the gRPC services listen on.
 func (c *Coordinator) GRPCAddr() string { return c.lis.Addr().String() }
 
-// HTTPAddr returns the address of /metrics and the dashboard ("" if off).
-func (c *Coordinator) HTTPAddr() string { return c.httpAddr }
-
 // GossipAddr returns this node's gossip address.
 func (c *Coordinator) GossipAddr() string { return c.gossip.Addr() }
 
-// BlobHashes returns the hashes of every blob this node stores, sorted.
-func (c *Coordinator) BlobHashes() ([]string, error) {
-	infos, err := c.blobs.List()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, len(infos))
-	for i, b := range infos {
-		out[i] = b.Hash
-	}
-	sort.Strings(out)
-	return out, nil
-}
-
-// GossipKeys returns this node's gossip keyring (base64, primary first).
-func (c *Coordinator) GossipKeys() []string { return c.gossip.Keys() }
-
-// AliveWorkers returns the ids of the workers gossip sees alive.
-func (c *Coordinator) AliveWorkers() []string {
-	var out []string
-	for _, m := range c.gossip.WithRole(gossip.RoleWorker) {
-		out = append(out, m.Name)
-	}
-	return out
-}
-
-// RaftAddr returns the Raft transport's address.
-func (c *Coordinator) RaftAddr() string { return string(c.trans.LocalAddr()) }
-
 // FSM returns the node's replicated state (read-only use).
 func (c *Coordinator) FSM() *FSM { return c.fsm }
-
-// Snapshot makes Raft snapshot the FSM now and compact the log behind it.
-func (c *Coordinator) Snapshot() error {
-	if err := c.raft.Snapshot().Error(); err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	return nil
-}
-
-// HasBlob reports whether this node's blob store holds hash.
-func (c *Coordinator) HasBlob(hash string) bool { return c.blobs.Has(hash) }
 
 // BlobSize returns the stored size of a blob.
 func (c *Coordinator) BlobSize(hash string) (int64, error) { return c.blobs.Size(hash) }
@@ -515,10 +471,6 @@ func (c *Coordinator) stepDown() {
 // Close stops the node: gRPC, the leader loop, gossip (leaving the pool
 // gracefully), Raft, then the log.
 func (c *Coordinator) Close() error { return c.stop(true) }
-
-// Crash stops the node as a crash would look to the others: no gossip
-// leave message, no leadership transfer. For tests.
-func (c *Coordinator) Crash() error { return c.stop(false) }
 
 func (c *Coordinator) stop(graceful bool) error {
 	select {

@@ -377,17 +377,26 @@ func (f *FSM) Jobs() []*pb.Job {
 	return out
 }
 
-// RunningJobs returns copies of the running jobs, sorted by name. The
-// leader's tick, task polls and blob checks read only these, and copying
-// every finished job's history at each of them cost the leader CPU and
-// garbage that grew with the cluster's age.
+// RunningJobs returns the running jobs, sorted by name: copies of their
+// state except their histories, whose records are shared with the FSM. A
+// committed record never changes (transitions only append), and callers
+// must not change one. The leader's tick, task polls and blob checks read
+// these; copying each job's whole history at each of them cost the leader
+// seconds per tick for long jobs (BenchmarkSchedulerTick).
 func (f *FSM) RunningJobs() []*pb.Job {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
+	// The write lock: each history is detached for the moment of its
+	// job's copy, and no reader may see it detached.
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	out := make([]*pb.Job, 0, len(f.jobs))
 	for _, j := range f.jobs {
 		if j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
-			out = append(out, proto.Clone(j).(*pb.Job))
+			h := j.History
+			j.History = nil
+			c := proto.Clone(j).(*pb.Job)
+			j.History = h
+			c.History = h[:len(h):len(h)] // an append by the caller copies
+			out = append(out, c)
 		}
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Spec.Name < out[b].Spec.Name })

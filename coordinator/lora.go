@@ -7,7 +7,6 @@ import (
 
 	"github.com/fedtune/fedtune/lora"
 	pb "github.com/fedtune/fedtune/protocol"
-	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -138,21 +137,6 @@ func (c *Coordinator) usable(ctx context.Context, spec *pb.JobSpec, params tenso
 		return tensor.Set{}, err
 	}
 	return l.Merge(lb, base, params)
-}
-
-// evaluate scores a job's model version (a LoRA job's adapters are merged
-// into its frozen base first) with the evaluator the coordinator was
-// given. It is the one evaluation path: of the base at submit and of every
-// committed round.
-func (c *Coordinator) evaluate(ctx context.Context, spec *pb.JobSpec, params tensor.Set) (round.Eval, error) {
-	if c.deps.Evaluator == nil {
-		return round.Eval{}, errNoEvaluator
-	}
-	full, err := c.usable(ctx, spec, params)
-	if err != nil {
-		return round.Eval{}, err
-	}
-	return c.deps.Evaluator.Evaluate(ctx, spec.Model, spec.Dataset, full)
 }
 
 // frozenCache keeps the decoded frozen bases of LoRA jobs (a few, by hash):

@@ -256,3 +256,9 @@ func (s *adminService) TransferLeadership(ctx context.Context, req *pb.TransferL
 	s.c.log.Info("leadership transferred", "to", string(id), "by", callerIdentity(ctx).Name)
 	return &pb.TransferLeadershipResponse{LeaderId: string(id), LeaderGrpc: s.c.leaderGRPC()}, nil
 }
+
+// ClusterStatus describes this node's view of the cluster: Raft state,
+// indexes and configuration, and gossip members.
+func (s *adminService) ClusterStatus(ctx context.Context, _ *pb.ClusterStatusRequest) (*pb.ClusterStatusResponse, error) {
+	return s.c.Status(), nil
+}
