@@ -201,9 +201,9 @@ type Coordinator struct {
 	wal      *raftwal.WAL
 	walMark  *markedLog
 	hasState bool // Raft state existed at start
-	trans    *raft.NetworkTransport
+	trans    raft.Transport
 	blobs    *BlobStore
-	gossip   *gossip.Node
+	gossip   Membership
 	grpc     *grpc.Server
 	lis      net.Listener
 	deps     Deps
@@ -293,7 +293,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 			c.log.Error("gRPC server stopped", "err", err)
 		}
 	}()
-	c.gossip, err = gossip.Start(gossip.Config{
+	c.gossip, err = deps.startGossip(gossip.Config{
 		Name:     cfg.NodeID,
 		BindAddr: cfg.GossipAddr,
 		Meta:     gossip.Meta{Role: gossip.RoleCoordinator, GRPC: c.lis.Addr().String(), Raft: string(c.trans.LocalAddr())},
@@ -496,8 +496,8 @@ func (c *Coordinator) stop(graceful bool) error {
 		_ = c.raft.Shutdown().Error()
 	}
 	c.wg.Wait()
-	if c.trans != nil {
-		_ = c.trans.Close()
+	if cl, ok := c.trans.(interface{ Close() error }); ok && c.trans != nil {
+		_ = cl.Close()
 	}
 	if c.walMark != nil {
 		_ = c.walMark.Close()

@@ -3,9 +3,12 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"time"
 
+	"github.com/fedtune/fedtune/internal/gossip"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
+	"github.com/hashicorp/raft"
 )
 
 // Deps are what a coordinator is given instead of building it, as
@@ -19,6 +22,49 @@ type Deps struct {
 	// Evaluator scores a job's model centrally after every round; nil
 	// means none, and jobs asking for evaluation are refused.
 	Evaluator Evaluator
+	// Raft, if set, is this node's Raft storage and transport; nil means
+	// raft-wal's log and stable store and file snapshots under DataDir, and
+	// a TCP (or TLS) transport on RaftAddr. Tests pass raft's in-memory
+	// stores and InmemTransport (internal/testcluster's in-memory mode).
+	Raft *RaftDeps
+	// Gossip, if set, starts this node's membership; nil means memberlist
+	// (gossip.Start). Tests pass an in-memory pool (gossip.FakeNet).
+	Gossip func(gossip.Config) (Membership, error)
+}
+
+// RaftDeps are hashicorp/raft's own interfaces, as raft.NewRaft takes them.
+type RaftDeps struct {
+	Logs      raft.LogStore
+	Stable    raft.StableStore
+	Snapshots raft.SnapshotStore
+	Transport raft.Transport
+}
+
+// Membership is what the coordinator needs of gossip: the live members with
+// their roles, addresses and labels, joining, and the gossip keyring.
+// *gossip.Node is the real one.
+type Membership interface {
+	Addr() string
+	Join(addrs []string) error
+	Members() []gossip.Member
+	WithRole(role string) []gossip.Member
+	HealthScore() int
+	Keys() []string
+	SetKeys(keys []string) error
+	Leave(timeout time.Duration) error
+	Shutdown() error
+}
+
+// startGossip starts the membership the deps name.
+func (d Deps) startGossip(cfg gossip.Config) (Membership, error) {
+	if d.Gossip != nil {
+		return d.Gossip(cfg)
+	}
+	n, err := gossip.Start(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
 }
 
 // Evaluator scores full models on test data the binary holds. The

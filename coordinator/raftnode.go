@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
 
@@ -31,12 +32,26 @@ var raftProfiles = map[string]raftTiming{
 }
 
 func (c *Coordinator) startRaft() error {
+	hl := newHCLog(c.log, "raft")
+	var logs raft.LogStore
+	var stable raft.StableStore
+	var snaps raft.SnapshotStore
+	if d := c.deps.Raft; d != nil {
+		logs, stable, snaps, c.trans = d.Logs, d.Stable, d.Snapshots, d.Transport
+	} else if err := c.openRaftStores(hl, &logs, &stable, &snaps); err != nil {
+		return err
+	}
+	return c.newRaft(hl, logs, stable, snaps)
+}
+
+// openRaftStores opens the on-disk Raft log, stable store and snapshots
+// under DataDir/raft, and the network transport.
+func (c *Coordinator) openRaftStores(hl hclog.Logger, logs *raft.LogStore, stable *raft.StableStore, snapsOut *raft.SnapshotStore) error {
 	dir := filepath.Join(c.cfg.DataDir, "raft")
 	walDir := filepath.Join(dir, "wal")
 	if err := os.MkdirAll(walDir, 0o755); err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
-	hl := newHCLog(c.log, "raft")
 	// raft-wal v0.4.1 or later: v0.4.0 neither closed its meta store (its
 	// file lock outlived Close) nor truncated a log suffix safely (a node
 	// restarted after "clearing log suffix" failed with "sealed segment has
@@ -50,15 +65,16 @@ func (c *Coordinator) startRaft() error {
 		return fmt.Errorf("coordinator: open raft log: %w", err)
 	}
 	c.wal = wal
-	logs, err := openMarkedLog(wal, filepath.Join(dir, "wal-last-index"), c.log)
+	marked, err := openMarkedLog(wal, filepath.Join(dir, "wal-last-index"), c.log)
 	if err != nil {
 		return fmt.Errorf("coordinator: %w", err)
 	}
-	c.walMark = logs
+	c.walMark = marked
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hl)
 	if err != nil {
 		return fmt.Errorf("coordinator: snapshot store: %w", err)
 	}
+	*logs, *stable, *snapsOut = marked, wal, snaps
 	switch {
 	case c.cfg.RaftStreamLayer != nil:
 		c.trans = raft.NewNetworkTransportWithLogger(c.cfg.RaftStreamLayer, 3, 10*time.Second, hl)
@@ -76,6 +92,12 @@ func (c *Coordinator) startRaft() error {
 			return fmt.Errorf("coordinator: raft transport: %w", err)
 		}
 	}
+	return nil
+}
+
+// newRaft starts Raft on the given stores and c.trans, bootstrapping a
+// one-voter cluster first if this node is one and has no state.
+func (c *Coordinator) newRaft(hl hclog.Logger, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore) error {
 	t := raftProfiles[c.cfg.Profile]
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(c.cfg.NodeID)
@@ -96,17 +118,18 @@ func (c *Coordinator) startRaft() error {
 	if rc.LeaderLeaseTimeout >= rc.HeartbeatTimeout {
 		return fmt.Errorf("coordinator: leader lease %v must be shorter than the heartbeat timeout %v", rc.LeaderLeaseTimeout, rc.HeartbeatTimeout)
 	}
-	if c.hasState, err = raft.HasExistingState(logs, wal, snaps); err != nil {
+	var err error
+	if c.hasState, err = raft.HasExistingState(logs, stable, snaps); err != nil {
 		return fmt.Errorf("coordinator: read raft state: %w", err)
 	}
 	if !c.hasState && c.cfg.BootstrapExpect == 1 {
 		conf := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: c.trans.LocalAddr()}}}
-		if err := raft.BootstrapCluster(rc, logs, wal, snaps, c.trans, conf); err != nil {
+		if err := raft.BootstrapCluster(rc, logs, stable, snaps, c.trans, conf); err != nil {
 			return fmt.Errorf("coordinator: bootstrap: %w", err)
 		}
 		c.hasState = true
 	}
-	c.raft, err = raft.NewRaft(rc, c.fsm, logs, wal, snaps, c.trans)
+	c.raft, err = raft.NewRaft(rc, c.fsm, logs, stable, snaps, c.trans)
 	if err != nil {
 		return fmt.Errorf("coordinator: start raft: %w", err)
 	}
