@@ -157,76 +157,45 @@ func (f *FSM) job(name string) (round.Job, error) {
 	return round.Job{Job: j}, nil
 }
 
-func applyStartRound(f *FSM, payload []byte, _ int64) error {
-	var c pb.StartRound
-	if err := decode(payload, &c); err != nil {
+// onJob decodes a job command and applies fn to the job it names.
+func onJob[C any, P interface {
+	*C
+	proto.Message
+	GetJob() string
+}](f *FSM, payload []byte, fn func(round.Job, P) error) error {
+	c := P(new(C))
+	if err := decode(payload, c); err != nil {
 		return err
 	}
-	j, err := f.job(c.Job)
+	j, err := f.job(c.GetJob())
 	if err != nil {
 		return err
 	}
-	return j.StartRound(c.Round)
+	return fn(j, c)
+}
+
+func applyStartRound(f *FSM, payload []byte, _ int64) error {
+	return onJob(f, payload, func(j round.Job, c *pb.StartRound) error { return j.StartRound(c.Round) })
 }
 
 func applyAcceptUpdate(f *FSM, payload []byte, _ int64) error {
-	var c pb.AcceptUpdate
-	if err := decode(payload, &c); err != nil {
-		return err
-	}
-	j, err := f.job(c.Job)
-	if err != nil {
-		return err
-	}
-	return j.AcceptUpdate(c.Round, c.Update)
+	return onJob(f, payload, func(j round.Job, c *pb.AcceptUpdate) error { return j.AcceptUpdate(c.Round, c.Update) })
 }
 
 func applyCommitRound(f *FSM, payload []byte, at int64) error {
-	var c pb.CommitRound
-	if err := decode(payload, &c); err != nil {
-		return err
-	}
-	j, err := f.job(c.Job)
-	if err != nil {
-		return err
-	}
-	return j.CommitRound(&c, at)
+	return onJob(f, payload, func(j round.Job, c *pb.CommitRound) error { return j.CommitRound(c, at) })
 }
 
 func applyAbortRound(f *FSM, payload []byte, _ int64) error {
-	var c pb.AbortRound
-	if err := decode(payload, &c); err != nil {
-		return err
-	}
-	j, err := f.job(c.Job)
-	if err != nil {
-		return err
-	}
-	return j.AbortRound(c.Round)
+	return onJob(f, payload, func(j round.Job, c *pb.AbortRound) error { return j.AbortRound(c.Round) })
 }
 
 func applyFinishJob(f *FSM, payload []byte, _ int64) error {
-	var c pb.FinishJob
-	if err := decode(payload, &c); err != nil {
-		return err
-	}
-	j, err := f.job(c.Job)
-	if err != nil {
-		return err
-	}
-	return j.Finish(c.Status, c.Error)
+	return onJob(f, payload, func(j round.Job, c *pb.FinishJob) error { return j.Finish(c.Status, c.Error) })
 }
 
 func applyAssignTasks(f *FSM, payload []byte, _ int64) error {
-	var c pb.AssignTasks
-	if err := decode(payload, &c); err != nil {
-		return err
-	}
-	j, err := f.job(c.Job)
-	if err != nil {
-		return err
-	}
-	return j.AssignTasks(c.Assign, c.Release)
+	return onJob(f, payload, func(j round.Job, c *pb.AssignTasks) error { return j.AssignTasks(c.Assign, c.Release) })
 }
 
 func applyUpsertWorker(f *FSM, payload []byte, _ int64) error {

@@ -71,15 +71,7 @@ func (n *FakeNode) Members() []Member {
 }
 
 // WithRole returns the live members of one role.
-func (n *FakeNode) WithRole(role string) []Member {
-	var out []Member
-	for _, m := range n.Members() {
-		if m.Meta.Role == role {
-			out = append(out, m)
-		}
-	}
-	return out
-}
+func (n *FakeNode) WithRole(role string) []Member { return withRole(n.Members(), role) }
 
 // HealthScore is always 0: a FakeNet has no network of its own to fail.
 func (n *FakeNode) HealthScore() int { return 0 }

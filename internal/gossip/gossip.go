@@ -294,9 +294,12 @@ func (n *Node) Members() []Member {
 func (n *Node) HealthScore() int { return n.ml.GetHealthScore() }
 
 // WithRole returns the live members of one role.
-func (n *Node) WithRole(role string) []Member {
+func (n *Node) WithRole(role string) []Member { return withRole(n.Members(), role) }
+
+// withRole keeps the members of one role.
+func withRole(members []Member, role string) []Member {
 	var out []Member
-	for _, m := range n.Members() {
+	for _, m := range members {
 		if m.Meta.Role == role {
 			out = append(out, m)
 		}
