@@ -112,7 +112,6 @@ type Config struct {
 	// leader removes it from the roster; default 5m.
 	WorkerGrace time.Duration
 	Logger      *slog.Logger
-	Clock       Clock
 }
 
 func (c *Config) defaults() error {
@@ -185,9 +184,6 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if c.Clock == nil {
-		c.Clock = systemClock{}
-	}
 	return nil
 }
 
@@ -249,7 +245,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 	if err := deps.check(); err != nil {
 		return nil, err
 	}
-	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: cfg.Clock, fsm: NewFSM(), done: make(chan struct{}), deps: deps, pool: client.NewPool(), metrics: newMetrics()}
+	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: deps.clock(), fsm: NewFSM(), done: make(chan struct{}), deps: deps, pool: client.NewPool(), metrics: newMetrics()}
 	if cfg.TLS != nil {
 		c.pool = client.NewPoolTLS(cfg.TLS.ClientTLS())
 	}
@@ -262,8 +258,10 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		}
 	}()
 	var err error
-	if c.blobs, err = OpenBlobStore(filepath.Join(cfg.DataDir, "blobs")); err != nil {
-		return nil, err
+	if c.blobs = deps.Blobs; c.blobs == nil {
+		if c.blobs, err = OpenBlobStore(filepath.Join(cfg.DataDir, "blobs")); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.startRaft(); err != nil {
 		return nil, err

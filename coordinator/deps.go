@@ -27,6 +27,11 @@ type Deps struct {
 	// a TCP (or TLS) transport on RaftAddr. Tests pass raft's in-memory
 	// stores and InmemTransport (internal/testcluster's in-memory mode).
 	Raft *RaftDeps
+	// Blobs, if set, is this node's blob store; nil opens DataDir/blobs.
+	Blobs *BlobStore
+	// Clock tells the leader's and the services' time; nil is the system
+	// clock. (Committed state never reads it: commands carry their time.)
+	Clock Clock
 	// Gossip, if set, starts this node's membership; nil means memberlist
 	// (gossip.Start). Tests pass an in-memory pool (gossip.FakeNet).
 	Gossip func(gossip.Config) (Membership, error)
@@ -53,6 +58,13 @@ type Membership interface {
 	SetKeys(keys []string) error
 	Leave(timeout time.Duration) error
 	Shutdown() error
+}
+
+func (d Deps) clock() Clock {
+	if d.Clock == nil {
+		return systemClock{}
+	}
+	return d.Clock
 }
 
 // startGossip starts the membership the deps name.
