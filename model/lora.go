@@ -77,13 +77,14 @@ func loraGraph(l lora.Config, m MLP, batch int) (*graph, []*G.Node, error) {
 		mk := func(name string, shape ...int) *G.Node {
 			return G.NewMatrix(gr.g, gt.Float32, G.WithShape(shape...), G.WithName(name), G.WithValue(gt.New(gt.WithShape(shape...), gt.Of(gt.Float32))))
 		}
-		w := mk(fmt.Sprintf("fc%d.weight", i+1), out, in)
+		w := mk(fmt.Sprintf("fc%d.weight", i+1), in, out) // transposed, as in newGraph
 		b := G.NewVector(gr.g, gt.Float32, G.WithShape(out), G.WithName(fmt.Sprintf("fc%d.bias", i+1)), G.WithValue(gt.New(gt.WithShape(out), gt.Of(gt.Float32))))
 		a := mk(fmt.Sprintf("fc%d.lora_A.weight", i+1), l.Rank, in)
 		bb := mk(fmt.Sprintf("fc%d.lora_B.weight", i+1), out, l.Rank)
 		gr.w, gr.b = append(gr.w, w), append(gr.b, b)
+		gr.shapes = append(gr.shapes, []int{out}, []int{out, in})
 		adapters = append(adapters, a, bb)
-		z := G.Must(G.Mul(h, G.Must(G.Transpose(w))))
+		z := G.Must(G.Mul(h, w))
 		low := G.Must(G.Mul(G.Must(G.Mul(h, G.Must(G.Transpose(a)))), G.Must(G.Transpose(bb))))
 		z = G.Must(G.Add(z, G.Must(G.HadamardProd(low, scale))))
 		z = G.Must(G.BroadcastAdd(z, b, nil, []byte{0}))

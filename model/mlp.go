@@ -99,7 +99,7 @@ func (m MLP) Init(seed uint64) tensor.Set {
 type graph struct {
 	g      *G.ExprGraph
 	x, y   *G.Node   // input [batch, in], one-hot targets [batch, classes]
-	w, b   []*G.Node // per layer: weight [out, in], bias [out]
+	w, b   []*G.Node // per layer: weight stored transposed [in, out], bias [out]
 	anchor []*G.Node // FedProx anchors (the round's base), same order as params()
 	logits *G.Node
 	loss   *G.Node
@@ -107,6 +107,11 @@ type graph struct {
 	batch  int
 	// paramData[k] aliases the backing array of params()[k]'s value.
 	paramData [][]float32
+	// shapes[k] is params()[k]'s shape in the parameter set; a 2-D weight
+	// is held transposed in the graph ([in, out]), so that the forward
+	// pass multiplies by it without a Transpose op each step (load, store
+	// and the anchors transpose once per task instead).
+	shapes [][]int
 	// anchorData[k] aliases the backing array of anchor[k]'s value.
 	anchorData [][]float32
 }
@@ -132,14 +137,11 @@ func newGraph(m MLP, batch int, train bool, proxMu float64) (*graph, error) {
 	h := gr.x
 	for i := 0; i < m.Layers(); i++ {
 		in, out := m.Sizes[i], m.Sizes[i+1]
-		w := G.NewMatrix(gr.g, gt.Float32, G.WithShape(out, in), G.WithName(fmt.Sprintf("fc%d.weight", i+1)), G.WithValue(gt.New(gt.WithShape(out, in), gt.Of(gt.Float32))))
+		w := G.NewMatrix(gr.g, gt.Float32, G.WithShape(in, out), G.WithName(fmt.Sprintf("fc%d.weight", i+1)), G.WithValue(gt.New(gt.WithShape(in, out), gt.Of(gt.Float32))))
 		b := G.NewVector(gr.g, gt.Float32, G.WithShape(out), G.WithName(fmt.Sprintf("fc%d.bias", i+1)), G.WithValue(gt.New(gt.WithShape(out), gt.Of(gt.Float32))))
 		gr.w, gr.b = append(gr.w, w), append(gr.b, b)
-		wt, err := G.Transpose(w)
-		if err != nil {
-			return nil, fmt.Errorf("mlp: layer %d: %w", i+1, err)
-		}
-		z, err := G.Mul(h, wt)
+		gr.shapes = append(gr.shapes, []int{out}, []int{out, in})
+		z, err := G.Mul(h, w)
 		if err != nil {
 			return nil, fmt.Errorf("mlp: layer %d: %w", i+1, err)
 		}
@@ -185,7 +187,15 @@ func newGraph(m MLP, batch int, train bool, proxMu float64) (*graph, error) {
 		if _, err := G.Grad(cost, gr.params()...); err != nil {
 			return nil, fmt.Errorf("mlp: gradients: %w", err)
 		}
-		gr.vm = G.NewTapeMachine(gr.g, G.BindDualValues(gr.params()...))
+		// Compile only what the loss and the parameters' gradients need:
+		// the whole graph also holds the gradient of the input batch
+		// (the first layer's matmul differentiates both operands), a
+		// product as large as the forward pass that nothing reads.
+		roots := G.Nodes{gr.loss}
+		for _, p := range gr.params() {
+			roots = append(roots, p.Deriv())
+		}
+		gr.vm = G.NewTapeMachine(gr.g.SubgraphRoots(roots...), G.BindDualValues(gr.params()...))
 	} else {
 		gr.vm = G.NewTapeMachine(gr.g)
 	}
@@ -196,7 +206,40 @@ func newGraph(m MLP, batch int, train bool, proxMu float64) (*graph, error) {
 // model's layout.
 func (gr *graph) load(s tensor.Set) {
 	for k, t := range s.Tensors {
-		copy(gr.paramData[k], t.Data)
+		gr.put(gr.paramData[k], t.Data, k)
+	}
+}
+
+// put copies parameter k from its set layout (src) into its graph layout (dst).
+func (gr *graph) put(dst, src []float32, k int) {
+	if sh := gr.shapes[k]; len(sh) == 2 {
+		transpose(dst, src, sh[0], sh[1])
+		return
+	}
+	copy(dst, src)
+}
+
+// get copies parameter k from its graph layout (src) into its set layout (dst).
+func (gr *graph) get(dst, src []float32, k int) {
+	if sh := gr.shapes[k]; len(sh) == 2 {
+		transpose(dst, src, sh[1], sh[0])
+		return
+	}
+	copy(dst, src)
+}
+
+// transpose writes the rows×cols row-major matrix src into dst as cols×rows.
+func transpose(dst, src []float32, rows, cols int) {
+	const blk = 32
+	for i0 := 0; i0 < rows; i0 += blk {
+		for j0 := 0; j0 < cols; j0 += blk {
+			for i := i0; i < min(i0+blk, rows); i++ {
+				row := src[i*cols : (i+1)*cols]
+				for j := j0; j < min(j0+blk, cols); j++ {
+					dst[j*rows+i] = row[j]
+				}
+			}
+		}
 	}
 }
 

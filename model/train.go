@@ -107,7 +107,7 @@ func (t *mlpTrainer) Train(ctx context.Context, base tensor.Set, data *dataset.E
 	}
 	gr.load(base)
 	for k := range gr.anchorData {
-		copy(gr.anchorData[k], base.Tensors[k].Data)
+		gr.put(gr.anchorData[k], base.Tensors[k].Data, k)
 	}
 	for _, v := range t.vel {
 		clear(v)
@@ -118,7 +118,7 @@ func (t *mlpTrainer) Train(ctx context.Context, base tensor.Set, data *dataset.E
 	out := base.Clone()
 	out.Metadata = nil
 	for k := range out.Tensors {
-		copy(out.Tensors[k].Data, gr.paramData[k])
+		gr.get(out.Tensors[k].Data, gr.paramData[k], k)
 	}
 	met.Samples = n
 	met.Seconds = t.clock().Sub(start).Seconds()
