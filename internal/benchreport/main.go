@@ -5,7 +5,6 @@
 package main
 
 import (
-	"context"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -15,14 +14,13 @@ import (
 	"text/tabwriter"
 
 	"github.com/fedtune/fedtune/aggregation"
-	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/model"
 	"github.com/fedtune/fedtune/round"
 	"github.com/fedtune/fedtune/tensor"
 )
 
 func main() {
-	sections := flag.String("sections", "training,aggregation,rules,memory,kernels,safetensors", "comma-separated sections to run")
+	sections := flag.String("sections", "training,gemm,aggregation,rules,memory,kernels,safetensors", "comma-separated sections to run")
 	rssMode := flag.String("rss-child", "", "internal: aggregate the files of -rss-dir with this rule and print peak RSS")
 	rssDir := flag.String("rss-dir", "", "internal: directory of update files for -rss-child")
 	flag.Parse()
@@ -41,7 +39,7 @@ func main() {
 	}
 	fmt.Printf("fedtune benchmarks, kernels: %s (ratios are against baselines measured in this run)\n", kernelsKind)
 	run := map[string]func(*tabwriter.Writer){
-		"training": training, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench, "rules": rulesBench, "memory": memoryBench,
+		"training": training, "gemm": gemmBench, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench, "rules": rulesBench, "memory": memoryBench,
 	}
 	for _, s := range strings.Split(*sections, ",") {
 		f, ok := run[s]
@@ -61,34 +59,6 @@ func randVec(r *rand.Rand, n int) []float32 {
 		v[i] = float32(r.NormFloat64())
 	}
 	return v
-}
-
-// training measures Gorgonia forward+backward+SGD throughput of the demo
-// model (784-256-10) on MNIST.
-func training(tw *tabwriter.Writer) {
-	train, err := dataset.MNIST(dataset.Train)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	arch, _ := model.Lookup("mnist-mlp")
-	data := train.Subset(train.WithLabels(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)[:8192])
-	fmt.Fprintln(tw, "Gorgonia training, mnist-mlp 784-256-10\tbatch\tsamples/s\tms/step\t")
-	for _, batch := range []int{64, 256} {
-		tr, _ := arch.NewTrainer()
-		base := arch.Init(1)
-		const steps = 8
-		res := testing.Benchmark(func(b *testing.B) {
-			for b.Loop() {
-				if _, _, err := tr.Train(context.Background(), base, data, model.TrainConfig{Steps: steps, BatchSize: batch, LR: 0.05, Momentum: 0.9}); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-		tr.Close()
-		perStep := float64(res.NsPerOp()) / steps
-		fmt.Fprintf(tw, "local SGD step\t%d\t%.0f\t%.2f\t\n", batch, float64(batch)/perStep*1e9, perStep/1e6)
-	}
 }
 
 // aggregationBench times one FedAvg of 16 demo-model updates against

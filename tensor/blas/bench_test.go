@@ -9,14 +9,9 @@ import (
 	"gonum.org/v1/gonum/blas/gonum"
 )
 
-// Shapes are (m, n, k) of products the models use: a batch of 64 through
-// the demo model's first layer, and square products of the sizes a
-// transformer's projections reach.
-var Shapes = [][3]int{{64, 256, 784}, {256, 1024, 256}, {512, 512, 512}}
-
 func BenchmarkSgemm(b *testing.B) {
 	r := rand.New(rand.NewPCG(1, 1))
-	for _, s := range Shapes {
+	for _, s := range [][3]int{{64, 256, 784}, {256, 1024, 256}, {512, 512, 512}} {
 		m, n, k := s[0], s[1], s[2]
 		a, bb, c := randVec(r, m*k), randVec(r, k*n), make([]float32, m*n)
 		for _, impl := range []struct {

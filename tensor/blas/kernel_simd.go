@@ -17,7 +17,7 @@ var (
 var active = func() kernel {
 	switch {
 	case archsimd.X86.AVX512():
-		return avx512Kernel4
+		return avx512Asm
 	case archsimd.X86.AVX2() && archsimd.X86.FMA():
 		return avx2Kernel4
 	}
@@ -34,7 +34,67 @@ func kernels() []kernel {
 		ks = append(ks, avx2Kernel4, avx2Kernel)
 	}
 	if archsimd.X86.AVX512() {
-		ks = append(ks, avx512Kernel4, avx512Kernel8, avx512Kernel6, avx512Kernel)
+		ks = append(ks, avx512Kernel4, avx512Kernel8, avx512Kernel6, avx512Kernel, avx512Asm)
 	}
 	return ks
+}
+
+// The AVX-512 micro-kernels in assembly (kernel_avx512_amd64.s): the
+// first r rows of a 12-row strip of packed A times a 32-wide strip of
+// packed B, added alpha times into C. They need len(a) ≥ 12k, len(b) ≥
+// 32k and len(c) ≥ (r−1)·ldc+32, which avx512Rows checks.
+//
+//go:noescape
+func kernelAVX512r1x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r2x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r3x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r4x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r5x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r6x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r7x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r8x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r9x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r10x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r11x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+//go:noescape
+func kernelAVX512r12x32asm(k int, alpha float32, a, b, c []float32, ldc int)
+
+var avx512Asm = kernel{mr: 12, nr: 32, name: "avx512 12x32 asm",
+	fn: avx512Rows(12, kernelAVX512r12x32asm),
+	rows: [13]func(k int, alpha float32, a, b, c []float32, ldc int){
+		nil, avx512Rows(1, kernelAVX512r1x32asm), avx512Rows(2, kernelAVX512r2x32asm), avx512Rows(3, kernelAVX512r3x32asm),
+		avx512Rows(4, kernelAVX512r4x32asm), avx512Rows(5, kernelAVX512r5x32asm), avx512Rows(6, kernelAVX512r6x32asm),
+		avx512Rows(7, kernelAVX512r7x32asm), avx512Rows(8, kernelAVX512r8x32asm), avx512Rows(9, kernelAVX512r9x32asm),
+		avx512Rows(10, kernelAVX512r10x32asm), avx512Rows(11, kernelAVX512r11x32asm), avx512Rows(12, kernelAVX512r12x32asm)}}
+
+// avx512Rows wraps an assembly kernel of r rows with the length checks it
+// cannot make itself.
+func avx512Rows(r int, f func(k int, alpha float32, a, b, c []float32, ldc int)) func(k int, alpha float32, a, b, c []float32, ldc int) {
+	return func(k int, alpha float32, a, b, c []float32, ldc int) {
+		if len(a) < 12*k || len(b) < 32*k || len(c) < (r-1)*ldc+32 {
+			panic("blas: micro-kernel operands too short")
+		}
+		f(k, alpha, a, b, c, ldc)
+	}
 }

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	gblas "gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/gonum"
+
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/model"
+	"github.com/fedtune/fedtune/tensor/blas"
+)
+
+// torchRef is what torch_ref.py measured: PyTorch-CPU on the same MLP,
+// batch sizes, optimizer and threads, and the same matrix products.
+type torchRef struct {
+	Version string             `json:"torch"`
+	Threads int                `json:"threads"`
+	Train   map[string]float64 `json:"train"` // batch -> samples/s
+	Gemm    map[string]float64 `json:"gemm"`  // "MxNxK" -> GFLOP/s
+	BLAS    []string           `json:"blas"`  // shared objects loaded
+	err     error
+}
+
+var (
+	torchOnce sync.Once
+	torch     torchRef
+)
+
+// pytorch runs the PyTorch reference once per run (Debian's python3-torch
+// through /usr/bin/python3; `make bench` installs it and selects OpenBLAS
+// for libblas.so.3).
+func pytorch() torchRef {
+	torchOnce.Do(func() {
+		script := filepath.Join("internal", "benchreport", "torch_ref.py")
+		if _, err := os.Stat(script); err != nil {
+			torch.err = fmt.Errorf("run from the repository root: %w", err)
+			return
+		}
+		out, err := exec.Command("/usr/bin/python3", script, fmt.Sprint(runtime.GOMAXPROCS(0)), "3").Output()
+		if err != nil {
+			torch.err = fmt.Errorf("PyTorch reference: %v (make torchdeps installs Debian's python3-torch)", err)
+			return
+		}
+		if err := json.Unmarshal(out, &torch); err != nil {
+			torch.err = fmt.Errorf("PyTorch reference output: %w", err)
+		}
+	})
+	return torch
+}
+
+// training measures local training of the demo model (784-256-10, SGD
+// with momentum) at batch 64 and 256 — whole tasks of 128 steps on a warm
+// trainer, as a worker runs them — beside PyTorch-CPU doing the same.
+func training(tw *tabwriter.Writer) {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	arch, _ := model.Lookup("mnist-mlp")
+	data := train.Subset(train.WithLabels(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)[:16384])
+	ref := pytorch()
+	fmt.Fprintf(tw, "training mnist-mlp 784-256-10, SGD momentum 0.9, %d threads\tbatch\tfedtune samples/s\tms/step\tPyTorch samples/s\tx PyTorch\t\n", runtime.GOMAXPROCS(0))
+	for _, batch := range []int{64, 256} {
+		tr, _ := arch.NewTrainer()
+		base := arch.Init(1)
+		const steps = 128
+		cfg := model.TrainConfig{Epochs: 1000, Steps: steps, BatchSize: batch, LR: 0.01, Momentum: 0.9}
+		if _, _, err := tr.Train(context.Background(), base, data, cfg); err != nil { // warm: graph built, buffers touched
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		res := testing.Benchmark(func(b *testing.B) {
+			for b.Loop() {
+				if _, _, err := tr.Train(context.Background(), base, data, cfg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		tr.Close()
+		perStep := float64(res.NsPerOp()) / steps
+		rate := float64(batch) / perStep * 1e9
+		torchCol, ratio := "-", "-"
+		if r := ref.Train[fmt.Sprint(batch)]; ref.err == nil && r > 0 {
+			torchCol, ratio = fmt.Sprintf("%.0f", r), fmt.Sprintf("%.2f", rate/r)
+		}
+		fmt.Fprintf(tw, "local training\t%d\t%.0f\t%.3f\t%s\t%s\t\n", batch, rate, perStep/1e6, torchCol, ratio)
+	}
+	tw.Flush()
+	describeTorch(ref)
+}
+
+func describeTorch(ref torchRef) {
+	if ref.err != nil {
+		fmt.Printf("(no PyTorch column: %v)\n", ref.err)
+		return
+	}
+	fmt.Printf("PyTorch %s on %d threads, BLAS: %s; fedtune's BLAS kernel: %s\n", ref.Version, ref.Threads, strings.Join(ref.BLAS, ", "), blas.Kernel())
+}
+
+// gemmBench measures Sgemm at shapes the models use: fedtune's BLAS,
+// gonum's, and the same product through PyTorch (OpenBLAS), with the
+// fraction of this CPU's float32 peak (a register-only FMA loop per core
+// times the cores used).
+func gemmBench(tw *tabwriter.Writer) {
+	ref := pytorch()
+	cores := runtime.GOMAXPROCS(0)
+	peak := blas.PeakGFLOPS(300*time.Millisecond) * float64(cores)
+	fmt.Fprintf(tw, "Sgemm C = A·B, GFLOP/s (%d cores; peak %.0f)\tgonum\tfedtune\tPyTorch\tx PyTorch\tof peak\t\n", cores, peak)
+	for _, s := range gemmShapes {
+		m, n, k := s[0], s[1], s[2]
+		g, f := measureGemm(gonum.Implementation{}, m, n, k), measureGemm(blas.Implementation{}, m, n, k)
+		torchCol, ratio := "-", "-"
+		if r := ref.Gemm[fmt.Sprintf("%dx%dx%d", m, n, k)]; ref.err == nil && r > 0 {
+			torchCol, ratio = fmt.Sprintf("%.1f", r), fmt.Sprintf("%.2f", f/r)
+		}
+		fmt.Fprintf(tw, "%d×%d×%d\t%.1f\t%.1f\t%s\t%s\t%.0f%%\t\n", m, n, k, g, f, torchCol, ratio, 100*f/peak)
+	}
+	tw.Flush()
+	describeTorch(ref)
+}
+
+// gemmShapes are (m, n, k) of products the models use: a batch of 64
+// through the demo model's first layer, and products of the sizes a
+// transformer's projections reach.
+var gemmShapes = [][3]int{{64, 256, 784}, {256, 1024, 256}, {512, 512, 512}}
+
+// measureGemm returns the GFLOP/s of C = A·B (m×k times k×n) with impl.
+func measureGemm(impl gblas.Float32, m, n, k int) float64 {
+	r := rand.New(rand.NewPCG(1, 1))
+	a, b, c := randVec(r, m*k), randVec(r, k*n), make([]float32, m*n)
+	res := testing.Benchmark(func(tb *testing.B) {
+		for tb.Loop() {
+			impl.Sgemm(gblas.NoTrans, gblas.NoTrans, m, n, k, 1, a, k, b, n, 0, c, n)
+		}
+	})
+	return 2 * float64(m*n*k) / float64(res.NsPerOp())
+}
