@@ -2,7 +2,7 @@
 and thread count as fedtune's training benchmark, and the same matrix
 products as its Sgemm benchmark. Prints one JSON object.
 
-usage: torch_ref.py THREADS SECONDS
+usage: torch_ref.py THREADS SECONDS [train|gemm]...
 """
 import json
 import sys
@@ -60,10 +60,13 @@ def gemm_rate(m, n, k, seconds):
 
 def main():
     threads, seconds = int(sys.argv[1]), float(sys.argv[2])
+    what = sys.argv[3:] or ["train", "gemm"]
     torch.set_num_threads(threads)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
-    out["train"] = {str(b): train_rate(b, seconds) for b in (64, 256)}
-    out["gemm"] = {f"{m}x{n}x{k}": gemm_rate(m, n, k, seconds) for (m, n, k) in ((64, 256, 784), (256, 1024, 256), (512, 512, 512))}
+    if "train" in what:
+        out["train"] = {str(b): train_rate(b, seconds) for b in (64, 256)}
+    if "gemm" in what:
+        out["gemm"] = {f"{m}x{n}x{k}": gemm_rate(m, n, k, seconds) for (m, n, k) in ((64, 256, 784), (256, 1024, 256), (512, 512, 512))}
     out["blas"] = blas_library()
     print(json.dumps(out))
 

@@ -94,10 +94,14 @@ func Gemm(aT, bT bool, m, n, k int, alpha float32, a []float32, lda int, b []flo
 // serial adds alpha·op(A)·op(B) to C on this goroutine: the blocked loops
 // around the micro-kernel.
 func serial(kern kernel, bufs *buffers, aT, bT bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
+	// k in panels of equal depth (784 = 4 × 196, not 3 × 256 + 16: a thin
+	// last panel costs a packing pass for little arithmetic).
+	panels := (k + kc - 1) / kc
+	kstep := (k + panels - 1) / panels
 	for jc := 0; jc < n; jc += nc {
 		nb := min(nc, n-jc)
-		for pc := 0; pc < k; pc += kc {
-			kb := min(kc, k-pc)
+		for pc := 0; pc < k; pc += kstep {
+			kb := min(kstep, k-pc)
 			packB(kern.nr, bufs.b, b, ldb, bT, pc, jc, kb, nb)
 			for ic := 0; ic < m; ic += mc {
 				macro(kern, bufs.a, bufs.b, a, lda, aT, alpha, c, ldc, ic, min(mc, m-ic), pc, kb, jc, nb, 0, nb)
@@ -158,6 +162,10 @@ func packA(mr int, dst, a []float32, lda int, aT bool, ic, pc, mb, kb int) {
 		// Gather: one pass over k writing each packed column contiguously,
 		// reading mm row streams (a scatter per row was a third of a
 		// batch-64 product's time).
+		if mm == 12 && mr == 12 {
+			pack12(p, a[(ic+ir)*lda+pc:], lda, kb)
+			continue
+		}
 		var rows [maxMR][]float32
 		for i := 0; i < mm; i++ {
 			rows[i] = a[(ic+ir+i)*lda+pc : (ic+ir+i)*lda+pc+kb]
@@ -180,6 +188,13 @@ func packB(nr int, dst, b []float32, ldb int, bT bool, pc, jc, kb, nb int) {
 		p := dst[jr*kb : jr*kb+nr*kb]
 		nn := min(nr, nb-jr)
 		if !bT { // op(B)[p][j] = B[p][j]: rows contiguous in j
+			if nn == 32 && nr == 32 {
+				for p2 := 0; p2 < kb; p2++ {
+					off := (pc+p2)*ldb + jc + jr
+					*(*[32]float32)(p[p2*32:]) = *(*[32]float32)(b[off : off+32])
+				}
+				continue
+			}
 			for p2 := 0; p2 < kb; p2++ {
 				src := b[(pc+p2)*ldb+jc+jr:]
 				d := p[p2*nr : p2*nr+nr]
@@ -254,5 +269,20 @@ func putBufs(bs *buffers) {
 	defer free.Unlock()
 	if len(free.list) < 8 {
 		free.list = append(free.list, bs)
+	}
+}
+
+// pack12 packs a full 12-row strip of a row-major A (rows lda apart,
+// starting at a) over kb columns: 12 values per column, contiguous.
+func pack12(dst, a []float32, lda, kb int) {
+	r0, r1, r2, r3 := a[:kb], a[lda:lda+kb], a[2*lda:2*lda+kb], a[3*lda:3*lda+kb]
+	r4, r5, r6, r7 := a[4*lda:4*lda+kb], a[5*lda:5*lda+kb], a[6*lda:6*lda+kb], a[7*lda:7*lda+kb]
+	r8, r9, r10, r11 := a[8*lda:8*lda+kb], a[9*lda:9*lda+kb], a[10*lda:10*lda+kb], a[11*lda:11*lda+kb]
+	dst = dst[:12*kb]
+	for p := 0; p < kb; p++ {
+		d := (*[12]float32)(dst[12*p:])
+		d[0], d[1], d[2], d[3] = r0[p], r1[p], r2[p], r3[p]
+		d[4], d[5], d[6], d[7] = r4[p], r5[p], r6[p], r7[p]
+		d[8], d[9], d[10], d[11] = r8[p], r9[p], r10[p], r11[p]
 	}
 }
