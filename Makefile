@@ -7,12 +7,16 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 FUZZTIME  ?= 30s
 GOMNIST_VERSION := v0.0.0-20150320212226-2fbe10d0fa63
 
-.PHONY: build release demo test bench chaos soak proto vet fuzz mnist-verify words pydeps chromium testdeps clean
+.PHONY: build release demo test bench chaos soak proto vet fuzz mnist-verify words pydeps torchdeps chromium testdeps clean
 
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# SIMD kernels (Go 1.26's simd/archsimd and the AVX-512 Sgemm of tensor/blas,
+# each used only where the CPU has them) are built in by default; `make build
+# SIMD=` builds the pure-Go binary a plain `go build` gives.
+SIMD      ?= simd
 
 build:
-	$(GO) build -ldflags "-X main.buildVersion=$(VERSION)" -o $(BIN) ./cmd/fedtune
+	GOEXPERIMENT=$(SIMD) $(GO) build -ldflags "-X main.buildVersion=$(VERSION)" -o $(BIN) ./cmd/fedtune
 
 ## release: static binaries (CGO_ENABLED=0, stripped) for linux/amd64,
 ## linux/arm64 and darwin/arm64 in dist/, with SHA256SUMS
@@ -22,7 +26,7 @@ release:
 	@for p in $(RELEASE_PLATFORMS); do \
 		os=$${p%/*}; arch=$${p#*/}; out=dist/fedtune-$(VERSION)-$$os-$$arch; \
 		echo "building $$out"; \
-		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -buildvcs=auto -trimpath -ldflags "-s -w -X main.buildVersion=$(VERSION)" -o $$out ./cmd/fedtune || exit 1; \
+		GOEXPERIMENT=$(SIMD) CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -buildvcs=auto -trimpath -ldflags "-s -w -X main.buildVersion=$(VERSION)" -o $$out ./cmd/fedtune || exit 1; \
 	done
 	@cd dist && sha256sum fedtune-* > SHA256SUMS && ls -l fedtune-* && cat SHA256SUMS
 
@@ -35,7 +39,7 @@ test: testdeps
 	@unformatted=$$(gofmt -l .); [ -z "$$unformatted" ] || { echo "not gofmt-formatted: $$unformatted"; exit 1; }
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
-	GOEXPERIMENT=simd $(GO) test -count=1 ./tensor/... ./aggregation/...
+	GOEXPERIMENT=simd $(GO) test -count=1 ./tensor/... ./aggregation/... ./model/...
 
 ## chaos: the long fault-injection runs: 20 leader kills (with a fault-free
 ## baseline for accuracy), LAN-profile failover, a 30 s partition, worker churn,
@@ -60,9 +64,9 @@ soak:
 	$(GO) test -count=1 -v -timeout 40m -run 'TestSoak$$' ./cmd/fedtune -soak.duration 5m -soak.kill-every 0 -soak.load $(SOAK_LOAD) -soak.max-rss-mb $(SOAK_RSS_MB) 2>&1 | grep -E '^(---|ok|FAIL|PASS)|soak:'
 
 ## bench: throughput and speed ratios against baselines measured in the same run
-bench:
-	$(GO) run ./internal/benchreport -sections training,aggregation,kernels,safetensors,memory
-	GOEXPERIMENT=simd $(GO) run ./internal/benchreport -sections kernels,aggregation,rules
+bench: torchdeps
+	$(GO) run ./internal/benchreport -sections training,gemm,aggregation,kernels,safetensors,memory
+	GOEXPERIMENT=simd $(GO) run ./internal/benchreport -sections training,gemm,kernels,aggregation,rules
 
 vet:
 	$(GO) vet ./...
@@ -126,6 +130,17 @@ pydeps:
 		echo "installing NumPy (Debian python3-numpy) for examples/external-trainer"; \
 		{ apt-get update -qq && apt-get install -y -qq python3-numpy >/dev/null; } || \
 		echo "could not install NumPy: the external-trainer tests will be skipped"; }
+
+## torchdeps: PyTorch-CPU for make bench's reference columns (Debian
+## python3-torch) with OpenBLAS as libblas.so.3 (libopenblas0-pthread; the
+## reference BLAS makes PyTorch 3x slower than it can be)
+torchdeps:
+	@/usr/bin/python3 -c 'import torch' 2>/dev/null && [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ] || { \
+		echo "installing PyTorch-CPU and OpenBLAS (Debian python3-torch libopenblas0-pthread) for make bench"; \
+		{ apt-get update -qq && apt-get install -y -qq python3-torch libopenblas0-pthread >/dev/null; } || \
+		echo "could not install PyTorch: make bench prints no PyTorch columns"; }
+	@if [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ]; then \
+		update-alternatives --set libblas.so.3-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null 2>&1 || true; fi
 
 ## mnist-verify: check the embedded MNIST files against the GoMNIST module's copy
 mnist-verify:

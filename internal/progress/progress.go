@@ -20,14 +20,31 @@ func Bar(done, total, width int) string {
 }
 
 // RoundHeader is the header above RoundLine rows.
-const RoundHeader = "round  progress              updates  samples  test_acc  test_loss  train_loss  seconds"
+const RoundHeader = "round  progress              updates  samples  test_acc  test_loss  train_loss  seconds  train/s"
 
 // RoundLine renders one committed round of a job.
 func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
 	secs := time.Duration(r.CommittedUnixNano - r.StartedUnixNano).Seconds()
-	return fmt.Sprintf("%5d  %s %3d%%  %7d  %7d  %8s  %9s  %10s  %7.1f",
+	return fmt.Sprintf("%5d  %s %3d%%  %7d  %7d  %8s  %9s  %10s  %7.1f  %7s",
 		r.Number, Bar(int(r.Number), int(j.Spec.Rounds), 12), 100*int(r.Number)/int(max(j.Spec.Rounds, 1)),
-		r.Updates, r.Samples, pct(r.Metrics, "test_accuracy"), num(r.Metrics, "test_loss"), num(r.Metrics, "train_loss"), secs)
+		r.Updates, r.Samples, pct(r.Metrics, "test_accuracy"), num(r.Metrics, "test_loss"), num(r.Metrics, "train_loss"), secs, trainRate(r))
+}
+
+// trainRate is the workers' mean local training speed in a round, in
+// samples per second (the samples_per_second each update reports), or "-".
+func trainRate(r *pb.RoundRecord) string {
+	var sum float64
+	var n int
+	for _, u := range r.Accepted {
+		if v, ok := u.Metrics["samples_per_second"]; ok {
+			sum += v
+			n++
+		}
+	}
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", sum/float64(n))
 }
 
 // OpenRoundLine describes a round in progress: updates in, a bar of the

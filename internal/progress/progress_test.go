@@ -52,3 +52,19 @@ func TestOpenRoundLine(t *testing.T) {
 		t.Errorf("async: %q", got)
 	}
 }
+
+func TestRoundLineTrainingRate(t *testing.T) {
+	j := &pb.Job{Spec: &pb.JobSpec{Rounds: 2}}
+	for _, tc := range []struct {
+		ups  []*pb.AcceptedUpdate
+		want string
+	}{
+		{nil, "  -"},
+		{[]*pb.AcceptedUpdate{{Metrics: map[string]float64{"samples_per_second": 1000}}, {Metrics: map[string]float64{"samples_per_second": 3000}}, {}}, "  2000"},
+	} {
+		got := RoundLine(j, &pb.RoundRecord{Number: 1, Accepted: tc.ups})
+		if !strings.HasSuffix(got, tc.want) {
+			t.Errorf("RoundLine = %q, want it to end with the mean samples/s %q", got, tc.want)
+		}
+	}
+}
