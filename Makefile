@@ -72,12 +72,13 @@ vet:
 	$(GO) vet ./...
 
 ## fuzz: run each fuzz target for $(FUZZTIME): safetensors, update codecs,
-## Raft commands applied to the FSM, blob stream frames
+## Raft commands applied to the FSM, blob stream frames, Sgemm against gonum
 fuzz:
 	$(GO) test -run=NONE -fuzz=FuzzUnmarshal -fuzztime=$(FUZZTIME) ./tensor
 	$(GO) test -run=NONE -fuzz=FuzzCompactDecode -fuzztime=$(FUZZTIME) ./tensor/codec
 	$(GO) test -run=NONE -fuzz=FuzzFSMCommands -fuzztime=$(FUZZTIME) ./coordinator
 	$(GO) test -run=NONE -fuzz=FuzzRecv -fuzztime=$(FUZZTIME) ./internal/blobstream
+	GOEXPERIMENT=simd $(GO) test -run=NONE -fuzz=FuzzSgemm -fuzztime=$(FUZZTIME) ./tensor/blas
 
 ## proto: regenerate protocol/*.pb.go with protoc and pinned Go plugins
 proto:

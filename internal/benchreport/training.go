@@ -176,9 +176,10 @@ func gemmBench(tw *tabwriter.Writer) {
 }
 
 // gemmShapes are (m, n, k) of products the models use: a batch of 64
-// through the demo model's first layer, and products of the sizes a
-// transformer's projections reach.
-var gemmShapes = [][3]int{{64, 256, 784}, {256, 1024, 256}, {512, 512, 512}}
+// through the demo model's first layer, square-ish products, and a small
+// Llama-family model's MLP up-projection for 512 tokens (SmolLM-135M:
+// hidden 576, intermediate 1536).
+var gemmShapes = [][3]int{{64, 256, 784}, {256, 1024, 256}, {512, 512, 512}, {512, 1536, 576}}
 
 // measureGemm returns the GFLOP/s of C = A·B (m×k times k×n) with impl.
 func measureGemm(impl gblas.Float32, m, n, k int) float64 {
