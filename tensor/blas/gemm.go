@@ -102,20 +102,31 @@ func serial(kern kernel, bufs *buffers, aT, bT bool, m, n, k int, alpha float32,
 		nb := min(nc, n-jc)
 		for pc := 0; pc < k; pc += kstep {
 			kb := min(kstep, k-pc)
-			packB(kern.nr, bufs.b, b, ldb, bT, pc, jc, kb, nb)
+			var direct []float32 // op(B)'s panel in place, for the strided kernel
+			if !bT && kern.strided != nil && nb >= kern.nr {
+				direct = b[pc*ldb+jc:]
+				// Only a last, partial strip is packed (at its own offset).
+				if full := nb / kern.nr * kern.nr; full < nb {
+					packB(kern.nr, bufs.b[full*kb:], b, ldb, bT, pc, jc+full, kb, nb-full)
+				}
+			} else {
+				packB(kern.nr, bufs.b, b, ldb, bT, pc, jc, kb, nb)
+			}
 			for ic := 0; ic < m; ic += mc {
-				macro(kern, bufs.a, bufs.b, a, lda, aT, alpha, c, ldc, ic, min(mc, m-ic), pc, kb, jc, nb, 0, nb)
+				mb := min(mc, m-ic)
+				packA(kern.mr, bufs.a, a, lda, aT, ic, pc, mb, kb)
+				macro(kern, bufs.a, bufs.b, direct, ldb, alpha, c, ldc, ic, mb, kb, jc, nb, 0, nb)
 			}
 		}
 	}
 }
 
-// macro multiplies columns j0…j1 of the packed panel of B (kb×nb) by the
-// mb×kb block of op(A) at (ic, pc), adding alpha times the product to C
-// at (ic, jc+j0). j0 is a multiple of NR.
-func macro(kern kernel, abuf, bbuf, a []float32, lda int, aT bool, alpha float32, c []float32, ldc, ic, mb, pc, kb, jc, nb, j0, j1 int) {
+// macro multiplies columns j0…j1 of the panel of B (kb×nb: packed in
+// bbuf, or for full strips read in place from direct, rows ldb apart) by
+// the packed mb×kb block of op(A) in abuf for rows ic…, adding alpha times
+// the product to C at (ic, jc+j0). j0 is a multiple of NR.
+func macro(kern kernel, abuf, bbuf, direct []float32, ldb int, alpha float32, c []float32, ldc, ic, mb, kb, jc, nb, j0, j1 int) {
 	mr, nr := kern.mr, kern.nr
-	packA(mr, abuf, a, lda, aT, ic, pc, mb, kb)
 	var edge [maxMR * maxNR]float32
 	for jr := j0; jr < j1; jr += nr {
 		bp := bbuf[jr*kb : jr*kb+nr*kb]
@@ -125,8 +136,15 @@ func macro(kern kernel, abuf, bbuf, a []float32, lda int, aT bool, alpha float32
 			mm := min(mr, mb-ir)
 			off := (ic+ir)*ldc + jc + jr
 			if mm == mr && nn == nr {
-				kern.fn(kb, alpha, ap, bp, c[off:], ldc)
+				if direct != nil {
+					kern.strided(kb, alpha, ap, direct[jr:], c[off:], ldc, ldb)
+				} else {
+					kern.fn(kb, alpha, ap, bp, c[off:], ldc)
+				}
 				continue
+			}
+			if direct != nil && nn == nr { // a partial strip of rows: pack this B strip
+				packB(nr, bbuf[jr*kb:], direct[jr:], ldb, false, 0, 0, kb, nr)
 			}
 			if nn == nr && kern.rows[mm] != nil {
 				kern.rows[mm](kb, alpha, ap, bp, c[off:], ldc)
@@ -227,6 +245,9 @@ type kernel struct {
 	// strip of a block whose height is not a multiple of mr), written to C
 	// directly instead of through a padded tile.
 	rows [13]func(k int, alpha float32, a, b, c []float32, ldc int)
+	// strided, if set, is fn reading B in place (rows ldb apart) instead
+	// of from a packed strip: for op(B) = B, packing is a copy it saves.
+	strided func(k int, alpha float32, a, b, c []float32, ldc, ldb int)
 }
 
 const maxMR, maxNR = 16, 32

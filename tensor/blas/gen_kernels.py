@@ -40,29 +40,33 @@ for s in specs:
 open(sys.argv[1],'w').write("\n".join(out))
 
 
-def asm_rows(rows, mr=12, nr=32):
+def asm_rows(rows, mr=12, nr=32, strided=False):
     """The AVX-512 micro-kernel for the first `rows` rows of a 12-row
     strip (rows = 12 is the full tile): 2·rows zmm accumulators, B's two
     vectors in Z24/Z25, A broadcast from memory inside each FMA ({1to16}),
     alpha in Z27."""
-    name = f"kernelAVX512r{rows}x32asm"
-    L = [f"// func {name}(k int, alpha float32, a, b, c []float32, ldc int)",
-         f"TEXT ·{name}(SB), NOSPLIT, $0-96",
+    name = f"kernelAVX512r{rows}x32asm" + ("sb" if strided else "")
+    sig = "ldc, ldb int" if strided else "ldc int"
+    L = [f"// func {name}(k int, alpha float32, a, b, c []float32, {sig})",
+         f"TEXT ·{name}(SB), NOSPLIT, $0-{104 if strided else 96}",
          "\tMOVQ k+0(FP), CX",
          "\tMOVQ a_base+16(FP), AX",
          "\tMOVQ b_base+40(FP), BX",
          "\tMOVQ c_base+64(FP), DX",
          "\tMOVQ ldc+88(FP), SI",
          "\tSHLQ $2, SI"]
+    if strided:
+        L += ["\tMOVQ ldb+96(FP), DI", "\tSHLQ $2, DI"]
+    tag = f"{rows}{'s' if strided else ''}"
     for r in range(2 * rows):
         L.append(f"\tVPXORD Z{r}, Z{r}, Z{r}")
-    L += ["\tTESTQ CX, CX", f"\tJZ store{rows}", f"loop{rows}:",
+    L += ["\tTESTQ CX, CX", f"\tJZ store{tag}", f"loop{tag}:",
           "\tVMOVUPS (BX), Z24", "\tVMOVUPS 64(BX), Z25"]
     for i in range(rows):
         L.append(f"\tVFMADD231PS.BCST {4*i}(AX), Z24, Z{2*i}")
         L.append(f"\tVFMADD231PS.BCST {4*i}(AX), Z25, Z{2*i+1}")
-    L += [f"\tADDQ ${4*mr}, AX", f"\tADDQ ${4*nr}, BX", "\tDECQ CX", f"\tJNZ loop{rows}",
-          f"store{rows}:", "\tVBROADCASTSS alpha+8(FP), Z27"]
+    L += [f"\tADDQ ${4*mr}, AX", "\tADDQ DI, BX" if strided else f"\tADDQ ${4*nr}, BX", "\tDECQ CX", f"\tJNZ loop{tag}",
+          f"store{tag}:", "\tVBROADCASTSS alpha+8(FP), Z27"]
     for i in range(rows):
         L += ["\tVMOVUPS (DX), Z26", f"\tVFMADD231PS Z{2*i}, Z27, Z26", "\tVMOVUPS Z26, (DX)",
               "\tVMOVUPS 64(DX), Z28", f"\tVFMADD231PS Z{2*i+1}, Z27, Z28", "\tVMOVUPS Z28, 64(DX)",
@@ -79,6 +83,8 @@ def asm_kernel(path):
          "", "//go:build goexperiment.simd && amd64", "", '#include "textflag.h"', ""]
     for rows in range(1, 13):
         L.append(asm_rows(rows))
+    # B read in place (row-major, rows ldb apart) instead of packed.
+    L.append(asm_rows(12, strided=True))
     open(path, "w").write("\n".join(L))
 
 

@@ -80,8 +80,17 @@ func kernelAVX512r11x32asm(k int, alpha float32, a, b, c []float32, ldc int)
 //go:noescape
 func kernelAVX512r12x32asm(k int, alpha float32, a, b, c []float32, ldc int)
 
+//go:noescape
+func kernelAVX512r12x32asmsb(k int, alpha float32, a, b, c []float32, ldc, ldb int)
+
 var avx512Asm = kernel{mr: 12, nr: 32, name: "avx512 12x32 asm",
 	fn: avx512Rows(12, kernelAVX512r12x32asm),
+	strided: func(k int, alpha float32, a, b, c []float32, ldc, ldb int) {
+		if len(a) < 12*k || k > 0 && len(b) < (k-1)*ldb+32 || len(c) < 11*ldc+32 {
+			panic("blas: micro-kernel operands too short")
+		}
+		kernelAVX512r12x32asmsb(k, alpha, a, b, c, ldc, ldb)
+	},
 	rows: [13]func(k int, alpha float32, a, b, c []float32, ldc int){
 		nil, avx512Rows(1, kernelAVX512r1x32asm), avx512Rows(2, kernelAVX512r2x32asm), avx512Rows(3, kernelAVX512r3x32asm),
 		avx512Rows(4, kernelAVX512r4x32asm), avx512Rows(5, kernelAVX512r5x32asm), avx512Rows(6, kernelAVX512r6x32asm),
