@@ -12,18 +12,24 @@ import (
 // a register-only loop of independent fused multiply-adds on the widest
 // vectors this CPU has (no memory traffic), the ceiling no kernel passes.
 func PeakGFLOPS(d time.Duration) float64 {
-	if !archsimd.X86.AVX512() {
-		return peakAVX2(d)
+	if archsimd.X86.AVX512() {
+		return rate(d, fma512, 10*2*16)
 	}
-	var flops float64
+	return rate(d, fma256, 10*2*8)
+}
+
+// rate runs loop(1<<16) for about d and returns GFLOP/s, counting flops
+// per loop round.
+func rate(d time.Duration, loop func(n int) float32, flops float64) float64 {
+	var total float64
 	start := time.Now()
 	var sink float32
 	for time.Since(start) < d {
-		sink += fma512(1 << 16)
-		flops += 10 * 2 * 16 * (1 << 16)
+		sink += loop(1 << 16)
+		total += flops * (1 << 16)
 	}
 	_ = sink
-	return flops / time.Since(start).Seconds() / 1e9
+	return total / time.Since(start).Seconds() / 1e9
 }
 
 // fma512 runs n rounds of 10 independent 16-lane multiply-adds.
@@ -45,18 +51,6 @@ func fma512(n int) float32 {
 	var out [16]float32
 	x0.Add(x1).Add(x2).Add(x3).Add(x4).Add(x5).Add(x6).Add(x7).Add(x8).Add(x9).Store(&out)
 	return out[0]
-}
-
-func peakAVX2(d time.Duration) float64 {
-	var flops float64
-	start := time.Now()
-	var sink float32
-	for time.Since(start) < d {
-		sink += fma256(1 << 16)
-		flops += 10 * 2 * 8 * (1 << 16)
-	}
-	_ = sink
-	return flops / time.Since(start).Seconds() / 1e9
 }
 
 func fma256(n int) float32 {
