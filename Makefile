@@ -72,13 +72,15 @@ vet:
 	$(GO) vet ./...
 
 ## fuzz: run each fuzz target for $(FUZZTIME): safetensors, update codecs,
-## Raft commands applied to the FSM, blob stream frames, Sgemm against gonum
+## Raft commands applied to the FSM, blob stream frames, Sgemm against gonum,
+## tokenizer round trips
 fuzz:
 	$(GO) test -run=NONE -fuzz=FuzzUnmarshal -fuzztime=$(FUZZTIME) ./tensor
 	$(GO) test -run=NONE -fuzz=FuzzCompactDecode -fuzztime=$(FUZZTIME) ./tensor/codec
 	$(GO) test -run=NONE -fuzz=FuzzFSMCommands -fuzztime=$(FUZZTIME) ./coordinator
 	$(GO) test -run=NONE -fuzz=FuzzRecv -fuzztime=$(FUZZTIME) ./internal/blobstream
 	GOEXPERIMENT=simd $(GO) test -run=NONE -fuzz=FuzzSgemm -fuzztime=$(FUZZTIME) ./tensor/blas
+	$(GO) test -run=NONE -fuzz=FuzzRoundTrip -fuzztime=$(FUZZTIME) ./tokenizer
 
 ## proto: regenerate protocol/*.pb.go with protoc and pinned Go plugins
 proto:

@@ -54,6 +54,7 @@ func newApp() *cli.App {
 			aggregateCommand(),
 			verifyCommand(),
 			modelCommand(),
+			tokenizerCommand(),
 			demoCommand(),
 			simCommand(),
 			plotCommand(),
