@@ -39,6 +39,7 @@ func TestDependencyRules(t *testing.T) {
 		}},
 		{module + "/coordinator", []string{module + "/model", module + "/dataset", "gorgonia.org/"}},
 		{module + "/lora", []string{module + "/model", "gorgonia.org/"}},
+		{module + "/hf", []string{module + "/model", module + "/coordinator", "gorgonia.org/"}},
 		{module + "/tokenizer", []string{module + "/model", module + "/tensor", module + "/protocol", "gorgonia.org/"}},
 		{module + "/tensor", []string{module + "/aggregation", module + "/model",
 			module + "/protocol", module + "/coordinator"}},
