@@ -196,23 +196,10 @@ func (t *Tokenizer) encodePiece(piece string, ids []int) []int {
 	if ok {
 		return append(ids, cached...)
 	}
-	parts := make([]string, len(piece))
-	for i := 0; i < len(piece); i++ { // bytes, not runes
-		parts[i] = piece[i : i+1]
-	}
-	for len(parts) > 1 {
-		best, at := -1, -1
-		for i := 0; i+1 < len(parts); i++ {
-			if r, ok := t.rank[Pair{parts[i], parts[i+1]}]; ok && (best < 0 || r < best) {
-				best, at = r, i
-			}
-		}
-		if at < 0 {
-			break
-		}
-		parts[at] += parts[at+1]
-		parts = append(parts[:at+1], parts[at+2:]...)
-	}
+	parts := merge(piece, 1, func(a, b string) (int, bool) {
+		r, ok := t.rank[Pair{a, b}]
+		return r, ok
+	})
 	out := make([]int, len(parts))
 	for i, p := range parts {
 		out[i] = t.vocab[p]
@@ -270,27 +257,38 @@ func FromRanks(ranks map[string]int, pattern string, special map[string]int) (*T
 	sort.Slice(byRank, func(i, j int) bool { return byRank[i].r < byRank[j].r })
 	merges := make([]Pair, 0, len(byRank))
 	for _, tk := range byRank {
-		parts := make([]string, len(tk.s))
-		for i := 0; i < len(tk.s); i++ { // bytes, not runes
-			parts[i] = tk.s[i : i+1]
-		}
-		for len(parts) > 2 {
-			best, at := -1, -1
-			for i := 0; i+1 < len(parts); i++ {
-				if r, ok := ranks[parts[i]+parts[i+1]]; ok && r < tk.r && (best < 0 || r < best) {
-					best, at = r, i
-				}
-			}
-			if at < 0 {
-				break
-			}
-			parts[at] += parts[at+1]
-			parts = append(parts[:at+1], parts[at+2:]...)
-		}
+		parts := merge(tk.s, 2, func(a, b string) (int, bool) {
+			r, ok := ranks[a+b]
+			return r, ok && r < tk.r
+		})
 		if len(parts) != 2 {
 			return nil, fmt.Errorf("tokenizer: token %q (rank %d) is not the merge of two lower-ranked tokens", tk.s, tk.r)
 		}
 		merges = append(merges, Pair{parts[0], parts[1]})
 	}
 	return New(ranks, merges, pattern, special)
+}
+
+// merge splits s into its bytes and merges adjacent parts, the pair of
+// lowest rank first (leftmost among equals), until no pair has a rank or
+// `until` parts are left.
+func merge(s string, until int, rank func(a, b string) (int, bool)) []string {
+	parts := make([]string, len(s))
+	for i := 0; i < len(s); i++ { // bytes, not runes
+		parts[i] = s[i : i+1]
+	}
+	for len(parts) > until {
+		best, at := -1, -1
+		for i := 0; i+1 < len(parts); i++ {
+			if r, ok := rank(parts[i], parts[i+1]); ok && (best < 0 || r < best) {
+				best, at = r, i
+			}
+		}
+		if at < 0 {
+			break
+		}
+		parts[at] += parts[at+1]
+		parts = append(parts[:at+1], parts[at+2:]...)
+	}
+	return parts
 }
