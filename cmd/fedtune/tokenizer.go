@@ -15,7 +15,7 @@ import (
 // tokenizerCommand trains, and encodes and decodes with, byte-level BPE
 // tokenizers in Hugging Face's tokenizer.json format.
 func tokenizerCommand() *cli.Command {
-	tokFlag := &cli.StringFlag{Name: "tokenizer", Aliases: []string{"t"}, Usage: "a Hugging Face `tokenizer.json` (byte-level BPE)", Required: true}
+	tokFlag := &cli.StringFlag{Name: "tokenizer", Aliases: []string{"t"}, Usage: "a Hugging Face `tokenizer.json` (byte-level BPE)", Required: true, EnvVars: []string{"FEDTUNE_TOKENIZER"}}
 	return &cli.Command{
 		Name:  "tokenizer",
 		Usage: "train byte-level BPE tokenizers; encode and decode text with them",
@@ -25,10 +25,10 @@ func tokenizerCommand() *cli.Command {
 				Usage:     "learn a byte-level BPE on text files and write it as tokenizer.json",
 				ArgsUsage: "FILE...",
 				Flags: []cli.Flag{
-					&cli.IntFlag{Name: "vocab-size", Value: 4096, Usage: "tokens in all: 256 bytes, the merges, the special tokens"},
-					&cli.StringFlag{Name: "pattern", Value: "llama3", Usage: "split expression: llama3 (also cl100k, SmolLM2), gpt2, or a regular expression"},
-					&cli.StringSliceFlag{Name: "special", Value: cli.NewStringSlice("<|endoftext|>"), Usage: "special tokens, given the last ids"},
-					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "tokenizer.json", Usage: "where to write it"},
+					&cli.IntFlag{Name: "vocab-size", Value: 4096, Usage: "tokens in all: 256 bytes, the merges, the special tokens", EnvVars: []string{"FEDTUNE_TOKENIZER_VOCAB_SIZE"}},
+					&cli.StringFlag{Name: "pattern", Value: "llama3", Usage: "split expression: llama3 (also cl100k, SmolLM2), gpt2, or a regular expression", EnvVars: []string{"FEDTUNE_TOKENIZER_PATTERN"}},
+					&cli.StringSliceFlag{Name: "special", Value: cli.NewStringSlice("<|endoftext|>"), Usage: "special tokens, given the last ids", EnvVars: []string{"FEDTUNE_TOKENIZER_SPECIAL"}},
+					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "tokenizer.json", Usage: "where to write it", EnvVars: []string{"FEDTUNE_TOKENIZER_OUTPUT"}},
 				},
 				Action: func(c *cli.Context) error {
 					if c.NArg() == 0 {
