@@ -114,6 +114,8 @@ testdeps:
 	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
 	command -v ip >/dev/null || pkgs="$$pkgs iproute2"; \
 	command -v nft >/dev/null || pkgs="$$pkgs nftables"; \
+	for l in fr de es; do [ -d /usr/share/man/$$l/man1 ] && [ -n "$$(ls /usr/share/man/$$l/man1 | head -50 | sed -n 50p)" ] || pkgs="$$pkgs manpages-$$l"; done; \
+	[ -d /usr/share/man/man7 ] || pkgs="$$pkgs manpages"; \
 	if [ -n "$$pkgs" ]; then \
 		echo "installing test dependencies (Debian):$$pkgs"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; } || \
