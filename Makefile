@@ -116,6 +116,9 @@ testdeps:
 	command -v nft >/dev/null || pkgs="$$pkgs nftables"; \
 	for l in fr de es; do [ -d /usr/share/man/$$l/man1 ] && [ -n "$$(ls /usr/share/man/$$l/man1 | head -50 | sed -n 50p)" ] || pkgs="$$pkgs manpages-$$l"; done; \
 	[ -d /usr/share/man/man7 ] || pkgs="$$pkgs manpages"; \
+	[ -f /usr/share/games/fortunes/computers ] || pkgs="$$pkgs fortunes"; \
+	[ -f /usr/share/games/fortunes/brasil ] || pkgs="$$pkgs fortunes-br"; \
+	for l in de es it pl ru; do [ -d /usr/share/games/fortunes/$$l ] || pkgs="$$pkgs fortunes-$$l"; done; \
 	if [ -n "$$pkgs" ]; then \
 		echo "installing test dependencies (Debian):$$pkgs"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; } || \

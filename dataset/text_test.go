@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestStripRoff(t *testing.T) {
@@ -91,5 +92,36 @@ func TestPackAndSplit(t *testing.T) {
 	slices.Sort(all)
 	if !slices.Equal(all, docs) {
 		t.Errorf("documents lost or repeated: %v", all)
+	}
+}
+
+// TestFortuneText reads each language's fortunes (make test installs
+// Debian's fortune packages) and checks they are UTF-8 text in that
+// language's script: Cyrillic for Russian, Latin letters with the
+// language's own diacritics elsewhere.
+func TestFortuneText(t *testing.T) {
+	// Letters (or, for Italian, whose fortunes write accents as
+	// apostrophes, a word) each language has and English does not.
+	marks := map[string]string{"de": "äöüß", "es": "ñ", "it": " che ", "pl": "ąęłńśźż", "pt": "ãõç", "ru": "абвгдежзиклмнопрст", "en": " the "}
+	for _, lang := range FortuneLanguages {
+		t.Run(lang, func(t *testing.T) {
+			docs, err := FortuneText(lang, 1<<20)
+			if err != nil {
+				t.Skip(err)
+			}
+			text := strings.ToLower(strings.Join(docs, "\n"))
+			if !utf8.ValidString(text) {
+				t.Fatal("not UTF-8")
+			}
+			m := marks[lang]
+			found := strings.ContainsAny(text, m)
+			if strings.HasPrefix(m, " ") { // a word, not a set of letters
+				found = strings.Contains(text, m)
+			}
+			if !found {
+				t.Errorf("none of %q in %d fortunes", marks[lang], len(docs))
+			}
+			t.Logf("%s: %d fortunes, %d bytes", lang, len(docs), len(text))
+		})
 	}
 }
