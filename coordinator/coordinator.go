@@ -209,7 +209,7 @@ type Coordinator struct {
 	http     *http.Server
 	httpAddr string // where http listens ("" if off)
 
-	layouts  sync.Map    // model name -> tensor.Set layout, read-only once stored
+	layouts  sync.Map    // "model/lora-r<rank>" -> a LoRA job's adapter layout, read-only once stored
 	frozen   frozenCache // LoRA jobs' frozen bases
 	proofs   workerProofs
 	polls    pollLimits
@@ -245,6 +245,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 	if err := deps.check(); err != nil {
 		return nil, err
 	}
+	deps.Models = &cachedModels{Models: deps.Models}
 	c := &Coordinator{cfg: cfg, log: cfg.Logger.With("node", cfg.NodeID), clock: deps.clock(), fsm: NewFSM(), done: make(chan struct{}), deps: deps, pool: client.NewPool(), metrics: newMetrics()}
 	if cfg.TLS != nil {
 		c.pool = client.NewPoolTLS(cfg.TLS.ClientTLS())

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/fedtune/fedtune/internal/gossip"
@@ -58,6 +59,27 @@ type Membership interface {
 	SetKeys(keys []string) error
 	Leave(timeout time.Duration) error
 	Shutdown() error
+}
+
+// cachedModels asks the Models seam for each architecture's layout once:
+// a layout is as large as the model (zero-valued), and every submit and
+// every LoRA job's checks need it. The layouts are read-only.
+type cachedModels struct {
+	round.Models
+	layouts sync.Map // architecture -> tensor.Set
+}
+
+// Layout returns the named architecture's zero-valued parameters.
+func (m *cachedModels) Layout(name string) (tensor.Set, error) {
+	if s, ok := m.layouts.Load(name); ok {
+		return s.(tensor.Set), nil
+	}
+	s, err := m.Models.Layout(name)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	got, _ := m.layouts.LoadOrStore(name, s)
+	return got.(tensor.Set), nil
 }
 
 func (d Deps) clock() Clock {

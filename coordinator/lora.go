@@ -28,7 +28,7 @@ func loraOf(spec *pb.JobSpec) (lora.Config, bool) {
 // loraBase returns what a job's adapters are built for: its
 // architecture's layout and LoRA targets, from the Models seam.
 func (c *Coordinator) loraBase(spec *pb.JobSpec) (lora.Base, error) {
-	layout, err := c.archLayout(spec.Model)
+	layout, err := c.deps.Models.Layout(spec.Model)
 	if err != nil {
 		return nil, err
 	}
@@ -37,20 +37,6 @@ func (c *Coordinator) loraBase(spec *pb.JobSpec) (lora.Base, error) {
 		return nil, err
 	}
 	return lora.Static{Params: layout, Targets: targets}, nil
-}
-
-// archLayout returns an architecture's zero-valued layout, asked of the
-// Models seam once per architecture.
-func (c *Coordinator) archLayout(name string) (tensor.Set, error) {
-	if s, ok := c.layouts.Load(name); ok {
-		return s.(tensor.Set), nil
-	}
-	s, err := c.deps.Models.Layout(name)
-	if err != nil {
-		return tensor.Set{}, err
-	}
-	got, _ := c.layouts.LoadOrStore(name, s)
-	return got.(tensor.Set), nil
 }
 
 // prepareAdapter stores the initial adapters of a LoRA job: fresh ones
@@ -103,7 +89,7 @@ func (c *Coordinator) prepareAdapter(ctx context.Context, spec *pb.JobSpec) (ten
 func (c *Coordinator) modelLayout(spec *pb.JobSpec) (tensor.Set, error) {
 	l, isLoRA := loraOf(spec)
 	if !isLoRA {
-		return c.archLayout(spec.Model)
+		return c.deps.Models.Layout(spec.Model)
 	}
 	key := fmt.Sprintf("%s/lora-r%d", spec.Model, l.Rank)
 	if s, ok := c.layouts.Load(key); ok {

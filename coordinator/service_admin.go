@@ -94,7 +94,7 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model: %v", err)
 	}
-	layout, err := c.archLayout(spec.Model)
+	layout, err := c.deps.Models.Layout(spec.Model)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: %v", err)
 	}
