@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"unicode/utf8"
@@ -24,7 +25,7 @@ var FortuneLanguages = []string{"de", "en", "es", "it", "pl", "pt", "ru"}
 // UTF-8 (their .u8 version where the package ships one; Latin-1 files
 // converted); it fails if the language's package is not installed.
 func FortuneText(lang string, maxBytes int) ([]string, error) {
-	if !contains(FortuneLanguages, lang) {
+	if !slices.Contains(FortuneLanguages, lang) {
 		return nil, fmt.Errorf("fortunes: unknown language %q (known: %s)", lang, strings.Join(FortuneLanguages, ", "))
 	}
 	var paths []string

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -27,7 +28,7 @@ var TextLanguages = []string{"de", "en", "es", "fr"}
 // source's language with the markup stripped. It fails if the language's
 // pages are not installed.
 func ManText(lang string, maxBytes int) ([]string, error) {
-	if !contains(TextLanguages, lang) {
+	if !slices.Contains(TextLanguages, lang) {
 		return nil, fmt.Errorf("manual pages: unknown language %q (known: %s)", lang, strings.Join(TextLanguages, ", "))
 	}
 	root := ManRoot
@@ -161,13 +162,4 @@ func SplitHeldOut(docs []string, frac float64, seed uint64) (train, held []strin
 		}
 	}
 	return train, held
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -420,7 +421,7 @@ func (r Point) Config() (Config, error) {
 	if _, err := codec.New(c.Codec); err != nil {
 		return c, keyErr("codec", "%v", err)
 	}
-	if !contains(Attacks, c.Attack) {
+	if !slices.Contains(Attacks, c.Attack) {
 		return c, keyErr("attack", "unknown attack %q (known: %s)", c.Attack, strings.Join(Attacks, ", "))
 	}
 	if _, err := aggregation.NewServerOptimizer(c.Server); err != nil {

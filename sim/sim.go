@@ -142,7 +142,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	if err != nil {
 		return nil, err
 	}
-	if !contains(Attacks, cfg.Attack) && cfg.Attack != "" {
+	if !slices.Contains(Attacks, cfg.Attack) && cfg.Attack != "" {
 		return nil, fmt.Errorf("sim: unknown attack %q (known: %v)", cfg.Attack, Attacks)
 	}
 	if cfg.Workers < 1 || cfg.Rounds < 1 {
@@ -336,15 +336,6 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		}
 	}
 	return results, nil
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if x == y {
-			return true
-		}
-	}
-	return false
 }
 
 // flipLabels returns train with every label y replaced by 9 − y (classes − 1 − y).
