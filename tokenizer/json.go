@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -240,14 +241,6 @@ func (t *Tokenizer) Marshal() ([]byte, error) {
 	for s, id := range t.special {
 		out.AddedTokens = append(out.AddedTokens, hfAdded{ID: id, Content: s, Special: true})
 	}
-	sortAdded(out.AddedTokens)
+	slices.SortFunc(out.AddedTokens, func(a, b hfAdded) int { return a.ID - b.ID })
 	return json.MarshalIndent(out, "", " ")
-}
-
-func sortAdded(a []hfAdded) {
-	for i := 1; i < len(a); i++ {
-		for j := i; j > 0 && a[j].ID < a[j-1].ID; j-- {
-			a[j], a[j-1] = a[j-1], a[j]
-		}
-	}
 }

@@ -97,9 +97,6 @@ func New(vocab map[string]int, merges []Pair, pattern string, special map[string
 // VocabSize is one more than the largest id.
 func (t *Tokenizer) VocabSize() int { return len(t.tokens) }
 
-// Pattern is the split expression.
-func (t *Tokenizer) Pattern() string { return t.pattern }
-
 // Encode returns the ids of text; special tokens written in it are
 // encoded as themselves.
 func (t *Tokenizer) Encode(text string) []int {
@@ -227,17 +224,6 @@ func (t *Tokenizer) Decode(ids []int) ([]byte, error) {
 		out = append(out, t.tokens[id]...)
 	}
 	return out, nil
-}
-
-// Token returns the bytes of an id.
-func (t *Tokenizer) Token(id int) (string, bool) {
-	if s, ok := t.specIDs[id]; ok {
-		return s, true
-	}
-	if id < 0 || id >= len(t.tokens) || t.tokens[id] == "" {
-		return "", false
-	}
-	return t.tokens[id], true
 }
 
 // FromRanks builds a tokenizer from tiktoken-style ranks (token bytes ->
