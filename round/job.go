@@ -33,7 +33,7 @@ func NewJob(spec *pb.JobSpec, baseMetrics map[string]float64, at int64) (Job, er
 	if spec.GetName() == "" {
 		return Job{}, errors.New("register job: no spec or no name") // found by FuzzFSMCommands: a nil spec panicked
 	}
-	DropNonFinite(baseMetrics)
+	dropNonFinite(baseMetrics)
 	j := &pb.Job{
 		Spec:              spec,
 		Status:            pb.JobStatus_JOB_STATUS_RUNNING,
@@ -94,7 +94,7 @@ func (j Job) Open(n uint32) (*pb.Round, error) {
 // selected worker, once per worker, kept sorted by worker), or in an async
 // job's buffer (n is then the version it was trained from).
 func (j Job) AcceptUpdate(n uint32, u *pb.AcceptedUpdate) error {
-	DropNonFinite(u.GetMetrics())
+	dropNonFinite(u.GetMetrics())
 	if IsAsync(j.Spec) && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
 		return j.acceptAsync(n, u)
 	}
@@ -120,7 +120,7 @@ func (j Job) AcceptUpdate(n uint32, u *pb.AcceptedUpdate) error {
 // Non-finite metrics are dropped and non-finite scores zeroed: the state
 // holds finite numbers only, whatever a command says.
 func (j Job) CommitRound(c *pb.CommitRound, at int64) error {
-	DropNonFinite(c.Metrics)
+	dropNonFinite(c.Metrics)
 	for _, sc := range c.Scores {
 		sc.Weight, sc.Norm, sc.Distance, sc.Cosine = finiteOr0(sc.Weight), finiteOr0(sc.Norm), finiteOr0(sc.Distance), finiteOr0(sc.Cosine)
 	}
@@ -184,11 +184,11 @@ func finiteOr0(v float64) float64 {
 	return v
 }
 
-// DropNonFinite deletes NaN and infinite values from m. The leader never
+// dropNonFinite deletes NaN and infinite values from m. The leader never
 // proposes them (updates with them are refused, aggregates checked); this
 // keeps the rule in the state even for a log written before, or by a
 // faulty leader, the same way on every node.
-func DropNonFinite(m map[string]float64) {
+func dropNonFinite(m map[string]float64) {
 	for k, v := range m {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			delete(m, k)
