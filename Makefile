@@ -104,13 +104,15 @@ words:
 	fi
 
 ## testdeps: what the tests need from Debian, installed in one go if
-## missing: the word lists, NumPy (external trainer), Chromium (the
+## missing: the word lists, NumPy (external trainer), PyTorch-CPU (the
+## Llama reference in model/testdata/llama_ref.py), Chromium (the
 ## dashboard's browser test), iproute2 (network-namespace partitions) and
 ## nftables (a port blocked in a namespace). A test whose tool cannot be installed skips
 ## with a message.
 testdeps:
 	@pkgs=; for f in $(WORDLISTS); do [ -f /usr/share/dict/$$f ] || pkgs="wamerican wfrench wngerman wspanish"; done; \
 	/usr/bin/python3 -c 'import numpy' 2>/dev/null || pkgs="$$pkgs python3-numpy"; \
+	/usr/bin/python3 -c 'import torch' 2>/dev/null || pkgs="$$pkgs python3-torch"; \
 	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
 	command -v ip >/dev/null || pkgs="$$pkgs iproute2"; \
 	command -v nft >/dev/null || pkgs="$$pkgs nftables"; \

@@ -18,26 +18,70 @@ import (
 //go:embed mnistdata/*.gz
 var mnistFS embed.FS
 
-// Examples is a labelled data set held in memory: example i has features
-// X[i*Dim:(i+1)*Dim] and label Y[i] in [0, Classes).
+// Examples is a data set held in memory. A labelled one has features
+// X[i*Dim:(i+1)*Dim] and label Y[i] in [0, Classes) for example i. A text
+// one (Tokens not nil) has token sequences instead: example i is
+// Tokens[i*Dim:(i+1)*Dim], Classes the vocabulary size, and a language
+// model predicts each token from those before it.
 type Examples struct {
 	X       []float32
 	Y       []uint8
 	Dim     int
 	Classes int
+	// Tokens, when not nil, holds the token sequences of a text data set.
+	Tokens []int32
 	// Group, when not nil, is each example's group (the words data set's
 	// language), for partitions by group.
 	Group []uint8
 }
 
+// TokenExamples returns the sequences seqs, all of one length, as a text
+// data set over a vocabulary of vocab tokens.
+func TokenExamples(seqs [][]int, vocab int) (*Examples, error) {
+	if len(seqs) == 0 {
+		return nil, fmt.Errorf("dataset: no sequences")
+	}
+	e := &Examples{Dim: len(seqs[0]), Classes: vocab, Tokens: make([]int32, 0, len(seqs)*len(seqs[0]))}
+	for i, s := range seqs {
+		if len(s) != e.Dim {
+			return nil, fmt.Errorf("dataset: sequence %d has %d tokens, the first has %d", i, len(s), e.Dim)
+		}
+		for _, t := range s {
+			if t < 0 || t >= vocab {
+				return nil, fmt.Errorf("dataset: sequence %d holds token %d, outside a vocabulary of %d", i, t, vocab)
+			}
+			e.Tokens = append(e.Tokens, int32(t))
+		}
+	}
+	return e, nil
+}
+
 // Len returns the number of examples.
-func (e *Examples) Len() int { return len(e.Y) }
+func (e *Examples) Len() int {
+	if e.Tokens != nil {
+		return len(e.Tokens) / max(e.Dim, 1)
+	}
+	return len(e.Y)
+}
+
+// Seq returns text example i's tokens; the slice aliases e.Tokens.
+func (e *Examples) Seq(i int) []int32 { return e.Tokens[i*e.Dim : (i+1)*e.Dim] }
 
 // Row returns example i's features; the slice aliases e.X.
 func (e *Examples) Row(i int) []float32 { return e.X[i*e.Dim : (i+1)*e.Dim] }
 
 // Subset returns the examples at idx, copied, in that order.
 func (e *Examples) Subset(idx []int) *Examples {
+	if e.Tokens != nil {
+		s := &Examples{Tokens: make([]int32, 0, len(idx)*e.Dim), Dim: e.Dim, Classes: e.Classes}
+		for _, i := range idx {
+			s.Tokens = append(s.Tokens, e.Seq(i)...)
+			if e.Group != nil {
+				s.Group = append(s.Group, e.Group[i])
+			}
+		}
+		return s
+	}
 	s := &Examples{X: make([]float32, 0, len(idx)*e.Dim), Y: make([]uint8, 0, len(idx)), Dim: e.Dim, Classes: e.Classes}
 	for _, i := range idx {
 		s.X = append(s.X, e.Row(i)...)

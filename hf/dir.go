@@ -124,7 +124,7 @@ func first(s []string, n int) []string {
 // WriteDir writes cfg and set as a model directory: config.json (with
 // torch_dtype), and model.safetensors, or, when the tensors take more
 // than shardBytes (> 0), shards model-0000i-of-0000n.safetensors and their
-// index. dtype is F32 or F16.
+// index. dtype is F32, F16 or BF16.
 func WriteDir(dir string, cfg Config, set tensor.Set, dtype tensor.DType, shardBytes int64) error {
 	if _, err := Check(cfg, set.Tensors); err != nil {
 		return err
@@ -132,9 +132,9 @@ func WriteDir(dir string, cfg Config, set tensor.Set, dtype tensor.DType, shardB
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	cfg.TorchDtype = map[tensor.DType]string{tensor.F32: "float32", tensor.F16: "float16"}[dtype]
+	cfg.TorchDtype = map[tensor.DType]string{tensor.F32: "float32", tensor.F16: "float16", tensor.BF16: "bfloat16"}[dtype]
 	if cfg.TorchDtype == "" {
-		return fmt.Errorf("hf: write %s tensors: want F32 or F16", dtype)
+		return fmt.Errorf("hf: write %s tensors: want F32, F16 or BF16", dtype)
 	}
 	b, err := json.Marshal(cfg)
 	if err != nil {

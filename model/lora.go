@@ -31,8 +31,11 @@ func (t *mlpTrainer) TrainAdapter(ctx context.Context, l lora.Config, base, adap
 	if err := tensor.SameLayout(adapter, want); err != nil {
 		return tensor.Set{}, met, fmt.Errorf("lora: adapter does not fit %v rank %d: %w", m.Sizes, l.Rank, err)
 	}
-	if cfg.BatchSize <= 0 || !(cfg.LR > 0) || data.Len() < cfg.BatchSize {
-		return tensor.Set{}, met, fmt.Errorf("lora: batch %d, lr %v, %d examples", cfg.BatchSize, cfg.LR, data.Len())
+	if err := cfg.check(); err != nil {
+		return tensor.Set{}, met, fmt.Errorf("lora: %w", err)
+	}
+	if data.Len() < cfg.BatchSize*max(cfg.Accum, 1) {
+		return tensor.Set{}, met, fmt.Errorf("lora: %d local examples, fewer than one step of %d×%d", data.Len(), max(cfg.Accum, 1), cfg.BatchSize)
 	}
 	gr, params, err := loraGraph(l, m, cfg.BatchSize)
 	if err != nil {
@@ -44,12 +47,10 @@ func (t *mlpTrainer) TrainAdapter(ctx context.Context, l lora.Config, base, adap
 		copy(p.Value().Data().([]float32), adapter.Tensors[k].Data)
 	}
 	weights := make([][]float32, len(params))
-	vel := make([][]float32, len(params))
 	for k, p := range params {
 		weights[k] = p.Value().Data().([]float32)
-		vel[k] = make([]float32, len(weights[k]))
 	}
-	if err := sgd(ctx, gr, params, weights, vel, data, cfg, &met); err != nil {
+	if err := sgd(ctx, gr, params, weights, data, cfg, &met); err != nil {
 		return tensor.Set{}, met, fmt.Errorf("lora: %w", err)
 	}
 	out := adapter.Clone()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"time"
 
 	G "gorgonia.org/gorgonia"
@@ -22,10 +21,15 @@ type TrainConfig struct {
 	Epochs    int     // passes over the data; at least one pass unless Steps caps it
 	Steps     int     // cap on minibatch steps (0: no cap)
 	BatchSize int     // examples per step
-	LR        float64 // SGD learning rate
-	Momentum  float64 // heavy-ball momentum (0: plain SGD)
+	LR        float64 // learning rate
+	Momentum  float64 // SGD's heavy-ball momentum (0: plain SGD)
 	ProxMu    float64 // FedProx proximal weight (0: off)
-	Seed      uint64  // shuffling order
+	// Optimizer is SGD (the default when empty) or AdamW.
+	Optimizer   string
+	WeightDecay float64 // SGD's L2 penalty or AdamW's decoupled decay (0: off)
+	ClipNorm    float64 // clip each step's gradient to this global L2 norm (0: off)
+	Accum       int     // micro-batches whose gradients one step averages (0 or 1: none)
+	Seed        uint64  // shuffling order
 	// Progress, if set, is called after every step with steps done and planned.
 	Progress func(done, total int, loss float64)
 }
@@ -46,7 +50,6 @@ type mlpTrainer struct {
 	m     MLP
 	gr    *graph
 	mu    float64
-	vel   [][]float32
 	clock func() time.Time
 }
 
@@ -75,10 +78,6 @@ func (t *mlpTrainer) graphFor(batch int, mu float64) (*graph, error) {
 		return nil, err
 	}
 	t.gr, t.mu = gr, mu
-	t.vel = make([][]float32, len(gr.paramData))
-	for k, p := range gr.paramData {
-		t.vel[k] = make([]float32, len(p))
-	}
 	return gr, nil
 }
 
@@ -98,8 +97,8 @@ func (t *mlpTrainer) Train(ctx context.Context, base tensor.Set, data *dataset.E
 		return tensor.Set{}, met, fmt.Errorf("train: %w", err)
 	}
 	n := data.Len()
-	if n < cfg.BatchSize {
-		return tensor.Set{}, met, fmt.Errorf("train: %d local examples, fewer than one batch of %d", n, cfg.BatchSize)
+	if n < cfg.BatchSize*max(cfg.Accum, 1) {
+		return tensor.Set{}, met, fmt.Errorf("train: %d local examples, fewer than one step of %d×%d", n, max(cfg.Accum, 1), cfg.BatchSize)
 	}
 	gr, err := t.graphFor(cfg.BatchSize, cfg.ProxMu)
 	if err != nil {
@@ -109,10 +108,7 @@ func (t *mlpTrainer) Train(ctx context.Context, base tensor.Set, data *dataset.E
 	for k := range gr.anchorData {
 		gr.put(gr.anchorData[k], base.Tensors[k].Data, k)
 	}
-	for _, v := range t.vel {
-		clear(v)
-	}
-	if err := sgd(ctx, gr, gr.params(), gr.paramData, t.vel, data, cfg, &met); err != nil {
+	if err := sgd(ctx, gr, gr.params(), gr.paramData, data, cfg, &met); err != nil {
 		return tensor.Set{}, met, err
 	}
 	out := base.Clone()
@@ -139,89 +135,41 @@ func (cfg TrainConfig) check() error {
 		return fmt.Errorf("momentum %v must be in [0, 1)", cfg.Momentum)
 	case !(cfg.ProxMu >= 0) || math.IsInf(cfg.ProxMu, 0):
 		return fmt.Errorf("proximal weight %v must be a non-negative finite number", cfg.ProxMu)
+	case cfg.Optimizer != "" && cfg.Optimizer != SGD && cfg.Optimizer != AdamW:
+		return fmt.Errorf("optimizer %q: want %s or %s", cfg.Optimizer, SGD, AdamW)
+	case cfg.Optimizer == AdamW && cfg.Momentum != 0:
+		return fmt.Errorf("momentum %v is SGD's; AdamW has its own moments", cfg.Momentum)
+	case !(cfg.WeightDecay >= 0 && cfg.WeightDecay < 1):
+		return fmt.Errorf("weight decay %v must be in [0, 1)", cfg.WeightDecay)
+	case !(cfg.ClipNorm >= 0) || math.IsInf(cfg.ClipNorm, 0):
+		return fmt.Errorf("gradient clipping norm %v must be a non-negative finite number", cfg.ClipNorm)
+	case cfg.Accum < 0 || cfg.Accum > 1<<16:
+		return fmt.Errorf("gradient accumulation over %d micro-batches: want 1 to 65536", cfg.Accum)
 	}
 	return nil
 }
 
-// PlannedSteps is the number of minibatch steps Train takes on n examples:
-// the epochs' full batches, capped at cfg.Steps. A simulator uses it to time
-// a task it does not run.
+// PlannedSteps is the number of optimizer steps Train takes on n examples:
+// the epochs' full steps (of cfg.Accum batches), capped at cfg.Steps. A
+// simulator uses it to time a task it does not run.
 func PlannedSteps(n int, cfg TrainConfig) int {
-	total := max(cfg.Epochs, 1) * (n / max(cfg.BatchSize, 1))
+	total := max(cfg.Epochs, 1) * (n / (max(cfg.BatchSize, 1) * max(cfg.Accum, 1)))
 	if cfg.Steps > 0 {
 		total = min(total, cfg.Steps)
 	}
 	return total
 }
 
-// sgd runs minibatch SGD with heavy-ball momentum on params (whose values
-// are weights, momentum buffers vel) over data as cfg says — epochs of a
-// seeded shuffle, capped at cfg.Steps — filling met's steps, examples
-// seen and mean loss. Gradients come from the graph's tape.
-//
-// However it returns (done, cancelled, diverged), it leaves every bound
-// gradient zero: the graph is reused by the next task, and Gorgonia adds
-// into bound gradients, so one diverged step would otherwise carry NaN into
-// every later task of the trainer.
-func sgd(ctx context.Context, gr *graph, params []*G.Node, weights, vel [][]float32, data *dataset.Examples, cfg TrainConfig, met *TrainMetrics) error {
-	defer zeroGrads(params)
-	n := data.Len()
-	perEpoch := n / cfg.BatchSize
-	total := PlannedSteps(n, cfg)
-	r := rand.New(rand.NewPCG(cfg.Seed, 0x7a11))
-	lr, mom := float32(cfg.LR), float32(cfg.Momentum)
-	var lossSum float64
-	var order []int
-	for step := 0; step < total; step++ {
-		if step%perEpoch == 0 {
-			order = r.Perm(n)
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("train: stopped after %d of %d steps: %w", step, total, err)
-		}
-		i := step % perEpoch
-		gr.setBatch(data.X, data.Y, data.Dim, order[i*cfg.BatchSize:(i+1)*cfg.BatchSize])
+// sgd runs cfg's local optimizer on the MLP's params (whose values are
+// weights) over data; gradients come from the graph's tape.
+func sgd(ctx context.Context, gr *graph, params []*G.Node, weights [][]float32, data *dataset.Examples, cfg TrainConfig, met *TrainMetrics) error {
+	return localTrain(ctx, data.Len(), cfg, params, weights, nil, func(idx []int) (float64, error) {
+		gr.setBatch(data.X, data.Y, data.Dim, idx)
 		if err := gr.run(); err != nil {
-			return fmt.Errorf("train: step %d: %w", step, err)
+			return 0, err
 		}
-		loss := gr.lossValue()
-		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return fmt.Errorf("train: loss %v at step %d; lower the learning rate: %w", loss, step, ErrDiverged)
-		}
-		lossSum += loss
-		for k, p := range params {
-			gv, err := p.Grad()
-			if err != nil {
-				return fmt.Errorf("train: gradient of %s: %w", p.Name(), err)
-			}
-			g := gv.Data().([]float32)
-			w, v := weights[k], vel[k]
-			if mom != 0 {
-				// v = mom*v + g; w -= lr*v
-				tensor.Scale(mom, v)
-				tensor.Axpy(1, g, v)
-				tensor.Axpy(-lr, v, w)
-			} else {
-				tensor.Axpy(-lr, g, w)
-			}
-			// Gorgonia accumulates into bound gradients: zero them for the
-			// next step (as its own solvers do).
-			clear(g)
-		}
-
-		met.Steps++
-		met.Seen += cfg.BatchSize
-		if cfg.Progress != nil {
-			cfg.Progress(met.Steps, total, loss)
-		}
-	}
-	met.Loss = lossSum / float64(max(met.Steps, 1))
-	for k, w := range weights {
-		if i := tensor.FirstNonFinite(w); i >= 0 {
-			return fmt.Errorf("train: %s[%d] = %v after %d steps; lower the learning rate: %w", params[k].Name(), i, w[i], met.Steps, ErrDiverged)
-		}
-	}
-	return nil
+		return gr.lossValue(), nil
+	}, met)
 }
 
 // zeroGrads zeroes the gradients bound to params (those Gorgonia has

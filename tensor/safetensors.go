@@ -26,7 +26,7 @@ import (
 //	              no overlaps, no gaps, nothing after the last one.
 //
 // Reading converts every supported dtype to float32 (F16 and BF16 exactly);
-// writing emits F32 or F16.
+// writing emits F32, F16 or BF16.
 
 // DType is a safetensors element type name.
 type DType string
@@ -241,12 +241,12 @@ func decodeInto(dst []float32, d DType, b []byte) {
 	}
 }
 
-// Marshal encodes s as safetensors with every tensor stored as dtype (F32 or
-// F16). The encoding is canonical: tensors in name order, JSON keys sorted,
+// Marshal encodes s as safetensors with every tensor stored as dtype (F32,
+// F16 or BF16, the 16-bit ones rounded to nearest even). The encoding is canonical: tensors in name order, JSON keys sorted,
 // header padded with spaces to a multiple of 8.
 func Marshal(s Set, dtype DType) ([]byte, error) {
-	if dtype != F32 && dtype != F16 {
-		return nil, fmt.Errorf("safetensors: cannot write dtype %q (want F32 or F16)", dtype)
+	if dtype != F32 && dtype != F16 && dtype != BF16 {
+		return nil, fmt.Errorf("safetensors: cannot write dtype %q (want F32, F16 or BF16)", dtype)
 	}
 	w := uint64(dtype.size())
 	header := make(map[string]any, len(s.Tensors)+1)
@@ -287,11 +287,25 @@ func Marshal(s Set, dtype DType) ([]byte, error) {
 			continue
 		}
 		for _, v := range t.Data {
-			binary.LittleEndian.PutUint16(p, float16.Fromfloat32(v).Bits())
+			if dtype == BF16 {
+				binary.LittleEndian.PutUint16(p, bfloat16(v))
+			} else {
+				binary.LittleEndian.PutUint16(p, float16.Fromfloat32(v).Bits())
+			}
 			p = p[2:]
 		}
 	}
 	return out, nil
+}
+
+// bfloat16 rounds v to bfloat16 (nearest, ties to even; NaN stays NaN).
+func bfloat16(v float32) uint16 {
+	b := math.Float32bits(v)
+	if v != v {
+		return uint16(b>>16) | 0x40 // quiet NaN
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
 }
 
 // ReadFile reads and validates a safetensors file.

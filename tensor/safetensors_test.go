@@ -227,8 +227,34 @@ func TestMarshalRefusesBadSets(t *testing.T) {
 	if _, err := Marshal(Set{Tensors: []Tensor{{Name: "x", Shape: []int{3}, Data: []float32{1}}}}, F32); err == nil {
 		t.Error("marshalled a tensor whose data does not match its shape")
 	}
-	if _, err := Marshal(MustNew(), BF16); err == nil {
+	if _, err := Marshal(MustNew(), F64); err == nil {
 		t.Error("marshalled to an unsupported dtype")
+	}
+}
+
+// TestBF16RoundsToNearestEven checks BF16 writing against values whose
+// rounding is known, and that reading it back gives them exactly.
+func TestBF16RoundsToNearestEven(t *testing.T) {
+	cases := []struct{ in, want float32 }{
+		{1, 1},
+		{math.Float32frombits(0x3f808000), 1}, // tie, even below
+		{math.Float32frombits(0x3f818000), math.Float32frombits(0x3f820000)}, // tie, even above
+		{math.Float32frombits(0x3f808001), math.Float32frombits(0x3f810000)}, // above the tie
+		{-2.5, -2.5},
+		{float32(math.Inf(1)), float32(math.Inf(1))},
+	}
+	for _, c := range cases {
+		b, err := Marshal(MustNew(Tensor{Name: "x", Shape: []int{1}, Data: []float32{c.in}}), BF16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := Unmarshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.Tensors[0].Data[0]; got != c.want {
+			t.Errorf("bf16(%x) = %x, want %x", math.Float32bits(c.in), math.Float32bits(got), math.Float32bits(c.want))
+		}
 	}
 }
 
