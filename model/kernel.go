@@ -32,6 +32,11 @@ type kernel struct {
 	diff func(inputs G.Nodes, output, grad *G.Node) (G.Nodes, error)
 	wrt  []bool
 	id   uint64 // distinct kernels never share a graph node
+	// out is the output buffer, allocated at the first run and reused:
+	// Gorgonia's tape machine calls Do at every run, and fresh buffers of
+	// activation size each step cost more in page faults and zeroing
+	// than the arithmetic.
+	out G.Value
 }
 
 var kernelIDs atomic.Uint64
@@ -81,8 +86,11 @@ func (k *kernel) InferShape(ds ...G.DimSizer) (gt.Shape, error) {
 	return k.shape(shapes), nil
 }
 
-// Do computes the output into a new value.
+// Do computes the output into the kernel's buffer.
 func (k *kernel) Do(vals ...G.Value) (G.Value, error) {
+	if k.out != nil {
+		return k.UsePreallocDo(k.out, vals...)
+	}
 	shapes := make([]gt.Shape, len(vals))
 	for i, v := range vals {
 		shapes[i] = v.Shape()
@@ -93,6 +101,7 @@ func (k *kernel) Do(vals ...G.Value) (G.Value, error) {
 	} else {
 		out = gt.New(gt.WithShape(k.shape(shapes)...), gt.Of(gt.Float32))
 	}
+	k.out = out
 	return k.UsePreallocDo(out, vals...)
 }
 

@@ -146,7 +146,7 @@ func newLlamaGraph(m Llama, sp graphSpec) (*llamaGraph, error) {
 		gr.paramData = append(gr.paramData, p.Value().Data().([]float32))
 	}
 	adapted := map[string][2]*G.Node{}
-	var scale *G.Node
+	var scale float32
 	if sp.lora != nil {
 		layout, err := sp.lora.Layout(lora.Static{Params: m.Layout(), Targets: sp.targets})
 		if err != nil {
@@ -160,7 +160,7 @@ func newLlamaGraph(m Llama, sp graphSpec) (*llamaGraph, error) {
 		for _, w := range sp.targets {
 			adapted[w] = [2]*G.Node{byName[lora.AName(w)], byName[lora.BName(w)]}
 		}
-		scale = G.NewConstant(sp.lora.Scale())
+		scale = sp.lora.Scale()
 	}
 	b := &llamaBuilder{byName: byName, adapted: adapted, scale: scale}
 	logits, err := b.forward(m.Config, gr.ids, sp.seq)
@@ -194,30 +194,31 @@ func newLlamaGraph(m Llama, sp graphSpec) (*llamaGraph, error) {
 type llamaBuilder struct {
 	byName  map[string]*G.Node
 	adapted map[string][2]*G.Node // LoRA factors A, B by target weight
-	scale   *G.Node
+	scale   float32
 	err     error
 }
 
 // linear is x·Wᵀ (+ bias) (+ s·(x·Aᵀ)·Bᵀ for an adapted weight) for the
 // module named prefix.
 func (b *llamaBuilder) linear(x *G.Node, prefix string) *G.Node {
-	if b.err != nil {
-		return nil
-	}
-	w := b.byName[prefix+".weight"]
-	y, err := G.Mul(x, G.Must(G.Transpose(w)))
-	if err != nil {
-		b.err = fmt.Errorf("llama: %s: %w", prefix, err)
-		return nil
-	}
-	if f, ok := b.adapted[prefix+".weight"]; ok {
-		low := G.Must(G.Mul(G.Must(G.Mul(x, G.Must(G.Transpose(f[0])))), G.Must(G.Transpose(f[1]))))
-		y = G.Must(G.Add(y, G.Must(G.HadamardProd(low, b.scale))))
-	}
-	if bias, ok := b.byName[prefix+".bias"]; ok {
-		y = G.Must(G.BroadcastAdd(y, bias, nil, []byte{0}))
-	}
-	return y
+	return b.do(func() (*G.Node, error) {
+		y, err := linear(x, b.byName[prefix+".weight"], b.byName[prefix+".bias"], 1)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", prefix, err)
+		}
+		f, ok := b.adapted[prefix+".weight"]
+		if !ok {
+			return y, nil
+		}
+		low, err := linear(x, f[0], nil, 1)
+		if err != nil {
+			return nil, fmt.Errorf("%s adapter: %w", prefix, err)
+		}
+		if low, err = linear(low, f[1], nil, b.scale); err != nil {
+			return nil, fmt.Errorf("%s adapter: %w", prefix, err)
+		}
+		return G.Add(y, low)
+	})
 }
 
 func (b *llamaBuilder) do(f func() (*G.Node, error)) *G.Node {
@@ -249,13 +250,7 @@ func (b *llamaBuilder) forward(c hf.Config, ids []int32, seq int) (*G.Node, erro
 			return rmsNorm(x, b.byName[p+"post_attention_layernorm.weight"], c.RMSNormEps)
 		})
 		gate, up := b.linear(h, p+"mlp.gate_proj"), b.linear(h, p+"mlp.up_proj")
-		act := b.do(func() (*G.Node, error) {
-			silu, err := G.HadamardProd(gate, G.Must(G.Sigmoid(gate)))
-			if err != nil {
-				return nil, err
-			}
-			return G.HadamardProd(silu, up)
-		})
+		act := b.do(func() (*G.Node, error) { return swiglu(gate, up) })
 		down := b.linear(act, p+"mlp.down_proj")
 		x = b.do(func() (*G.Node, error) { return G.Add(x, down) })
 	}

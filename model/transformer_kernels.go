@@ -319,9 +319,11 @@ func columns(x *G.Node, off, width int) (*G.Node, error) {
 
 // crossEntropy is the mean next-token cross-entropy of logits [N, V]
 // against targets (a negative target is not counted): a scalar node.
-// targets is read at every run.
+// targets is read at every run. The forward run keeps the softmax for the
+// backward one.
 func crossEntropy(logits *G.Node, targets []int32) (*G.Node, error) {
-	vocab := logits.Shape()[1]
+	n, vocab := logits.Shape()[0], logits.Shape()[1]
+	probs := make([]float32, n*vocab)
 	counted := func() int {
 		c := 0
 		for _, t := range targets {
@@ -336,10 +338,12 @@ func crossEntropy(logits *G.Node, targets []int32) (*G.Node, error) {
 		do: func(out []float32, in [][]float32) error {
 			var sum float64
 			for r, t := range targets {
-				if t >= 0 {
-					row := in[0][r*vocab : (r+1)*vocab]
-					sum += logSumExp(row) - float64(row[t])
+				if t < 0 {
+					continue
 				}
+				row, p := in[0][r*vocab:(r+1)*vocab], probs[r*vocab:(r+1)*vocab]
+				lse := softmax(p, row)
+				sum += lse - float64(row[t])
 			}
 			out[0] = float32(sum / float64(max(counted(), 1)))
 			return nil
@@ -355,10 +359,8 @@ func crossEntropy(logits *G.Node, targets []int32) (*G.Node, error) {
 						clear(o)
 						continue
 					}
-					row := in[0][r*vocab : (r+1)*vocab]
-					lse := logSumExp(row)
-					for j, z := range row {
-						o[j] = float32(math.Exp(float64(z)-lse)) * scale
+					for j, p := range probs[r*vocab : (r+1)*vocab] {
+						o[j] = p * scale
 					}
 					o[t] -= scale
 				}
@@ -370,15 +372,134 @@ func crossEntropy(logits *G.Node, targets []int32) (*G.Node, error) {
 	return k.apply(logits)
 }
 
-// logSumExp is log Σ exp(row), accumulated in float64.
-func logSumExp(row []float32) float64 {
+// softmax writes the softmax of row into p and returns log Σ exp(row),
+// the sum accumulated in float64.
+func softmax(p, row []float32) float64 {
 	m := row[0]
 	for _, z := range row[1:] {
 		m = max(m, z)
 	}
 	var s float64
-	for _, z := range row {
-		s += math.Exp(float64(z - m))
+	for j, z := range row {
+		e := float32(math.Exp(float64(z - m)))
+		p[j] = e
+		s += float64(e)
+	}
+	inv := float32(1 / s)
+	for j := range p {
+		p[j] *= inv
 	}
 	return float64(m) + math.Log(s)
 }
+
+// linear is alpha·x·Wᵀ (+ bias): x [N, in], W [out, in] as transformers
+// stores it, bias [out] or nil. Its gradients are matrix products on W in
+// place, with no transposed copy.
+func linear(x, w, bias *G.Node, alpha float32) (*G.Node, error) {
+	n, in := x.Shape()[0], x.Shape()[1]
+	out := w.Shape()[0]
+	if w.Shape()[1] != in {
+		return nil, fmt.Errorf("linear: input of %d features, weight %v", in, w.Shape())
+	}
+	inputs := []*G.Node{x, w}
+	dims := []int{2, 2}
+	if bias != nil {
+		inputs, dims = append(inputs, bias), append(dims, 1)
+	}
+	k := &kernel{name: "linear", in: dims, outDim: 2, wrt: []bool{true, true, true}[:len(dims)],
+		shape: func([]gt.Shape) gt.Shape { return gt.Shape{n, out} },
+		do: func(y []float32, v [][]float32) error {
+			blas.Gemm(false, true, n, out, in, alpha, v[0], in, v[1], in, 0, y, out)
+			if len(v) == 3 {
+				for r := 0; r < n; r++ {
+					row := y[r*out : (r+1)*out]
+					for j, b := range v[2] {
+						row[j] += b
+					}
+				}
+			}
+			return nil
+		}}
+	k.diff = func(v G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+		dx := &kernel{name: "linear-grad-x", in: []int{2, 2}, outDim: 2,
+			shape: func([]gt.Shape) gt.Shape { return gt.Shape{n, in} },
+			do: func(o []float32, v [][]float32) error { // α·g·W
+				blas.Gemm(false, false, n, in, out, alpha, v[0], out, v[1], in, 0, o, in)
+				return nil
+			}}
+		dw := &kernel{name: "linear-grad-w", in: []int{2, 2}, outDim: 2,
+			shape: func([]gt.Shape) gt.Shape { return gt.Shape{out, in} },
+			do: func(o []float32, v [][]float32) error { // α·gᵀ·x
+				blas.Gemm(true, false, out, in, n, alpha, v[0], out, v[1], in, 0, o, in)
+				return nil
+			}}
+		gx, err := dx.apply(grad, v[1])
+		if err != nil {
+			return nil, err
+		}
+		gw, err := dw.apply(grad, v[0])
+		if err != nil {
+			return nil, err
+		}
+		if len(v) == 2 {
+			return G.Nodes{gx, gw}, nil
+		}
+		db := &kernel{name: "linear-grad-bias", in: []int{2}, outDim: 1,
+			shape: func([]gt.Shape) gt.Shape { return gt.Shape{out} },
+			do: func(o []float32, v [][]float32) error {
+				clear(o)
+				for r := 0; r < n; r++ {
+					for j, g := range v[0][r*out : (r+1)*out] {
+						o[j] += g
+					}
+				}
+				return nil
+			}}
+		gb, err := db.apply(grad)
+		return G.Nodes{gx, gw, gb}, err
+	}
+	return k.apply(inputs...)
+}
+
+// swiglu is Llama's MLP activation silu(gate) ⊙ up.
+func swiglu(gate, up *G.Node) (*G.Node, error) {
+	n, f := gate.Shape()[0], gate.Shape()[1]
+	k := &kernel{name: "swiglu", in: []int{2, 2}, outDim: 2, wrt: []bool{true, true},
+		shape: func(s []gt.Shape) gt.Shape { return s[0].Clone() },
+		do: func(o []float32, v [][]float32) error {
+			for i, g := range v[0] {
+				o[i] = g * sigmoid(g) * v[1][i]
+			}
+			return nil
+		}}
+	k.diff = func(v G.Nodes, _, grad *G.Node) (G.Nodes, error) {
+		bk := &kernel{name: "swiglu-grad", in: []int{2, 2, 2}, outDim: 2,
+			shape: func([]gt.Shape) gt.Shape { return gt.Shape{n, 2 * f} },
+			do: func(o []float32, v [][]float32) error { // [d gate | d up] per row
+				gate, up, g := v[0], v[1], v[2]
+				for r := 0; r < n; r++ {
+					dg, du := o[r*2*f:r*2*f+f], o[r*2*f+f:(r+1)*2*f]
+					for j := 0; j < f; j++ {
+						i := r*f + j
+						s := sigmoid(gate[i])
+						du[j] = g[i] * gate[i] * s
+						dg[j] = g[i] * up[i] * s * (1 + gate[i]*(1-s))
+					}
+				}
+				return nil
+			}}
+		packed, err := bk.apply(v[0], v[1], grad)
+		if err != nil {
+			return nil, err
+		}
+		dg, err := columns(packed, 0, f)
+		if err != nil {
+			return nil, err
+		}
+		du, err := columns(packed, f, f)
+		return G.Nodes{dg, du}, err
+	}
+	return k.apply(gate, up)
+}
+
+func sigmoid(x float32) float32 { return 1 / (1 + float32(math.Exp(float64(-x)))) }

@@ -18,7 +18,7 @@ import (
 
 func modelCommand() *cli.Command {
 	modelFlag := &cli.StringFlag{Name: "model", Value: "mnist-mlp", Usage: "architecture: " + strings.Join(model.Names(), ", "), EnvVars: []string{"FEDTUNE_MODEL"}}
-	outFlag := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "safetensors file to write", EnvVars: []string{"FEDTUNE_MODEL_OUTPUT"}}
+	outFlag := &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "safetensors file to write (llama: a model directory)", EnvVars: []string{"FEDTUNE_MODEL_OUTPUT"}}
 	return &cli.Command{
 		Name:  "model",
 		Usage: "make, export and inspect checkpoints (safetensors)",
@@ -60,14 +60,18 @@ func modelCommand() *cli.Command {
 			},
 			{
 				Name:  "pretrain",
-				Usage: "train a base checkpoint centrally on MNIST (some digits only) or on a words data set (e.g. English words only)",
-				Flags: []cli.Flag{modelFlag, outFlag,
+				Usage: "train a base checkpoint centrally: an MLP on MNIST (some digits only) or a words data set, or a small Llama (--model llama) on Debian's text",
+				Flags: append([]cli.Flag{modelFlag, outFlag,
 					&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "mnist, or a words data set such as words-en (with --model words-mlp)", EnvVars: []string{"FEDTUNE_DATASET"}},
 					&cli.StringFlag{Name: "digits", Value: "0,1,2,3,4", Usage: "mnist: comma-separated digits to train on", EnvVars: []string{"FEDTUNE_DIGITS"}},
 					&cli.IntFlag{Name: "epochs", Value: 1, Usage: "epochs", EnvVars: []string{"FEDTUNE_EPOCHS"}},
 					&cli.Float64Flag{Name: "lr", Value: 0.05, Usage: "learning rate (SGD, momentum 0.9, batch 64)", EnvVars: []string{"FEDTUNE_LR"}},
 					&cli.Uint64Flag{Name: "seed", Value: 1, Usage: "initialisation and shuffling seed", EnvVars: []string{"FEDTUNE_SEED"}}},
+					llamaPretrainFlags()...),
 				Action: func(c *cli.Context) error {
+					if c.String("model") == "llama" {
+						return llamaPretrain(c)
+					}
 					arch, err := model.Lookup(c.String("model"))
 					if err != nil {
 						return err
@@ -114,13 +118,18 @@ func modelCommand() *cli.Command {
 			},
 			{
 				Name:      "eval",
-				Usage:     "score a checkpoint on a data set's test split (accuracy, loss, bits per example)",
-				ArgsUsage: "FILE",
-				Flags: []cli.Flag{modelFlag,
-					&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "mnist, words, or words-<lang>[+<lang>…]", EnvVars: []string{"FEDTUNE_DATASET"}}},
+				Usage:     "score a checkpoint: an MLP's safetensors FILE on a data set's test split (accuracy, loss, bits per example), or a language model's DIR on token ids or text (loss in nats, perplexity)",
+				ArgsUsage: "FILE | DIR",
+				Flags: append([]cli.Flag{modelFlag,
+					&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "mnist, words, or words-<lang>[+<lang>…]", EnvVars: []string{"FEDTUNE_DATASET"}},
+					&cli.IntFlag{Name: "batch-size", Value: 8, Usage: "language models: sequences per forward pass", EnvVars: []string{"FEDTUNE_BATCH_SIZE"}}},
+					lmDataFlags()...),
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
-						return fmt.Errorf("model eval: give one safetensors file (a LoRA job's: model export --merged)")
+						return fmt.Errorf("model eval: give one safetensors file (a LoRA job's: model export --merged) or model directory")
+					}
+					if st, err := os.Stat(c.Args().First()); err == nil && st.IsDir() {
+						return lmEval(c, c.Args().First())
 					}
 					arch, err := model.Lookup(c.String("model"))
 					if err != nil {
@@ -151,6 +160,8 @@ func modelCommand() *cli.Command {
 					return nil
 				},
 			},
+			lmTrainCommand(),
+			lmGenerateCommand(),
 			{
 				Name:      "inspect",
 				Usage:     "list a safetensors file's tensors",
