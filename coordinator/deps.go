@@ -2,7 +2,9 @@ package coordinator
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -66,19 +68,20 @@ type Membership interface {
 // every LoRA job's checks need it. The layouts are read-only.
 type cachedModels struct {
 	round.Models
-	layouts sync.Map // architecture -> tensor.Set
+	layouts sync.Map // architecture and configuration -> tensor.Set
 }
 
-// Layout returns the named architecture's zero-valued parameters.
-func (m *cachedModels) Layout(name string) (tensor.Set, error) {
-	if s, ok := m.layouts.Load(name); ok {
+// Layout returns the architecture's zero-valued parameters.
+func (m *cachedModels) Layout(name string, config []byte) (tensor.Set, error) {
+	key := fmt.Sprintf("%s/%x", name, sha256.Sum256(config))
+	if s, ok := m.layouts.Load(key); ok {
 		return s.(tensor.Set), nil
 	}
-	s, err := m.Models.Layout(name)
+	s, err := m.Models.Layout(name, config)
 	if err != nil {
 		return tensor.Set{}, err
 	}
-	got, _ := m.layouts.LoadOrStore(name, s)
+	got, _ := m.layouts.LoadOrStore(key, s)
 	return got.(tensor.Set), nil
 }
 

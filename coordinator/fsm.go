@@ -84,6 +84,7 @@ var appliers = map[pb.CommandType]applyFn{
 	pb.CommandType_COMMAND_TYPE_REVOKE_WORKER: applyRevokeWorker,
 	pb.CommandType_COMMAND_TYPE_KEYRING:       applyKeyring,
 	pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS:  applyAssignTasks,
+	pb.CommandType_COMMAND_TYPE_RECORD_EVAL:   applyRecordEval,
 	pb.CommandType_COMMAND_TYPE_SERVER_ADDRS:  applyServerAddrs,
 }
 
@@ -485,3 +486,7 @@ func (s fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 
 // Release does nothing; the snapshot owns its copy.
 func (fsmSnapshot) Release() {}
+
+func applyRecordEval(f *FSM, payload []byte, _ int64) error {
+	return onJob(f, payload, func(j round.Job, c *pb.RecordEval) error { return j.RecordEval(c.Round, c.Report) })
+}

@@ -9,12 +9,13 @@ import (
 )
 
 // referenced returns the blobs the FSM still needs: every job's base and
-// committed models, the open round's base and updates, and the updates of
+// committed models, a text job's tokenizer, the open round's base and updates, and the updates of
 // the last KeepUpdateRounds committed rounds.
 func (c *Coordinator) referenced() map[string]bool {
 	ref := map[string]bool{}
 	c.fsm.ReadJobs(func(j *pb.Job) {
 		ref[j.Spec.GetBaseModel()] = true
+		ref[j.Spec.GetTokenizer()] = true
 		ref[round.InitialModel(j.Spec)] = true
 		ref[j.CurrentModel] = true
 		for i, h := range j.History {

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"sync"
 
@@ -28,11 +29,11 @@ func loraOf(spec *pb.JobSpec) (lora.Config, bool) {
 // loraBase returns what a job's adapters are built for: its
 // architecture's layout and LoRA targets, from the Models seam.
 func (c *Coordinator) loraBase(spec *pb.JobSpec) (lora.Base, error) {
-	layout, err := c.deps.Models.Layout(spec.Model)
+	layout, err := c.deps.Models.Layout(spec.Model, spec.ModelConfig)
 	if err != nil {
 		return nil, err
 	}
-	targets, err := c.deps.Models.LoRATargets(spec.Model)
+	targets, err := c.deps.Models.LoRATargets(spec.Model, spec.ModelConfig, spec.Lora.GetTargetModules())
 	if err != nil {
 		return nil, err
 	}
@@ -89,9 +90,9 @@ func (c *Coordinator) prepareAdapter(ctx context.Context, spec *pb.JobSpec) (ten
 func (c *Coordinator) modelLayout(spec *pb.JobSpec) (tensor.Set, error) {
 	l, isLoRA := loraOf(spec)
 	if !isLoRA {
-		return c.deps.Models.Layout(spec.Model)
+		return c.deps.Models.Layout(spec.Model, spec.ModelConfig)
 	}
-	key := fmt.Sprintf("%s/lora-r%d", spec.Model, l.Rank)
+	key := fmt.Sprintf("%s/%x/lora-r%d/%v", spec.Model, sha256.Sum256(spec.ModelConfig), l.Rank, spec.Lora.GetTargetModules())
 	if s, ok := c.layouts.Load(key); ok {
 		return s.(tensor.Set), nil
 	}

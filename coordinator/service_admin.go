@@ -62,6 +62,10 @@ func (s *blobService) Put(stream rpcpb.Blob_PutServer) error {
 	return stream.SendAndClose(&pb.PutBlobResponse{Hash: hash, Size: uint64(len(b))})
 }
 
+// MaxTokenizerBytes bounds a text job's tokenizer.json (Llama 3's, with
+// 128k tokens, is 9 MB).
+const MaxTokenizerBytes = 64 << 20
+
 type adminService struct {
 	rpcpb.UnimplementedAdminServer
 	c *Coordinator
@@ -94,7 +98,7 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: base model: %v", err)
 	}
-	layout, err := c.deps.Models.Layout(spec.Model)
+	layout, err := c.deps.Models.Layout(spec.Model, spec.ModelConfig)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "submit job: %v", err)
 	}
@@ -123,6 +127,18 @@ func (s *adminService) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) 
 	}
 	if _, err := c.replicate(ctx, b); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "submit job: base model: %v", err)
+	}
+	if h := spec.Tokenizer; h != "" {
+		tb, err := c.blob(ctx, h)
+		if err != nil {
+			return nil, toStatus(fmt.Errorf("submit job: tokenizer: %w (upload it with Blob.Put first)", err))
+		}
+		if len(tb) > MaxTokenizerBytes {
+			return nil, status.Errorf(codes.InvalidArgument, "submit job: tokenizer of %d bytes exceeds %d", len(tb), MaxTokenizerBytes)
+		}
+		if _, err := c.replicate(ctx, tb); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "submit job: tokenizer: %v", err)
+		}
 	}
 	if err := c.apply(pb.CommandType_COMMAND_TYPE_REGISTER_JOB, &pb.RegisterJob{Spec: spec, BaseMetrics: metrics}); err != nil {
 		return nil, toStatus(err)

@@ -117,7 +117,7 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 	for _, j := range c.fsm.RunningJobs() {
 		if round.IsAsync(j.Spec) {
 			if t := asyncTask(j, worker, done); t != nil {
-				c.addLoRA(j, t)
+				c.addModel(j, t)
 				return t
 			}
 			continue
@@ -148,10 +148,10 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			Seed:             round.TaskSeed(j.Spec.Seed, r.Number, r.Attempt),
 			Attempt:          r.Attempt,
 		}
-		c.addLoRA(j, t)
+		c.addModel(j, t)
 		return t
 	}
-	return nil
+	return c.evalTaskFor(worker, done)
 }
 
 // pollLimits counts each worker's waiting PollTask calls.
@@ -195,8 +195,10 @@ func asyncTask(j *pb.Job, worker string, done []string) *pb.Task {
 	return nil
 }
 
-// addLoRA gives a LoRA job's task its frozen base and adapter shape.
-func (c *Coordinator) addLoRA(j *pb.Job, t *pb.Task) {
+// addModel gives a task its model's configuration and a text job's
+// tokenizer, and a LoRA job's task its frozen base and adapter shape.
+func (c *Coordinator) addModel(j *pb.Job, t *pb.Task) {
+	t.ModelConfig, t.Tokenizer, t.SeqLen = j.Spec.ModelConfig, j.Spec.Tokenizer, j.Spec.SeqLen
 	if t.Base != nil && t.Base.Size == 0 {
 		size, _ := c.blobs.Size(t.Base.Hash)
 		t.Base.Size = uint64(size)
@@ -204,7 +206,7 @@ func (c *Coordinator) addLoRA(j *pb.Job, t *pb.Task) {
 	if l := j.Spec.Lora; l != nil {
 		fsize, _ := c.blobs.Size(j.Spec.BaseModel)
 		t.Frozen = &pb.ModelRef{Hash: j.Spec.BaseModel, Size: uint64(fsize)}
-		t.Lora = &pb.LoRASpec{Rank: l.Rank, Alpha: l.Alpha}
+		t.Lora = &pb.LoRASpec{Rank: l.Rank, Alpha: l.Alpha, TargetModules: l.TargetModules}
 	}
 }
 

@@ -163,3 +163,69 @@ func SplitHeldOut(docs []string, frac float64, seed uint64) (train, held []strin
 	}
 	return train, held
 }
+
+// Text returns the documents of a text data set (man-<lang> or
+// fortunes-<lang>), at most maxBytes of them (0: all).
+func Text(name string, maxBytes int) ([]string, error) {
+	kind, lang, _ := strings.Cut(name, "-")
+	switch {
+	case !IsText(name) || lang == "":
+		return nil, fmt.Errorf("%q is not a text data set of one language (man-<lang>, fortunes-<lang>)", name)
+	case kind == "man":
+		return ManText(lang, maxBytes)
+	}
+	return FortuneText(lang, maxBytes)
+}
+
+// ShareDocs deals documents among n holders after a shuffle drawn from
+// seed (every holder's call with the same seed deals alike) and returns
+// holder i's share.
+func ShareDocs(docs []string, n, i int, seed uint64) ([]string, error) {
+	if n < 1 || i < 0 || i >= n {
+		return nil, fmt.Errorf("share %d of %d", i, n)
+	}
+	var out []string
+	for k, j := range rand.New(rand.NewPCG(seed, 0xd0c5)).Perm(len(docs)) {
+		if k%n == i {
+			out = append(out, docs[j])
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("share %d of %d of %d documents is empty", i, n, len(docs))
+	}
+	return out, nil
+}
+
+// TextShare returns holder i of n's share of a text data set's documents
+// (at most maxBytes read), split into its training part and a held-out
+// part of about heldOut of them: what worker i of n holds. Every holder's
+// call with the same seed deals alike.
+func TextShare(name string, maxBytes, n, i int, heldOut float64, seed uint64) (train, held []string, err error) {
+	if !(heldOut > 0 && heldOut < 1) {
+		return nil, nil, fmt.Errorf("held-out share %v: want a share in (0, 1)", heldOut)
+	}
+	docs, err := Text(name, maxBytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	share, err := ShareDocs(docs, n, i, seed)
+	if err != nil {
+		return nil, nil, err
+	}
+	train, held = SplitHeldOut(share, heldOut, seed+uint64(i))
+	return train, held, nil
+}
+
+// TextUnion returns the union over all n holders of TextShare's parts:
+// the training and held-out documents of n workers together, for a
+// centralised baseline on the same data.
+func TextUnion(name string, maxBytes, n int, heldOut float64, seed uint64) (train, held []string, err error) {
+	for i := 0; i < n; i++ {
+		t, h, err := TextShare(name, maxBytes, n, i, heldOut, seed)
+		if err != nil {
+			return nil, nil, err
+		}
+		train, held = append(train, t...), append(held, h...)
+	}
+	return train, held, nil
+}

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/hf"
 	"github.com/fedtune/fedtune/lora"
 	"github.com/fedtune/fedtune/tensor"
 )
@@ -103,25 +104,104 @@ func Names() []string {
 	return ns
 }
 
-// Catalog answers the coordinator's questions about registered
-// architectures (its Models seam) without the coordinator importing this
-// package: the binary passes Catalog{}.
+// families are the model families configured by a checkpoint's
+// configuration rather than registered at one size: a job names the family
+// and carries its base's configuration (for llama, config.json).
+var families = map[string]func(config []byte) (Architecture, error){
+	"llama": func(config []byte) (Architecture, error) {
+		c, err := hf.ParseConfig(config)
+		if err != nil {
+			return nil, err
+		}
+		return Llama{Config: c}, nil
+	},
+}
+
+// MaxConfigBytes bounds a model configuration carried in a job spec.
+const MaxConfigBytes = 64 << 10
+
+// LookupConfig returns the architecture a job names: a registered one
+// (config empty), or a family built from config.
+func LookupConfig(name string, config []byte) (Architecture, error) {
+	build, isFamily := families[name]
+	if !isFamily {
+		if len(config) > 0 {
+			return nil, fmt.Errorf("model %q takes no configuration (families configured by one: %s)", name, strings.Join(familyNames(), ", "))
+		}
+		return Lookup(name)
+	}
+	if len(config) == 0 {
+		return nil, fmt.Errorf("model %q needs its configuration (the base checkpoint's config.json: submit a Hugging Face directory as the base)", name)
+	}
+	if len(config) > MaxConfigBytes {
+		return nil, fmt.Errorf("model %q: configuration of %d bytes exceeds %d", name, len(config), MaxConfigBytes)
+	}
+	return build(config)
+}
+
+func familyNames() []string {
+	ns := make([]string, 0, len(families))
+	for n := range families {
+		ns = append(ns, n)
+	}
+	sort.Strings(ns)
+	return ns
+}
+
+// Targets returns the weights of a that LoRA adapts for PEFT-style
+// target_modules (a weight matches when its module's name ends with
+// ".<module>"); no modules means Llama's default (q_proj, v_proj) or every
+// weight an MLP may adapt.
+func Targets(a Architecture, modules []string) ([]string, error) {
+	all := a.LoRATargets()
+	if _, ok := a.(Llama); !ok {
+		if len(modules) > 0 {
+			return nil, fmt.Errorf("target modules %v: %v adapts every layer (target modules are for transformer families)", modules, a)
+		}
+		return all, nil
+	}
+	if len(modules) == 0 {
+		modules = DefaultLoRAModules
+	}
+	var out []string
+	used := map[string]bool{}
+	for _, w := range all {
+		mod := strings.TrimSuffix(w, ".weight")
+		for _, m := range modules {
+			if mod == m || strings.HasSuffix(mod, "."+m) {
+				out, used[m] = append(out, w), true
+				break
+			}
+		}
+	}
+	for _, m := range modules {
+		if !used[m] {
+			return nil, fmt.Errorf("target module %q matches no weight LoRA may adapt in %v", m, a)
+		}
+	}
+	return out, nil
+}
+
+// Catalog answers the coordinator's questions about architectures (its
+// Models seam) without the coordinator importing this package: the binary
+// passes Catalog{}.
 type Catalog struct{}
 
-// Layout returns the named architecture's zero-valued parameters.
-func (Catalog) Layout(name string) (tensor.Set, error) {
-	a, err := Lookup(name)
+// Layout returns the architecture's zero-valued parameters.
+func (Catalog) Layout(name string, config []byte) (tensor.Set, error) {
+	a, err := LookupConfig(name, config)
 	if err != nil {
 		return tensor.Set{}, err
 	}
 	return a.Layout(), nil
 }
 
-// LoRATargets returns the weights LoRA may adapt in the named architecture.
-func (Catalog) LoRATargets(name string) ([]string, error) {
-	a, err := Lookup(name)
+// LoRATargets returns the weights LoRA adapts in the architecture for the
+// given target modules.
+func (Catalog) LoRATargets(name string, config []byte, modules []string) ([]string, error) {
+	a, err := LookupConfig(name, config)
 	if err != nil {
 		return nil, err
 	}
-	return a.LoRATargets(), nil
+	return Targets(a, modules)
 }

@@ -89,9 +89,13 @@ type Task struct {
 	Codec            string                 `protobuf:"bytes,7,opt,name=codec,proto3" json:"codec,omitempty"`
 	DeadlineUnixNano int64                  `protobuf:"varint,8,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
 	Seed             uint64                 `protobuf:"varint,9,opt,name=seed,proto3" json:"seed,omitempty"`
-	Attempt          uint32                 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"` // the round's attempt (grows when a round is rescheduled)
-	Frozen           *ModelRef              `protobuf:"bytes,11,opt,name=frozen,proto3" json:"frozen,omitempty"`    // LoRA jobs: the frozen base the adapters (base) apply to
-	Lora             *LoRASpec              `protobuf:"bytes,12,opt,name=lora,proto3" json:"lora,omitempty"`        // LoRA jobs: rank and alpha of the adapters
+	Attempt          uint32                 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"`                           // the round's attempt (grows when a round is rescheduled)
+	Frozen           *ModelRef              `protobuf:"bytes,11,opt,name=frozen,proto3" json:"frozen,omitempty"`                              // LoRA jobs: the frozen base the adapters (base) apply to
+	Lora             *LoRASpec              `protobuf:"bytes,12,opt,name=lora,proto3" json:"lora,omitempty"`                                  // LoRA jobs: rank and alpha of the adapters
+	ModelConfig      []byte                 `protobuf:"bytes,13,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"` // the job's model configuration (llama: config.json)
+	Tokenizer        string                 `protobuf:"bytes,14,opt,name=tokenizer,proto3" json:"tokenizer,omitempty"`                        // text jobs: blob hash of the tokenizer.json
+	SeqLen           uint32                 `protobuf:"varint,15,opt,name=seq_len,json=seqLen,proto3" json:"seq_len,omitempty"`               // text jobs: tokens per sequence
+	EvalOnly         bool                   `protobuf:"varint,16,opt,name=eval_only,json=evalOnly,proto3" json:"eval_only,omitempty"`         // evaluate base (the model of round) on the held-out data and SubmitEval; no training
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -210,6 +214,179 @@ func (x *Task) GetLora() *LoRASpec {
 	return nil
 }
 
+func (x *Task) GetModelConfig() []byte {
+	if x != nil {
+		return x.ModelConfig
+	}
+	return nil
+}
+
+func (x *Task) GetTokenizer() string {
+	if x != nil {
+		return x.Tokenizer
+	}
+	return ""
+}
+
+func (x *Task) GetSeqLen() uint32 {
+	if x != nil {
+		return x.SeqLen
+	}
+	return 0
+}
+
+func (x *Task) GetEvalOnly() bool {
+	if x != nil {
+		return x.EvalOnly
+	}
+	return false
+}
+
+// SubmitEvalRequest is a worker's federated evaluation of a committed model.
+type SubmitEvalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Job           string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Round         uint32                 `protobuf:"varint,3,opt,name=round,proto3" json:"round,omitempty"` // the committed round whose model was evaluated (0: the first version)
+	LossSum       float64                `protobuf:"fixed64,4,opt,name=loss_sum,json=lossSum,proto3" json:"loss_sum,omitempty"`
+	Count         uint64                 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
+	Correct       uint64                 `protobuf:"varint,6,opt,name=correct,proto3" json:"correct,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitEvalRequest) Reset() {
+	*x = SubmitEvalRequest{}
+	mi := &file_api_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitEvalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitEvalRequest) ProtoMessage() {}
+
+func (x *SubmitEvalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitEvalRequest.ProtoReflect.Descriptor instead.
+func (*SubmitEvalRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SubmitEvalRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SubmitEvalRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SubmitEvalRequest) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *SubmitEvalRequest) GetLossSum() float64 {
+	if x != nil {
+		return x.LossSum
+	}
+	return 0
+}
+
+func (x *SubmitEvalRequest) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *SubmitEvalRequest) GetCorrect() uint64 {
+	if x != nil {
+		return x.Correct
+	}
+	return 0
+}
+
+type SubmitEvalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Duplicate     bool                   `protobuf:"varint,1,opt,name=duplicate,proto3" json:"duplicate,omitempty"`                    // this worker had already reported this model
+	LeaderAddr    string                 `protobuf:"bytes,2,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"` // set when this node is not the leader
+	NotLeader     bool                   `protobuf:"varint,3,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitEvalResponse) Reset() {
+	*x = SubmitEvalResponse{}
+	mi := &file_api_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitEvalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitEvalResponse) ProtoMessage() {}
+
+func (x *SubmitEvalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitEvalResponse.ProtoReflect.Descriptor instead.
+func (*SubmitEvalResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SubmitEvalResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+func (x *SubmitEvalResponse) GetLeaderAddr() string {
+	if x != nil {
+		return x.LeaderAddr
+	}
+	return ""
+}
+
+func (x *SubmitEvalResponse) GetNotLeader() bool {
+	if x != nil {
+		return x.NotLeader
+	}
+	return false
+}
+
 type PollTaskRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId    string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -227,7 +404,7 @@ type PollTaskRequest struct {
 
 func (x *PollTaskRequest) Reset() {
 	*x = PollTaskRequest{}
-	mi := &file_api_proto_msgTypes[2]
+	mi := &file_api_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +416,7 @@ func (x *PollTaskRequest) String() string {
 func (*PollTaskRequest) ProtoMessage() {}
 
 func (x *PollTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[2]
+	mi := &file_api_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +429,7 @@ func (x *PollTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollTaskRequest.ProtoReflect.Descriptor instead.
 func (*PollTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{2}
+	return file_api_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PollTaskRequest) GetWorkerId() string {
@@ -295,7 +472,7 @@ type PollTaskResponse struct {
 
 func (x *PollTaskResponse) Reset() {
 	*x = PollTaskResponse{}
-	mi := &file_api_proto_msgTypes[3]
+	mi := &file_api_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +484,7 @@ func (x *PollTaskResponse) String() string {
 func (*PollTaskResponse) ProtoMessage() {}
 
 func (x *PollTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[3]
+	mi := &file_api_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +497,7 @@ func (x *PollTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollTaskResponse.ProtoReflect.Descriptor instead.
 func (*PollTaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{3}
+	return file_api_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PollTaskResponse) GetTask() *Task {
@@ -368,7 +545,7 @@ type SubmitUpdateRequest struct {
 
 func (x *SubmitUpdateRequest) Reset() {
 	*x = SubmitUpdateRequest{}
-	mi := &file_api_proto_msgTypes[4]
+	mi := &file_api_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +557,7 @@ func (x *SubmitUpdateRequest) String() string {
 func (*SubmitUpdateRequest) ProtoMessage() {}
 
 func (x *SubmitUpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[4]
+	mi := &file_api_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +570,7 @@ func (x *SubmitUpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitUpdateRequest.ProtoReflect.Descriptor instead.
 func (*SubmitUpdateRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{4}
+	return file_api_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SubmitUpdateRequest) GetWorkerId() string {
@@ -471,7 +648,7 @@ type SubmitUpdateResponse struct {
 
 func (x *SubmitUpdateResponse) Reset() {
 	*x = SubmitUpdateResponse{}
-	mi := &file_api_proto_msgTypes[5]
+	mi := &file_api_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +660,7 @@ func (x *SubmitUpdateResponse) String() string {
 func (*SubmitUpdateResponse) ProtoMessage() {}
 
 func (x *SubmitUpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[5]
+	mi := &file_api_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +673,7 @@ func (x *SubmitUpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitUpdateResponse.ProtoReflect.Descriptor instead.
 func (*SubmitUpdateResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{5}
+	return file_api_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubmitUpdateResponse) GetAccepted() bool {
@@ -537,7 +714,7 @@ type GetBlobRequest struct {
 
 func (x *GetBlobRequest) Reset() {
 	*x = GetBlobRequest{}
-	mi := &file_api_proto_msgTypes[6]
+	mi := &file_api_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +726,7 @@ func (x *GetBlobRequest) String() string {
 func (*GetBlobRequest) ProtoMessage() {}
 
 func (x *GetBlobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[6]
+	mi := &file_api_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +739,7 @@ func (x *GetBlobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBlobRequest.ProtoReflect.Descriptor instead.
 func (*GetBlobRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{6}
+	return file_api_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetBlobRequest) GetHash() string {
@@ -592,7 +769,7 @@ type BlobChunk struct {
 
 func (x *BlobChunk) Reset() {
 	*x = BlobChunk{}
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -604,7 +781,7 @@ func (x *BlobChunk) String() string {
 func (*BlobChunk) ProtoMessage() {}
 
 func (x *BlobChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -617,7 +794,7 @@ func (x *BlobChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
 func (*BlobChunk) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{7}
+	return file_api_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BlobChunk) GetHash() string {
@@ -651,7 +828,7 @@ type PutBlobResponse struct {
 
 func (x *PutBlobResponse) Reset() {
 	*x = PutBlobResponse{}
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +840,7 @@ func (x *PutBlobResponse) String() string {
 func (*PutBlobResponse) ProtoMessage() {}
 
 func (x *PutBlobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +853,7 @@ func (x *PutBlobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBlobResponse.ProtoReflect.Descriptor instead.
 func (*PutBlobResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{8}
+	return file_api_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PutBlobResponse) GetHash() string {
@@ -702,7 +879,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -714,7 +891,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -727,7 +904,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{9}
+	return file_api_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SubmitJobRequest) GetSpec() *JobSpec {
@@ -746,7 +923,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +935,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +948,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{10}
+	return file_api_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SubmitJobResponse) GetJob() *Job {
@@ -795,7 +972,7 @@ type JobStatusRequest struct {
 
 func (x *JobStatusRequest) Reset() {
 	*x = JobStatusRequest{}
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +984,7 @@ func (x *JobStatusRequest) String() string {
 func (*JobStatusRequest) ProtoMessage() {}
 
 func (x *JobStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +997,7 @@ func (x *JobStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatusRequest.ProtoReflect.Descriptor instead.
 func (*JobStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{11}
+	return file_api_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JobStatusRequest) GetName() string {
@@ -849,7 +1026,7 @@ type JobStatusResponse struct {
 
 func (x *JobStatusResponse) Reset() {
 	*x = JobStatusResponse{}
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +1038,7 @@ func (x *JobStatusResponse) String() string {
 func (*JobStatusResponse) ProtoMessage() {}
 
 func (x *JobStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +1051,7 @@ func (x *JobStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatusResponse.ProtoReflect.Descriptor instead.
 func (*JobStatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{12}
+	return file_api_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JobStatusResponse) GetJob() *Job {
@@ -915,7 +1092,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1104,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1117,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{13}
+	return file_api_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobsRequest) GetPageSize() uint32 {
@@ -971,7 +1148,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1160,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1173,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{14}
+	return file_api_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1028,7 +1205,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1217,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1230,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{15}
+	return file_api_proto_rawDescGZIP(), []int{17}
 }
 
 type ListWorkersResponse struct {
@@ -1066,7 +1243,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1255,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1268,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{16}
+	return file_api_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -1119,7 +1296,7 @@ type ExportModelRequest struct {
 
 func (x *ExportModelRequest) Reset() {
 	*x = ExportModelRequest{}
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1308,7 @@ func (x *ExportModelRequest) String() string {
 func (*ExportModelRequest) ProtoMessage() {}
 
 func (x *ExportModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1321,7 @@ func (x *ExportModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportModelRequest.ProtoReflect.Descriptor instead.
 func (*ExportModelRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{17}
+	return file_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExportModelRequest) GetJob() string {
@@ -1176,7 +1353,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1365,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1378,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{18}
+	return file_api_proto_rawDescGZIP(), []int{20}
 }
 
 // RaftServer is one server of the Raft configuration.
@@ -1218,7 +1395,7 @@ type RaftServer struct {
 
 func (x *RaftServer) Reset() {
 	*x = RaftServer{}
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1407,7 @@ func (x *RaftServer) String() string {
 func (*RaftServer) ProtoMessage() {}
 
 func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1420,7 @@ func (x *RaftServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
 func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{19}
+	return file_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RaftServer) GetId() string {
@@ -1296,7 +1473,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1308,7 +1485,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1321,7 +1498,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{20}
+	return file_api_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Member) GetName() string {
@@ -1387,7 +1564,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1576,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1589,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{21}
+	return file_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ClusterStatusResponse) GetNode() string {
@@ -1516,7 +1693,7 @@ type VerifyRoundRequest struct {
 
 func (x *VerifyRoundRequest) Reset() {
 	*x = VerifyRoundRequest{}
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1705,7 @@ func (x *VerifyRoundRequest) String() string {
 func (*VerifyRoundRequest) ProtoMessage() {}
 
 func (x *VerifyRoundRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1718,7 @@ func (x *VerifyRoundRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRoundRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRoundRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{22}
+	return file_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *VerifyRoundRequest) GetJob() string {
@@ -1571,7 +1748,7 @@ type VerifyRoundResponse struct {
 
 func (x *VerifyRoundResponse) Reset() {
 	*x = VerifyRoundResponse{}
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1760,7 @@ func (x *VerifyRoundResponse) String() string {
 func (*VerifyRoundResponse) ProtoMessage() {}
 
 func (x *VerifyRoundResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1773,7 @@ func (x *VerifyRoundResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRoundResponse.ProtoReflect.Descriptor instead.
 func (*VerifyRoundResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{23}
+	return file_api_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *VerifyRoundResponse) GetCommittedModel() string {
@@ -1644,7 +1821,7 @@ type RevokeWorkerRequest struct {
 
 func (x *RevokeWorkerRequest) Reset() {
 	*x = RevokeWorkerRequest{}
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1833,7 @@ func (x *RevokeWorkerRequest) String() string {
 func (*RevokeWorkerRequest) ProtoMessage() {}
 
 func (x *RevokeWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1846,7 @@ func (x *RevokeWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorkerRequest.ProtoReflect.Descriptor instead.
 func (*RevokeWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{24}
+	return file_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RevokeWorkerRequest) GetName() string {
@@ -1695,7 +1872,7 @@ type RevokeWorkerResponse struct {
 
 func (x *RevokeWorkerResponse) Reset() {
 	*x = RevokeWorkerResponse{}
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1884,7 @@ func (x *RevokeWorkerResponse) String() string {
 func (*RevokeWorkerResponse) ProtoMessage() {}
 
 func (x *RevokeWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1897,7 @@ func (x *RevokeWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorkerResponse.ProtoReflect.Descriptor instead.
 func (*RevokeWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{25}
+	return file_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RevokeWorkerResponse) GetLeaderAddr() string {
@@ -1739,7 +1916,7 @@ type KeyringRequest struct {
 
 func (x *KeyringRequest) Reset() {
 	*x = KeyringRequest{}
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1928,7 @@ func (x *KeyringRequest) String() string {
 func (*KeyringRequest) ProtoMessage() {}
 
 func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1941,7 @@ func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
 func (*KeyringRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{26}
+	return file_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KeyringRequest) GetChange() *Keyring {
@@ -1783,7 +1960,7 @@ type KeyringResponse struct {
 
 func (x *KeyringResponse) Reset() {
 	*x = KeyringResponse{}
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1972,7 @@ func (x *KeyringResponse) String() string {
 func (*KeyringResponse) ProtoMessage() {}
 
 func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1985,7 @@ func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
 func (*KeyringResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{27}
+	return file_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KeyringResponse) GetKeys() []string {
@@ -1827,7 +2004,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +2016,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +2029,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{28}
+	return file_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -1872,7 +2049,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +2061,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2074,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{29}
+	return file_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -1922,7 +2099,7 @@ const file_api_proto_rawDesc = "" +
 	"fedtune.v1\x1a\rfedtune.proto\"2\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"\x81\x03\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"\xf8\x03\n" +
 	"\x04Task\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12(\n" +
@@ -1936,7 +2113,24 @@ const file_api_proto_rawDesc = "" +
 	"\aattempt\x18\n" +
 	" \x01(\rR\aattempt\x12,\n" +
 	"\x06frozen\x18\v \x01(\v2\x14.fedtune.v1.ModelRefR\x06frozen\x12(\n" +
-	"\x04lora\x18\f \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\"\xe1\x01\n" +
+	"\x04lora\x18\f \x01(\v2\x14.fedtune.v1.LoRASpecR\x04lora\x12!\n" +
+	"\fmodel_config\x18\r \x01(\fR\vmodelConfig\x12\x1c\n" +
+	"\ttokenizer\x18\x0e \x01(\tR\ttokenizer\x12\x17\n" +
+	"\aseq_len\x18\x0f \x01(\rR\x06seqLen\x12\x1b\n" +
+	"\teval_only\x18\x10 \x01(\bR\bevalOnly\"\xa3\x01\n" +
+	"\x11SubmitEvalRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
+	"\x05round\x18\x03 \x01(\rR\x05round\x12\x19\n" +
+	"\bloss_sum\x18\x04 \x01(\x01R\alossSum\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\x04R\x05count\x12\x18\n" +
+	"\acorrect\x18\x06 \x01(\x04R\acorrect\"r\n" +
+	"\x12SubmitEvalResponse\x12\x1c\n" +
+	"\tduplicate\x18\x01 \x01(\bR\tduplicate\x12\x1f\n" +
+	"\vleader_addr\x18\x02 \x01(\tR\n" +
+	"leaderAddr\x12\x1d\n" +
+	"\n" +
+	"not_leader\x18\x03 \x01(\bR\tnotLeader\"\xe1\x01\n" +
 	"\x0fPollTaskRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12!\n" +
 	"\fwait_seconds\x18\x02 \x01(\x01R\vwaitSeconds\x12\x12\n" +
@@ -2089,65 +2283,67 @@ func file_api_proto_rawDescGZIP() []byte {
 	return file_api_proto_rawDescData
 }
 
-var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_api_proto_goTypes = []any{
 	(*ModelRef)(nil),                   // 0: fedtune.v1.ModelRef
 	(*Task)(nil),                       // 1: fedtune.v1.Task
-	(*PollTaskRequest)(nil),            // 2: fedtune.v1.PollTaskRequest
-	(*PollTaskResponse)(nil),           // 3: fedtune.v1.PollTaskResponse
-	(*SubmitUpdateRequest)(nil),        // 4: fedtune.v1.SubmitUpdateRequest
-	(*SubmitUpdateResponse)(nil),       // 5: fedtune.v1.SubmitUpdateResponse
-	(*GetBlobRequest)(nil),             // 6: fedtune.v1.GetBlobRequest
-	(*BlobChunk)(nil),                  // 7: fedtune.v1.BlobChunk
-	(*PutBlobResponse)(nil),            // 8: fedtune.v1.PutBlobResponse
-	(*SubmitJobRequest)(nil),           // 9: fedtune.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),          // 10: fedtune.v1.SubmitJobResponse
-	(*JobStatusRequest)(nil),           // 11: fedtune.v1.JobStatusRequest
-	(*JobStatusResponse)(nil),          // 12: fedtune.v1.JobStatusResponse
-	(*ListJobsRequest)(nil),            // 13: fedtune.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),           // 14: fedtune.v1.ListJobsResponse
-	(*ListWorkersRequest)(nil),         // 15: fedtune.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),        // 16: fedtune.v1.ListWorkersResponse
-	(*ExportModelRequest)(nil),         // 17: fedtune.v1.ExportModelRequest
-	(*ClusterStatusRequest)(nil),       // 18: fedtune.v1.ClusterStatusRequest
-	(*RaftServer)(nil),                 // 19: fedtune.v1.RaftServer
-	(*Member)(nil),                     // 20: fedtune.v1.Member
-	(*ClusterStatusResponse)(nil),      // 21: fedtune.v1.ClusterStatusResponse
-	(*VerifyRoundRequest)(nil),         // 22: fedtune.v1.VerifyRoundRequest
-	(*VerifyRoundResponse)(nil),        // 23: fedtune.v1.VerifyRoundResponse
-	(*RevokeWorkerRequest)(nil),        // 24: fedtune.v1.RevokeWorkerRequest
-	(*RevokeWorkerResponse)(nil),       // 25: fedtune.v1.RevokeWorkerResponse
-	(*KeyringRequest)(nil),             // 26: fedtune.v1.KeyringRequest
-	(*KeyringResponse)(nil),            // 27: fedtune.v1.KeyringResponse
-	(*TransferLeadershipRequest)(nil),  // 28: fedtune.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 29: fedtune.v1.TransferLeadershipResponse
-	nil,                                // 30: fedtune.v1.PollTaskRequest.LabelsEntry
-	nil,                                // 31: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                                // 32: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),                // 33: fedtune.v1.TrainConfig
-	(*LoRASpec)(nil),                   // 34: fedtune.v1.LoRASpec
-	(*JobSpec)(nil),                    // 35: fedtune.v1.JobSpec
-	(*Job)(nil),                        // 36: fedtune.v1.Job
-	(*WorkerInfo)(nil),                 // 37: fedtune.v1.WorkerInfo
-	(*Keyring)(nil),                    // 38: fedtune.v1.Keyring
+	(*SubmitEvalRequest)(nil),          // 2: fedtune.v1.SubmitEvalRequest
+	(*SubmitEvalResponse)(nil),         // 3: fedtune.v1.SubmitEvalResponse
+	(*PollTaskRequest)(nil),            // 4: fedtune.v1.PollTaskRequest
+	(*PollTaskResponse)(nil),           // 5: fedtune.v1.PollTaskResponse
+	(*SubmitUpdateRequest)(nil),        // 6: fedtune.v1.SubmitUpdateRequest
+	(*SubmitUpdateResponse)(nil),       // 7: fedtune.v1.SubmitUpdateResponse
+	(*GetBlobRequest)(nil),             // 8: fedtune.v1.GetBlobRequest
+	(*BlobChunk)(nil),                  // 9: fedtune.v1.BlobChunk
+	(*PutBlobResponse)(nil),            // 10: fedtune.v1.PutBlobResponse
+	(*SubmitJobRequest)(nil),           // 11: fedtune.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),          // 12: fedtune.v1.SubmitJobResponse
+	(*JobStatusRequest)(nil),           // 13: fedtune.v1.JobStatusRequest
+	(*JobStatusResponse)(nil),          // 14: fedtune.v1.JobStatusResponse
+	(*ListJobsRequest)(nil),            // 15: fedtune.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),           // 16: fedtune.v1.ListJobsResponse
+	(*ListWorkersRequest)(nil),         // 17: fedtune.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),        // 18: fedtune.v1.ListWorkersResponse
+	(*ExportModelRequest)(nil),         // 19: fedtune.v1.ExportModelRequest
+	(*ClusterStatusRequest)(nil),       // 20: fedtune.v1.ClusterStatusRequest
+	(*RaftServer)(nil),                 // 21: fedtune.v1.RaftServer
+	(*Member)(nil),                     // 22: fedtune.v1.Member
+	(*ClusterStatusResponse)(nil),      // 23: fedtune.v1.ClusterStatusResponse
+	(*VerifyRoundRequest)(nil),         // 24: fedtune.v1.VerifyRoundRequest
+	(*VerifyRoundResponse)(nil),        // 25: fedtune.v1.VerifyRoundResponse
+	(*RevokeWorkerRequest)(nil),        // 26: fedtune.v1.RevokeWorkerRequest
+	(*RevokeWorkerResponse)(nil),       // 27: fedtune.v1.RevokeWorkerResponse
+	(*KeyringRequest)(nil),             // 28: fedtune.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 29: fedtune.v1.KeyringResponse
+	(*TransferLeadershipRequest)(nil),  // 30: fedtune.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 31: fedtune.v1.TransferLeadershipResponse
+	nil,                                // 32: fedtune.v1.PollTaskRequest.LabelsEntry
+	nil,                                // 33: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                                // 34: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),                // 35: fedtune.v1.TrainConfig
+	(*LoRASpec)(nil),                   // 36: fedtune.v1.LoRASpec
+	(*JobSpec)(nil),                    // 37: fedtune.v1.JobSpec
+	(*Job)(nil),                        // 38: fedtune.v1.Job
+	(*WorkerInfo)(nil),                 // 39: fedtune.v1.WorkerInfo
+	(*Keyring)(nil),                    // 40: fedtune.v1.Keyring
 }
 var file_api_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	33, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	35, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	0,  // 2: fedtune.v1.Task.frozen:type_name -> fedtune.v1.ModelRef
-	34, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
-	30, // 4: fedtune.v1.PollTaskRequest.labels:type_name -> fedtune.v1.PollTaskRequest.LabelsEntry
+	36, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
+	32, // 4: fedtune.v1.PollTaskRequest.labels:type_name -> fedtune.v1.PollTaskRequest.LabelsEntry
 	1,  // 5: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	31, // 6: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	35, // 7: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	36, // 8: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	36, // 9: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	36, // 10: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	37, // 11: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	32, // 12: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
-	19, // 13: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
-	20, // 14: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
-	38, // 15: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
+	33, // 6: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	37, // 7: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	38, // 8: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	38, // 9: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	38, // 10: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	39, // 11: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	34, // 12: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	21, // 13: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
+	22, // 14: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
+	40, // 15: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
 	16, // [16:16] is the sub-list for method output_type
 	16, // [16:16] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
@@ -2167,7 +2363,7 @@ func file_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proto_rawDesc), len(file_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

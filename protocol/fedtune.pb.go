@@ -44,6 +44,7 @@ const (
 	CommandType_COMMAND_TYPE_KEYRING       CommandType = 10
 	CommandType_COMMAND_TYPE_ASSIGN_TASKS  CommandType = 11
 	CommandType_COMMAND_TYPE_SERVER_ADDRS  CommandType = 12 // advisory: written with ignore_unknown
+	CommandType_COMMAND_TYPE_RECORD_EVAL   CommandType = 13
 )
 
 // Enum value maps for CommandType.
@@ -62,6 +63,7 @@ var (
 		10: "COMMAND_TYPE_KEYRING",
 		11: "COMMAND_TYPE_ASSIGN_TASKS",
 		12: "COMMAND_TYPE_SERVER_ADDRS",
+		13: "COMMAND_TYPE_RECORD_EVAL",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":   0,
@@ -77,6 +79,7 @@ var (
 		"COMMAND_TYPE_KEYRING":       10,
 		"COMMAND_TYPE_ASSIGN_TASKS":  11,
 		"COMMAND_TYPE_SERVER_ADDRS":  12,
+		"COMMAND_TYPE_RECORD_EVAL":   13,
 	}
 )
 
@@ -209,7 +212,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{26, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{28, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -299,7 +302,11 @@ type TrainConfig struct {
 	BatchSize     uint32                 `protobuf:"varint,3,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
 	LearningRate  float64                `protobuf:"fixed64,4,opt,name=learning_rate,json=learningRate,proto3" json:"learning_rate,omitempty"`
 	Momentum      float64                `protobuf:"fixed64,5,opt,name=momentum,proto3" json:"momentum,omitempty"`
-	ProxMu        float64                `protobuf:"fixed64,6,opt,name=prox_mu,json=proxMu,proto3" json:"prox_mu,omitempty"` // FedProx proximal term weight (0: off)
+	ProxMu        float64                `protobuf:"fixed64,6,opt,name=prox_mu,json=proxMu,proto3" json:"prox_mu,omitempty"`                // FedProx proximal term weight (0: off)
+	Optimizer     string                 `protobuf:"bytes,7,opt,name=optimizer,proto3" json:"optimizer,omitempty"`                          // "sgd" (default) or "adamw"
+	WeightDecay   float64                `protobuf:"fixed64,8,opt,name=weight_decay,json=weightDecay,proto3" json:"weight_decay,omitempty"` // sgd: L2 penalty; adamw: decoupled decay
+	ClipNorm      float64                `protobuf:"fixed64,9,opt,name=clip_norm,json=clipNorm,proto3" json:"clip_norm,omitempty"`          // clip each local step's gradient to this global L2 norm (0: off)
+	Accum         uint32                 `protobuf:"varint,10,opt,name=accum,proto3" json:"accum,omitempty"`                                // micro-batches whose gradients one local step averages (0, 1: none)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -376,6 +383,34 @@ func (x *TrainConfig) GetProxMu() float64 {
 	return 0
 }
 
+func (x *TrainConfig) GetOptimizer() string {
+	if x != nil {
+		return x.Optimizer
+	}
+	return ""
+}
+
+func (x *TrainConfig) GetWeightDecay() float64 {
+	if x != nil {
+		return x.WeightDecay
+	}
+	return 0
+}
+
+func (x *TrainConfig) GetClipNorm() float64 {
+	if x != nil {
+		return x.ClipNorm
+	}
+	return 0
+}
+
+func (x *TrainConfig) GetAccum() uint32 {
+	if x != nil {
+		return x.Accum
+	}
+	return 0
+}
+
 // JobSpec is what a user submits.
 type JobSpec struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -403,6 +438,12 @@ type JobSpec struct {
 	Async               *AsyncSpec             `protobuf:"bytes,22,opt,name=async,proto3" json:"async,omitempty"`                                             // async mode's parameters; rounds then counts model versions
 	MaxUpdateRatio      float64                `protobuf:"fixed64,23,opt,name=max_update_ratio,json=maxUpdateRatio,proto3" json:"max_update_ratio,omitempty"` // refuse updates whose L2 norm exceeds this multiple of their base model's (0: default 10)
 	MaxSamples          uint64                 `protobuf:"varint,24,opt,name=max_samples,json=maxSamples,proto3" json:"max_samples,omitempty"`                // cap on the examples an update may claim, its FedAvg weight (0: local_steps × batch_size, or 1,000,000)
+	ModelConfig         []byte                 `protobuf:"bytes,25,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"`              // families configured by their checkpoint (llama): the base's config.json
+	Tokenizer           string                 `protobuf:"bytes,26,opt,name=tokenizer,proto3" json:"tokenizer,omitempty"`                                     // text jobs: blob hash of the tokenizer.json workers tokenise their local text with
+	SeqLen              uint32                 `protobuf:"varint,27,opt,name=seq_len,json=seqLen,proto3" json:"seq_len,omitempty"`                            // text jobs: tokens per sequence (default 128)
+	Evaluation          string                 `protobuf:"bytes,28,opt,name=evaluation,proto3" json:"evaluation,omitempty"`                                   // "central" (the coordinator, on its test data; also evaluate = true), "federated" (workers, on their held-out data), "none"
+	EvalClients         uint32                 `protobuf:"varint,29,opt,name=eval_clients,json=evalClients,proto3" json:"eval_clients,omitempty"`             // federated: workers that evaluate each model (default: every matching worker)
+	EvalGroupBy         string                 `protobuf:"bytes,30,opt,name=eval_group_by,json=evalGroupBy,proto3" json:"eval_group_by,omitempty"`            // federated: a worker label (e.g. "lang") whose values get their own means
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -603,6 +644,48 @@ func (x *JobSpec) GetMaxSamples() uint64 {
 		return x.MaxSamples
 	}
 	return 0
+}
+
+func (x *JobSpec) GetModelConfig() []byte {
+	if x != nil {
+		return x.ModelConfig
+	}
+	return nil
+}
+
+func (x *JobSpec) GetTokenizer() string {
+	if x != nil {
+		return x.Tokenizer
+	}
+	return ""
+}
+
+func (x *JobSpec) GetSeqLen() uint32 {
+	if x != nil {
+		return x.SeqLen
+	}
+	return 0
+}
+
+func (x *JobSpec) GetEvaluation() string {
+	if x != nil {
+		return x.Evaluation
+	}
+	return ""
+}
+
+func (x *JobSpec) GetEvalClients() uint32 {
+	if x != nil {
+		return x.EvalClients
+	}
+	return 0
+}
+
+func (x *JobSpec) GetEvalGroupBy() string {
+	if x != nil {
+		return x.EvalGroupBy
+	}
+	return ""
 }
 
 // AsyncSpec is buffered asynchronous aggregation (FedBuff, Nguyen et al.
@@ -888,9 +971,10 @@ func (x *AsyncState) GetVersionStartedUnixNano() int64 {
 type LoRASpec struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rank          uint32                 `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
-	Alpha         float64                `protobuf:"fixed64,2,opt,name=alpha,proto3" json:"alpha,omitempty"`           // scale alpha/rank (default 2·rank)
-	Aggregation   string                 `protobuf:"bytes,3,opt,name=aggregation,proto3" json:"aggregation,omitempty"` // "naive" (default: the job's rule on A and B apart) or "exact" (rank-r SVD of the weighted mean of B·A)
-	Adapter       string                 `protobuf:"bytes,4,opt,name=adapter,proto3" json:"adapter,omitempty"`         // blob hash of the initial adapters; the coordinator fills it at submit (A random, B = 0)
+	Alpha         float64                `protobuf:"fixed64,2,opt,name=alpha,proto3" json:"alpha,omitempty"`                                    // scale alpha/rank (default 2·rank)
+	Aggregation   string                 `protobuf:"bytes,3,opt,name=aggregation,proto3" json:"aggregation,omitempty"`                          // "naive" (default: the job's rule on A and B apart) or "exact" (rank-r SVD of the weighted mean of B·A)
+	Adapter       string                 `protobuf:"bytes,4,opt,name=adapter,proto3" json:"adapter,omitempty"`                                  // blob hash of the initial adapters; the coordinator fills it at submit (A random, B = 0)
+	TargetModules []string               `protobuf:"bytes,5,rep,name=target_modules,json=targetModules,proto3" json:"target_modules,omitempty"` // modules adapted, PEFT's target_modules (e.g. q_proj, v_proj); empty: the family's default
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -951,6 +1035,13 @@ func (x *LoRASpec) GetAdapter() string {
 		return x.Adapter
 	}
 	return ""
+}
+
+func (x *LoRASpec) GetTargetModules() []string {
+	if x != nil {
+		return x.TargetModules
+	}
+	return nil
 }
 
 // ServerOptimizer applies the aggregated delta (Reddi et al. 2021); 0: default.
@@ -1408,6 +1499,7 @@ type RoundRecord struct {
 	Accepted          []*AcceptedUpdate      `protobuf:"bytes,9,rep,name=accepted,proto3" json:"accepted,omitempty"`                                    // the updates aggregated, for verification
 	Scores            []*Score               `protobuf:"bytes,10,rep,name=scores,proto3" json:"scores,omitempty"`                                       // per-update contribution, by worker id
 	OptimizerState    string                 `protobuf:"bytes,11,opt,name=optimizer_state,json=optimizerState,proto3" json:"optimizer_state,omitempty"` // blob hash of the server optimizer's state after this round ("" if stateless)
+	Evals             []*EvalReport          `protobuf:"bytes,12,rep,name=evals,proto3" json:"evals,omitempty"`                                         // federated evaluation of this round's model, by worker id
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1519,6 +1611,152 @@ func (x *RoundRecord) GetOptimizerState() string {
 	return ""
 }
 
+func (x *RoundRecord) GetEvals() []*EvalReport {
+	if x != nil {
+		return x.Evals
+	}
+	return nil
+}
+
+// EvalReport is one worker's evaluation of a model on its held-out data.
+type EvalReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Worker        string                 `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	LossSum       float64                `protobuf:"fixed64,2,opt,name=loss_sum,json=lossSum,proto3" json:"loss_sum,omitempty"` // summed cross-entropy (nats) over the examples or tokens predicted
+	Count         uint64                 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`                     // examples or tokens predicted
+	Correct       uint64                 `protobuf:"varint,4,opt,name=correct,proto3" json:"correct,omitempty"`                 // of them predicted exactly (top-1)
+	Group         string                 `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`                      // the worker's value of the job's eval_group_by label
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvalReport) Reset() {
+	*x = EvalReport{}
+	mi := &file_fedtune_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvalReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvalReport) ProtoMessage() {}
+
+func (x *EvalReport) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvalReport.ProtoReflect.Descriptor instead.
+func (*EvalReport) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *EvalReport) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
+func (x *EvalReport) GetLossSum() float64 {
+	if x != nil {
+		return x.LossSum
+	}
+	return 0
+}
+
+func (x *EvalReport) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *EvalReport) GetCorrect() uint64 {
+	if x != nil {
+		return x.Correct
+	}
+	return 0
+}
+
+func (x *EvalReport) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+// RecordEval adds a worker's federated evaluation of a committed model
+// (round 0: the job's first version) to the job.
+type RecordEval struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
+	Report        *EvalReport            `protobuf:"bytes,3,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordEval) Reset() {
+	*x = RecordEval{}
+	mi := &file_fedtune_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordEval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordEval) ProtoMessage() {}
+
+func (x *RecordEval) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordEval.ProtoReflect.Descriptor instead.
+func (*RecordEval) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RecordEval) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *RecordEval) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *RecordEval) GetReport() *EvalReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
 // Job is a job's replicated state.
 type Job struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -1531,13 +1769,14 @@ type Job struct {
 	SubmittedUnixNano int64                  `protobuf:"varint,7,opt,name=submitted_unix_nano,json=submittedUnixNano,proto3" json:"submitted_unix_nano,omitempty"`
 	BaseMetrics       map[string]float64     `protobuf:"bytes,8,rep,name=base_metrics,json=baseMetrics,proto3" json:"base_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"` // evaluation of the base model
 	Async             *AsyncState            `protobuf:"bytes,9,opt,name=async,proto3" json:"async,omitempty"`                                                                                                            // async jobs: assignments and the buffer
+	BaseEvals         []*EvalReport          `protobuf:"bytes,10,rep,name=base_evals,json=baseEvals,proto3" json:"base_evals,omitempty"`                                                                                  // federated evaluation of the job's first version, by worker id
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1788,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1801,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1628,6 +1867,13 @@ func (x *Job) GetAsync() *AsyncState {
 	return nil
 }
 
+func (x *Job) GetBaseEvals() []*EvalReport {
+	if x != nil {
+		return x.BaseEvals
+	}
+	return nil
+}
+
 // WorkerInfo is a worker in the roster.
 type WorkerInfo struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -1641,7 +1887,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1899,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1912,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -1707,7 +1953,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1965,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1978,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -1759,7 +2005,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +2017,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +2030,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StartRound) GetJob() string {
@@ -1812,7 +2058,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2070,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2083,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -1876,7 +2122,7 @@ type CommitRound struct {
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2134,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2147,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -1968,7 +2214,7 @@ type AssignTasks struct {
 
 func (x *AssignTasks) Reset() {
 	*x = AssignTasks{}
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2226,7 @@ func (x *AssignTasks) String() string {
 func (*AssignTasks) ProtoMessage() {}
 
 func (x *AssignTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2239,7 @@ func (x *AssignTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignTasks.ProtoReflect.Descriptor instead.
 func (*AssignTasks) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{19}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AssignTasks) GetJob() string {
@@ -2035,7 +2281,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2293,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2306,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -2095,7 +2341,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2353,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2366,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -2153,7 +2399,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2411,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2424,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{22}
+	return file_fedtune_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -2197,7 +2443,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2455,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2468,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{23}
+	return file_fedtune_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -2246,7 +2492,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2504,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2517,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{24}
+	return file_fedtune_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -2328,7 +2574,7 @@ type ServerAddrs struct {
 
 func (x *ServerAddrs) Reset() {
 	*x = ServerAddrs{}
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2340,7 +2586,7 @@ func (x *ServerAddrs) String() string {
 func (*ServerAddrs) ProtoMessage() {}
 
 func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2353,7 +2599,7 @@ func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerAddrs.ProtoReflect.Descriptor instead.
 func (*ServerAddrs) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{25}
+	return file_fedtune_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ServerAddrs) GetId() string {
@@ -2396,7 +2642,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2654,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2667,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{26}
+	return file_fedtune_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -2457,7 +2703,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2715,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2728,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{27}
+	return file_fedtune_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -2511,7 +2757,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2523,7 +2769,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2536,7 +2782,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{28}
+	return file_fedtune_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -2571,7 +2817,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x04type\x18\x02 \x01(\x0e2\x17.fedtune.v1.CommandTypeR\x04type\x12%\n" +
 	"\x0eignore_unknown\x18\x03 \x01(\bR\rignoreUnknown\x12\x18\n" +
 	"\apayload\x18\x04 \x01(\fR\apayload\x12,\n" +
-	"\x12proposed_unix_nano\x18\x05 \x01(\x03R\x10proposedUnixNano\"\xca\x01\n" +
+	"\x12proposed_unix_nano\x18\x05 \x01(\x03R\x10proposedUnixNano\"\xbe\x02\n" +
 	"\vTrainConfig\x12!\n" +
 	"\flocal_epochs\x18\x01 \x01(\rR\vlocalEpochs\x12\x1f\n" +
 	"\vlocal_steps\x18\x02 \x01(\rR\n" +
@@ -2580,7 +2826,12 @@ const file_fedtune_proto_rawDesc = "" +
 	"batch_size\x18\x03 \x01(\rR\tbatchSize\x12#\n" +
 	"\rlearning_rate\x18\x04 \x01(\x01R\flearningRate\x12\x1a\n" +
 	"\bmomentum\x18\x05 \x01(\x01R\bmomentum\x12\x17\n" +
-	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\"\xbe\a\n" +
+	"\aprox_mu\x18\x06 \x01(\x01R\x06proxMu\x12\x1c\n" +
+	"\toptimizer\x18\a \x01(\tR\toptimizer\x12!\n" +
+	"\fweight_decay\x18\b \x01(\x01R\vweightDecay\x12\x1b\n" +
+	"\tclip_norm\x18\t \x01(\x01R\bclipNorm\x12\x14\n" +
+	"\x05accum\x18\n" +
+	" \x01(\rR\x05accum\"\xff\b\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -2612,7 +2863,15 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05async\x18\x16 \x01(\v2\x15.fedtune.v1.AsyncSpecR\x05async\x12(\n" +
 	"\x10max_update_ratio\x18\x17 \x01(\x01R\x0emaxUpdateRatio\x12\x1f\n" +
 	"\vmax_samples\x18\x18 \x01(\x04R\n" +
-	"maxSamples\x1a;\n" +
+	"maxSamples\x12!\n" +
+	"\fmodel_config\x18\x19 \x01(\fR\vmodelConfig\x12\x1c\n" +
+	"\ttokenizer\x18\x1a \x01(\tR\ttokenizer\x12\x17\n" +
+	"\aseq_len\x18\x1b \x01(\rR\x06seqLen\x12\x1e\n" +
+	"\n" +
+	"evaluation\x18\x1c \x01(\tR\n" +
+	"evaluation\x12!\n" +
+	"\feval_clients\x18\x1d \x01(\rR\vevalClients\x12\"\n" +
+	"\reval_group_by\x18\x1e \x01(\tR\vevalGroupBy\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x03\n" +
@@ -2646,12 +2905,13 @@ const file_fedtune_proto_rawDesc = "" +
 	"\vassignments\x18\x01 \x03(\v2\x16.fedtune.v1.AssignmentR\vassignments\x122\n" +
 	"\x06buffer\x18\x02 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\x06buffer\x12\x1b\n" +
 	"\tnext_task\x18\x03 \x01(\x04R\bnextTask\x129\n" +
-	"\x19version_started_unix_nano\x18\x04 \x01(\x03R\x16versionStartedUnixNano\"p\n" +
+	"\x19version_started_unix_nano\x18\x04 \x01(\x03R\x16versionStartedUnixNano\"\x97\x01\n" +
 	"\bLoRASpec\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\rR\x04rank\x12\x14\n" +
 	"\x05alpha\x18\x02 \x01(\x01R\x05alpha\x12 \n" +
 	"\vaggregation\x18\x03 \x01(\tR\vaggregation\x12\x18\n" +
-	"\aadapter\x18\x04 \x01(\tR\aadapter\"{\n" +
+	"\aadapter\x18\x04 \x01(\tR\aadapter\x12%\n" +
+	"\x0etarget_modules\x18\x05 \x03(\tR\rtargetModules\"{\n" +
 	"\x0fServerOptimizer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02lr\x18\x02 \x01(\x01R\x02lr\x12\x14\n" +
@@ -2694,7 +2954,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\x04 \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\x124\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\aupdates\x12\x18\n" +
-	"\aattempt\x18\a \x01(\rR\aattempt\"\xed\x03\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\"\x9b\x04\n" +
 	"\vRoundRecord\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -2707,10 +2967,23 @@ const file_fedtune_proto_rawDesc = "" +
 	"\baccepted\x18\t \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\baccepted\x12)\n" +
 	"\x06scores\x18\n" +
 	" \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x12'\n" +
-	"\x0foptimizer_state\x18\v \x01(\tR\x0eoptimizerState\x1a:\n" +
+	"\x0foptimizer_state\x18\v \x01(\tR\x0eoptimizerState\x12,\n" +
+	"\x05evals\x18\f \x03(\v2\x16.fedtune.v1.EvalReportR\x05evals\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xe0\x03\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x85\x01\n" +
+	"\n" +
+	"EvalReport\x12\x16\n" +
+	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x19\n" +
+	"\bloss_sum\x18\x02 \x01(\x01R\alossSum\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x04R\x05count\x12\x18\n" +
+	"\acorrect\x18\x04 \x01(\x04R\acorrect\x12\x14\n" +
+	"\x05group\x18\x05 \x01(\tR\x05group\"d\n" +
+	"\n" +
+	"RecordEval\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05round\x18\x02 \x01(\rR\x05round\x12.\n" +
+	"\x06report\x18\x03 \x01(\v2\x16.fedtune.v1.EvalReportR\x06report\"\x97\x04\n" +
 	"\x03Job\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.fedtune.v1.JobSpecR\x04spec\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.fedtune.v1.JobStatusR\x06status\x12#\n" +
@@ -2721,7 +2994,10 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05error\x18\x06 \x01(\tR\x05error\x12.\n" +
 	"\x13submitted_unix_nano\x18\a \x01(\x03R\x11submittedUnixNano\x12C\n" +
 	"\fbase_metrics\x18\b \x03(\v2 .fedtune.v1.Job.BaseMetricsEntryR\vbaseMetrics\x12,\n" +
-	"\x05async\x18\t \x01(\v2\x16.fedtune.v1.AsyncStateR\x05async\x1a>\n" +
+	"\x05async\x18\t \x01(\v2\x16.fedtune.v1.AsyncStateR\x05async\x125\n" +
+	"\n" +
+	"base_evals\x18\n" +
+	" \x03(\v2\x16.fedtune.v1.EvalReportR\tbaseEvals\x1a>\n" +
 	"\x10BaseMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xdf\x01\n" +
@@ -2806,7 +3082,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\rRevokedWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\x9a\x03\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xb8\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -2821,7 +3097,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x14COMMAND_TYPE_KEYRING\x10\n" +
 	"\x12\x1d\n" +
 	"\x19COMMAND_TYPE_ASSIGN_TASKS\x10\v\x12\x1d\n" +
-	"\x19COMMAND_TYPE_SERVER_ADDRS\x10\f*k\n" +
+	"\x19COMMAND_TYPE_SERVER_ADDRS\x10\f\x12\x1c\n" +
+	"\x18COMMAND_TYPE_RECORD_EVAL\x10\r*k\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
@@ -2841,7 +3118,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -2859,33 +3136,35 @@ var file_fedtune_proto_goTypes = []any{
 	(*AcceptedUpdate)(nil),   // 13: fedtune.v1.AcceptedUpdate
 	(*Round)(nil),            // 14: fedtune.v1.Round
 	(*RoundRecord)(nil),      // 15: fedtune.v1.RoundRecord
-	(*Job)(nil),              // 16: fedtune.v1.Job
-	(*WorkerInfo)(nil),       // 17: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 18: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 19: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 20: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 21: fedtune.v1.CommitRound
-	(*AssignTasks)(nil),      // 22: fedtune.v1.AssignTasks
-	(*AbortRound)(nil),       // 23: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 24: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 25: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 26: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 27: fedtune.v1.Snapshot
-	(*ServerAddrs)(nil),      // 28: fedtune.v1.ServerAddrs
-	(*Keyring)(nil),          // 29: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 30: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 31: fedtune.v1.RevokedWorker
-	nil,                      // 32: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 33: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 34: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 35: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 36: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 37: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 38: fedtune.v1.CommitRound.MetricsEntry
+	(*EvalReport)(nil),       // 16: fedtune.v1.EvalReport
+	(*RecordEval)(nil),       // 17: fedtune.v1.RecordEval
+	(*Job)(nil),              // 18: fedtune.v1.Job
+	(*WorkerInfo)(nil),       // 19: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 20: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 21: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 22: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 23: fedtune.v1.CommitRound
+	(*AssignTasks)(nil),      // 24: fedtune.v1.AssignTasks
+	(*AbortRound)(nil),       // 25: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 26: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 27: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 28: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 29: fedtune.v1.Snapshot
+	(*ServerAddrs)(nil),      // 30: fedtune.v1.ServerAddrs
+	(*Keyring)(nil),          // 31: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 32: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 33: fedtune.v1.RevokedWorker
+	nil,                      // 34: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 35: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 36: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 37: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 38: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 39: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 40: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	32, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	34, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
 	11, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
 	10, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
@@ -2893,37 +3172,40 @@ var file_fedtune_proto_depIdxs = []int32{
 	6,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
 	7,  // 7: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
 	13, // 8: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
-	33, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	35, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
 	13, // 10: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	34, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	36, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
 	13, // 12: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
 	12, // 13: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	5,  // 14: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 15: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	15, // 16: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	14, // 17: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	35, // 18: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	8,  // 19: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
-	36, // 20: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	5,  // 21: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	37, // 22: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	14, // 23: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	13, // 24: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	38, // 25: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	12, // 26: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	7,  // 27: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
-	1,  // 28: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	17, // 29: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	16, // 30: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	17, // 31: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	31, // 32: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	28, // 33: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
-	2,  // 34: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	16, // 14: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
+	16, // 15: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
+	5,  // 16: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 17: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	15, // 18: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	14, // 19: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	37, // 20: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	8,  // 21: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
+	16, // 22: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
+	38, // 23: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 24: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	39, // 25: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	14, // 26: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	13, // 27: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	40, // 28: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	12, // 29: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	7,  // 30: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
+	1,  // 31: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	19, // 32: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	18, // 33: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	19, // 34: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	33, // 35: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	30, // 36: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
+	2,  // 37: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	38, // [38:38] is the sub-list for method output_type
+	38, // [38:38] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -2937,7 +3219,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -8,3 +8,9 @@ import "fmt"
 func AttemptKey(job string, round, attempt uint32) string {
 	return fmt.Sprintf("%s/%d/%d", job, round, attempt)
 }
+
+// EvalKey names a federated evaluation task (a worker's report on round's
+// model) in PollTaskRequest.done.
+func EvalKey(job string, round uint32) string {
+	return fmt.Sprintf("%s/eval/%d", job, round)
+}

@@ -17,14 +17,19 @@ import (
 // exist so that an absurd value is refused at submit rather than leaving a
 // job that waits forever, overflows a counter or diverges by construction.
 const (
-	MaxRounds           = 1_000_000
-	MaxClientsPerRound  = 10_000
-	MaxBatchSize        = 1 << 16
-	MaxLocalEpochs      = 1_000
-	MaxLocalSteps       = 10_000_000
-	MaxLearningRate     = 100.0
-	MaxRoundTimeout     = 7 * 24 * 3600.0 // seconds: a week
-	MaxOverSelect       = 10.0
+	MaxRounds          = 1_000_000
+	MaxClientsPerRound = 10_000
+	MaxBatchSize       = 1 << 16
+	MaxLocalEpochs     = 1_000
+	MaxLocalSteps      = 10_000_000
+	MaxLearningRate    = 100.0
+	MaxRoundTimeout    = 7 * 24 * 3600.0 // seconds: a week
+	MaxOverSelect      = 10.0
+	MaxSeqLen          = 1 << 15
+	// MaxModelConfig bounds the model configuration a spec carries.
+	MaxModelConfig = 64 << 10
+	// DefaultSeqLen is a text job's tokens per sequence.
+	DefaultSeqLen       = 128
 	DefaultRoundTimeout = 300.0 // seconds
 	// DefaultMaxUpdateRatio bounds an update's L2 norm by this multiple of
 	// the norm of the model it was trained from (max_update_ratio 0).
@@ -85,10 +90,12 @@ var jobName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 // imports the models.
 type Models interface {
 	// Layout returns the named architecture's zero-valued parameters, or
-	// an error naming the known architectures.
-	Layout(model string) (tensor.Set, error)
-	// LoRATargets names the weights LoRA may adapt in the architecture.
-	LoRATargets(model string) ([]string, error)
+	// an error naming the known architectures. config is a family's
+	// configuration (llama: config.json), empty for a registered one.
+	Layout(model string, config []byte) (tensor.Set, error)
+	// LoRATargets names the weights LoRA adapts in the architecture for
+	// PEFT-style target modules (none: the family's default).
+	LoRATargets(model string, config []byte, modules []string) ([]string, error)
 }
 
 // NormalizeSpec fills a job spec's defaults and checks every field, naming
@@ -103,7 +110,10 @@ func NormalizeSpec(spec *pb.JobSpec, models Models, checkDataset func(string) er
 	if !jobName.MatchString(spec.Name) {
 		return fieldErr("name", "%q is not a valid job name: use 1-63 letters, digits, '.', '_' or '-'", spec.Name)
 	}
-	layout, err := models.Layout(spec.Model)
+	if len(spec.ModelConfig) > MaxModelConfig {
+		return fieldErr("model_config", "%d bytes, at most %d", len(spec.ModelConfig), MaxModelConfig)
+	}
+	layout, err := models.Layout(spec.Model, spec.ModelConfig)
 	if err != nil {
 		return &FieldError{"model", err}
 	}
@@ -164,7 +174,7 @@ func NormalizeSpec(spec *pb.JobSpec, models Models, checkDataset func(string) er
 		return &FieldError{"codec", err}
 	}
 	if spec.Lora != nil {
-		targets, err := models.LoRATargets(spec.Model)
+		targets, err := models.LoRATargets(spec.Model, spec.ModelConfig, spec.Lora.TargetModules)
 		if err != nil {
 			return &FieldError{"model", err}
 		}
@@ -173,6 +183,9 @@ func NormalizeSpec(spec *pb.JobSpec, models Models, checkDataset func(string) er
 		}
 	}
 	if err := NormalizeAsync(spec); err != nil {
+		return err
+	}
+	if err := normalizeEval(spec); err != nil {
 		return err
 	}
 	return normalizeTrain(spec)
@@ -200,10 +213,65 @@ func normalizeTrain(spec *pb.JobSpec) error {
 		checkFloat("train.learning_rate", t.LearningRate, math.SmallestNonzeroFloat64, MaxLearningRate),
 		checkFloat("train.momentum", t.Momentum, 0, math.Nextafter(1, 0)),
 		checkFloat("train.prox_mu", t.ProxMu, 0, 1e6),
+		checkFloat("train.weight_decay", t.WeightDecay, 0, math.Nextafter(1, 0)),
+		checkFloat("train.clip_norm", t.ClipNorm, 0, math.MaxFloat64),
+		checkUint("train.accum", t.Accum, 1<<16),
 	} {
 		if err != nil {
 			return err
 		}
+	}
+	switch t.Optimizer {
+	case "", "sgd":
+	case "adamw":
+		if t.Momentum != 0 {
+			return fieldErr("train.momentum", "%v is SGD's; adamw keeps its own moments (set 0)", t.Momentum)
+		}
+	default:
+		return fieldErr("train.optimizer", "%q: want sgd or adamw", t.Optimizer)
+	}
+	return nil
+}
+
+// Evaluation modes of a job.
+const (
+	EvalCentral   = "central"   // the coordinator scores each model on its own test data
+	EvalFederated = "federated" // workers score each model on their held-out data
+	EvalNone      = "none"
+)
+
+// normalizeEval settles how a job's models are evaluated (evaluate = true
+// is the older spelling of central) and a text job's sequence length.
+func normalizeEval(spec *pb.JobSpec) error {
+	switch spec.Evaluation {
+	case "":
+		spec.Evaluation = EvalNone
+		if spec.Evaluate {
+			spec.Evaluation = EvalCentral
+		}
+	case EvalCentral:
+		spec.Evaluate = true
+	case EvalFederated, EvalNone:
+		if spec.Evaluate {
+			return fieldErr("evaluate", "true asks for central evaluation, evaluation says %q", spec.Evaluation)
+		}
+	default:
+		return fieldErr("evaluation", "%q: want central, federated or none", spec.Evaluation)
+	}
+	if spec.Evaluation != EvalFederated && (spec.EvalClients != 0 || spec.EvalGroupBy != "") {
+		return fieldErr("eval_clients", "eval_clients and eval_group_by are for federated evaluation")
+	}
+	if err := checkUint("eval_clients", spec.EvalClients, MaxClientsPerRound); err != nil {
+		return err
+	}
+	if len(spec.EvalGroupBy) > 63 {
+		return fieldErr("eval_group_by", "label name of %d bytes (at most 63)", len(spec.EvalGroupBy))
+	}
+	if spec.Tokenizer != "" && spec.SeqLen == 0 {
+		spec.SeqLen = DefaultSeqLen
+	}
+	if spec.SeqLen != 0 && (spec.SeqLen < 2 || spec.SeqLen > MaxSeqLen) {
+		return fieldErr("seq_len", "%d: want 2 to %d tokens", spec.SeqLen, MaxSeqLen)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,8 @@ import (
 // model.Trainer per architecture. Used by one goroutine at a time.
 type GorgoniaTrainer struct {
 	data     map[string]*dataset.Examples
+	text     map[string]Text
+	packed   map[string]*dataset.Examples // text tokenised per job's tokenizer and length
 	trainers map[string]model.Trainer
 	log      *slog.Logger
 }
@@ -35,7 +38,12 @@ func NewGorgoniaTrainer(data map[string]*dataset.Examples, logger *slog.Logger) 
 // (in.Base) are trained, on the frozen in.Frozen.
 func (g *GorgoniaTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Result, error) {
 	data, ok := localFor(g.data, task.Dataset)
-	if !ok {
+	if task.Tokenizer != "" {
+		var err error
+		if data, err = g.tokens(in, task, false); err != nil {
+			return Result{}, err
+		}
+	} else if !ok {
 		return Result{}, fmt.Errorf("this worker holds no data for dataset %q", task.Dataset)
 	}
 	tc := task.GetTrain()
@@ -43,6 +51,7 @@ func (g *GorgoniaTrainer) Train(ctx context.Context, in Input, task *pb.Task) (R
 	cfg := model.TrainConfig{
 		Epochs: int(tc.GetLocalEpochs()), Steps: int(tc.GetLocalSteps()), BatchSize: int(tc.GetBatchSize()),
 		LR: tc.GetLearningRate(), Momentum: tc.GetMomentum(), ProxMu: tc.GetProxMu(), Seed: task.Seed,
+		Optimizer: tc.GetOptimizer(), WeightDecay: tc.GetWeightDecay(), ClipNorm: tc.GetClipNorm(), Accum: int(tc.GetAccum()),
 		Progress: func(done, total int, loss float64) {
 			if pct := 100 * done / total; pct >= next {
 				g.log.Info("local training", "job", task.Job, "round", task.Round, "step", done, "of", total, "loss", loss)
@@ -50,14 +59,14 @@ func (g *GorgoniaTrainer) Train(ctx context.Context, in Input, task *pb.Task) (R
 			}
 		},
 	}
-	tr, err := g.trainer(task.Model)
+	tr, err := g.trainer(task.Model, task.ModelConfig)
 	if err != nil {
 		return Result{}, err
 	}
 	var local tensor.Set
 	var met model.TrainMetrics
 	if l := task.Lora; l != nil {
-		local, met, err = tr.TrainAdapter(ctx, lora.Config{Rank: int(l.Rank), Alpha: l.Alpha}, in.Frozen, in.Base, data, cfg)
+		local, met, err = tr.TrainAdapter(ctx, loraConfig(l), in.Frozen, in.Base, data, cfg)
 	} else {
 		local, met, err = tr.Train(ctx, in.Base, data, cfg)
 	}
@@ -90,11 +99,12 @@ func localFor(data map[string]*dataset.Examples, name string) (*dataset.Examples
 }
 
 // trainer returns the model.Trainer of an architecture, built once.
-func (g *GorgoniaTrainer) trainer(name string) (model.Trainer, error) {
-	if tr, ok := g.trainers[name]; ok {
+func (g *GorgoniaTrainer) trainer(name string, config []byte) (model.Trainer, error) {
+	key := fmt.Sprintf("%s/%x", name, sha256.Sum256(config))
+	if tr, ok := g.trainers[key]; ok {
 		return tr, nil
 	}
-	arch, err := model.Lookup(name)
+	arch, err := model.LookupConfig(name, config)
 	if err != nil {
 		return nil, err
 	}
@@ -102,8 +112,18 @@ func (g *GorgoniaTrainer) trainer(name string) (model.Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.trainers[name] = tr
+	if len(g.trainers) >= 4 { // jobs of many configurations: keep a few
+		g.Close()
+		g.trainers = map[string]model.Trainer{}
+	}
+	g.trainers[key] = tr
 	return tr, nil
+}
+
+func loraConfig(l *pb.LoRASpec) lora.Config { return lora.Config{Rank: int(l.Rank), Alpha: l.Alpha} }
+
+func staticBase(arch model.Architecture, targets []string) lora.Static {
+	return lora.Static{Params: arch.Layout(), Targets: targets}
 }
 
 // Close releases the Gorgonia machines.

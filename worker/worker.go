@@ -47,6 +47,8 @@ type Input struct {
 	// Frozen is a LoRA job's frozen base model, which the adapters apply
 	// to and which training leaves unchanged; empty for other jobs.
 	Frozen tensor.Set
+	// Tokenizer is a text job's tokenizer.json; empty for other jobs.
+	Tokenizer []byte
 }
 
 // Trainer fine-tunes a model on the worker's own data for one task.
@@ -332,6 +334,14 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 			return fmt.Errorf("task %s/%d: frozen base: %w", t.Job, t.Round, err)
 		}
 	}
+	if t.Tokenizer != "" {
+		if in.Tokenizer, err = w.blob(ctx, t.Tokenizer); err != nil {
+			return fmt.Errorf("task %s/%d: tokenizer: %w", t.Job, t.Round, err)
+		}
+	}
+	if t.EvalOnly {
+		return w.evaluate(ctx, in, t)
+	}
 	cd, err := codec.New(t.Codec)
 	if err != nil {
 		return fmt.Errorf("task %s/%d: %w", t.Job, t.Round, err)
@@ -547,6 +557,21 @@ func (w *Worker) commitResidual() {
 	}
 }
 
+// blob fetches a blob from the cluster, hash-checked.
+func (w *Worker) blob(ctx context.Context, hash string) ([]byte, error) {
+	conn, err := w.pool.Conn(w.target)
+	if err != nil {
+		return nil, err
+	}
+	gctx, cancel := w.callCtx(ctx, time.Hour) // a model may be large; gossip or keepalive end a stalled download
+	defer cancel()
+	b, err := client.GetBlob(gctx, conn, hash, client.MaxMessage)
+	if err != nil {
+		return nil, fmt.Errorf("blob %.12s from %s: %w", hash, w.target, callErr(gctx, err))
+	}
+	return b, nil
+}
+
 // model returns the model (or adapters) with this hash, from cache or the
 // cluster.
 func (w *Worker) model(ctx context.Context, hash string) (tensor.Set, error) {
@@ -554,15 +579,9 @@ func (w *Worker) model(ctx context.Context, hash string) (tensor.Set, error) {
 		w.touch(hash)
 		return s, nil
 	}
-	conn, err := w.pool.Conn(w.target)
+	b, err := w.blob(ctx, hash)
 	if err != nil {
-		return tensor.Set{}, err
-	}
-	gctx, cancel := w.callCtx(ctx, time.Hour) // a model may be large; gossip or keepalive end a stalled download
-	defer cancel()
-	b, err := client.GetBlob(gctx, conn, hash, client.MaxMessage)
-	if err != nil {
-		return tensor.Set{}, fmt.Errorf("model %.12s from %s: %w", hash, w.target, callErr(gctx, err))
+		return tensor.Set{}, fmt.Errorf("model: %w", err)
 	}
 	s, err := tensor.Unmarshal(b)
 	if err != nil {

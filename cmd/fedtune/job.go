@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/hf"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/lm"
 	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/internal/progress"
 	"github.com/fedtune/fedtune/model"
@@ -94,7 +97,16 @@ func jobCommand() *cli.Command {
 					&cli.StringFlag{Name: "name", Required: true, Usage: "job name (unique)", EnvVars: []string{"FEDTUNE_JOB"}},
 					&cli.StringFlag{Name: "model", Value: "mnist-mlp", Usage: "architecture: " + strings.Join(model.Names(), ", "), EnvVars: []string{"FEDTUNE_MODEL"}},
 					&cli.StringFlag{Name: "dataset", Value: "mnist", Usage: "data set the workers train on", EnvVars: []string{"FEDTUNE_DATASET"}},
-					&cli.StringFlag{Name: "base", Usage: "base checkpoint (safetensors); default: a fresh initialisation from --seed", EnvVars: []string{"FEDTUNE_BASE"}},
+					&cli.StringFlag{Name: "base", Usage: "base checkpoint: a safetensors file, or a Hugging Face directory (config.json, weights, tokenizer.json) for --model llama; default: a fresh initialisation from --seed", EnvVars: []string{"FEDTUNE_BASE"}},
+					&cli.UintFlag{Name: "seq-len", Usage: "text jobs: tokens per sequence (default 128)", EnvVars: []string{"FEDTUNE_SEQ_LEN"}},
+					&cli.StringFlag{Name: "evaluation", Usage: "central (the coordinator, on the data set's test split), federated (the workers, on their held-out text) or none (default: central if --evaluate, else none)", EnvVars: []string{"FEDTUNE_EVALUATION"}},
+					&cli.UintFlag{Name: "eval-clients", Usage: "federated evaluation: workers that evaluate each model (default: every matching worker)", EnvVars: []string{"FEDTUNE_EVAL_CLIENTS"}},
+					&cli.StringFlag{Name: "eval-group-by", Usage: "federated evaluation: a worker label (e.g. lang) whose values get their own mean loss and perplexity", EnvVars: []string{"FEDTUNE_EVAL_GROUP_BY"}},
+					&cli.StringSliceFlag{Name: "lora-targets", Usage: "LoRA on transformers: modules adapted (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; default q_proj, v_proj)", EnvVars: []string{"FEDTUNE_LORA_TARGETS"}},
+					&cli.StringFlag{Name: "optimizer", Usage: "local optimizer: sgd (default) or adamw", EnvVars: []string{"FEDTUNE_OPTIMIZER"}},
+					&cli.Float64Flag{Name: "weight-decay", Usage: "local weight decay (sgd: L2; adamw: decoupled)", EnvVars: []string{"FEDTUNE_WEIGHT_DECAY"}},
+					&cli.Float64Flag{Name: "grad-clip", Usage: "clip each local step's gradient to this global L2 norm (0: off)", EnvVars: []string{"FEDTUNE_GRAD_CLIP"}},
+					&cli.UintFlag{Name: "accum", Usage: "micro-batches whose gradients one local step averages (gradient accumulation)", EnvVars: []string{"FEDTUNE_ACCUM"}},
 					&cli.UintFlag{Name: "rounds", Value: 10, Usage: "federated rounds", EnvVars: []string{"FEDTUNE_ROUNDS"}},
 					&cli.UintFlag{Name: "clients", Value: 3, Usage: "workers per round", EnvVars: []string{"FEDTUNE_CLIENTS"}},
 					&cli.UintFlag{Name: "min-updates", Usage: "updates needed to commit a round at its deadline (default: --clients)", EnvVars: []string{"FEDTUNE_MIN_UPDATES"}},
@@ -218,7 +230,26 @@ func submitJob(c *cli.Context) error {
 		ServerOptimizer: &pb.ServerOptimizer{Name: c.String("server-optimizer"), Lr: c.Float64("server-lr"), Beta1: c.Float64("server-beta1"),
 			Beta2: c.Float64("server-beta2"), Epsilon: c.Float64("server-epsilon")},
 		Train: &pb.TrainConfig{LocalEpochs: u32("epochs"), LocalSteps: u32("steps"), BatchSize: u32("batch-size"),
-			LearningRate: c.Float64("lr"), Momentum: c.Float64("momentum"), ProxMu: c.Float64("prox-mu")},
+			LearningRate: c.Float64("lr"), Momentum: c.Float64("momentum"), ProxMu: c.Float64("prox-mu"),
+			Optimizer: c.String("optimizer"), WeightDecay: c.Float64("weight-decay"), ClipNorm: c.Float64("grad-clip"), Accum: u32("accum")},
+		SeqLen: u32("seq-len"), Evaluation: c.String("evaluation"), EvalClients: u32("eval-clients"), EvalGroupBy: c.String("eval-group-by"),
+	}
+	if spec.Evaluation != "" && !c.IsSet("evaluate") {
+		spec.Evaluate = false // --evaluation decides; --evaluate's default is central
+	}
+	if spec.Train.Optimizer == "adamw" && !c.IsSet("momentum") {
+		spec.Train.Momentum = 0 // --momentum's default is SGD's
+	}
+	var hfBase *lm.Checkpoint
+	if p := c.String("base"); p != "" {
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			if hfBase, err = lm.Load(p); err != nil {
+				return fmt.Errorf("job submit: --base: %w", err)
+			}
+			if spec.ModelConfig, err = os.ReadFile(filepath.Join(p, hf.ConfigFile)); err != nil {
+				return fmt.Errorf("job submit: --base: %w", err)
+			}
+		}
 	}
 	spec.Mode = c.String("mode")
 	if spec.Mode == "async" {
@@ -234,9 +265,9 @@ func submitJob(c *cli.Context) error {
 		}
 	}
 	if r := u32("lora-rank"); r > 0 {
-		spec.Lora = &pb.LoRASpec{Rank: r, Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation")}
-	} else if c.IsSet("lora-alpha") || c.IsSet("lora-aggregation") || c.IsSet("lora-adapter") {
-		return fmt.Errorf("job submit: --lora-alpha, --lora-aggregation and --lora-adapter need --lora-rank")
+		spec.Lora = &pb.LoRASpec{Rank: r, Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation"), TargetModules: c.StringSlice("lora-targets")}
+	} else if c.IsSet("lora-alpha") || c.IsSet("lora-aggregation") || c.IsSet("lora-adapter") || c.IsSet("lora-targets") {
+		return fmt.Errorf("job submit: --lora-alpha, --lora-aggregation, --lora-adapter and --lora-targets need --lora-rank")
 	}
 	if flags.err != nil {
 		return fmt.Errorf("job submit: %w", flags.err)
@@ -244,16 +275,31 @@ func submitJob(c *cli.Context) error {
 	if err := checkExplicitFlags(c); err != nil {
 		return fmt.Errorf("job submit: %w", err)
 	}
+	if dataset.IsText(spec.Dataset) && spec.Evaluation == "" && !c.IsSet("evaluate") {
+		spec.Evaluation, spec.Evaluate = round.EvalFederated, false // the coordinator holds no text
+	}
+	if hfBase != nil && hfBase.Tok != nil && dataset.IsText(spec.Dataset) {
+		spec.Tokenizer = "pending" // uploaded below; set so that normalisation fills seq_len
+	}
 	if err := round.NormalizeSpec(spec, model.Catalog{}, dataset.Check); err != nil {
 		return fmt.Errorf("job submit: %w", specFlagError(err))
 	}
+	if dataset.IsText(spec.Dataset) && (hfBase == nil || hfBase.Tok == nil) {
+		return fmt.Errorf("job submit: --dataset %s is text: give --base a model directory with its tokenizer.json", spec.Dataset)
+	}
 	var base tensor.Set
-	if p := c.String("base"); p != "" {
+	switch p := c.String("base"); {
+	case hfBase != nil:
+		base = hfBase.Params
+	case p != "":
 		if base, err = tensor.ReadFile(p); err != nil {
 			return fmt.Errorf("job submit: --base: %w", err)
 		}
-	} else {
-		arch, _ := model.Lookup(spec.Model)
+	default:
+		arch, err := model.LookupConfig(spec.Model, spec.ModelConfig)
+		if err != nil {
+			return fmt.Errorf("job submit: %w", err)
+		}
 		base = arch.Init(spec.Seed)
 	}
 	b, err := tensor.Marshal(base, tensor.F32)
@@ -269,6 +315,15 @@ func submitJob(c *cli.Context) error {
 	defer cancel()
 	if spec.BaseModel, err = client.PutBlob(ctx, conn, b); err != nil {
 		return fmt.Errorf("job submit: upload base model: %w", err)
+	}
+	if spec.Tokenizer != "" {
+		tb, err := hfBase.Tok.Marshal()
+		if err != nil {
+			return err
+		}
+		if spec.Tokenizer, err = client.PutBlob(ctx, conn, tb); err != nil {
+			return fmt.Errorf("job submit: upload tokenizer: %w", err)
+		}
 	}
 	if p := c.String("lora-adapter"); p != "" {
 		ad, err := tensor.ReadFile(p)

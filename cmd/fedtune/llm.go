@@ -9,10 +9,14 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
 
+	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/hf"
+	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/lm"
 	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tokenizer"
 )
@@ -25,8 +29,12 @@ func lmDataFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "tokens", Usage: "language models: token ids in a NumPy file (int32/int64, shape [T] or [batch, T])", EnvVars: []string{"FEDTUNE_TOKENS"}},
 		&cli.StringFlag{Name: "text", Usage: "language models: a text file, tokenised with the model's tokenizer.json", EnvVars: []string{"FEDTUNE_TEXT"}},
-		&cli.StringFlag{Name: "corpus", Usage: "language models: man-<lang> or fortunes-<lang> (Debian's text in en, fr, de, es, it, pl, pt, ru), documents packed with end-of-text tokens", EnvVars: []string{"FEDTUNE_CORPUS"}},
-		&cli.IntFlag{Name: "max-bytes", Value: 4 << 20, Usage: "language models: cap on the text read from --corpus", EnvVars: []string{"FEDTUNE_MAX_BYTES"}},
+		&cli.StringSliceFlag{Name: "corpus", Usage: "language models: text data sets man-<lang> or fortunes-<lang> (Debian's text in en, fr, de, es, it, pl, pt, ru; repeatable), documents packed with end-of-text tokens", EnvVars: []string{"FEDTUNE_CORPUS"}},
+		&cli.IntFlag{Name: "max-bytes", Value: 4 << 20, Usage: "language models: cap on the text read from each --corpus (as the workers' --max-bytes)", EnvVars: []string{"FEDTUNE_MAX_BYTES"}},
+		&cli.StringFlag{Name: "split", Value: "all", Usage: "language models: with --corpus, the documents of --num-partitions workers' shares to use: train (their training parts), held-out, or all", EnvVars: []string{"FEDTUNE_SPLIT"}},
+		&cli.IntFlag{Name: "num-partitions", Value: 1, Usage: "language models: --split follows the shares of this many workers (as theirs)", EnvVars: []string{"FEDTUNE_NUM_PARTITIONS"}},
+		&cli.Float64Flag{Name: "held-out", Value: 0.1, Usage: "language models: --split's held-out share (as the workers' --held-out)", EnvVars: []string{"FEDTUNE_HELD_OUT"}},
+		&cli.Uint64Flag{Name: "partition-seed", Value: 1, Usage: "language models: --split's seed (as the workers' --partition-seed)", EnvVars: []string{"FEDTUNE_PARTITION_SEED"}},
 		&cli.IntFlag{Name: "seq-len", Value: 128, Usage: "language models: tokens per sequence (longer inputs are cut into windows)", EnvVars: []string{"FEDTUNE_SEQ_LEN"}},
 		&cli.StringFlag{Name: "adapter", Usage: "language models: a PEFT LoRA adapter directory applied to the model", EnvVars: []string{"FEDTUNE_ADAPTER"}},
 	}
@@ -36,7 +44,7 @@ func lmDataFlags() []cli.Flag {
 func lmSequences(c *cli.Context, ck *lm.Checkpoint) ([][]int, error) {
 	given := 0
 	for _, f := range []string{"tokens", "text", "corpus"} {
-		if c.String(f) != "" {
+		if c.IsSet(f) {
 			given++
 		}
 	}
@@ -57,11 +65,36 @@ func lmSequences(c *cli.Context, ck *lm.Checkpoint) ([][]int, error) {
 	if ck.Tok == nil {
 		return nil, fmt.Errorf("%s has no %s to tokenise --corpus with", ck.Dir, lm.TokenizerFile)
 	}
-	docs, err := lm.Corpus(c.String("corpus"), c.Int("max-bytes"))
-	if err != nil {
-		return nil, err
+	var docs []string
+	for _, name := range c.StringSlice("corpus") {
+		d, err := corpusSplit(c, name)
+		if err != nil {
+			return nil, err
+		}
+		docs = append(docs, d...)
 	}
 	return lm.PackDocs(ck.Tok, docs, c.Int("seq-len"))
+}
+
+// corpusSplit reads one --corpus, or --split's part of the shares of
+// --num-partitions workers.
+func corpusSplit(c *cli.Context, name string) ([]string, error) {
+	split := c.String("split")
+	if split == "all" && !c.IsSet("num-partitions") {
+		return lm.Corpus(name, c.Int("max-bytes"))
+	}
+	train, held, err := dataset.TextUnion(name, c.Int("max-bytes"), c.Int("num-partitions"), c.Float64("held-out"), c.Uint64("partition-seed"))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("--corpus %s: %w", name, err)
+	case split == "train":
+		return train, nil
+	case split == "held-out":
+		return held, nil
+	case split == "all":
+		return append(train, held...), nil
+	}
+	return nil, fmt.Errorf("--split %q: want train, held-out or all", split)
 }
 
 // lmWeights are the checkpoint's weights, with --adapter merged in.
@@ -286,5 +319,48 @@ func llamaPretrain(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "pretrained %v (%d parameters) for %d steps, final mean loss %.4f (%.0f tokens/s)\nwrote %s\n",
 		ck.Model, ck.Model.Params(), met.Steps, met.Loss, float64(met.Seen*seq)/met.Seconds, out)
+	return nil
+}
+
+// exportHF writes an exported language model (b, safetensors) as a
+// Hugging Face directory: the model with the job's config.json and
+// tokenizer.json, or a LoRA job's adapters as a PEFT adapter directory.
+func exportHF(c *cli.Context, conn grpc.ClientConnInterface, spec *pb.JobSpec, b []byte, dir string) error {
+	params, err := tensor.Unmarshal(b)
+	if err != nil {
+		return err
+	}
+	cfg, err := hf.ParseConfig(spec.ModelConfig)
+	if err != nil {
+		return err
+	}
+	if l := spec.Lora; l != nil && !c.Bool("merged") {
+		modules := l.TargetModules
+		if len(modules) == 0 {
+			modules = model.DefaultLoRAModules
+		}
+		params.Metadata = nil
+		ac := hf.AdapterConfig{R: int(l.Rank), LoraAlpha: l.Alpha, TargetModules: modules, BaseModel: spec.Name}
+		if err := hf.WriteAdapter(dir, cfg, ac, params); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.Writer, "wrote PEFT adapter directory %s (rank %d on %s, %d parameters)\n", dir, l.Rank, strings.Join(modules, ", "), params.Len())
+		return nil
+	}
+	ck := &lm.Checkpoint{Model: model.Llama{Config: cfg}}
+	if spec.Tokenizer != "" {
+		tb, err := client.GetBlob(c.Context, conn, spec.Tokenizer, client.MaxMessage)
+		if err != nil {
+			return fmt.Errorf("tokenizer: %w", err)
+		}
+		if ck.Tok, err = tokenizer.Parse(tb); err != nil {
+			return err
+		}
+	}
+	params.Metadata = nil
+	if err := ck.Save(dir, params, tensor.F32); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "wrote Hugging Face model directory %s (%v, %d parameters)\n", dir, ck.Model, params.Len())
 	return nil
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/fedtune/fedtune/internal/client"
 	"github.com/fedtune/fedtune/internal/demo"
 	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/tensor"
 )
 
@@ -25,7 +27,7 @@ func modelCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name:  "export",
-				Usage: "download a job's model as safetensors",
+				Usage: "download a job's model as safetensors, or, for a language model, as a Hugging Face directory (-o DIR: config.json, weights, tokenizer.json; LoRA adapters as a PEFT adapter directory)",
 				Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}},
 					&cli.UintFlag{Name: "round", Usage: "committed round (0: newest)", EnvVars: []string{"FEDTUNE_ROUND"}},
 					&cli.BoolFlag{Name: "merged", Usage: "LoRA jobs: the base with the adapters folded in (default: the adapters, PEFT names)", EnvVars: []string{"FEDTUNE_MERGED"}}, outFlag},
@@ -38,6 +40,15 @@ func modelCommand() *cli.Command {
 					b, err := client.ExportModel(c.Context, conn, c.String("job"), uint32(c.Uint("round")), c.Bool("merged"))
 					if err != nil {
 						return err
+					}
+					if out := c.String("output"); !strings.HasSuffix(out, ".safetensors") {
+						st, err := rpcpb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
+						if err != nil {
+							return err
+						}
+						if len(st.Job.Spec.ModelConfig) > 0 {
+							return exportHF(c, conn, st.Job.Spec, b, out)
+						}
 					}
 					if err := os.WriteFile(c.String("output"), b, 0o644); err != nil {
 						return err

@@ -116,6 +116,8 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 			&cli.IntFlag{Name: "shards", Value: 2, Usage: "label shards per partition for --partition shards", EnvVars: []string{"FEDTUNE_SHARDS"}},
 			&cli.Uint64Flag{Name: "partition-seed", Value: 1, Usage: "seed of the split (all workers must use the same)", EnvVars: []string{"FEDTUNE_PARTITION_SEED"}},
 			&cli.IntFlag{Name: "max-examples", Usage: "use at most this many local examples (0: all)", EnvVars: []string{"FEDTUNE_MAX_EXAMPLES"}},
+			&cli.IntFlag{Name: "max-bytes", Value: 4 << 20, Usage: "text data sets (man-<lang>, fortunes-<lang>): cap on the text read before it is shared among partitions", EnvVars: []string{"FEDTUNE_MAX_BYTES"}},
+			&cli.Float64Flag{Name: "held-out", Value: 0.1, Usage: "text data sets: share of this worker's documents kept out of training for federated evaluation", EnvVars: []string{"FEDTUNE_HELD_OUT"}},
 			&cli.DurationFlag{Name: "join-timeout", Value: 30 * time.Second, Usage: "give up if no node answers within this time", EnvVars: []string{"FEDTUNE_JOIN_TIMEOUT"}},
 			&cli.DurationFlag{Name: "poll-wait", Value: 10 * time.Second, Usage: "how long one task poll may wait on the coordinator", EnvVars: []string{"FEDTUNE_POLL_WAIT"}},
 			&cli.StringFlag{Name: "profile", Value: "lan", Usage: "gossip timings: local (one machine), lan or wan", EnvVars: []string{"FEDTUNE_PROFILE"}},
@@ -177,18 +179,33 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 				d, err := worker.DetectDevice(ctx, dev.Kind)
 				return d.Labels(), err
 			}
-			local, err := localData(c)
-			if err != nil {
-				return err
-			}
-			log.Info("local data", "dataset", c.String("dataset"), "examples", local.Len(), "partition", fmt.Sprintf("%d/%d", c.Int("partition-index"), c.Int("num-partitions")))
 			var tr interface {
 				worker.Trainer
 				Close()
 			}
+			var local *dataset.Examples
+			if name := c.String("dataset"); dataset.IsText(name) {
+				text, err := localText(c)
+				if err != nil {
+					return err
+				}
+				log.Info("local text", "dataset", name, "documents", len(text.Train), "held_out", len(text.HeldOut), "partition", fmt.Sprintf("%d/%d", c.Int("partition-index"), c.Int("num-partitions")))
+				if c.String("trainer") != "gorgonia" {
+					return fmt.Errorf("--dataset %s: text data sets are trained by the gorgonia trainer", name)
+				}
+				g := worker.NewGorgoniaTrainer(nil, log)
+				g.AddText(name, text)
+				tr = g
+			} else if local, err = localData(c); err != nil {
+				return err
+			} else {
+				log.Info("local data", "dataset", name, "examples", local.Len(), "partition", fmt.Sprintf("%d/%d", c.Int("partition-index"), c.Int("num-partitions")))
+			}
 			switch c.String("trainer") {
 			case "gorgonia":
-				tr = worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log)
+				if tr == nil {
+					tr = worker.NewGorgoniaTrainer(map[string]*dataset.Examples{c.String("dataset"): local}, log)
+				}
 			case "exec":
 				if c.String("trainer-cmd") == "" {
 					return fmt.Errorf("--trainer exec needs --trainer-cmd")
@@ -289,6 +306,17 @@ func localData(c *cli.Context) (*dataset.Examples, error) {
 		return nil, fmt.Errorf("partition %d of %d is empty", i, n)
 	}
 	return all.Subset(idx), nil
+}
+
+// localText reads this worker's share of a text data set and splits off
+// its held-out part.
+func localText(c *cli.Context) (worker.Text, error) {
+	train, held, err := dataset.TextShare(c.String("dataset"), c.Int("max-bytes"), c.Int("num-partitions"), c.Int("partition-index"),
+		c.Float64("held-out"), c.Uint64("partition-seed"))
+	if err != nil {
+		return worker.Text{}, fmt.Errorf("--dataset %s: %w", c.String("dataset"), err)
+	}
+	return worker.Text{Train: train, HeldOut: held}, nil
 }
 
 // profile returns the timing profile flags ask for.

@@ -30,6 +30,7 @@ type torchRef struct {
 	Threads int                `json:"threads"`
 	Train   map[string]float64 `json:"train"` // batch -> samples/s
 	Gemm    map[string]float64 `json:"gemm"`  // "MxNxK" -> GFLOP/s
+	LLM     map[string]float64 `json:"llm"`   // "full", "lora" -> tokens/s
 	BLAS    []string           `json:"blas"`  // shared objects loaded
 	err     error
 }

@@ -16,17 +16,13 @@ import (
 // EndOfText is the special token separating documents in packed sequences.
 const EndOfText = "<|endoftext|>"
 
-// Corpus returns the documents a corpus name stands for: man-<lang> (the
-// manual pages of Debian's manpages packages: en, fr, de, es),
-// fortunes-<lang> (the fortunes packages: de, en, es, it, pl, pt, ru), or
-// a text file (documents separated by blank lines). maxBytes caps the
-// text read (0: no cap).
+// Corpus returns the documents a corpus name stands for: a text data set
+// (man-<lang>, fortunes-<lang>; see dataset.Text) or a text file
+// (documents separated by blank lines). maxBytes caps the text read (0: no
+// cap).
 func Corpus(name string, maxBytes int) ([]string, error) {
-	if lang, ok := strings.CutPrefix(name, "man-"); ok {
-		return dataset.ManText(lang, maxBytes)
-	}
-	if lang, ok := strings.CutPrefix(name, "fortunes-"); ok {
-		return dataset.FortuneText(lang, maxBytes)
+	if dataset.IsText(name) {
+		return dataset.Text(name, maxBytes)
 	}
 	b, err := os.ReadFile(name)
 	if err != nil {

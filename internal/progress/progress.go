@@ -22,12 +22,29 @@ func Bar(done, total, width int) string {
 // RoundHeader is the header above RoundLine rows.
 const RoundHeader = "round  progress              updates  samples  test_acc  test_loss  train_loss  seconds  train/s"
 
-// RoundLine renders one committed round of a job.
+// RoundLine renders one committed round of a job. A federatedly
+// evaluated job shows its workers' held-out accuracy and loss in the test
+// columns, and the perplexity after them (the reports of a round's model
+// may arrive after the round is first shown).
 func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
 	secs := time.Duration(r.CommittedUnixNano - r.StartedUnixNano).Seconds()
-	return fmt.Sprintf("%5d  %s %3d%%  %7d  %7d  %8s  %9s  %10s  %7.1f  %7s",
+	acc, loss := evalKeys(j)
+	line := fmt.Sprintf("%5d  %s %3d%%  %7d  %7d  %8s  %9s  %10s  %7.1f  %7s",
 		r.Number, Bar(int(r.Number), int(j.Spec.Rounds), 12), 100*int(r.Number)/int(max(j.Spec.Rounds, 1)),
-		r.Updates, r.Samples, pct(r.Metrics, "test_accuracy"), num(r.Metrics, "test_loss"), num(r.Metrics, "train_loss"), secs, trainRate(r))
+		r.Updates, r.Samples, pct(r.Metrics, acc), num(r.Metrics, loss), num(r.Metrics, "train_loss"), secs, trainRate(r))
+	if p, ok := r.Metrics["fed_perplexity"]; ok {
+		line += fmt.Sprintf("  perplexity %.2f (%d workers)", p, len(r.Evals))
+	}
+	return line
+}
+
+// evalKeys names the metrics of a job's evaluation: the coordinator's test
+// split, or the workers' held-out data.
+func evalKeys(j *pb.Job) (acc, loss string) {
+	if j.Spec.GetEvaluation() == "federated" {
+		return "fed_accuracy", "fed_loss"
+	}
+	return "test_accuracy", "test_loss"
 }
 
 // trainRate is the workers' mean local training speed in a round, in
@@ -52,9 +69,10 @@ func trainRate(r *pb.RoundRecord) string {
 // the newest round from the last record of j.History (which may be a page
 // of the history ending with it).
 func OpenRoundLine(j *pb.Job, now time.Time) string {
-	acc, done := pct(j.BaseMetrics, "test_accuracy"), uint32(0)
+	key, _ := evalKeys(j)
+	acc, done := pct(j.BaseMetrics, key), uint32(0)
 	if n := len(j.History); n > 0 {
-		acc, done = pct(j.History[n-1].Metrics, "test_accuracy"), j.History[n-1].Number
+		acc, done = pct(j.History[n-1].Metrics, key), j.History[n-1].Number
 	}
 	if a := j.Spec.GetAsync(); a != nil && j.Async != nil && j.Status == pb.JobStatus_JOB_STATUS_RUNNING {
 		k := int(max(a.BufferSize, 1))

@@ -2,8 +2,8 @@
 """An independent Llama reference in plain PyTorch, for fedtune's tests.
 
 It follows Hugging Face transformers' LlamaForCausalLM (and Qwen2's q/k/v
-biases, and PEFT's LoRA layers) written out from their definitions, in
-float64: RMSNorm, rotary embedding (rotate-half, rope_theta), causal
+biases, and PEFT's LoRA layers) written out from their definitions (the
+command computes in float64; make bench imports Model for float32): RMSNorm, rotary embedding (rotate-half, rope_theta), causal
 grouped-query attention (repeat_kv), SwiGLU MLP, tied or untied LM head,
 next-token cross-entropy with labels = input ids. transformers itself is
 not packaged in Debian; this script needs only torch and numpy.
@@ -18,8 +18,6 @@ import argparse, json, math, os, struct, sys
 
 import numpy as np
 import torch
-
-torch.set_default_dtype(torch.float64)
 
 
 def read_safetensors(path):
@@ -101,11 +99,12 @@ class Model:
         hd = c.get("head_dim") or c["hidden_size"] // H
         eps, theta = c["rms_norm_eps"], c.get("rope_theta", 10000.0)
         x = self.p["model.embed_tokens.weight"][ids]
-        inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-        ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+        dt = x.dtype
+        inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=dt) / hd))
+        ang = torch.arange(T, dtype=dt)[:, None] * inv[None, :]
         emb = torch.cat((ang, ang), dim=-1)
         cos, sin = emb.cos(), emb.sin()
-        mask = torch.full((T, T), float("-inf")).triu(1)
+        mask = torch.full((T, T), float("-inf"), dtype=dt).triu(1)
         for i in range(c["num_hidden_layers"]):
             pre = "model.layers.%d." % i
             h = rms_norm(x, self.p[pre + "input_layernorm.weight"], eps)
@@ -130,6 +129,7 @@ class Model:
 
 
 def main():
+    torch.set_default_dtype(torch.float64)
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
     ap.add_argument("--tokens", required=True)

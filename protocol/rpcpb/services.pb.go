@@ -30,10 +30,12 @@ var File_rpcpb_services_proto protoreflect.FileDescriptor
 const file_rpcpb_services_proto_rawDesc = "" +
 	"\n" +
 	"\x14rpcpb/services.proto\x12\n" +
-	"fedtune.v1\x1a\tapi.proto2\xa2\x01\n" +
+	"fedtune.v1\x1a\tapi.proto2\xef\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
-	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse2\x7f\n" +
+	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse\x12K\n" +
+	"\n" +
+	"SubmitEval\x12\x1d.fedtune.v1.SubmitEvalRequest\x1a\x1e.fedtune.v1.SubmitEvalResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
 	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\x9c\x06\n" +
@@ -52,62 +54,66 @@ const file_rpcpb_services_proto_rawDesc = "" +
 var file_rpcpb_services_proto_goTypes = []any{
 	(*protocol.PollTaskRequest)(nil),            // 0: fedtune.v1.PollTaskRequest
 	(*protocol.SubmitUpdateRequest)(nil),        // 1: fedtune.v1.SubmitUpdateRequest
-	(*protocol.GetBlobRequest)(nil),             // 2: fedtune.v1.GetBlobRequest
-	(*protocol.BlobChunk)(nil),                  // 3: fedtune.v1.BlobChunk
-	(*protocol.SubmitJobRequest)(nil),           // 4: fedtune.v1.SubmitJobRequest
-	(*protocol.JobStatusRequest)(nil),           // 5: fedtune.v1.JobStatusRequest
-	(*protocol.ListJobsRequest)(nil),            // 6: fedtune.v1.ListJobsRequest
-	(*protocol.ListWorkersRequest)(nil),         // 7: fedtune.v1.ListWorkersRequest
-	(*protocol.ExportModelRequest)(nil),         // 8: fedtune.v1.ExportModelRequest
-	(*protocol.VerifyRoundRequest)(nil),         // 9: fedtune.v1.VerifyRoundRequest
-	(*protocol.ClusterStatusRequest)(nil),       // 10: fedtune.v1.ClusterStatusRequest
-	(*protocol.RevokeWorkerRequest)(nil),        // 11: fedtune.v1.RevokeWorkerRequest
-	(*protocol.KeyringRequest)(nil),             // 12: fedtune.v1.KeyringRequest
-	(*protocol.TransferLeadershipRequest)(nil),  // 13: fedtune.v1.TransferLeadershipRequest
-	(*protocol.PollTaskResponse)(nil),           // 14: fedtune.v1.PollTaskResponse
-	(*protocol.SubmitUpdateResponse)(nil),       // 15: fedtune.v1.SubmitUpdateResponse
-	(*protocol.PutBlobResponse)(nil),            // 16: fedtune.v1.PutBlobResponse
-	(*protocol.SubmitJobResponse)(nil),          // 17: fedtune.v1.SubmitJobResponse
-	(*protocol.JobStatusResponse)(nil),          // 18: fedtune.v1.JobStatusResponse
-	(*protocol.ListJobsResponse)(nil),           // 19: fedtune.v1.ListJobsResponse
-	(*protocol.ListWorkersResponse)(nil),        // 20: fedtune.v1.ListWorkersResponse
-	(*protocol.VerifyRoundResponse)(nil),        // 21: fedtune.v1.VerifyRoundResponse
-	(*protocol.ClusterStatusResponse)(nil),      // 22: fedtune.v1.ClusterStatusResponse
-	(*protocol.RevokeWorkerResponse)(nil),       // 23: fedtune.v1.RevokeWorkerResponse
-	(*protocol.KeyringResponse)(nil),            // 24: fedtune.v1.KeyringResponse
-	(*protocol.TransferLeadershipResponse)(nil), // 25: fedtune.v1.TransferLeadershipResponse
+	(*protocol.SubmitEvalRequest)(nil),          // 2: fedtune.v1.SubmitEvalRequest
+	(*protocol.GetBlobRequest)(nil),             // 3: fedtune.v1.GetBlobRequest
+	(*protocol.BlobChunk)(nil),                  // 4: fedtune.v1.BlobChunk
+	(*protocol.SubmitJobRequest)(nil),           // 5: fedtune.v1.SubmitJobRequest
+	(*protocol.JobStatusRequest)(nil),           // 6: fedtune.v1.JobStatusRequest
+	(*protocol.ListJobsRequest)(nil),            // 7: fedtune.v1.ListJobsRequest
+	(*protocol.ListWorkersRequest)(nil),         // 8: fedtune.v1.ListWorkersRequest
+	(*protocol.ExportModelRequest)(nil),         // 9: fedtune.v1.ExportModelRequest
+	(*protocol.VerifyRoundRequest)(nil),         // 10: fedtune.v1.VerifyRoundRequest
+	(*protocol.ClusterStatusRequest)(nil),       // 11: fedtune.v1.ClusterStatusRequest
+	(*protocol.RevokeWorkerRequest)(nil),        // 12: fedtune.v1.RevokeWorkerRequest
+	(*protocol.KeyringRequest)(nil),             // 13: fedtune.v1.KeyringRequest
+	(*protocol.TransferLeadershipRequest)(nil),  // 14: fedtune.v1.TransferLeadershipRequest
+	(*protocol.PollTaskResponse)(nil),           // 15: fedtune.v1.PollTaskResponse
+	(*protocol.SubmitUpdateResponse)(nil),       // 16: fedtune.v1.SubmitUpdateResponse
+	(*protocol.SubmitEvalResponse)(nil),         // 17: fedtune.v1.SubmitEvalResponse
+	(*protocol.PutBlobResponse)(nil),            // 18: fedtune.v1.PutBlobResponse
+	(*protocol.SubmitJobResponse)(nil),          // 19: fedtune.v1.SubmitJobResponse
+	(*protocol.JobStatusResponse)(nil),          // 20: fedtune.v1.JobStatusResponse
+	(*protocol.ListJobsResponse)(nil),           // 21: fedtune.v1.ListJobsResponse
+	(*protocol.ListWorkersResponse)(nil),        // 22: fedtune.v1.ListWorkersResponse
+	(*protocol.VerifyRoundResponse)(nil),        // 23: fedtune.v1.VerifyRoundResponse
+	(*protocol.ClusterStatusResponse)(nil),      // 24: fedtune.v1.ClusterStatusResponse
+	(*protocol.RevokeWorkerResponse)(nil),       // 25: fedtune.v1.RevokeWorkerResponse
+	(*protocol.KeyringResponse)(nil),            // 26: fedtune.v1.KeyringResponse
+	(*protocol.TransferLeadershipResponse)(nil), // 27: fedtune.v1.TransferLeadershipResponse
 }
 var file_rpcpb_services_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
 	1,  // 1: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
-	2,  // 2: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
-	3,  // 3: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
-	4,  // 4: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
-	5,  // 5: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
-	6,  // 6: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
-	7,  // 7: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
-	8,  // 8: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
-	9,  // 9: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
-	10, // 10: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
-	11, // 11: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
-	12, // 12: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
-	13, // 13: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
-	14, // 14: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	15, // 15: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	3,  // 16: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	16, // 17: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	17, // 18: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	18, // 19: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	19, // 20: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	20, // 21: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	3,  // 22: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	21, // 23: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	22, // 24: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	23, // 25: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
-	24, // 26: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
-	25, // 27: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
-	14, // [14:28] is the sub-list for method output_type
-	0,  // [0:14] is the sub-list for method input_type
+	2,  // 2: fedtune.v1.Worker.SubmitEval:input_type -> fedtune.v1.SubmitEvalRequest
+	3,  // 3: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
+	4,  // 4: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
+	5,  // 5: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
+	6,  // 6: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
+	7,  // 7: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
+	8,  // 8: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
+	9,  // 9: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
+	10, // 10: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
+	11, // 11: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
+	12, // 12: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
+	13, // 13: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
+	14, // 14: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
+	15, // 15: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	16, // 16: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	17, // 17: fedtune.v1.Worker.SubmitEval:output_type -> fedtune.v1.SubmitEvalResponse
+	4,  // 18: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	18, // 19: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	19, // 20: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	20, // 21: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	21, // 22: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	22, // 23: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	4,  // 24: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	23, // 25: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	24, // 26: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	25, // 27: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	26, // 28: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
+	27, // 29: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
+	15, // [15:30] is the sub-list for method output_type
+	0,  // [0:15] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

@@ -26,6 +26,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Worker_PollTask_FullMethodName     = "/fedtune.v1.Worker/PollTask"
 	Worker_SubmitUpdate_FullMethodName = "/fedtune.v1.Worker/SubmitUpdate"
+	Worker_SubmitEval_FullMethodName   = "/fedtune.v1.Worker/SubmitEval"
 )
 
 // WorkerClient is the client API for Worker service.
@@ -38,6 +39,8 @@ type WorkerClient interface {
 	PollTask(ctx context.Context, in *protocol.PollTaskRequest, opts ...grpc.CallOption) (*protocol.PollTaskResponse, error)
 	// SubmitUpdate hands in the encoded delta for a task.
 	SubmitUpdate(ctx context.Context, in *protocol.SubmitUpdateRequest, opts ...grpc.CallOption) (*protocol.SubmitUpdateResponse, error)
+	// SubmitEval reports a federated evaluation (a task with eval_only).
+	SubmitEval(ctx context.Context, in *protocol.SubmitEvalRequest, opts ...grpc.CallOption) (*protocol.SubmitEvalResponse, error)
 }
 
 type workerClient struct {
@@ -68,6 +71,16 @@ func (c *workerClient) SubmitUpdate(ctx context.Context, in *protocol.SubmitUpda
 	return out, nil
 }
 
+func (c *workerClient) SubmitEval(ctx context.Context, in *protocol.SubmitEvalRequest, opts ...grpc.CallOption) (*protocol.SubmitEvalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(protocol.SubmitEvalResponse)
+	err := c.cc.Invoke(ctx, Worker_SubmitEval_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkerServer is the server API for Worker service.
 // All implementations must embed UnimplementedWorkerServer
 // for forward compatibility.
@@ -78,6 +91,8 @@ type WorkerServer interface {
 	PollTask(context.Context, *protocol.PollTaskRequest) (*protocol.PollTaskResponse, error)
 	// SubmitUpdate hands in the encoded delta for a task.
 	SubmitUpdate(context.Context, *protocol.SubmitUpdateRequest) (*protocol.SubmitUpdateResponse, error)
+	// SubmitEval reports a federated evaluation (a task with eval_only).
+	SubmitEval(context.Context, *protocol.SubmitEvalRequest) (*protocol.SubmitEvalResponse, error)
 	mustEmbedUnimplementedWorkerServer()
 }
 
@@ -93,6 +108,9 @@ func (UnimplementedWorkerServer) PollTask(context.Context, *protocol.PollTaskReq
 }
 func (UnimplementedWorkerServer) SubmitUpdate(context.Context, *protocol.SubmitUpdateRequest) (*protocol.SubmitUpdateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SubmitUpdate not implemented")
+}
+func (UnimplementedWorkerServer) SubmitEval(context.Context, *protocol.SubmitEvalRequest) (*protocol.SubmitEvalResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SubmitEval not implemented")
 }
 func (UnimplementedWorkerServer) mustEmbedUnimplementedWorkerServer() {}
 func (UnimplementedWorkerServer) testEmbeddedByValue()                {}
@@ -151,6 +169,24 @@ func _Worker_SubmitUpdate_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Worker_SubmitEval_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(protocol.SubmitEvalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServer).SubmitEval(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Worker_SubmitEval_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServer).SubmitEval(ctx, req.(*protocol.SubmitEvalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Worker_ServiceDesc is the grpc.ServiceDesc for Worker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -165,6 +201,10 @@ var Worker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SubmitUpdate",
 			Handler:    _Worker_SubmitUpdate_Handler,
+		},
+		{
+			MethodName: "SubmitEval",
+			Handler:    _Worker_SubmitEval_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,105 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
+)
+
+// Federated evaluation (a job with evaluation "federated"): the newest
+// committed model of each such job — its first version before any round
+// commits, its last after the job ends — is offered to every live worker
+// its selector matches (up to eval_clients), as a task with eval_only set,
+// when the worker has no training to do. The worker scores it on its
+// held-out data and calls SubmitEval; the leader commits RecordEval, and
+// the round core keeps the reports and their count-weighted means with
+// that round. The coordinator never sees the data, only sums and counts.
+
+// evalTaskFor returns a federated evaluation task for worker, if one waits.
+func (c *Coordinator) evalTaskFor(worker string, done []string) *pb.Task {
+	var labels map[string]string
+	for _, w := range c.fsm.Workers() {
+		if w.Id == worker {
+			labels = w.Labels
+		}
+	}
+	if labels == nil {
+		return nil // not rostered (yet)
+	}
+	var out *pb.Task
+	c.fsm.ReadJobs(func(j *pb.Job) {
+		if out != nil || j.Spec.GetEvaluation() != round.EvalFederated || j.Status == pb.JobStatus_JOB_STATUS_FAILED {
+			return
+		}
+		if !round.Matches(j.Spec.Selector, labels) || !round.Allowed(j.Spec, worker) {
+			return
+		}
+		n := uint32(len(j.History))
+		if slices.Contains(done, pb.EvalKey(j.Spec.Name, n)) {
+			return
+		}
+		rj := round.Job{Job: j}
+		reports, _ := rj.EvalReports(n)
+		if slices.ContainsFunc(reports, func(r *pb.EvalReport) bool { return r.Worker == worker }) {
+			return
+		}
+		if k := j.Spec.EvalClients; k > 0 && uint32(len(reports)) >= k {
+			return
+		}
+		out = &pb.Task{Job: j.Spec.Name, Round: n, Base: &pb.ModelRef{Hash: rj.EvalModel(n)}, Model: j.Spec.Model, Dataset: j.Spec.Dataset,
+			Seed: j.Spec.Seed, EvalOnly: true, Train: j.Spec.Train}
+		c.addModel(j, out) // reads blob sizes only, not the FSM
+	})
+	return out
+}
+
+// SubmitEval records a worker's federated evaluation of a committed model.
+// Reports are idempotent by (job, round, worker).
+func (s *workerService) SubmitEval(ctx context.Context, req *pb.SubmitEvalRequest) (*pb.SubmitEvalResponse, error) {
+	c := s.c
+	if err := c.checkWorkerID(ctx, req.WorkerId); err != nil {
+		return nil, err
+	}
+	if !c.IsLeader() {
+		return &pb.SubmitEvalResponse{LeaderAddr: c.leaderGRPC(), NotLeader: true}, nil
+	}
+	j, ok := c.fsm.Job(req.Job)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "evaluation of %q: %v", req.Job, ErrUnknownJob)
+	}
+	if j.Spec.GetEvaluation() != round.EvalFederated {
+		return nil, status.Errorf(codes.FailedPrecondition, "evaluation of %q: the job does not evaluate federatedly (evaluation %q)", req.Job, j.Spec.GetEvaluation())
+	}
+	var labels map[string]string
+	for _, w := range c.fsm.Workers() {
+		if w.Id == req.WorkerId {
+			labels = w.Labels
+		}
+	}
+	if labels == nil || !round.Matches(j.Spec.Selector, labels) || !round.Allowed(j.Spec, req.WorkerId) {
+		return nil, status.Errorf(codes.PermissionDenied, "evaluation of %q: worker %s is not rostered with labels the job selects", req.Job, req.WorkerId)
+	}
+	rep := &pb.EvalReport{Worker: req.WorkerId, LossSum: req.LossSum, Count: req.Count, Correct: req.Correct}
+	if g := j.Spec.EvalGroupBy; g != "" {
+		rep.Group = labels[g]
+	}
+	if err := round.CheckEvalReport(rep); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "evaluation of %q round %d: %v", req.Job, req.Round, err)
+	}
+	err := c.apply(pb.CommandType_COMMAND_TYPE_RECORD_EVAL, &pb.RecordEval{Job: req.Job, Round: req.Round, Report: rep})
+	switch {
+	case errors.Is(err, round.ErrEvalDone):
+		return &pb.SubmitEvalResponse{Duplicate: true}, nil
+	case err != nil:
+		return nil, toStatus(fmt.Errorf("evaluation of %q round %d from %s: %w", req.Job, req.Round, req.WorkerId, err))
+	}
+	c.log.Info("evaluation recorded", "job", req.Job, "round", req.Round, "worker", req.WorkerId, "count", req.Count, "mean_loss", req.LossSum/float64(req.Count))
+	return &pb.SubmitEvalResponse{}, nil
+}
