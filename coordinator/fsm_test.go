@@ -56,6 +56,7 @@ const (
 	cUpsert   = pb.CommandType_COMMAND_TYPE_UPSERT_WORKER
 	cRemove   = pb.CommandType_COMMAND_TYPE_REMOVE_WORKER
 	cFinish   = pb.CommandType_COMMAND_TYPE_FINISH_JOB
+	cEval     = pb.CommandType_COMMAND_TYPE_RECORD_EVAL
 )
 
 func spec(name string, rounds uint32) *pb.JobSpec {
