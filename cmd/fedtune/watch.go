@@ -156,6 +156,9 @@ func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name str
 			if j.Error != "" {
 				fmt.Fprintln(out, "error:", j.Error)
 			}
+			if line := progress.FedEvalLine(j, last); line != "" {
+				fmt.Fprintln(out, line)
+			}
 			if follow {
 				fmt.Fprintf(out, "job %s %s\n", name, progress.Status(j))
 			}

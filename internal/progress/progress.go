@@ -4,6 +4,7 @@ package progress
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -110,4 +111,36 @@ func num(m map[string]float64, k string) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.4f", v)
+}
+
+// FedEvalLine summarises a federatedly evaluated job: the workers'
+// held-out perplexity of the first version and of round last (overall and
+// per group), or "" when neither has a report yet.
+func FedEvalLine(j *pb.Job, last *pb.RoundRecord) string {
+	if j.Spec.GetEvaluation() != "federated" {
+		return ""
+	}
+	describe := func(m map[string]float64, n int) string {
+		p, ok := m["fed_perplexity"]
+		if !ok {
+			return "-"
+		}
+		s := fmt.Sprintf("perplexity %.2f (%d workers", p, n)
+		var groups []string
+		for k, v := range m {
+			if g, ok := strings.CutPrefix(k, "fed_perplexity/"); ok {
+				groups = append(groups, fmt.Sprintf("%s %.2f", g, v))
+			}
+		}
+		slices.Sort(groups)
+		if len(groups) > 0 {
+			s += "; " + strings.Join(groups, ", ")
+		}
+		return s + ")"
+	}
+	base := describe(j.BaseMetrics, len(j.BaseEvals))
+	if last == nil {
+		return "federated evaluation: first version " + base
+	}
+	return fmt.Sprintf("federated evaluation: first version %s; round %d %s", base, last.Number, describe(last.Metrics, len(last.Evals)))
 }

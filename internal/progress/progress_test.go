@@ -68,3 +68,17 @@ func TestRoundLineTrainingRate(t *testing.T) {
 		}
 	}
 }
+
+func TestFedEvalLine(t *testing.T) {
+	j := &pb.Job{Spec: &pb.JobSpec{Evaluation: "federated"},
+		BaseMetrics: map[string]float64{"fed_perplexity": 900, "fed_perplexity/lang=fr": 1000, "fed_perplexity/lang=de": 800},
+		BaseEvals:   []*pb.EvalReport{{Worker: "a"}, {Worker: "b"}}}
+	last := &pb.RoundRecord{Number: 8, Metrics: map[string]float64{"fed_perplexity": 300}, Evals: []*pb.EvalReport{{Worker: "a"}}}
+	want := "federated evaluation: first version perplexity 900.00 (2 workers; lang=de 800.00, lang=fr 1000.00); round 8 perplexity 300.00 (1 workers)"
+	if got := FedEvalLine(j, last); got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+	if got := FedEvalLine(&pb.Job{Spec: &pb.JobSpec{}}, last); got != "" {
+		t.Errorf("a centrally evaluated job: %q", got)
+	}
+}
