@@ -23,12 +23,15 @@ mkdir -p "$out" "$cache"
 make -C "$root" -s build testdeps
 echo "work dir: $work (logs: $work/*.log)" >&2
 
-# The recipe. Federated: ROUNDS rounds x 2 workers x STEPS local steps x
-# BATCH sequences per language; centralised: the same number of sequences.
+# The recipe. Federated: ROUNDS rounds x 2 workers x STEPS local steps of
+# BATCH/2 sequences per language; centralised: ROUNDS x STEPS steps of
+# BATCH sequences. Both see the same sequences in the same number of
+# optimizer steps (one round's two workers together take BATCH sequences
+# per step, as the centralised run does).
 langs=(fr de es)
-rounds=${ROUNDS:-8} steps=${STEPS:-10} batch=8 seq=128 bytes=1000000
+rounds=${ROUNDS:-16} steps=${STEPS:-10} batch=8 seq=128 bytes=1000000 agg=${AGGREGATION:-exact}
 lora=(--lora-rank 8 --lora-alpha 16 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)
-opt=(--optimizer adamw --lr 3e-3 --seq-len "$seq" --batch-size "$batch")
+opt=(--optimizer adamw --lr 3e-3 --seq-len "$seq")
 split=(--num-partitions 2 --held-out 0.1 --partition-seed 1 --max-bytes "$bytes")
 
 base="$cache/regional-llm-base"
@@ -62,7 +65,8 @@ echo "2. federated LoRA: one job per language, at the same time" >&2
 start=$(date +%s)
 for lang in "${langs[@]}"; do
   "$fedtune" job submit --name "only-$lang" --model llama --base "$base" --dataset "man-$lang" --require "lang=$lang" --clients 2 \
-    --rounds "$rounds" --steps "$steps" --grad-clip 1 --evaluation federated --eval-group-by lang --round-timeout 10m "${opt[@]}" "${lora[@]}" >&2
+    --rounds "$rounds" --steps "$steps" --batch-size $((batch / 2)) --lora-aggregation "$agg" --grad-clip 1 --evaluation federated --eval-group-by lang --round-timeout 10m \
+    "${opt[@]}" "${lora[@]}" >&2
 done
 for lang in "${langs[@]}"; do
   "$fedtune" job status --watch "only-$lang" >&2
@@ -74,14 +78,13 @@ for lang in "${langs[@]}"; do
   "$fedtune" model export --job "only-$lang" -o "$out/fed-$lang" >&2
   "$fedtune" model export --job "only-$lang" --merged -o "$work/merged-$lang" >&2
 done
-(cd "$root" && go run ./examples/regional-llm/plot -coordinator 127.0.0.1:17270 -o "$out/perplexity.png" "${langs[@]/#/only-}") >&2
 
 echo "3. centralised LoRA on the union of the same workers' training text" >&2
-central_steps=$((rounds * 2 * steps))
+central_steps=$((rounds * steps))
 start=$(date +%s)
 for lang in "${langs[@]}"; do
-  "$fedtune" model train "$base" --corpus "man-$lang" --split train "${split[@]}" --steps "$central_steps" "${opt[@]}" "${lora[@]}" \
-    --clip-norm 1 -o "$out/central-$lang" >&2
+  "$fedtune" model train "$base" --corpus "man-$lang" --split train "${split[@]}" --steps "$central_steps" --batch-size "$batch" \
+    "${opt[@]}" "${lora[@]}" --clip-norm 1 -o "$out/central-$lang" >&2
 done
 central_secs=$(($(date +%s) - start))
 
@@ -100,10 +103,12 @@ for lang in "${langs[@]}"; do
   P[fed-$lang]=$(ppl "$lang" "$out/fed-$lang")
   P[central-$lang]=$(ppl "$lang" "$out/central-$lang")
 done
+(cd "$root" && go run ./examples/regional-llm/plot -coordinator 127.0.0.1:17270 -o "$out/perplexity.png" \
+  -ref "${P[central-fr]}" -ref "${P[central-de]}" -ref "${P[central-es]}" "${langs[@]/#/only-}") >&2
 for m in base fed central; do
   case $m in
   base) label="English base" ;;
-  fed) label="federated LoRA ($rounds rounds x 2 workers x $steps steps x $batch sequences)" ;;
+  fed) label="federated LoRA ($rounds rounds x 2 workers x $steps steps x $((batch / 2)) sequences, $agg aggregation)" ;;
   central) label="centralised LoRA ($central_steps steps x $batch sequences, same data)" ;;
   esac
   printf '| %s | %s | %s | %s |\n' "$label" "${P[$m-fr]}" "${P[$m-de]}" "${P[$m-es]}"
@@ -123,13 +128,13 @@ echo "## Federated evaluation committed by the cluster (job status)"
 echo
 echo '```'
 for lang in "${langs[@]}"; do
-  "$fedtune" job status "only-$lang" | tail -n 3
+  echo "only-$lang: $("$fedtune" job status "only-$lang" | tail -n 1)"
 done
 echo '```'
 echo
 echo "## Generated text (greedy), before and after"
 echo
-prompts=([fr]="La commande" [de]="Der Befehl" [es]="La orden")
+declare -A prompts=([fr]="La commande" [de]="Der Befehl" [es]="La orden")
 for lang in "${langs[@]}"; do
   echo "**$lang**, base: \`$("$fedtune" model generate "$base" --prompt "${prompts[$lang]}" --max-tokens 30 --temperature 0 | tr '\n' ' ')\`"
   echo
