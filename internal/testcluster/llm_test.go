@@ -142,13 +142,14 @@ func TestTransformerLoRAJob(t *testing.T) {
 	t.Logf("perplexity fr %.1f -> %.1f, de %.1f -> %.1f; round 1 updates from %s",
 		first["fed_perplexity/lang=fr"], last["fed_perplexity/lang=fr"], first["fed_perplexity/lang=de"], last["fed_perplexity/lang=de"], strings.Join(sizes, ", "))
 
-	// The same model with exact adapter aggregation, a lossy codec and an
-	// async job: every committed version verifies.
+	// The same model with exact adapter aggregation and a lossy codec, a
+	// robust rule, and an async job: every committed version verifies.
 	for _, v := range []struct {
 		name string
 		spec func(*pb.JobSpec)
 	}{
 		{"llm-exact-int8", func(s *pb.JobSpec) { s.Lora.Aggregation, s.Codec = "exact", "topk=0.5+int8" }},
+		{"llm-median", func(s *pb.JobSpec) { s.Aggregator, s.ClientsPerRound = "median", 3 }},
 		{"llm-async", func(s *pb.JobSpec) { s.Mode, s.Async = "async", &pb.AsyncSpec{BufferSize: 2, Concurrency: 2} }},
 	} {
 		spec := &pb.JobSpec{Name: v.name, Model: "llama", ModelConfig: config, Dataset: "man", Tokenizer: tokHash, SeqLen: 32,
