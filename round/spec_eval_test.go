@@ -42,7 +42,9 @@ func TestNormalizeEvalAndText(t *testing.T) {
 		{"text job default length", func(s *pb.JobSpec) { s.Tokenizer = "h" }, "", func(s *pb.JobSpec) bool { return s.SeqLen == DefaultSeqLen }},
 		{"one-token sequences", func(s *pb.JobSpec) { s.Tokenizer, s.SeqLen = "h", 1 }, "seq_len", nil},
 		{"huge sequences", func(s *pb.JobSpec) { s.SeqLen = MaxSeqLen + 1 }, "seq_len", nil},
-		{"adamw", func(s *pb.JobSpec) { s.Train = &pb.TrainConfig{Optimizer: "adamw", WeightDecay: 0.01, ClipNorm: 1, Accum: 4} }, "", nil},
+		{"adamw", func(s *pb.JobSpec) {
+			s.Train = &pb.TrainConfig{Optimizer: "adamw", WeightDecay: 0.01, ClipNorm: 1, Accum: 4}
+		}, "", nil},
 		{"adamw with momentum", func(s *pb.JobSpec) { s.Train = &pb.TrainConfig{Optimizer: "adamw", Momentum: 0.9} }, "train.momentum", nil},
 		{"unknown optimizer", func(s *pb.JobSpec) { s.Train = &pb.TrainConfig{Optimizer: "lion"} }, "train.optimizer", nil},
 		{"weight decay 1", func(s *pb.JobSpec) { s.Train = &pb.TrainConfig{WeightDecay: 1} }, "train.weight_decay", nil},
