@@ -35,7 +35,7 @@ func (c *Coordinator) evalTaskFor(worker string, done []string) *pb.Task {
 	}
 	var out *pb.Task
 	c.fsm.ReadJobs(func(j *pb.Job) {
-		if out != nil || j.Spec.GetEvaluation() != round.EvalFederated || j.Status == pb.JobStatus_JOB_STATUS_FAILED {
+		if out != nil || j.Spec.GetEvaluation() != round.EvalFederated || (j.Status != pb.JobStatus_JOB_STATUS_RUNNING && j.Status != pb.JobStatus_JOB_STATUS_DONE) {
 			return
 		}
 		if !round.Matches(j.Spec.Selector, labels) || !round.Allowed(j.Spec, worker) {

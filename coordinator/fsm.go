@@ -85,6 +85,7 @@ var appliers = map[pb.CommandType]applyFn{
 	pb.CommandType_COMMAND_TYPE_KEYRING:       applyKeyring,
 	pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS:  applyAssignTasks,
 	pb.CommandType_COMMAND_TYPE_RECORD_EVAL:   applyRecordEval,
+	pb.CommandType_COMMAND_TYPE_CONTROL_JOB:   applyControlJob,
 	pb.CommandType_COMMAND_TYPE_SERVER_ADDRS:  applyServerAddrs,
 }
 
@@ -489,4 +490,19 @@ func (fsmSnapshot) Release() {}
 
 func applyRecordEval(f *FSM, payload []byte, _ int64) error {
 	return onJob(f, payload, func(j round.Job, c *pb.RecordEval) error { return j.RecordEval(c.Round, c.Report) })
+}
+
+// applyControlJob pauses, resumes or cancels a job, or deletes its state
+// (its blobs are then collected; its name may be used again).
+func applyControlJob(f *FSM, payload []byte, _ int64) error {
+	return onJob(f, payload, func(j round.Job, c *pb.ControlJob) error {
+		if c.Action != round.ActionDelete {
+			return j.Control(c.Action, c.Reason)
+		}
+		if err := j.CheckDelete(c.Force); err != nil {
+			return err
+		}
+		delete(f.jobs, c.Job)
+		return nil
+	})
 }

@@ -20,7 +20,7 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	r := j.OpenRound
 	if r == nil {
 		live := s.withLoad(name, alive)
-		plan, err := round.PlanRound(j, live, now, s.attempts[name])
+		plan, err := round.PlanRound(j, live, now, max(s.attempts[name], j.NextAttempt))
 		if errors.Is(err, round.ErrNotEnoughWorkers) {
 			if !s.waitLogged[name] {
 				s.log.Info("waiting for workers", "job", name, "err", err)

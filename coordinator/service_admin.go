@@ -217,6 +217,36 @@ func (s *adminService) ExportModel(req *pb.ExportModelRequest, stream rpcpb.Admi
 	return blobstream.Send(stream, HashOf(out), out)
 }
 
+// ControlJob pauses, resumes, cancels or deletes a job, through the log,
+// so that every coordinator and any later leader agree on it.
+func (s *adminService) ControlJob(ctx context.Context, req *pb.ControlJobRequest) (*pb.ControlJobResponse, error) {
+	c := s.c
+	switch req.Action {
+	case round.ActionPause, round.ActionResume, round.ActionCancel, round.ActionDelete:
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "job %s: action %q: want pause, resume, cancel or delete", req.Name, req.Action)
+	}
+	if len(req.Reason) > round.MaxNote {
+		return nil, status.Errorf(codes.InvalidArgument, "job %s: reason of %d bytes (at most %d)", req.Name, len(req.Reason), round.MaxNote)
+	}
+	if !c.IsLeader() {
+		return nil, c.notLeader()
+	}
+	if _, ok := c.fsm.Job(req.Name); !ok {
+		return nil, status.Errorf(codes.NotFound, "job %q: %v", req.Name, ErrUnknownJob)
+	}
+	err := c.apply(pb.CommandType_COMMAND_TYPE_CONTROL_JOB, &pb.ControlJob{Job: req.Name, Action: req.Action, Reason: req.Reason, Force: req.Force})
+	switch {
+	case errors.Is(err, round.ErrJobActive):
+		return nil, status.Errorf(codes.FailedPrecondition, "%v", err)
+	case err != nil:
+		return nil, toStatus(err)
+	}
+	c.log.Info("job "+req.Action, "job", req.Name, "reason", req.Reason, "force", req.Force, "by", callerIdentity(ctx).Name)
+	j, _ := c.fsm.Job(req.Name)
+	return &pb.ControlJobResponse{Job: j}, nil
+}
+
 // RevokeWorker bars a worker cluster-wide, through the log.
 func (s *adminService) RevokeWorker(ctx context.Context, req *pb.RevokeWorkerRequest) (*pb.RevokeWorkerResponse, error) {
 	if req.Name == "" {

@@ -1811,6 +1811,118 @@ func (x *VerifyRoundResponse) GetRule() string {
 	return ""
 }
 
+type ControlJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Action        string                 `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"` // pause, resume, cancel or delete
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"` // delete: also a running or paused job
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControlJobRequest) Reset() {
+	*x = ControlJobRequest{}
+	mi := &file_api_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControlJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControlJobRequest) ProtoMessage() {}
+
+func (x *ControlJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControlJobRequest.ProtoReflect.Descriptor instead.
+func (*ControlJobRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ControlJobRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ControlJobRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ControlJobRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ControlJobRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type ControlJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"` // the job after the command (absent after delete)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControlJobResponse) Reset() {
+	*x = ControlJobResponse{}
+	mi := &file_api_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControlJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControlJobResponse) ProtoMessage() {}
+
+func (x *ControlJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControlJobResponse.ProtoReflect.Descriptor instead.
+func (*ControlJobResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ControlJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 type RevokeWorkerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1821,7 +1933,7 @@ type RevokeWorkerRequest struct {
 
 func (x *RevokeWorkerRequest) Reset() {
 	*x = RevokeWorkerRequest{}
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1945,7 @@ func (x *RevokeWorkerRequest) String() string {
 func (*RevokeWorkerRequest) ProtoMessage() {}
 
 func (x *RevokeWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1958,7 @@ func (x *RevokeWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorkerRequest.ProtoReflect.Descriptor instead.
 func (*RevokeWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{26}
+	return file_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RevokeWorkerRequest) GetName() string {
@@ -1872,7 +1984,7 @@ type RevokeWorkerResponse struct {
 
 func (x *RevokeWorkerResponse) Reset() {
 	*x = RevokeWorkerResponse{}
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +1996,7 @@ func (x *RevokeWorkerResponse) String() string {
 func (*RevokeWorkerResponse) ProtoMessage() {}
 
 func (x *RevokeWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2009,7 @@ func (x *RevokeWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorkerResponse.ProtoReflect.Descriptor instead.
 func (*RevokeWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{27}
+	return file_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RevokeWorkerResponse) GetLeaderAddr() string {
@@ -1916,7 +2028,7 @@ type KeyringRequest struct {
 
 func (x *KeyringRequest) Reset() {
 	*x = KeyringRequest{}
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1928,7 +2040,7 @@ func (x *KeyringRequest) String() string {
 func (*KeyringRequest) ProtoMessage() {}
 
 func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1941,7 +2053,7 @@ func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
 func (*KeyringRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{28}
+	return file_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *KeyringRequest) GetChange() *Keyring {
@@ -1960,7 +2072,7 @@ type KeyringResponse struct {
 
 func (x *KeyringResponse) Reset() {
 	*x = KeyringResponse{}
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2084,7 @@ func (x *KeyringResponse) String() string {
 func (*KeyringResponse) ProtoMessage() {}
 
 func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2097,7 @@ func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
 func (*KeyringResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{29}
+	return file_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *KeyringResponse) GetKeys() []string {
@@ -2004,7 +2116,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2128,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2141,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{30}
+	return file_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2049,7 +2161,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2061,7 +2173,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2074,7 +2186,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{31}
+	return file_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -2253,7 +2365,14 @@ const file_api_proto_rawDesc = "" +
 	"\x10recomputed_model\x18\x02 \x01(\tR\x0frecomputedModel\x12\x14\n" +
 	"\x05match\x18\x03 \x01(\bR\x05match\x12\x18\n" +
 	"\aupdates\x18\x04 \x01(\rR\aupdates\x12\x12\n" +
-	"\x04rule\x18\x05 \x01(\tR\x04rule\"A\n" +
+	"\x04rule\x18\x05 \x01(\tR\x04rule\"m\n" +
+	"\x11ControlJobRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"7\n" +
+	"\x12ControlJobResponse\x12!\n" +
+	"\x03job\x18\x01 \x01(\v2\x0f.fedtune.v1.JobR\x03job\"A\n" +
 	"\x13RevokeWorkerRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"7\n" +
@@ -2283,7 +2402,7 @@ func file_api_proto_rawDescGZIP() []byte {
 	return file_api_proto_rawDescData
 }
 
-var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_api_proto_goTypes = []any{
 	(*ModelRef)(nil),                   // 0: fedtune.v1.ModelRef
 	(*Task)(nil),                       // 1: fedtune.v1.Task
@@ -2311,44 +2430,47 @@ var file_api_proto_goTypes = []any{
 	(*ClusterStatusResponse)(nil),      // 23: fedtune.v1.ClusterStatusResponse
 	(*VerifyRoundRequest)(nil),         // 24: fedtune.v1.VerifyRoundRequest
 	(*VerifyRoundResponse)(nil),        // 25: fedtune.v1.VerifyRoundResponse
-	(*RevokeWorkerRequest)(nil),        // 26: fedtune.v1.RevokeWorkerRequest
-	(*RevokeWorkerResponse)(nil),       // 27: fedtune.v1.RevokeWorkerResponse
-	(*KeyringRequest)(nil),             // 28: fedtune.v1.KeyringRequest
-	(*KeyringResponse)(nil),            // 29: fedtune.v1.KeyringResponse
-	(*TransferLeadershipRequest)(nil),  // 30: fedtune.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 31: fedtune.v1.TransferLeadershipResponse
-	nil,                                // 32: fedtune.v1.PollTaskRequest.LabelsEntry
-	nil,                                // 33: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                                // 34: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),                // 35: fedtune.v1.TrainConfig
-	(*LoRASpec)(nil),                   // 36: fedtune.v1.LoRASpec
-	(*JobSpec)(nil),                    // 37: fedtune.v1.JobSpec
-	(*Job)(nil),                        // 38: fedtune.v1.Job
-	(*WorkerInfo)(nil),                 // 39: fedtune.v1.WorkerInfo
-	(*Keyring)(nil),                    // 40: fedtune.v1.Keyring
+	(*ControlJobRequest)(nil),          // 26: fedtune.v1.ControlJobRequest
+	(*ControlJobResponse)(nil),         // 27: fedtune.v1.ControlJobResponse
+	(*RevokeWorkerRequest)(nil),        // 28: fedtune.v1.RevokeWorkerRequest
+	(*RevokeWorkerResponse)(nil),       // 29: fedtune.v1.RevokeWorkerResponse
+	(*KeyringRequest)(nil),             // 30: fedtune.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 31: fedtune.v1.KeyringResponse
+	(*TransferLeadershipRequest)(nil),  // 32: fedtune.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 33: fedtune.v1.TransferLeadershipResponse
+	nil,                                // 34: fedtune.v1.PollTaskRequest.LabelsEntry
+	nil,                                // 35: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                                // 36: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),                // 37: fedtune.v1.TrainConfig
+	(*LoRASpec)(nil),                   // 38: fedtune.v1.LoRASpec
+	(*JobSpec)(nil),                    // 39: fedtune.v1.JobSpec
+	(*Job)(nil),                        // 40: fedtune.v1.Job
+	(*WorkerInfo)(nil),                 // 41: fedtune.v1.WorkerInfo
+	(*Keyring)(nil),                    // 42: fedtune.v1.Keyring
 }
 var file_api_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	35, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	37, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	0,  // 2: fedtune.v1.Task.frozen:type_name -> fedtune.v1.ModelRef
-	36, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
-	32, // 4: fedtune.v1.PollTaskRequest.labels:type_name -> fedtune.v1.PollTaskRequest.LabelsEntry
+	38, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
+	34, // 4: fedtune.v1.PollTaskRequest.labels:type_name -> fedtune.v1.PollTaskRequest.LabelsEntry
 	1,  // 5: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	33, // 6: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	37, // 7: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	38, // 8: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	38, // 9: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	38, // 10: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	39, // 11: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	34, // 12: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	35, // 6: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	39, // 7: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	40, // 8: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	40, // 9: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	40, // 10: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	41, // 11: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	36, // 12: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
 	21, // 13: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
 	22, // 14: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
-	40, // 15: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	40, // 15: fedtune.v1.ControlJobResponse.job:type_name -> fedtune.v1.Job
+	42, // 16: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_api_proto_init() }
@@ -2363,7 +2485,7 @@ func file_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proto_rawDesc), len(file_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

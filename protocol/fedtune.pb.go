@@ -45,6 +45,7 @@ const (
 	CommandType_COMMAND_TYPE_ASSIGN_TASKS  CommandType = 11
 	CommandType_COMMAND_TYPE_SERVER_ADDRS  CommandType = 12 // advisory: written with ignore_unknown
 	CommandType_COMMAND_TYPE_RECORD_EVAL   CommandType = 13
+	CommandType_COMMAND_TYPE_CONTROL_JOB   CommandType = 14
 )
 
 // Enum value maps for CommandType.
@@ -64,6 +65,7 @@ var (
 		11: "COMMAND_TYPE_ASSIGN_TASKS",
 		12: "COMMAND_TYPE_SERVER_ADDRS",
 		13: "COMMAND_TYPE_RECORD_EVAL",
+		14: "COMMAND_TYPE_CONTROL_JOB",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":   0,
@@ -80,6 +82,7 @@ var (
 		"COMMAND_TYPE_ASSIGN_TASKS":  11,
 		"COMMAND_TYPE_SERVER_ADDRS":  12,
 		"COMMAND_TYPE_RECORD_EVAL":   13,
+		"COMMAND_TYPE_CONTROL_JOB":   14,
 	}
 )
 
@@ -118,6 +121,8 @@ const (
 	JobStatus_JOB_STATUS_RUNNING     JobStatus = 1
 	JobStatus_JOB_STATUS_DONE        JobStatus = 2
 	JobStatus_JOB_STATUS_FAILED      JobStatus = 3
+	JobStatus_JOB_STATUS_CANCELLED   JobStatus = 4 // stopped by an operator; state kept for inspection and export
+	JobStatus_JOB_STATUS_PAUSED      JobStatus = 5 // no rounds start until resumed
 )
 
 // Enum value maps for JobStatus.
@@ -127,12 +132,16 @@ var (
 		1: "JOB_STATUS_RUNNING",
 		2: "JOB_STATUS_DONE",
 		3: "JOB_STATUS_FAILED",
+		4: "JOB_STATUS_CANCELLED",
+		5: "JOB_STATUS_PAUSED",
 	}
 	JobStatus_value = map[string]int32{
 		"JOB_STATUS_UNSPECIFIED": 0,
 		"JOB_STATUS_RUNNING":     1,
 		"JOB_STATUS_DONE":        2,
 		"JOB_STATUS_FAILED":      3,
+		"JOB_STATUS_CANCELLED":   4,
+		"JOB_STATUS_PAUSED":      5,
 	}
 )
 
@@ -212,7 +221,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{28, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{29, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -1770,6 +1779,8 @@ type Job struct {
 	BaseMetrics       map[string]float64     `protobuf:"bytes,8,rep,name=base_metrics,json=baseMetrics,proto3" json:"base_metrics,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"` // evaluation of the base model
 	Async             *AsyncState            `protobuf:"bytes,9,opt,name=async,proto3" json:"async,omitempty"`                                                                                                            // async jobs: assignments and the buffer
 	BaseEvals         []*EvalReport          `protobuf:"bytes,10,rep,name=base_evals,json=baseEvals,proto3" json:"base_evals,omitempty"`                                                                                  // federated evaluation of the job's first version, by worker id
+	Note              string                 `protobuf:"bytes,11,opt,name=note,proto3" json:"note,omitempty"`                                                                                                             // why an operator paused or cancelled the job
+	NextAttempt       uint32                 `protobuf:"varint,12,opt,name=next_attempt,json=nextAttempt,proto3" json:"next_attempt,omitempty"`                                                                           // the attempt the next round starts with (a pause abandoned an attempt of it)
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1874,6 +1885,90 @@ func (x *Job) GetBaseEvals() []*EvalReport {
 	return nil
 }
 
+func (x *Job) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+func (x *Job) GetNextAttempt() uint32 {
+	if x != nil {
+		return x.NextAttempt
+	}
+	return 0
+}
+
+// ControlJob is an operator's command on a job: pause, resume, cancel or
+// delete (which removes its state; a running or paused job only with force).
+type ControlJob struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Action        string                 `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Force         bool                   `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControlJob) Reset() {
+	*x = ControlJob{}
+	mi := &file_fedtune_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControlJob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControlJob) ProtoMessage() {}
+
+func (x *ControlJob) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControlJob.ProtoReflect.Descriptor instead.
+func (*ControlJob) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ControlJob) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *ControlJob) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ControlJob) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ControlJob) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
 // WorkerInfo is a worker in the roster.
 type WorkerInfo struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -1887,7 +1982,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +1994,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2007,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -1953,7 +2048,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2060,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2073,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -2005,7 +2100,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2112,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2125,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StartRound) GetJob() string {
@@ -2058,7 +2153,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2165,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2178,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{19}
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -2122,7 +2217,7 @@ type CommitRound struct {
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2229,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2242,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -2214,7 +2309,7 @@ type AssignTasks struct {
 
 func (x *AssignTasks) Reset() {
 	*x = AssignTasks{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2226,7 +2321,7 @@ func (x *AssignTasks) String() string {
 func (*AssignTasks) ProtoMessage() {}
 
 func (x *AssignTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2239,7 +2334,7 @@ func (x *AssignTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignTasks.ProtoReflect.Descriptor instead.
 func (*AssignTasks) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AssignTasks) GetJob() string {
@@ -2281,7 +2376,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2293,7 +2388,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2306,7 +2401,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{22}
+	return file_fedtune_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -2341,7 +2436,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2448,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2461,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{23}
+	return file_fedtune_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -2399,7 +2494,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2506,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2519,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{24}
+	return file_fedtune_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -2443,7 +2538,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2550,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2563,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{25}
+	return file_fedtune_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -2492,7 +2587,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2599,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2612,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{26}
+	return file_fedtune_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -2574,7 +2669,7 @@ type ServerAddrs struct {
 
 func (x *ServerAddrs) Reset() {
 	*x = ServerAddrs{}
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2586,7 +2681,7 @@ func (x *ServerAddrs) String() string {
 func (*ServerAddrs) ProtoMessage() {}
 
 func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2599,7 +2694,7 @@ func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerAddrs.ProtoReflect.Descriptor instead.
 func (*ServerAddrs) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{27}
+	return file_fedtune_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ServerAddrs) GetId() string {
@@ -2642,7 +2737,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2749,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2762,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{28}
+	return file_fedtune_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -2703,7 +2798,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2810,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2823,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{29}
+	return file_fedtune_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -2757,7 +2852,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2769,7 +2864,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2782,7 +2877,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{30}
+	return file_fedtune_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -2983,7 +3078,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"RecordEval\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12.\n" +
-	"\x06report\x18\x03 \x01(\v2\x16.fedtune.v1.EvalReportR\x06report\"\x97\x04\n" +
+	"\x06report\x18\x03 \x01(\v2\x16.fedtune.v1.EvalReportR\x06report\"\xce\x04\n" +
 	"\x03Job\x12'\n" +
 	"\x04spec\x18\x01 \x01(\v2\x13.fedtune.v1.JobSpecR\x04spec\x12-\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x15.fedtune.v1.JobStatusR\x06status\x12#\n" +
@@ -2997,10 +3092,18 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05async\x18\t \x01(\v2\x16.fedtune.v1.AsyncStateR\x05async\x125\n" +
 	"\n" +
 	"base_evals\x18\n" +
-	" \x03(\v2\x16.fedtune.v1.EvalReportR\tbaseEvals\x1a>\n" +
+	" \x03(\v2\x16.fedtune.v1.EvalReportR\tbaseEvals\x12\x12\n" +
+	"\x04note\x18\v \x01(\tR\x04note\x12!\n" +
+	"\fnext_attempt\x18\f \x01(\rR\vnextAttempt\x1a>\n" +
 	"\x10BaseMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xdf\x01\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"d\n" +
+	"\n" +
+	"ControlJob\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05force\x18\x04 \x01(\bR\x05force\"\xdf\x01\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -3082,7 +3185,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\rRevokedWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xb8\x03\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xd6\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -3098,12 +3201,15 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x12\x1d\n" +
 	"\x19COMMAND_TYPE_ASSIGN_TASKS\x10\v\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SERVER_ADDRS\x10\f\x12\x1c\n" +
-	"\x18COMMAND_TYPE_RECORD_EVAL\x10\r*k\n" +
+	"\x18COMMAND_TYPE_RECORD_EVAL\x10\r\x12\x1c\n" +
+	"\x18COMMAND_TYPE_CONTROL_JOB\x10\x0e*\x9c\x01\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
 	"\x0fJOB_STATUS_DONE\x10\x02\x12\x15\n" +
-	"\x11JOB_STATUS_FAILED\x10\x03B.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
+	"\x11JOB_STATUS_FAILED\x10\x03\x12\x18\n" +
+	"\x14JOB_STATUS_CANCELLED\x10\x04\x12\x15\n" +
+	"\x11JOB_STATUS_PAUSED\x10\x05B.Z,github.com/fedtune/fedtune/protocol;protocolb\x06proto3"
 
 var (
 	file_fedtune_proto_rawDescOnce sync.Once
@@ -3118,7 +3224,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -3139,32 +3245,33 @@ var file_fedtune_proto_goTypes = []any{
 	(*EvalReport)(nil),       // 16: fedtune.v1.EvalReport
 	(*RecordEval)(nil),       // 17: fedtune.v1.RecordEval
 	(*Job)(nil),              // 18: fedtune.v1.Job
-	(*WorkerInfo)(nil),       // 19: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 20: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 21: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 22: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 23: fedtune.v1.CommitRound
-	(*AssignTasks)(nil),      // 24: fedtune.v1.AssignTasks
-	(*AbortRound)(nil),       // 25: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 26: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 27: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 28: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 29: fedtune.v1.Snapshot
-	(*ServerAddrs)(nil),      // 30: fedtune.v1.ServerAddrs
-	(*Keyring)(nil),          // 31: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 32: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 33: fedtune.v1.RevokedWorker
-	nil,                      // 34: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 35: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 36: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 37: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 38: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 39: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 40: fedtune.v1.CommitRound.MetricsEntry
+	(*ControlJob)(nil),       // 19: fedtune.v1.ControlJob
+	(*WorkerInfo)(nil),       // 20: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 21: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 22: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 23: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 24: fedtune.v1.CommitRound
+	(*AssignTasks)(nil),      // 25: fedtune.v1.AssignTasks
+	(*AbortRound)(nil),       // 26: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 27: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 28: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 29: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 30: fedtune.v1.Snapshot
+	(*ServerAddrs)(nil),      // 31: fedtune.v1.ServerAddrs
+	(*Keyring)(nil),          // 32: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 33: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 34: fedtune.v1.RevokedWorker
+	nil,                      // 35: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 36: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 37: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 38: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 39: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 40: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 41: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	34, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	35, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
 	11, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
 	10, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
@@ -3172,9 +3279,9 @@ var file_fedtune_proto_depIdxs = []int32{
 	6,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
 	7,  // 7: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
 	13, // 8: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
-	35, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	36, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
 	13, // 10: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	36, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	37, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
 	13, // 12: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
 	12, // 13: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
 	16, // 14: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
@@ -3183,23 +3290,23 @@ var file_fedtune_proto_depIdxs = []int32{
 	1,  // 17: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
 	15, // 18: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
 	14, // 19: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	37, // 20: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	38, // 20: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
 	8,  // 21: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
 	16, // 22: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
-	38, // 23: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	39, // 23: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
 	5,  // 24: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	39, // 25: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	40, // 25: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
 	14, // 26: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
 	13, // 27: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	40, // 28: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	41, // 28: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
 	12, // 29: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
 	7,  // 30: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
 	1,  // 31: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	19, // 32: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	20, // 32: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
 	18, // 33: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	19, // 34: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	33, // 35: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	30, // 36: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
+	20, // 34: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	34, // 35: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	31, // 36: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
 	2,  // 37: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
 	38, // [38:38] is the sub-list for method output_type
 	38, // [38:38] is the sub-list for method input_type
@@ -3219,7 +3326,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -149,6 +149,7 @@ func (j Job) CommitRound(c *pb.CommitRound, at int64) error {
 	j.History = append(j.History, rec)
 	j.CurrentModel = c.Model
 	j.OpenRound = nil
+	j.NextAttempt = 0
 	if uint32(len(j.History)) >= j.Spec.GetRounds() {
 		j.Status = pb.JobStatus_JOB_STATUS_DONE
 	}

@@ -158,6 +158,10 @@ func jobCommand() *cli.Command {
 				},
 				Action: submitJob,
 			},
+			jobControlCommand(round.ActionPause, "stop starting rounds (the open round is abandoned; workers are told at their next poll) until job resume"),
+			jobControlCommand(round.ActionResume, "start rounds again after job pause"),
+			jobControlCommand(round.ActionCancel, "stop a job for good; its state stays for job status, ledger, verify and model export"),
+			jobControlCommand(round.ActionDelete, "remove a job's state (its blobs are collected, its name is free again); a running or paused job only with --force"),
 			{
 				Name:      "status",
 				Usage:     "show a job's rounds",
@@ -416,6 +420,45 @@ func workersCommand() *cli.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", terminalSafe(w.Id), state, terminalSafe(strings.Join(ls, ",")))
 			}
 			return tw.Flush()
+		},
+	}
+}
+
+// jobControlCommand is job pause, resume, cancel or delete: a command
+// committed through the leader's log.
+func jobControlCommand(action, usage string) *cli.Command {
+	flags := []cli.Flag{coordinatorFlag()}
+	if action != round.ActionResume {
+		flags = append(flags, &cli.StringFlag{Name: "reason", Usage: "why, recorded with the job", EnvVars: []string{"FEDTUNE_REASON"}})
+	}
+	if action == round.ActionDelete {
+		flags = append(flags, &cli.BoolFlag{Name: "force", Usage: "delete a running or paused job too", EnvVars: []string{"FEDTUNE_FORCE"}})
+	}
+	return &cli.Command{
+		Name:      action,
+		Usage:     usage,
+		ArgsUsage: "NAME",
+		Flags:     flags,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return fmt.Errorf("job %s: give one job name", action)
+			}
+			pool, conn, err := dialLeader(c)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			name := c.Args().First()
+			resp, err := rpcpb.NewAdminClient(conn).ControlJob(c.Context, &pb.ControlJobRequest{Name: name, Action: action, Reason: c.String("reason"), Force: c.Bool("force")})
+			if err != nil {
+				return fmt.Errorf("job %s %s: %w", action, name, err)
+			}
+			if resp.Job == nil {
+				fmt.Fprintf(c.App.Writer, "job %s deleted on every coordinator\n", name)
+				return nil
+			}
+			fmt.Fprintf(c.App.Writer, "job %s: %s after %d rounds\n", name, progress.Status(resp.Job), len(resp.Job.History))
+			return nil
 		},
 	}
 }

@@ -156,6 +156,9 @@ func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name str
 			if j.Error != "" {
 				fmt.Fprintln(out, "error:", j.Error)
 			}
+			if j.Note != "" {
+				fmt.Fprintf(out, "%s: %s\n", progress.Status(j), j.Note)
+			}
 			if line := progress.FedEvalLine(j, last); line != "" {
 				fmt.Fprintln(out, line)
 			}

@@ -38,7 +38,7 @@ const file_rpcpb_services_proto_rawDesc = "" +
 	"SubmitEval\x12\x1d.fedtune.v1.SubmitEvalRequest\x1a\x1e.fedtune.v1.SubmitEvalResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
-	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\x9c\x06\n" +
+	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xe9\x06\n" +
 	"\x05Admin\x12H\n" +
 	"\tSubmitJob\x12\x1c.fedtune.v1.SubmitJobRequest\x1a\x1d.fedtune.v1.SubmitJobResponse\x12H\n" +
 	"\tJobStatus\x12\x1c.fedtune.v1.JobStatusRequest\x1a\x1d.fedtune.v1.JobStatusResponse\x12E\n" +
@@ -47,7 +47,9 @@ const file_rpcpb_services_proto_rawDesc = "" +
 	"\vExportModel\x12\x1e.fedtune.v1.ExportModelRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12N\n" +
 	"\vVerifyRound\x12\x1e.fedtune.v1.VerifyRoundRequest\x1a\x1f.fedtune.v1.VerifyRoundResponse\x12T\n" +
 	"\rClusterStatus\x12 .fedtune.v1.ClusterStatusRequest\x1a!.fedtune.v1.ClusterStatusResponse\x12Q\n" +
-	"\fRevokeWorker\x12\x1f.fedtune.v1.RevokeWorkerRequest\x1a .fedtune.v1.RevokeWorkerResponse\x12B\n" +
+	"\fRevokeWorker\x12\x1f.fedtune.v1.RevokeWorkerRequest\x1a .fedtune.v1.RevokeWorkerResponse\x12K\n" +
+	"\n" +
+	"ControlJob\x12\x1d.fedtune.v1.ControlJobRequest\x1a\x1e.fedtune.v1.ControlJobResponse\x12B\n" +
 	"\aKeyring\x12\x1a.fedtune.v1.KeyringRequest\x1a\x1b.fedtune.v1.KeyringResponse\x12c\n" +
 	"\x12TransferLeadership\x12%.fedtune.v1.TransferLeadershipRequest\x1a&.fedtune.v1.TransferLeadershipResponseB1Z/github.com/fedtune/fedtune/protocol/rpcpb;rpcpbb\x06proto3"
 
@@ -65,21 +67,23 @@ var file_rpcpb_services_proto_goTypes = []any{
 	(*protocol.VerifyRoundRequest)(nil),         // 10: fedtune.v1.VerifyRoundRequest
 	(*protocol.ClusterStatusRequest)(nil),       // 11: fedtune.v1.ClusterStatusRequest
 	(*protocol.RevokeWorkerRequest)(nil),        // 12: fedtune.v1.RevokeWorkerRequest
-	(*protocol.KeyringRequest)(nil),             // 13: fedtune.v1.KeyringRequest
-	(*protocol.TransferLeadershipRequest)(nil),  // 14: fedtune.v1.TransferLeadershipRequest
-	(*protocol.PollTaskResponse)(nil),           // 15: fedtune.v1.PollTaskResponse
-	(*protocol.SubmitUpdateResponse)(nil),       // 16: fedtune.v1.SubmitUpdateResponse
-	(*protocol.SubmitEvalResponse)(nil),         // 17: fedtune.v1.SubmitEvalResponse
-	(*protocol.PutBlobResponse)(nil),            // 18: fedtune.v1.PutBlobResponse
-	(*protocol.SubmitJobResponse)(nil),          // 19: fedtune.v1.SubmitJobResponse
-	(*protocol.JobStatusResponse)(nil),          // 20: fedtune.v1.JobStatusResponse
-	(*protocol.ListJobsResponse)(nil),           // 21: fedtune.v1.ListJobsResponse
-	(*protocol.ListWorkersResponse)(nil),        // 22: fedtune.v1.ListWorkersResponse
-	(*protocol.VerifyRoundResponse)(nil),        // 23: fedtune.v1.VerifyRoundResponse
-	(*protocol.ClusterStatusResponse)(nil),      // 24: fedtune.v1.ClusterStatusResponse
-	(*protocol.RevokeWorkerResponse)(nil),       // 25: fedtune.v1.RevokeWorkerResponse
-	(*protocol.KeyringResponse)(nil),            // 26: fedtune.v1.KeyringResponse
-	(*protocol.TransferLeadershipResponse)(nil), // 27: fedtune.v1.TransferLeadershipResponse
+	(*protocol.ControlJobRequest)(nil),          // 13: fedtune.v1.ControlJobRequest
+	(*protocol.KeyringRequest)(nil),             // 14: fedtune.v1.KeyringRequest
+	(*protocol.TransferLeadershipRequest)(nil),  // 15: fedtune.v1.TransferLeadershipRequest
+	(*protocol.PollTaskResponse)(nil),           // 16: fedtune.v1.PollTaskResponse
+	(*protocol.SubmitUpdateResponse)(nil),       // 17: fedtune.v1.SubmitUpdateResponse
+	(*protocol.SubmitEvalResponse)(nil),         // 18: fedtune.v1.SubmitEvalResponse
+	(*protocol.PutBlobResponse)(nil),            // 19: fedtune.v1.PutBlobResponse
+	(*protocol.SubmitJobResponse)(nil),          // 20: fedtune.v1.SubmitJobResponse
+	(*protocol.JobStatusResponse)(nil),          // 21: fedtune.v1.JobStatusResponse
+	(*protocol.ListJobsResponse)(nil),           // 22: fedtune.v1.ListJobsResponse
+	(*protocol.ListWorkersResponse)(nil),        // 23: fedtune.v1.ListWorkersResponse
+	(*protocol.VerifyRoundResponse)(nil),        // 24: fedtune.v1.VerifyRoundResponse
+	(*protocol.ClusterStatusResponse)(nil),      // 25: fedtune.v1.ClusterStatusResponse
+	(*protocol.RevokeWorkerResponse)(nil),       // 26: fedtune.v1.RevokeWorkerResponse
+	(*protocol.ControlJobResponse)(nil),         // 27: fedtune.v1.ControlJobResponse
+	(*protocol.KeyringResponse)(nil),            // 28: fedtune.v1.KeyringResponse
+	(*protocol.TransferLeadershipResponse)(nil), // 29: fedtune.v1.TransferLeadershipResponse
 }
 var file_rpcpb_services_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
@@ -95,25 +99,27 @@ var file_rpcpb_services_proto_depIdxs = []int32{
 	10, // 10: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
 	11, // 11: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
 	12, // 12: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
-	13, // 13: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
-	14, // 14: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
-	15, // 15: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	16, // 16: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	17, // 17: fedtune.v1.Worker.SubmitEval:output_type -> fedtune.v1.SubmitEvalResponse
-	4,  // 18: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	18, // 19: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	19, // 20: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	20, // 21: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	21, // 22: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	22, // 23: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	4,  // 24: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	23, // 25: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	24, // 26: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	25, // 27: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
-	26, // 28: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
-	27, // 29: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
-	15, // [15:30] is the sub-list for method output_type
-	0,  // [0:15] is the sub-list for method input_type
+	13, // 13: fedtune.v1.Admin.ControlJob:input_type -> fedtune.v1.ControlJobRequest
+	14, // 14: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
+	15, // 15: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
+	16, // 16: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	17, // 17: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	18, // 18: fedtune.v1.Worker.SubmitEval:output_type -> fedtune.v1.SubmitEvalResponse
+	4,  // 19: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	19, // 20: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	20, // 21: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	21, // 22: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	22, // 23: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	23, // 24: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	4,  // 25: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	24, // 26: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	25, // 27: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	26, // 28: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	27, // 29: fedtune.v1.Admin.ControlJob:output_type -> fedtune.v1.ControlJobResponse
+	28, // 30: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
+	29, // 31: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
+	16, // [16:32] is the sub-list for method output_type
+	0,  // [0:16] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

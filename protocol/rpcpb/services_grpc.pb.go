@@ -360,6 +360,7 @@ const (
 	Admin_VerifyRound_FullMethodName        = "/fedtune.v1.Admin/VerifyRound"
 	Admin_ClusterStatus_FullMethodName      = "/fedtune.v1.Admin/ClusterStatus"
 	Admin_RevokeWorker_FullMethodName       = "/fedtune.v1.Admin/RevokeWorker"
+	Admin_ControlJob_FullMethodName         = "/fedtune.v1.Admin/ControlJob"
 	Admin_Keyring_FullMethodName            = "/fedtune.v1.Admin/Keyring"
 	Admin_TransferLeadership_FullMethodName = "/fedtune.v1.Admin/TransferLeadership"
 )
@@ -383,6 +384,8 @@ type AdminClient interface {
 	ClusterStatus(ctx context.Context, in *protocol.ClusterStatusRequest, opts ...grpc.CallOption) (*protocol.ClusterStatusResponse, error)
 	// RevokeWorker bars a worker cluster-wide (committed to the log; leader only).
 	RevokeWorker(ctx context.Context, in *protocol.RevokeWorkerRequest, opts ...grpc.CallOption) (*protocol.RevokeWorkerResponse, error)
+	// ControlJob pauses, resumes, cancels or deletes a job, through the log.
+	ControlJob(ctx context.Context, in *protocol.ControlJobRequest, opts ...grpc.CallOption) (*protocol.ControlJobResponse, error)
 	// Keyring installs, uses or removes a gossip key cluster-wide (leader only).
 	Keyring(ctx context.Context, in *protocol.KeyringRequest, opts ...grpc.CallOption) (*protocol.KeyringResponse, error)
 	// TransferLeadership hands leadership to another voter, as before
@@ -487,6 +490,16 @@ func (c *adminClient) RevokeWorker(ctx context.Context, in *protocol.RevokeWorke
 	return out, nil
 }
 
+func (c *adminClient) ControlJob(ctx context.Context, in *protocol.ControlJobRequest, opts ...grpc.CallOption) (*protocol.ControlJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(protocol.ControlJobResponse)
+	err := c.cc.Invoke(ctx, Admin_ControlJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) Keyring(ctx context.Context, in *protocol.KeyringRequest, opts ...grpc.CallOption) (*protocol.KeyringResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(protocol.KeyringResponse)
@@ -526,6 +539,8 @@ type AdminServer interface {
 	ClusterStatus(context.Context, *protocol.ClusterStatusRequest) (*protocol.ClusterStatusResponse, error)
 	// RevokeWorker bars a worker cluster-wide (committed to the log; leader only).
 	RevokeWorker(context.Context, *protocol.RevokeWorkerRequest) (*protocol.RevokeWorkerResponse, error)
+	// ControlJob pauses, resumes, cancels or deletes a job, through the log.
+	ControlJob(context.Context, *protocol.ControlJobRequest) (*protocol.ControlJobResponse, error)
 	// Keyring installs, uses or removes a gossip key cluster-wide (leader only).
 	Keyring(context.Context, *protocol.KeyringRequest) (*protocol.KeyringResponse, error)
 	// TransferLeadership hands leadership to another voter, as before
@@ -564,6 +579,9 @@ func (UnimplementedAdminServer) ClusterStatus(context.Context, *protocol.Cluster
 }
 func (UnimplementedAdminServer) RevokeWorker(context.Context, *protocol.RevokeWorkerRequest) (*protocol.RevokeWorkerResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RevokeWorker not implemented")
+}
+func (UnimplementedAdminServer) ControlJob(context.Context, *protocol.ControlJobRequest) (*protocol.ControlJobResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ControlJob not implemented")
 }
 func (UnimplementedAdminServer) Keyring(context.Context, *protocol.KeyringRequest) (*protocol.KeyringResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Keyring not implemented")
@@ -729,6 +747,24 @@ func _Admin_RevokeWorker_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_ControlJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(protocol.ControlJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ControlJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ControlJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ControlJob(ctx, req.(*protocol.ControlJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_Keyring_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(protocol.KeyringRequest)
 	if err := dec(in); err != nil {
@@ -799,6 +835,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeWorker",
 			Handler:    _Admin_RevokeWorker_Handler,
+		},
+		{
+			MethodName: "ControlJob",
+			Handler:    _Admin_ControlJob_Handler,
 		},
 		{
 			MethodName: "Keyring",
