@@ -313,6 +313,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+		c.healthHandlers(mux)
 		mux.Handle("/", dashboard.Handler(dashboardView{c}, c.done, c.metrics.dashboardStreams.Inc))
 		if cfg.Pprof {
 			mux.HandleFunc("/debug/pprof/", pprof.Index)

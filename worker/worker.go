@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -103,11 +104,14 @@ type Worker struct {
 	gossip  *gossip.Node
 	pool    *client.Pool
 
-	target  string                  // coordinator gRPC address to talk to next
-	known   []string                // coordinator gRPC addresses seen in gossip
-	pending *pb.SubmitUpdateRequest // update not yet accepted
-	done    []string                // round attempts accepted from this worker (recent; protocol.AttemptKey)
-	models  map[string]tensor.Set
+	target string // coordinator gRPC address to talk to next
+	// lastContact is when a coordinator last answered a poll (Unix ns),
+	// read by Ready from other goroutines.
+	lastContact atomic.Int64
+	known       []string                // coordinator gRPC addresses seen in gossip
+	pending     *pb.SubmitUpdateRequest // update not yet accepted
+	done        []string                // round attempts accepted from this worker (recent; protocol.AttemptKey)
+	models      map[string]tensor.Set
 	// modelOrder is models' keys, least recently used first.
 	modelOrder []string
 	// residuals are the error-feedback residuals of lossy codecs, per job.
@@ -312,6 +316,7 @@ func (w *Worker) once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("poll %s: %w", w.target, callErr(pctx, err))
 	}
+	w.lastContact.Store(time.Now().UnixNano())
 	w.followKeyring(resp.GossipKeys)
 	if resp.Task == nil {
 		if resp.NotLeader {

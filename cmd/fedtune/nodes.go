@@ -226,7 +226,7 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 				return err
 			}
 			if addr := c.String("http-addr"); addr != "" {
-				stop, err := serveMetrics(addr, w.Registry(), log)
+				stop, err := serveMetrics(addr, w.Registry(), func() error { return w.Ready(time.Now()) }, log)
 				if err != nil {
 					return err
 				}
@@ -237,14 +237,25 @@ Flags may also come from a YAML file (--config), keys named as the flags.`,
 	}
 }
 
-// serveMetrics serves reg on addr's /metrics until stop is called.
-func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+// serveMetrics serves reg on addr's /metrics, /healthz (200 while the
+// process serves) and /readyz (200 when ready says nil, else 503 with the
+// reason) until stop is called.
+func serveMetrics(addr string, reg *prometheus.Registry, ready func() error, log *slog.Logger) (stop func(), err error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--http-addr: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "coordinator: FAIL", err)
+			return
+		}
+		fmt.Fprintln(w, "coordinator: ok")
+	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && err != http.ErrServerClosed {
