@@ -33,6 +33,8 @@ type dashboardState struct {
 	// Concurrency is each async job's current limit on workers training
 	// at once (ConcurrencyAt: its schedule, if it has one).
 	Concurrency map[string]int `json:"concurrency"`
+	// Conditions say why a running job is not progressing, by job.
+	Conditions map[string][]string `json:"conditions"`
 }
 
 var dashboardJSON = protojson.MarshalOptions{UseProtoNames: true}
@@ -46,7 +48,7 @@ func (v dashboardView) State() ([]byte, error) {
 		return nil, fmt.Errorf("dashboard: %w", err)
 	}
 	st := dashboardState{NowUnixMs: c.clock.Now().UnixMilli(), Cluster: cluster, Workers: []dashboardWorker{}, Jobs: []json.RawMessage{}, Ledgers: map[string][]LedgerRow{},
-		Concurrency: map[string]int{}}
+		Concurrency: map[string]int{}, Conditions: map[string][]string{}}
 	alive := map[string]string{}
 	for _, m := range c.gossip.WithRole(gossip.RoleWorker) {
 		alive[m.Name] = m.Addr
@@ -57,6 +59,9 @@ func (v dashboardView) State() ([]byte, error) {
 	}
 	for _, j := range c.fsm.Jobs() {
 		st.Ledgers[j.Spec.Name] = Ledger(j)
+		if cs := c.conditions(j, c.clock.Now()); len(cs) > 0 {
+			st.Conditions[j.Spec.Name] = cs
+		}
 		if round.IsAsync(j.Spec) {
 			st.Concurrency[j.Spec.Name] = round.ConcurrencyAt(j)
 		}

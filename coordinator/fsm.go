@@ -73,20 +73,21 @@ type applyFn func(f *FSM, payload []byte, at int64) error
 
 // appliers is the dispatch table: one small function per command type.
 var appliers = map[pb.CommandType]applyFn{
-	pb.CommandType_COMMAND_TYPE_REGISTER_JOB:  applyRegisterJob,
-	pb.CommandType_COMMAND_TYPE_START_ROUND:   applyStartRound,
-	pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE: applyAcceptUpdate,
-	pb.CommandType_COMMAND_TYPE_COMMIT_ROUND:  applyCommitRound,
-	pb.CommandType_COMMAND_TYPE_ABORT_ROUND:   applyAbortRound,
-	pb.CommandType_COMMAND_TYPE_FINISH_JOB:    applyFinishJob,
-	pb.CommandType_COMMAND_TYPE_UPSERT_WORKER: applyUpsertWorker,
-	pb.CommandType_COMMAND_TYPE_REMOVE_WORKER: applyRemoveWorker,
-	pb.CommandType_COMMAND_TYPE_REVOKE_WORKER: applyRevokeWorker,
-	pb.CommandType_COMMAND_TYPE_KEYRING:       applyKeyring,
-	pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS:  applyAssignTasks,
-	pb.CommandType_COMMAND_TYPE_RECORD_EVAL:   applyRecordEval,
-	pb.CommandType_COMMAND_TYPE_CONTROL_JOB:   applyControlJob,
-	pb.CommandType_COMMAND_TYPE_SERVER_ADDRS:  applyServerAddrs,
+	pb.CommandType_COMMAND_TYPE_REGISTER_JOB:   applyRegisterJob,
+	pb.CommandType_COMMAND_TYPE_START_ROUND:    applyStartRound,
+	pb.CommandType_COMMAND_TYPE_ACCEPT_UPDATE:  applyAcceptUpdate,
+	pb.CommandType_COMMAND_TYPE_COMMIT_ROUND:   applyCommitRound,
+	pb.CommandType_COMMAND_TYPE_ABORT_ROUND:    applyAbortRound,
+	pb.CommandType_COMMAND_TYPE_FINISH_JOB:     applyFinishJob,
+	pb.CommandType_COMMAND_TYPE_UPSERT_WORKER:  applyUpsertWorker,
+	pb.CommandType_COMMAND_TYPE_REMOVE_WORKER:  applyRemoveWorker,
+	pb.CommandType_COMMAND_TYPE_REVOKE_WORKER:  applyRevokeWorker,
+	pb.CommandType_COMMAND_TYPE_KEYRING:        applyKeyring,
+	pb.CommandType_COMMAND_TYPE_ASSIGN_TASKS:   applyAssignTasks,
+	pb.CommandType_COMMAND_TYPE_RECORD_EVAL:    applyRecordEval,
+	pb.CommandType_COMMAND_TYPE_CONTROL_JOB:    applyControlJob,
+	pb.CommandType_COMMAND_TYPE_RECORD_FAILURE: applyRecordFailure,
+	pb.CommandType_COMMAND_TYPE_SERVER_ADDRS:   applyServerAddrs,
 }
 
 // Apply applies one committed log entry. It returns nil or an error
@@ -505,4 +506,8 @@ func applyControlJob(f *FSM, payload []byte, _ int64) error {
 		delete(f.jobs, c.Job)
 		return nil
 	})
+}
+
+func applyRecordFailure(f *FSM, payload []byte, _ int64) error {
+	return onJob(f, payload, func(j round.Job, c *pb.RecordFailure) error { return j.RecordFailure(c.Round, c.Attempt, c.Failure) })
 }

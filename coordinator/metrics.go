@@ -33,6 +33,7 @@ type metrics struct {
 	asyncTasks       *prometheus.CounterVec
 	samplesCapped    prometheus.Counter
 	roundsRefused    prometheus.Counter
+	taskFailures     *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -65,7 +66,9 @@ func newMetrics() *metrics {
 	m.asyncTasks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_async_tasks_total", Help: "Async jobs' tasks this node handed out as leader, or withdrawn (past the deadline or too stale)."}, []string{"event"})
 	m.samplesCapped = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_update_samples_capped_total", Help: "Accepted updates whose claimed example count (their FedAvg weight) exceeded the job's cap and was counted as the cap."})
 	m.roundsRefused = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedtune_rounds_refused_total", Help: "Rounds (or async versions) whose aggregate was not finite: not committed; a sync round is planned again, an async job fails."})
-	m.reg.MustRegister(m.samplesCapped, m.roundsRefused)
+	m.taskFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedtune_task_failures_total",
+		Help: "Tasks workers reported failed to this node as leader, by job and kind (trainer, timeout, data, malformed, other)."}, []string{"job", "kind"})
+	m.reg.MustRegister(m.samplesCapped, m.roundsRefused, m.taskFailures)
 	m.reg.MustRegister(m.roundsStarted, m.updateBytes, m.aggregation, m.roundDuration, m.blobSent, m.dashboardStreams, m.asyncTasks)
 	m.reg.MustRegister(m.leaderChanges, m.isLeader, m.failover, m.replicationLag, m.roundsCommitted, m.roundsAborted, m.updatesAccepted, m.updatesRejected, m.authRefused,
 		collectors.NewGoCollector())

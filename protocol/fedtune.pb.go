@@ -31,21 +31,22 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED   CommandType = 0
-	CommandType_COMMAND_TYPE_REGISTER_JOB  CommandType = 1
-	CommandType_COMMAND_TYPE_START_ROUND   CommandType = 2
-	CommandType_COMMAND_TYPE_ACCEPT_UPDATE CommandType = 3
-	CommandType_COMMAND_TYPE_COMMIT_ROUND  CommandType = 4
-	CommandType_COMMAND_TYPE_FINISH_JOB    CommandType = 5
-	CommandType_COMMAND_TYPE_UPSERT_WORKER CommandType = 6
-	CommandType_COMMAND_TYPE_REMOVE_WORKER CommandType = 7
-	CommandType_COMMAND_TYPE_ABORT_ROUND   CommandType = 8
-	CommandType_COMMAND_TYPE_REVOKE_WORKER CommandType = 9
-	CommandType_COMMAND_TYPE_KEYRING       CommandType = 10
-	CommandType_COMMAND_TYPE_ASSIGN_TASKS  CommandType = 11
-	CommandType_COMMAND_TYPE_SERVER_ADDRS  CommandType = 12 // advisory: written with ignore_unknown
-	CommandType_COMMAND_TYPE_RECORD_EVAL   CommandType = 13
-	CommandType_COMMAND_TYPE_CONTROL_JOB   CommandType = 14
+	CommandType_COMMAND_TYPE_UNSPECIFIED    CommandType = 0
+	CommandType_COMMAND_TYPE_REGISTER_JOB   CommandType = 1
+	CommandType_COMMAND_TYPE_START_ROUND    CommandType = 2
+	CommandType_COMMAND_TYPE_ACCEPT_UPDATE  CommandType = 3
+	CommandType_COMMAND_TYPE_COMMIT_ROUND   CommandType = 4
+	CommandType_COMMAND_TYPE_FINISH_JOB     CommandType = 5
+	CommandType_COMMAND_TYPE_UPSERT_WORKER  CommandType = 6
+	CommandType_COMMAND_TYPE_REMOVE_WORKER  CommandType = 7
+	CommandType_COMMAND_TYPE_ABORT_ROUND    CommandType = 8
+	CommandType_COMMAND_TYPE_REVOKE_WORKER  CommandType = 9
+	CommandType_COMMAND_TYPE_KEYRING        CommandType = 10
+	CommandType_COMMAND_TYPE_ASSIGN_TASKS   CommandType = 11
+	CommandType_COMMAND_TYPE_SERVER_ADDRS   CommandType = 12 // advisory: written with ignore_unknown
+	CommandType_COMMAND_TYPE_RECORD_EVAL    CommandType = 13
+	CommandType_COMMAND_TYPE_CONTROL_JOB    CommandType = 14
+	CommandType_COMMAND_TYPE_RECORD_FAILURE CommandType = 15
 )
 
 // Enum value maps for CommandType.
@@ -66,23 +67,25 @@ var (
 		12: "COMMAND_TYPE_SERVER_ADDRS",
 		13: "COMMAND_TYPE_RECORD_EVAL",
 		14: "COMMAND_TYPE_CONTROL_JOB",
+		15: "COMMAND_TYPE_RECORD_FAILURE",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":   0,
-		"COMMAND_TYPE_REGISTER_JOB":  1,
-		"COMMAND_TYPE_START_ROUND":   2,
-		"COMMAND_TYPE_ACCEPT_UPDATE": 3,
-		"COMMAND_TYPE_COMMIT_ROUND":  4,
-		"COMMAND_TYPE_FINISH_JOB":    5,
-		"COMMAND_TYPE_UPSERT_WORKER": 6,
-		"COMMAND_TYPE_REMOVE_WORKER": 7,
-		"COMMAND_TYPE_ABORT_ROUND":   8,
-		"COMMAND_TYPE_REVOKE_WORKER": 9,
-		"COMMAND_TYPE_KEYRING":       10,
-		"COMMAND_TYPE_ASSIGN_TASKS":  11,
-		"COMMAND_TYPE_SERVER_ADDRS":  12,
-		"COMMAND_TYPE_RECORD_EVAL":   13,
-		"COMMAND_TYPE_CONTROL_JOB":   14,
+		"COMMAND_TYPE_UNSPECIFIED":    0,
+		"COMMAND_TYPE_REGISTER_JOB":   1,
+		"COMMAND_TYPE_START_ROUND":    2,
+		"COMMAND_TYPE_ACCEPT_UPDATE":  3,
+		"COMMAND_TYPE_COMMIT_ROUND":   4,
+		"COMMAND_TYPE_FINISH_JOB":     5,
+		"COMMAND_TYPE_UPSERT_WORKER":  6,
+		"COMMAND_TYPE_REMOVE_WORKER":  7,
+		"COMMAND_TYPE_ABORT_ROUND":    8,
+		"COMMAND_TYPE_REVOKE_WORKER":  9,
+		"COMMAND_TYPE_KEYRING":        10,
+		"COMMAND_TYPE_ASSIGN_TASKS":   11,
+		"COMMAND_TYPE_SERVER_ADDRS":   12,
+		"COMMAND_TYPE_RECORD_EVAL":    13,
+		"COMMAND_TYPE_CONTROL_JOB":    14,
+		"COMMAND_TYPE_RECORD_FAILURE": 15,
 	}
 )
 
@@ -221,7 +224,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{29, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{31, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -1409,8 +1412,9 @@ type Round struct {
 	Selected         []string               `protobuf:"bytes,3,rep,name=selected,proto3" json:"selected,omitempty"` // worker ids, sorted
 	StartedUnixNano  int64                  `protobuf:"varint,4,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
 	DeadlineUnixNano int64                  `protobuf:"varint,5,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
-	Updates          []*AcceptedUpdate      `protobuf:"bytes,6,rep,name=updates,proto3" json:"updates,omitempty"`  // sorted by worker id
-	Attempt          uint32                 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"` // 0 for the first try; grows when a round is aborted and restarted
+	Updates          []*AcceptedUpdate      `protobuf:"bytes,6,rep,name=updates,proto3" json:"updates,omitempty"`   // sorted by worker id
+	Attempt          uint32                 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`  // 0 for the first try; grows when a round is aborted and restarted
+	Failures         []*TaskFailure         `protobuf:"bytes,8,rep,name=failures,proto3" json:"failures,omitempty"` // selected workers that reported their task failed, sorted by worker id
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -1494,6 +1498,143 @@ func (x *Round) GetAttempt() uint32 {
 	return 0
 }
 
+func (x *Round) GetFailures() []*TaskFailure {
+	if x != nil {
+		return x.Failures
+	}
+	return nil
+}
+
+// TaskFailure is a worker's report that its task failed, and why.
+type TaskFailure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Worker        string                 `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`     // trainer, timeout, data, malformed or other
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"` // the error, at most 512 bytes
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskFailure) Reset() {
+	*x = TaskFailure{}
+	mi := &file_fedtune_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskFailure) ProtoMessage() {}
+
+func (x *TaskFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskFailure.ProtoReflect.Descriptor instead.
+func (*TaskFailure) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TaskFailure) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
+func (x *TaskFailure) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *TaskFailure) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RecordFailure adds a selected worker's failure to an open round.
+type RecordFailure struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Failure       *TaskFailure           `protobuf:"bytes,4,opt,name=failure,proto3" json:"failure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordFailure) Reset() {
+	*x = RecordFailure{}
+	mi := &file_fedtune_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordFailure) ProtoMessage() {}
+
+func (x *RecordFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordFailure.ProtoReflect.Descriptor instead.
+func (*RecordFailure) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RecordFailure) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *RecordFailure) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *RecordFailure) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *RecordFailure) GetFailure() *TaskFailure {
+	if x != nil {
+		return x.Failure
+	}
+	return nil
+}
+
 // RoundRecord is a committed round.
 type RoundRecord struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -1509,13 +1650,14 @@ type RoundRecord struct {
 	Scores            []*Score               `protobuf:"bytes,10,rep,name=scores,proto3" json:"scores,omitempty"`                                       // per-update contribution, by worker id
 	OptimizerState    string                 `protobuf:"bytes,11,opt,name=optimizer_state,json=optimizerState,proto3" json:"optimizer_state,omitempty"` // blob hash of the server optimizer's state after this round ("" if stateless)
 	Evals             []*EvalReport          `protobuf:"bytes,12,rep,name=evals,proto3" json:"evals,omitempty"`                                         // federated evaluation of this round's model, by worker id
+	Failures          []*TaskFailure         `protobuf:"bytes,13,rep,name=failures,proto3" json:"failures,omitempty"`                                   // selected workers whose task failed, by worker id
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RoundRecord) Reset() {
 	*x = RoundRecord{}
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1669,7 @@ func (x *RoundRecord) String() string {
 func (*RoundRecord) ProtoMessage() {}
 
 func (x *RoundRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1682,7 @@ func (x *RoundRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRecord.ProtoReflect.Descriptor instead.
 func (*RoundRecord) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{12}
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RoundRecord) GetNumber() uint32 {
@@ -1627,6 +1769,13 @@ func (x *RoundRecord) GetEvals() []*EvalReport {
 	return nil
 }
 
+func (x *RoundRecord) GetFailures() []*TaskFailure {
+	if x != nil {
+		return x.Failures
+	}
+	return nil
+}
+
 // EvalReport is one worker's evaluation of a model on its held-out data.
 type EvalReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1641,7 +1790,7 @@ type EvalReport struct {
 
 func (x *EvalReport) Reset() {
 	*x = EvalReport{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1653,7 +1802,7 @@ func (x *EvalReport) String() string {
 func (*EvalReport) ProtoMessage() {}
 
 func (x *EvalReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1666,7 +1815,7 @@ func (x *EvalReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvalReport.ProtoReflect.Descriptor instead.
 func (*EvalReport) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EvalReport) GetWorker() string {
@@ -1717,7 +1866,7 @@ type RecordEval struct {
 
 func (x *RecordEval) Reset() {
 	*x = RecordEval{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1878,7 @@ func (x *RecordEval) String() string {
 func (*RecordEval) ProtoMessage() {}
 
 func (x *RecordEval) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1891,7 @@ func (x *RecordEval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEval.ProtoReflect.Descriptor instead.
 func (*RecordEval) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RecordEval) GetJob() string {
@@ -1787,7 +1936,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +1948,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +1961,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1913,7 +2062,7 @@ type ControlJob struct {
 
 func (x *ControlJob) Reset() {
 	*x = ControlJob{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2074,7 @@ func (x *ControlJob) String() string {
 func (*ControlJob) ProtoMessage() {}
 
 func (x *ControlJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,7 +2087,7 @@ func (x *ControlJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlJob.ProtoReflect.Descriptor instead.
 func (*ControlJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ControlJob) GetJob() string {
@@ -1982,7 +2131,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +2143,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +2156,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -2048,7 +2197,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2209,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2222,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -2100,7 +2249,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2112,7 +2261,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2125,7 +2274,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{19}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StartRound) GetJob() string {
@@ -2153,7 +2302,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2314,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2327,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -2217,7 +2366,7 @@ type CommitRound struct {
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2378,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2391,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -2309,7 +2458,7 @@ type AssignTasks struct {
 
 func (x *AssignTasks) Reset() {
 	*x = AssignTasks{}
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2470,7 @@ func (x *AssignTasks) String() string {
 func (*AssignTasks) ProtoMessage() {}
 
 func (x *AssignTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2334,7 +2483,7 @@ func (x *AssignTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignTasks.ProtoReflect.Descriptor instead.
 func (*AssignTasks) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{22}
+	return file_fedtune_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AssignTasks) GetJob() string {
@@ -2376,7 +2525,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2388,7 +2537,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2401,7 +2550,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{23}
+	return file_fedtune_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -2436,7 +2585,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2448,7 +2597,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2461,7 +2610,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{24}
+	return file_fedtune_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -2494,7 +2643,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2655,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2519,7 +2668,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{25}
+	return file_fedtune_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -2538,7 +2687,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2699,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2712,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{26}
+	return file_fedtune_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -2587,7 +2736,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2599,7 +2748,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2612,7 +2761,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{27}
+	return file_fedtune_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -2669,7 +2818,7 @@ type ServerAddrs struct {
 
 func (x *ServerAddrs) Reset() {
 	*x = ServerAddrs{}
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +2830,7 @@ func (x *ServerAddrs) String() string {
 func (*ServerAddrs) ProtoMessage() {}
 
 func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +2843,7 @@ func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerAddrs.ProtoReflect.Descriptor instead.
 func (*ServerAddrs) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{28}
+	return file_fedtune_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ServerAddrs) GetId() string {
@@ -2737,7 +2886,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2749,7 +2898,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2762,7 +2911,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{29}
+	return file_fedtune_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -2798,7 +2947,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +2959,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +2972,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{30}
+	return file_fedtune_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -2852,7 +3001,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2864,7 +3013,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2877,7 +3026,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{31}
+	return file_fedtune_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -3040,7 +3189,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x04task\x18\a \x01(\x04R\x04task\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x84\x02\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb9\x02\n" +
 	"\x05Round\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1d\n" +
 	"\n" +
@@ -3049,7 +3198,17 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x11started_unix_nano\x18\x04 \x01(\x03R\x0fstartedUnixNano\x12,\n" +
 	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\x124\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\aupdates\x12\x18\n" +
-	"\aattempt\x18\a \x01(\rR\aattempt\"\x9b\x04\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\x123\n" +
+	"\bfailures\x18\b \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\"Q\n" +
+	"\vTaskFailure\x12\x16\n" +
+	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x84\x01\n" +
+	"\rRecordFailure\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05round\x18\x02 \x01(\rR\x05round\x12\x18\n" +
+	"\aattempt\x18\x03 \x01(\rR\aattempt\x121\n" +
+	"\afailure\x18\x04 \x01(\v2\x17.fedtune.v1.TaskFailureR\afailure\"\xd0\x04\n" +
 	"\vRoundRecord\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -3063,7 +3222,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x06scores\x18\n" +
 	" \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x12'\n" +
 	"\x0foptimizer_state\x18\v \x01(\tR\x0eoptimizerState\x12,\n" +
-	"\x05evals\x18\f \x03(\v2\x16.fedtune.v1.EvalReportR\x05evals\x1a:\n" +
+	"\x05evals\x18\f \x03(\v2\x16.fedtune.v1.EvalReportR\x05evals\x123\n" +
+	"\bfailures\x18\r \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x85\x01\n" +
@@ -3185,7 +3345,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\rRevokedWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xd6\x03\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xf7\x03\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -3202,7 +3362,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_ASSIGN_TASKS\x10\v\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SERVER_ADDRS\x10\f\x12\x1c\n" +
 	"\x18COMMAND_TYPE_RECORD_EVAL\x10\r\x12\x1c\n" +
-	"\x18COMMAND_TYPE_CONTROL_JOB\x10\x0e*\x9c\x01\n" +
+	"\x18COMMAND_TYPE_CONTROL_JOB\x10\x0e\x12\x1f\n" +
+	"\x1bCOMMAND_TYPE_RECORD_FAILURE\x10\x0f*\x9c\x01\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
@@ -3224,7 +3385,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -3241,37 +3402,39 @@ var file_fedtune_proto_goTypes = []any{
 	(*Score)(nil),            // 12: fedtune.v1.Score
 	(*AcceptedUpdate)(nil),   // 13: fedtune.v1.AcceptedUpdate
 	(*Round)(nil),            // 14: fedtune.v1.Round
-	(*RoundRecord)(nil),      // 15: fedtune.v1.RoundRecord
-	(*EvalReport)(nil),       // 16: fedtune.v1.EvalReport
-	(*RecordEval)(nil),       // 17: fedtune.v1.RecordEval
-	(*Job)(nil),              // 18: fedtune.v1.Job
-	(*ControlJob)(nil),       // 19: fedtune.v1.ControlJob
-	(*WorkerInfo)(nil),       // 20: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 21: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 22: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 23: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 24: fedtune.v1.CommitRound
-	(*AssignTasks)(nil),      // 25: fedtune.v1.AssignTasks
-	(*AbortRound)(nil),       // 26: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 27: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 28: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 29: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 30: fedtune.v1.Snapshot
-	(*ServerAddrs)(nil),      // 31: fedtune.v1.ServerAddrs
-	(*Keyring)(nil),          // 32: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 33: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 34: fedtune.v1.RevokedWorker
-	nil,                      // 35: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 36: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 37: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 38: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 39: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 40: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 41: fedtune.v1.CommitRound.MetricsEntry
+	(*TaskFailure)(nil),      // 15: fedtune.v1.TaskFailure
+	(*RecordFailure)(nil),    // 16: fedtune.v1.RecordFailure
+	(*RoundRecord)(nil),      // 17: fedtune.v1.RoundRecord
+	(*EvalReport)(nil),       // 18: fedtune.v1.EvalReport
+	(*RecordEval)(nil),       // 19: fedtune.v1.RecordEval
+	(*Job)(nil),              // 20: fedtune.v1.Job
+	(*ControlJob)(nil),       // 21: fedtune.v1.ControlJob
+	(*WorkerInfo)(nil),       // 22: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 23: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 24: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 25: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 26: fedtune.v1.CommitRound
+	(*AssignTasks)(nil),      // 27: fedtune.v1.AssignTasks
+	(*AbortRound)(nil),       // 28: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 29: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 30: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 31: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 32: fedtune.v1.Snapshot
+	(*ServerAddrs)(nil),      // 33: fedtune.v1.ServerAddrs
+	(*Keyring)(nil),          // 34: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 35: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 36: fedtune.v1.RevokedWorker
+	nil,                      // 37: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 38: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 39: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 40: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 41: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 42: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 43: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	35, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	37, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
 	11, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
 	10, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
@@ -3279,40 +3442,43 @@ var file_fedtune_proto_depIdxs = []int32{
 	6,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
 	7,  // 7: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
 	13, // 8: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
-	36, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	38, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
 	13, // 10: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	37, // 11: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	13, // 12: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	12, // 13: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	16, // 14: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
-	16, // 15: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
-	5,  // 16: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 17: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	15, // 18: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	14, // 19: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	38, // 20: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	8,  // 21: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
-	16, // 22: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
-	39, // 23: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	5,  // 24: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	40, // 25: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	14, // 26: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	13, // 27: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	41, // 28: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	12, // 29: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	7,  // 30: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
-	1,  // 31: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	20, // 32: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	18, // 33: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	20, // 34: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	34, // 35: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	31, // 36: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
-	2,  // 37: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	38, // [38:38] is the sub-list for method output_type
-	38, // [38:38] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	15, // 11: fedtune.v1.Round.failures:type_name -> fedtune.v1.TaskFailure
+	15, // 12: fedtune.v1.RecordFailure.failure:type_name -> fedtune.v1.TaskFailure
+	39, // 13: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	13, // 14: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	12, // 15: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	18, // 16: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
+	15, // 17: fedtune.v1.RoundRecord.failures:type_name -> fedtune.v1.TaskFailure
+	18, // 18: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
+	5,  // 19: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 20: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	17, // 21: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	14, // 22: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	40, // 23: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	8,  // 24: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
+	18, // 25: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
+	41, // 26: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 27: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	42, // 28: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	14, // 29: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	13, // 30: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	43, // 31: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	12, // 32: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	7,  // 33: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
+	1,  // 34: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	22, // 35: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	20, // 36: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	22, // 37: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	36, // 38: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	33, // 39: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
+	2,  // 40: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -3326,7 +3492,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -139,6 +139,7 @@ func (j Job) CommitRound(c *pb.CommitRound, at int64) error {
 		StartedUnixNano:   r.StartedUnixNano,
 		CommittedUnixNano: at,
 		Accepted:          r.Updates,
+		Failures:          r.Failures,
 		Scores:            c.Scores,
 		OptimizerState:    c.OptimizerState,
 	}

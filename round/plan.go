@@ -90,15 +90,20 @@ const (
 )
 
 // DecideRound tells whether an open round is complete. It commits as soon
-// as every selected worker that is still alive has reported (and at least
-// min_updates did), or at the deadline with at least min_updates; it aborts
-// at the deadline with fewer.
+// as every selected worker that is still alive has reported an update or a
+// failure (and at least min_updates updates came), or at the deadline with
+// at least min_updates; it aborts at the deadline with fewer (also when
+// failures already left too few: waiting for the deadline bounds how often
+// a job whose training fails everywhere is planned again).
 func DecideRound(spec *pb.JobSpec, r *pb.Round, alive map[string]bool, now time.Time) RoundDecision {
 	got := len(r.Updates)
 	need := max(int(spec.GetMinUpdates()), 1)
 	reported := make(map[string]bool, got)
 	for _, u := range r.Updates {
 		reported[u.Worker] = true
+	}
+	for _, f := range r.Failures {
+		reported[f.Worker] = true
 	}
 	waiting := 0
 	for _, w := range r.Selected {

@@ -92,6 +92,10 @@ type ExecTrainRecipe struct {
 // ErrExternal wraps every failure of an external trainer.
 var ErrExternal = errors.New("external trainer")
 
+// ErrMalformed marks a trainer's output that is not a usable update
+// (unreadable, another layout, not finite).
+var ErrMalformed = errors.New("malformed output")
+
 // Train runs the command for one task.
 func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Result, error) {
 	start := time.Now()
@@ -168,16 +172,16 @@ func (e *ExecTrainer) Train(ctx context.Context, in Input, task *pb.Task) (Resul
 	}
 	out, err := tensor.ReadFile(t.Output)
 	if err != nil {
-		return Result{}, fmt.Errorf("%w: output %s: %v", ErrExternal, t.Output, err)
+		return Result{}, fmt.Errorf("%w: %w: %s: %v", ErrExternal, ErrMalformed, t.Output, err)
 	}
 	if err := tensor.SameLayout(out, base); err != nil {
 		if t.LoRA != nil {
-			return Result{}, fmt.Errorf("%w: output does not fit the rank-%d adapters of %s (a LoRA task returns the trained adapters, not the model): %v", ErrExternal, t.LoRA.Rank, task.Model, err)
+			return Result{}, fmt.Errorf("%w: %w: it does not fit the rank-%d adapters of %s (a LoRA task returns the trained adapters, not the model): %v", ErrExternal, ErrMalformed, t.LoRA.Rank, task.Model, err)
 		}
-		return Result{}, fmt.Errorf("%w: output does not fit model %s: %v", ErrExternal, task.Model, err)
+		return Result{}, fmt.Errorf("%w: %w: it does not fit model %s: %v", ErrExternal, ErrMalformed, task.Model, err)
 	}
 	if err := out.CheckFinite(); err != nil {
-		return Result{}, fmt.Errorf("%w: output: %v", ErrExternal, err)
+		return Result{}, fmt.Errorf("%w: %w: %v", ErrExternal, ErrMalformed, err)
 	}
 	metrics := map[string]float64{}
 	if b, err := os.ReadFile(t.Metrics); err == nil {

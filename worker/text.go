@@ -64,7 +64,7 @@ func (g *GorgoniaTrainer) textFor(name string) (Text, bool) {
 func (g *GorgoniaTrainer) tokens(in Input, task *pb.Task, heldOut bool) (*dataset.Examples, error) {
 	t, ok := g.textFor(task.Dataset)
 	if !ok {
-		return nil, fmt.Errorf("this worker holds no text for dataset %q", task.Dataset)
+		return nil, fmt.Errorf("this worker holds no text for dataset %q: %w", task.Dataset, ErrNoData)
 	}
 	if len(in.Tokenizer) == 0 {
 		return nil, fmt.Errorf("text job without a tokenizer")

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"errors"
 	"context"
 	"crypto/sha256"
 	"fmt"
@@ -13,6 +14,9 @@ import (
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 )
+
+// ErrNoData means the worker holds no data for a task's data set.
+var ErrNoData = errors.New("no local data")
 
 // GorgoniaTrainer trains fedtune's Gorgonia models on the worker's local
 // data, one data set per name (the task names which). It keeps one
@@ -44,7 +48,7 @@ func (g *GorgoniaTrainer) Train(ctx context.Context, in Input, task *pb.Task) (R
 			return Result{}, err
 		}
 	} else if !ok {
-		return Result{}, fmt.Errorf("this worker holds no data for dataset %q", task.Dataset)
+		return Result{}, fmt.Errorf("this worker holds no data for dataset %q: %w", task.Dataset, ErrNoData)
 	}
 	tc := task.GetTrain()
 	next := 0

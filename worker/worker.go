@@ -369,6 +369,7 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		log.Error("training failed; skipping this round", "err", err)
 		w.metrics.tasks.WithLabelValues("failed").Inc()
 		w.markDone(pb.AttemptKey(t.Job, t.Round, t.Attempt))
+		w.reportFailure(ctx, t, err)
 		return nil
 	}
 	payload, err := w.encode(cd, t.Job, res.Delta)

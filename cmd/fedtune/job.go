@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
@@ -166,7 +167,8 @@ func jobCommand() *cli.Command {
 				Name:      "status",
 				Usage:     "show a job's rounds",
 				ArgsUsage: "[--watch] NAME",
-				Flags:     []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}}},
+				Flags: []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}},
+					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text, or json: the job's whole state and conditions as JSON (for scripts)", EnvVars: []string{"FEDTUNE_OUTPUT"}}},
 				Action: func(c *cli.Context) error {
 					if c.NArg() != 1 {
 						return fmt.Errorf("job status: give one job name")
@@ -176,6 +178,22 @@ func jobCommand() *cli.Command {
 						return err
 					}
 					defer pool.Close()
+					switch c.String("output") {
+					case "json":
+						resp, err := rpcpb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: c.Args().First()})
+						if err != nil {
+							return err
+						}
+						b, err := protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Marshal(resp)
+						if err != nil {
+							return err
+						}
+						fmt.Fprintln(c.App.Writer, string(b))
+						return nil
+					case "text":
+					default:
+						return fmt.Errorf("--output %q: want text or json", c.String("output"))
+					}
 					return watchJob(c, pool, conn, c.Args().First(), c.Bool("watch"))
 				},
 			},

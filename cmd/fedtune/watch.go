@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -83,6 +84,9 @@ func (cs *coordinators) current() string { return cs.addrs[cs.cur] }
 // following it survives its coordinator going away — it moves to another
 // it knows of and says so — and says when the coordinator answering has no
 // leader (its copy of the job may be behind).
+// deadlineIn matches the countdown in a job's conditions.
+var deadlineIn = regexp.MustCompile(`deadline in [0-9hms.]+`)
+
 func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name string, follow bool) error {
 	cs := newCoordinators(c.Context, pool, conn, follow)
 	out := c.App.Writer
@@ -91,6 +95,7 @@ func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name str
 	var last *pb.RoundRecord
 	header := false
 	lost, leaderless := "", false
+	conds := "" // the conditions last printed (follow mode prints a change once)
 	for {
 		resp, err := cs.jobStatus(c.Context, &pb.JobStatusRequest{Name: name, FromRound: uint32(printed) + 1})
 		if err != nil {
@@ -153,6 +158,11 @@ func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name str
 			if j.OpenRound != nil && !follow {
 				fmt.Fprintln(out, progress.OpenRoundLine(j, time.Now()))
 			}
+			if !follow {
+				for _, cond := range resp.Conditions {
+					fmt.Fprintln(out, "!", cond)
+				}
+			}
 			if j.Error != "" {
 				fmt.Fprintln(out, "error:", j.Error)
 			}
@@ -166,6 +176,16 @@ func watchJob(c *cli.Context, pool *client.Pool, conn *grpc.ClientConn, name str
 				fmt.Fprintf(out, "job %s %s\n", name, progress.Status(j))
 			}
 			return nil
+		}
+		// printed again when they change, not as their deadlines count down
+		if now := deadlineIn.ReplaceAllString(strings.Join(resp.Conditions, "\n"), ""); now != conds {
+			conds = now
+			if tty {
+				fmt.Fprint(out, "\r\033[K")
+			}
+			for _, cond := range resp.Conditions {
+				fmt.Fprintln(out, "!", cond)
+			}
 		}
 		if tty {
 			fmt.Fprint(out, progress.OpenRoundLine(j, time.Now()))

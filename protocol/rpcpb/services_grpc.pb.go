@@ -24,9 +24,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Worker_PollTask_FullMethodName     = "/fedtune.v1.Worker/PollTask"
-	Worker_SubmitUpdate_FullMethodName = "/fedtune.v1.Worker/SubmitUpdate"
-	Worker_SubmitEval_FullMethodName   = "/fedtune.v1.Worker/SubmitEval"
+	Worker_PollTask_FullMethodName      = "/fedtune.v1.Worker/PollTask"
+	Worker_SubmitUpdate_FullMethodName  = "/fedtune.v1.Worker/SubmitUpdate"
+	Worker_SubmitEval_FullMethodName    = "/fedtune.v1.Worker/SubmitEval"
+	Worker_ReportFailure_FullMethodName = "/fedtune.v1.Worker/ReportFailure"
 )
 
 // WorkerClient is the client API for Worker service.
@@ -41,6 +42,8 @@ type WorkerClient interface {
 	SubmitUpdate(ctx context.Context, in *protocol.SubmitUpdateRequest, opts ...grpc.CallOption) (*protocol.SubmitUpdateResponse, error)
 	// SubmitEval reports a federated evaluation (a task with eval_only).
 	SubmitEval(ctx context.Context, in *protocol.SubmitEvalRequest, opts ...grpc.CallOption) (*protocol.SubmitEvalResponse, error)
+	// ReportFailure tells the leader a task failed, and why.
+	ReportFailure(ctx context.Context, in *protocol.ReportFailureRequest, opts ...grpc.CallOption) (*protocol.ReportFailureResponse, error)
 }
 
 type workerClient struct {
@@ -81,6 +84,16 @@ func (c *workerClient) SubmitEval(ctx context.Context, in *protocol.SubmitEvalRe
 	return out, nil
 }
 
+func (c *workerClient) ReportFailure(ctx context.Context, in *protocol.ReportFailureRequest, opts ...grpc.CallOption) (*protocol.ReportFailureResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(protocol.ReportFailureResponse)
+	err := c.cc.Invoke(ctx, Worker_ReportFailure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkerServer is the server API for Worker service.
 // All implementations must embed UnimplementedWorkerServer
 // for forward compatibility.
@@ -93,6 +106,8 @@ type WorkerServer interface {
 	SubmitUpdate(context.Context, *protocol.SubmitUpdateRequest) (*protocol.SubmitUpdateResponse, error)
 	// SubmitEval reports a federated evaluation (a task with eval_only).
 	SubmitEval(context.Context, *protocol.SubmitEvalRequest) (*protocol.SubmitEvalResponse, error)
+	// ReportFailure tells the leader a task failed, and why.
+	ReportFailure(context.Context, *protocol.ReportFailureRequest) (*protocol.ReportFailureResponse, error)
 	mustEmbedUnimplementedWorkerServer()
 }
 
@@ -111,6 +126,9 @@ func (UnimplementedWorkerServer) SubmitUpdate(context.Context, *protocol.SubmitU
 }
 func (UnimplementedWorkerServer) SubmitEval(context.Context, *protocol.SubmitEvalRequest) (*protocol.SubmitEvalResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SubmitEval not implemented")
+}
+func (UnimplementedWorkerServer) ReportFailure(context.Context, *protocol.ReportFailureRequest) (*protocol.ReportFailureResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReportFailure not implemented")
 }
 func (UnimplementedWorkerServer) mustEmbedUnimplementedWorkerServer() {}
 func (UnimplementedWorkerServer) testEmbeddedByValue()                {}
@@ -187,6 +205,24 @@ func _Worker_SubmitEval_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Worker_ReportFailure_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(protocol.ReportFailureRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServer).ReportFailure(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Worker_ReportFailure_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServer).ReportFailure(ctx, req.(*protocol.ReportFailureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Worker_ServiceDesc is the grpc.ServiceDesc for Worker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -205,6 +241,10 @@ var Worker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SubmitEval",
 			Handler:    _Worker_SubmitEval_Handler,
+		},
+		{
+			MethodName: "ReportFailure",
+			Handler:    _Worker_ReportFailure_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -34,16 +34,19 @@ function render(st) {
   }).join("");
 
   const jobs = st.jobs || [];
-  if (jobs.length) $("#jobs").innerHTML = jobs.map((j) => job(j, (st.ledgers || {})[j.spec.name] || [], now, (st.concurrency || {})[j.spec.name])).join("");
+  if (jobs.length) $("#jobs").innerHTML = jobs.map((j) => job(j, (st.ledgers || {})[j.spec.name] || [], now, (st.concurrency || {})[j.spec.name], (st.conditions || {})[j.spec.name] || [])).join("");
 }
 
 // limit: an async job's current limit on workers training at once (the
-// server's coordinator.ConcurrencyAt).
-function job(j, ledger, now, limit) {
+// server's coordinator.ConcurrencyAt). conds: why the job is not
+// progressing (the server's conditions), shown as warnings.
+function job(j, ledger, now, limit, conds) {
   const s = j.spec || {};
   const h = j.history || [];
   const status = statusName(j.status);
-  const cls = status === "done" ? "ok" : status === "failed" ? "bad" : "lead";
+  const cls = status === "done" ? "ok" : status === "failed" || status === "cancelled" ? "bad" : "lead";
+  const cmd = { running: `fedtune job pause ${s.name} · fedtune job cancel ${s.name}`, paused: `fedtune job resume ${s.name}` }[status];
+  const warn = conds.map((c) => `<p class="condition"><span class="pill bad">!</span> ${esc(c)}</p>`).join("");
   const win = s.async && num(s.async.fair_window) > 1 ? `, ≤ ${esc(s.async.max_per_worker)} per worker in ${esc(s.async.fair_window)} versions` : "";
   const sched = s.async && num(s.async.concurrency_final) ? `, ${esc(s.async.concurrency)} → ${esc(s.async.concurrency_final)} training at once` : "";
   const drift = s.async && num(s.async.drift_correction) ? `, drift correction ${esc(s.async.drift_correction)}` : "";
@@ -79,8 +82,9 @@ function job(j, ledger, now, limit) {
       <h3>${esc(s.name)} <span class="pill ${cls}">${esc(status)}</span></h3>
       <div class="meta">${esc(s.model)} on ${esc(s.dataset)} · ${esc(s.aggregator)} · ${esc(s.codec)}${mode}${lora} · ${h.length}/${esc(s.rounds)} ${s.async ? "versions" : "rounds of " + esc(s.clients_per_round)} ${sel}</div>
       <div class="bar"><div style="width:${(100 * h.length / Math.max(1, num(s.rounds))).toFixed(1)}%"></div></div>
-      <p>test accuracy <b>${pct(last.test_accuracy)}</b> (base ${pct((j.base_metrics || {}).test_accuracy)})${j.error ? ` · <span class="pill bad">${esc(j.error)}</span>` : ""}</p>
-      ${open}
+      <p>test accuracy <b>${pct(last.test_accuracy)}</b> (base ${pct((j.base_metrics || {}).test_accuracy)})${j.error ? ` · <span class="pill bad">${esc(j.error)}</span>` : ""}${j.note ? ` · ${esc(status)}: ${esc(j.note)}` : ""}</p>
+      ${warn}${open}
+      ${cmd ? `<p class="muted">operate: <code>${esc(cmd)}</code></p>` : ""}
       <table><thead><tr><th class="num">round</th><th class="num">updates</th><th class="num">samples</th><th class="num">test acc</th><th class="num">test loss</th><th class="num">time</th></tr></thead><tbody>${rows}</tbody></table>
     </div>
     <div>
