@@ -1,9 +1,9 @@
 package worker
 
 import (
-	"errors"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
