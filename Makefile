@@ -105,7 +105,8 @@ words:
 
 ## testdeps: what the tests need from Debian, installed in one go if
 ## missing: the word lists, NumPy (external trainer), PyTorch-CPU (the
-## Llama reference in model/testdata/llama_ref.py), Chromium (the
+## Llama reference in model/testdata/llama_ref.py), promtool (Debian
+## prometheus: the metrics and the example alerting rules), Chromium (the
 ## dashboard's browser test), iproute2 (network-namespace partitions) and
 ## nftables (a port blocked in a namespace). A test whose tool cannot be installed skips
 ## with a message.
@@ -114,6 +115,7 @@ testdeps:
 	/usr/bin/python3 -c 'import numpy' 2>/dev/null || pkgs="$$pkgs python3-numpy"; \
 	/usr/bin/python3 -c 'import torch' 2>/dev/null || pkgs="$$pkgs python3-torch"; \
 	command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
+	command -v promtool >/dev/null || pkgs="$$pkgs prometheus"; \
 	command -v ip >/dev/null || pkgs="$$pkgs iproute2"; \
 	command -v nft >/dev/null || pkgs="$$pkgs nftables"; \
 	for l in fr de es; do [ -d /usr/share/man/$$l/man1 ] && [ -n "$$(ls /usr/share/man/$$l/man1 | head -50 | sed -n 50p)" ] || pkgs="$$pkgs manpages-$$l"; done; \

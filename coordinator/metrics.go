@@ -93,6 +93,7 @@ func (c *Coordinator) registerState() {
 			return v
 		}
 	}
+	c.metrics.reg.MustRegister(jobCollector{c})
 	c.metrics.reg.MustRegister(
 		gauge("fedtune_raft_term", "Current Raft term.", stat("term")),
 		gauge("fedtune_raft_commit_index", "Raft commit index.", stat("commit_index")),
