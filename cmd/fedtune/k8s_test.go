@@ -146,7 +146,9 @@ func TestKubernetesManifests(t *testing.T) {
 				}
 			}
 			args := flagValues(c.Args)
-			if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return secrets[m.Name] && m.MountPath == args["cert-dir"] && m.ReadOnly }) {
+			if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+				return secrets[m.Name] && m.MountPath == args["cert-dir"] && m.ReadOnly
+			}) {
 				t.Errorf("%s: --cert-dir %q is not a read-only Secret volume", c.Name, args["cert-dir"])
 			}
 			checkProbes(t, c.Name, c, args["http-addr"])
