@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -70,10 +72,49 @@ func newApp() *cli.App {
 			},
 		},
 	}
+	envFirst(app.Flags)
 	for _, c := range app.Commands {
 		tidyDefaults(c)
+		walkCommands(c, func(c *cli.Command) { envFirst(c.Flags) })
 	}
 	return app
+}
+
+// EnvVar is the environment variable of a flag: FEDTUNE_ and its name in
+// capitals with _ for - (--http-addr: FEDTUNE_HTTP_ADDR).
+func EnvVar(flag string) string {
+	return "FEDTUNE_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// envFirst makes FEDTUNE_<FLAG> the first variable of every flag, keeping
+// the names older releases read (FEDTUNE_JOB for job submit --name, …)
+// after it: the rule the README states holds everywhere, and old
+// environments still work.
+func envFirst(flags []cli.Flag) {
+	for _, f := range flags {
+		v := reflect.ValueOf(f)
+		if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+			continue
+		}
+		field := v.Elem().FieldByName("EnvVars")
+		if !field.IsValid() || !field.CanSet() {
+			continue
+		}
+		envs := field.Interface().([]string)
+		want := EnvVar(f.Names()[0])
+		if len(envs) > 0 && envs[0] == want {
+			continue
+		}
+		field.Set(reflect.ValueOf(append([]string{want}, slices.DeleteFunc(slices.Clone(envs), func(e string) bool { return e == want })...)))
+	}
+}
+
+// walkCommands calls fn on c and every command below it.
+func walkCommands(c *cli.Command, fn func(*cli.Command)) {
+	fn(c)
+	for _, sub := range c.Subcommands {
+		walkCommands(sub, fn)
+	}
 }
 
 // usageDefault is a default written at the end of a flag's help text,
