@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 )
 
 // TestHoistFlags: flags after a command's positional arguments are read as
@@ -29,5 +31,33 @@ func TestHoistFlags(t *testing.T) {
 	}
 	if got := hoistFlags(app, []string{"fedtune", "job", "status", "j", "-c"}); !slices.Equal(got, []string{"fedtune", "job", "status", "j", "-c"}) {
 		t.Errorf("a flag missing its value: %v", got)
+	}
+}
+
+// TestJobName: a job is named by its argument or --job, in any order, and
+// the two must agree.
+func TestJobName(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string // "" for an error
+	}{
+		{[]string{"j1"}, "j1"},
+		{[]string{"--job", "j1"}, "j1"},
+		{[]string{"--job", "j1", "j1"}, "j1"},
+		{[]string{"j1", "--job", "j1"}, "j1"},
+		{[]string{"--job", "j1", "j2"}, ""},
+		{[]string{}, ""},
+		{[]string{"j1", "j2"}, ""},
+	}
+	for _, c := range cases {
+		var got string
+		app := &cli.App{Name: "fedtune", Commands: []*cli.Command{{Name: "ledger", Flags: []cli.Flag{jobFlag()}, Action: func(ctx *cli.Context) (err error) {
+			got, err = jobName(ctx)
+			return err
+		}}}}
+		err := app.Run(hoistFlags(app, append([]string{"fedtune", "ledger"}, c.args...)))
+		if c.want == "" && err == nil || c.want != "" && (err != nil || got != c.want) {
+			t.Errorf("ledger %v: %q, %v; want %q", c.args, got, err, c.want)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -141,5 +142,55 @@ func TestREADMEFlagTable(t *testing.T) {
 			return
 		}
 		t.Errorf("README.md's flag table differs from the code's; run FEDTUNE_UPDATE_README=1 go test -run TestREADMEFlagTable ./cmd/fedtune")
+	}
+}
+
+// TestSameParameterSameFlag: aggregate and job submit name the rule's
+// parameters alike.
+func TestSameParameterSameFlag(t *testing.T) {
+	app := newApp()
+	find := func(path ...string) map[string]bool {
+		cmds := app.Commands
+		var c *cli.Command
+		for _, p := range path {
+			for _, x := range cmds {
+				if x.Name == p {
+					c = x
+				}
+			}
+			cmds = c.Subcommands
+		}
+		names := map[string]bool{}
+		for _, f := range c.Flags {
+			for _, n := range f.Names() {
+				names[n] = true
+			}
+		}
+		return names
+	}
+	submit, agg := find("job", "submit"), find("aggregate")
+	for _, f := range []string{"aggregator", "trim-fraction", "byzantine", "f", "multi-krum-m", "clip-norm", "tau", "agg-iterations"} {
+		if !submit[f] || !agg[f] {
+			t.Errorf("--%s: job submit has it %v, aggregate %v", f, submit[f], agg[f])
+		}
+	}
+}
+
+// TestCompletion: the completion scripts, and the binary answering them.
+func TestCompletion(t *testing.T) {
+	if s := run(t, "completion", "bash"); !strings.Contains(s, "complete -o bashdefault -o default -F _fedtune_complete fedtune") {
+		t.Errorf("bash completion: %q", s)
+	}
+	if s := run(t, "completion", "zsh"); !strings.Contains(s, "compdef _fedtune fedtune") {
+		t.Errorf("zsh completion: %q", s)
+	}
+	if s := run(t, "completion", "fish"); !strings.Contains(s, "complete -c fedtune") {
+		t.Errorf("fish completion lacks its commands")
+	}
+	words := strings.Fields(run(t, "job", "--generate-bash-completion"))
+	for _, w := range []string{"submit", "status", "pause", "resume", "cancel", "delete", "list"} {
+		if !slices.Contains(words, w) {
+			t.Errorf("completion after 'job' lacks %s: %v", w, words)
+		}
 	}
 }

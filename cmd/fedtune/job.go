@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -167,11 +168,12 @@ func jobCommand() *cli.Command {
 				Name:      "status",
 				Usage:     "show a job's rounds",
 				ArgsUsage: "[--watch] NAME",
-				Flags: []cli.Flag{coordinatorFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}},
+				Flags: []cli.Flag{coordinatorFlag(), jobFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text, or json: the job's whole state and conditions as JSON (for scripts)", EnvVars: []string{"FEDTUNE_OUTPUT"}}},
 				Action: func(c *cli.Context) error {
-					if c.NArg() != 1 {
-						return fmt.Errorf("job status: give one job name")
+					name, err := jobName(c)
+					if err != nil {
+						return err
 					}
 					pool, conn, err := dial(c)
 					if err != nil {
@@ -180,7 +182,7 @@ func jobCommand() *cli.Command {
 					defer pool.Close()
 					switch c.String("output") {
 					case "json":
-						resp, err := rpcpb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: c.Args().First()})
+						resp, err := rpcpb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: name})
 						if err != nil {
 							return err
 						}
@@ -194,7 +196,7 @@ func jobCommand() *cli.Command {
 					default:
 						return fmt.Errorf("--output %q: want text or json", c.String("output"))
 					}
-					return watchJob(c, pool, conn, c.Args().First(), c.Bool("watch"))
+					return watchJob(c, pool, conn, name, c.Bool("watch"))
 				},
 			},
 			{
@@ -445,7 +447,7 @@ func workersCommand() *cli.Command {
 // jobControlCommand is job pause, resume, cancel or delete: a command
 // committed through the leader's log.
 func jobControlCommand(action, usage string) *cli.Command {
-	flags := []cli.Flag{coordinatorFlag()}
+	flags := []cli.Flag{coordinatorFlag(), jobFlag()}
 	if action != round.ActionResume {
 		flags = append(flags, &cli.StringFlag{Name: "reason", Usage: "why, recorded with the job", EnvVars: []string{"FEDTUNE_REASON"}})
 	}
@@ -458,15 +460,15 @@ func jobControlCommand(action, usage string) *cli.Command {
 		ArgsUsage: "NAME",
 		Flags:     flags,
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return fmt.Errorf("job %s: give one job name", action)
+			name, err := jobName(c)
+			if err != nil {
+				return err
 			}
 			pool, conn, err := dialLeader(c)
 			if err != nil {
 				return err
 			}
 			defer pool.Close()
-			name := c.Args().First()
 			resp, err := rpcpb.NewAdminClient(conn).ControlJob(c.Context, &pb.ControlJobRequest{Name: name, Action: action, Reason: c.String("reason"), Force: c.Bool("force")})
 			if err != nil {
 				return fmt.Errorf("job %s %s: %w", action, name, err)
@@ -479,4 +481,29 @@ func jobControlCommand(action, usage string) *cli.Command {
 			return nil
 		},
 	}
+}
+
+// jobFlag is --job, the job a command is about; every such command also
+// takes the name as its argument (jobName).
+func jobFlag() cli.Flag {
+	return &cli.StringFlag{Name: "job", Usage: "job name (or give it as the argument)", EnvVars: []string{"FEDTUNE_JOB"}}
+}
+
+// jobName returns the job a command names, by --job or as its one
+// argument (both accepted everywhere, and they must agree).
+func jobName(c *cli.Context) (string, error) {
+	flag, arg := c.String("job"), ""
+	if c.NArg() > 1 {
+		return "", fmt.Errorf("%s: give one job name", c.Command.FullName())
+	}
+	if c.NArg() == 1 {
+		arg = c.Args().First()
+	}
+	switch {
+	case flag != "" && arg != "" && flag != arg:
+		return "", fmt.Errorf("%s: --job %s and argument %s name different jobs", c.Command.FullName(), flag, arg)
+	case flag == "" && arg == "":
+		return "", fmt.Errorf("%s: name the job (as the argument or --job)", c.Command.FullName())
+	}
+	return cmp.Or(flag, arg), nil
 }

@@ -21,13 +21,18 @@ import (
 
 func ledgerCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "ledger",
-		Usage: "show each worker's contribution to a job (from the committed rounds' scores)",
-		Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}}},
+		Name:      "ledger",
+		Usage:     "show each worker's contribution to a job (from the committed rounds' scores)",
+		ArgsUsage: "JOB",
+		Flags:     []cli.Flag{coordinatorFlag(), jobFlag()},
 		Action: func(c *cli.Context) error {
+			name, err := jobName(c)
+			if err != nil {
+				return err
+			}
 			var job *pb.Job
-			err := withAdmin(c, func(a rpcpb.AdminClient) (err error) {
-				job, err = client.JobHistory(c.Context, a, c.String("job"))
+			err = withAdmin(c, func(a rpcpb.AdminClient) (err error) {
+				job, err = client.JobHistory(c.Context, a, name)
 				return err
 			})
 			if err != nil {
@@ -49,9 +54,14 @@ func verifyCommand() *cli.Command {
 		Name:  "verify",
 		Usage: "recompute a committed round from its accepted updates and check the model hash",
 		Flags: []cli.Flag{coordinatorFlag(),
-			&cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}},
+			jobFlag(),
 			&cli.UintFlag{Name: "round", Usage: "committed round (0: every round whose updates are still stored)", EnvVars: []string{"FEDTUNE_ROUND"}}},
+		ArgsUsage: "JOB",
 		Action: func(c *cli.Context) error {
+			name, err := jobName(c)
+			if err != nil {
+				return err
+			}
 			pool, conn, err := dial(c)
 			if err != nil {
 				return err
@@ -60,7 +70,7 @@ func verifyCommand() *cli.Command {
 			admin := rpcpb.NewAdminClient(conn)
 			rounds := []uint32{uint32(c.Uint("round"))}
 			if rounds[0] == 0 {
-				job, err := client.JobHistory(c.Context, admin, c.String("job"))
+				job, err := client.JobHistory(c.Context, admin, name)
 				if err != nil {
 					return err
 				}
@@ -71,7 +81,7 @@ func verifyCommand() *cli.Command {
 			}
 			bad := 0
 			for _, r := range rounds {
-				v, err := admin.VerifyRound(c.Context, &pb.VerifyRoundRequest{Job: c.String("job"), Round: r})
+				v, err := admin.VerifyRound(c.Context, &pb.VerifyRoundRequest{Job: name, Round: r})
 				if err != nil {
 					if c.Uint("round") == 0 && status.Code(err) == codes.FailedPrecondition {
 						fmt.Fprintf(c.App.Writer, "round %d: skipped (updates no longer stored)\n", r)
@@ -99,15 +109,15 @@ func aggregateCommand() *cli.Command {
 		Usage:     "aggregate update files (safetensors, from any framework) offline with any rule",
 		ArgsUsage: "UPDATE.safetensors...",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "rule", Value: "fedavg", Usage: "rule: " + strings.Join(aggregation.Rules, ", "), EnvVars: []string{"FEDTUNE_RULE"}},
+			&cli.StringFlag{Name: "aggregator", Aliases: []string{"rule"}, Value: "fedavg", Usage: "aggregation rule: " + strings.Join(aggregation.Rules, ", "), EnvVars: []string{"FEDTUNE_AGGREGATOR", "FEDTUNE_RULE"}},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "safetensors file to write", EnvVars: []string{"FEDTUNE_AGGREGATE_OUTPUT"}},
 			&cli.StringFlag{Name: "weights", Usage: "comma-separated sample counts, one per file (default: equal)", EnvVars: []string{"FEDTUNE_WEIGHTS"}},
 			&cli.Float64Flag{Name: "trim-fraction", Usage: "trimmed-mean: fraction cut from each end (default 0.1)", EnvVars: []string{"FEDTUNE_TRIM_FRACTION"}},
-			&cli.UintFlag{Name: "f", Usage: "krum/multi-krum/bulyan: Byzantine updates tolerated", EnvVars: []string{"FEDTUNE_BYZANTINE"}},
-			&cli.UintFlag{Name: "m", Usage: "multi-krum: updates averaged", EnvVars: []string{"FEDTUNE_MULTI_KRUM_M"}},
+			&cli.UintFlag{Name: "byzantine", Aliases: []string{"f"}, Usage: "krum/multi-krum/bulyan: Byzantine updates tolerated", EnvVars: []string{"FEDTUNE_BYZANTINE", "FEDTUNE_F"}},
+			&cli.UintFlag{Name: "multi-krum-m", Aliases: []string{"m"}, Usage: "multi-krum: updates averaged", EnvVars: []string{"FEDTUNE_MULTI_KRUM_M", "FEDTUNE_M"}},
 			&cli.Float64Flag{Name: "clip-norm", Usage: "clip every update to this L2 norm first (0: off)", EnvVars: []string{"FEDTUNE_CLIP_NORM"}},
 			&cli.Float64Flag{Name: "tau", Usage: "centered-clip radius", EnvVars: []string{"FEDTUNE_TAU"}},
-			&cli.UintFlag{Name: "iterations", Usage: "centered-clip / geomedian iterations", EnvVars: []string{"FEDTUNE_AGG_ITERATIONS"}},
+			&cli.UintFlag{Name: "agg-iterations", Aliases: []string{"iterations"}, Usage: "centered-clip / geomedian iterations", EnvVars: []string{"FEDTUNE_AGG_ITERATIONS", "FEDTUNE_ITERATIONS"}},
 			&cli.StringFlag{Name: "lora", Usage: "exact: the files are LoRA adapters (PEFT names …lora_A.weight/…lora_B.weight); average the products B·A and factorise back to rank r by truncated SVD instead of averaging A and B apart (other tensors: weighted mean)", EnvVars: []string{"FEDTUNE_LORA"}},
 		},
 		Action: func(c *cli.Context) error {
@@ -128,9 +138,9 @@ func aggregateCommand() *cli.Command {
 					return fmt.Errorf("--weights has %d values for %d files", len(weights), len(files))
 				}
 			}
-			params := round.RuleParams(&pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("f")), M: uint32(c.Uint("m")),
-				ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: uint32(c.Uint("iterations"))})
-			rule, err := aggregation.NewRule(c.String("rule"), params)
+			params := round.RuleParams(&pb.AggregatorParams{TrimFraction: c.Float64("trim-fraction"), F: uint32(c.Uint("byzantine")), M: uint32(c.Uint("multi-krum-m")),
+				ClipNorm: c.Float64("clip-norm"), Tau: c.Float64("tau"), Iterations: uint32(c.Uint("agg-iterations"))})
+			rule, err := aggregation.NewRule(c.String("aggregator"), params)
 			if err != nil {
 				return err
 			}

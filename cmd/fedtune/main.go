@@ -62,6 +62,7 @@ func newApp() *cli.App {
 			plotCommand(),
 			certsCommand(),
 			keyringCommand(),
+			completionCommand(),
 			{
 				Name:  "version",
 				Usage: "print the version and build information",

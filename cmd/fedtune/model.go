@@ -28,7 +28,7 @@ func modelCommand() *cli.Command {
 			{
 				Name:  "export",
 				Usage: "download a job's model as safetensors, or, for a language model, as a Hugging Face directory (-o DIR: config.json, weights, tokenizer.json; LoRA adapters as a PEFT adapter directory)",
-				Flags: []cli.Flag{coordinatorFlag(), &cli.StringFlag{Name: "job", Required: true, Usage: "job name", EnvVars: []string{"FEDTUNE_JOB"}},
+				Flags: []cli.Flag{coordinatorFlag(), jobFlag(),
 					&cli.UintFlag{Name: "round", Usage: "committed round (0: newest)", EnvVars: []string{"FEDTUNE_ROUND"}},
 					&cli.BoolFlag{Name: "merged", Usage: "LoRA jobs: the base with the adapters folded in (default: the adapters, PEFT names)", EnvVars: []string{"FEDTUNE_MERGED"}}, outFlag},
 				Action: func(c *cli.Context) error {
@@ -37,12 +37,16 @@ func modelCommand() *cli.Command {
 						return err
 					}
 					defer pool.Close()
-					b, err := client.ExportModel(c.Context, conn, c.String("job"), uint32(c.Uint("round")), c.Bool("merged"))
+					name, err := jobName(c)
+					if err != nil {
+						return err
+					}
+					b, err := client.ExportModel(c.Context, conn, name, uint32(c.Uint("round")), c.Bool("merged"))
 					if err != nil {
 						return err
 					}
 					if out := c.String("output"); !strings.HasSuffix(out, ".safetensors") {
-						st, err := rpcpb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: c.String("job")})
+						st, err := rpcpb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: name})
 						if err != nil {
 							return err
 						}
