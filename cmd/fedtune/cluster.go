@@ -31,11 +31,18 @@ func clusterCommand() *cli.Command {
 			{
 				Name:  "members",
 				Usage: "list the gossip members (coordinators and workers) a coordinator sees alive",
-				Flags: []cli.Flag{coordinatorFlag()},
+				Flags: []cli.Flag{coordinatorFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
 					st, err := status(c)
 					if err != nil {
 						return err
+					}
+					if asJSON {
+						return printJSON(c, st)
 					}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "NAME\tROLE\tGOSSIP\tGRPC\tLABELS")
@@ -53,11 +60,18 @@ func clusterCommand() *cli.Command {
 			{
 				Name:  "raft",
 				Usage: "show the Raft configuration: leader, voters, indexes",
-				Flags: []cli.Flag{coordinatorFlag()},
+				Flags: []cli.Flag{coordinatorFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
 					st, err := status(c)
 					if err != nil {
 						return err
+					}
+					if asJSON {
+						return printJSON(c, st)
 					}
 					fmt.Fprintf(c.App.Writer, "node %s: %s, term %d, last index %d, commit index %d, applied index %d, last snapshot %d\n",
 						st.Node, st.State, st.Term, st.LastIndex, st.CommitIndex, st.AppliedIndex, st.LastSnapshotIndex)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
@@ -169,7 +168,7 @@ func jobCommand() *cli.Command {
 				Usage:     "show a job's rounds",
 				ArgsUsage: "[--watch] NAME",
 				Flags: []cli.Flag{coordinatorFlag(), jobFlag(), &cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "follow the job until it ends", EnvVars: []string{"FEDTUNE_WATCH"}},
-					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "text", Usage: "text, or json: the job's whole state and conditions as JSON (for scripts)", EnvVars: []string{"FEDTUNE_OUTPUT"}}},
+					outputFlag()},
 				Action: func(c *cli.Context) error {
 					name, err := jobName(c)
 					if err != nil {
@@ -180,21 +179,15 @@ func jobCommand() *cli.Command {
 						return err
 					}
 					defer pool.Close()
-					switch c.String("output") {
-					case "json":
+					if j, err := wantJSON(c); err != nil || j {
+						if err != nil {
+							return err
+						}
 						resp, err := rpcpb.NewAdminClient(conn).JobStatus(c.Context, &pb.JobStatusRequest{Name: name})
 						if err != nil {
 							return err
 						}
-						b, err := protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Marshal(resp)
-						if err != nil {
-							return err
-						}
-						fmt.Fprintln(c.App.Writer, string(b))
-						return nil
-					case "text":
-					default:
-						return fmt.Errorf("--output %q: want text or json", c.String("output"))
+						return printJSON(c, resp)
 					}
 					return watchJob(c, pool, conn, name, c.Bool("watch"))
 				},
@@ -202,16 +195,22 @@ func jobCommand() *cli.Command {
 			{
 				Name:  "list",
 				Usage: "list jobs",
-				Flags: []cli.Flag{coordinatorFlag()},
+				Flags: []cli.Flag{coordinatorFlag(), outputFlag()},
 				Action: func(c *cli.Context) error {
+					asJSON, err := wantJSON(c)
+					if err != nil {
+						return err
+					}
+					all := &pb.ListJobsResponse{}
 					tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 					fmt.Fprintln(tw, "NAME\tSTATUS\tMODEL\tROUNDS\tTEST ACC")
-					err := withAdmin(c, func(a rpcpb.AdminClient) error {
+					err = withAdmin(c, func(a rpcpb.AdminClient) error {
 						for token := ""; ; {
 							resp, err := a.ListJobs(c.Context, &pb.ListJobsRequest{PageToken: token})
 							if err != nil {
 								return err
 							}
+							all.Jobs, all.RoundsDone = append(all.Jobs, resp.Jobs...), append(all.RoundsDone, resp.RoundsDone...)
 							for i, j := range resp.Jobs {
 								acc := "-"
 								if n := len(j.History); n > 0 {
@@ -228,6 +227,9 @@ func jobCommand() *cli.Command {
 					})
 					if err != nil {
 						return err
+					}
+					if asJSON {
+						return printJSON(c, all)
 					}
 					return tw.Flush()
 				},
@@ -411,15 +413,22 @@ func workersCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "workers",
 		Usage: "list the worker roster",
-		Flags: []cli.Flag{coordinatorFlag()},
+		Flags: []cli.Flag{coordinatorFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
 			var resp *pb.ListWorkersResponse
-			err := withAdmin(c, func(a rpcpb.AdminClient) (err error) {
+			err = withAdmin(c, func(a rpcpb.AdminClient) (err error) {
 				resp, err = a.ListWorkers(c.Context, &pb.ListWorkersRequest{})
 				return err
 			})
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				return printJSON(c, resp)
 			}
 			alive := map[string]bool{}
 			for _, a := range resp.Alive {

@@ -43,6 +43,17 @@ func TestJobOpsCLI(t *testing.T) {
 	if st.Job.Status != "JOB_STATUS_RUNNING" || len(st.Conditions) != 1 || st.Conditions[0] != "no worker matches selector lang=sw; 1 workers alive" {
 		t.Errorf("job status --output json: %+v", st)
 	}
+	// The other read commands' JSON.
+	for _, cmd := range []struct {
+		args []string
+		key  string
+	}{{[]string{"workers"}, "workers"}, {[]string{"job", "list"}, "jobs"}, {[]string{"cluster", "raft"}, "servers"}, {[]string{"cluster", "members"}, "members"}} {
+		var v map[string]any
+		out := run(t, append(cmd.args, "--coordinator", c.GRPCAddr(), "--output", "json")...)
+		if err := json.Unmarshal([]byte(out), &v); err != nil || v[cmd.key] == nil {
+			t.Errorf("%v --output json: %v, no %q in %s", cmd.args, err, cmd.key, out)
+		}
+	}
 	if out := run(t, "job", "status", "--coordinator", c.GRPCAddr(), "sw"); !strings.Contains(out, "! no worker matches selector lang=sw") {
 		t.Errorf("job status (text) does not say why the job waits:\n%s", out)
 	}

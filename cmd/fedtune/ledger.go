@@ -24,9 +24,13 @@ func ledgerCommand() *cli.Command {
 		Name:      "ledger",
 		Usage:     "show each worker's contribution to a job (from the committed rounds' scores)",
 		ArgsUsage: "JOB",
-		Flags:     []cli.Flag{coordinatorFlag(), jobFlag()},
+		Flags:     []cli.Flag{coordinatorFlag(), jobFlag(), outputFlag()},
 		Action: func(c *cli.Context) error {
 			name, err := jobName(c)
+			if err != nil {
+				return err
+			}
+			asJSON, err := wantJSON(c)
 			if err != nil {
 				return err
 			}
@@ -37,6 +41,9 @@ func ledgerCommand() *cli.Command {
 			})
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				return printJSON(c, coordinator.Ledger(job))
 			}
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "job %s: %d committed rounds, rule %s\n", job.Spec.Name, len(job.History), job.Spec.Aggregator)
@@ -55,13 +62,24 @@ func verifyCommand() *cli.Command {
 		Usage: "recompute a committed round from its accepted updates and check the model hash",
 		Flags: []cli.Flag{coordinatorFlag(),
 			jobFlag(),
-			&cli.UintFlag{Name: "round", Usage: "committed round (0: every round whose updates are still stored)", EnvVars: []string{"FEDTUNE_ROUND"}}},
+			&cli.UintFlag{Name: "round", Usage: "committed round (0: every round whose updates are still stored)", EnvVars: []string{"FEDTUNE_ROUND"}},
+			outputFlag()},
 		ArgsUsage: "JOB",
 		Action: func(c *cli.Context) error {
 			name, err := jobName(c)
 			if err != nil {
 				return err
 			}
+			asJSON, err := wantJSON(c)
+			if err != nil {
+				return err
+			}
+			type result struct {
+				Round  uint32                  `json:"round"`
+				Result *pb.VerifyRoundResponse `json:"result,omitempty"`
+				Note   string                  `json:"note,omitempty"`
+			}
+			var results []result
 			pool, conn, err := dial(c)
 			if err != nil {
 				return err
@@ -84,7 +102,10 @@ func verifyCommand() *cli.Command {
 				v, err := admin.VerifyRound(c.Context, &pb.VerifyRoundRequest{Job: name, Round: r})
 				if err != nil {
 					if c.Uint("round") == 0 && status.Code(err) == codes.FailedPrecondition {
-						fmt.Fprintf(c.App.Writer, "round %d: skipped (updates no longer stored)\n", r)
+						results = append(results, result{Round: r, Note: "skipped (updates no longer stored)"})
+						if !asJSON {
+							fmt.Fprintf(c.App.Writer, "round %d: skipped (updates no longer stored)\n", r)
+						}
 						continue
 					}
 					return err
@@ -93,7 +114,15 @@ func verifyCommand() *cli.Command {
 				if !v.Match {
 					verdict, bad = "MISMATCH", bad+1
 				}
-				fmt.Fprintf(c.App.Writer, "round %d: %s (%s of %d updates): log %.12s, recomputed %.12s\n", r, verdict, v.Rule, v.Updates, v.CommittedModel, v.RecomputedModel)
+				results = append(results, result{Round: r, Result: v})
+				if !asJSON {
+					fmt.Fprintf(c.App.Writer, "round %d: %s (%s of %d updates): log %.12s, recomputed %.12s\n", r, verdict, v.Rule, v.Updates, v.CommittedModel, v.RecomputedModel)
+				}
+			}
+			if asJSON {
+				if err := printJSON(c, results); err != nil {
+					return err
+				}
 			}
 			if bad > 0 {
 				return fmt.Errorf("verify: %d rounds do not match their committed model", bad)
