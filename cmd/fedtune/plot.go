@@ -12,13 +12,10 @@ import (
 
 func plotCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "plot",
-		Usage:     "draw PNG plots from a fedtune sim results.csv",
-		ArgsUsage: "RESULTS.csv",
-		Description: `Draws accuracy.png and loss.png (per round, one line per run),
-accuracy_vs_bytes.png (accuracy against cumulative bytes of updates received),
-and final*.png (final accuracy grouped by attack and aggregator when both are
-swept, one chart per value of any other swept key; one bar per run otherwise).`,
+		Name:        "plot",
+		Usage:       "draw PNG plots from a fedtune sim results.csv",
+		ArgsUsage:   "RESULTS.csv",
+		Description: "Draws " + plots.Plots,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "plots", Usage: "directory for the PNGs", EnvVars: []string{"FEDTUNE_PLOT_OUTPUT"}},
 		},

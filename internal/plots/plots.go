@@ -7,6 +7,7 @@ package plots
 import (
 	"encoding/csv"
 	"fmt"
+	"image/color"
 	"io"
 	"os"
 	"path/filepath"
@@ -33,6 +34,11 @@ type series struct {
 	accT   []float64 // simulated time at each acc value (sim_time column, if any)
 	loss   []float64
 	final  float64
+	// averaged over seeds (averageSeeds): the 95% band of acc, the seeds,
+	// the half-width of final's interval
+	accLo, accHi []float64
+	seeds        int
+	finalCI      float64
 }
 
 // Results is a parsed results CSV.
@@ -109,11 +115,22 @@ func Read(r io.Reader) (*Results, error) {
 	return res, nil
 }
 
-// Draw writes the PNGs to dir and returns their paths.
+// Plots lists the files Draw may write, for help texts.
+const Plots = `accuracy.png and loss.png (per round, one line per run), accuracy_vs_bytes.png
+(accuracy against cumulative bytes of updates received, bytes on a log axis),
+accuracy_vs_time.png (against simulated time, when the results have it), and
+final*.png (final accuracy, each bar labelled with its value: grouped by attack
+and aggregator when both are swept, one chart per value of any other swept key;
+one bar per run otherwise). When the runs sweep seed, runs that differ only in
+their seed are averaged: lines show the mean with a 95% confidence band
+(Student's t over the seeds), bars the mean with its interval.`
+
+// Draw writes the PNGs to dir and returns their paths (see Plots).
 func Draw(res *Results, dir string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	res = averageSeeds(res)
 	var out []string
 	save := func(p *plot.Plot, name string, w vg.Length) error {
 		path := filepath.Join(dir, name)
@@ -154,11 +171,14 @@ func Draw(res *Results, dir string) ([]string, error) {
 		}
 		return strings.Join(parts, " ")
 	}
-	lines := func(title, xl, yl string, x func(*series) []float64, y func(*series) []float64) []*plot.Plot {
+	lines := func(title, xl, yl string, x func(*series) []float64, y func(*series) []float64, band func(*series) ([]float64, []float64), logX bool) []*plot.Plot {
 		var out []*plot.Plot
 		for _, g := range groups {
 			p := plot.New()
 			p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, xl, yl
+			if logX {
+				p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+			}
 			if groupKey != "" {
 				p.Title.Text = groupKey + "=" + g[0].params[groupKey]
 			}
@@ -166,9 +186,32 @@ func Draw(res *Results, dir string) ([]string, error) {
 			p.Legend.TextStyle.Font.Size = vg.Points(8)
 			for i, s := range g {
 				xs, ys := x(s), y(s)
-				pts := make(plotter.XYs, len(xs))
+				var pts plotter.XYs
 				for j := range xs {
-					pts[j].X, pts[j].Y = xs[j], ys[j]
+					if !logX || xs[j] > 0 { // a log axis has no place for 0
+						pts = append(pts, plotter.XY{X: xs[j], Y: ys[j]})
+					}
+				}
+				if band != nil {
+					if lo, hi := band(s); len(lo) == len(xs) && len(lo) > 1 {
+						var poly plotter.XYs
+						for j := range xs {
+							if !logX || xs[j] > 0 {
+								poly = append(poly, plotter.XY{X: xs[j], Y: hi[j]})
+							}
+						}
+						for j := len(xs) - 1; j >= 0; j-- {
+							if !logX || xs[j] > 0 {
+								poly = append(poly, plotter.XY{X: xs[j], Y: lo[j]})
+							}
+						}
+						if pg, err := plotter.NewPolygon(poly); err == nil {
+							r, gg, b, _ := plotutil.Color(i).RGBA()
+							pg.Color = color.NRGBA{R: uint8(r >> 8), G: uint8(gg >> 8), B: uint8(b >> 8), A: 60}
+							pg.LineStyle.Width = 0
+							p.Add(pg)
+						}
+					}
 				}
 				l, err := plotter.NewLine(pts)
 				if err != nil {
@@ -225,21 +268,22 @@ func Draw(res *Results, dir string) ([]string, error) {
 		out = append(out, path)
 		return f.Close()
 	}
-	if err := saveTiled(lines("Test accuracy per round", "round", "test accuracy (%)", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.acc }),
+	accBand := func(s *series) ([]float64, []float64) { return s.accLo, s.accHi }
+	if err := saveTiled(lines("Test accuracy per round", "round", "test accuracy (%)", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.acc }, accBand, false),
 		"accuracy.png", "Test accuracy per round"); err != nil {
 		return nil, err
 	}
-	if err := saveTiled(lines("Test loss per round", "round", "test loss", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.loss }),
+	if err := saveTiled(lines("Test loss per round", "round", "test loss", func(s *series) []float64 { return s.accX }, func(s *series) []float64 { return s.loss }, nil, false),
 		"loss.png", "Test loss per round"); err != nil {
 		return nil, err
 	}
-	if err := saveTiled(lines("Test accuracy against bytes on the wire", "updates received (MB, cumulative)", "test accuracy (%)",
-		func(s *series) []float64 { return s.accMB }, func(s *series) []float64 { return s.acc }), "accuracy_vs_bytes.png", "Test accuracy against bytes on the wire"); err != nil {
+	if err := saveTiled(lines("Test accuracy against bytes on the wire", "updates received (MB, cumulative; log scale)", "test accuracy (%)",
+		func(s *series) []float64 { return s.accMB }, func(s *series) []float64 { return s.acc }, accBand, true), "accuracy_vs_bytes.png", "Test accuracy against bytes on the wire"); err != nil {
 		return nil, err
 	}
 	if res.timed {
 		if err := saveTiled(lines("Test accuracy against simulated time", "simulated time (s)", "test accuracy (%)",
-			func(s *series) []float64 { return s.accT }, func(s *series) []float64 { return s.acc }), "accuracy_vs_time.png", "Test accuracy against simulated time"); err != nil {
+			func(s *series) []float64 { return s.accT }, func(s *series) []float64 { return s.acc }, accBand, false), "accuracy_vs_time.png", "Test accuracy against simulated time"); err != nil {
 			return nil, err
 		}
 	}
@@ -280,6 +324,9 @@ func finalBars(res *Results) (map[string]*plot.Plot, error) {
 		}
 		b.Color = plotutil.Color(0)
 		p.Add(b)
+		if err := addBarLabels(p, vals, res.Runs, 0); err != nil {
+			return nil, err
+		}
 		p.NominalX(names...)
 		p.X.Tick.Label.Rotation = 0.6
 		p.X.Tick.Label.XAlign, p.X.Tick.Label.YAlign = -1, -0.5
@@ -329,6 +376,9 @@ func finalBars(res *Results) (map[string]*plot.Plot, error) {
 			b.Offset = w * vg.Length(float64(i)-float64(len(aggs)-1)/2)
 			p.Add(b)
 			p.Legend.Add(a, b)
+			if err := addBarLabels(p, vals, nil, b.Offset); err != nil {
+				return nil, err
+			}
 		}
 		p.Legend.Top = true
 		p.Legend.Left = false
@@ -341,6 +391,42 @@ func finalBars(res *Results) (map[string]*plot.Plot, error) {
 		out[name] = p
 	}
 	return out, nil
+}
+
+// addBarLabels writes each bar's value above it (with its confidence
+// interval when the runs were averaged over seeds, and an error bar).
+func addBarLabels(p *plot.Plot, vals plotter.Values, runs []*series, offset vg.Length) error {
+	xys := make(plotter.XYs, len(vals))
+	texts := make([]string, len(vals))
+	var errs plotter.YErrors
+	for i, v := range vals {
+		xys[i] = plotter.XY{X: float64(i), Y: v}
+		texts[i] = fmt.Sprintf("%.1f", v)
+		if i < len(runs) && runs[i].seeds > 1 {
+			texts[i] = fmt.Sprintf("%.1f±%.1f", v, runs[i].finalCI)
+			errs = append(errs, struct{ Low, High float64 }{runs[i].finalCI, runs[i].finalCI})
+		}
+	}
+	labels, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts})
+	if err != nil {
+		return err
+	}
+	labels.Offset = vg.Point{X: offset - vg.Points(8), Y: vg.Points(3)}
+	for i := range labels.TextStyle {
+		labels.TextStyle[i].Font.Size = vg.Points(7)
+	}
+	p.Add(labels)
+	if len(errs) == len(vals) {
+		eb, err := plotter.NewYErrorBars(struct {
+			plotter.XYs
+			plotter.YErrors
+		}{xys, errs})
+		if err != nil {
+			return err
+		}
+		p.Add(eb)
+	}
+	return nil
 }
 
 // appendNew appends v unless list holds it (lists here are short).

@@ -2,6 +2,7 @@ package plots
 
 import (
 	"image/png"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,5 +68,53 @@ func TestReadRefusesOtherCSV(t *testing.T) {
 		if _, err := Read(strings.NewReader(in)); err == nil {
 			t.Errorf("%q accepted", in)
 		}
+	}
+}
+
+const seedsCSV = `run,codec,seed,round,participants,accuracy,loss,bytes,cum_bytes
+1,fp32,1,0,10,0.10,2.3,0,0
+1,fp32,1,1,10,0.80,0.5,1000000,1000000
+2,fp32,2,0,10,0.10,2.3,0,0
+2,fp32,2,1,10,0.84,0.4,1000000,1000000
+3,fp32,3,0,10,0.10,2.3,0,0
+3,fp32,3,1,10,0.82,0.45,1000000,1000000
+4,int8,1,0,10,0.10,2.3,0,0
+4,int8,1,1,10,0.70,0.6,250000,250000
+5,int8,2,0,10,0.10,2.3,0,0
+5,int8,2,1,10,0.74,0.5,250000,250000
+6,int8,3,0,10,0.10,2.3,0,0
+6,int8,3,1,10,0.72,0.55,250000,250000
+`
+
+// TestSeedsAveraged: runs differing only in their seed become one series:
+// the mean with Student's-t 95% interval, drawn as a band and labelled
+// bars; the bytes plot takes a log axis without its zero point.
+func TestSeedsAveraged(t *testing.T) {
+	res, err := Read(strings.NewReader(seedsCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	avg := averageSeeds(res)
+	if len(avg.Runs) != 2 || strings.Join(avg.Swept, ",") != "codec" {
+		t.Fatalf("%d series over %v", len(avg.Runs), avg.Swept)
+	}
+	fp := avg.Runs[0]
+	// final accuracies 80, 84, 82: mean 82, sd 2, t(0.975, 2) = 4.303
+	if math.Abs(fp.final-82) > 1e-9 || math.Abs(fp.finalCI-4.302652729749464*2/math.Sqrt(3)) > 1e-6 || fp.seeds != 3 {
+		t.Errorf("fp32: final %v ± %v over %d seeds", fp.final, fp.finalCI, fp.seeds)
+	}
+	if fp.label != "codec=fp32 (3 seeds)" || len(fp.accLo) != 2 || !(fp.accLo[1] < 82 && fp.accHi[1] > 82) {
+		t.Errorf("fp32 series %q, band %v–%v", fp.label, fp.accLo, fp.accHi)
+	}
+	files, err := Draw(res, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, filepath.Base(f))
+	}
+	if strings.Join(names, ",") != "accuracy.png,accuracy_vs_bytes.png,final.png,loss.png" {
+		t.Errorf("wrote %v", names)
 	}
 }
