@@ -16,7 +16,7 @@ import (
 )
 
 // TestJobOpsCLI: `job status --output json` states why a job is stuck (its
-// selector matches no worker), and `job pause`, `resume`, `cancel`,
+// trainer fails on every worker; its selector matches no worker), and `job pause`, `resume`, `cancel`,
 // `delete` drive a job from the command line.
 func TestJobOpsCLI(t *testing.T) {
 	train, err := dataset.MNIST(dataset.Train)
@@ -26,13 +26,28 @@ func TestJobOpsCLI(t *testing.T) {
 	c := tc.StartCoordinator(t, coordinator.Config{})
 	tc.StartWorkerWith(t, worker.Config{ID: "w1", Join: []string{c.GossipAddr()}, Labels: map[string]string{"lang": "fr"}},
 		worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset([]int{0, 1, 2, 3})}, nil))
-	tc.WaitFor(t, 10*time.Second, "the worker in the roster", func() bool { return len(c.FSM().Workers()) == 1 })
+	tc.StartWorkerWith(t, worker.Config{ID: "gpu-1", Join: []string{c.GossipAddr()}, Labels: map[string]string{"lang": "de"}},
+		&worker.ExecTrainer{Cmd: "echo 'CUDA error: out of memory' >&2; exit 3", Dir: t.TempDir(), Data: map[string]*dataset.Examples{"mnist": train.Subset([]int{0, 1})}})
+	tc.WaitFor(t, 10*time.Second, "the workers in the roster", func() bool { return len(c.FSM().Workers()) == 2 })
 	pool := client.NewPool()
 	defer pool.Close()
 	arch, _ := model.Lookup("mnist-mlp-small")
 	tc.SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{Name: "sw", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 2, RoundTimeoutSeconds: 60,
 		Selector: map[string]string{"lang": "sw"}, Train: &pb.TrainConfig{LocalSteps: 1, BatchSize: 2}}, arch.Init(1))
 
+	tc.SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{Name: "broken", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 2, RoundTimeoutSeconds: 60,
+		Selector: map[string]string{"lang": "de"}, Train: &pb.TrainConfig{LocalSteps: 1, BatchSize: 2}}, arch.Init(1))
+	tc.WaitFor(t, time.Minute, "the failure recorded", func() bool {
+		j, _ := c.FSM().Job("broken")
+		return j.OpenRound != nil && len(j.OpenRound.Failures) == 1
+	})
+	var broken struct{ Conditions []string }
+	if err := json.Unmarshal([]byte(run(t, "job", "status", "broken", "--coordinator", c.GRPCAddr(), "--output", "json")), &broken); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(broken.Conditions, "\n"); !strings.Contains(got, "1 of 1 selected workers failed: gpu-1 (trainer:") || !strings.Contains(got, "exit status 3") {
+		t.Errorf("job status --output json of the failing job: %q", got)
+	}
 	var st struct {
 		Job        struct{ Status string }
 		Conditions []string
@@ -40,7 +55,7 @@ func TestJobOpsCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(run(t, "job", "status", "--coordinator", c.GRPCAddr(), "--output", "json", "sw")), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Job.Status != "JOB_STATUS_RUNNING" || len(st.Conditions) != 1 || st.Conditions[0] != "no worker matches selector lang=sw; 1 workers alive" {
+	if st.Job.Status != "JOB_STATUS_RUNNING" || len(st.Conditions) != 1 || st.Conditions[0] != "no worker matches selector lang=sw; 2 workers alive" {
 		t.Errorf("job status --output json: %+v", st)
 	}
 	// The other read commands' JSON.
