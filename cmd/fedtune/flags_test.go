@@ -194,3 +194,12 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+// TestPrivacyEpsilon: the CLI prints the accountant's ε (Opacus's published
+// value for these settings: 7.32911117143).
+func TestPrivacyEpsilon(t *testing.T) {
+	out := run(t, "privacy", "epsilon", "--q", "0.04", "--sigma", "1.5", "--steps", "2250", "--delta", "1e-5")
+	if !strings.HasPrefix(out, "epsilon 7.329111\n") {
+		t.Errorf("privacy epsilon: %q", out)
+	}
+}

@@ -62,6 +62,7 @@ func newApp() *cli.App {
 			plotCommand(),
 			certsCommand(),
 			keyringCommand(),
+			privacyCommand(),
 			completionCommand(),
 			{
 				Name:  "version",
