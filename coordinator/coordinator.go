@@ -196,7 +196,8 @@ type Coordinator struct {
 	raft     *raft.Raft
 	wal      *raftwal.WAL
 	walMark  *markedLog
-	hasState bool // Raft state existed at start
+	stable   *quiescingStable // the stable store's gate, closed before the WAL
+	hasState bool             // Raft state existed at start
 	trans    raft.Transport
 	blobs    *BlobStore
 	gossip   Membership
@@ -493,11 +494,17 @@ func (c *Coordinator) stop(graceful bool) error {
 		}
 	}
 	if c.raft != nil {
+		if c.trans != nil {
+			c.trans.SetHeartbeatHandler(nil) // no new heartbeats on the fast path (quiescingStable)
+		}
 		_ = c.raft.Shutdown().Error()
 	}
 	c.wg.Wait()
 	if cl, ok := c.trans.(interface{ Close() error }); ok && c.trans != nil {
 		_ = cl.Close()
+	}
+	if c.stable != nil {
+		c.stable.close()
 	}
 	if c.walMark != nil {
 		_ = c.walMark.Close()

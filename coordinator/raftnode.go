@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -74,7 +75,8 @@ func (c *Coordinator) openRaftStores(hl hclog.Logger, logs *raft.LogStore, stabl
 	if err != nil {
 		return fmt.Errorf("coordinator: snapshot store: %w", err)
 	}
-	*logs, *stable, *snapsOut = marked, wal, snaps
+	c.stable = &quiescingStable{StableStore: wal}
+	*logs, *stable, *snapsOut = marked, c.stable, snaps
 	switch {
 	case c.cfg.RaftStreamLayer != nil:
 		c.trans = raft.NewNetworkTransportWithLogger(c.cfg.RaftStreamLayer, 3, 10*time.Second, hl)
@@ -204,3 +206,31 @@ func (c *Coordinator) bootstrapLoop() {
 		return
 	}
 }
+
+// quiescingStable is the Raft stable store with a gate: stop closes the
+// gate before it closes the store, waiting for writes in flight. Raft's
+// heartbeat fast path runs on the transport's goroutines, outside what
+// raft.Shutdown waits for: one that passed its shutdown check just before
+// could save the term into a closed store, and Raft panics on that (seen
+// once in make test, "failed to save current term: closed"). Past the
+// gate such a write waits for good instead: the node is stopping, and an
+// acknowledgement of a term it did not save must not be sent.
+type quiescingStable struct {
+	raft.StableStore
+	gate sync.RWMutex
+}
+
+func (s *quiescingStable) Set(k, v []byte) error {
+	s.gate.RLock()
+	defer s.gate.RUnlock()
+	return s.StableStore.Set(k, v)
+}
+
+func (s *quiescingStable) SetUint64(k []byte, v uint64) error {
+	s.gate.RLock()
+	defer s.gate.RUnlock()
+	return s.StableStore.SetUint64(k, v)
+}
+
+// close waits for the writes in flight and bars later ones.
+func (s *quiescingStable) close() { s.gate.Lock() }
