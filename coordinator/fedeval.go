@@ -15,9 +15,10 @@ import (
 
 // Federated evaluation (a job with evaluation "federated"): the newest
 // committed model of each such job — its first version before any round
-// commits, its last after the job ends — is offered to every live worker
-// its selector matches (up to eval_clients), as a task with eval_only set,
-// when the worker has no training to do. The worker scores it on its
+// commits, its last after the job ends — and its first version (the
+// reference) are offered to every live worker its selector matches (up to
+// eval_clients each), as tasks with eval_only set, when the worker has no
+// training to do. The worker scores it on its
 // held-out data and calls SubmitEval; the leader commits RecordEval, and
 // the round core keeps the reports and their count-weighted means with
 // that round. The coordinator never sees the data, only sums and counts.
@@ -41,21 +42,30 @@ func (c *Coordinator) evalTaskFor(worker string, done []string) *pb.Task {
 		if !round.Matches(j.Spec.Selector, labels) || !round.Allowed(j.Spec, worker) {
 			return
 		}
-		n := uint32(len(j.History))
-		if slices.Contains(done, pb.EvalKey(j.Spec.Name, n)) {
-			return
-		}
+		// The newest model, then the first version (the reference every
+		// later round is compared with): a worker busy training when the
+		// job began still scores the base once it is free.
 		rj := round.Job{Job: j}
-		reports, _ := rj.EvalReports(n)
-		if slices.ContainsFunc(reports, func(r *pb.EvalReport) bool { return r.Worker == worker }) {
+		candidates := []uint32{uint32(len(j.History))}
+		if candidates[0] > 0 {
+			candidates = append(candidates, 0)
+		}
+		for _, n := range candidates {
+			if slices.Contains(done, pb.EvalKey(j.Spec.Name, n)) {
+				continue
+			}
+			reports, _ := rj.EvalReports(n)
+			if slices.ContainsFunc(reports, func(r *pb.EvalReport) bool { return r.Worker == worker }) {
+				continue
+			}
+			if k := j.Spec.EvalClients; k > 0 && uint32(len(reports)) >= k {
+				continue
+			}
+			out = &pb.Task{Job: j.Spec.Name, Round: n, Base: &pb.ModelRef{Hash: rj.EvalModel(n)}, Model: j.Spec.Model, Dataset: j.Spec.Dataset,
+				Seed: j.Spec.Seed, EvalOnly: true, Train: j.Spec.Train}
+			c.addModel(j, out) // reads blob sizes only, not the FSM
 			return
 		}
-		if k := j.Spec.EvalClients; k > 0 && uint32(len(reports)) >= k {
-			return
-		}
-		out = &pb.Task{Job: j.Spec.Name, Round: n, Base: &pb.ModelRef{Hash: rj.EvalModel(n)}, Model: j.Spec.Model, Dataset: j.Spec.Dataset,
-			Seed: j.Spec.Seed, EvalOnly: true, Train: j.Spec.Train}
-		c.addModel(j, out) // reads blob sizes only, not the FSM
 	})
 	return out
 }

@@ -79,4 +79,19 @@ func TestEvalTaskFor(t *testing.T) {
 	if task := c.taskFor("w2", nil); task == nil || !task.EvalOnly || task.Round != 1 || task.Base.GetHash() != "m1" {
 		t.Errorf("after the job ended, w2 not offered the last model's evaluation: %v", task)
 	}
+	// the base is still offered to a worker that has not scored it, once
+	// it has scored the newest model; not past eval_clients
+	s2 := spec("k", 1)
+	s2.Evaluation = "federated"
+	h.must(cRegister, &pb.RegisterJob{Spec: s2})
+	h.must(cStart, &pb.StartRound{Job: "k", Round: roundAt(1, s2.BaseModel, "w3")})
+	h.must(cAccept, &pb.AcceptUpdate{Job: "k", Round: 1, Update: upd("w3")})
+	h.must(cCommit, &pb.CommitRound{Job: "k", Round: 1, Model: "k1"})
+	done := []string{pb.EvalKey("j", 1), pb.EvalKey("j", 0)}
+	if task := c.taskFor("w3", done); task == nil || task.Job != "k" || task.Round != 1 {
+		t.Fatalf("w3 not offered k's last model first: %v", task)
+	}
+	if task := c.taskFor("w3", append(done, pb.EvalKey("k", 1))); task == nil || task.Job != "k" || task.Round != 0 || task.Base.GetHash() != s2.BaseModel {
+		t.Errorf("w3, busy training when k began, not offered its base afterwards: %v", task)
+	}
 }
