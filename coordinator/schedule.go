@@ -32,6 +32,13 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 			return err
 		}
 		s.waitLogged[name] = false
+		if over, eps, err := round.DPWouldExceed(j, len(plan.Selected), int(plan.Eligible)); err != nil {
+			return fmt.Errorf("privacy accounting: %w", err)
+		} else if over {
+			reason := fmt.Sprintf("privacy budget reached: round %d would spend ε %.4f, past the budget %g (δ %g)", plan.Number, eps, j.Spec.Dp.Epsilon, j.Spec.Dp.Delta)
+			s.log.Info("job stopped at its privacy budget", "job", name, "round", plan.Number, "epsilon_next", eps, "budget", j.Spec.Dp.Epsilon)
+			return s.c.apply(pb.CommandType_COMMAND_TYPE_FINISH_JOB, &pb.FinishJob{Job: name, Status: pb.JobStatus_JOB_STATUS_DONE, Error: reason})
+		}
 		if err := s.c.apply(pb.CommandType_COMMAND_TYPE_START_ROUND, &pb.StartRound{Job: name, Round: plan}); err != nil {
 			return fmt.Errorf("start round %d: %w", plan.Number, err)
 		}

@@ -224,7 +224,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{31, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{32, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -456,6 +456,7 @@ type JobSpec struct {
 	Evaluation          string                 `protobuf:"bytes,28,opt,name=evaluation,proto3" json:"evaluation,omitempty"`                                   // "central" (the coordinator, on its test data; also evaluate = true), "federated" (workers, on their held-out data), "none"
 	EvalClients         uint32                 `protobuf:"varint,29,opt,name=eval_clients,json=evalClients,proto3" json:"eval_clients,omitempty"`             // federated: workers that evaluate each model (default: every matching worker)
 	EvalGroupBy         string                 `protobuf:"bytes,30,opt,name=eval_group_by,json=evalGroupBy,proto3" json:"eval_group_by,omitempty"`            // federated: a worker label (e.g. "lang") whose values get their own means
+	Dp                  *DPSpec                `protobuf:"bytes,31,opt,name=dp,proto3" json:"dp,omitempty"`                                                   // set: client-level DP-FedAvg with central noise and an (ε, δ) accountant
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -700,6 +701,86 @@ func (x *JobSpec) GetEvalGroupBy() string {
 	return ""
 }
 
+func (x *JobSpec) GetDp() *DPSpec {
+	if x != nil {
+		return x.Dp
+	}
+	return nil
+}
+
+// DPSpec is client-level differential privacy (DP-FedAvg, McMahan et al.
+// 2018) with central noise: every update is clipped to clip_norm, the
+// updates are averaged with equal weights, and the leader adds Gaussian
+// noise of standard deviation noise_multiplier·clip_norm/n to the mean,
+// drawn from the round's committed seed (fedtune verify recomputes it).
+type DPSpec struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	NoiseMultiplier float64                `protobuf:"fixed64,1,opt,name=noise_multiplier,json=noiseMultiplier,proto3" json:"noise_multiplier,omitempty"` // σ
+	ClipNorm        float64                `protobuf:"fixed64,2,opt,name=clip_norm,json=clipNorm,proto3" json:"clip_norm,omitempty"`                      // C: the L2 bound of one client's update
+	Delta           float64                `protobuf:"fixed64,3,opt,name=delta,proto3" json:"delta,omitempty"`                                            // δ of the (ε, δ) reported (default 1e-5)
+	Epsilon         float64                `protobuf:"fixed64,4,opt,name=epsilon,proto3" json:"epsilon,omitempty"`                                        // budget: no round starts that would take ε past it (0: none)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DPSpec) Reset() {
+	*x = DPSpec{}
+	mi := &file_fedtune_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DPSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DPSpec) ProtoMessage() {}
+
+func (x *DPSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DPSpec.ProtoReflect.Descriptor instead.
+func (*DPSpec) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DPSpec) GetNoiseMultiplier() float64 {
+	if x != nil {
+		return x.NoiseMultiplier
+	}
+	return 0
+}
+
+func (x *DPSpec) GetClipNorm() float64 {
+	if x != nil {
+		return x.ClipNorm
+	}
+	return 0
+}
+
+func (x *DPSpec) GetDelta() float64 {
+	if x != nil {
+		return x.Delta
+	}
+	return 0
+}
+
+func (x *DPSpec) GetEpsilon() float64 {
+	if x != nil {
+		return x.Epsilon
+	}
+	return 0
+}
+
 // AsyncSpec is buffered asynchronous aggregation (FedBuff, Nguyen et al.
 // 2022): workers train whenever they are free on the newest model version,
 // and every buffer_size accepted updates make a new version. An update
@@ -724,7 +805,7 @@ type AsyncSpec struct {
 
 func (x *AsyncSpec) Reset() {
 	*x = AsyncSpec{}
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +817,7 @@ func (x *AsyncSpec) String() string {
 func (*AsyncSpec) ProtoMessage() {}
 
 func (x *AsyncSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +830,7 @@ func (x *AsyncSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AsyncSpec.ProtoReflect.Descriptor instead.
 func (*AsyncSpec) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{3}
+	return file_fedtune_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AsyncSpec) GetBufferSize() uint32 {
@@ -843,7 +924,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +936,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +949,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{4}
+	return file_fedtune_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Assignment) GetWorker() string {
@@ -919,7 +1000,7 @@ type AsyncState struct {
 
 func (x *AsyncState) Reset() {
 	*x = AsyncState{}
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1012,7 @@ func (x *AsyncState) String() string {
 func (*AsyncState) ProtoMessage() {}
 
 func (x *AsyncState) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1025,7 @@ func (x *AsyncState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AsyncState.ProtoReflect.Descriptor instead.
 func (*AsyncState) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{5}
+	return file_fedtune_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AsyncState) GetAssignments() []*Assignment {
@@ -993,7 +1074,7 @@ type LoRASpec struct {
 
 func (x *LoRASpec) Reset() {
 	*x = LoRASpec{}
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1086,7 @@ func (x *LoRASpec) String() string {
 func (*LoRASpec) ProtoMessage() {}
 
 func (x *LoRASpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1099,7 @@ func (x *LoRASpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoRASpec.ProtoReflect.Descriptor instead.
 func (*LoRASpec) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{6}
+	return file_fedtune_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LoRASpec) GetRank() uint32 {
@@ -1070,7 +1151,7 @@ type ServerOptimizer struct {
 
 func (x *ServerOptimizer) Reset() {
 	*x = ServerOptimizer{}
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1082,7 +1163,7 @@ func (x *ServerOptimizer) String() string {
 func (*ServerOptimizer) ProtoMessage() {}
 
 func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1095,7 +1176,7 @@ func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerOptimizer.ProtoReflect.Descriptor instead.
 func (*ServerOptimizer) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{7}
+	return file_fedtune_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ServerOptimizer) GetName() string {
@@ -1149,7 +1230,7 @@ type AggregatorParams struct {
 
 func (x *AggregatorParams) Reset() {
 	*x = AggregatorParams{}
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1242,7 @@ func (x *AggregatorParams) String() string {
 func (*AggregatorParams) ProtoMessage() {}
 
 func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1255,7 @@ func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregatorParams.ProtoReflect.Descriptor instead.
 func (*AggregatorParams) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{8}
+	return file_fedtune_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AggregatorParams) GetTrimFraction() float64 {
@@ -1241,7 +1322,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1334,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1347,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{9}
+	return file_fedtune_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Score) GetWorker() string {
@@ -1327,7 +1408,7 @@ type AcceptedUpdate struct {
 
 func (x *AcceptedUpdate) Reset() {
 	*x = AcceptedUpdate{}
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1420,7 @@ func (x *AcceptedUpdate) String() string {
 func (*AcceptedUpdate) ProtoMessage() {}
 
 func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1433,7 @@ func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptedUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{10}
+	return file_fedtune_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AcceptedUpdate) GetWorker() string {
@@ -1412,16 +1493,17 @@ type Round struct {
 	Selected         []string               `protobuf:"bytes,3,rep,name=selected,proto3" json:"selected,omitempty"` // worker ids, sorted
 	StartedUnixNano  int64                  `protobuf:"varint,4,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
 	DeadlineUnixNano int64                  `protobuf:"varint,5,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
-	Updates          []*AcceptedUpdate      `protobuf:"bytes,6,rep,name=updates,proto3" json:"updates,omitempty"`   // sorted by worker id
-	Attempt          uint32                 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`  // 0 for the first try; grows when a round is aborted and restarted
-	Failures         []*TaskFailure         `protobuf:"bytes,8,rep,name=failures,proto3" json:"failures,omitempty"` // selected workers that reported their task failed, sorted by worker id
+	Updates          []*AcceptedUpdate      `protobuf:"bytes,6,rep,name=updates,proto3" json:"updates,omitempty"`    // sorted by worker id
+	Attempt          uint32                 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`   // 0 for the first try; grows when a round is aborted and restarted
+	Failures         []*TaskFailure         `protobuf:"bytes,8,rep,name=failures,proto3" json:"failures,omitempty"`  // selected workers that reported their task failed, sorted by worker id
+	Eligible         uint32                 `protobuf:"varint,9,opt,name=eligible,proto3" json:"eligible,omitempty"` // live workers the selector matched when the round was planned (DP: the sampling rate's denominator)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1515,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1528,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{11}
+	return file_fedtune_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -1505,6 +1587,13 @@ func (x *Round) GetFailures() []*TaskFailure {
 	return nil
 }
 
+func (x *Round) GetEligible() uint32 {
+	if x != nil {
+		return x.Eligible
+	}
+	return 0
+}
+
 // TaskFailure is a worker's report that its task failed, and why.
 type TaskFailure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1517,7 +1606,7 @@ type TaskFailure struct {
 
 func (x *TaskFailure) Reset() {
 	*x = TaskFailure{}
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1618,7 @@ func (x *TaskFailure) String() string {
 func (*TaskFailure) ProtoMessage() {}
 
 func (x *TaskFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1631,7 @@ func (x *TaskFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFailure.ProtoReflect.Descriptor instead.
 func (*TaskFailure) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{12}
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TaskFailure) GetWorker() string {
@@ -1579,7 +1668,7 @@ type RecordFailure struct {
 
 func (x *RecordFailure) Reset() {
 	*x = RecordFailure{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1680,7 @@ func (x *RecordFailure) String() string {
 func (*RecordFailure) ProtoMessage() {}
 
 func (x *RecordFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1693,7 @@ func (x *RecordFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordFailure.ProtoReflect.Descriptor instead.
 func (*RecordFailure) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RecordFailure) GetJob() string {
@@ -1651,13 +1740,15 @@ type RoundRecord struct {
 	OptimizerState    string                 `protobuf:"bytes,11,opt,name=optimizer_state,json=optimizerState,proto3" json:"optimizer_state,omitempty"` // blob hash of the server optimizer's state after this round ("" if stateless)
 	Evals             []*EvalReport          `protobuf:"bytes,12,rep,name=evals,proto3" json:"evals,omitempty"`                                         // federated evaluation of this round's model, by worker id
 	Failures          []*TaskFailure         `protobuf:"bytes,13,rep,name=failures,proto3" json:"failures,omitempty"`                                   // selected workers whose task failed, by worker id
+	Selected          uint32                 `protobuf:"varint,14,opt,name=selected,proto3" json:"selected,omitempty"`                                  // workers selected for the round
+	Eligible          uint32                 `protobuf:"varint,15,opt,name=eligible,proto3" json:"eligible,omitempty"`                                  // workers eligible when it was planned
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RoundRecord) Reset() {
 	*x = RoundRecord{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1760,7 @@ func (x *RoundRecord) String() string {
 func (*RoundRecord) ProtoMessage() {}
 
 func (x *RoundRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1773,7 @@ func (x *RoundRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRecord.ProtoReflect.Descriptor instead.
 func (*RoundRecord) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RoundRecord) GetNumber() uint32 {
@@ -1776,6 +1867,20 @@ func (x *RoundRecord) GetFailures() []*TaskFailure {
 	return nil
 }
 
+func (x *RoundRecord) GetSelected() uint32 {
+	if x != nil {
+		return x.Selected
+	}
+	return 0
+}
+
+func (x *RoundRecord) GetEligible() uint32 {
+	if x != nil {
+		return x.Eligible
+	}
+	return 0
+}
+
 // EvalReport is one worker's evaluation of a model on its held-out data.
 type EvalReport struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1790,7 +1895,7 @@ type EvalReport struct {
 
 func (x *EvalReport) Reset() {
 	*x = EvalReport{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1907,7 @@ func (x *EvalReport) String() string {
 func (*EvalReport) ProtoMessage() {}
 
 func (x *EvalReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +1920,7 @@ func (x *EvalReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvalReport.ProtoReflect.Descriptor instead.
 func (*EvalReport) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *EvalReport) GetWorker() string {
@@ -1866,7 +1971,7 @@ type RecordEval struct {
 
 func (x *RecordEval) Reset() {
 	*x = RecordEval{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +1983,7 @@ func (x *RecordEval) String() string {
 func (*RecordEval) ProtoMessage() {}
 
 func (x *RecordEval) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +1996,7 @@ func (x *RecordEval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEval.ProtoReflect.Descriptor instead.
 func (*RecordEval) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RecordEval) GetJob() string {
@@ -1936,7 +2041,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1948,7 +2053,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1961,7 +2066,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -2062,7 +2167,7 @@ type ControlJob struct {
 
 func (x *ControlJob) Reset() {
 	*x = ControlJob{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2179,7 @@ func (x *ControlJob) String() string {
 func (*ControlJob) ProtoMessage() {}
 
 func (x *ControlJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2192,7 @@ func (x *ControlJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlJob.ProtoReflect.Descriptor instead.
 func (*ControlJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ControlJob) GetJob() string {
@@ -2131,7 +2236,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2143,7 +2248,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2156,7 +2261,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{19}
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -2197,7 +2302,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2314,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2327,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -2249,7 +2354,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2366,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2379,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StartRound) GetJob() string {
@@ -2302,7 +2407,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2419,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2432,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{22}
+	return file_fedtune_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -2366,7 +2471,7 @@ type CommitRound struct {
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2378,7 +2483,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2391,7 +2496,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{23}
+	return file_fedtune_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -2458,7 +2563,7 @@ type AssignTasks struct {
 
 func (x *AssignTasks) Reset() {
 	*x = AssignTasks{}
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2575,7 @@ func (x *AssignTasks) String() string {
 func (*AssignTasks) ProtoMessage() {}
 
 func (x *AssignTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2483,7 +2588,7 @@ func (x *AssignTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignTasks.ProtoReflect.Descriptor instead.
 func (*AssignTasks) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{24}
+	return file_fedtune_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AssignTasks) GetJob() string {
@@ -2525,7 +2630,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +2642,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +2655,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{25}
+	return file_fedtune_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -2585,7 +2690,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2597,7 +2702,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2610,7 +2715,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{26}
+	return file_fedtune_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -2643,7 +2748,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2760,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +2773,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{27}
+	return file_fedtune_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -2687,7 +2792,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2699,7 +2804,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2712,7 +2817,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{28}
+	return file_fedtune_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -2736,7 +2841,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2853,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2866,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{29}
+	return file_fedtune_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -2818,7 +2923,7 @@ type ServerAddrs struct {
 
 func (x *ServerAddrs) Reset() {
 	*x = ServerAddrs{}
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +2935,7 @@ func (x *ServerAddrs) String() string {
 func (*ServerAddrs) ProtoMessage() {}
 
 func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +2948,7 @@ func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerAddrs.ProtoReflect.Descriptor instead.
 func (*ServerAddrs) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{30}
+	return file_fedtune_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ServerAddrs) GetId() string {
@@ -2886,7 +2991,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +3003,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +3016,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{31}
+	return file_fedtune_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -2947,7 +3052,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[32]
+	mi := &file_fedtune_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3064,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[32]
+	mi := &file_fedtune_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3077,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{32}
+	return file_fedtune_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -3001,7 +3106,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[33]
+	mi := &file_fedtune_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3013,7 +3118,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[33]
+	mi := &file_fedtune_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3026,7 +3131,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{33}
+	return file_fedtune_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -3075,7 +3180,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fweight_decay\x18\b \x01(\x01R\vweightDecay\x12\x1b\n" +
 	"\tclip_norm\x18\t \x01(\x01R\bclipNorm\x12\x14\n" +
 	"\x05accum\x18\n" +
-	" \x01(\rR\x05accum\"\xff\b\n" +
+	" \x01(\rR\x05accum\"\xa3\t\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -3115,10 +3220,16 @@ const file_fedtune_proto_rawDesc = "" +
 	"evaluation\x18\x1c \x01(\tR\n" +
 	"evaluation\x12!\n" +
 	"\feval_clients\x18\x1d \x01(\rR\vevalClients\x12\"\n" +
-	"\reval_group_by\x18\x1e \x01(\tR\vevalGroupBy\x1a;\n" +
+	"\reval_group_by\x18\x1e \x01(\tR\vevalGroupBy\x12\"\n" +
+	"\x02dp\x18\x1f \x01(\v2\x12.fedtune.v1.DPSpecR\x02dp\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8b\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
+	"\x06DPSpec\x12)\n" +
+	"\x10noise_multiplier\x18\x01 \x01(\x01R\x0fnoiseMultiplier\x12\x1b\n" +
+	"\tclip_norm\x18\x02 \x01(\x01R\bclipNorm\x12\x14\n" +
+	"\x05delta\x18\x03 \x01(\x01R\x05delta\x12\x18\n" +
+	"\aepsilon\x18\x04 \x01(\x01R\aepsilon\"\x8b\x03\n" +
 	"\tAsyncSpec\x12\x1f\n" +
 	"\vbuffer_size\x18\x01 \x01(\rR\n" +
 	"bufferSize\x12 \n" +
@@ -3189,7 +3300,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x04task\x18\a \x01(\x04R\x04task\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xb9\x02\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xd5\x02\n" +
 	"\x05Round\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1d\n" +
 	"\n" +
@@ -3199,7 +3310,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\x124\n" +
 	"\aupdates\x18\x06 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\aupdates\x12\x18\n" +
 	"\aattempt\x18\a \x01(\rR\aattempt\x123\n" +
-	"\bfailures\x18\b \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\"Q\n" +
+	"\bfailures\x18\b \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\x12\x1a\n" +
+	"\beligible\x18\t \x01(\rR\beligible\"Q\n" +
 	"\vTaskFailure\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
@@ -3208,7 +3320,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12\x18\n" +
 	"\aattempt\x18\x03 \x01(\rR\aattempt\x121\n" +
-	"\afailure\x18\x04 \x01(\v2\x17.fedtune.v1.TaskFailureR\afailure\"\xd0\x04\n" +
+	"\afailure\x18\x04 \x01(\v2\x17.fedtune.v1.TaskFailureR\afailure\"\x88\x05\n" +
 	"\vRoundRecord\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -3223,7 +3335,9 @@ const file_fedtune_proto_rawDesc = "" +
 	" \x03(\v2\x11.fedtune.v1.ScoreR\x06scores\x12'\n" +
 	"\x0foptimizer_state\x18\v \x01(\tR\x0eoptimizerState\x12,\n" +
 	"\x05evals\x18\f \x03(\v2\x16.fedtune.v1.EvalReportR\x05evals\x123\n" +
-	"\bfailures\x18\r \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\x1a:\n" +
+	"\bfailures\x18\r \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\x12\x1a\n" +
+	"\bselected\x18\x0e \x01(\rR\bselected\x12\x1a\n" +
+	"\beligible\x18\x0f \x01(\rR\beligible\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x85\x01\n" +
@@ -3385,7 +3499,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -3393,92 +3507,94 @@ var file_fedtune_proto_goTypes = []any{
 	(*Command)(nil),          // 3: fedtune.v1.Command
 	(*TrainConfig)(nil),      // 4: fedtune.v1.TrainConfig
 	(*JobSpec)(nil),          // 5: fedtune.v1.JobSpec
-	(*AsyncSpec)(nil),        // 6: fedtune.v1.AsyncSpec
-	(*Assignment)(nil),       // 7: fedtune.v1.Assignment
-	(*AsyncState)(nil),       // 8: fedtune.v1.AsyncState
-	(*LoRASpec)(nil),         // 9: fedtune.v1.LoRASpec
-	(*ServerOptimizer)(nil),  // 10: fedtune.v1.ServerOptimizer
-	(*AggregatorParams)(nil), // 11: fedtune.v1.AggregatorParams
-	(*Score)(nil),            // 12: fedtune.v1.Score
-	(*AcceptedUpdate)(nil),   // 13: fedtune.v1.AcceptedUpdate
-	(*Round)(nil),            // 14: fedtune.v1.Round
-	(*TaskFailure)(nil),      // 15: fedtune.v1.TaskFailure
-	(*RecordFailure)(nil),    // 16: fedtune.v1.RecordFailure
-	(*RoundRecord)(nil),      // 17: fedtune.v1.RoundRecord
-	(*EvalReport)(nil),       // 18: fedtune.v1.EvalReport
-	(*RecordEval)(nil),       // 19: fedtune.v1.RecordEval
-	(*Job)(nil),              // 20: fedtune.v1.Job
-	(*ControlJob)(nil),       // 21: fedtune.v1.ControlJob
-	(*WorkerInfo)(nil),       // 22: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 23: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 24: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 25: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 26: fedtune.v1.CommitRound
-	(*AssignTasks)(nil),      // 27: fedtune.v1.AssignTasks
-	(*AbortRound)(nil),       // 28: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 29: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 30: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 31: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 32: fedtune.v1.Snapshot
-	(*ServerAddrs)(nil),      // 33: fedtune.v1.ServerAddrs
-	(*Keyring)(nil),          // 34: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 35: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 36: fedtune.v1.RevokedWorker
-	nil,                      // 37: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 38: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 39: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 40: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 41: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 42: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 43: fedtune.v1.CommitRound.MetricsEntry
+	(*DPSpec)(nil),           // 6: fedtune.v1.DPSpec
+	(*AsyncSpec)(nil),        // 7: fedtune.v1.AsyncSpec
+	(*Assignment)(nil),       // 8: fedtune.v1.Assignment
+	(*AsyncState)(nil),       // 9: fedtune.v1.AsyncState
+	(*LoRASpec)(nil),         // 10: fedtune.v1.LoRASpec
+	(*ServerOptimizer)(nil),  // 11: fedtune.v1.ServerOptimizer
+	(*AggregatorParams)(nil), // 12: fedtune.v1.AggregatorParams
+	(*Score)(nil),            // 13: fedtune.v1.Score
+	(*AcceptedUpdate)(nil),   // 14: fedtune.v1.AcceptedUpdate
+	(*Round)(nil),            // 15: fedtune.v1.Round
+	(*TaskFailure)(nil),      // 16: fedtune.v1.TaskFailure
+	(*RecordFailure)(nil),    // 17: fedtune.v1.RecordFailure
+	(*RoundRecord)(nil),      // 18: fedtune.v1.RoundRecord
+	(*EvalReport)(nil),       // 19: fedtune.v1.EvalReport
+	(*RecordEval)(nil),       // 20: fedtune.v1.RecordEval
+	(*Job)(nil),              // 21: fedtune.v1.Job
+	(*ControlJob)(nil),       // 22: fedtune.v1.ControlJob
+	(*WorkerInfo)(nil),       // 23: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 24: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 25: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 26: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 27: fedtune.v1.CommitRound
+	(*AssignTasks)(nil),      // 28: fedtune.v1.AssignTasks
+	(*AbortRound)(nil),       // 29: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 30: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 31: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 32: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 33: fedtune.v1.Snapshot
+	(*ServerAddrs)(nil),      // 34: fedtune.v1.ServerAddrs
+	(*Keyring)(nil),          // 35: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 36: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 37: fedtune.v1.RevokedWorker
+	nil,                      // 38: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 39: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 40: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 41: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 42: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 43: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 44: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	37, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	38, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
-	11, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
-	10, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
-	9,  // 5: fedtune.v1.JobSpec.lora:type_name -> fedtune.v1.LoRASpec
-	6,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
-	7,  // 7: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
-	13, // 8: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
-	38, // 9: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
-	13, // 10: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	15, // 11: fedtune.v1.Round.failures:type_name -> fedtune.v1.TaskFailure
-	15, // 12: fedtune.v1.RecordFailure.failure:type_name -> fedtune.v1.TaskFailure
-	39, // 13: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	13, // 14: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	12, // 15: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	18, // 16: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
-	15, // 17: fedtune.v1.RoundRecord.failures:type_name -> fedtune.v1.TaskFailure
-	18, // 18: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
-	5,  // 19: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 20: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	17, // 21: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	14, // 22: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	40, // 23: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	8,  // 24: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
-	18, // 25: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
-	41, // 26: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	5,  // 27: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	42, // 28: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	14, // 29: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	13, // 30: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	43, // 31: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	12, // 32: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	7,  // 33: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
-	1,  // 34: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	22, // 35: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	20, // 36: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	22, // 37: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	36, // 38: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	33, // 39: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
-	2,  // 40: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	12, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
+	11, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
+	10, // 5: fedtune.v1.JobSpec.lora:type_name -> fedtune.v1.LoRASpec
+	7,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
+	6,  // 7: fedtune.v1.JobSpec.dp:type_name -> fedtune.v1.DPSpec
+	8,  // 8: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
+	14, // 9: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
+	39, // 10: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	14, // 11: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
+	16, // 12: fedtune.v1.Round.failures:type_name -> fedtune.v1.TaskFailure
+	16, // 13: fedtune.v1.RecordFailure.failure:type_name -> fedtune.v1.TaskFailure
+	40, // 14: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	14, // 15: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	13, // 16: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	19, // 17: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
+	16, // 18: fedtune.v1.RoundRecord.failures:type_name -> fedtune.v1.TaskFailure
+	19, // 19: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
+	5,  // 20: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 21: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	18, // 22: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	15, // 23: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	41, // 24: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	9,  // 25: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
+	19, // 26: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
+	42, // 27: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 28: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	43, // 29: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	15, // 30: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	14, // 31: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	44, // 32: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	13, // 33: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	8,  // 34: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
+	1,  // 35: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	23, // 36: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	21, // 37: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	23, // 38: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	37, // 39: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	34, // 40: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
+	2,  // 41: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -3492,7 +3608,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -140,6 +140,8 @@ func (j Job) CommitRound(c *pb.CommitRound, at int64) error {
 		CommittedUnixNano: at,
 		Accepted:          r.Updates,
 		Failures:          r.Failures,
+		Selected:          uint32(len(r.Selected)),
+		Eligible:          r.Eligible,
 		Scores:            c.Scores,
 		OptimizerState:    c.OptimizerState,
 	}
@@ -151,6 +153,15 @@ func (j Job) CommitRound(c *pb.CommitRound, at int64) error {
 	j.CurrentModel = c.Model
 	j.OpenRound = nil
 	j.NextAttempt = 0
+	if j.Spec.GetDp() != nil {
+		// the privacy spent so far, in the replicated history
+		if eps, err := DPEpsilon(j.Job); err == nil && !math.IsInf(eps, 0) {
+			if rec.Metrics == nil {
+				rec.Metrics = map[string]float64{}
+			}
+			rec.Metrics["dp_epsilon"] = eps
+		}
+	}
 	if uint32(len(j.History)) >= j.Spec.GetRounds() {
 		j.Status = pb.JobStatus_JOB_STATUS_DONE
 	}

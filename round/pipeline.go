@@ -34,6 +34,10 @@ type Pipeline struct {
 	// LoRAExact multiplies out LoRA adapters and factorises their mean
 	// (aggregation.LoRAExact) instead of applying Rule and Optimizer.
 	LoRAExact bool
+	// DP, when set, weighs updates equally (the rule clips them) and adds
+	// the mechanism's Gaussian noise to their mean, drawn from Seed.
+	DP   *pb.DPSpec
+	Seed uint64
 }
 
 // NewPipeline returns the pipeline a job spec asks for.
@@ -46,7 +50,7 @@ func NewPipeline(spec *pb.JobSpec) (Pipeline, error) {
 	if err != nil {
 		return Pipeline{}, err
 	}
-	p := Pipeline{Rule: rule, Optimizer: opt, LoRAExact: spec.GetLora().GetAggregation() == LoRAExact}
+	p := Pipeline{Rule: rule, Optimizer: opt, LoRAExact: spec.GetLora().GetAggregation() == LoRAExact, DP: spec.GetDp(), Seed: spec.GetSeed()}
 	if IsAsync(spec) {
 		p.Async = spec.GetAsync()
 		if p.Async == nil {
@@ -113,7 +117,11 @@ func (p Pipeline) Run(ctx context.Context, in Inputs, src Source) (Result, error
 			}
 			v, key = tensor.Scaled(v, float32(StalenessWeight(p.Async, tau))), AsyncKey(u)
 		}
-		ups = append(ups, aggregation.Update{Worker: key, Source: v, Samples: u.Samples})
+		samples := u.Samples
+		if p.DP != nil {
+			samples = 1 // DP-FedAvg: equal weights, so that one client moves the mean by at most C/n
+		}
+		ups = append(ups, aggregation.Update{Worker: key, Source: v, Samples: samples})
 		if l, ok := u.Metrics["loss"]; ok {
 			lossSum += l * float64(u.Samples)
 			weight += float64(u.Samples)
@@ -140,6 +148,9 @@ func (p Pipeline) Run(ctx context.Context, in Inputs, src Source) (Result, error
 	delta, sc, err := p.Rule.Aggregate(ups)
 	if err != nil {
 		return fail(err)
+	}
+	if p.DP != nil {
+		res.Metrics["dp_noise_std"] = addDPNoise(p.DP, p.Seed, in.Number, len(ups), delta)
 	}
 	if res.Model, res.State, err = p.Optimizer.Step(base, delta, in.State); err != nil {
 		return fail(err)

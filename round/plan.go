@@ -76,6 +76,7 @@ func PlanRound(job *pb.Job, live []*pb.WorkerInfo, now time.Time, attempt uint32
 		StartedUnixNano:  now.UnixNano(),
 		DeadlineUnixNano: now.Add(timeout).UnixNano(),
 		Attempt:          attempt,
+		Eligible:         uint32(len(ids)),
 	}, nil
 }
 

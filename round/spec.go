@@ -188,6 +188,9 @@ func NormalizeSpec(spec *pb.JobSpec, models Models, checkDataset func(string) er
 	if err := normalizeEval(spec); err != nil {
 		return err
 	}
+	if err := normalizeDP(spec); err != nil {
+		return err
+	}
 	return normalizeTrain(spec)
 }
 

@@ -108,6 +108,10 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "weight-decay", Usage: "local weight decay (sgd: L2; adamw: decoupled)", EnvVars: []string{"FEDTUNE_WEIGHT_DECAY"}},
 					&cli.Float64Flag{Name: "grad-clip", Usage: "clip each local step's gradient to this global L2 norm (0: off)", EnvVars: []string{"FEDTUNE_GRAD_CLIP"}},
 					&cli.UintFlag{Name: "accum", Usage: "micro-batches whose gradients one local step averages (gradient accumulation)", EnvVars: []string{"FEDTUNE_ACCUM"}},
+					&cli.Float64Flag{Name: "dp-noise", Usage: "DP-FedAvg: noise multiplier σ (the mean of the clipped updates gets Gaussian noise σ·clip/n; 0: no DP)", EnvVars: []string{"FEDTUNE_DP_NOISE"}},
+					&cli.Float64Flag{Name: "dp-clip", Usage: "DP-FedAvg: L2 bound of one client's update", EnvVars: []string{"FEDTUNE_DP_CLIP"}},
+					&cli.Float64Flag{Name: "dp-delta", Usage: "DP-FedAvg: δ of the (ε, δ) reported (default 1e-5)", EnvVars: []string{"FEDTUNE_DP_DELTA"}},
+					&cli.Float64Flag{Name: "dp-epsilon", Usage: "DP-FedAvg: budget; no round starts that would spend more (0: none)", EnvVars: []string{"FEDTUNE_DP_EPSILON"}},
 					&cli.UintFlag{Name: "rounds", Value: 10, Usage: "federated rounds", EnvVars: []string{"FEDTUNE_ROUNDS"}},
 					&cli.UintFlag{Name: "clients", Value: 3, Usage: "workers per round", EnvVars: []string{"FEDTUNE_CLIENTS"}},
 					&cli.UintFlag{Name: "min-updates", Usage: "updates needed to commit a round at its deadline (default: --clients)", EnvVars: []string{"FEDTUNE_MIN_UPDATES"}},
@@ -289,6 +293,9 @@ func submitJob(c *cli.Context) error {
 				return fmt.Errorf("job submit: --%s is for --mode async", f)
 			}
 		}
+	}
+	if c.Float64("dp-noise") > 0 || c.IsSet("dp-clip") || c.IsSet("dp-epsilon") || c.IsSet("dp-delta") {
+		spec.Dp = &pb.DPSpec{NoiseMultiplier: c.Float64("dp-noise"), ClipNorm: c.Float64("dp-clip"), Delta: c.Float64("dp-delta"), Epsilon: c.Float64("dp-epsilon")}
 	}
 	if r := u32("lora-rank"); r > 0 {
 		spec.Lora = &pb.LoRASpec{Rank: r, Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation"), TargetModules: c.StringSlice("lora-targets")}

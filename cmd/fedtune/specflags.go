@@ -50,6 +50,7 @@ var specFlags = map[string]string{
 	"train.batch_size": "batch-size", "train.local_epochs": "epochs", "train.local_steps": "steps", "train.learning_rate": "lr",
 	"train.momentum": "momentum", "train.prox_mu": "prox-mu", "lora.alpha": "lora-alpha",
 	"staleness": "staleness", "staleness_a": "staleness-a", "drift_correction": "drift-correction", "buffer_size": "buffer-size",
+	"dp.noise_multiplier": "dp-noise", "dp.clip_norm": "dp-clip", "dp.delta": "dp-delta", "dp.epsilon": "dp-epsilon",
 }
 
 // specFlagError rewrites a spec field's error to name the flag that sets

@@ -36,6 +36,9 @@ func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
 	if p, ok := r.Metrics["fed_perplexity"]; ok {
 		line += fmt.Sprintf("  perplexity %.2f (%d workers)", p, len(r.Evals))
 	}
+	if e, ok := r.Metrics["dp_epsilon"]; ok {
+		line += fmt.Sprintf("  ε %.3f", e)
+	}
 	return line
 }
 

@@ -1,0 +1,79 @@
+package testcluster
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
+)
+
+// TestDPJob runs DP-FedAvg jobs on a real coordinator: every round's
+// noise is recomputed by verify (drawn from the committed seed), the ε
+// spent grows round by round in the history, and a job with a budget
+// stops before a round would pass it, saying so.
+func TestDPJob(t *testing.T) {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := StartCoordinator(t, coordinator.Config{})
+	parts, _ := dataset.Partition{Kind: "iid", Seed: 1}.Split(train.Y, 10, 30)
+	for i := range 4 {
+		StartWorker(t, "dp-"+string(rune('a'+i)), []string{c.GossipAddr()}, train.Subset(parts[i]), nil)
+	}
+	WaitFor(t, 10*time.Second, "4 workers in the roster", func() bool { return len(c.FSM().Workers()) == 4 })
+	pool := client.NewPool()
+	defer pool.Close()
+	arch, _ := model.Lookup("mnist-mlp-small")
+	spec := func(name string, rounds uint32, budget float64) *pb.JobSpec {
+		return &pb.JobSpec{Name: name, Model: "mnist-mlp-small", Dataset: "mnist", Rounds: rounds, ClientsPerRound: 2, RoundTimeoutSeconds: 60, Evaluate: true,
+			Dp:    &pb.DPSpec{NoiseMultiplier: 1, ClipNorm: 0.5, Epsilon: budget},
+			Train: &pb.TrainConfig{LocalSteps: 5, BatchSize: 16, LearningRate: 0.1}}
+	}
+	SubmitJob(t, pool, c.GRPCAddr(), spec("dp", 3, 0), arch.Init(1))
+	j := WaitDoneOn(t, c, "dp", 2*time.Minute)
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 3 {
+		t.Fatalf("dp job ended %v after %d rounds: %s", j.Status, len(j.History), j.Error)
+	}
+	conn, err := pool.Conn(c.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := 0.0
+	for _, r := range j.History {
+		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dp", Round: r.Number})
+		if err != nil || !v.Match {
+			t.Errorf("round %d does not verify: %v %v", r.Number, v, err)
+		}
+		eps := r.Metrics["dp_epsilon"]
+		if r.Selected != 2 || r.Eligible != 4 || !(eps > prev) {
+			t.Errorf("round %d: %d of %d selected, ε %v after %v", r.Number, r.Selected, r.Eligible, eps, prev)
+		}
+		prev = eps
+	}
+	// ε is 3.89 after one round at q = 0.5, σ = 1, and 5.38 after two: a budget of 5 allows one.
+	SubmitJob(t, pool, c.GRPCAddr(), spec("dp-budget", 5, 5), arch.Init(1))
+	b := WaitDoneOn(t, c, "dp-budget", 2*time.Minute)
+	if len(b.History) != 1 || !strings.Contains(b.Error, "privacy budget reached: round 2 would spend ε") {
+		t.Errorf("budgeted job: %d rounds, %q", len(b.History), b.Error)
+	}
+	t.Logf("ε after each round: %.3f %.3f %.3f; budgeted job: %s", j.History[0].Metrics["dp_epsilon"], j.History[1].Metrics["dp_epsilon"], j.History[2].Metrics["dp_epsilon"], b.Error)
+}
+
+// WaitDoneOn waits until a job on c is no longer running and returns it.
+func WaitDoneOn(t *testing.T, c *coordinator.Coordinator, name string, timeout time.Duration) *pb.Job {
+	t.Helper()
+	var j *pb.Job
+	WaitFor(t, timeout, "job "+name+" to end", func() bool {
+		var ok bool
+		j, ok = c.FSM().Job(name)
+		return ok && j.Status != pb.JobStatus_JOB_STATUS_RUNNING
+	})
+	return j
+}

@@ -1,0 +1,114 @@
+package round
+
+import (
+	"errors"
+	"math"
+	"testing"
+
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/privacy"
+	"github.com/fedtune/fedtune/tensor"
+)
+
+// TestNormalizeDP: a DP job needs a noise multiplier and a clipping norm,
+// FedAvg, sync rounds; δ defaults to 1e-5; the rule clips at the DP norm.
+func TestNormalizeDP(t *testing.T) {
+	cases := []struct {
+		name  string
+		edit  func(*pb.JobSpec)
+		field string
+	}{
+		{"ok", func(s *pb.JobSpec) {}, ""},
+		{"no noise", func(s *pb.JobSpec) { s.Dp.NoiseMultiplier = 0 }, "dp.noise_multiplier"},
+		{"no clip", func(s *pb.JobSpec) { s.Dp.ClipNorm = 0 }, "dp.clip_norm"},
+		{"delta 1", func(s *pb.JobSpec) { s.Dp.Delta = 1 }, "dp.delta"},
+		{"negative budget", func(s *pb.JobSpec) { s.Dp.Epsilon = -1 }, "dp.epsilon"},
+		{"robust rule", func(s *pb.JobSpec) { s.Aggregator = "median" }, "aggregator"},
+		{"async", func(s *pb.JobSpec) { s.Mode = ModeAsync }, "mode"},
+		{"other clipping", func(s *pb.JobSpec) { s.AggregatorParams = &pb.AggregatorParams{ClipNorm: 3} }, "aggregator_params.clip_norm"},
+	}
+	for _, c := range cases {
+		s := &pb.JobSpec{Name: "j", Model: "m", Dataset: "d", Rounds: 1, Dp: &pb.DPSpec{NoiseMultiplier: 1, ClipNorm: 0.5}}
+		c.edit(s)
+		err := NormalizeSpec(s, fakeModels{}, nil)
+		if c.field == "" {
+			if err != nil || s.Dp.Delta != DefaultDPDelta || s.AggregatorParams.GetClipNorm() != 0.5 {
+				t.Errorf("%s: %v, δ %v, clip %v", c.name, err, s.Dp.GetDelta(), s.AggregatorParams.GetClipNorm())
+			}
+			continue
+		}
+		if fe, ok := errors.AsType[*FieldError](err); !ok || fe.Field != c.field {
+			t.Errorf("%s: %v, want an error about %s", c.name, err, c.field)
+		}
+	}
+}
+
+// TestDPNoise: the noise is the same for the same seed and round (verify
+// recomputes it), other for another round, with standard deviation σC/n.
+func TestDPNoise(t *testing.T) {
+	dp := &pb.DPSpec{NoiseMultiplier: 2, ClipNorm: 0.5}
+	zeros := func() tensor.Set {
+		return tensor.MustNew(tensor.Tensor{Name: "w", Shape: []int{200, 100}, Data: make([]float32, 20000)})
+	}
+	a, b, c := zeros(), zeros(), zeros()
+	std := addDPNoise(dp, 7, 3, 10, a)
+	addDPNoise(dp, 7, 3, 10, b)
+	addDPNoise(dp, 7, 4, 10, c)
+	if std != 0.1 {
+		t.Errorf("std %v, want σC/n = 0.1", std)
+	}
+	var ss float64
+	same, differ := true, false
+	for i, v := range a.Tensors[0].Data {
+		ss += float64(v) * float64(v)
+		same = same && v == b.Tensors[0].Data[i]
+		differ = differ || v != c.Tensors[0].Data[i]
+	}
+	if !same || !differ {
+		t.Errorf("noise the same for the same round %v, different for another %v", same, differ)
+	}
+	if got := math.Sqrt(ss / 20000); math.Abs(got-0.1) > 0.003 {
+		t.Errorf("empirical std %v, want 0.1", got)
+	}
+}
+
+// TestDPAccounting: a committed round carries the ε spent so far, as the
+// accountant composes each round at its own rate; a round that would pass
+// the budget is refused by DPWouldExceed.
+func TestDPAccounting(t *testing.T) {
+	spec := &pb.JobSpec{Name: "j", Rounds: 10, BaseModel: "b", Dp: &pb.DPSpec{NoiseMultiplier: 1.1, ClipNorm: 1, Delta: 1e-5, Epsilon: 3}}
+	j, err := NewJob(spec, nil, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := privacy.NewAccountant()
+	for n, sel := range []int{10, 20} {
+		r := &pb.Round{Number: uint32(n + 1), BaseModel: "b", Eligible: 100, DeadlineUnixNano: 2}
+		for i := range sel {
+			r.Selected = append(r.Selected, string(rune('a'+i/26))+string(rune('a'+i%26)))
+		}
+		if err := j.StartRound(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := j.AcceptUpdate(uint32(n+1), &pb.AcceptedUpdate{Worker: r.Selected[0], Samples: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := j.CommitRound(&pb.CommitRound{Job: "j", Round: uint32(n + 1), Model: "m"}, 3); err != nil {
+			t.Fatal(err)
+		}
+		if err := want.Compose(float64(sel)/100, 1.1, 1); err != nil {
+			t.Fatal(err)
+		}
+		eps, _, _ := want.Epsilon(1e-5)
+		if got := j.History[n].Metrics["dp_epsilon"]; math.Abs(got-eps) > 1e-12 {
+			t.Errorf("round %d: dp_epsilon %v, accountant %v", n+1, got, eps)
+		}
+	}
+	over, eps, err := DPWouldExceed(j.Job, 100, 100) // a round taking everyone: q = 1
+	if err != nil || !over || eps <= 3 {
+		t.Errorf("a round at q = 1 with σ 1.1 and budget 3: over %v, ε %v, %v", over, eps, err)
+	}
+	if over, _, _ := DPWouldExceed(j.Job, 1, 1000); over {
+		t.Error("a round at q = 0.001 refused with budget left")
+	}
+}
