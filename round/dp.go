@@ -5,8 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 
-	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/privacy"
+	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
 )
 
