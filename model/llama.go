@@ -2,7 +2,6 @@ package model
 
 import (
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"strings"
 
@@ -310,6 +309,3 @@ func (gr *llamaGraph) counted() int {
 	}
 	return c
 }
-
-// perplexity is exp of a mean cross-entropy in nats.
-func perplexity(loss float64) float64 { return math.Exp(loss) }

@@ -9,7 +9,6 @@ import (
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/hf"
 	"github.com/fedtune/fedtune/model"
-	"github.com/fedtune/fedtune/tensor"
 	"github.com/fedtune/fedtune/tokenizer"
 )
 
@@ -105,13 +104,4 @@ func Pretrain(ctx context.Context, o PretrainOptions) (*Checkpoint, model.TrainM
 		return nil, met, fmt.Errorf("pretrain: %w", err)
 	}
 	return &Checkpoint{Model: m, Params: params, Tok: tok}, met, nil
-}
-
-// Bytes is the size of params stored as dtype.
-func Bytes(params tensor.Set, dtype tensor.DType) int64 {
-	w := int64(4)
-	if dtype == tensor.F16 || dtype == tensor.BF16 {
-		w = 2
-	}
-	return int64(params.Len()) * w
 }
