@@ -25,15 +25,11 @@ import (
 
 // evalTaskFor returns a federated evaluation task for worker, if one waits.
 func (c *Coordinator) evalTaskFor(worker string, done []string) *pb.Task {
-	var labels map[string]string
-	for _, w := range c.fsm.Workers() {
-		if w.Id == worker {
-			labels = w.Labels
-		}
-	}
-	if labels == nil {
+	w, ok := c.fsm.Worker(worker)
+	if !ok {
 		return nil // not rostered (yet)
 	}
+	labels := w.Labels
 	var out *pb.Task
 	c.fsm.ReadJobs(func(j *pb.Job) {
 		if out != nil || j.Spec.GetEvaluation() != round.EvalFederated || (j.Status != pb.JobStatus_JOB_STATUS_RUNNING && j.Status != pb.JobStatus_JOB_STATUS_DONE) {
@@ -87,13 +83,9 @@ func (s *workerService) SubmitEval(ctx context.Context, req *pb.SubmitEvalReques
 	if j.Spec.GetEvaluation() != round.EvalFederated {
 		return nil, status.Errorf(codes.FailedPrecondition, "evaluation of %q: the job does not evaluate federatedly (evaluation %q)", req.Job, j.Spec.GetEvaluation())
 	}
-	var labels map[string]string
-	for _, w := range c.fsm.Workers() {
-		if w.Id == req.WorkerId {
-			labels = w.Labels
-		}
-	}
-	if labels == nil || !round.Matches(j.Spec.Selector, labels) || !round.Allowed(j.Spec, req.WorkerId) {
+	w, rostered := c.fsm.Worker(req.WorkerId)
+	labels := w.GetLabels()
+	if !rostered || !round.Matches(j.Spec.Selector, labels) || !round.Allowed(j.Spec, req.WorkerId) {
 		return nil, status.Errorf(codes.PermissionDenied, "evaluation of %q: worker %s is not rostered with labels the job selects", req.Job, req.WorkerId)
 	}
 	rep := &pb.EvalReport{Worker: req.WorkerId, LossSum: req.LossSum, Count: req.Count, Correct: req.Correct}

@@ -386,6 +386,17 @@ func (f *FSM) ReadJobs(fn func(j *pb.Job)) {
 	}
 }
 
+// Worker returns a copy of one worker's roster entry.
+func (f *FSM) Worker(id string) (*pb.WorkerInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	w, ok := f.workers[id]
+	if !ok {
+		return nil, false
+	}
+	return proto.Clone(w).(*pb.WorkerInfo), true
+}
+
 // Workers returns copies of the roster, sorted by id.
 func (f *FSM) Workers() []*pb.WorkerInfo {
 	f.mu.RLock()

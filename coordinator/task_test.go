@@ -94,4 +94,9 @@ func TestEvalTaskFor(t *testing.T) {
 	if task := c.taskFor("w3", append(done, pb.EvalKey("k", 1))); task == nil || task.Job != "k" || task.Round != 0 || task.Base.GetHash() != s2.BaseModel {
 		t.Errorf("w3, busy training when k began, not offered its base afterwards: %v", task)
 	}
+	// a rostered worker without labels evaluates job k, which has no selector
+	h.must(cUpsert, &pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "bare"}})
+	if task := c.taskFor("bare", nil); task == nil || task.Job != "k" || !task.EvalOnly {
+		t.Errorf("a worker without labels not offered the evaluation of a job without a selector: %v", task)
+	}
 }
