@@ -53,13 +53,18 @@ func (v dashboardView) State() ([]byte, error) {
 	for _, m := range c.gossip.WithRole(gossip.RoleWorker) {
 		alive[m.Name] = m.Addr
 	}
+	var live []*pb.WorkerInfo // for the jobs' conditions
 	for _, w := range c.fsm.Workers() {
 		addr, ok := alive[w.Id]
 		st.Workers = append(st.Workers, dashboardWorker{ID: w.Id, GossipAddr: addr, Labels: w.Labels, Alive: ok, LastSeenUnixMs: w.LastSeenUnixNano / 1e6})
+		if ok {
+			live = append(live, w)
+		}
 	}
+	now := c.clock.Now()
 	for _, j := range c.fsm.Jobs() {
 		st.Ledgers[j.Spec.Name] = Ledger(j)
-		if cs := c.conditions(j, c.clock.Now()); len(cs) > 0 {
+		if cs := conditions(j, live, now); len(cs) > 0 {
 			st.Conditions[j.Spec.Name] = cs
 		}
 		if round.IsAsync(j.Spec) {

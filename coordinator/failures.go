@@ -54,23 +54,33 @@ func (s *workerService) ReportFailure(ctx context.Context, req *pb.ReportFailure
 	return &pb.ReportFailureResponse{}, nil
 }
 
-// conditions says why a running job is not progressing, if it is not, from
-// this node's replica and gossip view: no live worker matching its
-// selector, or the workers an open round waits for and those that failed.
-func (c *Coordinator) conditions(j *pb.Job, now time.Time) []string {
-	if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
-		return nil
-	}
+// liveWorkers returns the rostered workers this node's gossip sees alive:
+// what conditions counts, read once per status answer or dashboard state
+// rather than once per job.
+func (c *Coordinator) liveWorkers() []*pb.WorkerInfo {
 	alive := map[string]bool{}
 	for _, m := range c.gossip.WithRole(gossip.RoleWorker) {
 		alive[m.Name] = true
 	}
-	var live, matching int
+	var live []*pb.WorkerInfo
 	for _, w := range c.fsm.Workers() {
-		if !alive[w.Id] {
-			continue
+		if alive[w.Id] {
+			live = append(live, w)
 		}
-		live++
+	}
+	return live
+}
+
+// conditions says why a running job is not progressing, if it is not, from
+// this node's replica and its live workers (liveWorkers): no live worker
+// matching its selector, or the workers an open round waits for and those
+// that failed.
+func conditions(j *pb.Job, live []*pb.WorkerInfo, now time.Time) []string {
+	if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
+		return nil
+	}
+	matching := 0
+	for _, w := range live {
 		if round.Matches(j.Spec.Selector, w.Labels) && round.Allowed(j.Spec, w.Id) {
 			matching++
 		}
@@ -83,11 +93,11 @@ func (c *Coordinator) conditions(j *pb.Job, now time.Time) []string {
 	if sel := describeSelector(j.Spec); matching < need {
 		switch {
 		case sel == "":
-			out = append(out, fmt.Sprintf("%d workers alive, %d needed", live, need))
+			out = append(out, fmt.Sprintf("%d workers alive, %d needed", len(live), need))
 		case matching == 0:
-			out = append(out, fmt.Sprintf("no worker matches selector %s; %d workers alive", sel, live))
+			out = append(out, fmt.Sprintf("no worker matches selector %s; %d workers alive", sel, len(live)))
 		default:
-			out = append(out, fmt.Sprintf("%d workers match selector %s, %d needed; %d workers alive", matching, sel, need, live))
+			out = append(out, fmt.Sprintf("%d workers match selector %s, %d needed; %d workers alive", matching, sel, need, len(live)))
 		}
 	}
 	r := j.OpenRound

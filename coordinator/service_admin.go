@@ -156,7 +156,7 @@ func (s *adminService) JobStatus(ctx context.Context, req *pb.JobStatusRequest) 
 	}
 	total := uint32(len(j.History))
 	from := HistoryPage(j, req.FromRound, HistoryPageBytes)
-	return &pb.JobStatusResponse{Job: j, LeaderAddr: s.c.leaderGRPC(), HistoryFrom: from, HistoryTotal: total, Conditions: s.c.conditions(j, s.c.clock.Now())}, nil
+	return &pb.JobStatusResponse{Job: j, LeaderAddr: s.c.leaderGRPC(), HistoryFrom: from, HistoryTotal: total, Conditions: conditions(j, s.c.liveWorkers(), s.c.clock.Now())}, nil
 }
 
 // ListJobs returns a page of jobs, slim (see JobsPage).
