@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/lm"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -82,16 +83,11 @@ func (g *GorgoniaTrainer) tokens(in Input, task *pb.Task, heldOut bool) (*datase
 	if heldOut {
 		docs = t.HeldOut
 	}
-	eos := tok.Encode("<|endoftext|>")
-	if len(eos) != 1 {
-		return nil, fmt.Errorf("the job's tokenizer has no <|endoftext|> token to separate documents")
-	}
-	enc := make([][]int, len(docs))
-	for i, d := range docs {
-		enc[i] = tok.Encode(d)
-	}
 	seq := int(task.SeqLen)
-	seqs := dataset.Pack(enc, eos[0], seq-1)
+	seqs, err := lm.PackDocs(tok, docs, seq)
+	if err != nil {
+		return nil, fmt.Errorf("the job's tokenizer: %w", err)
+	}
 	if len(seqs) == 0 {
 		return nil, fmt.Errorf("%d documents of %s make no sequence of %d tokens", len(docs), task.Dataset, seq)
 	}
