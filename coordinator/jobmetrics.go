@@ -68,10 +68,7 @@ func (jc jobCollector) Collect(ch chan<- prometheus.Metric) {
 			last, metrics = j.History[n-1].CommittedUnixNano, j.History[n-1].Metrics
 		}
 		gauge(jobLastCommitDesc, float64(last)/1e9)
-		accKey, lossKey := "test_accuracy", "test_loss"
-		if j.Spec.GetEvaluation() == round.EvalFederated {
-			accKey, lossKey = "fed_accuracy", "fed_loss"
-		}
+		accKey, lossKey := round.EvalMetricKeys(j.Spec)
 		if v, ok := metrics[accKey]; ok {
 			gauge(jobAccuracyDesc, v)
 		}

@@ -130,6 +130,16 @@ func setEvalMetrics(m map[string]float64, reports []*pb.EvalReport, groupBy stri
 	}
 }
 
+// EvalMetricKeys names the metrics of a job's evaluation: the
+// coordinator's test split (central), or the workers' held-out data
+// (federated).
+func EvalMetricKeys(spec *pb.JobSpec) (accuracy, loss string) {
+	if spec.GetEvaluation() == EvalFederated {
+		return "fed_accuracy", "fed_loss"
+	}
+	return "test_accuracy", "test_loss"
+}
+
 // EvalModel returns the model a federated evaluation of round n scores:
 // round n's committed model (0: the job's first version).
 func (j Job) EvalModel(n uint32) string {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/round"
 )
 
 // Bar renders done/total as a fixed-width bar, e.g. "[#####-----]".
@@ -29,7 +30,7 @@ const RoundHeader = "round  progress              updates  samples  test_acc  te
 // may arrive after the round is first shown).
 func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
 	secs := time.Duration(r.CommittedUnixNano - r.StartedUnixNano).Seconds()
-	acc, loss := evalKeys(j)
+	acc, loss := round.EvalMetricKeys(j.Spec)
 	line := fmt.Sprintf("%5d  %s %3d%%  %7d  %7d  %8s  %9s  %10s  %7.1f  %7s",
 		r.Number, Bar(int(r.Number), int(j.Spec.Rounds), 12), 100*int(r.Number)/int(max(j.Spec.Rounds, 1)),
 		r.Updates, r.Samples, pct(r.Metrics, acc), num(r.Metrics, loss), num(r.Metrics, "train_loss"), secs, trainRate(r))
@@ -40,15 +41,6 @@ func RoundLine(j *pb.Job, r *pb.RoundRecord) string {
 		line += fmt.Sprintf("  ε %.3f", e)
 	}
 	return line
-}
-
-// evalKeys names the metrics of a job's evaluation: the coordinator's test
-// split, or the workers' held-out data.
-func evalKeys(j *pb.Job) (acc, loss string) {
-	if j.Spec.GetEvaluation() == "federated" {
-		return "fed_accuracy", "fed_loss"
-	}
-	return "test_accuracy", "test_loss"
 }
 
 // trainRate is the workers' mean local training speed in a round, in
@@ -73,7 +65,7 @@ func trainRate(r *pb.RoundRecord) string {
 // the newest round from the last record of j.History (which may be a page
 // of the history ending with it).
 func OpenRoundLine(j *pb.Job, now time.Time) string {
-	key, _ := evalKeys(j)
+	key, _ := round.EvalMetricKeys(j.Spec)
 	acc, done := pct(j.BaseMetrics, key), uint32(0)
 	if n := len(j.History); n > 0 {
 		acc, done = pct(j.History[n-1].Metrics, key), j.History[n-1].Number
@@ -120,7 +112,7 @@ func num(m map[string]float64, k string) string {
 // held-out perplexity of the first version and of round last (overall and
 // per group), or "" when neither has a report yet.
 func FedEvalLine(j *pb.Job, last *pb.RoundRecord) string {
-	if j.Spec.GetEvaluation() != "federated" {
+	if j.Spec.GetEvaluation() != round.EvalFederated {
 		return ""
 	}
 	describe := func(m map[string]float64, n int) string {
