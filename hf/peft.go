@@ -41,25 +41,16 @@ func (a AdapterConfig) LoRA() lora.Config { return lora.Config{Rank: a.R, Alpha:
 // target_modules select (a module matches when its name ends with
 // ".<target>", as PEFT matches a list of names), in layout order.
 func Targets(cfg Config, modules []string) ([]string, error) {
-	var out []string
-	used := map[string]bool{}
+	var weights []string
 	for _, s := range cfg.Layout() {
 		name, ok := strings.CutSuffix(s.Name, ".weight")
-		if !ok || len(s.Shape) != 2 || strings.HasSuffix(name, "embed_tokens") {
-			continue
-		}
-		for _, m := range modules {
-			if strings.HasSuffix(name, "."+m) || name == m {
-				out = append(out, s.Name)
-				used[m] = true
-				break
-			}
+		if ok && len(s.Shape) == 2 && !strings.HasSuffix(name, "embed_tokens") {
+			weights = append(weights, s.Name)
 		}
 	}
-	for _, m := range modules {
-		if !used[m] {
-			return nil, fmt.Errorf("target module %q matches no 2-D weight of a %s", m, cfg.ModelType)
-		}
+	out, unmatched := lora.SelectTargets(weights, modules)
+	if unmatched != "" {
+		return nil, fmt.Errorf("target module %q matches no 2-D weight of a %s", unmatched, cfg.ModelType)
 	}
 	return out, nil
 }

@@ -44,6 +44,30 @@ func BName(target string) string { return module(target) + ".lora_B.weight" }
 
 func module(target string) string { return strings.TrimSuffix(target, ".weight") }
 
+// SelectTargets returns the weights among candidates that PEFT-style
+// target_modules select — a weight matches when its module's name is a
+// module or ends with ".<module>", as PEFT matches a list of names — in
+// the candidates' order, and the first module that matched none ("" when
+// every one matched).
+func SelectTargets(candidates, modules []string) (targets []string, unmatched string) {
+	used := map[string]bool{}
+	for _, w := range candidates {
+		mod := module(w)
+		for _, m := range modules {
+			if mod == m || strings.HasSuffix(mod, "."+m) {
+				targets, used[m] = append(targets, w), true
+				break
+			}
+		}
+	}
+	for _, m := range modules {
+		if !used[m] {
+			return targets, m
+		}
+	}
+	return targets, ""
+}
+
 // Static is a Base given by value: a layout and its targets (the
 // coordinator builds one from what its Models seam tells it).
 type Static struct {

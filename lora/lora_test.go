@@ -2,6 +2,7 @@ package lora
 
 import (
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -145,4 +146,24 @@ func mustGet(s tensor.Set, name string) tensor.Tensor {
 		panic("no tensor " + name)
 	}
 	return t
+}
+
+func TestSelectTargets(t *testing.T) {
+	weights := []string{"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.v_proj.weight", "model.layers.0.mlp.down_proj.weight", "fc1.weight"}
+	cases := []struct {
+		modules   []string
+		want      []string
+		unmatched string
+	}{
+		{[]string{"q_proj", "down_proj"}, []string{weights[0], weights[2]}, ""},
+		{[]string{"fc1"}, []string{weights[3]}, ""},
+		{[]string{"proj"}, nil, "proj"}, // a module name matches whole components only
+		{[]string{"v_proj", "gate_proj"}, []string{weights[1]}, "gate_proj"},
+	}
+	for _, c := range cases {
+		got, unmatched := SelectTargets(weights, c.modules)
+		if !slices.Equal(got, c.want) || unmatched != c.unmatched {
+			t.Errorf("%v: %v, unmatched %q; want %v, %q", c.modules, got, unmatched, c.want, c.unmatched)
+		}
+	}
 }

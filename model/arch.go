@@ -163,21 +163,9 @@ func Targets(a Architecture, modules []string) ([]string, error) {
 	if len(modules) == 0 {
 		modules = DefaultLoRAModules
 	}
-	var out []string
-	used := map[string]bool{}
-	for _, w := range all {
-		mod := strings.TrimSuffix(w, ".weight")
-		for _, m := range modules {
-			if mod == m || strings.HasSuffix(mod, "."+m) {
-				out, used[m] = append(out, w), true
-				break
-			}
-		}
-	}
-	for _, m := range modules {
-		if !used[m] {
-			return nil, fmt.Errorf("target module %q matches no weight LoRA may adapt in %v", m, a)
-		}
+	out, unmatched := lora.SelectTargets(all, modules)
+	if unmatched != "" {
+		return nil, fmt.Errorf("target module %q matches no weight LoRA may adapt in %v", unmatched, a)
 	}
 	return out, nil
 }
