@@ -298,14 +298,3 @@ func (gr *llamaGraph) close() {
 		gr.vm.Close()
 	}
 }
-
-// counted is the number of positions with a target.
-func (gr *llamaGraph) counted() int {
-	c := 0
-	for _, t := range gr.targets {
-		if t >= 0 {
-			c++
-		}
-	}
-	return c
-}

@@ -265,7 +265,7 @@ func (e *llamaEvaluator) Evaluate(params tensor.Set, data *dataset.Examples) (Ev
 		if err := gr.run(); err != nil {
 			return Eval{}, fmt.Errorf("evaluate: %w", err)
 		}
-		c := gr.counted()
+		c := countTargets(gr.targets)
 		lossSum += gr.lossValue() * float64(c)
 		tokens += c
 		logits := gr.logits.Value().Data().([]float32)

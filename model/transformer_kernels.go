@@ -198,6 +198,7 @@ func attention(q, k, v *G.Node, a attnShape) (*G.Node, error) {
 	}
 	batch := n / a.seq
 	probs := make([]float32, batch*a.heads*a.seq*a.seq)
+	scratch := make([]float32, a.seq*a.seq) // the backward run's dS, one head at a time
 	qd, kd := a.heads*a.headDim, a.kvHeads*a.headDim
 	fk := &kernel{name: "attention", in: []int{2, 2, 2}, outDim: 2, wrt: []bool{true, true, true},
 		shape: func(s []gt.Shape) gt.Shape { return s[0].Clone() },
@@ -209,7 +210,7 @@ func attention(q, k, v *G.Node, a attnShape) (*G.Node, error) {
 		bk := &kernel{name: "attention-grad", in: []int{2, 2, 2, 2}, outDim: 2,
 			shape: func([]gt.Shape) gt.Shape { return gt.Shape{n, qd + 2*kd} },
 			do: func(out []float32, in [][]float32) error {
-				a.backward(out, probs, in[0], in[1], in[2], in[3], batch)
+				a.backward(out, probs, scratch, in[0], in[1], in[2], in[3], batch)
 				return nil
 			}}
 		packed, err := bk.apply(in[0], in[1], in[2], grad)
@@ -268,15 +269,15 @@ func softmaxCausal(row []float32, last int) {
 	clear(row[last+1:])
 }
 
-// backward writes [dq | dk | dv] per row into out.
-func (a attnShape) backward(out, probs, q, k, v, dout []float32, batch int) {
+// backward writes [dq | dk | dv] per row into out, using ds (T×T) as
+// scratch.
+func (a attnShape) backward(out, probs, ds, q, k, v, dout []float32, batch int) {
 	T, hd := a.seq, a.headDim
 	qd, kd := a.heads*hd, a.kvHeads*hd
 	ld := qd + 2*kd
 	group := a.heads / a.kvHeads
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	clear(out)
-	ds := make([]float32, T*T)
 	for b := 0; b < batch; b++ {
 		for h := 0; h < a.heads; h++ {
 			p := probs[(b*a.heads+h)*T*T : (b*a.heads+h+1)*T*T]
@@ -324,15 +325,6 @@ func columns(x *G.Node, off, width int) (*G.Node, error) {
 func crossEntropy(logits *G.Node, targets []int32) (*G.Node, error) {
 	n, vocab := logits.Shape()[0], logits.Shape()[1]
 	probs := make([]float32, n*vocab)
-	counted := func() int {
-		c := 0
-		for _, t := range targets {
-			if t >= 0 {
-				c++
-			}
-		}
-		return c
-	}
 	k := &kernel{name: "cross-entropy", in: []int{2}, outDim: 0, wrt: []bool{true},
 		shape: func([]gt.Shape) gt.Shape { return gt.ScalarShape() },
 		do: func(out []float32, in [][]float32) error {
@@ -345,14 +337,14 @@ func crossEntropy(logits *G.Node, targets []int32) (*G.Node, error) {
 				lse := softmax(p, row)
 				sum += lse - float64(row[t])
 			}
-			out[0] = float32(sum / float64(max(counted(), 1)))
+			out[0] = float32(sum / float64(max(countTargets(targets), 1)))
 			return nil
 		}}
 	k.diff = func(in G.Nodes, _, grad *G.Node) (G.Nodes, error) {
 		gk := &kernel{name: "cross-entropy-grad", in: []int{2, 0}, outDim: 2,
 			shape: func(s []gt.Shape) gt.Shape { return s[0].Clone() },
 			do: func(out []float32, in [][]float32) error {
-				scale := in[1][0] / float32(max(counted(), 1))
+				scale := in[1][0] / float32(max(countTargets(targets), 1))
 				for r, t := range targets {
 					o := out[r*vocab : (r+1)*vocab]
 					if t < 0 {
@@ -370,6 +362,17 @@ func crossEntropy(logits *G.Node, targets []int32) (*G.Node, error) {
 		return G.Nodes{g}, err
 	}
 	return k.apply(logits)
+}
+
+// countTargets is the number of positions with a target (≥ 0).
+func countTargets(targets []int32) int {
+	c := 0
+	for _, t := range targets {
+		if t >= 0 {
+			c++
+		}
+	}
+	return c
 }
 
 // softmax writes the softmax of row into p and returns log Σ exp(row),
