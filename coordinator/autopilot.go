@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/fedtune/fedtune/internal/gossip"
@@ -47,9 +48,41 @@ func countVoters(servers []raft.Server, alive func(id string) bool) (seen, voter
 // longer than ServerGrace, as long as a quorum of live voters remains.
 type serverReconciler struct {
 	c         *Coordinator
+	log       *slog.Logger
 	goneSince map[string]time.Time
 	caughtUp  map[string]int // consecutive checks a non-voter was caught up
-	last      time.Time
+}
+
+// run reconciles once a second until ctx ends (leadership lost).
+func (r *serverReconciler) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		r.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// changeConfig runs one Raft configuration change and waits for its
+// commit, saying so when that takes long (the change holds only this
+// goroutine; rounds are scheduled meanwhile).
+func (r *serverReconciler) changeConfig(what, server string, f func() raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f().Error() }()
+	slow := time.NewTimer(5 * time.Second)
+	defer slow.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-slow.C:
+			r.log.Warn("configuration change not committed yet; still waiting", "change", what, "server", server)
+		}
+	}
 }
 
 // promoteAfter is how many consecutive checks (one a second) a non-voter
@@ -63,10 +96,6 @@ const maxLag = 64
 func (r *serverReconciler) reconcile(ctx context.Context) {
 	c := r.c
 	now := c.clock.Now()
-	if now.Sub(r.last) < time.Second {
-		return
-	}
-	r.last = now
 	f := c.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
@@ -97,14 +126,16 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 		}
 		switch {
 		case !ok:
-			if err := c.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.Raft), 0, 10*time.Second).Error(); err != nil {
+			if err := r.changeConfig("add non-voter", m.Name, func() raft.Future {
+				return c.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.Meta.Raft), 0, 10*time.Second)
+			}); err != nil {
 				c.log.Warn("add coordinator", "server", m.Name, "err", err)
 			} else {
 				c.log.Info("coordinator added as non-voter", "server", m.Name, "raft", m.Meta.Raft)
 			}
 		case string(s.Address) != m.Meta.Raft && m.Meta.Raft != "":
 			// Same name at a new address: re-add it under the new one.
-			if err := c.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err == nil {
+			if err := r.changeConfig("remove moved", m.Name, func() raft.Future { return c.raft.RemoveServer(s.ID, 0, 10*time.Second) }); err == nil {
 				c.log.Info("coordinator moved; re-adding", "server", m.Name, "from", s.Address, "to", m.Meta.Raft)
 			}
 		case s.Suffrage == raft.Nonvoter:
@@ -114,7 +145,7 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 				r.caughtUp[m.Name] = 0
 			}
 			if r.caughtUp[m.Name] >= promoteAfter {
-				if err := c.raft.AddVoter(s.ID, s.Address, 0, 10*time.Second).Error(); err == nil {
+				if err := r.changeConfig("promote", m.Name, func() raft.Future { return c.raft.AddVoter(s.ID, s.Address, 0, 10*time.Second) }); err == nil {
 					c.log.Info("coordinator promoted to voter", "server", m.Name)
 					delete(r.caughtUp, m.Name)
 				}
@@ -144,7 +175,7 @@ func (r *serverReconciler) reconcile(ctx context.Context) {
 			c.log.Warn("not removing dead coordinator: too few live voters would remain", "server", id)
 			continue
 		}
-		if err := c.raft.RemoveServer(s.ID, 0, 10*time.Second).Error(); err == nil {
+		if err := r.changeConfig("remove dead", id, func() raft.Future { return c.raft.RemoveServer(s.ID, 0, 10*time.Second) }); err == nil {
 			c.log.Info("dead coordinator removed from the configuration", "server", id, "gone_for", now.Sub(since).Round(time.Second))
 			delete(r.goneSince, id)
 			if _, ok := c.fsm.Servers()[id]; ok {

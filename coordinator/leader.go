@@ -34,8 +34,13 @@ func (c *Coordinator) leaderLoop(ctx context.Context) {
 	} else {
 		log.Info("leading: scheduler started")
 	}
-	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, waitLogged: map[string]bool{}, roster: roster.New(c.cfg.WorkerGrace),
-		servers: &serverReconciler{c: c, goneSince: map[string]time.Time{}, caughtUp: map[string]int{}}}
+	s := &scheduler{c: c, log: log, attempts: map[string]uint32{}, waitLogged: map[string]bool{}, roster: roster.New(c.cfg.WorkerGrace)}
+	// The autopilot runs beside the scheduler, never in its way: a Raft
+	// configuration change waits for its commit, which a cluster that has
+	// just lost a node may not give for a long while, and rounds must go
+	// on meanwhile.
+	servers := &serverReconciler{c: c, log: log, goneSince: map[string]time.Time{}, caughtUp: map[string]int{}}
+	go servers.run(ctx)
 	t := time.NewTicker(c.cfg.TickInterval)
 	defer t.Stop()
 	for {
@@ -58,12 +63,10 @@ type scheduler struct {
 	attempts   map[string]uint32 // job -> aborted attempts of its current round
 	waitLogged map[string]bool
 	roster     *roster.Reconciler // workers: gossip -> roster commands
-	servers    *serverReconciler  // coordinators: gossip -> Raft configuration
 	load       load               // who trains for which job, this tick
 }
 
 func (s *scheduler) tick(ctx context.Context) {
-	s.servers.reconcile(ctx)
 	s.schedule(ctx, s.reconcile())
 }
 
