@@ -13,12 +13,12 @@ import (
 // DefaultDPDelta is δ when a DP job names none.
 const DefaultDPDelta = 1e-5
 
-// normalizeDP checks a DP-FedAvg job: a noise multiplier and a clipping
+// NormalizeDP checks a DP-FedAvg job: a noise multiplier and a clipping
 // norm, δ in (0, 1), a non-negative budget; FedAvg of plain updates (a
 // robust rule reads individual updates, which DP's analysis does not
 // cover; exact LoRA aggregation is not a mean), synchronous rounds. The
 // rule's clipping is the DP clipping norm.
-func normalizeDP(spec *pb.JobSpec) error {
+func NormalizeDP(spec *pb.JobSpec) error {
 	dp := spec.Dp
 	if dp == nil {
 		return nil

@@ -188,7 +188,7 @@ func NormalizeSpec(spec *pb.JobSpec, models Models, checkDataset func(string) er
 	if err := normalizeEval(spec); err != nil {
 		return err
 	}
-	if err := normalizeDP(spec); err != nil {
+	if err := NormalizeDP(spec); err != nil {
 		return err
 	}
 	return normalizeTrain(spec)

@@ -98,6 +98,10 @@ var Keys = []Key{
 	{"seconds_per_example", "float", "0.001", "simulated seconds a worker of speed 1 spends per example"},
 	{"speed_jitter", "float", "0", "σ of each task's time around its worker's speed: time × exp(σz − σ²/2), z normal per task (mean 1); 0: a worker's tasks all take the same time"},
 	{"detect_seconds", "float", "0", "simulated seconds until the coordinator notices a worker that vanished (dropout; gossip's suspicion timeout): a sync round waits that long for it, an async slot stays held"},
+	{"dp_noise", "float", "0", "DP-FedAvg noise multiplier σ: Gaussian noise of σ·dp_clip/n on the mean of n clipped updates (sync fedavg only; 0: no DP)"},
+	{"dp_clip", "float", "1", "DP-FedAvg: every update is clipped to this L2 norm (replaces clip_norm)"},
+	{"dp_delta", "float", "0.00001", "DP-FedAvg: δ of the (ε, δ) guarantee"},
+	{"dp_epsilon", "float", "0", "DP-FedAvg: privacy budget; the run stops before a round that would pass it (0: none)"},
 	{"seed", "int", "1", "seed of everything random"},
 	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
 	{"test_examples", "int", "0", "evaluate on the first n test examples (0: all)"},
@@ -296,6 +300,11 @@ func keyErr(k, format string, a ...any) error {
 	return fmt.Errorf("key %q: %s", k, fmt.Sprintf(format, a...))
 }
 
+// dpKeys names the experiment key of each job spec field NormalizeDP may
+// refuse.
+var dpKeys = map[string]string{"dp.noise_multiplier": "dp_noise", "dp.clip_norm": "dp_clip", "dp.delta": "dp_delta", "dp.epsilon": "dp_epsilon",
+	"aggregator": "aggregator", "mode": "mode", "aggregator_params.clip_norm": "clip_norm"}
+
 // Config turns a run into a sim Config, refusing impossible values with
 // the key named.
 func (r Point) Config() (Config, error) {
@@ -318,6 +327,12 @@ func (r Point) Config() (Config, error) {
 			StalenessA: r.float("staleness_a"), StalenessB: uint32(r.int("staleness_b")), MaxStaleness: uint32(r.int("max_staleness")), MaxPerWorker: uint32(r.int("max_per_worker")),
 			FairWindow: uint32(r.int("fair_window")), FairBy: r["fair_by"], ConcurrencyFinal: uint32(r.int("concurrency_final")),
 			DriftCorrection: r.float("drift_correction")}
+	}
+	if r.float("dp_noise") != 0 {
+		c.DP = &pb.DPSpec{NoiseMultiplier: r.float("dp_noise"), ClipNorm: r.float("dp_clip"), Delta: r.float("dp_delta"), Epsilon: r.float("dp_epsilon")}
+		if c.Params.ClipNorm == 0 {
+			c.Params.ClipNorm = c.DP.ClipNorm
+		}
 	}
 	if u := r.int("updates"); u != 0 {
 		per := updatesPerRound(c)
@@ -363,6 +378,17 @@ func (r Point) Config() (Config, error) {
 		return c, keyErr("speed_jitter", "%v, want 0 (none) to 3", c.SpeedJitter)
 	case !(c.DetectSeconds >= 0) || math.IsInf(c.DetectSeconds, 0):
 		return c, keyErr("detect_seconds", "%v, want a finite value ≥ 0", c.DetectSeconds)
+	}
+	if c.DP != nil {
+		if _, _, err := withDP(c); err != nil {
+			key := "dp_noise"
+			if fe, ok := errors.AsType[*round.FieldError](err); ok {
+				if k, ok := dpKeys[fe.Field]; ok {
+					key = k
+				}
+			}
+			return c, keyErr(key, "%v", err)
+		}
 	}
 	if _, err := ParseSpeeds(c.Speed, c.Workers, c.Seed); err != nil {
 		return c, keyErr("speed", "%v", err)

@@ -59,6 +59,13 @@ func TestBadExperiments(t *testing.T) {
 		{"mode: async\nworkers: 10\nbuffer_size: 2\naggregator: krum\nf: 3", `"buffer_size"`},
 		{"speed_jitter: 4", `"speed_jitter"`},
 		{"mode: async\ndrift_correction: 1.5", `"drift_correction"`},
+		{"dp_noise: 1\naggregator: median", `"aggregator"`},
+		{"dp_noise: 1\nmode: async", `"mode"`},
+		{"dp_noise: -1", `"dp_noise"`},
+		{"dp_noise: 1\ndp_clip: 0", `"dp_clip"`},
+		{"dp_noise: 1\ndp_delta: 1", `"dp_delta"`},
+		{"dp_noise: 1\ndp_epsilon: -3", `"dp_epsilon"`},
+		{"dp_noise: 1\nclip_norm: 2\ndp_clip: 1", `"clip_norm"`},
 	} {
 		e, err := ParseExperiment([]byte(tc.yaml))
 		if err == nil {

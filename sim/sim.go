@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"gonum.org/v1/gonum/stat/distuv"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/dataset"
@@ -96,6 +97,12 @@ type Config struct {
 	// a worker that vanished (gossip's suspicion timeout; 0: at once): a
 	// sync round waits for it, an async slot stays held that long.
 	DetectSeconds float64
+	// DP makes the run DP-FedAvg (sync rounds, fedavg): updates clipped to
+	// DP.ClipNorm and averaged with equal weights, Gaussian noise on the
+	// mean as the coordinator adds it, the ε spent after each round in
+	// RoundResult.Epsilon, and the run stops before a round that would
+	// pass DP.Epsilon (when set). nil: no DP.
+	DP *pb.DPSpec
 }
 
 // RoundResult is the model after one round.
@@ -113,6 +120,11 @@ type RoundResult struct {
 	SimTime float64
 	// MeanStaleness is the mean staleness of an async version's updates.
 	MeanStaleness float64
+	// Epsilon is the privacy spent by a DP run after this round, at the
+	// run's δ (0 without DP); BudgetReached says the next round would pass
+	// the run's budget, so this round was its last.
+	Epsilon       float64
+	BudgetReached bool
 	// Workers are the indexes of the workers whose updates were
 	// aggregated (one entry per update).
 	Workers []int
@@ -177,6 +189,11 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	} else if cfg.Mode != "" && cfg.Mode != round.ModeSync {
 		return nil, fmt.Errorf("sim: mode %q: want sync or async", cfg.Mode)
 	}
+	if cfg.DP != nil {
+		if cfg, rule, err = withDP(cfg); err != nil {
+			return nil, err
+		}
+	}
 	// Workers hold index lists into the one shared training set; a
 	// worker's examples are gathered only while it trains.
 	var parts [][]int
@@ -226,7 +243,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	// DecideRound aborts a round in which fewer than MinUpdates arrive (the
 	// round is then planned again as a new attempt).
 	sched := newScheduler(cfg)
-	pipe := round.Pipeline{Rule: rule, Optimizer: opt}
+	pipe := round.Pipeline{Rule: rule, Optimizer: opt, DP: cfg.DP, Seed: cfg.Seed}
 	for number := 1; number <= cfg.Rounds; number++ {
 		start := time.Now()
 		sampled, dropped, attempts, err := sched.plan(number)
@@ -234,6 +251,25 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			return results, err
 		}
 		res := RoundResult{Round: number, Participants: len(sampled), Attempts: attempts, Accuracy: math.NaN(), Loss: math.NaN()}
+		if cfg.DP != nil {
+			// The round is planned (its sampling rate known) but nothing
+			// is trained or released yet: a round past the budget stops
+			// the run here, as the coordinator stops the job.
+			if res.Epsilon, err = round.DPEpsilon(sched.job.Job); err != nil {
+				return results, fmt.Errorf("round %d: privacy accounting: %w", number, err)
+			}
+			if cfg.DP.Epsilon > 0 && res.Epsilon > cfg.DP.Epsilon {
+				break // this round alone passes the budget
+			}
+			// Would the next round, sampled at this one's rate, pass it?
+			// Then this is the last, and is evaluated.
+			rec := sched.job.History[len(sched.job.History)-1]
+			over, _, err := round.DPWouldExceed(sched.job.Job, int(rec.Selected), int(rec.Eligible))
+			if err != nil {
+				return results, fmt.Errorf("round %d: privacy accounting: %w", number, err)
+			}
+			res.BudgetReached = over
+		}
 		deltas := make([]tensor.Set, len(sampled))
 		took := make([]float64, len(sampled)) // simulated seconds
 		err = pool.run(ctx, len(sampled), func(tr model.Trainer, i int) error {
@@ -323,7 +359,7 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			return results, fmt.Errorf("round %d: %w", number, err)
 		}
 		global, state = out.Model, out.State
-		if err := e.evaluate(&res, global, number == cfg.Rounds); err != nil { // diverged: chance accuracy
+		if err := e.evaluate(&res, global, number == cfg.Rounds || res.BudgetReached); err != nil { // diverged: chance accuracy
 			return results, err
 		}
 		res.Seconds = time.Since(start).Seconds()
@@ -331,8 +367,8 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 		if progress != nil {
 			progress(res)
 		}
-		if global.CheckFinite() != nil {
-			break // nothing more to learn from a diverged model
+		if global.CheckFinite() != nil || res.BudgetReached {
+			break // nothing more to learn from a diverged model, or no privacy left to spend
 		}
 	}
 	return results, nil
@@ -428,6 +464,22 @@ func firstArrivals(workers []int, deltas []tensor.Set, took []float64, k int) ([
 	return w, d, t
 }
 
+// withDP checks a DP run as the coordinator checks a DP job and returns
+// it with the rule's clipping set to the DP clipping norm, and that rule.
+func withDP(cfg Config) (Config, aggregation.Aggregator, error) {
+	spec := &pb.JobSpec{Aggregator: cfg.Rule, Mode: cfg.Mode, Dp: proto.Clone(cfg.DP).(*pb.DPSpec),
+		AggregatorParams: &pb.AggregatorParams{ClipNorm: cfg.Params.ClipNorm}}
+	if cfg.Mode == "" {
+		spec.Mode = round.ModeSync
+	}
+	if err := round.NormalizeDP(spec); err != nil {
+		return cfg, nil, fmt.Errorf("sim: %w", err)
+	}
+	cfg.DP, cfg.Params.ClipNorm = spec.Dp, spec.AggregatorParams.ClipNorm
+	rule, err := aggregation.NewRule(cfg.Rule, cfg.Params)
+	return cfg, rule, err
+}
+
 // scheduler plans rounds with the round core's PlanRound and DecideRound,
 // and records them through the job's transitions as the FSM does (a round
 // started, its arrived updates accepted, then committed or aborted).
@@ -445,7 +497,7 @@ func newScheduler(cfg Config) *scheduler {
 	}
 	s := &scheduler{cfg: cfg, index: make(map[string]int, cfg.Workers),
 		job: round.Job{Job: &pb.Job{Status: pb.JobStatus_JOB_STATUS_RUNNING, Spec: &pb.JobSpec{Name: "sim", Seed: cfg.Seed, Rounds: uint32(cfg.Rounds),
-			ClientsPerRound: uint32(k), MinUpdates: uint32(max(cfg.MinUpdates, 1)), OverSelect: cfg.OverSelect, RoundTimeoutSeconds: 1}}}}
+			ClientsPerRound: uint32(k), MinUpdates: uint32(max(cfg.MinUpdates, 1)), OverSelect: cfg.OverSelect, RoundTimeoutSeconds: 1, Dp: cfg.DP}}}}
 	for w := range cfg.Workers {
 		id := WorkerID(w)
 		s.live = append(s.live, &pb.WorkerInfo{Id: id})

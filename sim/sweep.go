@@ -55,6 +55,12 @@ type RunSummary struct {
 	// Speeds each worker's slowness factor (see ParseSpeeds).
 	UpdatesPerWorker []int     `json:"updates_per_worker"`
 	Speeds           []float64 `json:"speeds"`
+	// Epsilon is the privacy a DP run spent (at its dp_delta), and
+	// Budget says it stopped before its rounds were done because the next
+	// round would have passed dp_epsilon (or the first round alone would:
+	// then it ran none, and Rounds is 0).
+	Epsilon float64 `json:"epsilon,omitempty"`
+	Budget  bool    `json:"stopped_at_budget,omitempty"`
 }
 
 // Summary is summary.json.
@@ -95,6 +101,10 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 	langs := groupColumns(runs)
 	for _, l := range langs {
 		header = append(header, "accuracy_"+l)
+	}
+	dp := slices.ContainsFunc(runs, func(r Point) bool { return r.float("dp_noise") != 0 })
+	if dp {
+		header = append(header, "epsilon")
 	}
 	w.Write(header)
 
@@ -160,7 +170,15 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 				}
 				row = append(row, acc)
 			}
+			if dp {
+				eps := ""
+				if cfg.DP != nil {
+					eps = num(res.Epsilon)
+				}
+				row = append(row, eps)
+			}
 			w.Write(row)
+			rs.Epsilon = res.Epsilon
 			rs.SimTime = res.SimTime
 			if !math.IsNaN(res.Accuracy) {
 				rs.FinalAccuracy = res.Accuracy
@@ -181,10 +199,15 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 		if err != nil {
 			return nil, fmt.Errorf("run %d (%s): %w", i+1, label, err)
 		}
-		// A run that diverged stops early: the remaining rounds count as done.
+		// A run that diverged, or spent its privacy budget, stops early:
+		// the remaining rounds count as done.
 		if left := cfg.Rounds - len(results); left > 0 {
 			doneWork += left * updatesPerRound(cfg)
-			rs.DivergedAtDone = true
+			if cfg.DP != nil && cfg.DP.Epsilon > 0 && (len(results) == 0 || results[len(results)-1].BudgetReached) {
+				rs.Budget = true
+			} else {
+				rs.DivergedAtDone = true
+			}
 		}
 		rs.Rounds, rs.TotalBytes = len(results), cum
 		rs.Seconds = time.Since(runStart).Seconds()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -15,8 +16,9 @@ import (
 
 func simCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "sim",
-		Usage: "simulate federated training with many virtual workers in one process (research mode)",
+		Name:      "sim",
+		ArgsUsage: "[EXPERIMENT.yaml]",
+		Usage:     "simulate federated training with many virtual workers in one process (research mode)",
 		Description: `Runs the coordinator's aggregation rules, server optimizers and codecs against
 virtual workers that share one copy of the data set, with a pool of trainers
 sized to the cores. An experiment file is a flat YAML map of keys (fedtune sim
@@ -46,7 +48,14 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 				}
 				return tw.Flush()
 			}
-			e, err := sim.LoadExperiment(c.String("config"))
+			config := c.String("config")
+			switch {
+			case c.NArg() == 1 && config == "":
+				config = c.Args().First() // fedtune sim EXPERIMENT.yaml
+			case c.NArg() > 0:
+				return fmt.Errorf("sim: unexpected arguments %q: give the experiment as --config FILE or as the one argument, after the flags", c.Args().Slice())
+			}
+			e, err := sim.LoadExperiment(config)
 			if err != nil {
 				return err
 			}
@@ -93,10 +102,23 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 			if err != nil {
 				return err
 			}
+			dp := slices.ContainsFunc(sum.Runs, func(r sim.RunSummary) bool { return r.Epsilon > 0 })
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "RUN\tPARAMETERS\tFINAL ACC\tBEST ACC\tMB ON WIRE\tROUNDS/MIN")
+			head := "RUN\tPARAMETERS\tFINAL ACC\tBEST ACC\tMB ON WIRE\tROUNDS/MIN"
+			if dp {
+				head += "\tROUNDS\tε"
+			}
+			fmt.Fprintln(tw, head)
 			for _, r := range sum.Runs {
-				fmt.Fprintf(tw, "%d\t%s\t%.2f%%\t%.2f%%\t%.1f\t%.1f\n", r.Run, orDash(r.Label), 100*r.FinalAccuracy, 100*r.BestAccuracy, float64(r.TotalBytes)/1e6, r.RoundsPerMin)
+				fmt.Fprintf(tw, "%d\t%s\t%.2f%%\t%.2f%%\t%.1f\t%.1f", r.Run, orDash(r.Label), 100*r.FinalAccuracy, 100*r.BestAccuracy, float64(r.TotalBytes)/1e6, r.RoundsPerMin)
+				if dp {
+					budget := ""
+					if r.Budget {
+						budget = " (budget reached)"
+					}
+					fmt.Fprintf(tw, "\t%d%s\t%.3f", r.Rounds, budget, r.Epsilon)
+				}
+				fmt.Fprintln(tw)
 			}
 			tw.Flush()
 			fmt.Fprintf(c.App.Writer, "wrote %s/results.csv and %s/summary.json in %.0fs\n", opts.Out, opts.Out, sum.Seconds)

@@ -34,6 +34,10 @@ type series struct {
 	accT   []float64 // simulated time at each acc value (sim_time column, if any)
 	loss   []float64
 	final  float64
+	// DP runs (an epsilon column): ε after each round, and at each acc
+	// value; finalEps is ε after the last round (0: no DP)
+	eps, accEps []float64
+	finalEps    float64
 	// averaged over seeds (averageSeeds): the 95% band of acc, the seeds,
 	// the half-width of final's interval
 	accLo, accHi []float64
@@ -46,6 +50,7 @@ type Results struct {
 	Swept []string
 	Runs  []*series
 	timed bool // the CSV has simulated times
+	dp    bool // the CSV has the ε spent by DP runs
 }
 
 // Read parses a results CSV written by fedtune sim.
@@ -98,6 +103,15 @@ func Read(r io.Reader) (*Results, error) {
 			res.timed = res.timed || simT > 0
 		}
 		s.round = append(s.round, round)
+		var eps float64
+		if i, ok := col["epsilon"]; ok && row[i] != "" {
+			if eps, err = strconv.ParseFloat(row[i], 64); err != nil {
+				return nil, fmt.Errorf("results: row %d: epsilon %q", n+2, row[i])
+			}
+			res.dp = res.dp || eps > 0
+			s.finalEps = eps
+		}
+		s.eps = append(s.eps, eps)
 		if a := row[col["accuracy"]]; a != "" {
 			v, err := strconv.ParseFloat(a, 64)
 			if err != nil {
@@ -107,6 +121,7 @@ func Read(r io.Reader) (*Results, error) {
 			s.accX = append(s.accX, round)
 			s.accMB = append(s.accMB, cum/1e6)
 			s.accT = append(s.accT, simT)
+			s.accEps = append(s.accEps, eps)
 			s.final = 100 * v
 			l, _ := strconv.ParseFloat(row[col["loss"]], 64)
 			s.loss = append(s.loss, l)
@@ -123,7 +138,11 @@ final*.png (final accuracy, each bar labelled with its value: grouped by attack
 and aggregator when both are swept, one chart per value of any other swept key;
 one bar per run otherwise). When the runs sweep seed, runs that differ only in
 their seed are averaged: lines show the mean with a 95% confidence band
-(Student's t over the seeds), bars the mean with its interval.`
+(Student's t over the seeds), bars the mean with its interval. When runs are
+DP-FedAvg (an epsilon column): epsilon.png (the privacy spent, ε per round),
+accuracy_vs_epsilon.png (accuracy as ε is spent, one line per run) and
+privacy_utility.png (final accuracy against final ε, a point per run, runs
+without DP as a dashed line).`
 
 // Draw writes the PNGs to dir and returns their paths (see Plots).
 func Draw(res *Results, dir string) ([]string, error) {
@@ -287,6 +306,23 @@ func Draw(res *Results, dir string) ([]string, error) {
 			return nil, err
 		}
 	}
+	if res.dp {
+		if err := saveTiled(lines("Privacy spent per round", "round", "ε (at the run's δ)", func(s *series) []float64 { return s.round }, func(s *series) []float64 { return s.eps }, nil, false),
+			"epsilon.png", "Privacy spent per round (ε)"); err != nil {
+			return nil, err
+		}
+		if err := saveTiled(lines("Test accuracy against privacy spent", "ε spent", "test accuracy (%)", func(s *series) []float64 { return s.accEps }, func(s *series) []float64 { return s.acc }, accBand, false),
+			"accuracy_vs_epsilon.png", "Test accuracy against privacy spent"); err != nil {
+			return nil, err
+		}
+		p, err := privacyUtility(res)
+		if err != nil {
+			return nil, err
+		}
+		if err := save(p, "privacy_utility.png", 8*vg.Inch); err != nil {
+			return nil, err
+		}
+	}
 	width := 8 * vg.Inch
 	bars, err := finalBars(res)
 	if err != nil {
@@ -299,6 +335,58 @@ func Draw(res *Results, dir string) ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// privacyUtility draws each DP run's final accuracy against the ε it
+// spent, runs in order of ε joined by a line, and each run without DP as a
+// dashed horizontal line at its final accuracy.
+func privacyUtility(res *Results) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text, p.X.Label.Text, p.Y.Label.Text = "Privacy against utility", "ε spent (at the runs' δ)", "final test accuracy (%)"
+	var pts plotter.XYs
+	var plain []*series
+	for _, s := range res.Runs {
+		if s.finalEps > 0 {
+			pts = append(pts, plotter.XY{X: s.finalEps, Y: s.final})
+		} else {
+			plain = append(plain, s)
+		}
+	}
+	sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
+	lp, sc, err := plotter.NewLinePoints(pts)
+	if err != nil {
+		return nil, fmt.Errorf("privacy-utility plot: %w", err)
+	}
+	lp.Width, sc.Shape = vg.Points(1.5), draw.CircleGlyph{}
+	p.Add(lp, sc)
+	p.Legend.Add("DP-FedAvg", lp, sc)
+	labels, err := plotter.NewLabels(plotter.XYLabels{XYs: pts, Labels: epsLabels(pts)})
+	if err == nil {
+		labels.Offset = vg.Point{X: vg.Points(4), Y: vg.Points(4)}
+		p.Add(labels)
+	}
+	for i, s := range plain {
+		hi := pts[len(pts)-1].X
+		l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: s.final}, {X: hi, Y: s.final}})
+		if err != nil {
+			return nil, err
+		}
+		l.Dashes, l.Color = []vg.Length{vg.Points(4), vg.Points(3)}, plotutil.Color(i+1)
+		p.Add(l)
+		p.Legend.Add("no DP: "+s.label, l)
+	}
+	p.Legend.Top, p.Legend.Left = false, false
+	p.Add(plotter.NewGrid())
+	return p, nil
+}
+
+// epsLabels labels each point with its accuracy.
+func epsLabels(pts plotter.XYs) []string {
+	out := make([]string, len(pts))
+	for i, pt := range pts {
+		out[i] = strconv.FormatFloat(pt.Y, 'f', 1, 64) + "%"
+	}
+	return out
 }
 
 // finalBars draws final accuracy grouped by attack (groups) and aggregator

@@ -118,3 +118,40 @@ func TestSeedsAveraged(t *testing.T) {
 		t.Errorf("wrote %v", names)
 	}
 }
+
+const dpCSV = `run,dp_noise,round,participants,accuracy,loss,bytes,cum_bytes,epsilon
+1,0,1,10,0.80,0.5,100,100,
+1,0,2,10,0.90,0.4,100,200,
+2,1,1,10,0.70,0.9,100,100,2.5
+2,1,2,10,0.85,0.6,100,200,3.75
+3,2,1,10,0.60,1.2,100,100,1
+3,2,2,10,0.75,0.8,100,200,1.5
+`
+
+// TestDrawPrivacy: a DP sweep gets the ε per round, accuracy against ε and
+// the privacy–utility plot; ε is read per round and per evaluated round.
+func TestDrawPrivacy(t *testing.T) {
+	res, err := Read(strings.NewReader(dpCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.dp || res.Runs[1].finalEps != 3.75 || res.Runs[0].finalEps != 0 || len(res.Runs[2].accEps) != 2 || res.Runs[2].accEps[1] != 1.5 {
+		t.Fatalf("dp %v, final ε %v %v, run 3's ε at its accuracies %v", res.dp, res.Runs[0].finalEps, res.Runs[1].finalEps, res.Runs[2].accEps)
+	}
+	files, err := Draw(res, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		names = append(names, filepath.Base(f))
+	}
+	for _, want := range []string{"epsilon.png", "accuracy_vs_epsilon.png", "privacy_utility.png"} {
+		if !strings.Contains(strings.Join(names, ","), want) {
+			t.Errorf("wrote %v: no %s", names, want)
+		}
+	}
+	if _, err := Read(strings.NewReader(strings.Replace(dpCSV, "3.75", "lots", 1))); err == nil {
+		t.Error("a non-numeric ε accepted")
+	}
+}

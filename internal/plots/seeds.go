@@ -38,7 +38,7 @@ func averageSeeds(res *Results) *Results {
 	if len(order) == len(res.Runs) {
 		return res // one seed each: nothing to average
 	}
-	out := &Results{Swept: swept, timed: res.timed}
+	out := &Results{Swept: swept, timed: res.timed, dp: res.dp}
 	for _, k := range order {
 		g := groups[k]
 		m := &series{label: k, params: map[string]string{}, seeds: len(g)}
@@ -68,13 +68,15 @@ func averageSeeds(res *Results) *Results {
 			m.loss = append(m.loss, stat.Mean(loss, nil))
 			m.accMB = append(m.accMB, stat.Mean(mb, nil))
 			m.accT = append(m.accT, stat.Mean(tm, nil))
+			m.accEps = append(m.accEps, g[0].accEps[i]) // the same sampling, the same ε, whatever the seed
 		}
+		m.eps, m.finalEps = g[0].eps, g[0].finalEps
 		finals := make([]float64, len(g))
 		for j, s := range g {
 			finals[j] = s.final
 		}
 		m.final, m.finalCI = meanCI(finals)
-		m.round = m.accX
+		m.round = g[0].round
 		out.Runs = append(out.Runs, m)
 	}
 	return out

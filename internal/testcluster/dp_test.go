@@ -11,6 +11,7 @@ import (
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
+	"github.com/fedtune/fedtune/round"
 )
 
 // TestDPJob runs DP-FedAvg jobs on a real coordinator: every round's
@@ -76,4 +77,68 @@ func WaitDoneOn(t *testing.T, c *coordinator.Coordinator, name string, timeout t
 		return ok && j.Status != pb.JobStatus_JOB_STATUS_RUNNING
 	})
 	return j
+}
+
+// TestDPJobFailover runs a DP-FedAvg job on three coordinators and kills
+// the leader during round 2: the job completes, every replica holds the same
+// history with the same ε after every round, and every round's noisy
+// aggregate verifies on the new leader.
+func TestDPJobFailover(t *testing.T) {
+	cl := NewCluster(t, 3, ClusterOptions{})
+	startWorkers(t, cl.GossipAddrs(), 4)
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 4 })
+	const rounds = 4
+	spec := haJob("dp-ha", rounds, 2)
+	spec.Dp = &pb.DPSpec{NoiseMultiplier: 1, ClipNorm: 0.5}
+	submit(t, cl, spec)
+	cl.WaitRound("dp-ha", 1, 60*time.Second)
+	WaitFor(t, 30*time.Second, "round 2 in progress", func() bool {
+		j := cl.Job("dp-ha")
+		return j.OpenRound != nil || j.Status != pb.JobStatus_JOB_STATUS_RUNNING
+	})
+	old := cl.Leader()
+	cl.Crash(old)
+	nl := cl.WaitForLeader(15 * time.Second)
+	cl.Start(old)
+	j := cl.WaitDone("dp-ha", 2*time.Minute)
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("job ended %v: %s", j.Status, j.Error)
+	}
+	checkHistory(t, cl, j, rounds)
+	pool := client.NewPool()
+	defer pool.Close()
+	nl = cl.WaitForLeader(15 * time.Second)
+	conn, err := pool.Conn(nl.C.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range j.History {
+		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dp-ha", Round: r.Number})
+		if err != nil || !v.Match {
+			t.Errorf("round %d does not verify on %s: %v %v", r.Number, nl.Name, v, err)
+		}
+		if _, ok := r.Metrics["dp_noise_std"]; !ok {
+			t.Errorf("round %d has no dp_noise_std: no noise added?", r.Number)
+		}
+	}
+	want, err := round.DPEpsilon(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, nd := range cl.Up() {
+		WaitFor(t, 15*time.Second, "every round on "+nd.Name, func() bool {
+			rj, ok := nd.C.FSM().Job("dp-ha")
+			return ok && len(rj.History) == rounds
+		})
+		rj, _ := nd.C.FSM().Job("dp-ha")
+		for i, r := range rj.History {
+			if r.Metrics["dp_epsilon"] != j.History[i].Metrics["dp_epsilon"] {
+				t.Errorf("%s: round %d ε %v, the leader's %v", nd.Name, r.Number, r.Metrics["dp_epsilon"], j.History[i].Metrics["dp_epsilon"])
+			}
+		}
+	}
+	if got := j.History[rounds-1].Metrics["dp_epsilon"]; got != want {
+		t.Errorf("committed ε %v, recomputed from the history %v", got, want)
+	}
+	t.Logf("killed %s during round 2; ε %.3f after %d rounds, every round verified on %s", old.Name, want, rounds, nl.Name)
 }

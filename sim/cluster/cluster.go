@@ -94,6 +94,7 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 		ServerOptimizer: &pb.ServerOptimizer{Name: cfg.Server.Name, Lr: cfg.Server.LR, Beta1: cfg.Server.Beta1, Beta2: cfg.Server.Beta2, Epsilon: cfg.Server.Eps},
 		Train: &pb.TrainConfig{LocalEpochs: uint32(cfg.Train.Epochs), LocalSteps: uint32(cfg.Train.Steps), BatchSize: uint32(cfg.Train.BatchSize),
 			LearningRate: cfg.Train.LR, Momentum: cfg.Train.Momentum, ProxMu: cfg.Train.ProxMu},
+		Dp: cfg.DP,
 	}
 	if cfg.Mode == round.ModeAsync {
 		// The real async path: versions of buffer_size updates, in real time.
@@ -116,6 +117,7 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 			if v, ok := r.Metrics["test_accuracy"]; ok {
 				res.Accuracy, res.Loss = v, r.Metrics["test_loss"]
 			}
+			res.Epsilon = r.Metrics["dp_epsilon"]
 			for _, u := range r.Accepted {
 				if n, err := coord.BlobSize(u.Blob); err == nil {
 					res.Bytes += n
@@ -129,6 +131,9 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 		if j.Status != pb.JobStatus_JOB_STATUS_RUNNING {
 			if j.Status != pb.JobStatus_JOB_STATUS_DONE {
 				return results, fmt.Errorf("job ended: %s", j.Error)
+			}
+			if j.Spec.GetDp().GetEpsilon() > 0 && len(results) > 0 && len(results) < cfg.Rounds {
+				results[len(results)-1].BudgetReached = true // the leader stopped the job at its budget
 			}
 			return results, nil
 		}
