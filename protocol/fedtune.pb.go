@@ -224,7 +224,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{32, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{37, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -457,6 +457,7 @@ type JobSpec struct {
 	EvalClients         uint32                 `protobuf:"varint,29,opt,name=eval_clients,json=evalClients,proto3" json:"eval_clients,omitempty"`             // federated: workers that evaluate each model (default: every matching worker)
 	EvalGroupBy         string                 `protobuf:"bytes,30,opt,name=eval_group_by,json=evalGroupBy,proto3" json:"eval_group_by,omitempty"`            // federated: a worker label (e.g. "lang") whose values get their own means
 	Dp                  *DPSpec                `protobuf:"bytes,31,opt,name=dp,proto3" json:"dp,omitempty"`                                                   // set: client-level DP-FedAvg with central noise and an (ε, δ) accountant
+	Secagg              *SecAggSpec            `protobuf:"bytes,32,opt,name=secagg,proto3" json:"secagg,omitempty"`                                           // set: secure aggregation (SecAgg+): the coordinators see masked updates and their sum only
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
 }
@@ -708,6 +709,400 @@ func (x *JobSpec) GetDp() *DPSpec {
 	return nil
 }
 
+func (x *JobSpec) GetSecagg() *SecAggSpec {
+	if x != nil {
+		return x.Secagg
+	}
+	return nil
+}
+
+// SecAggSpec is secure aggregation (SecAgg+, Bell et al. 2020): each
+// selected worker masks its fixed-point update with pairwise masks agreed
+// with its neighbours by X25519 and a mask of its own, and secret-shares
+// (Shamir) its own mask's seed and its pairwise key among its neighbours,
+// so that the sum is recovered when some workers drop out mid-round. The
+// coordinators hold masked updates, encrypted shares and the sum only.
+type SecAggSpec struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Neighbors           uint32                 `protobuf:"varint,1,opt,name=neighbors,proto3" json:"neighbors,omitempty"`                                                  // each worker's neighbours in the masking graph (0: every other worker up to 16, else ⌈2·log2 n⌉ rounded up to even)
+	Threshold           float64                `protobuf:"fixed64,2,opt,name=threshold,proto3" json:"threshold,omitempty"`                                                 // fraction of a neighbourhood whose shares recover a secret: t = ⌊k·threshold⌋+1 (0: 0.5)
+	ClipRange           float64                `protobuf:"fixed64,3,opt,name=clip_range,json=clipRange,proto3" json:"clip_range,omitempty"`                                // updates are clamped to ±clip_range per coordinate before fixed-point encoding (0: 1)
+	PhaseTimeoutSeconds uint32                 `protobuf:"varint,4,opt,name=phase_timeout_seconds,json=phaseTimeoutSeconds,proto3" json:"phase_timeout_seconds,omitempty"` // each key, share and unmask phase's deadline (0: 30)
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *SecAggSpec) Reset() {
+	*x = SecAggSpec{}
+	mi := &file_fedtune_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggSpec) ProtoMessage() {}
+
+func (x *SecAggSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggSpec.ProtoReflect.Descriptor instead.
+func (*SecAggSpec) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SecAggSpec) GetNeighbors() uint32 {
+	if x != nil {
+		return x.Neighbors
+	}
+	return 0
+}
+
+func (x *SecAggSpec) GetThreshold() float64 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *SecAggSpec) GetClipRange() float64 {
+	if x != nil {
+		return x.ClipRange
+	}
+	return 0
+}
+
+func (x *SecAggSpec) GetPhaseTimeoutSeconds() uint32 {
+	if x != nil {
+		return x.PhaseTimeoutSeconds
+	}
+	return 0
+}
+
+// SecAggKeys is one worker's public keys for a round: X25519 keys for
+// encrypting shares and for agreeing masks, and a commitment (SHA-256) to
+// its own mask's seed, against which a recovered seed is checked.
+type SecAggKeys struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Worker        string                 `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	CipherPub     []byte                 `protobuf:"bytes,2,opt,name=cipher_pub,json=cipherPub,proto3" json:"cipher_pub,omitempty"`
+	MaskPub       []byte                 `protobuf:"bytes,3,opt,name=mask_pub,json=maskPub,proto3" json:"mask_pub,omitempty"`
+	SeedCommit    []byte                 `protobuf:"bytes,4,opt,name=seed_commit,json=seedCommit,proto3" json:"seed_commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecAggKeys) Reset() {
+	*x = SecAggKeys{}
+	mi := &file_fedtune_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggKeys) ProtoMessage() {}
+
+func (x *SecAggKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggKeys.ProtoReflect.Descriptor instead.
+func (*SecAggKeys) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SecAggKeys) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
+func (x *SecAggKeys) GetCipherPub() []byte {
+	if x != nil {
+		return x.CipherPub
+	}
+	return nil
+}
+
+func (x *SecAggKeys) GetMaskPub() []byte {
+	if x != nil {
+		return x.MaskPub
+	}
+	return nil
+}
+
+func (x *SecAggKeys) GetSeedCommit() []byte {
+	if x != nil {
+		return x.SeedCommit
+	}
+	return nil
+}
+
+// SecAggShare is one worker's Shamir shares (of its own seed and of its
+// mask key) for one neighbour, encrypted with AES-256-GCM under a key only
+// the two agree: 12-byte nonce, then the sealed box.
+type SecAggShare struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Ciphertext    []byte                 `protobuf:"bytes,3,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecAggShare) Reset() {
+	*x = SecAggShare{}
+	mi := &file_fedtune_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggShare) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggShare) ProtoMessage() {}
+
+func (x *SecAggShare) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggShare.ProtoReflect.Descriptor instead.
+func (*SecAggShare) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SecAggShare) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *SecAggShare) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *SecAggShare) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+// SecAggReveal is a surviving worker's plaintext share of another worker's
+// seed (that worker's masked update arrived) or mask key (it did not).
+type SecAggReveal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	Of            string                 `protobuf:"bytes,2,opt,name=of,proto3" json:"of,omitempty"`
+	MaskKey       bool                   `protobuf:"varint,3,opt,name=mask_key,json=maskKey,proto3" json:"mask_key,omitempty"`
+	X             uint32                 `protobuf:"varint,4,opt,name=x,proto3" json:"x,omitempty"` // the share's evaluation point
+	Share         []byte                 `protobuf:"bytes,5,opt,name=share,proto3" json:"share,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecAggReveal) Reset() {
+	*x = SecAggReveal{}
+	mi := &file_fedtune_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggReveal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggReveal) ProtoMessage() {}
+
+func (x *SecAggReveal) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggReveal.ProtoReflect.Descriptor instead.
+func (*SecAggReveal) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SecAggReveal) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *SecAggReveal) GetOf() string {
+	if x != nil {
+		return x.Of
+	}
+	return ""
+}
+
+func (x *SecAggReveal) GetMaskKey() bool {
+	if x != nil {
+		return x.MaskKey
+	}
+	return false
+}
+
+func (x *SecAggReveal) GetX() uint32 {
+	if x != nil {
+		return x.X
+	}
+	return 0
+}
+
+func (x *SecAggReveal) GetShare() []byte {
+	if x != nil {
+		return x.Share
+	}
+	return nil
+}
+
+// SecAggRound is an open round's secure-aggregation state.
+type SecAggRound struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Phase                 uint32                 `protobuf:"varint,1,opt,name=phase,proto3" json:"phase,omitempty"` // 1: keys, 2: shares, 3: masked updates, 4: unmasking
+	PhaseDeadlineUnixNano int64                  `protobuf:"varint,2,opt,name=phase_deadline_unix_nano,json=phaseDeadlineUnixNano,proto3" json:"phase_deadline_unix_nano,omitempty"`
+	Keys                  []*SecAggKeys          `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`                          // phase 1's keys, sorted by worker (U1 once phase 2 starts)
+	Shares                []*SecAggShare         `protobuf:"bytes,4,rep,name=shares,proto3" json:"shares,omitempty"`                      // phase 2's encrypted shares
+	Shared                []string               `protobuf:"bytes,5,rep,name=shared,proto3" json:"shared,omitempty"`                      // U2: workers whose shares arrived, sorted (set when phase 3 starts)
+	Reveals               []*SecAggReveal        `protobuf:"bytes,6,rep,name=reveals,proto3" json:"reveals,omitempty"`                    // phase 4's revealed shares
+	Revealed              []string               `protobuf:"bytes,7,rep,name=revealed,proto3" json:"revealed,omitempty"`                  // workers whose reveals arrived
+	FracBits              uint32                 `protobuf:"varint,8,opt,name=frac_bits,json=fracBits,proto3" json:"frac_bits,omitempty"` // fixed-point fraction bits of the encoding
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *SecAggRound) Reset() {
+	*x = SecAggRound{}
+	mi := &file_fedtune_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggRound) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggRound) ProtoMessage() {}
+
+func (x *SecAggRound) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggRound.ProtoReflect.Descriptor instead.
+func (*SecAggRound) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SecAggRound) GetPhase() uint32 {
+	if x != nil {
+		return x.Phase
+	}
+	return 0
+}
+
+func (x *SecAggRound) GetPhaseDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.PhaseDeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *SecAggRound) GetKeys() []*SecAggKeys {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *SecAggRound) GetShares() []*SecAggShare {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *SecAggRound) GetShared() []string {
+	if x != nil {
+		return x.Shared
+	}
+	return nil
+}
+
+func (x *SecAggRound) GetReveals() []*SecAggReveal {
+	if x != nil {
+		return x.Reveals
+	}
+	return nil
+}
+
+func (x *SecAggRound) GetRevealed() []string {
+	if x != nil {
+		return x.Revealed
+	}
+	return nil
+}
+
+func (x *SecAggRound) GetFracBits() uint32 {
+	if x != nil {
+		return x.FracBits
+	}
+	return 0
+}
+
 // DPSpec is client-level differential privacy (DP-FedAvg, McMahan et al.
 // 2018) with central noise: every update is clipped to clip_norm, the
 // updates are averaged with equal weights, and the leader adds Gaussian
@@ -725,7 +1120,7 @@ type DPSpec struct {
 
 func (x *DPSpec) Reset() {
 	*x = DPSpec{}
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +1132,7 @@ func (x *DPSpec) String() string {
 func (*DPSpec) ProtoMessage() {}
 
 func (x *DPSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[3]
+	mi := &file_fedtune_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +1145,7 @@ func (x *DPSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DPSpec.ProtoReflect.Descriptor instead.
 func (*DPSpec) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{3}
+	return file_fedtune_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DPSpec) GetNoiseMultiplier() float64 {
@@ -805,7 +1200,7 @@ type AsyncSpec struct {
 
 func (x *AsyncSpec) Reset() {
 	*x = AsyncSpec{}
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1212,7 @@ func (x *AsyncSpec) String() string {
 func (*AsyncSpec) ProtoMessage() {}
 
 func (x *AsyncSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[4]
+	mi := &file_fedtune_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1225,7 @@ func (x *AsyncSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AsyncSpec.ProtoReflect.Descriptor instead.
 func (*AsyncSpec) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{4}
+	return file_fedtune_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AsyncSpec) GetBufferSize() uint32 {
@@ -924,7 +1319,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1331,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[5]
+	mi := &file_fedtune_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1344,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{5}
+	return file_fedtune_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignment) GetWorker() string {
@@ -1000,7 +1395,7 @@ type AsyncState struct {
 
 func (x *AsyncState) Reset() {
 	*x = AsyncState{}
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1407,7 @@ func (x *AsyncState) String() string {
 func (*AsyncState) ProtoMessage() {}
 
 func (x *AsyncState) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[6]
+	mi := &file_fedtune_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1420,7 @@ func (x *AsyncState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AsyncState.ProtoReflect.Descriptor instead.
 func (*AsyncState) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{6}
+	return file_fedtune_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AsyncState) GetAssignments() []*Assignment {
@@ -1074,7 +1469,7 @@ type LoRASpec struct {
 
 func (x *LoRASpec) Reset() {
 	*x = LoRASpec{}
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1481,7 @@ func (x *LoRASpec) String() string {
 func (*LoRASpec) ProtoMessage() {}
 
 func (x *LoRASpec) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[7]
+	mi := &file_fedtune_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1494,7 @@ func (x *LoRASpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoRASpec.ProtoReflect.Descriptor instead.
 func (*LoRASpec) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{7}
+	return file_fedtune_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LoRASpec) GetRank() uint32 {
@@ -1151,7 +1546,7 @@ type ServerOptimizer struct {
 
 func (x *ServerOptimizer) Reset() {
 	*x = ServerOptimizer{}
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1163,7 +1558,7 @@ func (x *ServerOptimizer) String() string {
 func (*ServerOptimizer) ProtoMessage() {}
 
 func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[8]
+	mi := &file_fedtune_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1176,7 +1571,7 @@ func (x *ServerOptimizer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerOptimizer.ProtoReflect.Descriptor instead.
 func (*ServerOptimizer) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{8}
+	return file_fedtune_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ServerOptimizer) GetName() string {
@@ -1230,7 +1625,7 @@ type AggregatorParams struct {
 
 func (x *AggregatorParams) Reset() {
 	*x = AggregatorParams{}
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1637,7 @@ func (x *AggregatorParams) String() string {
 func (*AggregatorParams) ProtoMessage() {}
 
 func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[9]
+	mi := &file_fedtune_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1650,7 @@ func (x *AggregatorParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregatorParams.ProtoReflect.Descriptor instead.
 func (*AggregatorParams) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{9}
+	return file_fedtune_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AggregatorParams) GetTrimFraction() float64 {
@@ -1322,7 +1717,7 @@ type Score struct {
 
 func (x *Score) Reset() {
 	*x = Score{}
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1729,7 @@ func (x *Score) String() string {
 func (*Score) ProtoMessage() {}
 
 func (x *Score) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[10]
+	mi := &file_fedtune_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1742,7 @@ func (x *Score) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Score.ProtoReflect.Descriptor instead.
 func (*Score) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{10}
+	return file_fedtune_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Score) GetWorker() string {
@@ -1408,7 +1803,7 @@ type AcceptedUpdate struct {
 
 func (x *AcceptedUpdate) Reset() {
 	*x = AcceptedUpdate{}
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1815,7 @@ func (x *AcceptedUpdate) String() string {
 func (*AcceptedUpdate) ProtoMessage() {}
 
 func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[11]
+	mi := &file_fedtune_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1828,7 @@ func (x *AcceptedUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptedUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptedUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{11}
+	return file_fedtune_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AcceptedUpdate) GetWorker() string {
@@ -1497,13 +1892,14 @@ type Round struct {
 	Attempt          uint32                 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`   // 0 for the first try; grows when a round is aborted and restarted
 	Failures         []*TaskFailure         `protobuf:"bytes,8,rep,name=failures,proto3" json:"failures,omitempty"`  // selected workers that reported their task failed, sorted by worker id
 	Eligible         uint32                 `protobuf:"varint,9,opt,name=eligible,proto3" json:"eligible,omitempty"` // live workers the selector matched when the round was planned (DP: the sampling rate's denominator)
+	Secagg           *SecAggRound           `protobuf:"bytes,10,opt,name=secagg,proto3" json:"secagg,omitempty"`     // secure aggregation jobs: the protocol's state
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Round) Reset() {
 	*x = Round{}
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +1911,7 @@ func (x *Round) String() string {
 func (*Round) ProtoMessage() {}
 
 func (x *Round) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[12]
+	mi := &file_fedtune_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +1924,7 @@ func (x *Round) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Round.ProtoReflect.Descriptor instead.
 func (*Round) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{12}
+	return file_fedtune_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Round) GetNumber() uint32 {
@@ -1594,6 +1990,13 @@ func (x *Round) GetEligible() uint32 {
 	return 0
 }
 
+func (x *Round) GetSecagg() *SecAggRound {
+	if x != nil {
+		return x.Secagg
+	}
+	return nil
+}
+
 // TaskFailure is a worker's report that its task failed, and why.
 type TaskFailure struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1606,7 +2009,7 @@ type TaskFailure struct {
 
 func (x *TaskFailure) Reset() {
 	*x = TaskFailure{}
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +2021,7 @@ func (x *TaskFailure) String() string {
 func (*TaskFailure) ProtoMessage() {}
 
 func (x *TaskFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[13]
+	mi := &file_fedtune_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +2034,7 @@ func (x *TaskFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskFailure.ProtoReflect.Descriptor instead.
 func (*TaskFailure) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{13}
+	return file_fedtune_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TaskFailure) GetWorker() string {
@@ -1668,7 +2071,7 @@ type RecordFailure struct {
 
 func (x *RecordFailure) Reset() {
 	*x = RecordFailure{}
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +2083,7 @@ func (x *RecordFailure) String() string {
 func (*RecordFailure) ProtoMessage() {}
 
 func (x *RecordFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[14]
+	mi := &file_fedtune_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +2096,7 @@ func (x *RecordFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordFailure.ProtoReflect.Descriptor instead.
 func (*RecordFailure) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{14}
+	return file_fedtune_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RecordFailure) GetJob() string {
@@ -1748,7 +2151,7 @@ type RoundRecord struct {
 
 func (x *RoundRecord) Reset() {
 	*x = RoundRecord{}
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1760,7 +2163,7 @@ func (x *RoundRecord) String() string {
 func (*RoundRecord) ProtoMessage() {}
 
 func (x *RoundRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[15]
+	mi := &file_fedtune_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1773,7 +2176,7 @@ func (x *RoundRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoundRecord.ProtoReflect.Descriptor instead.
 func (*RoundRecord) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{15}
+	return file_fedtune_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RoundRecord) GetNumber() uint32 {
@@ -1895,7 +2298,7 @@ type EvalReport struct {
 
 func (x *EvalReport) Reset() {
 	*x = EvalReport{}
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2310,7 @@ func (x *EvalReport) String() string {
 func (*EvalReport) ProtoMessage() {}
 
 func (x *EvalReport) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[16]
+	mi := &file_fedtune_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2323,7 @@ func (x *EvalReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvalReport.ProtoReflect.Descriptor instead.
 func (*EvalReport) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{16}
+	return file_fedtune_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *EvalReport) GetWorker() string {
@@ -1971,7 +2374,7 @@ type RecordEval struct {
 
 func (x *RecordEval) Reset() {
 	*x = RecordEval{}
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2386,7 @@ func (x *RecordEval) String() string {
 func (*RecordEval) ProtoMessage() {}
 
 func (x *RecordEval) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[17]
+	mi := &file_fedtune_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2399,7 @@ func (x *RecordEval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordEval.ProtoReflect.Descriptor instead.
 func (*RecordEval) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{17}
+	return file_fedtune_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RecordEval) GetJob() string {
@@ -2041,7 +2444,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2456,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[18]
+	mi := &file_fedtune_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2469,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{18}
+	return file_fedtune_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -2167,7 +2570,7 @@ type ControlJob struct {
 
 func (x *ControlJob) Reset() {
 	*x = ControlJob{}
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2582,7 @@ func (x *ControlJob) String() string {
 func (*ControlJob) ProtoMessage() {}
 
 func (x *ControlJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[19]
+	mi := &file_fedtune_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2595,7 @@ func (x *ControlJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlJob.ProtoReflect.Descriptor instead.
 func (*ControlJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{19}
+	return file_fedtune_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ControlJob) GetJob() string {
@@ -2236,7 +2639,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +2651,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[20]
+	mi := &file_fedtune_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +2664,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{20}
+	return file_fedtune_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -2302,7 +2705,7 @@ type RegisterJob struct {
 
 func (x *RegisterJob) Reset() {
 	*x = RegisterJob{}
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2717,7 @@ func (x *RegisterJob) String() string {
 func (*RegisterJob) ProtoMessage() {}
 
 func (x *RegisterJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[21]
+	mi := &file_fedtune_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2730,7 @@ func (x *RegisterJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterJob.ProtoReflect.Descriptor instead.
 func (*RegisterJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{21}
+	return file_fedtune_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RegisterJob) GetSpec() *JobSpec {
@@ -2354,7 +2757,7 @@ type StartRound struct {
 
 func (x *StartRound) Reset() {
 	*x = StartRound{}
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2769,7 @@ func (x *StartRound) String() string {
 func (*StartRound) ProtoMessage() {}
 
 func (x *StartRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[22]
+	mi := &file_fedtune_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2782,7 @@ func (x *StartRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRound.ProtoReflect.Descriptor instead.
 func (*StartRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{22}
+	return file_fedtune_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StartRound) GetJob() string {
@@ -2407,7 +2810,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2419,7 +2822,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[23]
+	mi := &file_fedtune_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2432,7 +2835,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{23}
+	return file_fedtune_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -2471,7 +2874,7 @@ type CommitRound struct {
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2483,7 +2886,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[24]
+	mi := &file_fedtune_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2496,7 +2899,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{24}
+	return file_fedtune_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -2563,7 +2966,7 @@ type AssignTasks struct {
 
 func (x *AssignTasks) Reset() {
 	*x = AssignTasks{}
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2575,7 +2978,7 @@ func (x *AssignTasks) String() string {
 func (*AssignTasks) ProtoMessage() {}
 
 func (x *AssignTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[25]
+	mi := &file_fedtune_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2588,7 +2991,7 @@ func (x *AssignTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignTasks.ProtoReflect.Descriptor instead.
 func (*AssignTasks) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{25}
+	return file_fedtune_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AssignTasks) GetJob() string {
@@ -2630,7 +3033,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +3045,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[26]
+	mi := &file_fedtune_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +3058,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{26}
+	return file_fedtune_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -2690,7 +3093,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2702,7 +3105,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[27]
+	mi := &file_fedtune_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2715,7 +3118,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{27}
+	return file_fedtune_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -2748,7 +3151,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2760,7 +3163,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2773,7 +3176,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{28}
+	return file_fedtune_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -2792,7 +3195,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +3207,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +3220,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{29}
+	return file_fedtune_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -2841,7 +3244,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2853,7 +3256,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2866,7 +3269,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{30}
+	return file_fedtune_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -2923,7 +3326,7 @@ type ServerAddrs struct {
 
 func (x *ServerAddrs) Reset() {
 	*x = ServerAddrs{}
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2935,7 +3338,7 @@ func (x *ServerAddrs) String() string {
 func (*ServerAddrs) ProtoMessage() {}
 
 func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2948,7 +3351,7 @@ func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerAddrs.ProtoReflect.Descriptor instead.
 func (*ServerAddrs) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{31}
+	return file_fedtune_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ServerAddrs) GetId() string {
@@ -2991,7 +3394,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[32]
+	mi := &file_fedtune_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3003,7 +3406,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[32]
+	mi := &file_fedtune_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3016,7 +3419,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{32}
+	return file_fedtune_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -3052,7 +3455,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[33]
+	mi := &file_fedtune_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3064,7 +3467,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[33]
+	mi := &file_fedtune_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3077,7 +3480,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{33}
+	return file_fedtune_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -3106,7 +3509,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[34]
+	mi := &file_fedtune_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3118,7 +3521,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[34]
+	mi := &file_fedtune_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3131,7 +3534,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{34}
+	return file_fedtune_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -3180,7 +3583,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\fweight_decay\x18\b \x01(\x01R\vweightDecay\x12\x1b\n" +
 	"\tclip_norm\x18\t \x01(\x01R\bclipNorm\x12\x14\n" +
 	"\x05accum\x18\n" +
-	" \x01(\rR\x05accum\"\xa3\t\n" +
+	" \x01(\rR\x05accum\"\xd3\t\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -3221,10 +3624,47 @@ const file_fedtune_proto_rawDesc = "" +
 	"evaluation\x12!\n" +
 	"\feval_clients\x18\x1d \x01(\rR\vevalClients\x12\"\n" +
 	"\reval_group_by\x18\x1e \x01(\tR\vevalGroupBy\x12\"\n" +
-	"\x02dp\x18\x1f \x01(\v2\x12.fedtune.v1.DPSpecR\x02dp\x1a;\n" +
+	"\x02dp\x18\x1f \x01(\v2\x12.fedtune.v1.DPSpecR\x02dp\x12.\n" +
+	"\x06secagg\x18  \x01(\v2\x16.fedtune.v1.SecAggSpecR\x06secagg\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9b\x01\n" +
+	"\n" +
+	"SecAggSpec\x12\x1c\n" +
+	"\tneighbors\x18\x01 \x01(\rR\tneighbors\x12\x1c\n" +
+	"\tthreshold\x18\x02 \x01(\x01R\tthreshold\x12\x1d\n" +
+	"\n" +
+	"clip_range\x18\x03 \x01(\x01R\tclipRange\x122\n" +
+	"\x15phase_timeout_seconds\x18\x04 \x01(\rR\x13phaseTimeoutSeconds\"\x7f\n" +
+	"\n" +
+	"SecAggKeys\x12\x16\n" +
+	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x1d\n" +
+	"\n" +
+	"cipher_pub\x18\x02 \x01(\fR\tcipherPub\x12\x19\n" +
+	"\bmask_pub\x18\x03 \x01(\fR\amaskPub\x12\x1f\n" +
+	"\vseed_commit\x18\x04 \x01(\fR\n" +
+	"seedCommit\"Q\n" +
+	"\vSecAggShare\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x03 \x01(\fR\n" +
+	"ciphertext\"q\n" +
+	"\fSecAggReveal\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02of\x18\x02 \x01(\tR\x02of\x12\x19\n" +
+	"\bmask_key\x18\x03 \x01(\bR\amaskKey\x12\f\n" +
+	"\x01x\x18\x04 \x01(\rR\x01x\x12\x14\n" +
+	"\x05share\x18\x05 \x01(\fR\x05share\"\xbe\x02\n" +
+	"\vSecAggRound\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\rR\x05phase\x127\n" +
+	"\x18phase_deadline_unix_nano\x18\x02 \x01(\x03R\x15phaseDeadlineUnixNano\x12*\n" +
+	"\x04keys\x18\x03 \x03(\v2\x16.fedtune.v1.SecAggKeysR\x04keys\x12/\n" +
+	"\x06shares\x18\x04 \x03(\v2\x17.fedtune.v1.SecAggShareR\x06shares\x12\x16\n" +
+	"\x06shared\x18\x05 \x03(\tR\x06shared\x122\n" +
+	"\areveals\x18\x06 \x03(\v2\x18.fedtune.v1.SecAggRevealR\areveals\x12\x1a\n" +
+	"\brevealed\x18\a \x03(\tR\brevealed\x12\x1b\n" +
+	"\tfrac_bits\x18\b \x01(\rR\bfracBits\"\x80\x01\n" +
 	"\x06DPSpec\x12)\n" +
 	"\x10noise_multiplier\x18\x01 \x01(\x01R\x0fnoiseMultiplier\x12\x1b\n" +
 	"\tclip_norm\x18\x02 \x01(\x01R\bclipNorm\x12\x14\n" +
@@ -3300,7 +3740,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x04task\x18\a \x01(\x04R\x04task\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\xd5\x02\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x86\x03\n" +
 	"\x05Round\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x1d\n" +
 	"\n" +
@@ -3311,7 +3751,9 @@ const file_fedtune_proto_rawDesc = "" +
 	"\aupdates\x18\x06 \x03(\v2\x1a.fedtune.v1.AcceptedUpdateR\aupdates\x12\x18\n" +
 	"\aattempt\x18\a \x01(\rR\aattempt\x123\n" +
 	"\bfailures\x18\b \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\x12\x1a\n" +
-	"\beligible\x18\t \x01(\rR\beligible\"Q\n" +
+	"\beligible\x18\t \x01(\rR\beligible\x12/\n" +
+	"\x06secagg\x18\n" +
+	" \x01(\v2\x17.fedtune.v1.SecAggRoundR\x06secagg\"Q\n" +
 	"\vTaskFailure\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
@@ -3499,7 +3941,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -3507,94 +3949,104 @@ var file_fedtune_proto_goTypes = []any{
 	(*Command)(nil),          // 3: fedtune.v1.Command
 	(*TrainConfig)(nil),      // 4: fedtune.v1.TrainConfig
 	(*JobSpec)(nil),          // 5: fedtune.v1.JobSpec
-	(*DPSpec)(nil),           // 6: fedtune.v1.DPSpec
-	(*AsyncSpec)(nil),        // 7: fedtune.v1.AsyncSpec
-	(*Assignment)(nil),       // 8: fedtune.v1.Assignment
-	(*AsyncState)(nil),       // 9: fedtune.v1.AsyncState
-	(*LoRASpec)(nil),         // 10: fedtune.v1.LoRASpec
-	(*ServerOptimizer)(nil),  // 11: fedtune.v1.ServerOptimizer
-	(*AggregatorParams)(nil), // 12: fedtune.v1.AggregatorParams
-	(*Score)(nil),            // 13: fedtune.v1.Score
-	(*AcceptedUpdate)(nil),   // 14: fedtune.v1.AcceptedUpdate
-	(*Round)(nil),            // 15: fedtune.v1.Round
-	(*TaskFailure)(nil),      // 16: fedtune.v1.TaskFailure
-	(*RecordFailure)(nil),    // 17: fedtune.v1.RecordFailure
-	(*RoundRecord)(nil),      // 18: fedtune.v1.RoundRecord
-	(*EvalReport)(nil),       // 19: fedtune.v1.EvalReport
-	(*RecordEval)(nil),       // 20: fedtune.v1.RecordEval
-	(*Job)(nil),              // 21: fedtune.v1.Job
-	(*ControlJob)(nil),       // 22: fedtune.v1.ControlJob
-	(*WorkerInfo)(nil),       // 23: fedtune.v1.WorkerInfo
-	(*RegisterJob)(nil),      // 24: fedtune.v1.RegisterJob
-	(*StartRound)(nil),       // 25: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 26: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 27: fedtune.v1.CommitRound
-	(*AssignTasks)(nil),      // 28: fedtune.v1.AssignTasks
-	(*AbortRound)(nil),       // 29: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 30: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 31: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 32: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 33: fedtune.v1.Snapshot
-	(*ServerAddrs)(nil),      // 34: fedtune.v1.ServerAddrs
-	(*Keyring)(nil),          // 35: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 36: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 37: fedtune.v1.RevokedWorker
-	nil,                      // 38: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 39: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 40: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 41: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 42: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 43: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 44: fedtune.v1.CommitRound.MetricsEntry
+	(*SecAggSpec)(nil),       // 6: fedtune.v1.SecAggSpec
+	(*SecAggKeys)(nil),       // 7: fedtune.v1.SecAggKeys
+	(*SecAggShare)(nil),      // 8: fedtune.v1.SecAggShare
+	(*SecAggReveal)(nil),     // 9: fedtune.v1.SecAggReveal
+	(*SecAggRound)(nil),      // 10: fedtune.v1.SecAggRound
+	(*DPSpec)(nil),           // 11: fedtune.v1.DPSpec
+	(*AsyncSpec)(nil),        // 12: fedtune.v1.AsyncSpec
+	(*Assignment)(nil),       // 13: fedtune.v1.Assignment
+	(*AsyncState)(nil),       // 14: fedtune.v1.AsyncState
+	(*LoRASpec)(nil),         // 15: fedtune.v1.LoRASpec
+	(*ServerOptimizer)(nil),  // 16: fedtune.v1.ServerOptimizer
+	(*AggregatorParams)(nil), // 17: fedtune.v1.AggregatorParams
+	(*Score)(nil),            // 18: fedtune.v1.Score
+	(*AcceptedUpdate)(nil),   // 19: fedtune.v1.AcceptedUpdate
+	(*Round)(nil),            // 20: fedtune.v1.Round
+	(*TaskFailure)(nil),      // 21: fedtune.v1.TaskFailure
+	(*RecordFailure)(nil),    // 22: fedtune.v1.RecordFailure
+	(*RoundRecord)(nil),      // 23: fedtune.v1.RoundRecord
+	(*EvalReport)(nil),       // 24: fedtune.v1.EvalReport
+	(*RecordEval)(nil),       // 25: fedtune.v1.RecordEval
+	(*Job)(nil),              // 26: fedtune.v1.Job
+	(*ControlJob)(nil),       // 27: fedtune.v1.ControlJob
+	(*WorkerInfo)(nil),       // 28: fedtune.v1.WorkerInfo
+	(*RegisterJob)(nil),      // 29: fedtune.v1.RegisterJob
+	(*StartRound)(nil),       // 30: fedtune.v1.StartRound
+	(*AcceptUpdate)(nil),     // 31: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 32: fedtune.v1.CommitRound
+	(*AssignTasks)(nil),      // 33: fedtune.v1.AssignTasks
+	(*AbortRound)(nil),       // 34: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 35: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 36: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 37: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 38: fedtune.v1.Snapshot
+	(*ServerAddrs)(nil),      // 39: fedtune.v1.ServerAddrs
+	(*Keyring)(nil),          // 40: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 41: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 42: fedtune.v1.RevokedWorker
+	nil,                      // 43: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 44: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 45: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 46: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 47: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 48: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 49: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	38, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	43, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
-	12, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
-	11, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
-	10, // 5: fedtune.v1.JobSpec.lora:type_name -> fedtune.v1.LoRASpec
-	7,  // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
-	6,  // 7: fedtune.v1.JobSpec.dp:type_name -> fedtune.v1.DPSpec
-	8,  // 8: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
-	14, // 9: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
-	39, // 10: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
-	14, // 11: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
-	16, // 12: fedtune.v1.Round.failures:type_name -> fedtune.v1.TaskFailure
-	16, // 13: fedtune.v1.RecordFailure.failure:type_name -> fedtune.v1.TaskFailure
-	40, // 14: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
-	14, // 15: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
-	13, // 16: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
-	19, // 17: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
-	16, // 18: fedtune.v1.RoundRecord.failures:type_name -> fedtune.v1.TaskFailure
-	19, // 19: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
-	5,  // 20: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 21: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	18, // 22: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	15, // 23: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	41, // 24: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	9,  // 25: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
-	19, // 26: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
-	42, // 27: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	5,  // 28: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	43, // 29: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	15, // 30: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	14, // 31: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	44, // 32: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	13, // 33: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	8,  // 34: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
-	1,  // 35: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	23, // 36: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	21, // 37: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	23, // 38: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	37, // 39: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	34, // 40: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
-	2,  // 41: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	42, // [42:42] is the sub-list for method output_type
-	42, // [42:42] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	17, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
+	16, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
+	15, // 5: fedtune.v1.JobSpec.lora:type_name -> fedtune.v1.LoRASpec
+	12, // 6: fedtune.v1.JobSpec.async:type_name -> fedtune.v1.AsyncSpec
+	11, // 7: fedtune.v1.JobSpec.dp:type_name -> fedtune.v1.DPSpec
+	6,  // 8: fedtune.v1.JobSpec.secagg:type_name -> fedtune.v1.SecAggSpec
+	7,  // 9: fedtune.v1.SecAggRound.keys:type_name -> fedtune.v1.SecAggKeys
+	8,  // 10: fedtune.v1.SecAggRound.shares:type_name -> fedtune.v1.SecAggShare
+	9,  // 11: fedtune.v1.SecAggRound.reveals:type_name -> fedtune.v1.SecAggReveal
+	13, // 12: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
+	19, // 13: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
+	44, // 14: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	19, // 15: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
+	21, // 16: fedtune.v1.Round.failures:type_name -> fedtune.v1.TaskFailure
+	10, // 17: fedtune.v1.Round.secagg:type_name -> fedtune.v1.SecAggRound
+	21, // 18: fedtune.v1.RecordFailure.failure:type_name -> fedtune.v1.TaskFailure
+	45, // 19: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	19, // 20: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
+	18, // 21: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
+	24, // 22: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
+	21, // 23: fedtune.v1.RoundRecord.failures:type_name -> fedtune.v1.TaskFailure
+	24, // 24: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
+	5,  // 25: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 26: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	23, // 27: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	20, // 28: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	46, // 29: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	14, // 30: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
+	24, // 31: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
+	47, // 32: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 33: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	48, // 34: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	20, // 35: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	19, // 36: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	49, // 37: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	18, // 38: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	13, // 39: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
+	1,  // 40: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	28, // 41: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	26, // 42: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	28, // 43: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	42, // 44: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	39, // 45: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
+	2,  // 46: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -3608,7 +4060,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

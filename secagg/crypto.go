@@ -1,0 +1,109 @@
+package secagg
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/ecdh"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+)
+
+// context binds derived keys and sealed shares to one job, round and
+// attempt: a share or mask of another round does not open or cancel here.
+func (p Params) context(label string) string {
+	var b [8]byte
+	binary.BigEndian.PutUint32(b[:4], p.Round)
+	binary.BigEndian.PutUint32(b[4:], p.Attempt)
+	return "fedtune secagg " + label + "\x00" + p.Job + "\x00" + string(b[:])
+}
+
+// agree derives a 32-byte key from an X25519 exchange for one purpose.
+func agree(p Params, label string, priv *ecdh.PrivateKey, peer []byte) ([]byte, error) {
+	pub, err := ecdh.X25519().NewPublicKey(peer)
+	if err != nil {
+		return nil, fmt.Errorf("public key: %w", err)
+	}
+	shared, err := priv.ECDH(pub)
+	if err != nil {
+		return nil, fmt.Errorf("key agreement: %w", err)
+	}
+	return hkdf.Key(sha256.New, shared, nil, p.context(label), 32)
+}
+
+// seal encrypts a share for one neighbour (AES-256-GCM; the sender, the
+// receiver, the job, round and attempt are authenticated data).
+func seal(p Params, key []byte, from, to string, plain []byte, rng io.Reader) ([]byte, error) {
+	aead, err := newAEAD(key)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, aead.NonceSize())
+	if _, err := io.ReadFull(rng, nonce); err != nil {
+		return nil, err
+	}
+	return aead.Seal(nonce, nonce, plain, []byte(p.context("share")+from+"\x00"+to)), nil
+}
+
+// open decrypts a share sealed by seal.
+func open(p Params, key []byte, from, to string, box []byte) ([]byte, error) {
+	aead, err := newAEAD(key)
+	if err != nil {
+		return nil, err
+	}
+	if len(box) < aead.NonceSize()+aead.Overhead() {
+		return nil, fmt.Errorf("share from %s: %d bytes, too short", from, len(box))
+	}
+	plain, err := aead.Open(nil, box[:aead.NonceSize()], box[aead.NonceSize():], []byte(p.context("share")+from+"\x00"+to))
+	if err != nil {
+		return nil, fmt.Errorf("share from %s does not open (tampered, or for another round): %w", from, err)
+	}
+	return plain, nil
+}
+
+func newAEAD(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// commit is the commitment to a worker's own seed.
+func commit(p Params, worker string, seed []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte(p.context("seed") + worker + "\x00"))
+	h.Write(seed)
+	return h.Sum(nil)
+}
+
+// addMask adds sign × the PRG stream of seed to v (mod 2^32): ChaCha8, a
+// cryptographically strong generator, two 32-bit words per draw.
+func addMask(v []uint32, seed []byte, negate bool) {
+	var s [32]byte
+	copy(s[:], seed)
+	g := rand.NewChaCha8(s)
+	i := 0
+	for ; i+1 < len(v); i += 2 {
+		w := g.Uint64()
+		a, b := uint32(w), uint32(w>>32)
+		if negate {
+			v[i] -= a
+			v[i+1] -= b
+		} else {
+			v[i] += a
+			v[i+1] += b
+		}
+	}
+	if i < len(v) {
+		a := uint32(g.Uint64())
+		if negate {
+			v[i] -= a
+		} else {
+			v[i] += a
+		}
+	}
+}
