@@ -95,14 +95,56 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 			return fail(fmt.Errorf("server optimizer state: %w", err))
 		}
 	}
-	res, err := p.Run(ctx, in, blobSource{c: c, job: j})
+	var src round.Source = blobSource{c: c, job: j}
+	if r.Secagg != nil {
+		// The coordinators never see an update: the pipeline aggregates
+		// one, the unmasked mean, with equal weight.
+		mean, err := c.secaggMean(ctx, j, r)
+		if err != nil {
+			return fail(err)
+		}
+		in.Updates = []*pb.AcceptedUpdate{{Worker: "secagg", Samples: 1, Metrics: secaggLoss(r.Updates)}}
+		src = meanSource{mean}
+	}
+	res, err := p.Run(ctx, in, src)
 	if err != nil {
 		return fail(err)
 	}
 	if err := checkAggregate(res.Model, res.Metrics); err != nil {
 		return fail(err)
 	}
+	if r.Secagg != nil {
+		res.Scores = nil // one mean, no worker to score
+		res.Metrics["secagg_survivors"] = float64(len(r.Updates))
+	}
 	return res.Model, res.Metrics, pbScores(res.Scores, p.Async != nil && !p.LoRAExact), res.State, nil
+}
+
+// meanSource serves a SecAgg round's unmasked mean as its one update.
+type meanSource struct{ mean tensor.Set }
+
+func (s meanSource) Update(context.Context, *pb.AcceptedUpdate, int) (tensor.Vector, func(), error) {
+	return tensor.SetVector(s.mean), func() {}, nil
+}
+
+func (s meanSource) Version(context.Context, uint32) (tensor.Set, error) {
+	return tensor.Set{}, errors.New("secagg rounds are synchronous")
+}
+
+// secaggLoss is the sample-weighted mean of the workers' reported training
+// loss (reported in the clear with each masked update).
+func secaggLoss(ups []*pb.AcceptedUpdate) map[string]float64 {
+	var sum, w float64
+	for _, u := range ups {
+		if l, ok := u.Metrics["loss"]; ok {
+			sum += l * float64(u.Samples)
+			w += float64(u.Samples)
+		}
+	}
+	if w == 0 {
+		return nil
+	}
+	return map[string]float64{"loss": sum / w}
 }
 
 // blobSource is the round core's update source on a coordinator: updates

@@ -87,6 +87,8 @@ var appliers = map[pb.CommandType]applyFn{
 	pb.CommandType_COMMAND_TYPE_RECORD_EVAL:    applyRecordEval,
 	pb.CommandType_COMMAND_TYPE_CONTROL_JOB:    applyControlJob,
 	pb.CommandType_COMMAND_TYPE_RECORD_FAILURE: applyRecordFailure,
+	pb.CommandType_COMMAND_TYPE_SECAGG_MESSAGE: applySecAggMessage,
+	pb.CommandType_COMMAND_TYPE_SECAGG_PHASE:   applySecAggPhase,
 	pb.CommandType_COMMAND_TYPE_SERVER_ADDRS:   applyServerAddrs,
 }
 
@@ -521,4 +523,12 @@ func applyControlJob(f *FSM, payload []byte, _ int64) error {
 
 func applyRecordFailure(f *FSM, payload []byte, _ int64) error {
 	return onJob(f, payload, func(j round.Job, c *pb.RecordFailure) error { return j.RecordFailure(c.Round, c.Attempt, c.Failure) })
+}
+
+func applySecAggMessage(f *FSM, payload []byte, _ int64) error {
+	return onJob(f, payload, func(j round.Job, c *pb.SecAggMessage) error { return j.SecAggMessage(c) })
+}
+
+func applySecAggPhase(f *FSM, payload []byte, _ int64) error {
+	return onJob(f, payload, func(j round.Job, c *pb.SecAggPhase) error { return j.SecAggPhase(c) })
 }

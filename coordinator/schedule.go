@@ -51,6 +51,9 @@ func (s *scheduler) step(ctx context.Context, j *pb.Job, alive map[string]*pb.Wo
 	for id := range alive {
 		isAlive[id] = true
 	}
+	if r.Secagg != nil {
+		return s.stepSecAgg(ctx, j, r, isAlive, now)
+	}
 	switch round.DecideRound(j.Spec, r, isAlive, now) {
 	case round.Commit:
 		err := s.commit(ctx, j, r)

@@ -129,6 +129,9 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 		if _, ok := slices.BinarySearch(r.Selected, worker); !ok {
 			continue
 		}
+		if r.Secagg != nil && r.Secagg.Phase != round.PhaseKeys {
+			continue // too late to join the round's key exchange
+		}
 		if slices.ContainsFunc(r.Updates, func(u *pb.AcceptedUpdate) bool { return u.Worker == worker }) {
 			continue
 		}
@@ -147,6 +150,9 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			DeadlineUnixNano: r.DeadlineUnixNano,
 			Seed:             round.TaskSeed(j.Spec.Seed, r.Number, r.Attempt),
 			Attempt:          r.Attempt,
+		}
+		if sa := j.Spec.Secagg; sa != nil {
+			t.Secagg = &pb.SecAggTask{Neighbors: sa.Neighbors, Threshold: sa.Threshold, ClipRange: sa.ClipRange, FracBits: r.Secagg.FracBits, GraphSeed: j.Spec.Seed}
 		}
 		c.addModel(j, t)
 		return t
@@ -314,6 +320,9 @@ func (c *Coordinator) validateUpdate(req *pb.SubmitUpdateRequest) error {
 	}
 	if req.BaseModel != r.BaseModel {
 		return fmt.Errorf("trained from model %.12s, round %d starts from %.12s: %w", req.BaseModel, r.Number, r.BaseModel, ErrStaleRound)
+	}
+	if r.Secagg != nil {
+		return c.checkMasked(j, r, req)
 	}
 	return c.checkPayload(j, req)
 }

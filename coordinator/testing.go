@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"fmt"
 	"sort"
 	"time"
@@ -62,3 +63,9 @@ func (c *Coordinator) Crash() error { return c.stop(false) }
 // blobGrace as of now, and returns how many it deleted. The blob loop runs
 // it every minute; tests run it at a chosen time.
 func (c *Coordinator) CollectGarbage(now time.Time) int { return c.collectGarbage(now) }
+
+// ReadBlob returns the blob stored under hash (fetched from a peer if this
+// node lacks it).
+func (c *Coordinator) ReadBlob(hash string) ([]byte, error) {
+	return c.blob(context.Background(), hash)
+}

@@ -29,7 +29,8 @@ func (s *adminService) VerifyRound(ctx context.Context, req *pb.VerifyRoundReque
 			return nil, status.Errorf(codes.FailedPrecondition, "round %d: update of %s is no longer stored (kept for the last rounds only): %v", req.Round, u.Worker, err)
 		}
 	}
-	model, _, _, _, err := s.c.aggregateRound(ctx, j, &pb.Round{Number: rec.Number, BaseModel: round.VersionModel(j, req.Round-1), Updates: rec.Accepted})
+	model, _, _, _, err := s.c.aggregateRound(ctx, j, &pb.Round{Number: rec.Number, BaseModel: round.VersionModel(j, req.Round-1), Updates: rec.Accepted,
+		Secagg: rec.Secagg, Attempt: rec.Secagg.GetAttempt()})
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("recompute round %d: %w", req.Round, err))
 	}

@@ -96,6 +96,7 @@ type Task struct {
 	Tokenizer        string                 `protobuf:"bytes,14,opt,name=tokenizer,proto3" json:"tokenizer,omitempty"`                        // text jobs: blob hash of the tokenizer.json
 	SeqLen           uint32                 `protobuf:"varint,15,opt,name=seq_len,json=seqLen,proto3" json:"seq_len,omitempty"`               // text jobs: tokens per sequence
 	EvalOnly         bool                   `protobuf:"varint,16,opt,name=eval_only,json=evalOnly,proto3" json:"eval_only,omitempty"`         // evaluate base (the model of round) on the held-out data and SubmitEval; no training
+	Secagg           *SecAggTask            `protobuf:"bytes,17,opt,name=secagg,proto3" json:"secagg,omitempty"`                              // secure aggregation: after training, take part in the round's SecAgg+ phases
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -242,6 +243,310 @@ func (x *Task) GetEvalOnly() bool {
 	return false
 }
 
+func (x *Task) GetSecagg() *SecAggTask {
+	if x != nil {
+		return x.Secagg
+	}
+	return nil
+}
+
+// SecAggTask is what a worker needs to mask its update.
+type SecAggTask struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Neighbors     uint32                 `protobuf:"varint,1,opt,name=neighbors,proto3" json:"neighbors,omitempty"`
+	Threshold     float64                `protobuf:"fixed64,2,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	ClipRange     float64                `protobuf:"fixed64,3,opt,name=clip_range,json=clipRange,proto3" json:"clip_range,omitempty"`
+	FracBits      uint32                 `protobuf:"varint,4,opt,name=frac_bits,json=fracBits,proto3" json:"frac_bits,omitempty"`
+	GraphSeed     uint64                 `protobuf:"varint,5,opt,name=graph_seed,json=graphSeed,proto3" json:"graph_seed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecAggTask) Reset() {
+	*x = SecAggTask{}
+	mi := &file_api_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggTask) ProtoMessage() {}
+
+func (x *SecAggTask) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggTask.ProtoReflect.Descriptor instead.
+func (*SecAggTask) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SecAggTask) GetNeighbors() uint32 {
+	if x != nil {
+		return x.Neighbors
+	}
+	return 0
+}
+
+func (x *SecAggTask) GetThreshold() float64 {
+	if x != nil {
+		return x.Threshold
+	}
+	return 0
+}
+
+func (x *SecAggTask) GetClipRange() float64 {
+	if x != nil {
+		return x.ClipRange
+	}
+	return 0
+}
+
+func (x *SecAggTask) GetFracBits() uint32 {
+	if x != nil {
+		return x.FracBits
+	}
+	return 0
+}
+
+func (x *SecAggTask) GetGraphSeed() uint64 {
+	if x != nil {
+		return x.GraphSeed
+	}
+	return 0
+}
+
+// SecAggRequest is one worker's secure-aggregation message for its round
+// (phase 1: keys, 2: shares, 4: reveals; 0: none), and how long to wait
+// for the round to reach phase await.
+type SecAggRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Job           string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Round         uint32                 `protobuf:"varint,3,opt,name=round,proto3" json:"round,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Phase         uint32                 `protobuf:"varint,5,opt,name=phase,proto3" json:"phase,omitempty"`
+	Keys          *SecAggKeys            `protobuf:"bytes,6,opt,name=keys,proto3" json:"keys,omitempty"`
+	Shares        []*SecAggShare         `protobuf:"bytes,7,rep,name=shares,proto3" json:"shares,omitempty"`
+	Reveals       []*SecAggReveal        `protobuf:"bytes,8,rep,name=reveals,proto3" json:"reveals,omitempty"`
+	Await         uint32                 `protobuf:"varint,9,opt,name=await,proto3" json:"await,omitempty"`
+	WaitSeconds   float64                `protobuf:"fixed64,10,opt,name=wait_seconds,json=waitSeconds,proto3" json:"wait_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecAggRequest) Reset() {
+	*x = SecAggRequest{}
+	mi := &file_api_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggRequest) ProtoMessage() {}
+
+func (x *SecAggRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggRequest.ProtoReflect.Descriptor instead.
+func (*SecAggRequest) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SecAggRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SecAggRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SecAggRequest) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *SecAggRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SecAggRequest) GetPhase() uint32 {
+	if x != nil {
+		return x.Phase
+	}
+	return 0
+}
+
+func (x *SecAggRequest) GetKeys() *SecAggKeys {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *SecAggRequest) GetShares() []*SecAggShare {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *SecAggRequest) GetReveals() []*SecAggReveal {
+	if x != nil {
+		return x.Reveals
+	}
+	return nil
+}
+
+func (x *SecAggRequest) GetAwait() uint32 {
+	if x != nil {
+		return x.Await
+	}
+	return 0
+}
+
+func (x *SecAggRequest) GetWaitSeconds() float64 {
+	if x != nil {
+		return x.WaitSeconds
+	}
+	return 0
+}
+
+// SecAggResponse is the round's protocol state as this worker may see it.
+type SecAggResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         uint32                 `protobuf:"varint,1,opt,name=phase,proto3" json:"phase,omitempty"`        // the round's phase now
+	Ended         bool                   `protobuf:"varint,2,opt,name=ended,proto3" json:"ended,omitempty"`        // the round (this attempt) is over: committed, aborted or planned again
+	Keys          []*SecAggKeys          `protobuf:"bytes,3,rep,name=keys,proto3" json:"keys,omitempty"`           // phase ≥ 2: every worker's keys (U1)
+	Shared        []string               `protobuf:"bytes,4,rep,name=shared,proto3" json:"shared,omitempty"`       // phase ≥ 3: U2
+	Inbox         []*SecAggShare         `protobuf:"bytes,5,rep,name=inbox,proto3" json:"inbox,omitempty"`         // phase ≥ 3: the shares addressed to this worker
+	Survivors     []string               `protobuf:"bytes,6,rep,name=survivors,proto3" json:"survivors,omitempty"` // phase 4: workers whose masked updates arrived
+	LeaderAddr    string                 `protobuf:"bytes,7,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
+	NotLeader     bool                   `protobuf:"varint,8,opt,name=not_leader,json=notLeader,proto3" json:"not_leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecAggResponse) Reset() {
+	*x = SecAggResponse{}
+	mi := &file_api_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggResponse) ProtoMessage() {}
+
+func (x *SecAggResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggResponse.ProtoReflect.Descriptor instead.
+func (*SecAggResponse) Descriptor() ([]byte, []int) {
+	return file_api_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SecAggResponse) GetPhase() uint32 {
+	if x != nil {
+		return x.Phase
+	}
+	return 0
+}
+
+func (x *SecAggResponse) GetEnded() bool {
+	if x != nil {
+		return x.Ended
+	}
+	return false
+}
+
+func (x *SecAggResponse) GetKeys() []*SecAggKeys {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *SecAggResponse) GetShared() []string {
+	if x != nil {
+		return x.Shared
+	}
+	return nil
+}
+
+func (x *SecAggResponse) GetInbox() []*SecAggShare {
+	if x != nil {
+		return x.Inbox
+	}
+	return nil
+}
+
+func (x *SecAggResponse) GetSurvivors() []string {
+	if x != nil {
+		return x.Survivors
+	}
+	return nil
+}
+
+func (x *SecAggResponse) GetLeaderAddr() string {
+	if x != nil {
+		return x.LeaderAddr
+	}
+	return ""
+}
+
+func (x *SecAggResponse) GetNotLeader() bool {
+	if x != nil {
+		return x.NotLeader
+	}
+	return false
+}
+
 // SubmitEvalRequest is a worker's federated evaluation of a committed model.
 type SubmitEvalRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -257,7 +562,7 @@ type SubmitEvalRequest struct {
 
 func (x *SubmitEvalRequest) Reset() {
 	*x = SubmitEvalRequest{}
-	mi := &file_api_proto_msgTypes[2]
+	mi := &file_api_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -269,7 +574,7 @@ func (x *SubmitEvalRequest) String() string {
 func (*SubmitEvalRequest) ProtoMessage() {}
 
 func (x *SubmitEvalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[2]
+	mi := &file_api_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -282,7 +587,7 @@ func (x *SubmitEvalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEvalRequest.ProtoReflect.Descriptor instead.
 func (*SubmitEvalRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{2}
+	return file_api_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitEvalRequest) GetWorkerId() string {
@@ -338,7 +643,7 @@ type SubmitEvalResponse struct {
 
 func (x *SubmitEvalResponse) Reset() {
 	*x = SubmitEvalResponse{}
-	mi := &file_api_proto_msgTypes[3]
+	mi := &file_api_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +655,7 @@ func (x *SubmitEvalResponse) String() string {
 func (*SubmitEvalResponse) ProtoMessage() {}
 
 func (x *SubmitEvalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[3]
+	mi := &file_api_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +668,7 @@ func (x *SubmitEvalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEvalResponse.ProtoReflect.Descriptor instead.
 func (*SubmitEvalResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{3}
+	return file_api_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SubmitEvalResponse) GetDuplicate() bool {
@@ -404,7 +709,7 @@ type PollTaskRequest struct {
 
 func (x *PollTaskRequest) Reset() {
 	*x = PollTaskRequest{}
-	mi := &file_api_proto_msgTypes[4]
+	mi := &file_api_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +721,7 @@ func (x *PollTaskRequest) String() string {
 func (*PollTaskRequest) ProtoMessage() {}
 
 func (x *PollTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[4]
+	mi := &file_api_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +734,7 @@ func (x *PollTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollTaskRequest.ProtoReflect.Descriptor instead.
 func (*PollTaskRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{4}
+	return file_api_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PollTaskRequest) GetWorkerId() string {
@@ -472,7 +777,7 @@ type PollTaskResponse struct {
 
 func (x *PollTaskResponse) Reset() {
 	*x = PollTaskResponse{}
-	mi := &file_api_proto_msgTypes[5]
+	mi := &file_api_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +789,7 @@ func (x *PollTaskResponse) String() string {
 func (*PollTaskResponse) ProtoMessage() {}
 
 func (x *PollTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[5]
+	mi := &file_api_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +802,7 @@ func (x *PollTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollTaskResponse.ProtoReflect.Descriptor instead.
 func (*PollTaskResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{5}
+	return file_api_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PollTaskResponse) GetTask() *Task {
@@ -545,7 +850,7 @@ type SubmitUpdateRequest struct {
 
 func (x *SubmitUpdateRequest) Reset() {
 	*x = SubmitUpdateRequest{}
-	mi := &file_api_proto_msgTypes[6]
+	mi := &file_api_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +862,7 @@ func (x *SubmitUpdateRequest) String() string {
 func (*SubmitUpdateRequest) ProtoMessage() {}
 
 func (x *SubmitUpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[6]
+	mi := &file_api_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +875,7 @@ func (x *SubmitUpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitUpdateRequest.ProtoReflect.Descriptor instead.
 func (*SubmitUpdateRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{6}
+	return file_api_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubmitUpdateRequest) GetWorkerId() string {
@@ -648,7 +953,7 @@ type SubmitUpdateResponse struct {
 
 func (x *SubmitUpdateResponse) Reset() {
 	*x = SubmitUpdateResponse{}
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +965,7 @@ func (x *SubmitUpdateResponse) String() string {
 func (*SubmitUpdateResponse) ProtoMessage() {}
 
 func (x *SubmitUpdateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[7]
+	mi := &file_api_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +978,7 @@ func (x *SubmitUpdateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitUpdateResponse.ProtoReflect.Descriptor instead.
 func (*SubmitUpdateResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{7}
+	return file_api_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SubmitUpdateResponse) GetAccepted() bool {
@@ -714,7 +1019,7 @@ type GetBlobRequest struct {
 
 func (x *GetBlobRequest) Reset() {
 	*x = GetBlobRequest{}
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +1031,7 @@ func (x *GetBlobRequest) String() string {
 func (*GetBlobRequest) ProtoMessage() {}
 
 func (x *GetBlobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[8]
+	mi := &file_api_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +1044,7 @@ func (x *GetBlobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBlobRequest.ProtoReflect.Descriptor instead.
 func (*GetBlobRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{8}
+	return file_api_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetBlobRequest) GetHash() string {
@@ -769,7 +1074,7 @@ type BlobChunk struct {
 
 func (x *BlobChunk) Reset() {
 	*x = BlobChunk{}
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +1086,7 @@ func (x *BlobChunk) String() string {
 func (*BlobChunk) ProtoMessage() {}
 
 func (x *BlobChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[9]
+	mi := &file_api_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +1099,7 @@ func (x *BlobChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobChunk.ProtoReflect.Descriptor instead.
 func (*BlobChunk) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{9}
+	return file_api_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BlobChunk) GetHash() string {
@@ -828,7 +1133,7 @@ type PutBlobResponse struct {
 
 func (x *PutBlobResponse) Reset() {
 	*x = PutBlobResponse{}
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +1145,7 @@ func (x *PutBlobResponse) String() string {
 func (*PutBlobResponse) ProtoMessage() {}
 
 func (x *PutBlobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[10]
+	mi := &file_api_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +1158,7 @@ func (x *PutBlobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutBlobResponse.ProtoReflect.Descriptor instead.
 func (*PutBlobResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{10}
+	return file_api_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PutBlobResponse) GetHash() string {
@@ -879,7 +1184,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -891,7 +1196,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[11]
+	mi := &file_api_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -904,7 +1209,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{11}
+	return file_api_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubmitJobRequest) GetSpec() *JobSpec {
@@ -923,7 +1228,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1240,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[12]
+	mi := &file_api_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1253,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{12}
+	return file_api_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SubmitJobResponse) GetJob() *Job {
@@ -972,7 +1277,7 @@ type JobStatusRequest struct {
 
 func (x *JobStatusRequest) Reset() {
 	*x = JobStatusRequest{}
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1289,7 @@ func (x *JobStatusRequest) String() string {
 func (*JobStatusRequest) ProtoMessage() {}
 
 func (x *JobStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[13]
+	mi := &file_api_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1302,7 @@ func (x *JobStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatusRequest.ProtoReflect.Descriptor instead.
 func (*JobStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{13}
+	return file_api_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JobStatusRequest) GetName() string {
@@ -1027,7 +1332,7 @@ type JobStatusResponse struct {
 
 func (x *JobStatusResponse) Reset() {
 	*x = JobStatusResponse{}
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1344,7 @@ func (x *JobStatusResponse) String() string {
 func (*JobStatusResponse) ProtoMessage() {}
 
 func (x *JobStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[14]
+	mi := &file_api_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1357,7 @@ func (x *JobStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatusResponse.ProtoReflect.Descriptor instead.
 func (*JobStatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{14}
+	return file_api_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JobStatusResponse) GetJob() *Job {
@@ -1105,7 +1410,7 @@ type ReportFailureRequest struct {
 
 func (x *ReportFailureRequest) Reset() {
 	*x = ReportFailureRequest{}
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1422,7 @@ func (x *ReportFailureRequest) String() string {
 func (*ReportFailureRequest) ProtoMessage() {}
 
 func (x *ReportFailureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[15]
+	mi := &file_api_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1435,7 @@ func (x *ReportFailureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFailureRequest.ProtoReflect.Descriptor instead.
 func (*ReportFailureRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{15}
+	return file_api_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReportFailureRequest) GetWorkerId() string {
@@ -1185,7 +1490,7 @@ type ReportFailureResponse struct {
 
 func (x *ReportFailureResponse) Reset() {
 	*x = ReportFailureResponse{}
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1502,7 @@ func (x *ReportFailureResponse) String() string {
 func (*ReportFailureResponse) ProtoMessage() {}
 
 func (x *ReportFailureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[16]
+	mi := &file_api_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1515,7 @@ func (x *ReportFailureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportFailureResponse.ProtoReflect.Descriptor instead.
 func (*ReportFailureResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{16}
+	return file_api_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ReportFailureResponse) GetLeaderAddr() string {
@@ -1237,7 +1542,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1554,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[17]
+	mi := &file_api_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1567,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{17}
+	return file_api_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListJobsRequest) GetPageSize() uint32 {
@@ -1293,7 +1598,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1610,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[18]
+	mi := &file_api_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1623,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{18}
+	return file_api_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1350,7 +1655,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1667,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[19]
+	mi := &file_api_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1680,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{19}
+	return file_api_proto_rawDescGZIP(), []int{22}
 }
 
 type ListWorkersResponse struct {
@@ -1388,7 +1693,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1705,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[20]
+	mi := &file_api_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1718,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{20}
+	return file_api_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -1441,7 +1746,7 @@ type ExportModelRequest struct {
 
 func (x *ExportModelRequest) Reset() {
 	*x = ExportModelRequest{}
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1758,7 @@ func (x *ExportModelRequest) String() string {
 func (*ExportModelRequest) ProtoMessage() {}
 
 func (x *ExportModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[21]
+	mi := &file_api_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1771,7 @@ func (x *ExportModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportModelRequest.ProtoReflect.Descriptor instead.
 func (*ExportModelRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{21}
+	return file_api_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExportModelRequest) GetJob() string {
@@ -1498,7 +1803,7 @@ type ClusterStatusRequest struct {
 
 func (x *ClusterStatusRequest) Reset() {
 	*x = ClusterStatusRequest{}
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1815,7 @@ func (x *ClusterStatusRequest) String() string {
 func (*ClusterStatusRequest) ProtoMessage() {}
 
 func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[22]
+	mi := &file_api_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1828,7 @@ func (x *ClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*ClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{22}
+	return file_api_proto_rawDescGZIP(), []int{25}
 }
 
 // RaftServer is one server of the Raft configuration.
@@ -1540,7 +1845,7 @@ type RaftServer struct {
 
 func (x *RaftServer) Reset() {
 	*x = RaftServer{}
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1857,7 @@ func (x *RaftServer) String() string {
 func (*RaftServer) ProtoMessage() {}
 
 func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[23]
+	mi := &file_api_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1870,7 @@ func (x *RaftServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
 func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{23}
+	return file_api_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RaftServer) GetId() string {
@@ -1618,7 +1923,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1935,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[24]
+	mi := &file_api_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1948,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{24}
+	return file_api_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Member) GetName() string {
@@ -1709,7 +2014,7 @@ type ClusterStatusResponse struct {
 
 func (x *ClusterStatusResponse) Reset() {
 	*x = ClusterStatusResponse{}
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +2026,7 @@ func (x *ClusterStatusResponse) String() string {
 func (*ClusterStatusResponse) ProtoMessage() {}
 
 func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[25]
+	mi := &file_api_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +2039,7 @@ func (x *ClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*ClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{25}
+	return file_api_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ClusterStatusResponse) GetNode() string {
@@ -1838,7 +2143,7 @@ type VerifyRoundRequest struct {
 
 func (x *VerifyRoundRequest) Reset() {
 	*x = VerifyRoundRequest{}
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +2155,7 @@ func (x *VerifyRoundRequest) String() string {
 func (*VerifyRoundRequest) ProtoMessage() {}
 
 func (x *VerifyRoundRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[26]
+	mi := &file_api_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +2168,7 @@ func (x *VerifyRoundRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRoundRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRoundRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{26}
+	return file_api_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VerifyRoundRequest) GetJob() string {
@@ -1893,7 +2198,7 @@ type VerifyRoundResponse struct {
 
 func (x *VerifyRoundResponse) Reset() {
 	*x = VerifyRoundResponse{}
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +2210,7 @@ func (x *VerifyRoundResponse) String() string {
 func (*VerifyRoundResponse) ProtoMessage() {}
 
 func (x *VerifyRoundResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[27]
+	mi := &file_api_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2223,7 @@ func (x *VerifyRoundResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRoundResponse.ProtoReflect.Descriptor instead.
 func (*VerifyRoundResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{27}
+	return file_api_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *VerifyRoundResponse) GetCommittedModel() string {
@@ -1968,7 +2273,7 @@ type ControlJobRequest struct {
 
 func (x *ControlJobRequest) Reset() {
 	*x = ControlJobRequest{}
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2285,7 @@ func (x *ControlJobRequest) String() string {
 func (*ControlJobRequest) ProtoMessage() {}
 
 func (x *ControlJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[28]
+	mi := &file_api_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2298,7 @@ func (x *ControlJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlJobRequest.ProtoReflect.Descriptor instead.
 func (*ControlJobRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{28}
+	return file_api_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ControlJobRequest) GetName() string {
@@ -2033,7 +2338,7 @@ type ControlJobResponse struct {
 
 func (x *ControlJobResponse) Reset() {
 	*x = ControlJobResponse{}
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2045,7 +2350,7 @@ func (x *ControlJobResponse) String() string {
 func (*ControlJobResponse) ProtoMessage() {}
 
 func (x *ControlJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[29]
+	mi := &file_api_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2058,7 +2363,7 @@ func (x *ControlJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlJobResponse.ProtoReflect.Descriptor instead.
 func (*ControlJobResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{29}
+	return file_api_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ControlJobResponse) GetJob() *Job {
@@ -2078,7 +2383,7 @@ type RevokeWorkerRequest struct {
 
 func (x *RevokeWorkerRequest) Reset() {
 	*x = RevokeWorkerRequest{}
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2395,7 @@ func (x *RevokeWorkerRequest) String() string {
 func (*RevokeWorkerRequest) ProtoMessage() {}
 
 func (x *RevokeWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[30]
+	mi := &file_api_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2408,7 @@ func (x *RevokeWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorkerRequest.ProtoReflect.Descriptor instead.
 func (*RevokeWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{30}
+	return file_api_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeWorkerRequest) GetName() string {
@@ -2129,7 +2434,7 @@ type RevokeWorkerResponse struct {
 
 func (x *RevokeWorkerResponse) Reset() {
 	*x = RevokeWorkerResponse{}
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2446,7 @@ func (x *RevokeWorkerResponse) String() string {
 func (*RevokeWorkerResponse) ProtoMessage() {}
 
 func (x *RevokeWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[31]
+	mi := &file_api_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2459,7 @@ func (x *RevokeWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorkerResponse.ProtoReflect.Descriptor instead.
 func (*RevokeWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{31}
+	return file_api_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeWorkerResponse) GetLeaderAddr() string {
@@ -2173,7 +2478,7 @@ type KeyringRequest struct {
 
 func (x *KeyringRequest) Reset() {
 	*x = KeyringRequest{}
-	mi := &file_api_proto_msgTypes[32]
+	mi := &file_api_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2490,7 @@ func (x *KeyringRequest) String() string {
 func (*KeyringRequest) ProtoMessage() {}
 
 func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[32]
+	mi := &file_api_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2503,7 @@ func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
 func (*KeyringRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{32}
+	return file_api_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *KeyringRequest) GetChange() *Keyring {
@@ -2217,7 +2522,7 @@ type KeyringResponse struct {
 
 func (x *KeyringResponse) Reset() {
 	*x = KeyringResponse{}
-	mi := &file_api_proto_msgTypes[33]
+	mi := &file_api_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2534,7 @@ func (x *KeyringResponse) String() string {
 func (*KeyringResponse) ProtoMessage() {}
 
 func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[33]
+	mi := &file_api_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2547,7 @@ func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
 func (*KeyringResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{33}
+	return file_api_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *KeyringResponse) GetKeys() []string {
@@ -2261,7 +2566,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_api_proto_msgTypes[34]
+	mi := &file_api_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2273,7 +2578,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[34]
+	mi := &file_api_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2286,7 +2591,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{34}
+	return file_api_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TransferLeadershipRequest) GetTo() string {
@@ -2306,7 +2611,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_api_proto_msgTypes[35]
+	mi := &file_api_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2318,7 +2623,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_proto_msgTypes[35]
+	mi := &file_api_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2331,7 +2636,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_api_proto_rawDescGZIP(), []int{35}
+	return file_api_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TransferLeadershipResponse) GetLeaderId() string {
@@ -2356,7 +2661,7 @@ const file_api_proto_rawDesc = "" +
 	"fedtune.v1\x1a\rfedtune.proto\"2\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"\xf8\x03\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"\xa8\x04\n" +
 	"\x04Task\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12(\n" +
@@ -2374,7 +2679,40 @@ const file_api_proto_rawDesc = "" +
 	"\fmodel_config\x18\r \x01(\fR\vmodelConfig\x12\x1c\n" +
 	"\ttokenizer\x18\x0e \x01(\tR\ttokenizer\x12\x17\n" +
 	"\aseq_len\x18\x0f \x01(\rR\x06seqLen\x12\x1b\n" +
-	"\teval_only\x18\x10 \x01(\bR\bevalOnly\"\xa3\x01\n" +
+	"\teval_only\x18\x10 \x01(\bR\bevalOnly\x12.\n" +
+	"\x06secagg\x18\x11 \x01(\v2\x16.fedtune.v1.SecAggTaskR\x06secagg\"\xa3\x01\n" +
+	"\n" +
+	"SecAggTask\x12\x1c\n" +
+	"\tneighbors\x18\x01 \x01(\rR\tneighbors\x12\x1c\n" +
+	"\tthreshold\x18\x02 \x01(\x01R\tthreshold\x12\x1d\n" +
+	"\n" +
+	"clip_range\x18\x03 \x01(\x01R\tclipRange\x12\x1b\n" +
+	"\tfrac_bits\x18\x04 \x01(\rR\bfracBits\x12\x1d\n" +
+	"\n" +
+	"graph_seed\x18\x05 \x01(\x04R\tgraphSeed\"\xce\x02\n" +
+	"\rSecAggRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
+	"\x05round\x18\x03 \x01(\rR\x05round\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x14\n" +
+	"\x05phase\x18\x05 \x01(\rR\x05phase\x12*\n" +
+	"\x04keys\x18\x06 \x01(\v2\x16.fedtune.v1.SecAggKeysR\x04keys\x12/\n" +
+	"\x06shares\x18\a \x03(\v2\x17.fedtune.v1.SecAggShareR\x06shares\x122\n" +
+	"\areveals\x18\b \x03(\v2\x18.fedtune.v1.SecAggRevealR\areveals\x12\x14\n" +
+	"\x05await\x18\t \x01(\rR\x05await\x12!\n" +
+	"\fwait_seconds\x18\n" +
+	" \x01(\x01R\vwaitSeconds\"\x8d\x02\n" +
+	"\x0eSecAggResponse\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\rR\x05phase\x12\x14\n" +
+	"\x05ended\x18\x02 \x01(\bR\x05ended\x12*\n" +
+	"\x04keys\x18\x03 \x03(\v2\x16.fedtune.v1.SecAggKeysR\x04keys\x12\x16\n" +
+	"\x06shared\x18\x04 \x03(\tR\x06shared\x12-\n" +
+	"\x05inbox\x18\x05 \x03(\v2\x17.fedtune.v1.SecAggShareR\x05inbox\x12\x1c\n" +
+	"\tsurvivors\x18\x06 \x03(\tR\tsurvivors\x12\x1f\n" +
+	"\vleader_addr\x18\a \x01(\tR\n" +
+	"leaderAddr\x12\x1d\n" +
+	"\n" +
+	"not_leader\x18\b \x01(\bR\tnotLeader\"\xa3\x01\n" +
 	"\x11SubmitEvalRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x14\n" +
@@ -2562,77 +2900,89 @@ func file_api_proto_rawDescGZIP() []byte {
 	return file_api_proto_rawDescData
 }
 
-var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_api_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_api_proto_goTypes = []any{
 	(*ModelRef)(nil),                   // 0: fedtune.v1.ModelRef
 	(*Task)(nil),                       // 1: fedtune.v1.Task
-	(*SubmitEvalRequest)(nil),          // 2: fedtune.v1.SubmitEvalRequest
-	(*SubmitEvalResponse)(nil),         // 3: fedtune.v1.SubmitEvalResponse
-	(*PollTaskRequest)(nil),            // 4: fedtune.v1.PollTaskRequest
-	(*PollTaskResponse)(nil),           // 5: fedtune.v1.PollTaskResponse
-	(*SubmitUpdateRequest)(nil),        // 6: fedtune.v1.SubmitUpdateRequest
-	(*SubmitUpdateResponse)(nil),       // 7: fedtune.v1.SubmitUpdateResponse
-	(*GetBlobRequest)(nil),             // 8: fedtune.v1.GetBlobRequest
-	(*BlobChunk)(nil),                  // 9: fedtune.v1.BlobChunk
-	(*PutBlobResponse)(nil),            // 10: fedtune.v1.PutBlobResponse
-	(*SubmitJobRequest)(nil),           // 11: fedtune.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),          // 12: fedtune.v1.SubmitJobResponse
-	(*JobStatusRequest)(nil),           // 13: fedtune.v1.JobStatusRequest
-	(*JobStatusResponse)(nil),          // 14: fedtune.v1.JobStatusResponse
-	(*ReportFailureRequest)(nil),       // 15: fedtune.v1.ReportFailureRequest
-	(*ReportFailureResponse)(nil),      // 16: fedtune.v1.ReportFailureResponse
-	(*ListJobsRequest)(nil),            // 17: fedtune.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),           // 18: fedtune.v1.ListJobsResponse
-	(*ListWorkersRequest)(nil),         // 19: fedtune.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),        // 20: fedtune.v1.ListWorkersResponse
-	(*ExportModelRequest)(nil),         // 21: fedtune.v1.ExportModelRequest
-	(*ClusterStatusRequest)(nil),       // 22: fedtune.v1.ClusterStatusRequest
-	(*RaftServer)(nil),                 // 23: fedtune.v1.RaftServer
-	(*Member)(nil),                     // 24: fedtune.v1.Member
-	(*ClusterStatusResponse)(nil),      // 25: fedtune.v1.ClusterStatusResponse
-	(*VerifyRoundRequest)(nil),         // 26: fedtune.v1.VerifyRoundRequest
-	(*VerifyRoundResponse)(nil),        // 27: fedtune.v1.VerifyRoundResponse
-	(*ControlJobRequest)(nil),          // 28: fedtune.v1.ControlJobRequest
-	(*ControlJobResponse)(nil),         // 29: fedtune.v1.ControlJobResponse
-	(*RevokeWorkerRequest)(nil),        // 30: fedtune.v1.RevokeWorkerRequest
-	(*RevokeWorkerResponse)(nil),       // 31: fedtune.v1.RevokeWorkerResponse
-	(*KeyringRequest)(nil),             // 32: fedtune.v1.KeyringRequest
-	(*KeyringResponse)(nil),            // 33: fedtune.v1.KeyringResponse
-	(*TransferLeadershipRequest)(nil),  // 34: fedtune.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 35: fedtune.v1.TransferLeadershipResponse
-	nil,                                // 36: fedtune.v1.PollTaskRequest.LabelsEntry
-	nil,                                // 37: fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	nil,                                // 38: fedtune.v1.Member.LabelsEntry
-	(*TrainConfig)(nil),                // 39: fedtune.v1.TrainConfig
-	(*LoRASpec)(nil),                   // 40: fedtune.v1.LoRASpec
-	(*JobSpec)(nil),                    // 41: fedtune.v1.JobSpec
-	(*Job)(nil),                        // 42: fedtune.v1.Job
-	(*WorkerInfo)(nil),                 // 43: fedtune.v1.WorkerInfo
-	(*Keyring)(nil),                    // 44: fedtune.v1.Keyring
+	(*SecAggTask)(nil),                 // 2: fedtune.v1.SecAggTask
+	(*SecAggRequest)(nil),              // 3: fedtune.v1.SecAggRequest
+	(*SecAggResponse)(nil),             // 4: fedtune.v1.SecAggResponse
+	(*SubmitEvalRequest)(nil),          // 5: fedtune.v1.SubmitEvalRequest
+	(*SubmitEvalResponse)(nil),         // 6: fedtune.v1.SubmitEvalResponse
+	(*PollTaskRequest)(nil),            // 7: fedtune.v1.PollTaskRequest
+	(*PollTaskResponse)(nil),           // 8: fedtune.v1.PollTaskResponse
+	(*SubmitUpdateRequest)(nil),        // 9: fedtune.v1.SubmitUpdateRequest
+	(*SubmitUpdateResponse)(nil),       // 10: fedtune.v1.SubmitUpdateResponse
+	(*GetBlobRequest)(nil),             // 11: fedtune.v1.GetBlobRequest
+	(*BlobChunk)(nil),                  // 12: fedtune.v1.BlobChunk
+	(*PutBlobResponse)(nil),            // 13: fedtune.v1.PutBlobResponse
+	(*SubmitJobRequest)(nil),           // 14: fedtune.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),          // 15: fedtune.v1.SubmitJobResponse
+	(*JobStatusRequest)(nil),           // 16: fedtune.v1.JobStatusRequest
+	(*JobStatusResponse)(nil),          // 17: fedtune.v1.JobStatusResponse
+	(*ReportFailureRequest)(nil),       // 18: fedtune.v1.ReportFailureRequest
+	(*ReportFailureResponse)(nil),      // 19: fedtune.v1.ReportFailureResponse
+	(*ListJobsRequest)(nil),            // 20: fedtune.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),           // 21: fedtune.v1.ListJobsResponse
+	(*ListWorkersRequest)(nil),         // 22: fedtune.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),        // 23: fedtune.v1.ListWorkersResponse
+	(*ExportModelRequest)(nil),         // 24: fedtune.v1.ExportModelRequest
+	(*ClusterStatusRequest)(nil),       // 25: fedtune.v1.ClusterStatusRequest
+	(*RaftServer)(nil),                 // 26: fedtune.v1.RaftServer
+	(*Member)(nil),                     // 27: fedtune.v1.Member
+	(*ClusterStatusResponse)(nil),      // 28: fedtune.v1.ClusterStatusResponse
+	(*VerifyRoundRequest)(nil),         // 29: fedtune.v1.VerifyRoundRequest
+	(*VerifyRoundResponse)(nil),        // 30: fedtune.v1.VerifyRoundResponse
+	(*ControlJobRequest)(nil),          // 31: fedtune.v1.ControlJobRequest
+	(*ControlJobResponse)(nil),         // 32: fedtune.v1.ControlJobResponse
+	(*RevokeWorkerRequest)(nil),        // 33: fedtune.v1.RevokeWorkerRequest
+	(*RevokeWorkerResponse)(nil),       // 34: fedtune.v1.RevokeWorkerResponse
+	(*KeyringRequest)(nil),             // 35: fedtune.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 36: fedtune.v1.KeyringResponse
+	(*TransferLeadershipRequest)(nil),  // 37: fedtune.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 38: fedtune.v1.TransferLeadershipResponse
+	nil,                                // 39: fedtune.v1.PollTaskRequest.LabelsEntry
+	nil,                                // 40: fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	nil,                                // 41: fedtune.v1.Member.LabelsEntry
+	(*TrainConfig)(nil),                // 42: fedtune.v1.TrainConfig
+	(*LoRASpec)(nil),                   // 43: fedtune.v1.LoRASpec
+	(*SecAggKeys)(nil),                 // 44: fedtune.v1.SecAggKeys
+	(*SecAggShare)(nil),                // 45: fedtune.v1.SecAggShare
+	(*SecAggReveal)(nil),               // 46: fedtune.v1.SecAggReveal
+	(*JobSpec)(nil),                    // 47: fedtune.v1.JobSpec
+	(*Job)(nil),                        // 48: fedtune.v1.Job
+	(*WorkerInfo)(nil),                 // 49: fedtune.v1.WorkerInfo
+	(*Keyring)(nil),                    // 50: fedtune.v1.Keyring
 }
 var file_api_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Task.base:type_name -> fedtune.v1.ModelRef
-	39, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
+	42, // 1: fedtune.v1.Task.train:type_name -> fedtune.v1.TrainConfig
 	0,  // 2: fedtune.v1.Task.frozen:type_name -> fedtune.v1.ModelRef
-	40, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
-	36, // 4: fedtune.v1.PollTaskRequest.labels:type_name -> fedtune.v1.PollTaskRequest.LabelsEntry
-	1,  // 5: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
-	37, // 6: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
-	41, // 7: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
-	42, // 8: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
-	42, // 9: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
-	42, // 10: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
-	43, // 11: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
-	38, // 12: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
-	23, // 13: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
-	24, // 14: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
-	42, // 15: fedtune.v1.ControlJobResponse.job:type_name -> fedtune.v1.Job
-	44, // 16: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	43, // 3: fedtune.v1.Task.lora:type_name -> fedtune.v1.LoRASpec
+	2,  // 4: fedtune.v1.Task.secagg:type_name -> fedtune.v1.SecAggTask
+	44, // 5: fedtune.v1.SecAggRequest.keys:type_name -> fedtune.v1.SecAggKeys
+	45, // 6: fedtune.v1.SecAggRequest.shares:type_name -> fedtune.v1.SecAggShare
+	46, // 7: fedtune.v1.SecAggRequest.reveals:type_name -> fedtune.v1.SecAggReveal
+	44, // 8: fedtune.v1.SecAggResponse.keys:type_name -> fedtune.v1.SecAggKeys
+	45, // 9: fedtune.v1.SecAggResponse.inbox:type_name -> fedtune.v1.SecAggShare
+	39, // 10: fedtune.v1.PollTaskRequest.labels:type_name -> fedtune.v1.PollTaskRequest.LabelsEntry
+	1,  // 11: fedtune.v1.PollTaskResponse.task:type_name -> fedtune.v1.Task
+	40, // 12: fedtune.v1.SubmitUpdateRequest.metrics:type_name -> fedtune.v1.SubmitUpdateRequest.MetricsEntry
+	47, // 13: fedtune.v1.SubmitJobRequest.spec:type_name -> fedtune.v1.JobSpec
+	48, // 14: fedtune.v1.SubmitJobResponse.job:type_name -> fedtune.v1.Job
+	48, // 15: fedtune.v1.JobStatusResponse.job:type_name -> fedtune.v1.Job
+	48, // 16: fedtune.v1.ListJobsResponse.jobs:type_name -> fedtune.v1.Job
+	49, // 17: fedtune.v1.ListWorkersResponse.workers:type_name -> fedtune.v1.WorkerInfo
+	41, // 18: fedtune.v1.Member.labels:type_name -> fedtune.v1.Member.LabelsEntry
+	26, // 19: fedtune.v1.ClusterStatusResponse.servers:type_name -> fedtune.v1.RaftServer
+	27, // 20: fedtune.v1.ClusterStatusResponse.members:type_name -> fedtune.v1.Member
+	48, // 21: fedtune.v1.ControlJobResponse.job:type_name -> fedtune.v1.Job
+	50, // 22: fedtune.v1.KeyringRequest.change:type_name -> fedtune.v1.Keyring
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_api_proto_init() }
@@ -2647,7 +2997,7 @@ func file_api_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_proto_rawDesc), len(file_api_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -47,6 +47,8 @@ const (
 	CommandType_COMMAND_TYPE_RECORD_EVAL    CommandType = 13
 	CommandType_COMMAND_TYPE_CONTROL_JOB    CommandType = 14
 	CommandType_COMMAND_TYPE_RECORD_FAILURE CommandType = 15
+	CommandType_COMMAND_TYPE_SECAGG_MESSAGE CommandType = 16
+	CommandType_COMMAND_TYPE_SECAGG_PHASE   CommandType = 17
 )
 
 // Enum value maps for CommandType.
@@ -68,6 +70,8 @@ var (
 		13: "COMMAND_TYPE_RECORD_EVAL",
 		14: "COMMAND_TYPE_CONTROL_JOB",
 		15: "COMMAND_TYPE_RECORD_FAILURE",
+		16: "COMMAND_TYPE_SECAGG_MESSAGE",
+		17: "COMMAND_TYPE_SECAGG_PHASE",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":    0,
@@ -86,6 +90,8 @@ var (
 		"COMMAND_TYPE_RECORD_EVAL":    13,
 		"COMMAND_TYPE_CONTROL_JOB":    14,
 		"COMMAND_TYPE_RECORD_FAILURE": 15,
+		"COMMAND_TYPE_SECAGG_MESSAGE": 16,
+		"COMMAND_TYPE_SECAGG_PHASE":   17,
 	}
 )
 
@@ -224,7 +230,7 @@ func (x Keyring_Op) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Keyring_Op.Descriptor instead.
 func (Keyring_Op) EnumDescriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{37, 0}
+	return file_fedtune_proto_rawDescGZIP(), []int{39, 0}
 }
 
 // Command is one Raft log entry: a typed, versioned envelope.
@@ -1013,6 +1019,7 @@ type SecAggRound struct {
 	Reveals               []*SecAggReveal        `protobuf:"bytes,6,rep,name=reveals,proto3" json:"reveals,omitempty"`                    // phase 4's revealed shares
 	Revealed              []string               `protobuf:"bytes,7,rep,name=revealed,proto3" json:"revealed,omitempty"`                  // workers whose reveals arrived
 	FracBits              uint32                 `protobuf:"varint,8,opt,name=frac_bits,json=fracBits,proto3" json:"frac_bits,omitempty"` // fixed-point fraction bits of the encoding
+	Attempt               uint32                 `protobuf:"varint,9,opt,name=attempt,proto3" json:"attempt,omitempty"`                   // the round's attempt (masks and shares are bound to it)
 	unknownFields         protoimpl.UnknownFields
 	sizeCache             protoimpl.SizeCache
 }
@@ -1099,6 +1106,13 @@ func (x *SecAggRound) GetRevealed() []string {
 func (x *SecAggRound) GetFracBits() uint32 {
 	if x != nil {
 		return x.FracBits
+	}
+	return 0
+}
+
+func (x *SecAggRound) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
 	}
 	return 0
 }
@@ -2145,6 +2159,7 @@ type RoundRecord struct {
 	Failures          []*TaskFailure         `protobuf:"bytes,13,rep,name=failures,proto3" json:"failures,omitempty"`                                   // selected workers whose task failed, by worker id
 	Selected          uint32                 `protobuf:"varint,14,opt,name=selected,proto3" json:"selected,omitempty"`                                  // workers selected for the round
 	Eligible          uint32                 `protobuf:"varint,15,opt,name=eligible,proto3" json:"eligible,omitempty"`                                  // workers eligible when it was planned
+	Secagg            *SecAggRound           `protobuf:"bytes,16,opt,name=secagg,proto3" json:"secagg,omitempty"`                                       // secure aggregation: keys, workers that shared, revealed shares (not the sealed shares), for verification
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -2282,6 +2297,13 @@ func (x *RoundRecord) GetEligible() uint32 {
 		return x.Eligible
 	}
 	return 0
+}
+
+func (x *RoundRecord) GetSecagg() *SecAggRound {
+	if x != nil {
+		return x.Secagg
+	}
+	return nil
 }
 
 // EvalReport is one worker's evaluation of a model on its held-out data.
@@ -2799,6 +2821,185 @@ func (x *StartRound) GetRound() *Round {
 	return nil
 }
 
+// SecAggMessage adds a worker's keys, shares or reveals to an open
+// secure-aggregation round.
+type SecAggMessage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Round         uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Worker        string                 `protobuf:"bytes,4,opt,name=worker,proto3" json:"worker,omitempty"`
+	Phase         uint32                 `protobuf:"varint,5,opt,name=phase,proto3" json:"phase,omitempty"`
+	Keys          *SecAggKeys            `protobuf:"bytes,6,opt,name=keys,proto3" json:"keys,omitempty"`
+	Shares        []*SecAggShare         `protobuf:"bytes,7,rep,name=shares,proto3" json:"shares,omitempty"`
+	Reveals       []*SecAggReveal        `protobuf:"bytes,8,rep,name=reveals,proto3" json:"reveals,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecAggMessage) Reset() {
+	*x = SecAggMessage{}
+	mi := &file_fedtune_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggMessage) ProtoMessage() {}
+
+func (x *SecAggMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggMessage.ProtoReflect.Descriptor instead.
+func (*SecAggMessage) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SecAggMessage) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SecAggMessage) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *SecAggMessage) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SecAggMessage) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
+}
+
+func (x *SecAggMessage) GetPhase() uint32 {
+	if x != nil {
+		return x.Phase
+	}
+	return 0
+}
+
+func (x *SecAggMessage) GetKeys() *SecAggKeys {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *SecAggMessage) GetShares() []*SecAggShare {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *SecAggMessage) GetReveals() []*SecAggReveal {
+	if x != nil {
+		return x.Reveals
+	}
+	return nil
+}
+
+// SecAggPhase moves an open secure-aggregation round to its next phase.
+type SecAggPhase struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Job              string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Round            uint32                 `protobuf:"varint,2,opt,name=round,proto3" json:"round,omitempty"`
+	Attempt          uint32                 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Phase            uint32                 `protobuf:"varint,4,opt,name=phase,proto3" json:"phase,omitempty"`
+	DeadlineUnixNano int64                  `protobuf:"varint,5,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SecAggPhase) Reset() {
+	*x = SecAggPhase{}
+	mi := &file_fedtune_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecAggPhase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecAggPhase) ProtoMessage() {}
+
+func (x *SecAggPhase) ProtoReflect() protoreflect.Message {
+	mi := &file_fedtune_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecAggPhase.ProtoReflect.Descriptor instead.
+func (*SecAggPhase) Descriptor() ([]byte, []int) {
+	return file_fedtune_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SecAggPhase) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SecAggPhase) GetRound() uint32 {
+	if x != nil {
+		return x.Round
+	}
+	return 0
+}
+
+func (x *SecAggPhase) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SecAggPhase) GetPhase() uint32 {
+	if x != nil {
+		return x.Phase
+	}
+	return 0
+}
+
+func (x *SecAggPhase) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
 type AcceptUpdate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -2810,7 +3011,7 @@ type AcceptUpdate struct {
 
 func (x *AcceptUpdate) Reset() {
 	*x = AcceptUpdate{}
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2822,7 +3023,7 @@ func (x *AcceptUpdate) String() string {
 func (*AcceptUpdate) ProtoMessage() {}
 
 func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[28]
+	mi := &file_fedtune_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2835,7 +3036,7 @@ func (x *AcceptUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AcceptUpdate.ProtoReflect.Descriptor instead.
 func (*AcceptUpdate) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{28}
+	return file_fedtune_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AcceptUpdate) GetJob() string {
@@ -2874,7 +3075,7 @@ type CommitRound struct {
 
 func (x *CommitRound) Reset() {
 	*x = CommitRound{}
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3087,7 @@ func (x *CommitRound) String() string {
 func (*CommitRound) ProtoMessage() {}
 
 func (x *CommitRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[29]
+	mi := &file_fedtune_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3100,7 @@ func (x *CommitRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRound.ProtoReflect.Descriptor instead.
 func (*CommitRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{29}
+	return file_fedtune_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CommitRound) GetJob() string {
@@ -2966,7 +3167,7 @@ type AssignTasks struct {
 
 func (x *AssignTasks) Reset() {
 	*x = AssignTasks{}
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3179,7 @@ func (x *AssignTasks) String() string {
 func (*AssignTasks) ProtoMessage() {}
 
 func (x *AssignTasks) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[30]
+	mi := &file_fedtune_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3192,7 @@ func (x *AssignTasks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignTasks.ProtoReflect.Descriptor instead.
 func (*AssignTasks) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{30}
+	return file_fedtune_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AssignTasks) GetJob() string {
@@ -3033,7 +3234,7 @@ type AbortRound struct {
 
 func (x *AbortRound) Reset() {
 	*x = AbortRound{}
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3045,7 +3246,7 @@ func (x *AbortRound) String() string {
 func (*AbortRound) ProtoMessage() {}
 
 func (x *AbortRound) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[31]
+	mi := &file_fedtune_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3058,7 +3259,7 @@ func (x *AbortRound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AbortRound.ProtoReflect.Descriptor instead.
 func (*AbortRound) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{31}
+	return file_fedtune_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AbortRound) GetJob() string {
@@ -3093,7 +3294,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_fedtune_proto_msgTypes[32]
+	mi := &file_fedtune_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3105,7 +3306,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[32]
+	mi := &file_fedtune_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3118,7 +3319,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{32}
+	return file_fedtune_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *FinishJob) GetJob() string {
@@ -3151,7 +3352,7 @@ type UpsertWorker struct {
 
 func (x *UpsertWorker) Reset() {
 	*x = UpsertWorker{}
-	mi := &file_fedtune_proto_msgTypes[33]
+	mi := &file_fedtune_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3163,7 +3364,7 @@ func (x *UpsertWorker) String() string {
 func (*UpsertWorker) ProtoMessage() {}
 
 func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[33]
+	mi := &file_fedtune_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3176,7 +3377,7 @@ func (x *UpsertWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertWorker.ProtoReflect.Descriptor instead.
 func (*UpsertWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{33}
+	return file_fedtune_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpsertWorker) GetWorker() *WorkerInfo {
@@ -3195,7 +3396,7 @@ type RemoveWorker struct {
 
 func (x *RemoveWorker) Reset() {
 	*x = RemoveWorker{}
-	mi := &file_fedtune_proto_msgTypes[34]
+	mi := &file_fedtune_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3207,7 +3408,7 @@ func (x *RemoveWorker) String() string {
 func (*RemoveWorker) ProtoMessage() {}
 
 func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[34]
+	mi := &file_fedtune_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3220,7 +3421,7 @@ func (x *RemoveWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveWorker.ProtoReflect.Descriptor instead.
 func (*RemoveWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{34}
+	return file_fedtune_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveWorker) GetId() string {
@@ -3244,7 +3445,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_fedtune_proto_msgTypes[35]
+	mi := &file_fedtune_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3256,7 +3457,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[35]
+	mi := &file_fedtune_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3269,7 +3470,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{35}
+	return file_fedtune_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Snapshot) GetJobs() []*Job {
@@ -3326,7 +3527,7 @@ type ServerAddrs struct {
 
 func (x *ServerAddrs) Reset() {
 	*x = ServerAddrs{}
-	mi := &file_fedtune_proto_msgTypes[36]
+	mi := &file_fedtune_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3338,7 +3539,7 @@ func (x *ServerAddrs) String() string {
 func (*ServerAddrs) ProtoMessage() {}
 
 func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[36]
+	mi := &file_fedtune_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3351,7 +3552,7 @@ func (x *ServerAddrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerAddrs.ProtoReflect.Descriptor instead.
 func (*ServerAddrs) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{36}
+	return file_fedtune_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ServerAddrs) GetId() string {
@@ -3394,7 +3595,7 @@ type Keyring struct {
 
 func (x *Keyring) Reset() {
 	*x = Keyring{}
-	mi := &file_fedtune_proto_msgTypes[37]
+	mi := &file_fedtune_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3406,7 +3607,7 @@ func (x *Keyring) String() string {
 func (*Keyring) ProtoMessage() {}
 
 func (x *Keyring) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[37]
+	mi := &file_fedtune_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3419,7 +3620,7 @@ func (x *Keyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Keyring.ProtoReflect.Descriptor instead.
 func (*Keyring) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{37}
+	return file_fedtune_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Keyring) GetOp() Keyring_Op {
@@ -3455,7 +3656,7 @@ type RevokeWorker struct {
 
 func (x *RevokeWorker) Reset() {
 	*x = RevokeWorker{}
-	mi := &file_fedtune_proto_msgTypes[38]
+	mi := &file_fedtune_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3668,7 @@ func (x *RevokeWorker) String() string {
 func (*RevokeWorker) ProtoMessage() {}
 
 func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[38]
+	mi := &file_fedtune_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3681,7 @@ func (x *RevokeWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeWorker.ProtoReflect.Descriptor instead.
 func (*RevokeWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{38}
+	return file_fedtune_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RevokeWorker) GetName() string {
@@ -3509,7 +3710,7 @@ type RevokedWorker struct {
 
 func (x *RevokedWorker) Reset() {
 	*x = RevokedWorker{}
-	mi := &file_fedtune_proto_msgTypes[39]
+	mi := &file_fedtune_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3521,7 +3722,7 @@ func (x *RevokedWorker) String() string {
 func (*RevokedWorker) ProtoMessage() {}
 
 func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_fedtune_proto_msgTypes[39]
+	mi := &file_fedtune_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3534,7 +3735,7 @@ func (x *RevokedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokedWorker.ProtoReflect.Descriptor instead.
 func (*RevokedWorker) Descriptor() ([]byte, []int) {
-	return file_fedtune_proto_rawDescGZIP(), []int{39}
+	return file_fedtune_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RevokedWorker) GetName() string {
@@ -3655,7 +3856,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x02of\x18\x02 \x01(\tR\x02of\x12\x19\n" +
 	"\bmask_key\x18\x03 \x01(\bR\amaskKey\x12\f\n" +
 	"\x01x\x18\x04 \x01(\rR\x01x\x12\x14\n" +
-	"\x05share\x18\x05 \x01(\fR\x05share\"\xbe\x02\n" +
+	"\x05share\x18\x05 \x01(\fR\x05share\"\xd8\x02\n" +
 	"\vSecAggRound\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\rR\x05phase\x127\n" +
 	"\x18phase_deadline_unix_nano\x18\x02 \x01(\x03R\x15phaseDeadlineUnixNano\x12*\n" +
@@ -3664,7 +3865,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x06shared\x18\x05 \x03(\tR\x06shared\x122\n" +
 	"\areveals\x18\x06 \x03(\v2\x18.fedtune.v1.SecAggRevealR\areveals\x12\x1a\n" +
 	"\brevealed\x18\a \x03(\tR\brevealed\x12\x1b\n" +
-	"\tfrac_bits\x18\b \x01(\rR\bfracBits\"\x80\x01\n" +
+	"\tfrac_bits\x18\b \x01(\rR\bfracBits\x12\x18\n" +
+	"\aattempt\x18\t \x01(\rR\aattempt\"\x80\x01\n" +
 	"\x06DPSpec\x12)\n" +
 	"\x10noise_multiplier\x18\x01 \x01(\x01R\x0fnoiseMultiplier\x12\x1b\n" +
 	"\tclip_norm\x18\x02 \x01(\x01R\bclipNorm\x12\x14\n" +
@@ -3762,7 +3964,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12\x18\n" +
 	"\aattempt\x18\x03 \x01(\rR\aattempt\x121\n" +
-	"\afailure\x18\x04 \x01(\v2\x17.fedtune.v1.TaskFailureR\afailure\"\x88\x05\n" +
+	"\afailure\x18\x04 \x01(\v2\x17.fedtune.v1.TaskFailureR\afailure\"\xb9\x05\n" +
 	"\vRoundRecord\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\rR\x06number\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12\x18\n" +
@@ -3779,7 +3981,8 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x05evals\x18\f \x03(\v2\x16.fedtune.v1.EvalReportR\x05evals\x123\n" +
 	"\bfailures\x18\r \x03(\v2\x17.fedtune.v1.TaskFailureR\bfailures\x12\x1a\n" +
 	"\bselected\x18\x0e \x01(\rR\bselected\x12\x1a\n" +
-	"\beligible\x18\x0f \x01(\rR\beligible\x1a:\n" +
+	"\beligible\x18\x0f \x01(\rR\beligible\x12/\n" +
+	"\x06secagg\x18\x10 \x01(\v2\x17.fedtune.v1.SecAggRoundR\x06secagg\x1a:\n" +
 	"\fMetricsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"\x85\x01\n" +
@@ -3838,7 +4041,22 @@ const file_fedtune_proto_rawDesc = "" +
 	"\n" +
 	"StartRound\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12'\n" +
-	"\x05round\x18\x02 \x01(\v2\x11.fedtune.v1.RoundR\x05round\"j\n" +
+	"\x05round\x18\x02 \x01(\v2\x11.fedtune.v1.RoundR\x05round\"\x90\x02\n" +
+	"\rSecAggMessage\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05round\x18\x02 \x01(\rR\x05round\x12\x18\n" +
+	"\aattempt\x18\x03 \x01(\rR\aattempt\x12\x16\n" +
+	"\x06worker\x18\x04 \x01(\tR\x06worker\x12\x14\n" +
+	"\x05phase\x18\x05 \x01(\rR\x05phase\x12*\n" +
+	"\x04keys\x18\x06 \x01(\v2\x16.fedtune.v1.SecAggKeysR\x04keys\x12/\n" +
+	"\x06shares\x18\a \x03(\v2\x17.fedtune.v1.SecAggShareR\x06shares\x122\n" +
+	"\areveals\x18\b \x03(\v2\x18.fedtune.v1.SecAggRevealR\areveals\"\x93\x01\n" +
+	"\vSecAggPhase\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
+	"\x05round\x18\x02 \x01(\rR\x05round\x12\x18\n" +
+	"\aattempt\x18\x03 \x01(\rR\aattempt\x12\x14\n" +
+	"\x05phase\x18\x04 \x01(\rR\x05phase\x12,\n" +
+	"\x12deadline_unix_nano\x18\x05 \x01(\x03R\x10deadlineUnixNano\"j\n" +
 	"\fAcceptUpdate\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x122\n" +
@@ -3901,7 +4119,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\rRevokedWorker\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12*\n" +
-	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xf7\x03\n" +
+	"\x11revoked_unix_nano\x18\x03 \x01(\x03R\x0frevokedUnixNano*\xb7\x04\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_REGISTER_JOB\x10\x01\x12\x1c\n" +
@@ -3919,7 +4137,9 @@ const file_fedtune_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_SERVER_ADDRS\x10\f\x12\x1c\n" +
 	"\x18COMMAND_TYPE_RECORD_EVAL\x10\r\x12\x1c\n" +
 	"\x18COMMAND_TYPE_CONTROL_JOB\x10\x0e\x12\x1f\n" +
-	"\x1bCOMMAND_TYPE_RECORD_FAILURE\x10\x0f*\x9c\x01\n" +
+	"\x1bCOMMAND_TYPE_RECORD_FAILURE\x10\x0f\x12\x1f\n" +
+	"\x1bCOMMAND_TYPE_SECAGG_MESSAGE\x10\x10\x12\x1d\n" +
+	"\x19COMMAND_TYPE_SECAGG_PHASE\x10\x11*\x9c\x01\n" +
 	"\tJobStatus\x12\x1a\n" +
 	"\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATUS_RUNNING\x10\x01\x12\x13\n" +
@@ -3941,7 +4161,7 @@ func file_fedtune_proto_rawDescGZIP() []byte {
 }
 
 var file_fedtune_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_fedtune_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_fedtune_proto_goTypes = []any{
 	(CommandType)(0),         // 0: fedtune.v1.CommandType
 	(JobStatus)(0),           // 1: fedtune.v1.JobStatus
@@ -3974,29 +4194,31 @@ var file_fedtune_proto_goTypes = []any{
 	(*WorkerInfo)(nil),       // 28: fedtune.v1.WorkerInfo
 	(*RegisterJob)(nil),      // 29: fedtune.v1.RegisterJob
 	(*StartRound)(nil),       // 30: fedtune.v1.StartRound
-	(*AcceptUpdate)(nil),     // 31: fedtune.v1.AcceptUpdate
-	(*CommitRound)(nil),      // 32: fedtune.v1.CommitRound
-	(*AssignTasks)(nil),      // 33: fedtune.v1.AssignTasks
-	(*AbortRound)(nil),       // 34: fedtune.v1.AbortRound
-	(*FinishJob)(nil),        // 35: fedtune.v1.FinishJob
-	(*UpsertWorker)(nil),     // 36: fedtune.v1.UpsertWorker
-	(*RemoveWorker)(nil),     // 37: fedtune.v1.RemoveWorker
-	(*Snapshot)(nil),         // 38: fedtune.v1.Snapshot
-	(*ServerAddrs)(nil),      // 39: fedtune.v1.ServerAddrs
-	(*Keyring)(nil),          // 40: fedtune.v1.Keyring
-	(*RevokeWorker)(nil),     // 41: fedtune.v1.RevokeWorker
-	(*RevokedWorker)(nil),    // 42: fedtune.v1.RevokedWorker
-	nil,                      // 43: fedtune.v1.JobSpec.SelectorEntry
-	nil,                      // 44: fedtune.v1.AcceptedUpdate.MetricsEntry
-	nil,                      // 45: fedtune.v1.RoundRecord.MetricsEntry
-	nil,                      // 46: fedtune.v1.Job.BaseMetricsEntry
-	nil,                      // 47: fedtune.v1.WorkerInfo.LabelsEntry
-	nil,                      // 48: fedtune.v1.RegisterJob.BaseMetricsEntry
-	nil,                      // 49: fedtune.v1.CommitRound.MetricsEntry
+	(*SecAggMessage)(nil),    // 31: fedtune.v1.SecAggMessage
+	(*SecAggPhase)(nil),      // 32: fedtune.v1.SecAggPhase
+	(*AcceptUpdate)(nil),     // 33: fedtune.v1.AcceptUpdate
+	(*CommitRound)(nil),      // 34: fedtune.v1.CommitRound
+	(*AssignTasks)(nil),      // 35: fedtune.v1.AssignTasks
+	(*AbortRound)(nil),       // 36: fedtune.v1.AbortRound
+	(*FinishJob)(nil),        // 37: fedtune.v1.FinishJob
+	(*UpsertWorker)(nil),     // 38: fedtune.v1.UpsertWorker
+	(*RemoveWorker)(nil),     // 39: fedtune.v1.RemoveWorker
+	(*Snapshot)(nil),         // 40: fedtune.v1.Snapshot
+	(*ServerAddrs)(nil),      // 41: fedtune.v1.ServerAddrs
+	(*Keyring)(nil),          // 42: fedtune.v1.Keyring
+	(*RevokeWorker)(nil),     // 43: fedtune.v1.RevokeWorker
+	(*RevokedWorker)(nil),    // 44: fedtune.v1.RevokedWorker
+	nil,                      // 45: fedtune.v1.JobSpec.SelectorEntry
+	nil,                      // 46: fedtune.v1.AcceptedUpdate.MetricsEntry
+	nil,                      // 47: fedtune.v1.RoundRecord.MetricsEntry
+	nil,                      // 48: fedtune.v1.Job.BaseMetricsEntry
+	nil,                      // 49: fedtune.v1.WorkerInfo.LabelsEntry
+	nil,                      // 50: fedtune.v1.RegisterJob.BaseMetricsEntry
+	nil,                      // 51: fedtune.v1.CommitRound.MetricsEntry
 }
 var file_fedtune_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Command.type:type_name -> fedtune.v1.CommandType
-	43, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
+	45, // 1: fedtune.v1.JobSpec.selector:type_name -> fedtune.v1.JobSpec.SelectorEntry
 	4,  // 2: fedtune.v1.JobSpec.train:type_name -> fedtune.v1.TrainConfig
 	17, // 3: fedtune.v1.JobSpec.aggregator_params:type_name -> fedtune.v1.AggregatorParams
 	16, // 4: fedtune.v1.JobSpec.server_optimizer:type_name -> fedtune.v1.ServerOptimizer
@@ -4009,44 +4231,48 @@ var file_fedtune_proto_depIdxs = []int32{
 	9,  // 11: fedtune.v1.SecAggRound.reveals:type_name -> fedtune.v1.SecAggReveal
 	13, // 12: fedtune.v1.AsyncState.assignments:type_name -> fedtune.v1.Assignment
 	19, // 13: fedtune.v1.AsyncState.buffer:type_name -> fedtune.v1.AcceptedUpdate
-	44, // 14: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
+	46, // 14: fedtune.v1.AcceptedUpdate.metrics:type_name -> fedtune.v1.AcceptedUpdate.MetricsEntry
 	19, // 15: fedtune.v1.Round.updates:type_name -> fedtune.v1.AcceptedUpdate
 	21, // 16: fedtune.v1.Round.failures:type_name -> fedtune.v1.TaskFailure
 	10, // 17: fedtune.v1.Round.secagg:type_name -> fedtune.v1.SecAggRound
 	21, // 18: fedtune.v1.RecordFailure.failure:type_name -> fedtune.v1.TaskFailure
-	45, // 19: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
+	47, // 19: fedtune.v1.RoundRecord.metrics:type_name -> fedtune.v1.RoundRecord.MetricsEntry
 	19, // 20: fedtune.v1.RoundRecord.accepted:type_name -> fedtune.v1.AcceptedUpdate
 	18, // 21: fedtune.v1.RoundRecord.scores:type_name -> fedtune.v1.Score
 	24, // 22: fedtune.v1.RoundRecord.evals:type_name -> fedtune.v1.EvalReport
 	21, // 23: fedtune.v1.RoundRecord.failures:type_name -> fedtune.v1.TaskFailure
-	24, // 24: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
-	5,  // 25: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
-	1,  // 26: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
-	23, // 27: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
-	20, // 28: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
-	46, // 29: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
-	14, // 30: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
-	24, // 31: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
-	47, // 32: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
-	5,  // 33: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
-	48, // 34: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
-	20, // 35: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
-	19, // 36: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
-	49, // 37: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
-	18, // 38: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
-	13, // 39: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
-	1,  // 40: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
-	28, // 41: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
-	26, // 42: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
-	28, // 43: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
-	42, // 44: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
-	39, // 45: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
-	2,  // 46: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	10, // 24: fedtune.v1.RoundRecord.secagg:type_name -> fedtune.v1.SecAggRound
+	24, // 25: fedtune.v1.RecordEval.report:type_name -> fedtune.v1.EvalReport
+	5,  // 26: fedtune.v1.Job.spec:type_name -> fedtune.v1.JobSpec
+	1,  // 27: fedtune.v1.Job.status:type_name -> fedtune.v1.JobStatus
+	23, // 28: fedtune.v1.Job.history:type_name -> fedtune.v1.RoundRecord
+	20, // 29: fedtune.v1.Job.open_round:type_name -> fedtune.v1.Round
+	48, // 30: fedtune.v1.Job.base_metrics:type_name -> fedtune.v1.Job.BaseMetricsEntry
+	14, // 31: fedtune.v1.Job.async:type_name -> fedtune.v1.AsyncState
+	24, // 32: fedtune.v1.Job.base_evals:type_name -> fedtune.v1.EvalReport
+	49, // 33: fedtune.v1.WorkerInfo.labels:type_name -> fedtune.v1.WorkerInfo.LabelsEntry
+	5,  // 34: fedtune.v1.RegisterJob.spec:type_name -> fedtune.v1.JobSpec
+	50, // 35: fedtune.v1.RegisterJob.base_metrics:type_name -> fedtune.v1.RegisterJob.BaseMetricsEntry
+	20, // 36: fedtune.v1.StartRound.round:type_name -> fedtune.v1.Round
+	7,  // 37: fedtune.v1.SecAggMessage.keys:type_name -> fedtune.v1.SecAggKeys
+	8,  // 38: fedtune.v1.SecAggMessage.shares:type_name -> fedtune.v1.SecAggShare
+	9,  // 39: fedtune.v1.SecAggMessage.reveals:type_name -> fedtune.v1.SecAggReveal
+	19, // 40: fedtune.v1.AcceptUpdate.update:type_name -> fedtune.v1.AcceptedUpdate
+	51, // 41: fedtune.v1.CommitRound.metrics:type_name -> fedtune.v1.CommitRound.MetricsEntry
+	18, // 42: fedtune.v1.CommitRound.scores:type_name -> fedtune.v1.Score
+	13, // 43: fedtune.v1.AssignTasks.assign:type_name -> fedtune.v1.Assignment
+	1,  // 44: fedtune.v1.FinishJob.status:type_name -> fedtune.v1.JobStatus
+	28, // 45: fedtune.v1.UpsertWorker.worker:type_name -> fedtune.v1.WorkerInfo
+	26, // 46: fedtune.v1.Snapshot.jobs:type_name -> fedtune.v1.Job
+	28, // 47: fedtune.v1.Snapshot.workers:type_name -> fedtune.v1.WorkerInfo
+	44, // 48: fedtune.v1.Snapshot.revoked:type_name -> fedtune.v1.RevokedWorker
+	41, // 49: fedtune.v1.Snapshot.servers:type_name -> fedtune.v1.ServerAddrs
+	2,  // 50: fedtune.v1.Keyring.op:type_name -> fedtune.v1.Keyring.Op
+	51, // [51:51] is the sub-list for method output_type
+	51, // [51:51] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_fedtune_proto_init() }
@@ -4060,7 +4286,7 @@ func file_fedtune_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fedtune_proto_rawDesc), len(file_fedtune_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   47,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

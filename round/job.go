@@ -145,6 +145,10 @@ func (j Job) CommitRound(c *pb.CommitRound, at int64) error {
 		Scores:            c.Scores,
 		OptimizerState:    c.OptimizerState,
 	}
+	if sa := r.Secagg; sa != nil {
+		// Kept for verification; the sealed shares are of no more use.
+		rec.Secagg = &pb.SecAggRound{Phase: sa.Phase, Keys: sa.Keys, Shared: sa.Shared, Reveals: sa.Reveals, Revealed: sa.Revealed, FracBits: sa.FracBits, Attempt: r.Attempt}
+	}
 	for _, u := range r.Updates {
 		rec.Samples += u.Samples
 		rec.Workers = append(rec.Workers, u.Worker)

@@ -69,7 +69,7 @@ func PlanRound(job *pb.Job, live []*pb.WorkerInfo, now time.Time, attempt uint32
 	selected := ids[:min(k, len(ids))]
 	sort.Strings(selected)
 	timeout := time.Duration(spec.RoundTimeoutSeconds * float64(time.Second))
-	return &pb.Round{
+	round := &pb.Round{
 		Number:           number,
 		BaseModel:        job.CurrentModel,
 		Selected:         selected,
@@ -77,7 +77,9 @@ func PlanRound(job *pb.Job, live []*pb.WorkerInfo, now time.Time, attempt uint32
 		DeadlineUnixNano: now.Add(timeout).UnixNano(),
 		Attempt:          attempt,
 		Eligible:         uint32(len(ids)),
-	}, nil
+	}
+	startSecAgg(spec, round)
+	return round, nil
 }
 
 // RoundDecision is what the scheduler does with an open round.

@@ -188,6 +188,9 @@ func NormalizeSpec(spec *pb.JobSpec, models Models, checkDataset func(string) er
 	if err := normalizeEval(spec); err != nil {
 		return err
 	}
+	if err := normalizeSecAgg(spec); err != nil {
+		return err
+	}
 	if err := NormalizeDP(spec); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package secagg
 
 import (
 	"crypto/ecdh"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -201,4 +202,25 @@ func Decode(sum []uint32, bits uint32) []float32 {
 		out[i] = float32(float64(int32(v)) * scale)
 	}
 	return out
+}
+
+// EncodeMasked is a masked update's wire form: its values little-endian.
+func EncodeMasked(v []uint32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], x)
+	}
+	return b
+}
+
+// DecodeMasked reads a masked update of n values.
+func DecodeMasked(b []byte, n int) ([]uint32, error) {
+	if len(b) != 4*n {
+		return nil, fmt.Errorf("masked update of %d bytes, the model needs %d", len(b), 4*n)
+	}
+	v := make([]uint32, n)
+	for i := range v {
+		v[i] = binary.LittleEndian.Uint32(b[4*i:])
+	}
+	return v, nil
 }

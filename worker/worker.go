@@ -82,6 +82,12 @@ type Config struct {
 	// SubmitDelay waits this long before sending each new update: it
 	// simulates a slow uplink, for tests and experiments.
 	SubmitDelay time.Duration
+	// SecAggMasked, if set, is called in a secure-aggregation round with
+	// this worker's update (as trained, and in fixed point) and its masked
+	// form just before the masked form is sent; false drops the worker out
+	// of the round there, as a crash would (tests of dropouts, and of what
+	// the coordinators hold).
+	SecAggMasked func(job string, round uint32, delta []float32, plain, masked []uint32) bool
 	// GossipKeys encrypt gossip; they must match the cluster's.
 	GossipKeys [][]byte
 	// Probe, if set, is asked between tasks, at most every ProbeInterval
@@ -371,6 +377,12 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		w.markDone(pb.AttemptKey(t.Job, t.Round, t.Attempt))
 		w.reportFailure(ctx, t, err)
 		return nil
+	}
+	if t.Secagg != nil {
+		w.metrics.tasks.WithLabelValues("trained").Inc()
+		w.metrics.samples.Add(float64(res.Samples))
+		log.Info("trained; aggregating securely", "samples", res.Samples, "loss", res.Metrics["loss"])
+		return w.secaggRound(ctx, t, res)
 	}
 	payload, err := w.encode(cd, t.Job, res.Delta)
 	if err != nil {

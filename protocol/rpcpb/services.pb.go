@@ -30,13 +30,14 @@ var File_rpcpb_services_proto protoreflect.FileDescriptor
 const file_rpcpb_services_proto_rawDesc = "" +
 	"\n" +
 	"\x14rpcpb/services.proto\x12\n" +
-	"fedtune.v1\x1a\tapi.proto2\xc5\x02\n" +
+	"fedtune.v1\x1a\tapi.proto2\x86\x03\n" +
 	"\x06Worker\x12E\n" +
 	"\bPollTask\x12\x1b.fedtune.v1.PollTaskRequest\x1a\x1c.fedtune.v1.PollTaskResponse\x12Q\n" +
 	"\fSubmitUpdate\x12\x1f.fedtune.v1.SubmitUpdateRequest\x1a .fedtune.v1.SubmitUpdateResponse\x12K\n" +
 	"\n" +
 	"SubmitEval\x12\x1d.fedtune.v1.SubmitEvalRequest\x1a\x1e.fedtune.v1.SubmitEvalResponse\x12T\n" +
-	"\rReportFailure\x12 .fedtune.v1.ReportFailureRequest\x1a!.fedtune.v1.ReportFailureResponse2\x7f\n" +
+	"\rReportFailure\x12 .fedtune.v1.ReportFailureRequest\x1a!.fedtune.v1.ReportFailureResponse\x12?\n" +
+	"\x06SecAgg\x12\x19.fedtune.v1.SecAggRequest\x1a\x1a.fedtune.v1.SecAggResponse2\x7f\n" +
 	"\x04Blob\x12:\n" +
 	"\x03Get\x12\x1a.fedtune.v1.GetBlobRequest\x1a\x15.fedtune.v1.BlobChunk0\x01\x12;\n" +
 	"\x03Put\x12\x15.fedtune.v1.BlobChunk\x1a\x1b.fedtune.v1.PutBlobResponse(\x012\xe9\x06\n" +
@@ -59,72 +60,76 @@ var file_rpcpb_services_proto_goTypes = []any{
 	(*protocol.SubmitUpdateRequest)(nil),        // 1: fedtune.v1.SubmitUpdateRequest
 	(*protocol.SubmitEvalRequest)(nil),          // 2: fedtune.v1.SubmitEvalRequest
 	(*protocol.ReportFailureRequest)(nil),       // 3: fedtune.v1.ReportFailureRequest
-	(*protocol.GetBlobRequest)(nil),             // 4: fedtune.v1.GetBlobRequest
-	(*protocol.BlobChunk)(nil),                  // 5: fedtune.v1.BlobChunk
-	(*protocol.SubmitJobRequest)(nil),           // 6: fedtune.v1.SubmitJobRequest
-	(*protocol.JobStatusRequest)(nil),           // 7: fedtune.v1.JobStatusRequest
-	(*protocol.ListJobsRequest)(nil),            // 8: fedtune.v1.ListJobsRequest
-	(*protocol.ListWorkersRequest)(nil),         // 9: fedtune.v1.ListWorkersRequest
-	(*protocol.ExportModelRequest)(nil),         // 10: fedtune.v1.ExportModelRequest
-	(*protocol.VerifyRoundRequest)(nil),         // 11: fedtune.v1.VerifyRoundRequest
-	(*protocol.ClusterStatusRequest)(nil),       // 12: fedtune.v1.ClusterStatusRequest
-	(*protocol.RevokeWorkerRequest)(nil),        // 13: fedtune.v1.RevokeWorkerRequest
-	(*protocol.ControlJobRequest)(nil),          // 14: fedtune.v1.ControlJobRequest
-	(*protocol.KeyringRequest)(nil),             // 15: fedtune.v1.KeyringRequest
-	(*protocol.TransferLeadershipRequest)(nil),  // 16: fedtune.v1.TransferLeadershipRequest
-	(*protocol.PollTaskResponse)(nil),           // 17: fedtune.v1.PollTaskResponse
-	(*protocol.SubmitUpdateResponse)(nil),       // 18: fedtune.v1.SubmitUpdateResponse
-	(*protocol.SubmitEvalResponse)(nil),         // 19: fedtune.v1.SubmitEvalResponse
-	(*protocol.ReportFailureResponse)(nil),      // 20: fedtune.v1.ReportFailureResponse
-	(*protocol.PutBlobResponse)(nil),            // 21: fedtune.v1.PutBlobResponse
-	(*protocol.SubmitJobResponse)(nil),          // 22: fedtune.v1.SubmitJobResponse
-	(*protocol.JobStatusResponse)(nil),          // 23: fedtune.v1.JobStatusResponse
-	(*protocol.ListJobsResponse)(nil),           // 24: fedtune.v1.ListJobsResponse
-	(*protocol.ListWorkersResponse)(nil),        // 25: fedtune.v1.ListWorkersResponse
-	(*protocol.VerifyRoundResponse)(nil),        // 26: fedtune.v1.VerifyRoundResponse
-	(*protocol.ClusterStatusResponse)(nil),      // 27: fedtune.v1.ClusterStatusResponse
-	(*protocol.RevokeWorkerResponse)(nil),       // 28: fedtune.v1.RevokeWorkerResponse
-	(*protocol.ControlJobResponse)(nil),         // 29: fedtune.v1.ControlJobResponse
-	(*protocol.KeyringResponse)(nil),            // 30: fedtune.v1.KeyringResponse
-	(*protocol.TransferLeadershipResponse)(nil), // 31: fedtune.v1.TransferLeadershipResponse
+	(*protocol.SecAggRequest)(nil),              // 4: fedtune.v1.SecAggRequest
+	(*protocol.GetBlobRequest)(nil),             // 5: fedtune.v1.GetBlobRequest
+	(*protocol.BlobChunk)(nil),                  // 6: fedtune.v1.BlobChunk
+	(*protocol.SubmitJobRequest)(nil),           // 7: fedtune.v1.SubmitJobRequest
+	(*protocol.JobStatusRequest)(nil),           // 8: fedtune.v1.JobStatusRequest
+	(*protocol.ListJobsRequest)(nil),            // 9: fedtune.v1.ListJobsRequest
+	(*protocol.ListWorkersRequest)(nil),         // 10: fedtune.v1.ListWorkersRequest
+	(*protocol.ExportModelRequest)(nil),         // 11: fedtune.v1.ExportModelRequest
+	(*protocol.VerifyRoundRequest)(nil),         // 12: fedtune.v1.VerifyRoundRequest
+	(*protocol.ClusterStatusRequest)(nil),       // 13: fedtune.v1.ClusterStatusRequest
+	(*protocol.RevokeWorkerRequest)(nil),        // 14: fedtune.v1.RevokeWorkerRequest
+	(*protocol.ControlJobRequest)(nil),          // 15: fedtune.v1.ControlJobRequest
+	(*protocol.KeyringRequest)(nil),             // 16: fedtune.v1.KeyringRequest
+	(*protocol.TransferLeadershipRequest)(nil),  // 17: fedtune.v1.TransferLeadershipRequest
+	(*protocol.PollTaskResponse)(nil),           // 18: fedtune.v1.PollTaskResponse
+	(*protocol.SubmitUpdateResponse)(nil),       // 19: fedtune.v1.SubmitUpdateResponse
+	(*protocol.SubmitEvalResponse)(nil),         // 20: fedtune.v1.SubmitEvalResponse
+	(*protocol.ReportFailureResponse)(nil),      // 21: fedtune.v1.ReportFailureResponse
+	(*protocol.SecAggResponse)(nil),             // 22: fedtune.v1.SecAggResponse
+	(*protocol.PutBlobResponse)(nil),            // 23: fedtune.v1.PutBlobResponse
+	(*protocol.SubmitJobResponse)(nil),          // 24: fedtune.v1.SubmitJobResponse
+	(*protocol.JobStatusResponse)(nil),          // 25: fedtune.v1.JobStatusResponse
+	(*protocol.ListJobsResponse)(nil),           // 26: fedtune.v1.ListJobsResponse
+	(*protocol.ListWorkersResponse)(nil),        // 27: fedtune.v1.ListWorkersResponse
+	(*protocol.VerifyRoundResponse)(nil),        // 28: fedtune.v1.VerifyRoundResponse
+	(*protocol.ClusterStatusResponse)(nil),      // 29: fedtune.v1.ClusterStatusResponse
+	(*protocol.RevokeWorkerResponse)(nil),       // 30: fedtune.v1.RevokeWorkerResponse
+	(*protocol.ControlJobResponse)(nil),         // 31: fedtune.v1.ControlJobResponse
+	(*protocol.KeyringResponse)(nil),            // 32: fedtune.v1.KeyringResponse
+	(*protocol.TransferLeadershipResponse)(nil), // 33: fedtune.v1.TransferLeadershipResponse
 }
 var file_rpcpb_services_proto_depIdxs = []int32{
 	0,  // 0: fedtune.v1.Worker.PollTask:input_type -> fedtune.v1.PollTaskRequest
 	1,  // 1: fedtune.v1.Worker.SubmitUpdate:input_type -> fedtune.v1.SubmitUpdateRequest
 	2,  // 2: fedtune.v1.Worker.SubmitEval:input_type -> fedtune.v1.SubmitEvalRequest
 	3,  // 3: fedtune.v1.Worker.ReportFailure:input_type -> fedtune.v1.ReportFailureRequest
-	4,  // 4: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
-	5,  // 5: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
-	6,  // 6: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
-	7,  // 7: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
-	8,  // 8: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
-	9,  // 9: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
-	10, // 10: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
-	11, // 11: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
-	12, // 12: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
-	13, // 13: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
-	14, // 14: fedtune.v1.Admin.ControlJob:input_type -> fedtune.v1.ControlJobRequest
-	15, // 15: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
-	16, // 16: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
-	17, // 17: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
-	18, // 18: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
-	19, // 19: fedtune.v1.Worker.SubmitEval:output_type -> fedtune.v1.SubmitEvalResponse
-	20, // 20: fedtune.v1.Worker.ReportFailure:output_type -> fedtune.v1.ReportFailureResponse
-	5,  // 21: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
-	21, // 22: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
-	22, // 23: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
-	23, // 24: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
-	24, // 25: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
-	25, // 26: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
-	5,  // 27: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
-	26, // 28: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
-	27, // 29: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
-	28, // 30: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
-	29, // 31: fedtune.v1.Admin.ControlJob:output_type -> fedtune.v1.ControlJobResponse
-	30, // 32: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
-	31, // 33: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
-	17, // [17:34] is the sub-list for method output_type
-	0,  // [0:17] is the sub-list for method input_type
+	4,  // 4: fedtune.v1.Worker.SecAgg:input_type -> fedtune.v1.SecAggRequest
+	5,  // 5: fedtune.v1.Blob.Get:input_type -> fedtune.v1.GetBlobRequest
+	6,  // 6: fedtune.v1.Blob.Put:input_type -> fedtune.v1.BlobChunk
+	7,  // 7: fedtune.v1.Admin.SubmitJob:input_type -> fedtune.v1.SubmitJobRequest
+	8,  // 8: fedtune.v1.Admin.JobStatus:input_type -> fedtune.v1.JobStatusRequest
+	9,  // 9: fedtune.v1.Admin.ListJobs:input_type -> fedtune.v1.ListJobsRequest
+	10, // 10: fedtune.v1.Admin.ListWorkers:input_type -> fedtune.v1.ListWorkersRequest
+	11, // 11: fedtune.v1.Admin.ExportModel:input_type -> fedtune.v1.ExportModelRequest
+	12, // 12: fedtune.v1.Admin.VerifyRound:input_type -> fedtune.v1.VerifyRoundRequest
+	13, // 13: fedtune.v1.Admin.ClusterStatus:input_type -> fedtune.v1.ClusterStatusRequest
+	14, // 14: fedtune.v1.Admin.RevokeWorker:input_type -> fedtune.v1.RevokeWorkerRequest
+	15, // 15: fedtune.v1.Admin.ControlJob:input_type -> fedtune.v1.ControlJobRequest
+	16, // 16: fedtune.v1.Admin.Keyring:input_type -> fedtune.v1.KeyringRequest
+	17, // 17: fedtune.v1.Admin.TransferLeadership:input_type -> fedtune.v1.TransferLeadershipRequest
+	18, // 18: fedtune.v1.Worker.PollTask:output_type -> fedtune.v1.PollTaskResponse
+	19, // 19: fedtune.v1.Worker.SubmitUpdate:output_type -> fedtune.v1.SubmitUpdateResponse
+	20, // 20: fedtune.v1.Worker.SubmitEval:output_type -> fedtune.v1.SubmitEvalResponse
+	21, // 21: fedtune.v1.Worker.ReportFailure:output_type -> fedtune.v1.ReportFailureResponse
+	22, // 22: fedtune.v1.Worker.SecAgg:output_type -> fedtune.v1.SecAggResponse
+	6,  // 23: fedtune.v1.Blob.Get:output_type -> fedtune.v1.BlobChunk
+	23, // 24: fedtune.v1.Blob.Put:output_type -> fedtune.v1.PutBlobResponse
+	24, // 25: fedtune.v1.Admin.SubmitJob:output_type -> fedtune.v1.SubmitJobResponse
+	25, // 26: fedtune.v1.Admin.JobStatus:output_type -> fedtune.v1.JobStatusResponse
+	26, // 27: fedtune.v1.Admin.ListJobs:output_type -> fedtune.v1.ListJobsResponse
+	27, // 28: fedtune.v1.Admin.ListWorkers:output_type -> fedtune.v1.ListWorkersResponse
+	6,  // 29: fedtune.v1.Admin.ExportModel:output_type -> fedtune.v1.BlobChunk
+	28, // 30: fedtune.v1.Admin.VerifyRound:output_type -> fedtune.v1.VerifyRoundResponse
+	29, // 31: fedtune.v1.Admin.ClusterStatus:output_type -> fedtune.v1.ClusterStatusResponse
+	30, // 32: fedtune.v1.Admin.RevokeWorker:output_type -> fedtune.v1.RevokeWorkerResponse
+	31, // 33: fedtune.v1.Admin.ControlJob:output_type -> fedtune.v1.ControlJobResponse
+	32, // 34: fedtune.v1.Admin.Keyring:output_type -> fedtune.v1.KeyringResponse
+	33, // 35: fedtune.v1.Admin.TransferLeadership:output_type -> fedtune.v1.TransferLeadershipResponse
+	18, // [18:36] is the sub-list for method output_type
+	0,  // [0:18] is the sub-list for method input_type
 	0,  // [0:0] is the sub-list for extension type_name
 	0,  // [0:0] is the sub-list for extension extendee
 	0,  // [0:0] is the sub-list for field type_name

@@ -28,6 +28,7 @@ const (
 	Worker_SubmitUpdate_FullMethodName  = "/fedtune.v1.Worker/SubmitUpdate"
 	Worker_SubmitEval_FullMethodName    = "/fedtune.v1.Worker/SubmitEval"
 	Worker_ReportFailure_FullMethodName = "/fedtune.v1.Worker/ReportFailure"
+	Worker_SecAgg_FullMethodName        = "/fedtune.v1.Worker/SecAgg"
 )
 
 // WorkerClient is the client API for Worker service.
@@ -44,6 +45,9 @@ type WorkerClient interface {
 	SubmitEval(ctx context.Context, in *protocol.SubmitEvalRequest, opts ...grpc.CallOption) (*protocol.SubmitEvalResponse, error)
 	// ReportFailure tells the leader a task failed, and why.
 	ReportFailure(ctx context.Context, in *protocol.ReportFailureRequest, opts ...grpc.CallOption) (*protocol.ReportFailureResponse, error)
+	// SecAgg carries a secure-aggregation round's messages (keys, shares,
+	// revealed shares) and long-polls for the round's next phase.
+	SecAgg(ctx context.Context, in *protocol.SecAggRequest, opts ...grpc.CallOption) (*protocol.SecAggResponse, error)
 }
 
 type workerClient struct {
@@ -94,6 +98,16 @@ func (c *workerClient) ReportFailure(ctx context.Context, in *protocol.ReportFai
 	return out, nil
 }
 
+func (c *workerClient) SecAgg(ctx context.Context, in *protocol.SecAggRequest, opts ...grpc.CallOption) (*protocol.SecAggResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(protocol.SecAggResponse)
+	err := c.cc.Invoke(ctx, Worker_SecAgg_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkerServer is the server API for Worker service.
 // All implementations must embed UnimplementedWorkerServer
 // for forward compatibility.
@@ -108,6 +122,9 @@ type WorkerServer interface {
 	SubmitEval(context.Context, *protocol.SubmitEvalRequest) (*protocol.SubmitEvalResponse, error)
 	// ReportFailure tells the leader a task failed, and why.
 	ReportFailure(context.Context, *protocol.ReportFailureRequest) (*protocol.ReportFailureResponse, error)
+	// SecAgg carries a secure-aggregation round's messages (keys, shares,
+	// revealed shares) and long-polls for the round's next phase.
+	SecAgg(context.Context, *protocol.SecAggRequest) (*protocol.SecAggResponse, error)
 	mustEmbedUnimplementedWorkerServer()
 }
 
@@ -129,6 +146,9 @@ func (UnimplementedWorkerServer) SubmitEval(context.Context, *protocol.SubmitEva
 }
 func (UnimplementedWorkerServer) ReportFailure(context.Context, *protocol.ReportFailureRequest) (*protocol.ReportFailureResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ReportFailure not implemented")
+}
+func (UnimplementedWorkerServer) SecAgg(context.Context, *protocol.SecAggRequest) (*protocol.SecAggResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SecAgg not implemented")
 }
 func (UnimplementedWorkerServer) mustEmbedUnimplementedWorkerServer() {}
 func (UnimplementedWorkerServer) testEmbeddedByValue()                {}
@@ -223,6 +243,24 @@ func _Worker_ReportFailure_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Worker_SecAgg_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(protocol.SecAggRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServer).SecAgg(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Worker_SecAgg_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServer).SecAgg(ctx, req.(*protocol.SecAggRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Worker_ServiceDesc is the grpc.ServiceDesc for Worker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -245,6 +283,10 @@ var Worker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportFailure",
 			Handler:    _Worker_ReportFailure_Handler,
+		},
+		{
+			MethodName: "SecAgg",
+			Handler:    _Worker_SecAgg_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

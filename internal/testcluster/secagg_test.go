@@ -1,0 +1,233 @@
+package testcluster
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fedtune/fedtune/coordinator"
+	"github.com/fedtune/fedtune/dataset"
+	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/model"
+	pb "github.com/fedtune/fedtune/protocol"
+	"github.com/fedtune/fedtune/protocol/rpcpb"
+	"github.com/fedtune/fedtune/round"
+	"github.com/fedtune/fedtune/secagg"
+	"github.com/fedtune/fedtune/tensor"
+	"github.com/fedtune/fedtune/worker"
+)
+
+// TestSecAggDropouts runs secure aggregation on three coordinators with ten
+// workers, three of which drop out after masking (their shares delivered,
+// their masked updates never sent): the round commits the exact sum of the
+// seven survivors' fixed-point updates, every round verifies, and no
+// coordinator's blobs, Raft log, snapshots or logs hold any worker's
+// unmasked update. Then the same job without secagg, to state the
+// overhead.
+func TestSecAggDropouts(t *testing.T) {
+	logs := &syncBuffer{}
+	cl := NewCluster(t, 3, ClusterOptions{Edit: func(_ int, cfg *coordinator.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}})
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, _ := dataset.Partition{Kind: "iid", Seed: 5}.Split(train.Y, 10, 40)
+	var mu sync.Mutex
+	plain := map[string]map[uint32][]uint32{} // worker -> round -> plain fixed-point update
+	deltas := map[string][]float32{}          // worker/round -> the update as trained
+	dropped := map[string]bool{"sa-02": true, "sa-05": true, "sa-08": true}
+	for i := range 10 {
+		id := fmt.Sprintf("sa-%02d", i)
+		cfg := worker.Config{ID: id, Join: cl.GossipAddrs(), SecAggMasked: func(job string, r uint32, delta []float32, p, masked []uint32) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			deltas[fmt.Sprint(id, "/", r)] = slices.Clone(delta)
+			if plain[id] == nil {
+				plain[id] = map[uint32][]uint32{}
+			}
+			plain[id][r] = slices.Clone(p)
+			return !(job == "secagg" && r == 1 && dropped[id])
+		}}
+		StartWorkerWith(t, cfg, worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, nil))
+	}
+	WaitFor(t, 20*time.Second, "10 workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 10 })
+	spec := func(name string, sa bool) *pb.JobSpec {
+		s := haJob(name, 2, 10)
+		s.MinUpdates, s.RoundTimeoutSeconds = 5, 60
+		if sa {
+			s.Secagg = &pb.SecAggSpec{PhaseTimeoutSeconds: 4}
+		}
+		return s
+	}
+	submit(t, cl, spec("secagg", true))
+	j := cl.WaitDone("secagg", 3*time.Minute)
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("secagg job ended %v: %s", j.Status, j.Error)
+	}
+	checkHistory(t, cl, j, 2)
+	r1 := j.History[0]
+	if r1.Updates != 7 || len(r1.Secagg.GetShared()) != 10 || r1.Metrics["secagg_survivors"] != 7 {
+		t.Fatalf("round 1: %d masked updates of %d that shared, want 7 of 10", r1.Updates, len(r1.Secagg.GetShared()))
+	}
+	for _, w := range r1.Workers {
+		if dropped[w] {
+			t.Errorf("dropped worker %s counted in round 1", w)
+		}
+	}
+	// The committed round unmasks to exactly the survivors' plain sum.
+	leader := cl.WaitForLeader(15 * time.Second)
+	layout, _ := model.Lookup("mnist-mlp-small")
+	n := layout.Init(1).Len()
+	inputs := map[string][]uint32{}
+	want := make([]uint32, n)
+	mu.Lock()
+	for _, u := range r1.Accepted {
+		b, err := readBlob(leader.C, u.Blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inputs[u.Worker], err = secagg.DecodeMasked(b, n); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range plain[u.Worker][1] {
+			want[i] += v
+		}
+		if bytes.Equal(b, secagg.EncodeMasked(plain[u.Worker][1])) {
+			t.Errorf("%s's stored update is its plain update", u.Worker)
+		}
+	}
+	mu.Unlock()
+	p := round.SecAggParams(j.Spec, &pb.Round{Number: 1, Attempt: r1.Secagg.Attempt, Secagg: r1.Secagg})
+	sum, err := secagg.Unmask(p, r1.Secagg.Keys, r1.Secagg.Shared, inputs, r1.Secagg.Reveals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(sum, want) {
+		t.Fatal("the committed round does not unmask to the survivors' plain sum")
+	}
+	// and the model moved by that mean
+	m0, _ := readSet(leader.C, round.VersionModel(j, 0))
+	m1, _ := readSet(leader.C, r1.Model)
+	mean := round.SecAggMean(want, r1.Secagg.FracBits, 7)
+	var off int
+	var worst float64
+	for ti, tn := range m1.Tensors {
+		for i, v := range tn.Data {
+			worst = max(worst, math.Abs(float64(v-m0.Tensors[ti].Data[i]-mean[off+i])))
+		}
+		off += len(tn.Data)
+	}
+	if worst > 1e-6 {
+		t.Errorf("model moved by something other than the survivors' mean: worst difference %g", worst)
+	}
+	pool := client.NewPool()
+	defer pool.Close()
+	for _, nd := range cl.Up() {
+		conn, err := pool.Conn(nd.C.GRPCAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range j.History {
+			v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "secagg", Round: r.Number})
+			if err != nil || !v.Match {
+				t.Errorf("round %d does not verify on %s: %v %v", r.Number, nd.Name, v, err)
+			}
+		}
+	}
+	// No unmasked update anywhere a coordinator writes: blobs, Raft log,
+	// snapshots, logs — neither as fixed point nor as float32.
+	mu.Lock()
+	var needles [][]byte
+	for _, rs := range plain {
+		for _, v := range rs {
+			needles = append(needles, secagg.EncodeMasked(v[100:164])) // past the first layer's zero rows
+		}
+	}
+	for _, d := range deltas {
+		fb := make([]byte, 4*64)
+		for i, x := range d[100:164] {
+			binary.LittleEndian.PutUint32(fb[4*i:], math.Float32bits(x))
+		}
+		needles = append(needles, fb)
+	}
+	mu.Unlock()
+	var scanned int64
+	for _, nd := range cl.Nodes {
+		filepath.WalkDir(nd.Cfg.DataDir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			scanned += int64(len(b))
+			for _, nd := range needles {
+				if bytes.Contains(b, nd) {
+					t.Errorf("%s holds a worker's unmasked update", path)
+					break
+				}
+			}
+			return nil
+		})
+	}
+	if scanned < 3*2_000_000 {
+		t.Errorf("scanned only %d bytes of the coordinators' data: the masked updates alone are 2 MB a round", scanned)
+	}
+	for _, nd := range needles {
+		if strings.Contains(logs.String(), string(nd)) {
+			t.Error("the coordinators' logs hold a worker's unmasked update")
+		}
+	}
+
+	// Overhead against plain FedAvg on the same workers.
+	submit(t, cl, spec("plain", false))
+	pj := cl.WaitDone("plain", 2*time.Minute)
+	if pj.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("plain job ended %v: %s", pj.Status, pj.Error)
+	}
+	var saBytes, plainBytes int64
+	for _, u := range j.History[1].Accepted {
+		s, _ := leader.C.BlobSize(u.Blob)
+		saBytes += s
+	}
+	for _, u := range pj.History[1].Accepted {
+		s, _ := leader.C.BlobSize(u.Blob)
+		plainBytes += s
+	}
+	var proto int
+	r2 := j.History[1].Secagg
+	for _, k := range r2.Keys {
+		proto += len(k.CipherPub) + len(k.MaskPub) + len(k.SeedCommit)
+	}
+	for _, rv := range r2.Reveals {
+		proto += len(rv.Share) + 1
+	}
+	shares := 10 * 9 * (12 + 64 + 16) // sealed shares: not kept in the record
+	dur := func(r *pb.RoundRecord) time.Duration { return time.Duration(r.CommittedUnixNano - r.StartedUnixNano) }
+	t.Logf("round 2 (no dropouts): secagg %d update bytes + %d protocol bytes (keys, reveals) + %d sealed-share bytes in %v; plain FedAvg %d update bytes in %v",
+		saBytes, proto, shares, dur(j.History[1]).Round(time.Millisecond), plainBytes, dur(pj.History[1]).Round(time.Millisecond))
+	t.Logf("round 1 (3 dropouts after masking, phase timeout 4 s): %v", dur(j.History[0]).Round(time.Millisecond))
+}
+
+func readBlob(c *coordinator.Coordinator, hash string) ([]byte, error) { return c.ReadBlob(hash) }
+
+func readSet(c *coordinator.Coordinator, hash string) (tensor.Set, error) {
+	b, err := c.ReadBlob(hash)
+	if err != nil {
+		return tensor.Set{}, err
+	}
+	return tensor.Unmarshal(b)
+}
