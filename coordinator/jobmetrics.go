@@ -28,6 +28,9 @@ var (
 	jobSelectedDesc  = prometheus.NewDesc("fedtune_job_round_selected", "Workers selected for the job's open round (0 between rounds).", []string{"job"}, nil)
 	jobRespondedDesc = prometheus.NewDesc("fedtune_job_round_responded", "Selected workers that have sent an update to the open round.", []string{"job"}, nil)
 	jobFailedDesc    = prometheus.NewDesc("fedtune_job_round_failed", "Selected workers that reported their task in the open round failed.", []string{"job"}, nil)
+	jobEpsilonDesc   = prometheus.NewDesc("fedtune_job_dp_epsilon", "DP jobs: the privacy spent over the committed rounds, ε at the job's δ.", []string{"job"}, nil)
+	jobBudgetDesc    = prometheus.NewDesc("fedtune_job_dp_epsilon_budget", "DP jobs with a budget: the ε no round may take the job past.", []string{"job"}, nil)
+	jobSecAggDesc    = prometheus.NewDesc("fedtune_job_secagg_phase", "Secure-aggregation jobs: the open round's phase (1 keys, 2 shares, 3 masked updates, 4 unmasking; 0 between rounds).", []string{"job"}, nil)
 	buildInfoDesc    = prometheus.NewDesc("fedtune_build_info", "1, labelled with the build's version, VCS revision and Go version.", []string{"version", "revision", "goversion"}, nil)
 )
 
@@ -39,7 +42,7 @@ var jobStates = map[pb.JobStatus]string{
 // Describe sends the descriptors.
 func (jc jobCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{jobStateDesc, jobRoundsDesc, jobPlannedDesc, jobLastCommitDesc, jobAccuracyDesc, jobLossDesc,
-		jobSelectedDesc, jobRespondedDesc, jobFailedDesc, buildInfoDesc} {
+		jobSelectedDesc, jobRespondedDesc, jobFailedDesc, jobEpsilonDesc, jobBudgetDesc, jobSecAggDesc, buildInfoDesc} {
 		ch <- d
 	}
 }
@@ -79,6 +82,15 @@ func (jc jobCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(jobSelectedDesc, float64(len(r.GetSelected())))
 		gauge(jobRespondedDesc, float64(len(r.GetUpdates())))
 		gauge(jobFailedDesc, float64(len(r.GetFailures())))
+		if dp := j.Spec.GetDp(); dp != nil {
+			gauge(jobEpsilonDesc, metrics["dp_epsilon"])
+			if dp.Epsilon > 0 {
+				gauge(jobBudgetDesc, dp.Epsilon)
+			}
+		}
+		if j.Spec.GetSecagg() != nil {
+			gauge(jobSecAggDesc, float64(r.GetSecagg().GetPhase()))
+		}
 	})
 }
 

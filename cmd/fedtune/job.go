@@ -112,6 +112,11 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "dp-clip", Usage: "DP-FedAvg: L2 bound of one client's update", EnvVars: []string{"FEDTUNE_DP_CLIP"}},
 					&cli.Float64Flag{Name: "dp-delta", Usage: "DP-FedAvg: δ of the (ε, δ) reported (default 1e-5)", EnvVars: []string{"FEDTUNE_DP_DELTA"}},
 					&cli.Float64Flag{Name: "dp-epsilon", Usage: "DP-FedAvg: budget; no round starts that would spend more (0: none)", EnvVars: []string{"FEDTUNE_DP_EPSILON"}},
+					&cli.BoolFlag{Name: "secagg", Usage: "secure aggregation (SecAgg+): coordinators see masked updates and their sum only (fedavg, sync rounds)", EnvVars: []string{"FEDTUNE_SECAGG"}},
+					&cli.UintFlag{Name: "secagg-neighbors", Usage: "secagg: each worker's neighbours in the masking graph (0: all up to 17 workers, else about 2·log2 n)", EnvVars: []string{"FEDTUNE_SECAGG_NEIGHBORS"}},
+					&cli.Float64Flag{Name: "secagg-threshold", Usage: "secagg: fraction of a worker's neighbours whose shares recover its secrets, t = ⌊k·f⌋+1 (0: 0.5); lower survives more dropouts, higher resists more colluding workers", EnvVars: []string{"FEDTUNE_SECAGG_THRESHOLD"}},
+					&cli.Float64Flag{Name: "secagg-clip-range", Usage: "secagg: each update value is clamped to ±this before fixed-point encoding (0: 1)", EnvVars: []string{"FEDTUNE_SECAGG_CLIP_RANGE"}},
+					&cli.UintFlag{Name: "secagg-phase-timeout", Usage: "secagg: seconds each key, share, masking and unmasking phase waits for slow workers (0: 30)", EnvVars: []string{"FEDTUNE_SECAGG_PHASE_TIMEOUT"}},
 					&cli.UintFlag{Name: "rounds", Value: 10, Usage: "federated rounds", EnvVars: []string{"FEDTUNE_ROUNDS"}},
 					&cli.UintFlag{Name: "clients", Value: 3, Usage: "workers per round", EnvVars: []string{"FEDTUNE_CLIENTS"}},
 					&cli.UintFlag{Name: "min-updates", Usage: "updates needed to commit a round at its deadline (default: --clients)", EnvVars: []string{"FEDTUNE_MIN_UPDATES"}},
@@ -293,6 +298,10 @@ func submitJob(c *cli.Context) error {
 				return fmt.Errorf("job submit: --%s is for --mode async", f)
 			}
 		}
+	}
+	if c.Bool("secagg") || c.IsSet("secagg-neighbors") || c.IsSet("secagg-threshold") || c.IsSet("secagg-clip-range") || c.IsSet("secagg-phase-timeout") {
+		spec.Secagg = &pb.SecAggSpec{Neighbors: uint32(c.Uint("secagg-neighbors")), Threshold: c.Float64("secagg-threshold"),
+			ClipRange: c.Float64("secagg-clip-range"), PhaseTimeoutSeconds: uint32(c.Uint("secagg-phase-timeout"))}
 	}
 	if c.Float64("dp-noise") > 0 || c.IsSet("dp-clip") || c.IsSet("dp-epsilon") || c.IsSet("dp-delta") {
 		spec.Dp = &pb.DPSpec{NoiseMultiplier: c.Float64("dp-noise"), ClipNorm: c.Float64("dp-clip"), Delta: c.Float64("dp-delta"), Epsilon: c.Float64("dp-epsilon")}

@@ -47,6 +47,20 @@ func ledgerCommand() *cli.Command {
 			}
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(tw, "job %s: %d committed rounds, rule %s\n", job.Spec.Name, len(job.History), job.Spec.Aggregator)
+			if dp := job.Spec.Dp; dp != nil {
+				eps := 0.0
+				if n := len(job.History); n > 0 {
+					eps = job.History[n-1].Metrics["dp_epsilon"]
+				}
+				fmt.Fprintf(tw, "privacy spent: ε %.4f at δ %g (DP-FedAvg σ %g, clip %g)", eps, dp.Delta, dp.NoiseMultiplier, dp.ClipNorm)
+				if dp.Epsilon > 0 {
+					fmt.Fprintf(tw, ", budget %g", dp.Epsilon)
+				}
+				fmt.Fprintln(tw)
+			}
+			if job.Spec.Secagg != nil {
+				fmt.Fprintln(tw, "secure aggregation: updates are masked, so no contribution is scored (rounds and samples only)")
+			}
 			fmt.Fprintln(tw, "WORKER\tROUNDS\tKEPT\tSAMPLES\tTOTAL WEIGHT\tMEAN COSINE\tMEAN DISTANCE")
 			for _, w := range coordinator.Ledger(job) {
 				fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.3f\t%.3f\t%.4f\n", terminalSafe(w.Worker), w.Rounds, w.Kept, w.Samples, w.Weight, w.MeanCosine, w.MeanDistance)

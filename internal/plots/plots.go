@@ -233,7 +233,7 @@ func Draw(res *Results, dir string) ([]string, error) {
 					}
 				}
 				l, err := plotter.NewLine(pts)
-				if err != nil {
+				if err != nil || len(pts) == 0 {
 					continue
 				}
 				l.Color = plotutil.Color(i)
@@ -307,11 +307,11 @@ func Draw(res *Results, dir string) ([]string, error) {
 		}
 	}
 	if res.dp {
-		if err := saveTiled(lines("Privacy spent per round", "round", "ε (at the run's δ)", func(s *series) []float64 { return s.round }, func(s *series) []float64 { return s.eps }, nil, false),
+		if err := saveTiled(lines("Privacy spent per round", "round", "ε (at the run's δ)", func(s *series) []float64 { return dpOnly(s, s.round) }, func(s *series) []float64 { return dpOnly(s, s.eps) }, nil, false),
 			"epsilon.png", "Privacy spent per round (ε)"); err != nil {
 			return nil, err
 		}
-		if err := saveTiled(lines("Test accuracy against privacy spent", "ε spent", "test accuracy (%)", func(s *series) []float64 { return s.accEps }, func(s *series) []float64 { return s.acc }, accBand, false),
+		if err := saveTiled(lines("Test accuracy against privacy spent", "ε spent", "test accuracy (%)", func(s *series) []float64 { return dpOnly(s, s.accEps) }, func(s *series) []float64 { return dpOnly(s, s.acc) }, accBand, false),
 			"accuracy_vs_epsilon.png", "Test accuracy against privacy spent"); err != nil {
 			return nil, err
 		}
@@ -337,56 +337,64 @@ func Draw(res *Results, dir string) ([]string, error) {
 	return out, nil
 }
 
+// dpOnly is v for a DP run, nothing for a run without DP (its line is left
+// out of the ε plots).
+func dpOnly(s *series, v []float64) []float64 {
+	if s.finalEps == 0 {
+		return nil
+	}
+	return v
+}
+
 // privacyUtility draws each DP run's final accuracy against the ε it
-// spent, runs in order of ε joined by a line, and each run without DP as a
-// dashed horizontal line at its final accuracy.
+// spent, a labelled point per run, and each run without DP as a dashed
+// horizontal line at its final accuracy.
 func privacyUtility(res *Results) (*plot.Plot, error) {
 	p := plot.New()
 	p.Title.Text, p.X.Label.Text, p.Y.Label.Text = "Privacy against utility", "ε spent (at the runs' δ)", "final test accuracy (%)"
 	var pts plotter.XYs
+	var labels []string
 	var plain []*series
 	for _, s := range res.Runs {
 		if s.finalEps > 0 {
 			pts = append(pts, plotter.XY{X: s.finalEps, Y: s.final})
+			labels = append(labels, fmt.Sprintf("%s: %.1f%%", s.label, s.final))
 		} else {
 			plain = append(plain, s)
 		}
 	}
-	sort.Slice(pts, func(i, j int) bool { return pts[i].X < pts[j].X })
-	lp, sc, err := plotter.NewLinePoints(pts)
+	sc, err := plotter.NewScatter(pts)
 	if err != nil {
 		return nil, fmt.Errorf("privacy-utility plot: %w", err)
 	}
-	lp.Width, sc.Shape = vg.Points(1.5), draw.CircleGlyph{}
-	p.Add(lp, sc)
-	p.Legend.Add("DP-FedAvg", lp, sc)
-	labels, err := plotter.NewLabels(plotter.XYLabels{XYs: pts, Labels: epsLabels(pts)})
-	if err == nil {
-		labels.Offset = vg.Point{X: vg.Points(4), Y: vg.Points(4)}
-		p.Add(labels)
+	sc.Shape, sc.Radius = draw.CircleGlyph{}, vg.Points(3.5)
+	p.Add(sc)
+	p.Legend.Add("DP-FedAvg runs", sc)
+	if l, err := plotter.NewLabels(plotter.XYLabels{XYs: pts, Labels: labels}); err == nil {
+		l.Offset = vg.Point{X: vg.Points(5), Y: vg.Points(-3)}
+		for i := range l.TextStyle {
+			l.TextStyle[i].Font.Size = vg.Points(8)
+		}
+		p.Add(l)
 	}
+	hi := 0.0
+	for _, pt := range pts {
+		hi = max(hi, pt.X)
+	}
+	p.X.Min, p.X.Max = 0, hi*1.35 // room for the labels
 	for i, s := range plain {
-		hi := pts[len(pts)-1].X
-		l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: s.final}, {X: hi, Y: s.final}})
+		l, err := plotter.NewLine(plotter.XYs{{X: 0, Y: s.final}, {X: p.X.Max, Y: s.final}})
 		if err != nil {
 			return nil, err
 		}
 		l.Dashes, l.Color = []vg.Length{vg.Points(4), vg.Points(3)}, plotutil.Color(i+1)
 		p.Add(l)
-		p.Legend.Add("no DP: "+s.label, l)
+		p.Legend.Add(fmt.Sprintf("no DP (%s): %.1f%%", s.label, s.final), l)
 	}
-	p.Legend.Top, p.Legend.Left = false, false
+	p.Legend.Top, p.Legend.Left = false, true
+	p.Legend.TextStyle.Font.Size = vg.Points(9)
 	p.Add(plotter.NewGrid())
 	return p, nil
-}
-
-// epsLabels labels each point with its accuracy.
-func epsLabels(pts plotter.XYs) []string {
-	out := make([]string, len(pts))
-	for i, pt := range pts {
-		out[i] = strconv.FormatFloat(pt.Y, 'f', 1, 64) + "%"
-	}
-	return out
 }
 
 // finalBars draws final accuracy grouped by attack (groups) and aggregator

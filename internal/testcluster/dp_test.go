@@ -1,6 +1,7 @@
 package testcluster
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestDPJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := StartCoordinator(t, coordinator.Config{})
+	c := StartCoordinator(t, coordinator.Config{HTTPAddr: "127.0.0.1:0"})
 	parts, _ := dataset.Partition{Kind: "iid", Seed: 1}.Split(train.Y, 10, 30)
 	for i := range 4 {
 		StartWorker(t, "dp-"+string(rune('a'+i)), []string{c.GossipAddr()}, train.Subset(parts[i]), nil)
@@ -63,6 +64,12 @@ func TestDPJob(t *testing.T) {
 	b := WaitDoneOn(t, c, "dp-budget", 2*time.Minute)
 	if len(b.History) != 1 || !strings.Contains(b.Error, "privacy budget reached: round 2 would spend ε") {
 		t.Errorf("budgeted job: %d rounds, %q", len(b.History), b.Error)
+	}
+	_, metrics := get(t, "http://"+c.HTTPAddr()+"/metrics")
+	for _, want := range []string{fmt.Sprintf(`fedtune_job_dp_epsilon{job="dp"} %v`, j.History[2].Metrics["dp_epsilon"]), `fedtune_job_dp_epsilon_budget{job="dp-budget"} 5`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 	t.Logf("ε after each round: %.3f %.3f %.3f; budgeted job: %s", j.History[0].Metrics["dp_epsilon"], j.History[1].Metrics["dp_epsilon"], j.History[2].Metrics["dp_epsilon"], b.Error)
 }

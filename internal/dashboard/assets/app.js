@@ -52,6 +52,8 @@ function job(j, ledger, now, limit, conds) {
   const drift = s.async && num(s.async.drift_correction) ? `, drift correction ${esc(s.async.drift_correction)}` : "";
   const mode = s.async ? ` · async, versions of ${esc(s.async.buffer_size)}${sched}, ${esc(s.async.staleness)} staleness${win}${drift}` : "";
   const lora = s.lora ? ` · LoRA rank ${esc(s.lora.rank)} α ${esc(s.lora.alpha)} (${esc(s.lora.aggregation)})` : "";
+  const dp = s.dp ? ` · DP-FedAvg σ ${esc(s.dp.noise_multiplier)}, clip ${esc(s.dp.clip_norm)}` : "";
+  const sa = s.secagg ? " · secure aggregation" : "";
   const sel = Object.entries(s.selector || {}).map(([k, v]) => `<span class="label">${esc(k)}=${esc(v)}</span>`).join("");
   const last = h.length ? h[h.length - 1].metrics || {} : {};
   let open = "";
@@ -70,7 +72,7 @@ function job(j, ledger, now, limit, conds) {
     const got = (r.updates || []).length, want = num(s.clients_per_round) || 1;
     open = `<p>round <b>${esc(r.number)}</b>${num(r.attempt) ? ` (attempt ${num(r.attempt) + 1})` : ""}: <b>${got}</b> of ${want} updates from ${(r.selected || []).length} selected
       <div class="bar"><div style="width:${(100 * Math.min(1, got / want)).toFixed(1)}%"></div></div>
-      deadline in ${ago(end - now)}<div class="bar deadline"><div style="width:${(100 * frac).toFixed(1)}%"></div></div></p>`;
+      ${r.secagg ? `secure aggregation phase <b>${["", "keys", "shares", "masked updates", "unmasking"][num(r.secagg.phase)] || esc(r.secagg.phase)}</b> · ` : ""}deadline in ${ago(end - now)}<div class="bar deadline"><div style="width:${(100 * frac).toFixed(1)}%"></div></div></p>`;
   }
   const rows = h.slice(-8).reverse().map((x) => `<tr><td class="num">${esc(x.number)}</td><td class="num">${esc(x.updates ?? 0)}</td><td class="num">${esc(x.samples ?? 0)}</td>
     <td class="num">${pct((x.metrics || {}).test_accuracy)}</td><td class="num">${((x.metrics || {}).test_loss ?? NaN).toFixed(4)}</td>
@@ -80,9 +82,10 @@ function job(j, ledger, now, limit, conds) {
   return `<div class="job" data-job="${esc(s.name)}">
     <div>
       <h3>${esc(s.name)} <span class="pill ${cls}">${esc(status)}</span></h3>
-      <div class="meta">${esc(s.model)} on ${esc(s.dataset)} · ${esc(s.aggregator)} · ${esc(s.codec)}${mode}${lora} · ${h.length}/${esc(s.rounds)} ${s.async ? "versions" : "rounds of " + esc(s.clients_per_round)} ${sel}</div>
+      <div class="meta">${esc(s.model)} on ${esc(s.dataset)} · ${esc(s.aggregator)} · ${esc(s.codec)}${mode}${lora}${dp}${sa} · ${h.length}/${esc(s.rounds)} ${s.async ? "versions" : "rounds of " + esc(s.clients_per_round)} ${sel}</div>
       <div class="bar"><div style="width:${(100 * h.length / Math.max(1, num(s.rounds))).toFixed(1)}%"></div></div>
       <p>test accuracy <b>${pct(last.test_accuracy)}</b> (base ${pct((j.base_metrics || {}).test_accuracy)})${j.error ? ` · <span class="pill bad">${esc(j.error)}</span>` : ""}${j.note ? ` · ${esc(status)}: ${esc(j.note)}` : ""}</p>
+      ${s.dp ? `<p class="privacy">privacy spent: ε <b>${last.dp_epsilon === undefined ? "0" : num(last.dp_epsilon).toFixed(3)}</b> at δ ${esc(s.dp.delta)}${num(s.dp.epsilon) ? ` of a budget of ${esc(s.dp.epsilon)}` : ""}</p>` : ""}
       ${warn}${open}
       ${cmd ? `<p class="muted">operate: <code>${esc(cmd)}</code></p>` : ""}
       <table><thead><tr><th class="num">round</th><th class="num">updates</th><th class="num">samples</th><th class="num">test acc</th><th class="num">test loss</th><th class="num">time</th></tr></thead><tbody>${rows}</tbody></table>
