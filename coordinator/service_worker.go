@@ -151,6 +151,9 @@ func (c *Coordinator) taskFor(worker string, done []string) *pb.Task {
 			Seed:             round.TaskSeed(j.Spec.Seed, r.Number, r.Attempt),
 			Attempt:          r.Attempt,
 		}
+		if dp := j.Spec.Dp; dp.GetDistributed() {
+			t.DpClip, t.DpNoiseStd = dp.ClipNorm, round.WorkerNoiseStd(dp, len(r.Selected))
+		}
 		if sa := j.Spec.Secagg; sa != nil {
 			t.Secagg = &pb.SecAggTask{Neighbors: sa.Neighbors, Threshold: sa.Threshold, ClipRange: sa.ClipRange, FracBits: r.Secagg.FracBits, GraphSeed: j.Spec.Seed}
 		}

@@ -89,14 +89,16 @@ type Task struct {
 	Codec            string                 `protobuf:"bytes,7,opt,name=codec,proto3" json:"codec,omitempty"`
 	DeadlineUnixNano int64                  `protobuf:"varint,8,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
 	Seed             uint64                 `protobuf:"varint,9,opt,name=seed,proto3" json:"seed,omitempty"`
-	Attempt          uint32                 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"`                           // the round's attempt (grows when a round is rescheduled)
-	Frozen           *ModelRef              `protobuf:"bytes,11,opt,name=frozen,proto3" json:"frozen,omitempty"`                              // LoRA jobs: the frozen base the adapters (base) apply to
-	Lora             *LoRASpec              `protobuf:"bytes,12,opt,name=lora,proto3" json:"lora,omitempty"`                                  // LoRA jobs: rank and alpha of the adapters
-	ModelConfig      []byte                 `protobuf:"bytes,13,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"` // the job's model configuration (llama: config.json)
-	Tokenizer        string                 `protobuf:"bytes,14,opt,name=tokenizer,proto3" json:"tokenizer,omitempty"`                        // text jobs: blob hash of the tokenizer.json
-	SeqLen           uint32                 `protobuf:"varint,15,opt,name=seq_len,json=seqLen,proto3" json:"seq_len,omitempty"`               // text jobs: tokens per sequence
-	EvalOnly         bool                   `protobuf:"varint,16,opt,name=eval_only,json=evalOnly,proto3" json:"eval_only,omitempty"`         // evaluate base (the model of round) on the held-out data and SubmitEval; no training
-	Secagg           *SecAggTask            `protobuf:"bytes,17,opt,name=secagg,proto3" json:"secagg,omitempty"`                              // secure aggregation: after training, take part in the round's SecAgg+ phases
+	Attempt          uint32                 `protobuf:"varint,10,opt,name=attempt,proto3" json:"attempt,omitempty"`                            // the round's attempt (grows when a round is rescheduled)
+	Frozen           *ModelRef              `protobuf:"bytes,11,opt,name=frozen,proto3" json:"frozen,omitempty"`                               // LoRA jobs: the frozen base the adapters (base) apply to
+	Lora             *LoRASpec              `protobuf:"bytes,12,opt,name=lora,proto3" json:"lora,omitempty"`                                   // LoRA jobs: rank and alpha of the adapters
+	ModelConfig      []byte                 `protobuf:"bytes,13,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"`  // the job's model configuration (llama: config.json)
+	Tokenizer        string                 `protobuf:"bytes,14,opt,name=tokenizer,proto3" json:"tokenizer,omitempty"`                         // text jobs: blob hash of the tokenizer.json
+	SeqLen           uint32                 `protobuf:"varint,15,opt,name=seq_len,json=seqLen,proto3" json:"seq_len,omitempty"`                // text jobs: tokens per sequence
+	EvalOnly         bool                   `protobuf:"varint,16,opt,name=eval_only,json=evalOnly,proto3" json:"eval_only,omitempty"`          // evaluate base (the model of round) on the held-out data and SubmitEval; no training
+	Secagg           *SecAggTask            `protobuf:"bytes,17,opt,name=secagg,proto3" json:"secagg,omitempty"`                               // secure aggregation: after training, take part in the round's SecAgg+ phases
+	DpClip           float64                `protobuf:"fixed64,18,opt,name=dp_clip,json=dpClip,proto3" json:"dp_clip,omitempty"`               // distributed DP: clip the update to this L2 norm before sending
+	DpNoiseStd       float64                `protobuf:"fixed64,19,opt,name=dp_noise_std,json=dpNoiseStd,proto3" json:"dp_noise_std,omitempty"` // distributed DP: then add Gaussian noise of this standard deviation to every value
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -248,6 +250,20 @@ func (x *Task) GetSecagg() *SecAggTask {
 		return x.Secagg
 	}
 	return nil
+}
+
+func (x *Task) GetDpClip() float64 {
+	if x != nil {
+		return x.DpClip
+	}
+	return 0
+}
+
+func (x *Task) GetDpNoiseStd() float64 {
+	if x != nil {
+		return x.DpNoiseStd
+	}
+	return 0
 }
 
 // SecAggTask is what a worker needs to mask its update.
@@ -2661,7 +2677,7 @@ const file_api_proto_rawDesc = "" +
 	"fedtune.v1\x1a\rfedtune.proto\"2\n" +
 	"\bModelRef\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"\xa8\x04\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"\xe3\x04\n" +
 	"\x04Task\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x14\n" +
 	"\x05round\x18\x02 \x01(\rR\x05round\x12(\n" +
@@ -2680,7 +2696,10 @@ const file_api_proto_rawDesc = "" +
 	"\ttokenizer\x18\x0e \x01(\tR\ttokenizer\x12\x17\n" +
 	"\aseq_len\x18\x0f \x01(\rR\x06seqLen\x12\x1b\n" +
 	"\teval_only\x18\x10 \x01(\bR\bevalOnly\x12.\n" +
-	"\x06secagg\x18\x11 \x01(\v2\x16.fedtune.v1.SecAggTaskR\x06secagg\"\xa3\x01\n" +
+	"\x06secagg\x18\x11 \x01(\v2\x16.fedtune.v1.SecAggTaskR\x06secagg\x12\x17\n" +
+	"\adp_clip\x18\x12 \x01(\x01R\x06dpClip\x12 \n" +
+	"\fdp_noise_std\x18\x13 \x01(\x01R\n" +
+	"dpNoiseStd\"\xa3\x01\n" +
 	"\n" +
 	"SecAggTask\x12\x1c\n" +
 	"\tneighbors\x18\x01 \x01(\rR\tneighbors\x12\x1c\n" +

@@ -1128,6 +1128,7 @@ type DPSpec struct {
 	ClipNorm        float64                `protobuf:"fixed64,2,opt,name=clip_norm,json=clipNorm,proto3" json:"clip_norm,omitempty"`                      // C: the L2 bound of one client's update
 	Delta           float64                `protobuf:"fixed64,3,opt,name=delta,proto3" json:"delta,omitempty"`                                            // δ of the (ε, δ) reported (default 1e-5)
 	Epsilon         float64                `protobuf:"fixed64,4,opt,name=epsilon,proto3" json:"epsilon,omitempty"`                                        // budget: no round starts that would take ε past it (0: none)
+	Distributed     bool                   `protobuf:"varint,5,opt,name=distributed,proto3" json:"distributed,omitempty"`                                 // each worker clips its update and adds its share of the noise, N(0, (σ·clip)²/n) for n selected; the coordinators add none (for users who do not trust them; with secagg they never see an update)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1188,6 +1189,13 @@ func (x *DPSpec) GetEpsilon() float64 {
 		return x.Epsilon
 	}
 	return 0
+}
+
+func (x *DPSpec) GetDistributed() bool {
+	if x != nil {
+		return x.Distributed
+	}
+	return false
 }
 
 // AsyncSpec is buffered asynchronous aggregation (FedBuff, Nguyen et al.
@@ -3866,12 +3874,13 @@ const file_fedtune_proto_rawDesc = "" +
 	"\areveals\x18\x06 \x03(\v2\x18.fedtune.v1.SecAggRevealR\areveals\x12\x1a\n" +
 	"\brevealed\x18\a \x03(\tR\brevealed\x12\x1b\n" +
 	"\tfrac_bits\x18\b \x01(\rR\bfracBits\x12\x18\n" +
-	"\aattempt\x18\t \x01(\rR\aattempt\"\x80\x01\n" +
+	"\aattempt\x18\t \x01(\rR\aattempt\"\xa2\x01\n" +
 	"\x06DPSpec\x12)\n" +
 	"\x10noise_multiplier\x18\x01 \x01(\x01R\x0fnoiseMultiplier\x12\x1b\n" +
 	"\tclip_norm\x18\x02 \x01(\x01R\bclipNorm\x12\x14\n" +
 	"\x05delta\x18\x03 \x01(\x01R\x05delta\x12\x18\n" +
-	"\aepsilon\x18\x04 \x01(\x01R\aepsilon\"\x8b\x03\n" +
+	"\aepsilon\x18\x04 \x01(\x01R\aepsilon\x12 \n" +
+	"\vdistributed\x18\x05 \x01(\bR\vdistributed\"\x8b\x03\n" +
 	"\tAsyncSpec\x12\x1f\n" +
 	"\vbuffer_size\x18\x01 \x01(\rR\n" +
 	"bufferSize\x12 \n" +

@@ -46,6 +46,15 @@ func NormalizeDP(spec *pb.JobSpec) error {
 	case spec.GetLora().GetAggregation() == LoRAExact:
 		return fieldErr("lora.aggregation", "exact with dp is not supported (its aggregate is not a mean)")
 	}
+	if dp.Distributed {
+		// The workers clip; the noised updates are far longer than the
+		// clipping norm, and clipping them again would scale the noise
+		// away.
+		if spec.AggregatorParams.GetClipNorm() != 0 {
+			return fieldErr("aggregator_params.clip_norm", "%v with distributed DP: the workers clip, the coordinators must not clip the noised updates", spec.AggregatorParams.GetClipNorm())
+		}
+		return nil
+	}
 	if c := spec.AggregatorParams.GetClipNorm(); c != 0 && c != dp.ClipNorm {
 		return fieldErr("aggregator_params.clip_norm", "%v differs from dp.clip_norm %v", c, dp.ClipNorm)
 	}
@@ -54,6 +63,23 @@ func NormalizeDP(spec *pb.JobSpec) error {
 	}
 	spec.AggregatorParams.ClipNorm = dp.ClipNorm
 	return nil
+}
+
+// WorkerNoiseStd is the noise each worker adds in distributed DP when n
+// are selected: σ·C/√n, so that the mean of n updates carries σ·C/n, as
+// central noise does.
+func WorkerNoiseStd(dp *pb.DPSpec, n int) float64 {
+	return dp.GetNoiseMultiplier() * dp.GetClipNorm() / math.Sqrt(float64(max(n, 1)))
+}
+
+// roundSigma is the noise multiplier a committed round achieved: σ with
+// central noise; with distributed noise σ·√(m/n) when only m of the n
+// selected workers' updates (each carrying its share) were aggregated.
+func roundSigma(dp *pb.DPSpec, r *pb.RoundRecord) float64 {
+	if !dp.GetDistributed() || r.Selected == 0 || r.Updates >= r.Selected {
+		return dp.GetNoiseMultiplier()
+	}
+	return dp.GetNoiseMultiplier() * math.Sqrt(float64(r.Updates)/float64(r.Selected))
 }
 
 // addDPNoise adds to the mean delta Gaussian noise of standard deviation
@@ -95,23 +121,46 @@ func dpEpsilon(j *pb.Job, k, eligible int) (float64, error) {
 		return 0, fmt.Errorf("job %q has no DP", j.Spec.GetName())
 	}
 	a := privacy.NewAccountant()
-	compose := func(sel, elig uint32) error {
+	compose := func(sel, elig uint32, sigma float64) error {
 		q := 1.0
 		if elig > 0 {
 			q = math.Min(1, float64(sel)/float64(elig))
 		}
-		return a.Compose(q, dp.NoiseMultiplier, 1)
+		return a.Compose(q, sigma, 1)
 	}
 	for _, r := range j.History {
-		if err := compose(r.Selected, r.Eligible); err != nil {
+		if err := compose(r.Selected, r.Eligible, roundSigma(dp, r)); err != nil {
 			return 0, err
 		}
 	}
 	if k > 0 {
-		if err := compose(uint32(k), uint32(eligible)); err != nil {
+		if err := compose(uint32(k), uint32(eligible), dp.NoiseMultiplier); err != nil {
 			return 0, err
 		}
 	}
 	eps, _, err := a.Epsilon(dp.Delta)
 	return eps, err
+}
+
+// Privatize is a worker's part in distributed DP: delta scaled to L2 norm
+// at most clip, then Gaussian noise of standard deviation std added to
+// every value, drawn from r (a worker seeds it from crypto/rand, so that
+// nobody can reproduce and subtract the noise; the simulator from its
+// seed, for reproducible runs).
+func Privatize(delta tensor.Set, clip, std float64, r *rand.Rand) error {
+	if !(clip > 0) || !(std >= 0) || math.IsInf(std, 0) || math.IsInf(clip, 0) {
+		return fmt.Errorf("distributed DP: clip %v and noise %v: want a positive clip and a finite noise", clip, std)
+	}
+	if n := delta.Norm(); n > clip {
+		s := float32(clip / n)
+		for _, t := range delta.Tensors {
+			tensor.Scale(s, t.Data)
+		}
+	}
+	for _, t := range delta.Tensors {
+		for i := range t.Data {
+			t.Data[i] += float32(std * r.NormFloat64())
+		}
+	}
+	return nil
 }

@@ -26,6 +26,9 @@ func TestNormalizeDP(t *testing.T) {
 		{"robust rule", func(s *pb.JobSpec) { s.Aggregator = "median" }, "aggregator"},
 		{"async", func(s *pb.JobSpec) { s.Mode = ModeAsync }, "mode"},
 		{"other clipping", func(s *pb.JobSpec) { s.AggregatorParams = &pb.AggregatorParams{ClipNorm: 3} }, "aggregator_params.clip_norm"},
+		{"distributed, coordinator clipping", func(s *pb.JobSpec) {
+			s.Dp.Distributed, s.AggregatorParams = true, &pb.AggregatorParams{ClipNorm: 0.5}
+		}, "aggregator_params.clip_norm"},
 	}
 	for _, c := range cases {
 		s := &pb.JobSpec{Name: "j", Model: "m", Dataset: "d", Rounds: 1, Dp: &pb.DPSpec{NoiseMultiplier: 1, ClipNorm: 0.5}}
@@ -110,5 +113,37 @@ func TestDPAccounting(t *testing.T) {
 	}
 	if over, _, _ := DPWouldExceed(j.Job, 1, 1000); over {
 		t.Error("a round at q = 0.001 refused with budget left")
+	}
+}
+
+// TestDistributedDP: each worker's share of the noise makes the mean's
+// noise σC/n; a round whose updates were fewer than its selected workers
+// carried less noise, and is accounted with σ·√(m/n).
+func TestDistributedDP(t *testing.T) {
+	dp := &pb.DPSpec{NoiseMultiplier: 2, ClipNorm: 0.5, Distributed: true, Delta: 1e-5}
+	if got, want := WorkerNoiseStd(dp, 16), 2*0.5/4.0; got != want {
+		t.Errorf("worker noise %v, want %v", got, want)
+	}
+	// n workers' noise of std σC/√n, averaged: σC/n
+	if n := 16.0; math.Abs(WorkerNoiseStd(dp, 16)*math.Sqrt(n)/n-2*0.5/n) > 1e-12 {
+		t.Error("the mean's noise is not σC/n")
+	}
+	s := &pb.JobSpec{Name: "j", Model: "m", Dataset: "d", Rounds: 1, Dp: dp}
+	if err := NormalizeSpec(s, fakeModels{}, nil); err != nil || s.AggregatorParams.GetClipNorm() != 0 {
+		t.Fatalf("distributed DP spec: %v, coordinator clip %v", err, s.AggregatorParams.GetClipNorm())
+	}
+	full := &pb.RoundRecord{Selected: 10, Updates: 10, Eligible: 20}
+	half := &pb.RoundRecord{Selected: 10, Updates: 5, Eligible: 20}
+	if roundSigma(dp, full) != 2 || math.Abs(roundSigma(dp, half)-2*math.Sqrt(0.5)) > 1e-12 {
+		t.Errorf("σ of a full round %v, of a half round %v", roundSigma(dp, full), roundSigma(dp, half))
+	}
+	central := &pb.DPSpec{NoiseMultiplier: 2, ClipNorm: 0.5}
+	if roundSigma(central, half) != 2 {
+		t.Error("central noise does not depend on who arrived")
+	}
+	a, _ := DPEpsilon(&pb.Job{Spec: &pb.JobSpec{Dp: dp}, History: []*pb.RoundRecord{full}})
+	b, _ := DPEpsilon(&pb.Job{Spec: &pb.JobSpec{Dp: dp}, History: []*pb.RoundRecord{half}})
+	if !(b > a) {
+		t.Errorf("a round with dropouts spent ε %v, a full one %v: want more", b, a)
 	}
 }

@@ -149,7 +149,7 @@ func (p Pipeline) Run(ctx context.Context, in Inputs, src Source) (Result, error
 	if err != nil {
 		return fail(err)
 	}
-	if p.DP != nil {
+	if p.DP != nil && !p.DP.Distributed {
 		res.Metrics["dp_noise_std"] = addDPNoise(p.DP, p.Seed, in.Number, len(ups), delta)
 	}
 	if res.Model, res.State, err = p.Optimizer.Step(base, delta, in.State); err != nil {

@@ -32,7 +32,8 @@ const (
 // equal weights (a robust rule needs each update, which is exactly what
 // SecAgg hides), synchronous rounds, no exact LoRA aggregation (a product
 // of factors, not a sum), no lossy codec (the masked vector is the wire
-// format) and no central DP (clipping an update needs to see it).
+// format) and no central DP (clipping an update needs to see it; with
+// distributed DP the workers clip and noise).
 func normalizeSecAgg(spec *pb.JobSpec) error {
 	sa := spec.Secagg
 	if sa == nil {
@@ -47,8 +48,8 @@ func normalizeSecAgg(spec *pb.JobSpec) error {
 		return fieldErr("lora.aggregation", "exact with secagg is not supported (its aggregate is not a sum)")
 	case spec.Codec != "" && spec.Codec != "fp32":
 		return fieldErr("codec", "%q with secagg: updates travel as masked 32-bit fixed point", spec.Codec)
-	case spec.Dp != nil:
-		return fieldErr("dp", "central DP with secagg is not supported yet: the leader cannot clip updates it cannot see")
+	case spec.Dp != nil && !spec.Dp.Distributed:
+		return fieldErr("dp", "central DP with secagg: the leader cannot clip updates it cannot see; use distributed DP (workers clip and add their share of the noise)")
 	}
 	if sa.Neighbors > secagg.MaxNeighbors {
 		return fieldErr("secagg.neighbors", "%d, at most %d", sa.Neighbors, secagg.MaxNeighbors)

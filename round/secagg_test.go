@@ -144,3 +144,45 @@ func TestSecAggPhases(t *testing.T) {
 		t.Errorf("c gone: %+v", d)
 	}
 }
+
+// TestCheckSecAggMessage: malformed keys, shares and reveals are refused
+// before they are committed.
+func TestCheckSecAggMessage(t *testing.T) {
+	spec := &pb.JobSpec{Name: "j", Seed: 1, Secagg: &pb.SecAggSpec{Threshold: 0.5, ClipRange: 1}}
+	key := func(w string) *pb.SecAggKeys {
+		return &pb.SecAggKeys{Worker: w, CipherPub: make([]byte, 32), MaskPub: make([]byte, 32), SeedCommit: make([]byte, 32)}
+	}
+	r := &pb.Round{Number: 1, Secagg: &pb.SecAggRound{Phase: PhaseShares, Keys: []*pb.SecAggKeys{key("a"), key("b"), key("c")}}}
+	shares := func(to ...string) []*pb.SecAggShare {
+		var out []*pb.SecAggShare
+		for _, w := range to {
+			out = append(out, &pb.SecAggShare{From: "a", To: w, Ciphertext: make([]byte, 92)})
+		}
+		return out
+	}
+	short := key("a")
+	short.MaskPub = short.MaskPub[:8]
+	for _, c := range []struct {
+		name string
+		m    *pb.SecAggMessage
+		ok   bool
+	}{
+		{"keys", &pb.SecAggMessage{Worker: "a", Phase: PhaseKeys, Keys: key("a")}, true},
+		{"short key", &pb.SecAggMessage{Worker: "a", Phase: PhaseKeys, Keys: short}, false},
+		{"someone else's keys", &pb.SecAggMessage{Worker: "a", Phase: PhaseKeys, Keys: key("b")}, false},
+		{"shares", &pb.SecAggMessage{Worker: "a", Phase: PhaseShares, Shares: shares("b", "c")}, true},
+		{"a share missing", &pb.SecAggMessage{Worker: "a", Phase: PhaseShares, Shares: shares("b")}, false},
+		{"share to a stranger", &pb.SecAggMessage{Worker: "a", Phase: PhaseShares, Shares: shares("b", "z")}, false},
+		{"share to itself", &pb.SecAggMessage{Worker: "a", Phase: PhaseShares, Shares: shares("a", "b")}, false},
+		{"huge share", &pb.SecAggMessage{Worker: "a", Phase: PhaseShares, Shares: []*pb.SecAggShare{{From: "a", To: "b", Ciphertext: make([]byte, 4096)}, {From: "a", To: "c"}}}, false},
+		{"reveal", &pb.SecAggMessage{Worker: "a", Phase: PhaseUnmask, Reveals: []*pb.SecAggReveal{{From: "a", Of: "b", X: 1, Share: make([]byte, 32)}}}, true},
+		{"reveal of the wrong size", &pb.SecAggMessage{Worker: "a", Phase: PhaseUnmask, Reveals: []*pb.SecAggReveal{{From: "a", Of: "b", X: 1, Share: make([]byte, 31)}}}, false},
+		{"reveal in another's name", &pb.SecAggMessage{Worker: "a", Phase: PhaseUnmask, Reveals: []*pb.SecAggReveal{{From: "c", Of: "b", X: 1, Share: make([]byte, 32)}}}, false},
+		{"reveal at point 0", &pb.SecAggMessage{Worker: "a", Phase: PhaseUnmask, Reveals: []*pb.SecAggReveal{{From: "a", Of: "b", Share: make([]byte, 32)}}}, false},
+		{"no such phase", &pb.SecAggMessage{Worker: "a", Phase: 9}, false},
+	} {
+		if err := CheckSecAggMessage(spec, r, c.m); (err == nil) != c.ok {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}

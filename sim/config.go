@@ -102,6 +102,7 @@ var Keys = []Key{
 	{"dp_clip", "float", "1", "DP-FedAvg: every update is clipped to this L2 norm (replaces clip_norm)"},
 	{"dp_delta", "float", "0.00001", "DP-FedAvg: δ of the (ε, δ) guarantee"},
 	{"dp_epsilon", "float", "0", "DP-FedAvg: privacy budget; the run stops before a round that would pass it (0: none)"},
+	{"dp_distributed", "bool", "false", "DP-FedAvg: each worker clips and adds its share of the noise (σ·dp_clip/√n) instead of the coordinator"},
 	{"seed", "int", "1", "seed of everything random"},
 	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
 	{"test_examples", "int", "0", "evaluate on the first n test examples (0: all)"},
@@ -329,8 +330,8 @@ func (r Point) Config() (Config, error) {
 			DriftCorrection: r.float("drift_correction")}
 	}
 	if r.float("dp_noise") != 0 {
-		c.DP = &pb.DPSpec{NoiseMultiplier: r.float("dp_noise"), ClipNorm: r.float("dp_clip"), Delta: r.float("dp_delta"), Epsilon: r.float("dp_epsilon")}
-		if c.Params.ClipNorm == 0 {
+		c.DP = &pb.DPSpec{NoiseMultiplier: r.float("dp_noise"), ClipNorm: r.float("dp_clip"), Delta: r.float("dp_delta"), Epsilon: r.float("dp_epsilon"), Distributed: r.bool("dp_distributed")}
+		if c.Params.ClipNorm == 0 && !c.DP.Distributed {
 			c.Params.ClipNorm = c.DP.ClipNorm
 		}
 	}

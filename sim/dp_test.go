@@ -61,7 +61,18 @@ func TestSimDP(t *testing.T) {
 		t.Errorf("DP run not reproducible: loss %v then %v", last.Loss, again[len(again)-1].Loss)
 	}
 
-	// A budget between rounds 3 and 4: three rounds run, the third says
+	// Distributed noise: the same accounting, other noise (the workers').
+	dist := dp
+	dist.DP = &pb.DPSpec{NoiseMultiplier: 1.2, ClipNorm: 0.5, Distributed: true}
+	dres, err := Run(context.Background(), dist, train, test, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := dres[len(dres)-1]; d.Epsilon != last.Epsilon || d.Loss == last.Loss || math.IsNaN(d.Accuracy) {
+		t.Errorf("distributed: ε %v (central %v), loss %v (central %v)", d.Epsilon, last.Epsilon, d.Loss, last.Loss)
+	}
+
+		// A budget between rounds 3 and 4: three rounds run, the third says
 	// so and was evaluated though eval_every skips it.
 	dp.DP = &pb.DPSpec{NoiseMultiplier: 1.2, ClipNorm: 0.5, Epsilon: (got[2].Epsilon + got[3].Epsilon) / 2}
 	short, err := Run(context.Background(), dp, train, test, nil)

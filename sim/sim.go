@@ -343,6 +343,17 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			nb++
 		}
 		attack(cfg.Attack, deltas, nb, cfg.Seed^uint64(number))
+		if cfg.DP.GetDistributed() {
+			// each worker clips and adds its share of the noise, as
+			// real workers do (seeded here, for reproducible runs)
+			std := round.WorkerNoiseStd(cfg.DP, int(sched.job.History[len(sched.job.History)-1].Selected))
+			for i, w := range sampled {
+				r := rand.New(rand.NewPCG(cfg.Seed^0xd157, uint64(number)<<32|uint64(w)))
+				if err := round.Privatize(deltas[i], cfg.DP.ClipNorm, std, r); err != nil {
+					return results, err
+				}
+			}
+		}
 		ups := make([]*pb.AcceptedUpdate, len(sampled))
 		payloads := make(map[uint64][]byte, len(sampled))
 		for i, w := range sampled {

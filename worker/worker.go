@@ -378,6 +378,12 @@ func (w *Worker) run(ctx context.Context, t *pb.Task) error {
 		w.reportFailure(ctx, t, err)
 		return nil
 	}
+	if t.DpClip > 0 {
+		if err := privatize(res.Delta, t.DpClip, t.DpNoiseStd); err != nil {
+			return fmt.Errorf("task %s/%d: distributed DP: %w", t.Job, t.Round, err)
+		}
+		log.Info("update clipped and noised (distributed DP)", "clip", t.DpClip, "noise_std", t.DpNoiseStd)
+	}
 	if t.Secagg != nil {
 		w.metrics.tasks.WithLabelValues("trained").Inc()
 		w.metrics.samples.Add(float64(res.Samples))

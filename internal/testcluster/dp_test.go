@@ -149,3 +149,53 @@ func TestDPJobFailover(t *testing.T) {
 	}
 	t.Logf("killed %s during round 2; ε %.3f after %d rounds, every round verified on %s", old.Name, want, rounds, nl.Name)
 }
+
+// TestDistributedDPWithSecAgg runs DP-FedAvg with distributed noise under
+// secure aggregation: the workers clip and noise, the coordinators add no
+// noise and see only masked updates; every round verifies and commits its
+// ε, and the noised model still learns.
+func TestDistributedDPWithSecAgg(t *testing.T) {
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := StartCoordinator(t, coordinator.Config{})
+	parts, _ := dataset.Partition{Kind: "iid", Seed: 2}.Split(train.Y, 10, 30)
+	for i := range 6 {
+		StartWorker(t, fmt.Sprintf("dd-%d", i), []string{c.GossipAddr()}, train.Subset(parts[i]), nil)
+	}
+	WaitFor(t, 10*time.Second, "6 workers in the roster", func() bool { return len(c.FSM().Workers()) == 6 })
+	pool := client.NewPool()
+	defer pool.Close()
+	arch, _ := model.Lookup("mnist-mlp-small")
+	SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{Name: "dd", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 3, ClientsPerRound: 6, MinUpdates: 3,
+		RoundTimeoutSeconds: 60, Evaluate: true, Dp: &pb.DPSpec{NoiseMultiplier: 0.1, ClipNorm: 1, Distributed: true},
+		Secagg: &pb.SecAggSpec{ClipRange: 2, PhaseTimeoutSeconds: 10},
+		Train:  &pb.TrainConfig{LocalSteps: 20, BatchSize: 32, LearningRate: 0.1, Momentum: 0.5}}, arch.Init(1))
+	j := WaitDoneOn(t, c, "dd", 2*time.Minute)
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 3 {
+		t.Fatalf("job ended %v after %d rounds: %s", j.Status, len(j.History), j.Error)
+	}
+	conn, err := pool.Conn(c.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := 0.0
+	for _, r := range j.History {
+		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dd", Round: r.Number})
+		if err != nil || !v.Match {
+			t.Errorf("round %d does not verify: %v %v", r.Number, v, err)
+		}
+		if _, ok := r.Metrics["dp_noise_std"]; ok {
+			t.Errorf("round %d: the coordinator added noise to a distributed-DP job", r.Number)
+		}
+		if eps := r.Metrics["dp_epsilon"]; !(eps > prev) || r.Secagg == nil {
+			t.Errorf("round %d: ε %v after %v, secagg %v", r.Number, eps, prev, r.Secagg != nil)
+		}
+		prev = r.Metrics["dp_epsilon"]
+	}
+	if acc := j.History[2].Metrics["test_accuracy"]; acc < j.BaseMetrics["test_accuracy"]+0.1 {
+		t.Errorf("accuracy %.3f → %.3f", j.BaseMetrics["test_accuracy"], acc)
+	}
+	t.Logf("distributed DP σ 0.1 under SecAgg: ε %.3f after 3 rounds, accuracy %.3f → %.3f", prev, j.BaseMetrics["test_accuracy"], j.History[2].Metrics["test_accuracy"])
+}

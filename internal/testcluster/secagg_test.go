@@ -231,3 +231,106 @@ func readSet(c *coordinator.Coordinator, hash string) (tensor.Set, error) {
 	}
 	return tensor.Unmarshal(b)
 }
+
+// TestSecAggRescheduleAndFailover: a round where too few masked updates
+// arrive to unmask is aborted and planned again (then commits); masked
+// updates and messages for a round that is not open are refused; and a
+// leader killed in the middle of a round's secure aggregation loses
+// nothing: the job completes and every round verifies.
+func TestSecAggRescheduleAndFailover(t *testing.T) {
+	logs := &syncBuffer{}
+	cl := NewCluster(t, 3, ClusterOptions{Edit: func(_ int, cfg *coordinator.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}})
+	train, err := dataset.MNIST(dataset.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts, _ := dataset.Partition{Kind: "iid", Seed: 6}.Split(train.Y, 10, 5)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	for i := range 5 {
+		id := fmt.Sprintf("sb-%d", i)
+		cfg := worker.Config{ID: id, Join: cl.GossipAddrs(), SecAggMasked: func(job string, r uint32, _ []float32, _, _ []uint32) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			calls[job+id]++
+			// three of five drop out of the first attempt of round 1
+			return !(job == "sa-few" && r == 1 && calls[job+id] == 1 && id != "sb-0" && id != "sb-4")
+		}}
+		StartWorkerWith(t, cfg, worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, nil))
+	}
+	WaitFor(t, 20*time.Second, "5 workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 5 })
+	spec := func(name string, rounds uint32) *pb.JobSpec {
+		s := haJob(name, rounds, 5)
+		s.MinUpdates, s.RoundTimeoutSeconds = 3, 60
+		s.Secagg = &pb.SecAggSpec{PhaseTimeoutSeconds: 3}
+		return s
+	}
+	submit(t, cl, spec("sa-few", 2))
+	j := cl.WaitDone("sa-few", 2*time.Minute)
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("job ended %v: %s", j.Status, j.Error)
+	}
+	checkHistory(t, cl, j, 2)
+	if a := j.History[0].Secagg.GetAttempt(); a < 1 || j.History[0].Updates != 5 {
+		t.Errorf("round 1 committed at attempt %d with %d updates: want a later attempt with all 5", a, j.History[0].Updates)
+	}
+	if !strings.Contains(logs.String(), "too few survivors to unmask: 2 of 5 masked updates arrived, 3 needed") {
+		t.Error("no rescheduling for too few survivors in the logs")
+	}
+	pool := client.NewPool()
+	defer pool.Close()
+	leader := cl.WaitForLeader(15 * time.Second)
+	conn, err := pool.Conn(leader.C.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc := rpcpb.NewWorkerClient(conn)
+	n := 50890
+	for _, r := range []uint32{1, 9} {
+		_, err := wc.SubmitUpdate(t.Context(), &pb.SubmitUpdateRequest{WorkerId: "sb-0", Job: "sa-few", Round: r, BaseModel: j.CurrentModel, Codec: round.CodecSecAgg,
+			Payload: make([]byte, 4*n), Samples: 10})
+		if err == nil {
+			t.Errorf("a masked update for round %d (not open) was accepted", r)
+		}
+		_, err = wc.SecAgg(t.Context(), &pb.SecAggRequest{WorkerId: "sb-0", Job: "sa-few", Round: r, Phase: round.PhaseKeys,
+			Keys: &pb.SecAggKeys{Worker: "sb-0", CipherPub: make([]byte, 32), MaskPub: make([]byte, 32), SeedCommit: make([]byte, 32)}})
+		if err == nil {
+			t.Errorf("keys for round %d (not open) were accepted", r)
+		}
+	}
+	if after, _ := cl.Leader().C.FSM().Job("sa-few"); len(after.History) != 2 {
+		t.Errorf("refused messages changed the history: %d rounds", len(after.History))
+	}
+
+	// A leader killed during round 2's secure aggregation.
+	submit(t, cl, spec("sa-ha", 3))
+	cl.WaitRound("sa-ha", 1, time.Minute)
+	WaitFor(t, 30*time.Second, "round 2 past its key phase", func() bool {
+		j := cl.Job("sa-ha")
+		return (j.OpenRound != nil && j.OpenRound.Number == 2 && j.OpenRound.Secagg.GetPhase() >= round.PhaseShares) || j.Status != pb.JobStatus_JOB_STATUS_RUNNING
+	})
+	old := cl.Leader()
+	phase := cl.Job("sa-ha").OpenRound.GetSecagg().GetPhase()
+	cl.Crash(old)
+	cl.WaitForLeader(15 * time.Second)
+	cl.Start(old)
+	h := cl.WaitDone("sa-ha", 2*time.Minute)
+	if h.Status != pb.JobStatus_JOB_STATUS_DONE {
+		t.Fatalf("job ended %v: %s", h.Status, h.Error)
+	}
+	checkHistory(t, cl, h, 3)
+	nl := cl.WaitForLeader(15 * time.Second)
+	nconn, err := pool.Conn(nl.C.GRPCAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.History {
+		v, err := rpcpb.NewAdminClient(nconn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "sa-ha", Round: r.Number})
+		if err != nil || !v.Match {
+			t.Errorf("round %d does not verify on %s: %v %v", r.Number, nl.Name, v, err)
+		}
+	}
+	t.Logf("killed %s in round 2's secagg phase %d; round 2 committed at attempt %d with %d masked updates", old.Name, phase, h.History[1].Secagg.GetAttempt(), h.History[1].Updates)
+}
