@@ -72,7 +72,7 @@ func TestSimDP(t *testing.T) {
 		t.Errorf("distributed: ε %v (central %v), loss %v (central %v)", d.Epsilon, last.Epsilon, d.Loss, last.Loss)
 	}
 
-		// A budget between rounds 3 and 4: three rounds run, the third says
+	// A budget between rounds 3 and 4: three rounds run, the third says
 	// so and was evaluated though eval_every skips it.
 	dp.DP = &pb.DPSpec{NoiseMultiplier: 1.2, ClipNorm: 0.5, Epsilon: (got[2].Epsilon + got[3].Epsilon) / 2}
 	short, err := Run(context.Background(), dp, train, test, nil)
