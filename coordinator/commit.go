@@ -82,7 +82,7 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 	fail := func(err error) (tensor.Set, map[string]float64, []*pb.Score, tensor.Set, error) {
 		return tensor.Set{}, nil, nil, tensor.Set{}, err
 	}
-	p, err := round.NewPipeline(j.Spec)
+	p, err := round.NewRoundPipeline(j, r.Number)
 	if err != nil {
 		return fail(err)
 	}

@@ -1128,6 +1128,10 @@ type DPSpec struct {
 	ClipNorm        float64                `protobuf:"fixed64,2,opt,name=clip_norm,json=clipNorm,proto3" json:"clip_norm,omitempty"`                      // C: the L2 bound of one client's update
 	Delta           float64                `protobuf:"fixed64,3,opt,name=delta,proto3" json:"delta,omitempty"`                                            // δ of the (ε, δ) reported (default 1e-5)
 	Epsilon         float64                `protobuf:"fixed64,4,opt,name=epsilon,proto3" json:"epsilon,omitempty"`                                        // budget: no round starts that would take ε past it (0: none)
+	AdaptiveClip    bool                   `protobuf:"varint,6,opt,name=adaptive_clip,json=adaptiveClip,proto3" json:"adaptive_clip,omitempty"`           // adapt clip_norm each round toward the target quantile of update norms (Andrew et al. 2021); clip_norm is the first round's
+	TargetQuantile  float64                `protobuf:"fixed64,7,opt,name=target_quantile,json=targetQuantile,proto3" json:"target_quantile,omitempty"`    // adaptive: fraction of updates the clip should leave unclipped (default 0.5)
+	ClipLr          float64                `protobuf:"fixed64,8,opt,name=clip_lr,json=clipLr,proto3" json:"clip_lr,omitempty"`                            // adaptive: geometric step η: C ← C·exp(−η(b̄ − γ)) (default 0.2)
+	CountNoise      float64                `protobuf:"fixed64,9,opt,name=count_noise,json=countNoise,proto3" json:"count_noise,omitempty"`                // adaptive: σ_b, noise on the count of unclipped updates (default clients_per_round/20); its privacy cost is counted by raising the update's noise so that the two together are σ
 	Distributed     bool                   `protobuf:"varint,5,opt,name=distributed,proto3" json:"distributed,omitempty"`                                 // each worker clips its update and adds its share of the noise, N(0, (σ·clip)²/n) for n selected; the coordinators add none (for users who do not trust them; with secagg they never see an update)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1187,6 +1191,34 @@ func (x *DPSpec) GetDelta() float64 {
 func (x *DPSpec) GetEpsilon() float64 {
 	if x != nil {
 		return x.Epsilon
+	}
+	return 0
+}
+
+func (x *DPSpec) GetAdaptiveClip() bool {
+	if x != nil {
+		return x.AdaptiveClip
+	}
+	return false
+}
+
+func (x *DPSpec) GetTargetQuantile() float64 {
+	if x != nil {
+		return x.TargetQuantile
+	}
+	return 0
+}
+
+func (x *DPSpec) GetClipLr() float64 {
+	if x != nil {
+		return x.ClipLr
+	}
+	return 0
+}
+
+func (x *DPSpec) GetCountNoise() float64 {
+	if x != nil {
+		return x.CountNoise
 	}
 	return 0
 }
@@ -3874,12 +3906,17 @@ const file_fedtune_proto_rawDesc = "" +
 	"\areveals\x18\x06 \x03(\v2\x18.fedtune.v1.SecAggRevealR\areveals\x12\x1a\n" +
 	"\brevealed\x18\a \x03(\tR\brevealed\x12\x1b\n" +
 	"\tfrac_bits\x18\b \x01(\rR\bfracBits\x12\x18\n" +
-	"\aattempt\x18\t \x01(\rR\aattempt\"\xa2\x01\n" +
+	"\aattempt\x18\t \x01(\rR\aattempt\"\xaa\x02\n" +
 	"\x06DPSpec\x12)\n" +
 	"\x10noise_multiplier\x18\x01 \x01(\x01R\x0fnoiseMultiplier\x12\x1b\n" +
 	"\tclip_norm\x18\x02 \x01(\x01R\bclipNorm\x12\x14\n" +
 	"\x05delta\x18\x03 \x01(\x01R\x05delta\x12\x18\n" +
-	"\aepsilon\x18\x04 \x01(\x01R\aepsilon\x12 \n" +
+	"\aepsilon\x18\x04 \x01(\x01R\aepsilon\x12#\n" +
+	"\radaptive_clip\x18\x06 \x01(\bR\fadaptiveClip\x12'\n" +
+	"\x0ftarget_quantile\x18\a \x01(\x01R\x0etargetQuantile\x12\x17\n" +
+	"\aclip_lr\x18\b \x01(\x01R\x06clipLr\x12\x1f\n" +
+	"\vcount_noise\x18\t \x01(\x01R\n" +
+	"countNoise\x12 \n" +
 	"\vdistributed\x18\x05 \x01(\bR\vdistributed\"\x8b\x03\n" +
 	"\tAsyncSpec\x12\x1f\n" +
 	"\vbuffer_size\x18\x01 \x01(\rR\n" +

@@ -46,6 +46,9 @@ func NormalizeDP(spec *pb.JobSpec) error {
 	case spec.GetLora().GetAggregation() == LoRAExact:
 		return fieldErr("lora.aggregation", "exact with dp is not supported (its aggregate is not a mean)")
 	}
+	if err := normalizeAdaptive(spec); err != nil {
+		return err
+	}
 	if dp.Distributed {
 		// The workers clip; the noised updates are far longer than the
 		// clipping norm, and clipping them again would scale the noise
@@ -83,10 +86,13 @@ func roundSigma(dp *pb.DPSpec, r *pb.RoundRecord) float64 {
 }
 
 // addDPNoise adds to the mean delta Gaussian noise of standard deviation
-// σ·C/n per coordinate, drawn from the job's seed and the round number so
+// σ·C/n per coordinate (C the round's clip; σ_Δ with adaptive clipping), drawn from the job's seed and the round number so
 // that every node (and fedtune verify) draws the same.
-func addDPNoise(dp *pb.DPSpec, seed uint64, number uint32, n int, delta tensor.Set) float64 {
-	std := dp.NoiseMultiplier * dp.ClipNorm / float64(max(n, 1))
+func addDPNoise(dp *pb.DPSpec, seed uint64, number uint32, n int, clip float64, delta tensor.Set) float64 {
+	if clip == 0 {
+		clip = dp.ClipNorm
+	}
+	std := updateSigma(dp) * clip / float64(max(n, 1))
 	r := rand.New(rand.NewPCG(seed, 0xd9<<32|uint64(number)))
 	for _, t := range delta.Tensors {
 		for i := range t.Data {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"testing"
 
+	"github.com/fedtune/fedtune/aggregation"
 	"github.com/fedtune/fedtune/privacy"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/tensor"
@@ -54,9 +55,9 @@ func TestDPNoise(t *testing.T) {
 		return tensor.MustNew(tensor.Tensor{Name: "w", Shape: []int{200, 100}, Data: make([]float32, 20000)})
 	}
 	a, b, c := zeros(), zeros(), zeros()
-	std := addDPNoise(dp, 7, 3, 10, a)
-	addDPNoise(dp, 7, 3, 10, b)
-	addDPNoise(dp, 7, 4, 10, c)
+	std := addDPNoise(dp, 7, 3, 10, 0, a)
+	addDPNoise(dp, 7, 3, 10, 0, b)
+	addDPNoise(dp, 7, 4, 10, 0, c)
 	if std != 0.1 {
 		t.Errorf("std %v, want σC/n = 0.1", std)
 	}
@@ -145,5 +146,61 @@ func TestDistributedDP(t *testing.T) {
 	b, _ := DPEpsilon(&pb.Job{Spec: &pb.JobSpec{Dp: dp}, History: []*pb.RoundRecord{half}})
 	if !(b > a) {
 		t.Errorf("a round with dropouts spent ε %v, a full one %v: want more", b, a)
+	}
+}
+
+// TestAdaptiveClip: the count's noise must leave room for the update's
+// (σ_b > σ/2), the update's noise multiplier is raised so that the two
+// cost σ, and the clip moves toward the target quantile of the norms,
+// deterministically.
+func TestAdaptiveClip(t *testing.T) {
+	spec := func(edit func(*pb.DPSpec)) *pb.JobSpec {
+		s := &pb.JobSpec{Name: "j", Model: "m", Dataset: "d", Rounds: 1, ClientsPerRound: 100, Dp: &pb.DPSpec{NoiseMultiplier: 1, ClipNorm: 0.5, AdaptiveClip: true}}
+		edit(s.Dp)
+		return s
+	}
+	s := spec(func(*pb.DPSpec) {})
+	if err := NormalizeSpec(s, fakeModels{}, nil); err != nil || s.Dp.CountNoise != 5 || s.Dp.TargetQuantile != 0.5 || s.Dp.ClipLr != 0.2 {
+		t.Fatalf("defaults: %v %v", err, s.Dp)
+	}
+	if got, want := updateSigma(s.Dp), 1/math.Sqrt(1-1.0/100); math.Abs(got-want) > 1e-12 {
+		t.Errorf("σ_Δ %v, want %v", got, want)
+	}
+	for name, edit := range map[string]func(*pb.DPSpec){
+		"count noise too small": func(d *pb.DPSpec) { d.CountNoise = 0.4 },
+		"distributed":           func(d *pb.DPSpec) { d.Distributed = true },
+		"quantile 1":            func(d *pb.DPSpec) { d.TargetQuantile = 1 },
+	} {
+		if err := NormalizeSpec(spec(edit), fakeModels{}, nil); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+	scores := func(norms ...float64) []aggregation.Score {
+		var out []aggregation.Score
+		for _, n := range norms {
+			out = append(out, aggregation.Score{Norm: n})
+		}
+		return out
+	}
+	dp := &pb.DPSpec{NoiseMultiplier: 1, ClipNorm: 1, AdaptiveClip: true, TargetQuantile: 0.5, ClipLr: 0.2, CountNoise: 1e-9}
+	if _, next := adaptClip(dp, 1, 1, 1, scores(2, 3, 4, 5)); !(next > 1) {
+		t.Errorf("every update clipped, the clip went to %v: want it up", next)
+	}
+	if _, next := adaptClip(dp, 1, 1, 1, scores(0.1, 0.2, 0.3, 0.4)); !(next < 1) {
+		t.Errorf("no update clipped, the clip went to %v: want it down", next)
+	}
+	if f, next := adaptClip(dp, 1, 1, 1, scores(0.5, 0.6, 2, 3)); math.Abs(f-0.5) > 1e-6 || math.Abs(next-1) > 1e-6 {
+		t.Errorf("half clipped: fraction %v, next %v: want 0.5 and the clip kept", f, next)
+	}
+	dp.CountNoise = 1
+	a1, _ := adaptClip(dp, 7, 3, 1, scores(1, 2))
+	a2, _ := adaptClip(dp, 7, 3, 1, scores(1, 2))
+	b, _ := adaptClip(dp, 7, 4, 1, scores(1, 2))
+	if a1 != a2 || a1 == b {
+		t.Errorf("the count's noise is not a function of the seed and round: %v %v %v", a1, a2, b)
+	}
+	j := &pb.Job{Spec: &pb.JobSpec{Dp: dp}, History: []*pb.RoundRecord{{Metrics: map[string]float64{"dp_clip_next": 1.7}}}}
+	if DPClip(j, 1) != 1 || DPClip(j, 2) != 1.7 {
+		t.Errorf("clips of rounds 1 and 2: %v %v", DPClip(j, 1), DPClip(j, 2))
 	}
 }

@@ -38,6 +38,9 @@ type Pipeline struct {
 	// the mechanism's Gaussian noise to their mean, drawn from Seed.
 	DP   *pb.DPSpec
 	Seed uint64
+	// Clip is the round's clipping norm with adaptive clipping (see
+	// NewRoundPipeline); the round's metrics then hold the next one.
+	Clip float64
 }
 
 // NewPipeline returns the pipeline a job spec asks for.
@@ -150,7 +153,11 @@ func (p Pipeline) Run(ctx context.Context, in Inputs, src Source) (Result, error
 		return fail(err)
 	}
 	if p.DP != nil && !p.DP.Distributed {
-		res.Metrics["dp_noise_std"] = addDPNoise(p.DP, p.Seed, in.Number, len(ups), delta)
+		res.Metrics["dp_noise_std"] = addDPNoise(p.DP, p.Seed, in.Number, len(ups), p.Clip, delta)
+		if p.DP.AdaptiveClip {
+			frac, next := adaptClip(p.DP, p.Seed, in.Number, p.Clip, sc)
+			res.Metrics["dp_clip"], res.Metrics["dp_unclipped_fraction"], res.Metrics["dp_clip_next"] = p.Clip, frac, next
+		}
 	}
 	if res.Model, res.State, err = p.Optimizer.Step(base, delta, in.State); err != nil {
 		return fail(err)

@@ -102,6 +102,7 @@ var Keys = []Key{
 	{"dp_clip", "float", "1", "DP-FedAvg: every update is clipped to this L2 norm (replaces clip_norm)"},
 	{"dp_delta", "float", "0.00001", "DP-FedAvg: δ of the (ε, δ) guarantee"},
 	{"dp_epsilon", "float", "0", "DP-FedAvg: privacy budget; the run stops before a round that would pass it (0: none)"},
+	{"dp_adaptive_clip", "bool", "false", "DP-FedAvg: adapt dp_clip each round toward the median update norm (Andrew et al. 2021; its privacy cost counted)"},
 	{"dp_distributed", "bool", "false", "DP-FedAvg: each worker clips and adds its share of the noise (σ·dp_clip/√n) instead of the coordinator"},
 	{"seed", "int", "1", "seed of everything random"},
 	{"eval_every", "int", "1", "evaluate on the test set every this many rounds"},
@@ -303,7 +304,7 @@ func keyErr(k, format string, a ...any) error {
 
 // dpKeys names the experiment key of each job spec field NormalizeDP may
 // refuse.
-var dpKeys = map[string]string{"dp.noise_multiplier": "dp_noise", "dp.clip_norm": "dp_clip", "dp.delta": "dp_delta", "dp.epsilon": "dp_epsilon",
+var dpKeys = map[string]string{"dp.adaptive_clip": "dp_adaptive_clip", "dp.count_noise": "clients_per_round", "dp.noise_multiplier": "dp_noise", "dp.clip_norm": "dp_clip", "dp.delta": "dp_delta", "dp.epsilon": "dp_epsilon",
 	"aggregator": "aggregator", "mode": "mode", "aggregator_params.clip_norm": "clip_norm"}
 
 // Config turns a run into a sim Config, refusing impossible values with
@@ -330,7 +331,8 @@ func (r Point) Config() (Config, error) {
 			DriftCorrection: r.float("drift_correction")}
 	}
 	if r.float("dp_noise") != 0 {
-		c.DP = &pb.DPSpec{NoiseMultiplier: r.float("dp_noise"), ClipNorm: r.float("dp_clip"), Delta: r.float("dp_delta"), Epsilon: r.float("dp_epsilon"), Distributed: r.bool("dp_distributed")}
+		c.DP = &pb.DPSpec{NoiseMultiplier: r.float("dp_noise"), ClipNorm: r.float("dp_clip"), Delta: r.float("dp_delta"), Epsilon: r.float("dp_epsilon"), Distributed: r.bool("dp_distributed"),
+			AdaptiveClip: r.bool("dp_adaptive_clip")}
 		if c.Params.ClipNorm == 0 && !c.DP.Distributed {
 			c.Params.ClipNorm = c.DP.ClipNorm
 		}

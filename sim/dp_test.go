@@ -72,6 +72,28 @@ func TestSimDP(t *testing.T) {
 		t.Errorf("distributed: ε %v (central %v), loss %v (central %v)", d.Epsilon, last.Epsilon, d.Loss, last.Loss)
 	}
 
+	// Adaptive clipping from a clip far below the updates' norms: it
+	// rises every round; from far above: it falls.
+	for _, c := range []struct {
+		start float64
+		up    bool
+	}{{0.001, true}, {1000, false}} {
+		ad := dp
+		ad.DP = &pb.DPSpec{NoiseMultiplier: 1.2, ClipNorm: c.start, AdaptiveClip: true, CountNoise: 1}
+		ares, err := Run(context.Background(), ad, train, test, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < len(ares); i++ {
+			if (ares[i].Clip > ares[i-1].Clip) != c.up {
+				t.Errorf("adaptive clip from %v: round %d clip %v after %v", c.start, i+1, ares[i].Clip, ares[i-1].Clip)
+			}
+		}
+		if ares[0].Clip != c.start {
+			t.Errorf("round 1 clipped at %v, want the starting %v", ares[0].Clip, c.start)
+		}
+	}
+
 	// A budget between rounds 3 and 4: three rounds run, the third says
 	// so and was evaluated though eval_every skips it.
 	dp.DP = &pb.DPSpec{NoiseMultiplier: 1.2, ClipNorm: 0.5, Epsilon: (got[2].Epsilon + got[3].Epsilon) / 2}

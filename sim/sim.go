@@ -125,6 +125,8 @@ type RoundResult struct {
 	// the run's budget, so this round was its last.
 	Epsilon       float64
 	BudgetReached bool
+	// Clip is the clipping norm an adaptive-clipping DP run used this round.
+	Clip float64
 	// Workers are the indexes of the workers whose updates were
 	// aggregated (one entry per update).
 	Workers []int
@@ -244,8 +246,14 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 	// round is then planned again as a new attempt).
 	sched := newScheduler(cfg)
 	pipe := round.Pipeline{Rule: rule, Optimizer: opt, DP: cfg.DP, Seed: cfg.Seed}
+	clip := cfg.DP.GetClipNorm() // adaptive clipping: this round's norm
 	for number := 1; number <= cfg.Rounds; number++ {
 		start := time.Now()
+		if cfg.DP.GetAdaptiveClip() {
+			if pipe, err = pipe.WithClip(cfg.Rule, cfg.Params, clip); err != nil {
+				return results, err
+			}
+		}
 		sampled, dropped, attempts, err := sched.plan(number)
 		if err != nil {
 			return results, err
@@ -370,6 +378,9 @@ func Run(ctx context.Context, cfg Config, train, test *dataset.Examples, progres
 			return results, fmt.Errorf("round %d: %w", number, err)
 		}
 		global, state = out.Model, out.State
+		if next, ok := out.Metrics["dp_clip_next"]; ok {
+			clip, res.Clip = next, out.Metrics["dp_clip"]
+		}
 		if err := e.evaluate(&res, global, number == cfg.Rounds || res.BudgetReached); err != nil { // diverged: chance accuracy
 			return results, err
 		}
@@ -478,7 +489,11 @@ func firstArrivals(workers []int, deltas []tensor.Set, took []float64, k int) ([
 // withDP checks a DP run as the coordinator checks a DP job and returns
 // it with the rule's clipping set to the DP clipping norm, and that rule.
 func withDP(cfg Config) (Config, aggregation.Aggregator, error) {
-	spec := &pb.JobSpec{Aggregator: cfg.Rule, Mode: cfg.Mode, Dp: proto.Clone(cfg.DP).(*pb.DPSpec),
+	k := cfg.ClientsPerRound
+	if k == 0 {
+		k = cfg.Workers
+	}
+	spec := &pb.JobSpec{Aggregator: cfg.Rule, Mode: cfg.Mode, Dp: proto.Clone(cfg.DP).(*pb.DPSpec), ClientsPerRound: uint32(k),
 		AggregatorParams: &pb.AggregatorParams{ClipNorm: cfg.Params.ClipNorm}}
 	if cfg.Mode == "" {
 		spec.Mode = round.ModeSync

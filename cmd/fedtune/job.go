@@ -112,6 +112,10 @@ func jobCommand() *cli.Command {
 					&cli.Float64Flag{Name: "dp-clip", Usage: "DP-FedAvg: L2 bound of one client's update", EnvVars: []string{"FEDTUNE_DP_CLIP"}},
 					&cli.Float64Flag{Name: "dp-delta", Usage: "DP-FedAvg: δ of the (ε, δ) reported (default 1e-5)", EnvVars: []string{"FEDTUNE_DP_DELTA"}},
 					&cli.Float64Flag{Name: "dp-epsilon", Usage: "DP-FedAvg: budget; no round starts that would spend more (0: none)", EnvVars: []string{"FEDTUNE_DP_EPSILON"}},
+					&cli.BoolFlag{Name: "dp-adaptive-clip", Usage: "DP-FedAvg: adapt the clip each round toward a quantile of the update norms, starting at --dp-clip (Andrew et al. 2021; its privacy cost counted)", EnvVars: []string{"FEDTUNE_DP_ADAPTIVE_CLIP"}},
+					&cli.Float64Flag{Name: "dp-target-quantile", Usage: "DP-FedAvg adaptive clipping: fraction of updates left unclipped (0: 0.5)", EnvVars: []string{"FEDTUNE_DP_TARGET_QUANTILE"}},
+					&cli.Float64Flag{Name: "dp-clip-lr", Usage: "DP-FedAvg adaptive clipping: geometric step of the clip (0: 0.2)", EnvVars: []string{"FEDTUNE_DP_CLIP_LR"}},
+					&cli.Float64Flag{Name: "dp-count-noise", Usage: "DP-FedAvg adaptive clipping: noise σ_b on the count of unclipped updates, > σ/2 (0: clients per round / 20)", EnvVars: []string{"FEDTUNE_DP_COUNT_NOISE"}},
 					&cli.BoolFlag{Name: "dp-distributed", Usage: "DP-FedAvg: each worker clips its update and adds its share of the noise (σ·clip/√n); the coordinators add none and never see an unnoised update", EnvVars: []string{"FEDTUNE_DP_DISTRIBUTED"}},
 					&cli.BoolFlag{Name: "secagg", Usage: "secure aggregation (SecAgg+): coordinators see masked updates and their sum only (fedavg, sync rounds)", EnvVars: []string{"FEDTUNE_SECAGG"}},
 					&cli.UintFlag{Name: "secagg-neighbors", Usage: "secagg: each worker's neighbours in the masking graph (0: all up to 17 workers, else about 2·log2 n)", EnvVars: []string{"FEDTUNE_SECAGG_NEIGHBORS"}},
@@ -304,8 +308,9 @@ func submitJob(c *cli.Context) error {
 		spec.Secagg = &pb.SecAggSpec{Neighbors: uint32(c.Uint("secagg-neighbors")), Threshold: c.Float64("secagg-threshold"),
 			ClipRange: c.Float64("secagg-clip-range"), PhaseTimeoutSeconds: uint32(c.Uint("secagg-phase-timeout"))}
 	}
-	if c.Float64("dp-noise") > 0 || c.IsSet("dp-clip") || c.IsSet("dp-epsilon") || c.IsSet("dp-delta") || c.Bool("dp-distributed") {
-		spec.Dp = &pb.DPSpec{NoiseMultiplier: c.Float64("dp-noise"), ClipNorm: c.Float64("dp-clip"), Delta: c.Float64("dp-delta"), Epsilon: c.Float64("dp-epsilon"), Distributed: c.Bool("dp-distributed")}
+	if c.Float64("dp-noise") > 0 || c.IsSet("dp-clip") || c.IsSet("dp-epsilon") || c.IsSet("dp-delta") || c.Bool("dp-distributed") || c.Bool("dp-adaptive-clip") {
+		spec.Dp = &pb.DPSpec{NoiseMultiplier: c.Float64("dp-noise"), ClipNorm: c.Float64("dp-clip"), Delta: c.Float64("dp-delta"), Epsilon: c.Float64("dp-epsilon"), Distributed: c.Bool("dp-distributed"),
+			AdaptiveClip: c.Bool("dp-adaptive-clip"), TargetQuantile: c.Float64("dp-target-quantile"), ClipLr: c.Float64("dp-clip-lr"), CountNoise: c.Float64("dp-count-noise")}
 	}
 	if r := u32("lora-rank"); r > 0 {
 		spec.Lora = &pb.LoRASpec{Rank: r, Alpha: c.Float64("lora-alpha"), Aggregation: c.String("lora-aggregation"), TargetModules: c.StringSlice("lora-targets")}

@@ -51,6 +51,7 @@ var specFlags = map[string]string{
 	"train.momentum": "momentum", "train.prox_mu": "prox-mu", "lora.alpha": "lora-alpha",
 	"staleness": "staleness", "staleness_a": "staleness-a", "drift_correction": "drift-correction", "buffer_size": "buffer-size",
 	"dp.noise_multiplier": "dp-noise", "dp.clip_norm": "dp-clip", "dp.delta": "dp-delta", "dp.epsilon": "dp-epsilon",
+	"dp.adaptive_clip": "dp-adaptive-clip", "dp.target_quantile": "dp-target-quantile", "dp.clip_lr": "dp-clip-lr", "dp.count_noise": "dp-count-noise",
 	"secagg.neighbors": "secagg-neighbors", "secagg.threshold": "secagg-threshold", "secagg.clip_range": "secagg-clip-range", "secagg.phase_timeout_seconds": "secagg-phase-timeout",
 }
 

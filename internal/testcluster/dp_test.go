@@ -65,6 +65,26 @@ func TestDPJob(t *testing.T) {
 	if len(b.History) != 1 || !strings.Contains(b.Error, "privacy budget reached: round 2 would spend ε") {
 		t.Errorf("budgeted job: %d rounds, %q", len(b.History), b.Error)
 	}
+	// Adaptive clipping from a clip far below the updates' norms: every
+	// round records the clip it used and the next, which rises; verify
+	// recomputes each round at its own clip.
+	ad := spec("dp-adaptive", 3, 0)
+	ad.Dp.ClipNorm, ad.Dp.AdaptiveClip, ad.Dp.CountNoise = 0.01, true, 1
+	SubmitJob(t, pool, c.GRPCAddr(), ad, arch.Init(1))
+	aj := WaitDoneOn(t, c, "dp-adaptive", 2*time.Minute)
+	if aj.Status != pb.JobStatus_JOB_STATUS_DONE || len(aj.History) != 3 {
+		t.Fatalf("adaptive job ended %v after %d rounds: %s", aj.Status, len(aj.History), aj.Error)
+	}
+	for i, r := range aj.History {
+		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dp-adaptive", Round: r.Number})
+		if err != nil || !v.Match {
+			t.Errorf("adaptive round %d does not verify: %v %v", r.Number, v, err)
+		}
+		m := r.Metrics
+		if i > 0 && m["dp_clip"] != aj.History[i-1].Metrics["dp_clip_next"] || !(m["dp_clip_next"] > m["dp_clip"]) {
+			t.Errorf("adaptive round %d: clip %v, next %v (previous next %v)", r.Number, m["dp_clip"], m["dp_clip_next"], aj.History[max(i-1, 0)].Metrics["dp_clip_next"])
+		}
+	}
 	_, metrics := get(t, "http://"+c.HTTPAddr()+"/metrics")
 	for _, want := range []string{fmt.Sprintf(`fedtune_job_dp_epsilon{job="dp"} %v`, j.History[2].Metrics["dp_epsilon"]), `fedtune_job_dp_epsilon_budget{job="dp-budget"} 5`} {
 		if !strings.Contains(metrics, want) {
