@@ -65,7 +65,7 @@ soak:
 
 ## bench: throughput and speed ratios against baselines measured in the same run
 bench: torchdeps
-	$(GO) run ./internal/benchreport -sections training,gemm,aggregation,kernels,safetensors,memory
+	$(GO) run ./internal/benchreport -sections training,gemm,aggregation,kernels,safetensors,memory,secagg
 	GOEXPERIMENT=simd $(GO) run ./internal/benchreport -sections training,llm,gemm,kernels,aggregation,rules
 
 vet:

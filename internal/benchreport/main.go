@@ -20,7 +20,7 @@ import (
 )
 
 func main() {
-	sections := flag.String("sections", "training,llm,gemm,aggregation,rules,memory,kernels,safetensors", "comma-separated sections to run")
+	sections := flag.String("sections", "training,llm,gemm,aggregation,rules,memory,kernels,safetensors,secagg", "comma-separated sections to run")
 	rssMode := flag.String("rss-child", "", "internal: aggregate the files of -rss-dir with this rule and print peak RSS")
 	rssDir := flag.String("rss-dir", "", "internal: directory of update files for -rss-child")
 	flag.Parse()
@@ -39,7 +39,7 @@ func main() {
 	}
 	fmt.Printf("fedtune benchmarks, kernels: %s (ratios are against baselines measured in this run)\n", kernelsKind)
 	run := map[string]func(*tabwriter.Writer){
-		"training": training, "gemm": gemmBench, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench, "rules": rulesBench, "memory": memoryBench, "llm": llmBench,
+		"training": training, "gemm": gemmBench, "aggregation": aggregationBench, "kernels": kernels, "safetensors": safetensorsBench, "rules": rulesBench, "memory": memoryBench, "llm": llmBench, "secagg": secaggBench,
 	}
 	for _, s := range strings.Split(*sections, ",") {
 		f, ok := run[s]

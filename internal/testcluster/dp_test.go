@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
@@ -49,10 +51,7 @@ func TestDPJob(t *testing.T) {
 	}
 	prev := 0.0
 	for _, r := range j.History {
-		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dp", Round: r.Number})
-		if err != nil || !v.Match {
-			t.Errorf("round %d does not verify: %v %v", r.Number, v, err)
-		}
+		verifyRound(t, conn, "dp", r.Number)
 		eps := r.Metrics["dp_epsilon"]
 		if r.Selected != 2 || r.Eligible != 4 || !(eps > prev) {
 			t.Errorf("round %d: %d of %d selected, ε %v after %v", r.Number, r.Selected, r.Eligible, eps, prev)
@@ -76,10 +75,7 @@ func TestDPJob(t *testing.T) {
 		t.Fatalf("adaptive job ended %v after %d rounds: %s", aj.Status, len(aj.History), aj.Error)
 	}
 	for i, r := range aj.History {
-		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dp-adaptive", Round: r.Number})
-		if err != nil || !v.Match {
-			t.Errorf("adaptive round %d does not verify: %v %v", r.Number, v, err)
-		}
+		verifyRound(t, conn, "dp-adaptive", r.Number)
 		m := r.Metrics
 		if i > 0 && m["dp_clip"] != aj.History[i-1].Metrics["dp_clip_next"] || !(m["dp_clip_next"] > m["dp_clip"]) {
 			t.Errorf("adaptive round %d: clip %v, next %v (previous next %v)", r.Number, m["dp_clip"], m["dp_clip_next"], aj.History[max(i-1, 0)].Metrics["dp_clip_next"])
@@ -140,10 +136,7 @@ func TestDPJobFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range j.History {
-		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dp-ha", Round: r.Number})
-		if err != nil || !v.Match {
-			t.Errorf("round %d does not verify on %s: %v %v", r.Number, nl.Name, v, err)
-		}
+		verifyRound(t, conn, "dp-ha", r.Number)
 		if _, ok := r.Metrics["dp_noise_std"]; !ok {
 			t.Errorf("round %d has no dp_noise_std: no noise added?", r.Number)
 		}
@@ -202,10 +195,7 @@ func TestDistributedDPWithSecAgg(t *testing.T) {
 	}
 	prev := 0.0
 	for _, r := range j.History {
-		v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "dd", Round: r.Number})
-		if err != nil || !v.Match {
-			t.Errorf("round %d does not verify: %v %v", r.Number, v, err)
-		}
+		verifyRound(t, conn, "dd", r.Number)
 		if _, ok := r.Metrics["dp_noise_std"]; ok {
 			t.Errorf("round %d: the coordinator added noise to a distributed-DP job", r.Number)
 		}
@@ -218,4 +208,13 @@ func TestDistributedDPWithSecAgg(t *testing.T) {
 		t.Errorf("accuracy %.3f → %.3f", j.BaseMetrics["test_accuracy"], acc)
 	}
 	t.Logf("distributed DP σ 0.1 under SecAgg: ε %.3f after 3 rounds, accuracy %.3f → %.3f", prev, j.BaseMetrics["test_accuracy"], j.History[2].Metrics["test_accuracy"])
+}
+
+// verifyRound asserts that round r of job verifies on the node conn reaches.
+func verifyRound(t *testing.T, conn grpc.ClientConnInterface, job string, r uint32) {
+	t.Helper()
+	v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: job, Round: r})
+	if err != nil || !v.Match {
+		t.Errorf("%s round %d does not verify: %v %v", job, r, v, err)
+	}
 }

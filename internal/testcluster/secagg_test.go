@@ -140,10 +140,7 @@ func TestSecAggDropouts(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, r := range j.History {
-			v, err := rpcpb.NewAdminClient(conn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "secagg", Round: r.Number})
-			if err != nil || !v.Match {
-				t.Errorf("round %d does not verify on %s: %v %v", r.Number, nd.Name, v, err)
-			}
+			verifyRound(t, conn, "secagg", r.Number)
 		}
 	}
 	// No unmasked update anywhere a coordinator writes: blobs, Raft log,
@@ -327,10 +324,7 @@ func TestSecAggRescheduleAndFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range h.History {
-		v, err := rpcpb.NewAdminClient(nconn).VerifyRound(t.Context(), &pb.VerifyRoundRequest{Job: "sa-ha", Round: r.Number})
-		if err != nil || !v.Match {
-			t.Errorf("round %d does not verify on %s: %v %v", r.Number, nl.Name, v, err)
-		}
+		verifyRound(t, nconn, "sa-ha", r.Number)
 	}
 	t.Logf("killed %s in round 2's secagg phase %d; round 2 committed at attempt %d with %d masked updates", old.Name, phase, h.History[1].Secagg.GetAttempt(), h.History[1].Updates)
 }
