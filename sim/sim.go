@@ -127,6 +127,9 @@ type RoundResult struct {
 	BudgetReached bool
 	// Clip is the clipping norm an adaptive-clipping DP run used this round.
 	Clip float64
+	// Verified says a real cluster recomputed the round from its committed
+	// updates and got the committed model (--transport grpc).
+	Verified bool
 	// Workers are the indexes of the workers whose updates were
 	// aggregated (one entry per update).
 	Workers []int

@@ -61,6 +61,8 @@ type RunSummary struct {
 	// then it ran none, and Rounds is 0).
 	Epsilon float64 `json:"epsilon,omitempty"`
 	Budget  bool    `json:"stopped_at_budget,omitempty"`
+	// Verified counts the rounds a real cluster verified (--transport grpc).
+	Verified int `json:"verified_rounds,omitempty"`
 }
 
 // Summary is summary.json.
@@ -207,6 +209,11 @@ func Sweep(ctx context.Context, e *Experiment, opts SweepOptions) (*Summary, err
 				rs.Budget = true
 			} else {
 				rs.DivergedAtDone = true
+			}
+		}
+		for _, r := range results {
+			if r.Verified {
+				rs.Verified++
 			}
 		}
 		rs.Rounds, rs.TotalBytes = len(results), cum

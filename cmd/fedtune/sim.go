@@ -121,6 +121,13 @@ round; the same file and seed give the same bytes) and OUT/summary.json.
 				fmt.Fprintln(tw)
 			}
 			tw.Flush()
+			if c.String("transport") == "grpc" {
+				verified, rounds := 0, 0
+				for _, r := range sum.Runs {
+					verified, rounds = verified+r.Verified, rounds+r.Rounds
+				}
+				fmt.Fprintf(c.App.Writer, "%d of %d rounds verified on the cluster (recomputed from their committed updates)\n", verified, rounds)
+			}
 			fmt.Fprintf(c.App.Writer, "wrote %s/results.csv and %s/summary.json in %.0fs\n", opts.Out, opts.Out, sum.Seconds)
 			return nil
 		},

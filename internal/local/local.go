@@ -42,7 +42,16 @@ func Start(ctx context.Context, dataDir string, workers []Worker, tmpl worker.Co
 	}
 	wctx, stop := context.WithCancel(ctx)
 	c := &Cluster{Coordinator: coord, errs: make(chan error, len(workers)), stop: stop}
-	for _, spec := range workers {
+	// Workers start in waves, each once the one before is in the roster:
+	// hundreds joining one gossip node at once time out.
+	const wave = 64
+	deadline := time.Now().Add(60*time.Second + time.Duration(len(workers))*100*time.Millisecond)
+	for i, spec := range workers {
+		if i > 0 && i%wave == 0 {
+			if err := c.waitRoster(ctx, i, deadline); err != nil {
+				return nil, err
+			}
+		}
 		log := logger.With("node", spec.ID)
 		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": spec.Data}, log)
 		cfg := tmpl
@@ -62,21 +71,30 @@ func Start(ctx context.Context, dataDir string, workers []Worker, tmpl worker.Co
 			c.errs <- w.Run(wctx)
 		}()
 	}
-	joined, cancel := context.WithTimeout(ctx, 60*time.Second)
+	if err := c.waitRoster(ctx, len(workers), deadline); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// waitRoster waits until n workers are in the coordinator's roster; the
+// cluster is closed if they are not by the deadline or a worker stops.
+func (c *Cluster) waitRoster(ctx context.Context, n int, deadline time.Time) error {
+	joined, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	for len(coord.FSM().Workers()) < len(workers) {
+	for len(c.Coordinator.FSM().Workers()) < n {
 		select {
 		case <-joined.Done():
-			n := len(coord.FSM().Workers())
+			got := len(c.Coordinator.FSM().Workers())
 			c.Close()
-			return nil, fmt.Errorf("only %d of %d workers joined", n, len(workers))
+			return fmt.Errorf("only %d of %d workers joined", got, n)
 		case err := <-c.errs:
 			c.Close()
-			return nil, fmt.Errorf("worker stopped: %w", err)
+			return fmt.Errorf("worker stopped: %w", err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // Errs reports workers that stopped (nil when one ended because the

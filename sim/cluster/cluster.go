@@ -135,6 +135,18 @@ func Run(ctx context.Context, cfg sim.Config, train, test *dataset.Examples, pro
 			if j.Spec.GetDp().GetEpsilon() > 0 && len(results) > 0 && len(results) < cfg.Rounds {
 				results[len(results)-1].BudgetReached = true // the leader stopped the job at its budget
 			}
+			// Every round is recomputed from its committed updates (and,
+			// with DP, its seeded noise) and must give the committed model.
+			for i := range results {
+				v, err := admin.VerifyRound(ctx, &pb.VerifyRoundRequest{Job: "sim", Round: uint32(results[i].Round)})
+				if err != nil {
+					return results, fmt.Errorf("verify round %d: %w", results[i].Round, err)
+				}
+				if !v.Match {
+					return results, fmt.Errorf("round %d does not verify: committed %.12s, recomputed %.12s", results[i].Round, v.CommittedModel, v.RecomputedModel)
+				}
+				results[i].Verified = true
+			}
 			return results, nil
 		}
 		select {

@@ -30,7 +30,7 @@ func TestGRPCTransport(t *testing.T) {
 		t.Fatalf("%d rounds reported (%d progress calls), want 3", len(res), seen)
 	}
 	for _, r := range res {
-		if r.Participants != 4 || r.Bytes == 0 || math.IsNaN(r.Accuracy) {
+		if r.Participants != 4 || r.Bytes == 0 || math.IsNaN(r.Accuracy) || !r.Verified {
 			t.Errorf("round %+v", r)
 		}
 	}
