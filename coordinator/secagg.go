@@ -36,6 +36,10 @@ func (s *workerService) SecAgg(ctx context.Context, req *pb.SecAggRequest) (*pb.
 			return nil, toStatus(fmt.Errorf("secagg %s/%d phase %d from %s: %w", req.Job, req.Round, req.Phase, req.WorkerId, err))
 		}
 	}
+	if !c.polls.acquire(req.WorkerId) {
+		return nil, status.Errorf(codes.ResourceExhausted, "secagg: worker %s already has %d calls waiting", req.WorkerId, MaxPollsPerWorker)
+	}
+	defer c.polls.release(req.WorkerId)
 	wait := min(time.Duration(req.WaitSeconds*float64(time.Second)), MaxPollWait)
 	deadline := time.NewTimer(max(wait, 0))
 	defer deadline.Stop()

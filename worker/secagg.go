@@ -85,12 +85,13 @@ func (w *Worker) secaggRound(ctx context.Context, t *pb.Task, res Result) error 
 		Codec: round.CodecSecAgg, Payload: secagg.EncodeMasked(masked), Samples: res.Samples, Metrics: metrics, Attempt: t.Attempt}
 	for w.pending != nil {
 		if err := w.submit(ctx); err != nil {
-			if ctx.Err() != nil {
+			w.rotate()
+			select {
+			case <-ctx.Done():
 				w.pending = nil
 				return nil
+			case <-time.After(200 * time.Millisecond):
 			}
-			w.rotate()
-			time.Sleep(200 * time.Millisecond)
 		}
 	}
 	if resp, err = step("unmasking", req(0, round.PhaseUnmask)); err != nil {

@@ -42,6 +42,10 @@ func TestOpenRoundLine(t *testing.T) {
 	if got := OpenRoundLine(j, t0); !strings.Contains(got, "test accuracy 90.00%") {
 		t.Errorf("after a committed round: %q", got)
 	}
+	j.OpenRound.Secagg = &pb.SecAggRound{Phase: 3, Keys: make([]*pb.SecAggKeys, 3), Shared: []string{"a", "b"}, PhaseDeadlineUnixNano: t0.Add(20 * time.Second).UnixNano()}
+	if got := OpenRoundLine(j, t0.Add(15*time.Second)); got != "round 2: secure aggregation, masked updates: 3 keys, 2 shared, 1 masked updates, 5s to the phase's deadline, test accuracy 90.00%" {
+		t.Errorf("secagg: %q", got)
+	}
 	j.OpenRound = nil
 	if got := OpenRoundLine(j, t0); got != "job j: running, 1/5 rounds committed" {
 		t.Errorf("between rounds: %q", got)
