@@ -150,6 +150,34 @@ func TestLoRAJob(t *testing.T) {
 		t.Errorf("export of a round not committed: %v", err)
 	}
 
+	// LoRA, distributed DP and secure aggregation together: the workers
+	// clip and noise their adapters' update, mask it, and the leader
+	// unmasks the adapters' sum; every round verifies and commits its ε.
+	t.Run("dp-secagg", func(t *testing.T) {
+		SubmitJob(t, pool, c.GRPCAddr(), &pb.JobSpec{
+			Name: "lora-private", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 2, ClientsPerRound: 3, RoundTimeoutSeconds: 120, Evaluate: true,
+			Lora:   &pb.LoRASpec{Rank: uint32(l.Rank), Alpha: l.Alpha},
+			Dp:     &pb.DPSpec{NoiseMultiplier: 0.3, ClipNorm: 1, Distributed: true},
+			Secagg: &pb.SecAggSpec{PhaseTimeoutSeconds: 10},
+			Train:  &pb.TrainConfig{LocalEpochs: 1, BatchSize: 32, LearningRate: 0.05, Momentum: 0.5},
+		}, base)
+		j := WaitDoneOn(t, c, "lora-private", 2*time.Minute)
+		if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 2 {
+			t.Fatalf("job ended %s after %d rounds: %s", j.Status, len(j.History), j.Error)
+		}
+		for _, r := range j.History {
+			verifyRound(t, conn, "lora-private", r.Number)
+			for _, u := range r.Accepted {
+				if n, _ := c.BlobSize(u.Blob); n != int64(adapterBytes) {
+					t.Errorf("round %d: masked update of %d bytes, the adapters are %d", r.Number, n, adapterBytes)
+				}
+			}
+			if r.Secagg == nil || !(r.Metrics["dp_epsilon"] > 0) {
+				t.Errorf("round %d: secagg %v, ε %v", r.Number, r.Secagg != nil, r.Metrics["dp_epsilon"])
+			}
+		}
+	})
+
 	// Updates of the wrong shape are refused with a clear reason: a worker
 	// (here the test, speaking for a selected worker that never trains)
 	// sending a whole model's delta, or adapters of another rank.
