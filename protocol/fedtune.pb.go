@@ -798,13 +798,17 @@ func (x *SecAggSpec) GetPhaseTimeoutSeconds() uint32 {
 
 // SecAggKeys is one worker's public keys for a round: X25519 keys for
 // encrypting shares and for agreeing masks, and a commitment (SHA-256) to
-// its own mask's seed, against which a recovered seed is checked.
+// its own mask's seed, against which a recovered seed is checked. In
+// secure mode the worker signs them with its certificate's key, so that a
+// coordinator cannot substitute keys of its own.
 type SecAggKeys struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Worker        string                 `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
 	CipherPub     []byte                 `protobuf:"bytes,2,opt,name=cipher_pub,json=cipherPub,proto3" json:"cipher_pub,omitempty"`
 	MaskPub       []byte                 `protobuf:"bytes,3,opt,name=mask_pub,json=maskPub,proto3" json:"mask_pub,omitempty"`
 	SeedCommit    []byte                 `protobuf:"bytes,4,opt,name=seed_commit,json=seedCommit,proto3" json:"seed_commit,omitempty"`
+	Certificate   []byte                 `protobuf:"bytes,5,opt,name=certificate,proto3" json:"certificate,omitempty"` // secure mode: the worker's certificate (DER), issued by the cluster's CA
+	Signature     []byte                 `protobuf:"bytes,6,opt,name=signature,proto3" json:"signature,omitempty"`     // secure mode: its signature over the keys, the job, round and attempt (ECDSA, SHA-256)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -863,6 +867,20 @@ func (x *SecAggKeys) GetMaskPub() []byte {
 func (x *SecAggKeys) GetSeedCommit() []byte {
 	if x != nil {
 		return x.SeedCommit
+	}
+	return nil
+}
+
+func (x *SecAggKeys) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *SecAggKeys) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
 	}
 	return nil
 }
@@ -3876,7 +3894,7 @@ const file_fedtune_proto_rawDesc = "" +
 	"\tthreshold\x18\x02 \x01(\x01R\tthreshold\x12\x1d\n" +
 	"\n" +
 	"clip_range\x18\x03 \x01(\x01R\tclipRange\x122\n" +
-	"\x15phase_timeout_seconds\x18\x04 \x01(\rR\x13phaseTimeoutSeconds\"\x7f\n" +
+	"\x15phase_timeout_seconds\x18\x04 \x01(\rR\x13phaseTimeoutSeconds\"\xbf\x01\n" +
 	"\n" +
 	"SecAggKeys\x12\x16\n" +
 	"\x06worker\x18\x01 \x01(\tR\x06worker\x12\x1d\n" +
@@ -3884,7 +3902,9 @@ const file_fedtune_proto_rawDesc = "" +
 	"cipher_pub\x18\x02 \x01(\fR\tcipherPub\x12\x19\n" +
 	"\bmask_pub\x18\x03 \x01(\fR\amaskPub\x12\x1f\n" +
 	"\vseed_commit\x18\x04 \x01(\fR\n" +
-	"seedCommit\"Q\n" +
+	"seedCommit\x12 \n" +
+	"\vcertificate\x18\x05 \x01(\fR\vcertificate\x12\x1c\n" +
+	"\tsignature\x18\x06 \x01(\fR\tsignature\"Q\n" +
 	"\vSecAggShare\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x1e\n" +

@@ -12,12 +12,13 @@ import (
 
 // SecAgg phases of an open round.
 const (
-	PhaseKeys    = 1 // workers train, then send their public keys
-	PhaseShares  = 2 // workers send encrypted shares to their neighbours
-	PhaseMasked  = 3 // workers send masked updates (SubmitUpdate, codec secagg)
-	PhaseUnmask  = 4 // surviving workers reveal shares; then the sum is unmasked
-	CodecSecAgg  = "secagg"
-	maxShareSize = 256 // bytes of one sealed share (nonce, 64 bytes of shares, tag: 92)
+	PhaseKeys      = 1 // workers train, then send their public keys
+	PhaseShares    = 2 // workers send encrypted shares to their neighbours
+	PhaseMasked    = 3 // workers send masked updates (SubmitUpdate, codec secagg)
+	PhaseUnmask    = 4 // surviving workers reveal shares; then the sum is unmasked
+	CodecSecAgg    = "secagg"
+	maxShareSize   = 256     // bytes of one sealed share (nonce, 64 bytes of shares, tag: 92)
+	maxCertificate = 8 << 10 // bytes of a worker's certificate signing its keys
 )
 
 // Defaults of a SecAggSpec.
@@ -271,7 +272,8 @@ func CheckSecAggMessage(spec *pb.JobSpec, r *pb.Round, m *pb.SecAggMessage) erro
 	switch m.Phase {
 	case PhaseKeys:
 		k := m.GetKeys()
-		if k == nil || k.Worker != m.Worker || len(k.CipherPub) != 32 || len(k.MaskPub) != 32 || len(k.SeedCommit) != 32 || len(m.Shares)+len(m.Reveals) > 0 {
+		if k == nil || k.Worker != m.Worker || len(k.CipherPub) != 32 || len(k.MaskPub) != 32 || len(k.SeedCommit) != 32 || len(m.Shares)+len(m.Reveals) > 0 ||
+			len(k.Certificate) > maxCertificate || len(k.Signature) > 512 {
 			return fmt.Errorf("secagg keys of %s malformed", m.Worker)
 		}
 	case PhaseShares:

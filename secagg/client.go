@@ -25,12 +25,14 @@ type Client struct {
 	held         map[string][]byte // neighbour -> its shares to us (seed share ‖ mask-key share)
 	shared       []string          // U2, once masked
 	revealedOnce bool
+	auth         KeyAuth // nil: keys are not authenticated (insecure mode)
 }
 
 // NewClient makes a worker's keys and seed for a round; the keys are its
-// phase-1 message. rng is crypto/rand's Reader in production.
-func NewClient(p Params, id string, rng io.Reader) (*Client, *pb.SecAggKeys, error) {
-	c := &Client{p: p, id: id, rng: rng, seed: make([]byte, secretLen)}
+// phase-1 message. rng is crypto/rand's Reader in production. With auth
+// (secure mode) the keys are signed, and Shares accepts only signed keys.
+func NewClient(p Params, id string, rng io.Reader, auth KeyAuth) (*Client, *pb.SecAggKeys, error) {
+	c := &Client{p: p, id: id, rng: rng, seed: make([]byte, secretLen), auth: auth}
 	var err error
 	if c.cKey, err = ecdh.X25519().GenerateKey(rng); err != nil {
 		return nil, nil, fmt.Errorf("secagg: key: %w", err)
@@ -41,7 +43,13 @@ func NewClient(p Params, id string, rng io.Reader) (*Client, *pb.SecAggKeys, err
 	if _, err := io.ReadFull(rng, c.seed); err != nil {
 		return nil, nil, fmt.Errorf("secagg: seed: %w", err)
 	}
-	return c, &pb.SecAggKeys{Worker: id, CipherPub: c.cKey.PublicKey().Bytes(), MaskPub: c.sKey.PublicKey().Bytes(), SeedCommit: commit(p, id, c.seed)}, nil
+	keys := &pb.SecAggKeys{Worker: id, CipherPub: c.cKey.PublicKey().Bytes(), MaskPub: c.sKey.PublicKey().Bytes(), SeedCommit: commit(p, id, c.seed)}
+	if auth != nil {
+		if err := auth.Sign(keys, SignedBytes(p, keys)); err != nil {
+			return nil, nil, fmt.Errorf("secagg: sign keys: %w", err)
+		}
+	}
+	return c, keys, nil
 }
 
 // checkKeys validates phase 1's key list (sorted by worker, distinct,
@@ -70,6 +78,13 @@ func (c *Client) Shares(keys []*pb.SecAggKeys) ([]*pb.SecAggShare, error) {
 	byID, g, err := checkKeys(c.p, keys)
 	if err != nil {
 		return nil, err
+	}
+	if c.auth != nil {
+		for _, k := range keys {
+			if err := c.auth.Verify(k, SignedBytes(c.p, k)); err != nil {
+				return nil, fmt.Errorf("secagg: keys of %s are not that worker's, refusing to share (a coordinator may have replaced them): %w", k.Worker, err)
+			}
+		}
 	}
 	mine, ok := byID[c.id]
 	if !ok || !slices.Equal(mine.MaskPub, c.sKey.PublicKey().Bytes()) || !slices.Equal(mine.CipherPub, c.cKey.PublicKey().Bytes()) {

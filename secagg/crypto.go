@@ -9,6 +9,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+
+	pb "github.com/fedtune/fedtune/protocol"
 )
 
 // context binds derived keys and sealed shares to one job, round and
@@ -105,4 +107,25 @@ func addMask(v []uint32, seed []byte, negate bool) {
 			}
 		}
 	}
+}
+
+// KeyAuth authenticates workers' keys: in secure mode a worker signs its
+// keys with its certificate, and every worker checks the others' before
+// sharing anything with them (a coordinator relaying keys could otherwise
+// put its own in their place and open every share and mask).
+type KeyAuth interface {
+	// Sign sets keys' certificate and signature over msg.
+	Sign(keys *pb.SecAggKeys, msg []byte) error
+	// Verify checks that keys carry a certificate of a worker named
+	// keys.Worker, issued by the cluster's CA, whose key signed msg.
+	Verify(keys *pb.SecAggKeys, msg []byte) error
+}
+
+// SignedBytes is what a worker signs for its keys: the round's context,
+// its name and its three public values.
+func SignedBytes(p Params, k *pb.SecAggKeys) []byte {
+	b := []byte(p.context("keys") + k.Worker + "\x00")
+	b = append(b, k.CipherPub...)
+	b = append(b, k.MaskPub...)
+	return append(b, k.SeedCommit...)
 }

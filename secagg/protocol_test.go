@@ -1,7 +1,9 @@
 package secagg
 
 import (
+	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math"
@@ -30,7 +32,7 @@ func newRun(t *testing.T, p Params, n, dim int) *run {
 	r := &run{p: p, clients: map[string]*Client{}, inbox: map[string][]*pb.SecAggShare{}, plain: map[string][]uint32{}, masked: map[string][]uint32{}}
 	for i := range n {
 		id := fmt.Sprintf("w%02d", i)
-		c, k, err := NewClient(p, id, rand.Reader)
+		c, k, err := NewClient(p, id, rand.Reader, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -333,5 +335,65 @@ func TestGraph(t *testing.T) {
 	}
 	if _, err := NewGraph([]string{"b", "a"}, Params{}); err == nil {
 		t.Error("unsorted ids accepted")
+	}
+}
+
+// fakeAuth signs with a per-worker secret the "CA" knows: enough to test
+// that clients refuse keys nobody signed or that someone else signed.
+type fakeAuth struct{ id string }
+
+func (a fakeAuth) tag(worker string, msg []byte) []byte {
+	h := sha256.Sum256(append([]byte("secret of "+worker+"\x00"), msg...))
+	return h[:]
+}
+
+func (a fakeAuth) Sign(k *pb.SecAggKeys, msg []byte) error {
+	k.Certificate, k.Signature = []byte(a.id), a.tag(a.id, msg)
+	return nil
+}
+
+func (a fakeAuth) Verify(k *pb.SecAggKeys, msg []byte) error {
+	if string(k.Certificate) != k.Worker || !bytes.Equal(k.Signature, a.tag(k.Worker, msg)) {
+		return errors.New("bad signature")
+	}
+	return nil
+}
+
+// TestSignedKeys: with authentication, a worker shares only with keys
+// their workers signed: a coordinator substituting its own keys for one
+// worker's (to open that worker's shares and masks) is refused.
+func TestSignedKeys(t *testing.T) {
+	p := params(4)
+	var clients []*Client
+	var keys []*pb.SecAggKeys
+	for i := range 4 {
+		id := fmt.Sprintf("w%02d", i)
+		c, k, err := NewClient(p, id, rand.Reader, fakeAuth{id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients, keys = append(clients, c), append(keys, k)
+	}
+	if _, err := clients[0].Shares(keys); err != nil {
+		t.Fatalf("signed keys refused: %v", err)
+	}
+	// the coordinator's own keys in w02's place, unsigned or signed by it
+	_, evil, _ := NewClient(p, "w02", rand.Reader, nil)
+	forged := slices.Clone(keys)
+	forged[2] = evil
+	if _, err := clients[1].Shares(forged); err == nil || !strings.Contains(err.Error(), "keys of w02") {
+		t.Errorf("unsigned substitute keys: %v", err)
+	}
+	evil.Certificate, evil.Signature = []byte("w02"), []byte("forged")
+	if _, err := clients[3].Shares(forged); err == nil {
+		t.Error("substitute keys with a forged signature accepted")
+	}
+	// keys signed for another round do not carry over
+	other := p
+	other.Round++
+	_, old, _ := NewClient(other, "w02", rand.Reader, fakeAuth{"w02"})
+	forged[2] = old
+	if _, err := clients[3].Shares(forged); err == nil {
+		t.Error("keys signed for another round accepted")
 	}
 }

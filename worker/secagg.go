@@ -2,7 +2,10 @@ package worker
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -10,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/fedtune/fedtune/internal/pki"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
 	"github.com/fedtune/fedtune/round"
@@ -41,7 +45,11 @@ func (w *Worker) secaggRound(ctx context.Context, t *pb.Task, res Result) error 
 		flat = append(flat, tn.Data...)
 	}
 	plain := secagg.Encode(flat, sa.FracBits, sa.ClipRange)
-	client, keys, err := secagg.NewClient(p, w.cfg.ID, rand.Reader)
+	var auth secagg.KeyAuth
+	if w.cfg.TLS != nil {
+		auth = certAuth{w.cfg.TLS} // workers sign their keys and check each other's
+	}
+	client, keys, err := secagg.NewClient(p, w.cfg.ID, rand.Reader, auth)
 	if err != nil {
 		return err
 	}
@@ -163,4 +171,44 @@ func (w *Worker) secaggCall(ctx context.Context, r *pb.SecAggRequest) (*pb.SecAg
 		case <-time.After(b.next()):
 		}
 	}
+}
+
+// certAuth signs this worker's SecAgg keys with its certificate's key and
+// checks the other workers' signatures and certificates (secure mode).
+type certAuth struct{ node *pki.Node }
+
+func (a certAuth) Sign(keys *pb.SecAggKeys, msg []byte) error {
+	signer, ok := a.node.Cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return fmt.Errorf("the certificate's key cannot sign")
+	}
+	digest := sha256.Sum256(msg)
+	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		return err
+	}
+	keys.Certificate, keys.Signature = a.node.Cert.Certificate[0], sig
+	return nil
+}
+
+func (a certAuth) Verify(keys *pb.SecAggKeys, msg []byte) error {
+	if len(keys.Certificate) == 0 || len(keys.Signature) == 0 {
+		return fmt.Errorf("not signed")
+	}
+	id, pub, err := a.node.VerifyCertificate(keys.Certificate)
+	if err != nil {
+		return err
+	}
+	if id.Role != pki.RoleWorker || id.Name != keys.Worker {
+		return fmt.Errorf("signed with the certificate of %s %q", id.Role, id.Name)
+	}
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return fmt.Errorf("certificate key of type %T, want ECDSA", pub)
+	}
+	digest := sha256.Sum256(msg)
+	if !ecdsa.VerifyASN1(ec, digest[:], keys.Signature) {
+		return fmt.Errorf("bad signature")
+	}
+	return nil
 }

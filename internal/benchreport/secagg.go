@@ -32,7 +32,7 @@ func secaggBench(tw *tabwriter.Writer) {
 	var shared []string
 	for i := range clients {
 		var err error
-		if clients[i], keys[i], err = secagg.NewClient(p, fmt.Sprintf("w%02d", i), rand.Reader); err != nil {
+		if clients[i], keys[i], err = secagg.NewClient(p, fmt.Sprintf("w%02d", i), rand.Reader, nil); err != nil {
 			fail(err)
 		}
 		shared = append(shared, keys[i].Worker)
@@ -85,7 +85,7 @@ func secaggBench(tw *tabwriter.Writer) {
 	})
 	client := testing.Benchmark(func(b *testing.B) {
 		for b.Loop() {
-			c, k, err := secagg.NewClient(p, keys[0].Worker, rand.Reader)
+			c, k, err := secagg.NewClient(p, keys[0].Worker, rand.Reader, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

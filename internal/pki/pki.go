@@ -13,6 +13,7 @@ package pki
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -272,4 +273,23 @@ func writePair(dir, certName, keyName string, der []byte, key *ecdsa.PrivateKey)
 func serial() *big.Int {
 	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	return n
+}
+
+// VerifyCertificate checks a certificate (DER) against the node's CA pool
+// and returns the identity it names and its public key: how a worker
+// checks another worker's signed message that reached it through the
+// coordinators.
+func (n *Node) VerifyCertificate(der []byte) (Identity, crypto.PublicKey, error) {
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return Identity{}, nil, fmt.Errorf("pki: certificate: %w", err)
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: n.Pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return Identity{}, nil, fmt.Errorf("pki: certificate of %q: %w", c.Subject.CommonName, err)
+	}
+	id, err := identityOf(c)
+	if err != nil {
+		return Identity{}, nil, err
+	}
+	return id, c.PublicKey, nil
 }

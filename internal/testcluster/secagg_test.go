@@ -18,6 +18,7 @@ import (
 	"github.com/fedtune/fedtune/coordinator"
 	"github.com/fedtune/fedtune/dataset"
 	"github.com/fedtune/fedtune/internal/client"
+	"github.com/fedtune/fedtune/internal/pki"
 	"github.com/fedtune/fedtune/model"
 	pb "github.com/fedtune/fedtune/protocol"
 	"github.com/fedtune/fedtune/protocol/rpcpb"
@@ -327,4 +328,42 @@ func TestSecAggRescheduleAndFailover(t *testing.T) {
 		verifyRound(t, nconn, "sa-ha", r.Number)
 	}
 	t.Logf("killed %s in round 2's secagg phase %d; round 2 committed at attempt %d with %d masked updates", old.Name, phase, h.History[1].Secagg.GetAttempt(), h.History[1].Updates)
+}
+
+// TestSecAggSignedKeys runs secure aggregation in secure mode: every
+// worker signs its keys with its certificate and checks the others' before
+// sharing (so a coordinator cannot put its own keys in a worker's place);
+// the round commits with every key signed by the certificate of the worker
+// it names.
+func TestSecAggSignedKeys(t *testing.T) {
+	ca := t.TempDir()
+	if err := pki.InitCA(ca, "test", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	c := StartCoordinator(t, coordinator.Config{TLS: node(t, ca, pki.RoleCoordinator, "coord-1", time.Time{})})
+	train, _ := dataset.MNIST(dataset.Train)
+	parts, _ := dataset.Partition{Kind: "iid", Seed: 1}.Split(train.Y, 10, 20)
+	for i, id := range []string{"w1", "w2", "w3"} {
+		tr := worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, nil)
+		StartWorkerWith(t, worker.Config{ID: id, Join: []string{c.GossipAddr()}, TLS: node(t, ca, pki.RoleWorker, id, time.Time{})}, tr)
+	}
+	WaitFor(t, 10*time.Second, "3 workers", func() bool { return len(c.FSM().Workers()) == 3 })
+	admin := client.NewPoolTLS(node(t, ca, pki.RoleAdmin, "alice", time.Time{}).ClientTLS())
+	defer admin.Close()
+	arch, _ := model.Lookup("mnist-mlp-small")
+	SubmitJob(t, admin, c.GRPCAddr(), &pb.JobSpec{
+		Name: "signed", Model: "mnist-mlp-small", Dataset: "mnist", Rounds: 1, ClientsPerRound: 3, RoundTimeoutSeconds: 60, Secagg: &pb.SecAggSpec{PhaseTimeoutSeconds: 10},
+		Train: &pb.TrainConfig{LocalSteps: 10, BatchSize: 32, LearningRate: 0.1},
+	}, arch.Init(1))
+	j := WaitDoneOn(t, c, "signed", time.Minute)
+	if j.Status != pb.JobStatus_JOB_STATUS_DONE || len(j.History) != 1 || j.History[0].Updates != 3 {
+		t.Fatalf("job ended %v with %d rounds: %s", j.Status, len(j.History), j.Error)
+	}
+	checker := node(t, ca, pki.RoleWorker, "checker", time.Time{})
+	for _, k := range j.History[0].Secagg.GetKeys() {
+		id, _, err := checker.VerifyCertificate(k.Certificate)
+		if err != nil || id.Name != k.Worker || len(k.Signature) == 0 {
+			t.Errorf("keys of %s: certificate of %v (%v), %d-byte signature", k.Worker, id, err, len(k.Signature))
+		}
+	}
 }
