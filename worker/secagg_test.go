@@ -51,9 +51,9 @@ func TestCertAuth(t *testing.T) {
 	}
 	for name, k := range map[string]*pb.SecAggKeys{
 		"w1's certificate for w2's keys": sign(w1, "w2"),
-		"a coordinator's certificate":     sign(coord, "c1"),
-		"another CA's worker":             sign(stranger, "w1"),
-		"unsigned":                        {Worker: "w1", CipherPub: make([]byte, 32), MaskPub: make([]byte, 32), SeedCommit: make([]byte, 32)},
+		"a coordinator's certificate":    sign(coord, "c1"),
+		"another CA's worker":            sign(stranger, "w1"),
+		"unsigned":                       {Worker: "w1", CipherPub: make([]byte, 32), MaskPub: make([]byte, 32), SeedCommit: make([]byte, 32)},
 	} {
 		if err := w2.Verify(k, secagg.SignedBytes(p, k)); err == nil {
 			t.Errorf("%s accepted", name)
