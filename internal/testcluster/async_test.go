@@ -268,7 +268,7 @@ func TestAsyncWorkerLeaves(t *testing.T) {
 func TestAsyncLeaderKill(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{})
 	startSlowWorkers(t, cl.GossipAddrs(), []time.Duration{0, 200 * time.Millisecond, 500 * time.Millisecond, 800 * time.Millisecond, 1200 * time.Millisecond})
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 5 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 5 })
 	const versions, k = 8, 4
 	spec := asyncJob("async-ha", versions, k, 5)
 	spec.Async.MaxPerWorker = 2

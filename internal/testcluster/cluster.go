@@ -165,6 +165,15 @@ func (cl *Cluster) Leader() *Node {
 	return nil
 }
 
+// RosterSize is how many workers the leader's roster holds (0 while no
+// node leads, as between an election's terms).
+func (cl *Cluster) RosterSize() int {
+	if l := cl.Leader(); l != nil {
+		return len(l.C.FSM().Workers())
+	}
+	return 0
+}
+
 // WaitForLeader waits until a running node leads and every running node
 // agrees on it.
 func (cl *Cluster) WaitForLeader(timeout time.Duration) *Node {

@@ -109,7 +109,7 @@ func WaitDoneOn(t *testing.T, c *coordinator.Coordinator, name string, timeout t
 func TestDPJobFailover(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{})
 	startWorkers(t, cl.GossipAddrs(), 4)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 4 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 4 })
 	const rounds = 4
 	spec := haJob("dp-ha", rounds, 2)
 	spec.Dp = &pb.DPSpec{NoiseMultiplier: 1, ClipNorm: 0.5}

@@ -43,7 +43,7 @@ func TestLeaderCutOffFromGossip(t *testing.T) {
 		StartWorkerWith(t, worker.Config{ID: fmt.Sprintf("w%d", i+1), Join: cl.GossipAddrs(), GossipKeys: good, SubmitDelay: time.Duration(i) * 150 * time.Millisecond},
 			worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, nil))
 	}
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == workers })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == workers })
 	const versions, k = 10, 2
 	submit(t, cl, asyncJob("cut-off", versions, k, 3))
 	cl.WaitRound("cut-off", 1, time.Minute)

@@ -117,7 +117,7 @@ func TestClusterForms(t *testing.T) {
 func TestLeaderFailoverMidJob(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{})
 	startWorkers(t, cl.GossipAddrs(), 3)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 3 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 3 })
 	const rounds = 6
 	submit(t, cl, haJob("ha", rounds, 3))
 	for _, after := range []int{1, 3} {
@@ -154,7 +154,7 @@ var partitionFor = flag.Duration("chaos.partition", 0, "how long TestPartitioned
 func TestPartitionedLeader(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{})
 	startWorkers(t, cl.GossipAddrs(), 3)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 3 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 3 })
 	submit(t, cl, haJob("part", 40, 3))
 	cl.WaitRound("part", 2, 60*time.Second)
 	old := cl.Leader()
@@ -242,7 +242,7 @@ func TestMembershipChanges(t *testing.T) {
 func TestWholeClusterRestart(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{})
 	startWorkers(t, cl.GossipAddrs(), 3)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 3 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 3 })
 	const rounds = 5
 	submit(t, cl, haJob("restart", rounds, 3))
 	before := cl.WaitRound("restart", 2, 60*time.Second)
@@ -272,7 +272,7 @@ func TestFollowerCatchesUpFromSnapshot(t *testing.T) {
 		cfg.SnapshotThreshold, cfg.TrailingLogs, cfg.WALSegmentBytes = 8, 4, 2048
 	}})
 	startWorkers(t, cl.GossipAddrs(), 3)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 3 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 3 })
 	var follower *Node
 	for _, nd := range cl.Up() {
 		if nd != cl.Leader() {

@@ -48,7 +48,7 @@ func statusPtr(s pb.JobStatus) *pb.JobStatus { return &s }
 func TestJobLifecycle(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{})
 	startWorkers(t, cl.GossipAddrs(), 3)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 3 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 3 })
 	pool := client.NewPool()
 	t.Cleanup(pool.Close)
 	killLeader := func() {

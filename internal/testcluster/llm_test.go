@@ -63,7 +63,7 @@ func TestTransformerLoRAJob(t *testing.T) {
 		StartWorkerWith(t, worker.Config{ID: fmt.Sprintf("llm-%d", i), Join: cl.GossipAddrs(), Labels: map[string]string{"lang": lang}}, g)
 	}
 	leader := cl.WaitForLeader(20 * time.Second)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == len(langs) })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == len(langs) })
 	pool := client.NewPool()
 	t.Cleanup(pool.Close)
 	conn, err := pool.Conn(leader.C.GRPCAddr())

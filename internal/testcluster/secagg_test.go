@@ -40,6 +40,7 @@ func TestSecAggDropouts(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{Edit: func(_ int, cfg *coordinator.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}})
+	dumpOnFailure(t, logs)
 	train, err := dataset.MNIST(dataset.Train)
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +64,7 @@ func TestSecAggDropouts(t *testing.T) {
 		}}
 		StartWorkerWith(t, cfg, worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, nil))
 	}
-	WaitFor(t, 20*time.Second, "10 workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 10 })
+	WaitFor(t, 20*time.Second, "10 workers in the roster", func() bool { return cl.RosterSize() == 10 })
 	spec := func(name string, sa bool) *pb.JobSpec {
 		s := haJob(name, 2, 10)
 		s.MinUpdates, s.RoundTimeoutSeconds = 5, 60
@@ -240,6 +241,7 @@ func TestSecAggRescheduleAndFailover(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{Edit: func(_ int, cfg *coordinator.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}})
+	dumpOnFailure(t, logs)
 	train, err := dataset.MNIST(dataset.Train)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +260,7 @@ func TestSecAggRescheduleAndFailover(t *testing.T) {
 		}}
 		StartWorkerWith(t, cfg, worker.NewGorgoniaTrainer(map[string]*dataset.Examples{"mnist": train.Subset(parts[i])}, nil))
 	}
-	WaitFor(t, 20*time.Second, "5 workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 5 })
+	WaitFor(t, 20*time.Second, "5 workers in the roster", func() bool { return cl.RosterSize() == 5 })
 	spec := func(name string, rounds uint32) *pb.JobSpec {
 		s := haJob(name, rounds, 5)
 		s.MinUpdates, s.RoundTimeoutSeconds = 3, 60
@@ -298,7 +300,7 @@ func TestSecAggRescheduleAndFailover(t *testing.T) {
 			t.Errorf("keys for round %d (not open) were accepted", r)
 		}
 	}
-	if after, _ := cl.Leader().C.FSM().Job("sa-few"); len(after.History) != 2 {
+	if after := cl.Job("sa-few"); len(after.History) != 2 {
 		t.Errorf("refused messages changed the history: %d rounds", len(after.History))
 	}
 
@@ -366,4 +368,13 @@ func TestSecAggSignedKeys(t *testing.T) {
 			t.Errorf("keys of %s: certificate of %v (%v), %d-byte signature", k.Worker, id, err, len(k.Signature))
 		}
 	}
+}
+
+// dumpOnFailure prints the coordinators' captured logs if the test fails.
+func dumpOnFailure(t *testing.T, logs *syncBuffer) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("coordinator logs:\n%s", logs.String())
+		}
+	})
 }

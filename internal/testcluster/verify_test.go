@@ -23,7 +23,7 @@ import (
 func TestVerifyCollectedRound(t *testing.T) {
 	cl := NewCluster(t, 3, ClusterOptions{Edit: func(i int, cfg *coordinator.Config) { cfg.KeepUpdateRounds = 1 }})
 	startWorkers(t, cl.GossipAddrs(), 2)
-	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return len(cl.Leader().C.FSM().Workers()) == 2 })
+	WaitFor(t, 15*time.Second, "workers in the roster", func() bool { return cl.RosterSize() == 2 })
 	spec := haJob("gc", 4, 2)
 	spec.Evaluate = false
 	submit(t, cl, spec)
