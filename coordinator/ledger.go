@@ -60,6 +60,17 @@ func Ledger(j *pb.Job) []LedgerRow {
 		for _, u := range r.Accepted {
 			get(u.Worker).Samples += u.Samples
 		}
+		if r.Secagg != nil {
+			// masked: every update in the sum counts, with equal weight,
+			// and none can be scored
+			for _, u := range r.Accepted {
+				w := get(u.Worker)
+				w.Rounds++
+				w.Kept++
+				w.Weight += 1 / float64(len(r.Accepted))
+			}
+			continue
+		}
 		for _, s := range r.Scores {
 			w := get(s.Worker)
 			w.Rounds++
