@@ -120,6 +120,14 @@ func conditions(j *pb.Job, live []*pb.WorkerInfo, now time.Time) []string {
 		}
 	}
 	left := time.Duration(r.DeadlineUnixNano - now.UnixNano()).Round(time.Second)
+	if sa := r.Secagg; sa != nil && sa.Phase > round.PhaseKeys {
+		// past training: what the protocol's phase still waits for
+		left := time.Duration(sa.PhaseDeadlineUnixNano - now.UnixNano()).Round(time.Second)
+		if w := round.SecAggWaiting(r); len(w) > 0 {
+			out = append(out, fmt.Sprintf("round %d, secure aggregation (%s), waiting for %s; phase deadline in %v", r.Number, round.SecAggPhaseNames[sa.Phase], strings.Join(w, ", "), max(left, 0)))
+		}
+		return out
+	}
 	if len(failed) > 0 {
 		out = append(out, fmt.Sprintf("round %d: %d of %d selected workers failed: %s", r.Number, len(failed), len(r.Selected), strings.Join(failed, "; ")))
 	}

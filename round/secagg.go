@@ -315,3 +315,53 @@ func SecAggMean(sum []uint32, fracBits uint32, n int) []float32 {
 	}
 	return out
 }
+
+// SecAggPhaseNames names the phases.
+var SecAggPhaseNames = map[uint32]string{PhaseKeys: "keys", PhaseShares: "shares", PhaseMasked: "masked updates", PhaseUnmask: "unmasking"}
+
+// SecAggWaiting lists the workers an open SecAgg round's phase still
+// expects a message from (the selected without keys, the key holders
+// without shares, the sharers without a masked update, the survivors
+// without reveals), sorted.
+func SecAggWaiting(r *pb.Round) []string {
+	sa := r.GetSecagg()
+	if sa == nil {
+		return nil
+	}
+	answered := map[string]bool{}
+	var expected []string
+	switch sa.Phase {
+	case PhaseKeys:
+		expected = r.Selected
+		for _, k := range sa.Keys {
+			answered[k.Worker] = true
+		}
+		for _, f := range r.Failures {
+			answered[f.Worker] = true
+		}
+	case PhaseShares:
+		expected = keysOf(sa)
+		for _, s := range sa.Shares {
+			answered[s.From] = true
+		}
+	case PhaseMasked:
+		expected = sa.Shared
+		for _, u := range r.Updates {
+			answered[u.Worker] = true
+		}
+	case PhaseUnmask:
+		for _, u := range r.Updates {
+			expected = append(expected, u.Worker)
+		}
+		for _, w := range sa.Revealed {
+			answered[w] = true
+		}
+	}
+	var out []string
+	for _, w := range expected {
+		if !answered[w] {
+			out = append(out, w)
+		}
+	}
+	return out
+}

@@ -186,3 +186,25 @@ func TestCheckSecAggMessage(t *testing.T) {
 		}
 	}
 }
+
+// TestSecAggWaiting: each phase waits for its own set of workers.
+func TestSecAggWaiting(t *testing.T) {
+	r := &pb.Round{Selected: []string{"a", "b", "c", "d"}, Failures: []*pb.TaskFailure{{Worker: "d"}},
+		Secagg: &pb.SecAggRound{Phase: PhaseKeys, Keys: []*pb.SecAggKeys{{Worker: "a"}, {Worker: "b"}}}}
+	for _, c := range []struct {
+		phase uint32
+		edit  func()
+		want  string
+	}{
+		{PhaseKeys, func() {}, "c"},
+		{PhaseShares, func() { r.Secagg.Shares = []*pb.SecAggShare{{From: "a", To: "b"}} }, "b"},
+		{PhaseMasked, func() { r.Secagg.Shared = []string{"a", "b"}; r.Updates = []*pb.AcceptedUpdate{{Worker: "b"}} }, "a"},
+		{PhaseUnmask, func() { r.Secagg.Revealed = []string{"b"} }, ""},
+	} {
+		r.Secagg.Phase = c.phase
+		c.edit()
+		if got := strings.Join(SecAggWaiting(r), ","); got != c.want {
+			t.Errorf("phase %d: waiting for %q, want %q", c.phase, got, c.want)
+		}
+	}
+}

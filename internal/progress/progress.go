@@ -85,14 +85,11 @@ func OpenRoundLine(j *pb.Job, now time.Time) string {
 		// past training: the phase and its own deadline
 		left := time.Unix(0, sa.PhaseDeadlineUnixNano).Sub(now)
 		return fmt.Sprintf("round %d: secure aggregation, %s: %d keys, %d shared, %d masked updates, %.0fs to the phase's deadline, test accuracy %s",
-			r.Number, secaggPhases[sa.Phase], len(sa.Keys), len(sa.Shared), len(r.Updates), max(0, left.Seconds()), acc)
+			r.Number, round.SecAggPhaseNames[sa.Phase], len(sa.Keys), len(sa.Shared), len(r.Updates), max(0, left.Seconds()), acc)
 	}
 	return fmt.Sprintf("round %d: %d/%d updates, %s %.0fs to deadline, test accuracy %s", r.Number, len(r.Updates), len(r.Selected),
 		Bar(int(elapsed), int(total), 20), max(0, (total-elapsed).Seconds()), acc)
 }
-
-// secaggPhases names a SecAgg round's phases.
-var secaggPhases = map[uint32]string{round.PhaseKeys: "keys", round.PhaseShares: "shares", round.PhaseMasked: "masked updates", round.PhaseUnmask: "unmasking"}
 
 func status(j *pb.Job) string {
 	return strings.ToLower(strings.TrimPrefix(j.Status.String(), "JOB_STATUS_"))
