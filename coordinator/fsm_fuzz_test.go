@@ -22,6 +22,8 @@ func FuzzFSMCommands(f *testing.F) {
 		&pb.UpsertWorker{Worker: &pb.WorkerInfo{Id: "w9"}},
 		&pb.RevokeWorker{Name: "w1"},
 		&pb.RegisterJob{Spec: spec("k", 1)},
+		&pb.SecAggMessage{Job: "j", Round: 1, Worker: "w1", Phase: 1, Keys: &pb.SecAggKeys{Worker: "w1"}},
+		&pb.SecAggPhase{Job: "j", Round: 1, Phase: 2},
 	}
 	for i, m := range seeds {
 		b, _ := proto.Marshal(m)
