@@ -182,63 +182,77 @@ type SecAggDecision struct {
 // phase without enough is aborted, and the round planned again.
 func DecideSecAgg(spec *pb.JobSpec, r *pb.Round, alive map[string]bool, now time.Time) SecAggDecision {
 	sa := r.Secagg
+	if sa.Phase < PhaseKeys || sa.Phase > PhaseUnmask {
+		return SecAggDecision{Action: Wait}
+	}
+	expected, answered, got := secaggProgress(r)
+	pending := waiting(expected, answered, alive)
 	late := now.UnixNano() >= sa.PhaseDeadlineUnixNano
-	need := max(int(spec.GetMinUpdates()), 3)
-	switch sa.Phase {
-	case PhaseKeys:
-		got := len(sa.Keys)
-		sent := map[string]bool{}
-		for _, k := range sa.Keys {
-			sent[k.Worker] = true
-		}
-		for _, f := range r.Failures {
-			sent[f.Worker] = true // failed its training: no keys coming
-		}
-		if got == len(r.Selected) || (got >= need && (late || waiting(r.Selected, sent, alive) == 0)) {
-			return SecAggDecision{Action: Wait, Next: PhaseShares}
-		}
-		if late || waiting(r.Selected, sent, alive) == 0 {
-			return SecAggDecision{Action: Abort, Reason: fmt.Sprintf("secagg: %d of %d workers sent keys, %d needed", got, len(r.Selected), need)}
-		}
-	case PhaseShares:
-		from := map[string]bool{}
-		for _, s := range sa.Shares {
-			from[s.From] = true
-		}
-		keys := keysOf(sa)
-		if len(from) == len(keys) || ((late || waiting(keys, from, alive) == 0) && len(from) >= need) {
-			return SecAggDecision{Action: Wait, Next: PhaseMasked}
-		}
-		if late || waiting(keys, from, alive) == 0 {
-			return SecAggDecision{Action: Abort, Reason: fmt.Sprintf("secagg: %d of %d workers sent shares, %d needed", len(from), len(keys), need)}
-		}
-	case PhaseMasked:
-		got := map[string]bool{}
-		for _, u := range r.Updates {
-			got[u.Worker] = true
-		}
-		t := secagg.ThresholdOf(secagg.Degree(len(sa.Keys), int(spec.GetSecagg().GetNeighbors())), spec.GetSecagg().GetThreshold())
-		need := max(need, t)
-		if len(got) == len(sa.Shared) || ((late || waiting(sa.Shared, got, alive) == 0) && len(got) >= need) {
-			return SecAggDecision{Action: Wait, Next: PhaseUnmask}
-		}
-		if late || waiting(sa.Shared, got, alive) == 0 {
-			return SecAggDecision{Action: Abort, Reason: fmt.Sprintf("secagg: too few survivors to unmask: %d of %d masked updates arrived, %d needed", len(got), len(sa.Shared), need)}
-		}
-	case PhaseUnmask:
-		var survivors []string
-		for _, u := range r.Updates {
-			survivors = append(survivors, u.Worker)
-		}
-		revealed := map[string]bool{}
-		for _, w := range sa.Revealed {
-			revealed[w] = true
-		}
-		if len(sa.Revealed) == len(survivors) || late || waiting(survivors, revealed, alive) == 0 {
+	done := got == len(expected)
+	if sa.Phase == PhaseUnmask {
+		if done || late || pending == 0 {
 			return SecAggDecision{Action: Commit}
 		}
+		return SecAggDecision{Action: Wait}
+	}
+	need := max(int(spec.GetMinUpdates()), 3)
+	if sa.Phase == PhaseMasked {
+		need = max(need, secagg.ThresholdOf(secagg.Degree(len(sa.Keys), int(spec.GetSecagg().GetNeighbors())), spec.GetSecagg().GetThreshold()))
+	}
+	switch {
+	case done || ((late || pending == 0) && got >= need):
+		return SecAggDecision{Action: Wait, Next: sa.Phase + 1}
+	case late || pending == 0:
+		return SecAggDecision{Action: Abort, Reason: fmt.Sprintf(abortReasons[sa.Phase], got, len(expected), need)}
 	}
 	return SecAggDecision{Action: Wait}
+}
+
+// abortReasons say why a phase ended without enough answers: got of
+// expected, need needed.
+var abortReasons = map[uint32]string{
+	PhaseKeys:   "secagg: %d of %d workers sent keys, %d needed",
+	PhaseShares: "secagg: %d of %d workers sent shares, %d needed",
+	PhaseMasked: "secagg: too few survivors to unmask: %d of %d masked updates arrived, %d needed",
+}
+
+// secaggProgress is an open SecAgg round's phase in numbers: the workers
+// it expects a message from (the selected for keys, the key holders for
+// shares, the sharers for masked updates, the survivors for reveals),
+// those that answered (a worker whose training failed answers the key
+// phase: no keys are coming), and how many messages arrived.
+func secaggProgress(r *pb.Round) (expected []string, answered map[string]bool, got int) {
+	sa := r.Secagg
+	answered = map[string]bool{}
+	switch sa.Phase {
+	case PhaseKeys:
+		expected, got = r.Selected, len(sa.Keys)
+		for _, k := range sa.Keys {
+			answered[k.Worker] = true
+		}
+		for _, f := range r.Failures {
+			answered[f.Worker] = true
+		}
+		return expected, answered, got
+	case PhaseShares:
+		expected = keysOf(sa)
+		for _, s := range sa.Shares {
+			answered[s.From] = true
+		}
+	case PhaseMasked:
+		expected = sa.Shared
+		for _, u := range r.Updates {
+			answered[u.Worker] = true
+		}
+	case PhaseUnmask:
+		for _, u := range r.Updates {
+			expected = append(expected, u.Worker)
+		}
+		for _, w := range sa.Revealed {
+			answered[w] = true
+		}
+	}
+	return expected, answered, len(answered)
 }
 
 func keysOf(sa *pb.SecAggRound) []string {
@@ -320,43 +334,12 @@ func SecAggMean(sum []uint32, fracBits uint32, n int) []float32 {
 var SecAggPhaseNames = map[uint32]string{PhaseKeys: "keys", PhaseShares: "shares", PhaseMasked: "masked updates", PhaseUnmask: "unmasking"}
 
 // SecAggWaiting lists the workers an open SecAgg round's phase still
-// expects a message from (the selected without keys, the key holders
-// without shares, the sharers without a masked update, the survivors
-// without reveals), sorted.
+// expects a message from (see secaggProgress), sorted.
 func SecAggWaiting(r *pb.Round) []string {
-	sa := r.GetSecagg()
-	if sa == nil {
+	if r.GetSecagg() == nil {
 		return nil
 	}
-	answered := map[string]bool{}
-	var expected []string
-	switch sa.Phase {
-	case PhaseKeys:
-		expected = r.Selected
-		for _, k := range sa.Keys {
-			answered[k.Worker] = true
-		}
-		for _, f := range r.Failures {
-			answered[f.Worker] = true
-		}
-	case PhaseShares:
-		expected = keysOf(sa)
-		for _, s := range sa.Shares {
-			answered[s.From] = true
-		}
-	case PhaseMasked:
-		expected = sa.Shared
-		for _, u := range r.Updates {
-			answered[u.Worker] = true
-		}
-	case PhaseUnmask:
-		for _, u := range r.Updates {
-			expected = append(expected, u.Worker)
-		}
-		for _, w := range sa.Revealed {
-			answered[w] = true
-		}
-	}
+	expected, answered, _ := secaggProgress(r)
 	var out []string
 	for _, w := range expected {
 		if !answered[w] {
