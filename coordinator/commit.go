@@ -103,7 +103,11 @@ func (c *Coordinator) aggregateRound(ctx context.Context, j *pb.Job, r *pb.Round
 		if err != nil {
 			return fail(err)
 		}
-		in.Updates = []*pb.AcceptedUpdate{{Worker: "secagg", Samples: 1, Metrics: secaggLoss(r.Updates)}}
+		one := &pb.AcceptedUpdate{Worker: "secagg", Samples: 1}
+		if l, ok := round.TrainLoss(r.Updates); ok {
+			one.Metrics = map[string]float64{"loss": l} // reported in the clear with each masked update
+		}
+		in.Updates = []*pb.AcceptedUpdate{one}
 		src = meanSource{mean}
 	}
 	res, err := p.Run(ctx, in, src)
@@ -129,22 +133,6 @@ func (s meanSource) Update(context.Context, *pb.AcceptedUpdate, int) (tensor.Vec
 
 func (s meanSource) Version(context.Context, uint32) (tensor.Set, error) {
 	return tensor.Set{}, errors.New("secagg rounds are synchronous")
-}
-
-// secaggLoss is the sample-weighted mean of the workers' reported training
-// loss (reported in the clear with each masked update).
-func secaggLoss(ups []*pb.AcceptedUpdate) map[string]float64 {
-	var sum, w float64
-	for _, u := range ups {
-		if l, ok := u.Metrics["loss"]; ok {
-			sum += l * float64(u.Samples)
-			w += float64(u.Samples)
-		}
-	}
-	if w == 0 {
-		return nil
-	}
-	return map[string]float64{"loss": sum / w}
 }
 
 // blobSource is the round core's update source on a coordinator: updates

@@ -96,7 +96,7 @@ func (p Pipeline) Run(ctx context.Context, in Inputs, src Source) (Result, error
 	// Updates are read block by block during aggregation, so memory stays
 	// near one model plus a block per update, whatever their number.
 	var ups []aggregation.Update
-	var lossSum, weight, staleSum float64
+	var staleSum float64
 	var drifts *Drifts
 	if p.Async != nil {
 		drifts = NewDrifts(base, p.Async.GetDriftCorrection(), func(v uint32) (tensor.Set, error) { return src.Version(ctx, v) })
@@ -125,14 +125,10 @@ func (p Pipeline) Run(ctx context.Context, in Inputs, src Source) (Result, error
 			samples = 1 // DP-FedAvg: equal weights, so that one client moves the mean by at most C/n
 		}
 		ups = append(ups, aggregation.Update{Worker: key, Source: v, Samples: samples})
-		if l, ok := u.Metrics["loss"]; ok {
-			lossSum += l * float64(u.Samples)
-			weight += float64(u.Samples)
-		}
 	}
 	res := Result{Metrics: map[string]float64{}}
-	if weight > 0 {
-		res.Metrics["train_loss"] = lossSum / weight
+	if l, ok := TrainLoss(in.Updates); ok {
+		res.Metrics["train_loss"] = l
 	}
 	if p.Async != nil && len(in.Updates) > 0 {
 		res.Metrics["mean_staleness"] = staleSum / float64(len(in.Updates))
@@ -195,4 +191,17 @@ func aggregateExact(base tensor.Set, ups []aggregation.Update) (tensor.Set, []ag
 	}
 	scores, err := aggregation.ScoreAgainst(ups, change)
 	return out, scores, err
+}
+
+// TrainLoss is the sample-weighted mean of the training loss the updates
+// report (false when none does).
+func TrainLoss(ups []*pb.AcceptedUpdate) (float64, bool) {
+	var sum, weight float64
+	for _, u := range ups {
+		if l, ok := u.Metrics["loss"]; ok {
+			sum += l * float64(u.Samples)
+			weight += float64(u.Samples)
+		}
+	}
+	return sum / weight, weight > 0
 }
