@@ -119,7 +119,7 @@ func (s *scheduler) stepSecAgg(ctx context.Context, j *pb.Job, r *pb.Round, aliv
 		return s.abort(j, r, d.Reason)
 	case d.Action == round.Commit:
 		err := s.commit(ctx, j, r)
-		if errors.Is(err, ErrNotFinite) || errors.Is(err, secagg.ErrTooFewShares) || errors.Is(err, secagg.ErrBadShares) || errors.Is(err, secagg.ErrTooFewSurvivors) || errors.Is(err, errUnmask) {
+		if errors.Is(err, ErrNotFinite) || errors.Is(err, errUnmask) {
 			s.c.metrics.roundsRefused.Inc()
 			return s.abort(j, r, fmt.Sprintf("not committed: %v", err))
 		}
@@ -164,10 +164,7 @@ func (c *Coordinator) secaggMean(ctx context.Context, j *pb.Job, r *pb.Round) (t
 	sa := r.GetSecagg()
 	sum, err := secagg.Unmask(round.SecAggParams(j.Spec, r), sa.GetKeys(), sa.GetShared(), inputs, sa.GetReveals())
 	if err != nil {
-		if errors.Is(err, secagg.ErrTooFewShares) || errors.Is(err, secagg.ErrBadShares) || errors.Is(err, secagg.ErrTooFewSurvivors) {
-			return tensor.Set{}, err
-		}
-		return tensor.Set{}, fmt.Errorf("%w: %v", errUnmask, err)
+		return tensor.Set{}, fmt.Errorf("%w: %w", errUnmask, err)
 	}
 	mean := round.SecAggMean(sum, sa.GetFracBits(), len(inputs))
 	out := layout.Clone()
