@@ -84,6 +84,7 @@ type Graph struct {
 	ids  []string
 	pos  map[string]int // index in ids
 	ring []int          // ring position of each index
+	at   []int          // index at each ring position
 	k    int
 }
 
@@ -100,8 +101,8 @@ func NewGraph(ids []string, p Params) (*Graph, error) {
 		g.pos[id] = i
 	}
 	g.k = Degree(len(ids), p.Neighbors)
-	order := rand.New(rand.NewPCG(p.Seed, uint64(p.Round)<<32|uint64(p.Attempt))).Perm(len(ids))
-	for r, i := range order {
+	g.at = rand.New(rand.NewPCG(p.Seed, uint64(p.Round)<<32|uint64(p.Attempt))).Perm(len(ids))
+	for r, i := range g.at {
 		g.ring[i] = r
 	}
 	return g, nil
@@ -127,12 +128,8 @@ func (g *Graph) Neighbors(id string) []string {
 		out = slices.Delete(out, i, i+1)
 		return out
 	}
-	inv := make([]int, n) // ring position -> index
-	for j, r := range g.ring {
-		inv[r] = j
-	}
 	for d := 1; d <= g.k/2; d++ {
-		out = append(out, g.ids[inv[(g.ring[i]+d)%n]], g.ids[inv[(g.ring[i]-d+n)%n]])
+		out = append(out, g.ids[g.at[(g.ring[i]+d)%n]], g.ids[g.at[(g.ring[i]-d+n)%n]])
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
