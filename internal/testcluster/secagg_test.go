@@ -36,11 +36,7 @@ import (
 // unmasked update. Then the same job without secagg, to state the
 // overhead.
 func TestSecAggDropouts(t *testing.T) {
-	logs := &syncBuffer{}
-	cl := NewCluster(t, 3, ClusterOptions{Edit: func(_ int, cfg *coordinator.Config) {
-		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}})
-	dumpOnFailure(t, logs)
+	cl, logs := loggedCluster(t, slog.LevelDebug)
 	train, err := dataset.MNIST(dataset.Train)
 	if err != nil {
 		t.Fatal(err)
@@ -237,11 +233,7 @@ func readSet(c *coordinator.Coordinator, hash string) (tensor.Set, error) {
 // leader killed in the middle of a round's secure aggregation loses
 // nothing: the job completes and every round verifies.
 func TestSecAggRescheduleAndFailover(t *testing.T) {
-	logs := &syncBuffer{}
-	cl := NewCluster(t, 3, ClusterOptions{Edit: func(_ int, cfg *coordinator.Config) {
-		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}})
-	dumpOnFailure(t, logs)
+	cl, logs := loggedCluster(t, slog.LevelInfo)
 	train, err := dataset.MNIST(dataset.Train)
 	if err != nil {
 		t.Fatal(err)
@@ -370,11 +362,17 @@ func TestSecAggSignedKeys(t *testing.T) {
 	}
 }
 
-// dumpOnFailure prints the coordinators' captured logs if the test fails.
-func dumpOnFailure(t *testing.T, logs *syncBuffer) {
+// loggedCluster starts three coordinators whose logs it keeps (to search
+// them, and to print them if the test fails).
+func loggedCluster(t *testing.T, level slog.Level) (*Cluster, *syncBuffer) {
+	logs := &syncBuffer{}
+	cl := NewCluster(t, 3, ClusterOptions{Edit: func(_ int, cfg *coordinator.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: level}))
+	}})
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("coordinator logs:\n%s", logs.String())
 		}
 	})
+	return cl, logs
 }
