@@ -166,12 +166,8 @@ func (c *Coordinator) secaggMean(ctx context.Context, j *pb.Job, r *pb.Round) (t
 	if err != nil {
 		return tensor.Set{}, fmt.Errorf("%w: %w", errUnmask, err)
 	}
-	mean := round.SecAggMean(sum, sa.GetFracBits(), len(inputs))
-	out := layout.Clone()
-	off := 0
-	for _, t := range out.Tensors {
-		off += copy(t.Data, mean[off:off+len(t.Data)])
-	}
+	out, flat := layout.Layout().Zeros()
+	copy(flat, round.SecAggMean(sum, sa.GetFracBits(), len(inputs)))
 	return out, nil
 }
 
