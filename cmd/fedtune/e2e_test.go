@@ -241,6 +241,11 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"sim", "--set", "workers=10", "--set", "clients_per_round=20"}, `key "clients_per_round"`},
 		{[]string{"sim", "--set", "aggregator=bulyan", "--set", "attack=ipm", "--set", "byzantine=0.3", "--set", "workers=20"}, `key "byzantine"`},
 		{[]string{"sim", "--config", corrupt}, "experiment"},
+		{[]string{"sim", corrupt}, "experiment"}, // the experiment as the argument is read, not ignored
+		{[]string{"sim", corrupt, "extra.yaml"}, "unexpected arguments"},
+		{[]string{"sim", "--set", "dp_noise=1", "--set", "aggregator=median", "--dry-run"}, `key "aggregator"`},
+		{[]string{"job", "submit", "--name", "x", "--secagg", "--aggregator", "median", "--coordinator", "127.0.0.1:1"}, "robust rules read every update"},
+		{[]string{"job", "submit", "--name", "x", "--dp-noise", "1", "--dp-clip", "1", "--dp-adaptive-clip", "--dp-count-noise", "0.1", "--coordinator", "127.0.0.1:1"}, "--dp-count-noise"},
 		{[]string{"sim", "--transport", "carrier-pigeon", "--dry-run"}, "transport"},
 		{[]string{"plot", corrupt}, "results"},
 		{[]string{"job", "submit", "--name", "x", "--lora-alpha", "4", "--coordinator", "127.0.0.1:1"}, "need --lora-rank"},
